@@ -22,13 +22,15 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/tacegen paths --lmax 3 --nu 3
+	$(BIN)/tacegen build --lmax 3 --nu 3 --report
+	$(BIN)/python examples/demo.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 
 # Optional peer models for benchmarks and cross-checks (mace-torch, torch-pme).
 peers: $(STAMP)
-	$(BIN)/pip install -q torch==2.13.0 '.[peers]'
+	$(BIN)/pip install -q torch==2.13.0 -e '.[peers]'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 
 from benchmarks.common import cu_fcc, n_rep_for_atoms, set_threads, time_call
@@ -122,7 +123,12 @@ def run(args) -> dict:
         out["energy"] = float(res["energy"].detach().sum())
         out["forces"] = res["forces"]
 
-    t = time_call(call, repeats=args.repeats, warmup=args.warmup)
+    for _ in range(args.warmup):
+        call()
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t = time_call(call, repeats=args.repeats, warmup=0)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    n = max(1, args.repeats)
     forces = out["forces"]
     return {
         "peer": "mace",
@@ -136,6 +142,11 @@ def run(args) -> dict:
         "median_s": t["median"],
         "min_s": t["min"],
         "all_s": t["all"],
+        # CPU seconds per timed call (all threads): user+sys well below threads x wall
+        # means the process was starved by other load on the machine.
+        "user_s_per_call": (r1.ru_utime - r0.ru_utime) / n,
+        "sys_s_per_call": (r1.ru_stime - r0.ru_stime) / n,
+        "minor_faults_per_call": (r1.ru_minflt - r0.ru_minflt) / n,
         "num_params": num_params,
         "energy": out["energy"],
         "forces_finite": bool(torch.isfinite(forces).all()),

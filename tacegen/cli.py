@@ -88,6 +88,43 @@ def paths(lmax: int, nu: int, L_values: tuple[int, ...], as_json: bool, no_cache
     console.print(f"total {total:.2f} s; counts proven equal to the character (weight-counting) multiplicities")
 
 
+@cli.command()
+@click.option("--lmax", type=IntInRange(0, 6), default=3, show_default=True, help="Largest edge/atomic-basis rank.")
+@click.option("--nu", type=IntInRange(1, 4), default=3, show_default=True, help="Correlation order.")
+@click.option("--hidden-lmax", type=IntInRange(0, 6), default=1, show_default=True,
+              help="Largest rank of node features passed between layers.")
+@click.option("--backend", "backends", default="torch", show_default=True, help="torch, numba or torch,numba.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Output folder (default generated/tace_l<lmax>_nu<nu>).")
+@click.option("--force", is_flag=True, help="Replace an existing folder that is not a tacegen build.")
+@click.option("--report", "show_report", is_flag=True, help="Print FLOPs and memory per atom and layer.")
+@click.option("--check", is_flag=True, help="Regenerate the committed default builds and fail on any diff.")
+@click.option("--unoptimised", is_flag=True, help="Print the naive IR (for comparisons).")
+def build(lmax, nu, hidden_lmax, backends, out_dir, force, show_report, check, unoptimised) -> None:
+    """Compile a TACE model into an importable package."""
+    from .build import check_builds, compile_spec, report, write_build
+    from .spec import ModelSpec
+
+    if check:
+        diffs = check_builds()
+        if diffs:
+            for d in diffs:
+                click.echo(d, err=True)
+            raise click.ClickException(
+                f"{len(diffs)} generated file(s) drift from the compiler; run `tacegen build` for the defaults")
+        click.echo("generated/ matches a fresh build")
+        return
+    if hidden_lmax > lmax:
+        raise click.UsageError(f"--hidden-lmax={hidden_lmax} is outside the allowed range 0..{lmax} (--lmax)")
+    spec = ModelSpec(lmax=lmax, nu=nu, hidden_lmax=hidden_lmax, backends=backends)
+    start = time.perf_counter()
+    compiled = compile_spec(spec)
+    folder = write_build(spec, out_dir, force=force, optimised=not unoptimised, compiled=compiled)
+    click.echo(f"built {folder} (spec {spec.hash}) in {time.perf_counter() - start:.2f} s")
+    if show_report:
+        click.echo(report(compiled))
+
+
 def app() -> None:
     """Console entry point: click in non-standalone mode so errors stay one line."""
     try:
@@ -100,7 +137,7 @@ def app() -> None:
     except click.ClickException as exc:
         click.echo(f"tacegen: error: {exc.format_message()}", err=True)
         sys.exit(2)
-    except (ValueError, TypeError) as exc:  # validation errors raised by the library
+    except (ValueError, TypeError, RuntimeError) as exc:  # validation / build errors from the library
         if os.environ.get("TACEGEN_DEBUG"):
             raise
         click.echo(f"tacegen: error: {exc}", err=True)

@@ -103,13 +103,17 @@ class ExactPart:
         return self.parity != (-1) ** self.weight
 
 
-@lru_cache(maxsize=None)
-def exact_parts(n: int) -> tuple[ExactPart, ...]:
-    """All irreducible copies in rank-n tensors, exact, ordered by (weight, sequence)."""
+def _check_rank(n) -> None:
     if not isinstance(n, int) or isinstance(n, bool):
         raise TypeError(f"rank n must be an integer, got {n!r}")
     if not 1 <= n <= RANK_MAX:
         raise ValueError(f"rank n={n} is outside the allowed range 1..{RANK_MAX}")
+
+
+@lru_cache(maxsize=None)
+def exact_parts(n: int) -> tuple[ExactPart, ...]:
+    """All irreducible copies in rank-n tensors, exact, ordered by (weight, sequence)."""
+    _check_rank(n)
     parts = []
     for seq in coupling_sequences(n):
         num = np.eye(3**n, dtype=object)
@@ -140,7 +144,8 @@ def projectors(n: int) -> list[IrreduciblePart]:
 
 
 def multiplicities(n: int) -> dict[int, int]:
-    """Weight -> number of copies in rank-n tensors."""
+    """Weight -> number of copies in rank-n tensors (n = 1..4, like the projectors)."""
+    _check_rank(n)
     counts: dict[int, int] = {}
     for seq in coupling_sequences(n):
         counts[seq[-1]] = counts.get(seq[-1], 0) + 1

@@ -1,0 +1,220 @@
+"""Benchmark of the electrostatics reference: LES (direct, sharp sphere) and classic Ewald.
+
+Run as ``python -m benchmarks.bench_ewald`` (from the repository root).
+
+For N random neutral charges (normal, mean removed) at 0.1 atoms/Å^3 in a cubic box,
+times energy + autograd forces ("E+F") in float64 with 2 torch threads:
+
+* ``LES``: tacegen.runtime.electrostatics.les_energy_periodic, sigma = 1 Å, k_c = pi
+  (the model's own truncation; exact sum, O(N x N_k) = O(N^2) at fixed density);
+* ``Ewald``: ewald_energy at ``--accuracy`` (alpha/r_cut/k_cut balanced, O(N^1.5));
+* ``tpme-Ewald`` / ``tpme-PME``: torch-pme's EwaldCalculator / PMECalculator, if
+  installed, at matched accuracy: the same alpha and r_cut as ours for Ewald (with
+  lr_wavelength = pi / k_cut, torch-pme's effective cutoff being ~ pi / lr_wavelength);
+  for PME the smearing, cutoff, mesh spacing and interpolation order are calibrated at
+  the smallest N so that its force error is no larger than that of our Ewald.
+
+Timings include the neighbour list (vesin) for every real-space method. Accuracy is
+measured against our Ewald at ``--ref-accuracy`` (relative energy error and RMS
+force error relative to the RMS force). The machine is shared: compare only ratios
+from one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from tacegen.runtime.electrostatics import K_E, ewald_energy, ewald_parameters, les_energy_periodic
+
+DENSITY = 0.1  # atoms / Å^3
+
+
+def make_system(n: int, seed: int = 0):
+    g = np.random.default_rng(seed)
+    length = (n / DENSITY) ** (1.0 / 3.0)
+    pos = g.random((n, 3)) * length
+    q = g.normal(size=n)
+    q -= q.mean()
+    t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
+    return t(q), t(pos), t(np.eye(3) * length)
+
+
+def energy_and_forces(fn, q, pos, cell):
+    p = pos.clone().requires_grad_(True)
+    e = fn(q, p, cell)
+    (g,) = torch.autograd.grad(e, p)
+    return float(e.detach()), -g
+
+
+def timed(fn, q, pos, cell, repeats: int):
+    energy_and_forces(fn, q, pos, cell)  # warm-up
+    times = []
+    out = None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = energy_and_forces(fn, q, pos, cell)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+def _half_list(pos, cell, r_cut):
+    from vesin import NeighborList
+
+    i, j, s = NeighborList(cutoff=float(r_cut), full_list=False).compute(
+        pos.detach().numpy(), cell.detach().numpy(), True, "ijS"
+    )
+    i = torch.from_numpy(i.astype(np.int64))
+    j = torch.from_numpy(j.astype(np.int64))
+    s = torch.from_numpy(s.astype(np.float64))
+    dist = torch.linalg.norm(pos[j] - pos[i] + s @ cell, dim=1)
+    return torch.stack([i, j], dim=1), dist
+
+
+def torchpme_fn(kind: str, smearing: float, r_cut: float, **kw):
+    import torchpme
+
+    pot = torchpme.CoulombPotential(smearing=smearing, prefactor=K_E)
+    if kind == "ewald":
+        calc = torchpme.EwaldCalculator(pot, lr_wavelength=kw["lr_wavelength"])
+    else:
+        calc = torchpme.PMECalculator(pot, mesh_spacing=kw["mesh_spacing"], interpolation_nodes=kw["nodes"])
+    calc = calc.to(torch.float64)
+
+    def fn(q, pos, cell):
+        idx, dist = _half_list(pos, cell, r_cut)
+        return (q[:, None] * calc(q[:, None], cell, pos, idx, dist)).sum()
+
+    return fn
+
+
+def errors(e, f, e_ref, f_ref):
+    rms_ref = float(f_ref.pow(2).mean().sqrt())
+    return abs(e - e_ref) / abs(e_ref), float((f - f_ref).pow(2).mean().sqrt()) / rms_ref
+
+
+def calibrate_pme(q, pos, cell, target_force_err, e_ref, f_ref):
+    """Cheapest (smearing, r_cut, mesh spacing, nodes) on a small grid meeting the target."""
+    best = None
+    for r_cut in (6.0, 8.0, 10.0):
+        # smearing from the real-space error: erfc(r_cut / (sqrt 2 s)) ~ target
+        x = math.sqrt(max(1.0, -math.log(target_force_err)))
+        smearing = r_cut / (math.sqrt(2.0) * x)
+        for nodes in (4, 5, 6, 7):
+            for ratio in (1.0, 0.75, 0.5, 0.35, 0.25):
+                fn = torchpme_fn("pme", smearing, r_cut, mesh_spacing=ratio * smearing, nodes=nodes)
+                t0 = time.perf_counter()
+                e, f = energy_and_forces(fn, q, pos, cell)
+                dt = time.perf_counter() - t0
+                err_e, err_f = errors(e, f, e_ref, f_ref)
+                if err_f <= target_force_err:
+                    if best is None or dt < best[0]:
+                        best = (dt, dict(smearing=smearing, r_cut=r_cut, mesh_spacing=ratio * smearing, nodes=nodes))
+                    break  # finer meshes only cost more
+    return None if best is None else best[1]
+
+
+def fit_exponent(ns, ts):
+    x = np.log(np.asarray(ns, float))
+    y = np.log(np.asarray(ts, float))
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[512, 2048, 8192])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--accuracy", type=float, default=1e-6, help="ewald_energy accuracy")
+    ap.add_argument("--ref-accuracy", type=float, default=1e-10, help="accuracy of the error reference")
+    ap.add_argument("--repeats", type=int, default=3, help="timed repeats (1 for N >= 8192)")
+    ap.add_argument("--no-torchpme", action="store_true")
+    ap.add_argument("--no-reference", action="store_true", help="skip the accuracy reference")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    try:
+        import torchpme  # noqa: F401
+
+        have_tpme = not args.no_torchpme
+    except ImportError:
+        have_tpme = False
+        print("torch-pme not installed: skipping its columns")
+
+    rows = []  # (method, N, seconds, err_e, err_f, note)
+    pme_params = None
+    for n in args.sizes:
+        q, pos, cell = make_system(n)
+        vol = float(torch.linalg.det(cell))
+        reps = 1 if n >= 8192 else args.repeats
+        p = ewald_parameters(n, vol, args.accuracy)
+        e_ref = f_ref = None
+        if not args.no_reference:
+            t0 = time.perf_counter()
+            e_ref, f_ref = energy_and_forces(lambda a, b, c: ewald_energy(a, b, c, accuracy=args.ref_accuracy), q, pos, cell)
+            print(f"[N={n}] reference Ewald (accuracy {args.ref_accuracy:g}) E+F: {time.perf_counter() - t0:.2f} s")
+
+        def add(method, fn, note="", compare=True):
+            t, (e, f) = timed(fn, q, pos, cell, reps)
+            err = errors(e, f, e_ref, f_ref) if (e_ref is not None and compare) else (float("nan"), float("nan"))
+            rows.append((method, n, t, err[0], err[1], note))
+            print(f"[N={n}] {method:11s} {t:8.3f} s  dE/E={err[0]:.1e} dF/F={err[1]:.1e}  {note}", flush=True)
+            return err
+
+        add("LES", lambda a, b, c: les_energy_periodic(a, b, c, sigma=1.0, k_cut=math.pi), "sigma=1, k_c=pi (a different model: no error column)", compare=False)
+        ew_err = add(
+            "Ewald",
+            lambda a, b, c: ewald_energy(a, b, c, accuracy=args.accuracy),
+            f"alpha={p.alpha:.3f} r_c={p.r_cut:.2f} k_c={p.k_cut:.3f}",
+        )
+        if have_tpme:
+            smearing = 1.0 / (math.sqrt(2.0) * p.alpha)
+            add(
+                "tpme-Ewald",
+                torchpme_fn("ewald", smearing, p.r_cut, lr_wavelength=math.pi / p.k_cut),
+                f"smearing={smearing:.3f} lr_wl={math.pi / p.k_cut:.3f}",
+            )
+            if pme_params is None and e_ref is not None:
+                pme_params = calibrate_pme(q, pos, cell, max(ew_err[1], 1e-12), e_ref, f_ref)
+                if pme_params is None:
+                    print("PME calibration failed to reach the target; using the finest grid tried")
+                    pme_params = dict(smearing=10.0 / (math.sqrt(2) * 4.0), r_cut=10.0, mesh_spacing=0.25 * 10.0 / (math.sqrt(2) * 4.0), nodes=7)
+            if pme_params is None:
+                pme_params = dict(smearing=1.5, r_cut=8.0, mesh_spacing=0.5, nodes=6)
+            pp = pme_params
+            add(
+                "tpme-PME",
+                torchpme_fn("pme", pp["smearing"], pp["r_cut"], mesh_spacing=pp["mesh_spacing"], nodes=pp["nodes"]),
+                f"smearing={pp['smearing']:.3f} r_c={pp['r_cut']:.1f} h={pp['mesh_spacing']:.3f} nodes={pp['nodes']}",
+            )
+
+    methods = list(dict.fromkeys(r[0] for r in rows))
+    sizes = list(dict.fromkeys(r[1] for r in rows))
+    print()
+    print(f"E+F, float64, {args.threads} threads, {DENSITY} atoms/Å^3, cubic box; seconds (median)")
+    header = "| method | " + " | ".join(f"N={n}" for n in sizes) + " | exponent | max dE/E | max dF/F |"
+    print(header)
+    print("|" + "---|" * (len(sizes) + 4))
+    for m in methods:
+        mr = [r for r in rows if r[0] == m]
+        ts = {r[1]: r[2] for r in mr}
+        expo = fit_exponent([r[1] for r in mr], [r[2] for r in mr]) if len(mr) > 1 else float("nan")
+        ee = max(r[3] for r in mr)
+        ef = max(r[4] for r in mr)
+        print(
+            f"| {m} | " + " | ".join(f"{ts[n]:.3f}" if n in ts else "-" for n in sizes)
+            + f" | {expo:.2f} | {ee:.1e} | {ef:.1e} |"
+        )
+    print()
+    for m in methods:
+        notes = [f"N={r[1]}: {r[5]}" for r in rows if r[0] == m and r[5]]
+        if notes:
+            print(f"{m}: " + "; ".join(notes))
+
+
+if __name__ == "__main__":
+    main()

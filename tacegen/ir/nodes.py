@@ -1,0 +1,161 @@
+"""The IR: small frozen dataclasses describing what to compute, with no backend types inside.
+
+A :class:`Program` is a straight-line list of ops over named :class:`Value` s. Every value
+lives on a *domain* ("edge": one item per directed edge; "node": one per atom), may have
+a channel axis, and holds one ICT of ``rank`` in the reduced (2l+1) storage of
+:mod:`tacegen.algebra.ict`. Array layout, for every back end: ``(items, channels, 2l+1)``
+or ``(items, 2l+1)`` without channels.
+
+Weights are per-item, per-channel scalars supplied at run time as arrays of shape
+``(items, channels, count)`` (for example the radial network's output per edge, or the
+product-basis weights gathered by the centre atom's element); a :class:`Scale` op picks one
+column.
+
+Coefficients stay exact: a :class:`Couple` holds the :class:`~tacegen.algebra.coupling.Coupling`
+with its table of Fractions; only printers turn them into floats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..algebra.coupling import Coupling
+
+EDGE, NODE = "edge", "node"
+STORAGES = ("reduced", "symmetric", "dense")
+
+
+@dataclass(frozen=True)
+class Value:
+    name: str
+    rank: int
+    domain: str
+    channels: bool = True
+    storage: str = "reduced"
+
+    @property
+    def size(self) -> int:
+        """Stored components per item and channel."""
+        l = self.rank
+        return {"reduced": 2 * l + 1, "symmetric": (l + 1) * (l + 2) // 2, "dense": 3**l}[self.storage]
+
+
+@dataclass(frozen=True)
+class EdgeICT:
+    """out = r^l T_l(r/|r|) of the edge vectors, evaluated at unit vectors ``direction``."""
+
+    out: Value
+    direction: Value
+
+    @property
+    def inputs(self) -> tuple:
+        return (self.direction,)
+
+
+@dataclass(frozen=True)
+class Couple:
+    """out = coupling(left, right) for the exact table ``coupling`` (l1 x l2 -> l3)."""
+
+    out: Value
+    left: Value
+    right: Value
+    coupling: Coupling
+    comment: str = ""
+
+    @property
+    def inputs(self) -> tuple:
+        return (self.left, self.right)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """out = src * weight[..., index] (a per-item, per-channel scalar)."""
+
+    out: Value
+    src: Value
+    weight: str
+    index: int
+    comment: str = ""
+
+    @property
+    def inputs(self) -> tuple:
+        return (self.src,)
+
+
+@dataclass(frozen=True)
+class Sum:
+    """out = sum of ``terms`` (same rank, domain and channels)."""
+
+    out: Value
+    terms: tuple
+
+    @property
+    def inputs(self) -> tuple:
+        return tuple(self.terms)
+
+
+@dataclass(frozen=True)
+class Gather:
+    """Edge value from the node value of each edge's sender j."""
+
+    out: Value
+    src: Value
+
+    @property
+    def inputs(self) -> tuple:
+        return (self.src,)
+
+
+@dataclass(frozen=True)
+class Scatter:
+    """Node value: the sum over the edges whose receiver is that node."""
+
+    out: Value
+    src: Value
+
+    @property
+    def inputs(self) -> tuple:
+        return (self.src,)
+
+
+Op = EdgeICT | Couple | Scale | Sum | Gather | Scatter
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """A run-time weight array of shape (items on ``domain``, channels, ``count``)."""
+
+    name: str
+    domain: str
+    count: int
+    labels: tuple = field(default=(), compare=False)  # one readable label per column
+
+
+@dataclass(frozen=True)
+class Program:
+    name: str
+    doc: str
+    inputs: tuple
+    weights: tuple
+    ops: tuple
+    outputs: tuple
+
+    def check(self) -> "Program":
+        """Validate single assignment and that every input of an op is defined before it."""
+        defined = {v.name: v for v in self.inputs}
+        weights = {w.name: w for w in self.weights}
+        for op in self.ops:
+            for v in op.inputs:
+                if defined.get(v.name) != v:
+                    raise ValueError(f"{self.name}: {type(op).__name__} reads undefined value {v.name}")
+            if isinstance(op, Scale):
+                w = weights.get(op.weight)
+                if w is None or not 0 <= op.index < w.count or w.domain != op.src.domain:
+                    raise ValueError(f"{self.name}: bad weight reference {op.weight}[{op.index}]")
+            if op.out.name in defined:
+                raise ValueError(f"{self.name}: value {op.out.name} assigned twice")
+            defined[op.out.name] = op.out
+        for v in self.outputs:
+            if defined.get(v.name) != v:
+                raise ValueError(f"{self.name}: output {v.name} is never computed")
+        return self

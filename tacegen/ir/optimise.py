@@ -1,0 +1,194 @@
+"""Rewrites that keep a program's value and lower its cost.
+
+Each pass is a function Program -> Program; :func:`optimise` runs them to a fixed point.
+Every pass is checked against :mod:`tacegen.ir.interpret` in the tests.
+
+* ``share_subtrees``: common-subexpression elimination. Identical ops on identical inputs
+  (for example the prefix (A1 x A1)->2 shared by many trees and by lower correlation
+  orders, or a Gather of the same node feature for several edge paths) are computed once.
+* ``scatter_once``: a sum of neighbour sums becomes one neighbour sum of a sum (the
+  scatter is linear), so each output rank is scattered once.
+* ``factor_weights``: sum_k w_k couple(P_k, X) = couple(sum_k w_k P_k, X) for one coupling
+  table and one right operand (the coupling is bilinear and w_k are per-channel scalars).
+  Applied only where the cost model says it is cheaper.
+* ``drop_dead``: removes ops whose results nobody reads.
+
+Structural zeros never enter: coupling tables store nonzeros only, and the path
+selection has already removed trees that vanish identically.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import replace
+
+from .cost import op_cost
+from .nodes import Couple, EdgeICT, Gather, Program, Scale, Scatter, Sum, Value
+
+
+def _rename_inputs(op, rename: dict):
+    def r(v: Value) -> Value:
+        return rename.get(v.name, v)
+
+    if isinstance(op, EdgeICT):
+        return replace(op, direction=r(op.direction))
+    if isinstance(op, Couple):
+        return replace(op, left=r(op.left), right=r(op.right))
+    if isinstance(op, (Scale, Gather, Scatter)):
+        return replace(op, src=r(op.src))
+    if isinstance(op, Sum):
+        return replace(op, terms=tuple(r(t) for t in op.terms))
+    raise TypeError(type(op).__name__)
+
+
+def _signature(op):
+    if isinstance(op, Couple):
+        c = op.coupling
+        return ("couple", op.left.name, op.right.name, c.l1, c.l2, c.l3)
+    if isinstance(op, Scale):
+        return ("scale", op.src.name, op.weight, op.index)
+    if isinstance(op, Sum):
+        return ("sum",) + tuple(sorted(t.name for t in op.terms))
+    return (type(op).__name__,) + tuple(v.name for v in op.inputs) + (op.out.rank,)
+
+
+def _finish(program: Program, ops, rename: dict) -> Program:
+    outputs = tuple(rename.get(v.name, v) for v in program.outputs)
+    # outputs keep their public names: re-alias through a one-term Sum only if renamed
+    fixed = list(ops)
+    final = []
+    for original, new in zip(program.outputs, outputs):
+        if new.name != original.name:
+            fixed.append(Sum(original, (new,)))
+        final.append(original)
+    return replace(program, ops=tuple(fixed), outputs=tuple(final)).check()
+
+
+def share_subtrees(program: Program) -> Program:
+    seen: dict = {}
+    rename: dict[str, Value] = {}
+    ops = []
+    for op in program.ops:
+        op = _rename_inputs(op, rename)
+        key = _signature(op)
+        if key in seen:
+            rename[op.out.name] = seen[key]
+            continue
+        seen[key] = op.out
+        ops.append(op)
+    return _finish(program, ops, rename)
+
+
+def _consumers(ops) -> Counter:
+    return Counter(v.name for op in ops for v in op.inputs)
+
+
+def scatter_once(program: Program) -> Program:
+    ops = list(program.ops)
+    producer = {op.out.name: op for op in ops}
+    uses = _consumers(ops) + Counter(v.name for v in program.outputs)
+    out_ops = []
+    replaced = set()
+    for op in ops:
+        if isinstance(op, Sum) and len(op.terms) > 1 and all(
+                isinstance(producer.get(t.name), Scatter) and uses[t.name] == 1 for t in op.terms):
+            sources = tuple(producer[t.name].src for t in op.terms)
+            edge_sum = Value(f"{op.out.name}_edges", op.out.rank, sources[0].domain, op.out.channels)
+            out_ops += [Sum(edge_sum, sources), Scatter(op.out, edge_sum)]
+            replaced.update(t.name for t in op.terms)
+            continue
+        out_ops.append(op)
+    out_ops = [op for op in out_ops if op.out.name not in replaced]
+    return replace(program, ops=tuple(_reorder(out_ops, program))).check()
+
+
+def _reorder(ops, program: Program):
+    """Topological order that keeps the original order wherever possible."""
+    defined = {v.name for v in program.inputs}
+    pending = list(ops)
+    ordered = []
+    while pending:
+        for i, op in enumerate(pending):
+            if all(v.name in defined for v in op.inputs):
+                ordered.append(op)
+                defined.add(op.out.name)
+                del pending[i]
+                break
+        else:
+            raise ValueError(f"{program.name}: cycle or undefined input while reordering")
+    return ordered
+
+
+def factor_weights(program: Program, items_per_atom: dict | None = None) -> Program:
+    ops = list(program.ops)
+    producer = {op.out.name: op for op in ops}
+    new_ops: list = []
+    removed: set[str] = set()
+    for op in ops:
+        if not isinstance(op, Sum):
+            new_ops.append(op)
+            continue
+        groups: dict = defaultdict(list)
+        others = []
+        for t in op.terms:
+            scale = producer.get(t.name)
+            inner = producer.get(scale.src.name) if isinstance(scale, Scale) else None
+            if isinstance(inner, Couple) and inner.left.channels:
+                c = inner.coupling
+                groups[(c.l1, c.l2, c.l3, inner.right.name)].append((scale, inner))
+            else:
+                others.append(t)
+        terms = list(others)
+        for key, members in groups.items():
+            if len(members) < 2 or not _factoring_pays(members, items_per_atom):
+                terms += [s.out for s, _ in members]
+                continue
+            tag = f"{op.out.name}_f{key[0]}_{key[1]}_{key[3]}"
+            scaled = []
+            for k, (s, inner) in enumerate(members):
+                v = Value(f"{tag}_{k}", inner.left.rank, inner.left.domain, True)
+                new_ops.append(Scale(v, inner.left, s.weight, s.index, s.comment))
+                scaled.append(v)
+                removed.add(s.out.name)
+            left = Value(f"{tag}_sum", members[0][1].left.rank, members[0][1].left.domain, True)
+            new_ops.append(Sum(left, tuple(scaled)))
+            out = Value(f"{tag}_out", key[2], left.domain, True)
+            first = members[0][1]
+            new_ops.append(Couple(out, left, first.right, first.coupling,
+                                  f"factored: {len(members)} weighted {first.coupling.l1}x{first.coupling.l2}"
+                                  f"->{first.coupling.l3} couplings as one"))
+            terms.append(out)
+        new_ops.append(replace(op, terms=tuple(terms)))
+    new_ops = [op for op in new_ops if op.out.name not in removed]
+    return drop_dead(replace(program, ops=tuple(_reorder(new_ops, program))))
+
+
+def _factoring_pays(members, items_per_atom) -> bool:
+    before = sum(op_cost(inner, items_per_atom).flops + op_cost(s, items_per_atom).flops for s, inner in members)
+    first = members[0][1]
+    left = Value("x", first.left.rank, first.left.domain, True)
+    after = sum(op_cost(Scale(left, inner.left, s.weight, s.index), items_per_atom).flops for s, inner in members)
+    after += op_cost(Sum(left, tuple(left for _ in members)), items_per_atom).flops
+    after += op_cost(Couple(Value("y", first.coupling.l3, left.domain), left, first.right, first.coupling),
+                     items_per_atom).flops
+    return after < before
+
+
+def drop_dead(program: Program) -> Program:
+    live = {v.name for v in program.outputs}
+    kept = []
+    for op in reversed(program.ops):
+        if op.out.name in live:
+            kept.append(op)
+            live.update(v.name for v in op.inputs)
+    return replace(program, ops=tuple(reversed(kept))).check()
+
+
+PASSES = (share_subtrees, scatter_once, factor_weights, share_subtrees, drop_dead)
+
+
+def optimise(program: Program, items_per_atom: dict | None = None) -> Program:
+    """Run all passes (a fixed sequence; each is idempotent on its own output)."""
+    for p in PASSES:
+        program = p(program, items_per_atom) if p is factor_weights else p(program)
+    return replace(program, name=program.name)

@@ -1,0 +1,105 @@
+"""ModelSpec: everything that changes the generated code, and nothing else.
+
+Sizes that do not change the code (elements, channels, number of radial functions,
+r_cut, number of layers, MLP widths) are constructor arguments of the generated model.
+A spec is frozen and validated on construction; its canonical JSON and content hash name
+the build (``generated/<name>/spec.json``) and key the caches.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+
+from . import __version__
+from .cache import canonical_json, content_hash
+
+LMAX_RANGE = (0, 6)
+NU_RANGE = (1, 4)
+BACKENDS = ("torch", "numba")
+LONG_RANGE = ("none",)
+
+
+class SpecError(ValueError):
+    """A spec that cannot be built; the message names the field, value and allowed values."""
+
+
+def _int_in(name: str, value, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise SpecError(f"{name} must be an integer in {lo}..{hi}, got {value!r}")
+    if not lo <= value <= hi:
+        raise SpecError(f"{name}={value} is outside the allowed range {lo}..{hi}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to compile.
+
+    lmax: largest rank of the edge ICTs T_l(r_ij) and of the atomic basis A (natural parity).
+    nu: largest correlation order of the product basis B (all orders 1..nu are used).
+    hidden_lmax: largest rank of the node features passed between layers (natural
+        parity); 1 matches MACE's ``64x0e + 64x1o``.
+    backends: printers to run.
+    long_range: long-range block (only "none" is available in this version).
+    """
+
+    lmax: int = 3
+    nu: int = 3
+    hidden_lmax: int = 1
+    backends: tuple = ("torch",)
+    long_range: str = "none"
+    version: str = field(default=__version__, compare=True)
+
+    def __post_init__(self):
+        _int_in("lmax", self.lmax, *LMAX_RANGE)
+        _int_in("nu", self.nu, *NU_RANGE)
+        _int_in("hidden_lmax", self.hidden_lmax, 0, self.lmax)
+        backends = self.backends
+        if isinstance(backends, str):
+            backends = tuple(b.strip() for b in backends.split(",") if b.strip())
+        for b in backends:
+            if b not in BACKENDS:
+                raise SpecError(f"backend {b!r} is not available; allowed: {', '.join(BACKENDS)}")
+        backends = tuple(sorted(set(backends), key=BACKENDS.index))
+        if not backends:
+            raise SpecError(f"backends is empty; allowed: {', '.join(BACKENDS)}")
+        object.__setattr__(self, "backends", backends)
+        if self.long_range not in LONG_RANGE:
+            raise SpecError(
+                f"long_range={self.long_range!r} is not available in this version; allowed: {', '.join(LONG_RANGE)}")
+
+    @property
+    def name(self) -> str:
+        """Default build folder name, e.g. ``tace_l3_nu3``."""
+        return f"tace_l{self.lmax}_nu{self.nu}"
+
+    @property
+    def hidden_ranks(self) -> tuple[int, ...]:
+        return tuple(range(self.hidden_lmax + 1))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["backends"] = list(self.backends)
+        return d
+
+    def canonical_json(self) -> str:
+        return canonical_json(self.to_dict())
+
+    @property
+    def hash(self) -> str:
+        return content_hash(self.to_dict())[:16]
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelSpec":
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise SpecError(f"unknown spec field(s) {sorted(unknown)}; allowed: {sorted(known)}")
+        data = dict(data)
+        if "backends" in data:
+            data["backends"] = tuple(data["backends"])
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelSpec":
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,160 @@
+"""The ASE Calculator end to end, with the reference PairModel."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms, units
+from ase.build import bulk, molecule
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
+from ase.md.verlet import VelocityVerlet
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tacegen.runtime.calculator import Calculator
+from tacegen.runtime.data import batch_atoms
+from test_runtime_support import PairModel, random_structure
+
+
+class CountingModel(PairModel):
+    """PairModel that counts forward calls and can hide node energies."""
+
+    def __init__(self, node_energy: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.calls = 0
+        self.node_energy_output = node_energy
+
+    def forward(self, batch, compute_forces: bool = True, compute_stress: bool = True):
+        self.calls += 1
+        out = super().forward(batch, compute_forces, compute_stress)
+        if not self.node_energy_output:
+            del out["node_energy"]
+        return out
+
+
+def attach(atoms, **kwargs):
+    atoms.calc = Calculator(PairModel().eval(), **kwargs)
+    return atoms
+
+
+@settings(max_examples=6, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_matches_model_and_ase_numerical_forces_and_stress(seed):
+    atoms = attach(random_structure(np.random.default_rng(seed), n_atoms=3))
+    model = atoms.calc.model
+    out = model(batch_atoms(atoms, model.elements, model.r_cut))
+    assert atoms.get_potential_energy() == pytest.approx(out["energy"].item(), abs=1e-12)
+    assert atoms.get_potential_energy(force_consistent=True) == atoms.get_potential_energy()
+    np.testing.assert_allclose(atoms.get_forces(), out["forces"].numpy(), atol=1e-12)
+    s = out["stress"][0].numpy()
+    voigt = [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]
+    np.testing.assert_allclose(atoms.get_stress(), voigt, atol=1e-12)
+    np.testing.assert_allclose(atoms.get_stress(voigt=False), s, atol=1e-12)
+    np.testing.assert_allclose(calculate_numerical_forces(atoms, eps=1e-5), atoms.get_forces(), atol=1e-7)
+    np.testing.assert_allclose(calculate_numerical_stress(atoms, eps=1e-6), atoms.get_stress(), atol=1e-7)
+
+
+def test_per_atom_energies_sum_to_the_energy():
+    atoms = attach(molecule("CH3CH2OH"))
+    energies = atoms.get_potential_energies()
+    assert energies.shape == (len(atoms),)
+    assert energies.sum() == pytest.approx(atoms.get_potential_energy(), abs=1e-10)
+
+
+def test_energies_unavailable_without_node_energy():
+    atoms = molecule("H2O")
+    atoms.calc = Calculator(CountingModel(node_energy=False).eval())
+    atoms.get_potential_energy()
+    with pytest.raises(PropertyNotImplementedError, match="does not return 'node_energy'"):
+        atoms.get_potential_energies()
+
+
+@pytest.mark.parametrize("pbc", [(False, False, False), (True, True, False)])
+def test_stress_is_refused_unless_fully_periodic(pbc):
+    atoms = attach(random_structure(np.random.default_rng(1), pbc=pbc))
+    assert np.isfinite(atoms.get_forces()).all()
+    with pytest.raises(PropertyNotImplementedError, match=r"fully periodic.*pbc=\[" + str(pbc[0])):
+        atoms.get_stress()
+
+
+def test_results_are_cached_and_stress_comes_with_the_first_call():
+    model = CountingModel().eval()
+    atoms = bulk("C", "diamond", a=3.6, cubic=True)
+    atoms.calc = Calculator(model)
+    atoms.get_potential_energy()
+    atoms.get_forces()
+    atoms.get_stress()
+    assert model.calls == 1
+    atoms.positions[0] += 0.05
+    atoms.get_forces()
+    assert model.calls == 2
+
+
+def test_float32_model():
+    atoms = attach(bulk("C", "diamond", a=3.6), device="cpu")
+    reference = atoms.get_forces().copy()
+    atoms.calc = Calculator(PairModel(dtype=torch.float32).eval())
+    forces = atoms.get_forces()
+    assert forces.dtype == np.float64
+    np.testing.assert_allclose(forces, reference, atol=1e-4)
+
+
+def test_short_nve_run_conserves_energy():
+    atoms = attach(bulk("C", "diamond", a=3.6, cubic=True))
+    atoms.rattle(0.05, seed=0)
+
+    def total():
+        return atoms.get_potential_energy() + atoms.get_kinetic_energy()
+
+    start = total()
+    VelocityVerlet(atoms, timestep=0.5 * units.fs).run(20)
+    assert abs(total() - start) < 1e-3
+
+
+def test_numba_backend_hook():
+    class WithNumba(PairModel):
+        def numba_backend(self):
+            def evaluate(batch, compute_forces=True, compute_stress=True):
+                out = self.forward(batch, compute_forces, compute_stress)
+                out["energy"] = out["energy"] + 1.0  # mark the path taken
+                return out
+
+            return evaluate
+
+    atoms = molecule("H2O")
+    torch_energy = attach(atoms.copy()).get_potential_energy()
+    atoms.calc = Calculator(WithNumba().eval(), backend="numba")
+    assert atoms.get_potential_energy() == pytest.approx(torch_energy + 1.0)
+
+
+def test_bad_backend_device_and_model_are_named():
+    with pytest.raises(NotImplementedError, match=r"'numba' is not available .*\['torch'\]"):
+        Calculator(PairModel(), backend="numba")
+    with pytest.raises(ValueError, match=r"one of \['torch', 'numba'\], got 'jax'"):
+        Calculator(PairModel(), backend="jax")
+    with pytest.raises(ValueError, match=r"device 'gpu0' is not a valid torch device"):
+        Calculator(PairModel(), device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"'cuda' requested but CUDA is not available"):
+            Calculator(PairModel(), device="cuda")
+    mismatched = PairModel(dtype=torch.float64).to(torch.float32)  # dtype attribute now wrong
+    with pytest.raises(TypeError, match=r"model.dtype is torch.float64 but its tensor 'depth' has dtype torch.float32"):
+        Calculator(mismatched)
+    model = PairModel()
+    del model.r_cut
+    with pytest.raises(TypeError, match=r"lacks attribute 'r_cut'"):
+        Calculator(model)
+    model = PairModel()
+    model.dtype = torch.float16
+    with pytest.raises(TypeError, match=r"float32 or torch.float64, got torch.float16"):
+        Calculator(model)
+    with pytest.raises(TypeError, match=r"torch.nn.Module, got str"):
+        Calculator("model.pt")
+
+
+def test_unknown_element_error_reaches_the_user():
+    atoms = attach(Atoms("NH3", positions=[[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]))
+    with pytest.raises(ValueError, match=r"atom 0 is 'N'.*\['H', 'C', 'O'\]"):
+        atoms.get_potential_energy()
