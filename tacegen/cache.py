@@ -77,14 +77,14 @@ class DiskCache:
         key = self.key(kind, request)
         path = self.path_for(key)
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
         except OSError as exc:
             warnings.warn(f"tacegen cache: cannot read {path} ({exc}); rebuilding", stacklevel=2)
             return None
         try:
-            entry = json.loads(text)
+            entry = json.loads(data.decode("utf-8"))  # UnicodeDecodeError is a ValueError
             ok = (
                 isinstance(entry, dict)
                 and entry.get("key") == key

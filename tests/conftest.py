@@ -149,3 +149,9 @@ def _dense_reduced_basis(l: int) -> np.ndarray:
                 for m in range(d)]
         _BASIS_CACHE[l] = ict.dense_from_components(np.array(rows), l)
     return _BASIS_CACHE[l]
+
+
+def proper_and_improper() -> st.SearchStrategy:
+    """A pair (R, S): one proper and one improper Haar-random matrix, so a property
+    checked for both in every example is always exercised on both components of O(3)."""
+    return st.tuples(proper_rotations(), improper_rotations())

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 
-from conftest import orthogonal_matrices, reduced_representation, rngs, rotate
+from conftest import proper_and_improper, reduced_representation, rngs, rotate
 from tacegen.algebra import ict
 from tacegen.algebra.coupling import (
     Coupling,
@@ -98,13 +98,13 @@ def is_symmetric(t: np.ndarray, atol: float) -> bool:
 
 
 @pytest.mark.parametrize("l1,l2", PAIRS)
-@given(q=orthogonal_matrices(), rng=rngs())
-def test_equivariance_with_path_parity(l1, l2, q, rng):
+@given(qs=proper_and_improper(), rng=rngs())
+def test_equivariance_with_path_parity(l1, l2, qs, rng):
     """out(Qa, Qb) = det(Q)^odd Q^(x)l3 out(a, b) for proper and improper Q."""
     a, b = random_ict(rng, l1), random_ict(rng, l2)
-    qa, qb = (rotate(a, q) if l1 else a), (rotate(b, q) if l2 else b)
-    det = round(np.linalg.det(q))
-    for l3 in allowed_outputs(l1, l2):
+    for q, l3 in itertools.product(qs, allowed_outputs(l1, l2)):
+        qa, qb = (rotate(a, q) if l1 else a), (rotate(b, q) if l2 else b)
+        det = round(np.linalg.det(q))
         C = coupling_tensor(l1, l2, l3)
         out = apply_dense(C, a, b, l1, l2)
         sign = det if is_odd_path(l1, l2, l3) else 1

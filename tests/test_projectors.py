@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 
-from conftest import improper_rotations, kron_power, orthogonal_matrices, proper_rotations, rngs, rotate
+from conftest import improper_rotations, kron_power, proper_and_improper, proper_rotations, rngs, rotate
 from tacegen.algebra.characters import multiplicity_in_product
 from tacegen.algebra.projectors import RANK_MAX, exact_parts, multiplicities
 from tacegen.algebra.projectors import projectors as _projectors
@@ -108,20 +108,20 @@ def test_float_projectors_match_exact_and_are_projectors(n):
 
 
 @pytest.mark.parametrize("n", RANKS)
-@given(q=orthogonal_matrices())
-def test_commute_with_rotations(n, q):
-    k = kron_power(q, n)
-    for part in projectors(n):
+@given(qs=proper_and_improper())
+def test_commute_with_rotations(n, qs):
+    for q, part in itertools.product(qs, projectors(n)):
+        k = kron_power(q, n)
         p = part.projector.reshape(3**n, 3**n)
         np.testing.assert_allclose(p @ k, k @ p, atol=1e-12)
 
 
 @pytest.mark.parametrize("n", RANKS)
-@given(q=orthogonal_matrices(), rng=rngs())
-def test_image_is_invariant(n, q, rng):
+@given(qs=proper_and_improper(), rng=rngs())
+def test_image_is_invariant(n, qs, rng):
     """A tensor in the weight-j image stays in that image after any rotation."""
     t = rng.standard_normal((3,) * n)
-    for part in projectors(n):
+    for q, part in itertools.product(qs, projectors(n)):
         p = part.projector
         x = np.tensordot(p, t, axes=n)
         y = rotate(x, q)
@@ -198,8 +198,8 @@ def test_rank2_explicit_decomposition_exact():
     assert [p.pseudo for p in parts] == [False, True, False]
 
 
-@given(q=orthogonal_matrices(), rng=rngs())
-def test_rank2_antisymmetric_part_is_a_pseudovector(q, rng):
+@given(qs=proper_and_improper(), rng=rngs())
+def test_rank2_antisymmetric_part_is_a_pseudovector(qs, rng):
     """v_k = (1/2) eps_kij A_ij of the weight-1 part transforms as det(Q) Q v."""
     eps = np.zeros((3, 3, 3))
     for i, j, k in itertools.permutations(range(3)):
@@ -207,9 +207,10 @@ def test_rank2_antisymmetric_part_is_a_pseudovector(q, rng):
     p1 = next(p.projector for p in projectors(2) if p.weight == 1)
     a = rng.standard_normal((3, 3))
     v = 0.5 * np.einsum("kij,ij->k", eps, np.tensordot(p1, a, axes=2))
-    qa = q @ a @ q.T
-    qv = 0.5 * np.einsum("kij,ij->k", eps, np.tensordot(p1, qa, axes=2))
-    np.testing.assert_allclose(qv, np.linalg.det(q) * (q @ v), atol=1e-12)
+    for q in qs:
+        qa = q @ a @ q.T
+        qv = 0.5 * np.einsum("kij,ij->k", eps, np.tensordot(p1, qa, axes=2))
+        np.testing.assert_allclose(qv, np.linalg.det(q) * (q @ v), atol=1e-12)
 
 
 # --------------------------------------------------------------------------- bad input

@@ -169,7 +169,8 @@ def test_training_mode_backpropagates_through_forces():
             model.depth[a, b] += h
         loss_up = (up["forces"] ** 2).sum() + (up["stress"] ** 2).sum()
         loss_down = (down["forces"] ** 2).sum() + (down["stress"] ** 2).sum()
-        assert grad[a, b].item() == pytest.approx(((loss_up - loss_down) / (2 * h)).item(), rel=1e-5, abs=1e-8)
+        numerical = ((loss_up - loss_down) / (2 * h)).item()
+        assert grad[a, b].item() == pytest.approx(numerical, rel=1e-5, abs=1e-8)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

@@ -140,7 +140,7 @@ def test_bad_backend_device_and_model_are_named():
         with pytest.raises(ValueError, match=r"'cuda' requested but CUDA is not available"):
             Calculator(PairModel(), device="cuda")
     mismatched = PairModel(dtype=torch.float64).to(torch.float32)  # dtype attribute now wrong
-    with pytest.raises(TypeError, match=r"model.dtype is torch.float64 but its tensor 'depth' has dtype torch.float32"):
+    with pytest.raises(TypeError, match=r"is torch.float64 but its tensor 'depth' has dtype torch.float32"):
         Calculator(mismatched)
     model = PairModel()
     del model.r_cut

@@ -26,7 +26,8 @@ def mixed_structures():
 
 def edges_of(batch):
     """Sorted (receiver, sender, rounded edge vector) triples."""
-    vec = edge_vectors(batch["positions"], batch["cell"], batch["batch"], batch["edge_index"], batch["edge_shift"])
+    keys = ("positions", "cell", "batch", "edge_index", "edge_shift")
+    vec = edge_vectors(*(batch[key] for key in keys))
     s, r = batch["edge_index"].tolist()
     return sorted(zip(r, s, np.round(vec.numpy(), 7).tolist()))
 
@@ -99,6 +100,7 @@ def test_wrapping_does_not_change_edge_vectors(seed):
     assert edges_of(batch_atoms(atoms, ELEMENTS, R_CUT)) == edges_of(batch_atoms(wrapped, ELEMENTS, R_CUT))
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch.jit.script in torch >= 2.10
 def test_edge_vectors_is_scriptable_and_differentiable():
     b = batch_atoms(mixed_structures(), ELEMENTS, R_CUT)
     scripted = torch.jit.script(edge_vectors)

@@ -735,15 +735,28 @@ class TACE(torch.nn.Module):
                             f"{self.atomic_energies.dtype}; build the batch with the model's dtype")
         if positions.device != self.atomic_energies.device:
             raise ValueError(f"batch is on {positions.device} but the model is on {self.atomic_energies.device}")
-        num_structures = batch["num_atoms"].shape[0]
+        if torch.jit.is_scripting():
+            # TorchScript cannot enter torch.enable_grad(): the scripted model follows the
+            # caller's grad mode (do not call it under torch.no_grad() for forces/stress)
+            return self._evaluate(batch, compute_forces, compute_stress)
+        return self._evaluate_with_grad(batch, compute_forces, compute_stress)
+
+    @torch.jit.unused
+    def _evaluate_with_grad(self, batch: Dict[str, Tensor], compute_forces: bool,
+                            compute_stress: bool) -> Dict[str, Tensor]:
         with torch.enable_grad():
-            positions, displacement, strained_positions, strained_cell = apply_strain(
-                positions, batch["cell"], batch["batch"], num_structures, compute_forces, compute_stress)
-            node_energy = self.node_energies(strained_positions, strained_cell, batch)
-            energy = torch.zeros(num_structures, dtype=node_energy.dtype, device=node_energy.device)
-            energy = energy.index_add(0, batch["batch"], node_energy)
-            out = derivatives(energy, positions, displacement, batch["cell"], batch["pbc"],
-                              compute_forces, compute_stress, self.training)
+            return self._evaluate(batch, compute_forces, compute_stress)
+
+    def _evaluate(self, batch: Dict[str, Tensor], compute_forces: bool,
+                  compute_stress: bool) -> Dict[str, Tensor]:
+        num_structures = batch["num_atoms"].shape[0]
+        positions, displacement, strained_positions, strained_cell = apply_strain(
+            batch["positions"], batch["cell"], batch["batch"], num_structures, compute_forces, compute_stress)
+        node_energy = self.node_energies(strained_positions, strained_cell, batch)
+        energy = torch.zeros(num_structures, dtype=node_energy.dtype, device=node_energy.device)
+        energy = energy.index_add(0, batch["batch"], node_energy)
+        out = derivatives(energy, positions, displacement, batch["cell"], batch["pbc"],
+                          compute_forces, compute_stress, self.training)
         out["node_energy"] = node_energy
         return out
 

@@ -89,10 +89,12 @@ def derivatives(
     ``positions`` and ``displacement`` are the first two outputs of
     :func:`apply_strain`; ``cell`` (B, 3, 3) is the unstrained cell and ``pbc``
     (B, 3) the periodic flags. ``training=True`` keeps the graph
-    (``create_graph``) so a loss on forces or stress can be back-propagated.
-    Inputs the energy does not depend on (e.g. an isolated atom) get zero
-    derivatives. Returns ``energy`` and, as requested, ``forces``, ``virial``,
-    ``stress``.
+    (``create_graph``) so a loss on energy, forces or stress can be
+    back-propagated. With ``training=False`` and any derivative requested the
+    graph is freed and all outputs are returned detached; with no derivative
+    requested the energy is returned as given. Inputs the energy does not depend
+    on (e.g. an isolated atom) get zero derivatives. Returns ``energy`` and, as
+    requested, ``forces``, ``virial``, ``stress``.
     """
     out: Dict[str, Tensor] = {"energy": energy}
     inputs: List[Tensor] = []
@@ -115,6 +117,8 @@ def derivatives(
             allow_unused=True,
         )
 
+    if not training:
+        out["energy"] = energy.detach()
     k = 0
     if compute_forces:
         g = grads[k]

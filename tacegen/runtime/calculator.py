@@ -48,6 +48,18 @@ from tacegen.runtime.data import batch_atoms
 BACKENDS = ("torch", "numba")
 
 
+# TorchScript keeps a torch.dtype attribute as its c10::ScalarType number
+_SCRIPTED_DTYPES = {6: torch.float32, 7: torch.float64}
+
+
+def model_dtype(model) -> torch.dtype:
+    """``model.dtype`` as a torch.dtype (a scripted model reports it as an int)."""
+    dtype = model.dtype
+    if isinstance(dtype, int) and not isinstance(dtype, bool):
+        return _SCRIPTED_DTYPES.get(dtype, dtype)
+    return dtype
+
+
 def _check_model(model) -> None:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -62,7 +74,7 @@ def _check_model(model) -> None:
         raise TypeError(f"model.elements must be a non-empty list of symbols, got {elements!r}")
     if not (float(model.r_cut) > 0.0):
         raise ValueError(f"model.r_cut must be > 0 Å, got {model.r_cut}")
-    if model.dtype not in (torch.float32, torch.float64):
+    if model_dtype(model) not in (torch.float32, torch.float64):
         raise TypeError(f"model.dtype must be torch.float32 or torch.float64, got {model.dtype}")
 
 
@@ -101,11 +113,12 @@ class Calculator(_AseCalculator):
         self.device = _parse_device(device)
         self.backend = backend
         self.model = model.to(self.device)
+        self.dtype = model_dtype(model)
         for name, param in list(model.named_parameters()) + list(model.named_buffers()):
-            if param.is_floating_point() and param.dtype != model.dtype:
+            if param.is_floating_point() and param.dtype != self.dtype:
                 raise TypeError(
-                    f"model.dtype is {model.dtype} but its tensor {name!r} has dtype {param.dtype}; "
-                    f"convert the model with model.to({model.dtype})"
+                    f"model.dtype is {self.dtype} but its tensor {name!r} has dtype {param.dtype}; "
+                    f"convert the model with model.to({self.dtype})"
                 )
             if param.device.type != self.device.type or (
                 self.device.index is not None and param.device.index != self.device.index
@@ -134,7 +147,7 @@ class Calculator(_AseCalculator):
             )
         batch = batch_atoms(
             atoms, list(self.model.elements), float(self.model.r_cut),
-            dtype=self.model.dtype, device=self.device,
+            dtype=self.dtype, device=self.device,
         )
         out = self._evaluate(batch, compute_forces=True, compute_stress=periodic)
 

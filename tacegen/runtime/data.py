@@ -106,8 +106,13 @@ def batch_atoms(
     ------
     TypeError  structures not Atoms; dtype not float32/float64; bad elements list.
     ValueError unknown element (names symbol, atom and the allowed list); empty
-               structure; degenerate periodic cell; atoms closer than 0.1 Å (names
-               the pair, shift and distance); r_cut not > 0.
+               structure; degenerate periodic cell; two atoms, or an atom and a
+               periodic image, closer than MIN_DISTANCE = 0.1 Å (names the pair,
+               shift and distance; read off the neighbour list, so only pairs
+               within r_cut are checked); r_cut not a finite number > 0.
+
+    Structures with no periodic direction get an all-zero ``cell`` row; for mixed
+    periodicity the cell is kept as given (its non-periodic rows are unused).
     """
     if dtype not in _FLOAT_DTYPES:
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")

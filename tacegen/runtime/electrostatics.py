@@ -95,10 +95,11 @@ CHUNK_ELEMENTS = 1 << 22
 #: 1.3x the time, memory O(chunk) instead of O(total)); smaller sums keep their graph.
 CHECKPOINT_MIN_ELEMENTS = 1 << 24
 
-#: Default real/reciprocal cost ratio used to balance the Ewald split (cost of one
-#: real-space pair relative to one (k-vector, atom) structure-factor term, both with
-#: a backward pass). Measured with torch 2.13 CPU, see benchmarks/bench_ewald.py.
-DEFAULT_COST_RATIO = 2.0
+#: Default real/reciprocal cost ratio used to balance the Ewald split: the cost of one
+#: real-space pair (vesin list, gather, erfc, backward scatter: ~240 ns) relative to
+#: one (k-vector, atom) structure-factor term (~40 ns), energy + forces, torch 2.13
+#: CPU. The optimum is flat (2..16 within noise at N = 2048, 8192).
+DEFAULT_COST_RATIO = 6.0
 
 
 # --------------------------------------------------------------------------- checks
