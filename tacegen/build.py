@@ -207,6 +207,7 @@ def write_build(spec: ModelSpec, out_dir: Path | str | None = None, force: bool 
     files = _package_files(compiled, optimised)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
+    old = None
     try:
         for name, text in files.items():
             (staging / name).write_text(text, encoding="utf-8")
@@ -218,6 +219,8 @@ def write_build(spec: ModelSpec, out_dir: Path | str | None = None, force: bool 
         else:
             os.replace(staging, target)
     except BaseException:
+        if old is not None and old.exists() and not target.exists():
+            os.replace(old, target)  # the new build did not land: put the previous one back
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target

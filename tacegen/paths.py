@@ -306,8 +306,11 @@ def check_request(pieces: Sequence[Piece], nu: int, L: int, parity: int) -> None
 
 def derive(pieces: Sequence[Piece], nu: int, L: int, parity: int,
            cache: DiskCache | None = None) -> PathSet:
-    """Independent, complete product-basis paths for (pieces, nu, L, parity). Memoised on disk."""
-    pieces = tuple(pieces)
+    """Independent, complete product-basis paths for (pieces, nu, L, parity). Memoised on disk.
+
+    ``pieces``: :class:`Piece` objects or plain ``(rank, parity)`` pairs.
+    """
+    pieces = tuple(p if isinstance(p, Piece) else Piece(*p) for p in pieces)
     check_request(pieces, nu, L, parity)
     cache = cache if cache is not None else DiskCache()
     request = {"pieces": [[p.rank, p.parity] for p in pieces], "nu": nu, "L": L, "parity": parity}

@@ -449,7 +449,7 @@ def test_chunked_checkpointed_path_matches(monkeypatch):
         return out
 
     plain = run()
-    monkeypatch.setattr(es, "CHUNK_ELEMENTS", 64)
+    monkeypatch.setattr(es, "CHUNK_ELEMENTS", 512)
     monkeypatch.setattr(es, "CHECKPOINT_MIN_ELEMENTS", 0)
     chunked = run()
     for a, b in zip(plain, chunked):

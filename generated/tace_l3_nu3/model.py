@@ -161,17 +161,17 @@ class Interaction0(torch.nn.Module):
         c_0_0_0 = hj_0_0_0 * Y0.unsqueeze(1)
         s_0_0_0 = c_0_0_0 * radial_columns[0]  # R[h0 x Y0 -> A0]
         a_0_0_0 = s_0_0_0.new_zeros([num_nodes, s_0_0_0.shape[1], s_0_0_0.shape[2]]).index_add_(0, receivers, s_0_0_0)
+        s_0_1_1_in = hj_0_0_0 * radial_columns[1]  # R[h0 x Y1 -> A1]
         # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
-        c_0_1_1 = hj_0_0_0 * Y1.unsqueeze(1)
-        s_0_1_1 = c_0_1_1 * radial_columns[1]  # R[h0 x Y1 -> A1]
+        s_0_1_1 = s_0_1_1_in * Y1.unsqueeze(1)
         a_0_1_1 = s_0_1_1.new_zeros([num_nodes, s_0_1_1.shape[1], s_0_1_1.shape[2]]).index_add_(0, receivers, s_0_1_1)
+        s_0_2_2_in = hj_0_0_0 * radial_columns[2]  # R[h0 x Y2 -> A2]
         # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
-        c_0_2_2 = hj_0_0_0 * Y2.unsqueeze(1)
-        s_0_2_2 = c_0_2_2 * radial_columns[2]  # R[h0 x Y2 -> A2]
+        s_0_2_2 = s_0_2_2_in * Y2.unsqueeze(1)
         a_0_2_2 = s_0_2_2.new_zeros([num_nodes, s_0_2_2.shape[1], s_0_2_2.shape[2]]).index_add_(0, receivers, s_0_2_2)
+        s_0_3_3_in = hj_0_0_0 * radial_columns[3]  # R[h0 x Y3 -> A3]
         # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
-        c_0_3_3 = hj_0_0_0 * Y3.unsqueeze(1)
-        s_0_3_3 = c_0_3_3 * radial_columns[3]  # R[h0 x Y3 -> A3]
+        s_0_3_3 = s_0_3_3_in * Y3.unsqueeze(1)
         a_0_3_3 = s_0_3_3.new_zeros([num_nodes, s_0_3_3.shape[1], s_0_3_3.shape[2]]).index_add_(0, receivers, s_0_3_3)
         A0 = a_0_0_0
         A1 = a_0_1_1
@@ -202,15 +202,15 @@ class Interaction01(torch.nn.Module):
         # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
         c_0_0_0 = hj_0_0_0 * Y0.unsqueeze(1)
         s_0_0_0 = c_0_0_0 * radial_columns[0]  # R[h0 x Y0 -> A0]
+        s_0_1_1_in = hj_0_0_0 * radial_columns[1]  # R[h0 x Y1 -> A1]
         # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
-        c_0_1_1 = hj_0_0_0 * Y1.unsqueeze(1)
-        s_0_1_1 = c_0_1_1 * radial_columns[1]  # R[h0 x Y1 -> A1]
+        s_0_1_1 = s_0_1_1_in * Y1.unsqueeze(1)
+        s_0_2_2_in = hj_0_0_0 * radial_columns[2]  # R[h0 x Y2 -> A2]
         # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
-        c_0_2_2 = hj_0_0_0 * Y2.unsqueeze(1)
-        s_0_2_2 = c_0_2_2 * radial_columns[2]  # R[h0 x Y2 -> A2]
+        s_0_2_2 = s_0_2_2_in * Y2.unsqueeze(1)
+        s_0_3_3_in = hj_0_0_0 * radial_columns[3]  # R[h0 x Y3 -> A3]
         # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
-        c_0_3_3 = hj_0_0_0 * Y3.unsqueeze(1)
-        s_0_3_3 = c_0_3_3 * radial_columns[3]  # R[h0 x Y3 -> A3]
+        s_0_3_3 = s_0_3_3_in * Y3.unsqueeze(1)
         hj_1_0_1 = h1.index_select(0, senders)
         # h1 x Y0 -> A1: 1 x 0 -> 1, even path, 3 nonzeros
         c_1_0_1 = hj_1_0_1 * Y0.unsqueeze(1)
@@ -218,18 +218,18 @@ class Interaction01(torch.nn.Module):
         # h1 x Y1 -> A0: 1 x 1 -> 0, even path, 3 nonzeros
         c_1_1_0 = hj_1_0_1 @ (Y1 @ self.T_1_1_0.permute(1, 0, 2).reshape(3, 3)).view(-1, 3, 1)
         s_1_1_0 = c_1_1_0 * radial_columns[5]  # R[h1 x Y1 -> A0]
+        s_1_1_2_in = hj_1_0_1 * radial_columns[6]  # R[h1 x Y1 -> A2]
         # h1 x Y1 -> A2: 1 x 1 -> 2, even path, 12 nonzeros
-        c_1_1_2 = hj_1_0_1 @ (Y1 @ self.T_1_1_2.permute(1, 0, 2).reshape(3, 15)).view(-1, 3, 5)
-        s_1_1_2 = c_1_1_2 * radial_columns[6]  # R[h1 x Y1 -> A2]
+        s_1_1_2 = s_1_1_2_in @ (Y1 @ self.T_1_1_2.permute(1, 0, 2).reshape(3, 15)).view(-1, 3, 5)
         # h1 x Y2 -> A1: 1 x 2 -> 1, even path, 10 nonzeros
         c_1_2_1 = hj_1_0_1 @ (Y2 @ self.T_1_2_1.permute(1, 0, 2).reshape(5, 9)).view(-1, 3, 3)
         s_1_2_1 = c_1_2_1 * radial_columns[7]  # R[h1 x Y2 -> A1]
+        s_1_2_3_in = hj_1_0_1 * radial_columns[8]  # R[h1 x Y2 -> A3]
         # h1 x Y2 -> A3: 1 x 2 -> 3, even path, 25 nonzeros
-        c_1_2_3 = hj_1_0_1 @ (Y2 @ self.T_1_2_3.permute(1, 0, 2).reshape(5, 21)).view(-1, 3, 7)
-        s_1_2_3 = c_1_2_3 * radial_columns[8]  # R[h1 x Y2 -> A3]
+        s_1_2_3 = s_1_2_3_in @ (Y2 @ self.T_1_2_3.permute(1, 0, 2).reshape(5, 21)).view(-1, 3, 7)
+        s_1_3_2_in = hj_1_0_1 * radial_columns[9]  # R[h1 x Y3 -> A2]
         # h1 x Y3 -> A2: 1 x 3 -> 2, even path, 17 nonzeros
-        c_1_3_2 = hj_1_0_1 @ (Y3 @ self.T_1_3_2.permute(1, 0, 2).reshape(7, 15)).view(-1, 3, 5)
-        s_1_3_2 = c_1_3_2 * radial_columns[9]  # R[h1 x Y3 -> A2]
+        s_1_3_2 = s_1_3_2_in @ (Y3 @ self.T_1_3_2.permute(1, 0, 2).reshape(7, 15)).view(-1, 3, 5)
         A0_edges = s_0_0_0 + s_1_1_0
         A0 = A0_edges.new_zeros([num_nodes, A0_edges.shape[1], A0_edges.shape[2]]).index_add_(0, receivers, A0_edges)
         A1_edges = s_0_1_1 + s_1_0_1 + s_1_2_1
@@ -737,7 +737,11 @@ class TACE(torch.nn.Module):
             raise ValueError(f"batch is on {positions.device} but the model is on {self.atomic_energies.device}")
         if torch.jit.is_scripting():
             # TorchScript cannot enter torch.enable_grad(): the scripted model follows the
-            # caller's grad mode (do not call it under torch.no_grad() for forces/stress)
+            # caller's grad mode, so refuse rather than return zero forces under no_grad
+            if (compute_forces or compute_stress) and not torch.is_grad_enabled():
+                raise RuntimeError("a scripted TACE needs autograd for forces and stress: call it outside "
+                                   "torch.no_grad()/inference_mode(), or with compute_forces=False and "
+                                   "compute_stress=False")
             return self._evaluate(batch, compute_forces, compute_stress)
         return self._evaluate_with_grad(batch, compute_forces, compute_stress)
 

@@ -265,7 +265,7 @@ def components_from_dense(tensor: np.ndarray, l: int) -> np.ndarray:
 
 
 def detrace(tensor: np.ndarray) -> np.ndarray:
-    """Weight-l (traceless symmetric) part of a symmetric rank-l tensor (trailing axes).
+    """Weight-l (traceless symmetric) part of a symmetric rank-l tensor (every axis is an index).
 
     Exact when the array holds Fractions (dtype=object), float otherwise. A
     non-symmetric input is symmetrised first.

@@ -11,6 +11,9 @@ Every pass is checked against :mod:`tacegen.ir.interpret` in the tests.
 * ``factor_weights``: sum_k w_k couple(P_k, X) = couple(sum_k w_k P_k, X) for one coupling
   table and one right operand (the coupling is bilinear and w_k are per-channel scalars).
   Applied only where the cost model says it is cheaper.
+* ``scale_early``: w * couple(a, b) = couple(w * a, b); the per-channel weight is applied
+  to the coupling's input when that is smaller than its output (on edges this turns
+  E x C x (2l3+1) multiplies into E x C x (2l1+1)).
 * ``drop_dead``: removes ops whose results nobody reads.
 
 Structural zeros never enter: coupling tables store nonzeros only, and the path
@@ -174,6 +177,28 @@ def _factoring_pays(members, items_per_atom) -> bool:
     return after < before
 
 
+def scale_early(program: Program) -> Program:
+    ops = list(program.ops)
+    producer = {op.out.name: op for op in ops}
+    uses = _consumers(ops) + Counter(v.name for v in program.outputs)
+    rewritten = {}
+    for op in ops:
+        inner = producer.get(op.src.name) if isinstance(op, Scale) else None
+        if (isinstance(inner, Couple) and uses[inner.out.name] == 1 and inner.left.channels
+                and not inner.right.channels and inner.left.size < inner.out.size):
+            early = Value(f"{op.out.name}_in", inner.left.rank, inner.left.domain, True)
+            rewritten[inner.out.name] = None  # the unscaled coupling disappears
+            rewritten[op.out.name] = (Scale(early, inner.left, op.weight, op.index, op.comment),
+                                      replace(inner, out=op.out, left=early))
+    out_ops = []
+    for op in ops:
+        if op.out.name not in rewritten:
+            out_ops.append(op)
+        elif rewritten[op.out.name] is not None:
+            out_ops.extend(rewritten[op.out.name])
+    return replace(program, ops=tuple(_reorder(out_ops, program))).check()
+
+
 def drop_dead(program: Program) -> Program:
     live = {v.name for v in program.outputs}
     kept = []
@@ -184,7 +209,7 @@ def drop_dead(program: Program) -> Program:
     return replace(program, ops=tuple(reversed(kept))).check()
 
 
-PASSES = (share_subtrees, scatter_once, factor_weights, share_subtrees, drop_dead)
+PASSES = (share_subtrees, scatter_once, factor_weights, scale_early, share_subtrees, drop_dead)
 
 
 def optimise(program: Program, items_per_atom: dict | None = None) -> Program:
