@@ -24,7 +24,7 @@ from tacegen.ir.build import build_programs, natural_pieces, product_pathsets, t
 from tacegen.ir.cost import program_cost
 from tacegen.ir.interpret import run
 from tacegen.ir.nodes import EDGE, NODE, Couple, Gather, Program, Scale, Scatter, Sum, Value, WeightSpec
-from tacegen.ir.optimise import drop_dead, factor_weights, optimise, scatter_once, share_subtrees
+from tacegen.ir.optimise import PASSES, drop_dead, factor_weights, optimise, scale_early, scatter_once, share_subtrees
 from tacegen.spec import ModelSpec
 
 # torch 2.13 deprecates TorchScript; it is still the deployment path tested here
@@ -86,13 +86,15 @@ def assert_same_value(p1: Program, p2: Program, seeds=(0, 1)) -> None:
 def test_every_pass_and_optimise_keep_the_value(key):
     naive = PROGRAMS[key]
     # each pass alone on the naive program
-    for p in (share_subtrees, scatter_once, drop_dead):
+    assert set(PASSES) <= {share_subtrees, scatter_once, factor_weights, scale_early, drop_dead}, \
+        "a new pass: add it to the tests"
+    for p in (share_subtrees, scatter_once, scale_early, drop_dead):
         assert_same_value(naive, p(naive))
     for items in ITEMS:
         assert_same_value(naive, factor_weights(naive, items))
     # the pipeline step by step, as optimise runs it
     current = naive
-    for p in (share_subtrees, scatter_once, factor_weights, share_subtrees, drop_dead):
+    for p in PASSES:
         current = p(current, None) if p is factor_weights else p(current)
         assert_same_value(naive, current, seeds=(2,))
     for items in ITEMS:
@@ -119,9 +121,9 @@ def _normal_form(program: Program) -> tuple:
 def test_passes_are_idempotent_on_their_own_output(key):
     """optimise's docstring: each pass is idempotent on its own output."""
     naive = PROGRAMS[key]
-    for p in (share_subtrees, scatter_once, drop_dead):
+    for p in (share_subtrees, scatter_once, scale_early, drop_dead):
         once = p(naive)
-        assert p(once).ops == once.ops, p.__name__
+        assert _normal_form(p(once)) == _normal_form(once), p.__name__
     once = factor_weights(naive)
     assert _normal_form(factor_weights(once)) == _normal_form(once)  # up to the order of summed terms
     opt = optimise(naive)
@@ -141,6 +143,11 @@ def test_optimiser_does_real_work():
     assert sum(isinstance(op, Scatter) for op in scatter_once(inter).ops) == spec.lmax + 1
     assert sum(isinstance(op, Scatter) for op in inter.ops) > spec.lmax + 1
     assert any(op.comment.startswith("factored") for op in opt.ops if isinstance(op, Couple))
+    # scale_early moves the radial weight of h0 x Y2 -> A2 onto the (smaller) gathered h0
+    early = scale_early(inter)
+    producer = {op.out.name: op for op in early.ops}
+    assert any(isinstance(op, Scale) and isinstance(producer.get(op.src.name), Gather) for op in early.ops)
+    assert program_cost(early).flops < program_cost(inter).flops
 
 
 def test_optimise_keeps_value_under_a_perturbed_program():
@@ -250,7 +257,7 @@ def test_interaction_matches_dense_cartesian_computation(lmax, in_ranks):
     receivers = np.array([i for _, i in edges])
     n = _unit_vectors(rng, len(edges))
     h = {l: rng.standard_normal((nodes, channels, 2 * l + 1)) for l in in_ranks}
-    Y = run(PROGRAMS[f"l3_nu3_h1:edge_basis"], {"direction": n})
+    Y = run(PROGRAMS["l3_nu3_h1:edge_basis"], {"direction": n})
     radial = rng.standard_normal((len(edges), channels, prog.weights[0].count))
     inputs = {**{f"h{l}": h[l] for l in in_ranks}, **{f"Y{l}": Y[f"Y{l}"] for l in range(lmax + 1)}}
     got = run(prog, inputs, {"radial": radial},

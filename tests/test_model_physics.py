@@ -65,14 +65,23 @@ def _structure(rng, periodic: bool, symbols=("Cu",)) -> Atoms:
     return random_crystal(rng, symbols=symbols) if periodic else random_molecule(rng, symbols=symbols)
 
 
-def _check_symmetry(model, atoms: Atoms, q: np.ndarray, tol: float, rng) -> None:
+def _meaningful(out) -> bool:
+    """Outputs of a physical size. Round-off-sized outputs (forces of a nearly symmetric
+    cell, a pair at the cutoff) are differences of much larger terms, so their relative
+    error measures that cancellation, not the symmetry."""
+    return np.abs(out["forces"]).max() > 1e-3 and np.abs(out["node_energy"]).max() > 1e-4
+
+
+def _check_symmetry(model, atoms: Atoms, q: np.ndarray, tol: float, rng, energy_tol: float | None = None) -> None:
     t = rng.normal(scale=3.0, size=3)
     perm = rng.permutation(len(atoms))
     ref = evaluate(model, atoms)
     new = evaluate(model, transformed(atoms, q, t, perm))
-    assert abs(ref["energy"][0]) > 1e-8, "learned energy at round-off level: the relative test would be vacuous"
-    assert rel_err(new["energy"], ref["energy"]) < tol
-    assert rel_err(new["node_energy"], ref["node_energy"][perm]) < tol
+    # the energy is a sum of node energies: round-off is relative to the terms, not the sum
+    energy_tol = energy_tol or tol
+    energy_scale = max(abs(ref["energy"][0]), np.abs(ref["node_energy"]).sum())
+    assert abs(new["energy"][0] - ref["energy"][0]) < energy_tol * energy_scale
+    assert rel_err(new["node_energy"], ref["node_energy"][perm]) < energy_tol
     # F(P(Qr + t)) = P Q F(r); forces are rows, so Q F_i = F_i Q^T
     assert rel_err(new["forces"], (ref["forces"] @ q.T)[perm]) < tol
     if atoms.pbc.all():
@@ -92,6 +101,7 @@ def _check_symmetry(model, atoms: Atoms, q: np.ndarray, tol: float, rng) -> None
 def test_invariance_and_equivariance_float64(models, key, periodic, seed, proper):
     rng = np.random.default_rng(seed)
     atoms = _structure(rng, periodic)
+    assume(_meaningful(evaluate(models[key], atoms)))
     q = haar_orthogonal(rng, proper)
     _check_symmetry(models[key], atoms, q, 1e-12, rng)
 
@@ -104,11 +114,11 @@ def model32(module, model):
     return m
 
 
-# float32: outputs are sums with cancellation (node energies, forces of a nearly
-# symmetric cell), so round-off is relative to the terms, not to the result. Only
-# structures with outputs of a physical size (> 1e-3 eV, eV/Å) are compared, at 5e-5
-# (observed: median ~1e-6, worst ~3e-5); a symmetry bug gives O(1) errors.
+# float32: outputs are sums with cancellation, so round-off is relative to the terms,
+# not to the result. Observed over 600 random structures: median ~1e-6; worst 1.1e-5
+# for forces and stress, 3.5e-5 for (node) energies. A symmetry bug gives O(1) errors.
 F32_TOL = 5e-5
+F32_ENERGY_TOL = 1e-4
 
 
 @pytest.mark.parametrize("periodic", [False, True], ids=["molecule", "crystal"])
@@ -118,12 +128,12 @@ def test_invariance_and_equivariance_float32(model, model32, periodic, seed, pro
     rng = np.random.default_rng(seed)
     atoms = _structure(rng, periodic)
     ref64 = evaluate(model, atoms)
-    assume(abs(ref64["energy"][0]) > 1e-3 and np.abs(ref64["forces"]).max() > 1e-3)
+    assume(_meaningful(ref64))
     q = haar_orthogonal(rng, proper)
-    _check_symmetry(model32, atoms, q, F32_TOL, rng)
+    _check_symmetry(model32, atoms, q, F32_TOL, rng, energy_tol=F32_ENERGY_TOL)
     # and float32 computes the same function as float64 (same weights)
     out32 = evaluate(model32, atoms)
-    assert rel_err(out32["energy"], ref64["energy"]) < F32_TOL
+    assert abs(out32["energy"][0] - ref64["energy"][0]) < F32_ENERGY_TOL * np.abs(ref64["node_energy"]).sum()
     assert rel_err(out32["forces"], ref64["forces"]) < 10 * F32_TOL
 
 
@@ -216,6 +226,20 @@ def test_batch_equals_one_by_one(model):
     assert np.all(together["forces"][-1] == 0.0)
 
 
+def test_chunked_atomic_basis_equals_unchunked(module, model):
+    """edge_chunk (blocks of receivers under checkpointing) changes memory, not results."""
+    chunked = make_model(module, seed=1, edge_chunk=7)
+    chunked.load_state_dict(model.state_dict())
+    rng = np.random.default_rng(8)
+    structures = [random_crystal(rng, 4), random_molecule(rng, 7), random_crystal(rng, 2)]
+    ref, out = evaluate(model, structures), evaluate(chunked, structures)
+    batch = batch_atoms(structures, model.elements, model.r_cut)
+    assert batch["edge_index"].shape[1] > 10 * 7  # many blocks
+    for key in ("energy", "node_energy", "forces"):
+        assert rel_err(out[key], ref[key]) < 1e-12, key
+    np.testing.assert_allclose(out["stress"], ref["stress"], rtol=1e-12, atol=1e-15)
+
+
 # ----------------------------------------------------------------------------- smoothness
 
 @pytest.mark.parametrize("n_atoms", [2, 3], ids=["dimer", "trimer"])
@@ -305,7 +329,7 @@ def test_torchscript_under_no_grad_refuses_instead_of_zero_forces(model):
     with torch.no_grad():
         eager = model(batch)
         torch.testing.assert_close(eager["forces"], ref["forces"], rtol=1e-13, atol=0)
-        with pytest.raises(RuntimeError, match="no_grad"):
+        with pytest.raises((RuntimeError, torch.jit.Error), match="needs autograd.*no_grad"):
             scripted(batch)
         energy_only = scripted(batch, compute_forces=False, compute_stress=False)
     torch.testing.assert_close(energy_only["energy"], ref["energy"].detach(), rtol=1e-13, atol=0)

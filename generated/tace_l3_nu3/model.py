@@ -461,10 +461,11 @@ class Layer_0_0(torch.nn.Module):
     """
 
     def __init__(self, num_elements: int, channels: int, num_radial: int, radial_hidden: Sequence[int],
-                 avg_num_neighbors: float, readout_hidden: int, last: bool, dtype: torch.dtype):
+                 avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, dtype: torch.dtype):
         super().__init__()
         self.channels = channels
         self.inv_avg_num_neighbors = 1.0 / avg_num_neighbors
+        self.edge_chunk = edge_chunk
         self.linear_up = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in [0]])
         self.radial = RadialMLP(num_radial, list(radial_hidden), 4 * channels).to(dtype)
         self.interaction = Interaction0(dtype)
@@ -481,14 +482,46 @@ class Layer_0_0(torch.nn.Module):
         else:
             self.readout = torch.nn.Sequential(torch.nn.Linear(channels, 1, bias=False, dtype=dtype))
 
+    def atomic_basis(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
+                     receivers: Tensor, num_nodes: int) -> List[Tensor]:
+        """Neighbour sums A_0..A_LMAX of the radially weighted edge couplings."""
+        R = self.radial(radial_features).view(-1, self.channels, 4)
+        return self.interaction(up[0], Y[0], Y[1], Y[2], Y[3], R, senders, receivers, num_nodes)
+
+    @torch.jit.unused
+    def atomic_basis_chunked(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
+                             receivers: Tensor, num_nodes: int) -> List[Tensor]:
+        """``atomic_basis`` over blocks of receiving atoms (edges are sorted by receiver), each
+        block under activation checkpointing: the per-edge intermediates of one block at a
+        time are kept, so memory grows with atoms x channels, not edges x channels x paths."""
+        from torch.utils.checkpoint import checkpoint
+
+        num_edges = senders.shape[0]
+        atoms_per_block = max(1, num_nodes * self.edge_chunk // num_edges)
+        starts = torch.arange(0, num_nodes + atoms_per_block, atoms_per_block, device=receivers.device)
+        edge_bounds = torch.searchsorted(receivers, starts.clamp(max=num_nodes)).tolist()
+        blocks: List[List[Tensor]] = []
+        for k in range(len(edge_bounds) - 1):
+            a0 = k * atoms_per_block
+            a1 = min(num_nodes, a0 + atoms_per_block)
+            if a0 >= a1:
+                break
+            e0, e1 = edge_bounds[k], edge_bounds[k + 1]
+            blocks.append(checkpoint(
+                self.atomic_basis, up, [y[e0:e1] for y in Y], radial_features[e0:e1], senders[e0:e1],
+                receivers[e0:e1] - a0, a1 - a0, use_reentrant=False))
+        return [torch.cat([block[l] for block in blocks], dim=0) for l in range(len(blocks[0]))]
+
     def forward(self, h: List[Tensor], Y: List[Tensor], radial_features: Tensor, species: Tensor,
                 senders: Tensor, receivers: Tensor, num_nodes: int) -> List[Tensor]:
         """Returns the new node features (one tensor per output rank) followed by the node energies."""
         up: List[Tensor] = []
         for k, linear in enumerate(self.linear_up):
             up.append(linear(h[k]))
-        R = self.radial(radial_features).view(-1, self.channels, 4)
-        A_raw = self.interaction(up[0], Y[0], Y[1], Y[2], Y[3], R, senders, receivers, num_nodes)
+        if torch.jit.is_scripting() or senders.shape[0] <= self.edge_chunk:
+            A_raw = self.atomic_basis(up, Y, radial_features, senders, receivers, num_nodes)
+        else:
+            A_raw = self.atomic_basis_chunked(up, Y, radial_features, senders, receivers, num_nodes)
         A: List[Tensor] = []
         for k, linear in enumerate(self.linear_A):
             A.append(linear(A_raw[k] * self.inv_avg_num_neighbors))
@@ -509,10 +542,11 @@ class Layer_0_01(torch.nn.Module):
     """
 
     def __init__(self, num_elements: int, channels: int, num_radial: int, radial_hidden: Sequence[int],
-                 avg_num_neighbors: float, readout_hidden: int, last: bool, dtype: torch.dtype):
+                 avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, dtype: torch.dtype):
         super().__init__()
         self.channels = channels
         self.inv_avg_num_neighbors = 1.0 / avg_num_neighbors
+        self.edge_chunk = edge_chunk
         self.linear_up = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in [0]])
         self.radial = RadialMLP(num_radial, list(radial_hidden), 4 * channels).to(dtype)
         self.interaction = Interaction0(dtype)
@@ -529,14 +563,46 @@ class Layer_0_01(torch.nn.Module):
         else:
             self.readout = torch.nn.Sequential(torch.nn.Linear(channels, 1, bias=False, dtype=dtype))
 
+    def atomic_basis(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
+                     receivers: Tensor, num_nodes: int) -> List[Tensor]:
+        """Neighbour sums A_0..A_LMAX of the radially weighted edge couplings."""
+        R = self.radial(radial_features).view(-1, self.channels, 4)
+        return self.interaction(up[0], Y[0], Y[1], Y[2], Y[3], R, senders, receivers, num_nodes)
+
+    @torch.jit.unused
+    def atomic_basis_chunked(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
+                             receivers: Tensor, num_nodes: int) -> List[Tensor]:
+        """``atomic_basis`` over blocks of receiving atoms (edges are sorted by receiver), each
+        block under activation checkpointing: the per-edge intermediates of one block at a
+        time are kept, so memory grows with atoms x channels, not edges x channels x paths."""
+        from torch.utils.checkpoint import checkpoint
+
+        num_edges = senders.shape[0]
+        atoms_per_block = max(1, num_nodes * self.edge_chunk // num_edges)
+        starts = torch.arange(0, num_nodes + atoms_per_block, atoms_per_block, device=receivers.device)
+        edge_bounds = torch.searchsorted(receivers, starts.clamp(max=num_nodes)).tolist()
+        blocks: List[List[Tensor]] = []
+        for k in range(len(edge_bounds) - 1):
+            a0 = k * atoms_per_block
+            a1 = min(num_nodes, a0 + atoms_per_block)
+            if a0 >= a1:
+                break
+            e0, e1 = edge_bounds[k], edge_bounds[k + 1]
+            blocks.append(checkpoint(
+                self.atomic_basis, up, [y[e0:e1] for y in Y], radial_features[e0:e1], senders[e0:e1],
+                receivers[e0:e1] - a0, a1 - a0, use_reentrant=False))
+        return [torch.cat([block[l] for block in blocks], dim=0) for l in range(len(blocks[0]))]
+
     def forward(self, h: List[Tensor], Y: List[Tensor], radial_features: Tensor, species: Tensor,
                 senders: Tensor, receivers: Tensor, num_nodes: int) -> List[Tensor]:
         """Returns the new node features (one tensor per output rank) followed by the node energies."""
         up: List[Tensor] = []
         for k, linear in enumerate(self.linear_up):
             up.append(linear(h[k]))
-        R = self.radial(radial_features).view(-1, self.channels, 4)
-        A_raw = self.interaction(up[0], Y[0], Y[1], Y[2], Y[3], R, senders, receivers, num_nodes)
+        if torch.jit.is_scripting() or senders.shape[0] <= self.edge_chunk:
+            A_raw = self.atomic_basis(up, Y, radial_features, senders, receivers, num_nodes)
+        else:
+            A_raw = self.atomic_basis_chunked(up, Y, radial_features, senders, receivers, num_nodes)
         A: List[Tensor] = []
         for k, linear in enumerate(self.linear_A):
             A.append(linear(A_raw[k] * self.inv_avg_num_neighbors))
@@ -557,10 +623,11 @@ class Layer_01_0(torch.nn.Module):
     """
 
     def __init__(self, num_elements: int, channels: int, num_radial: int, radial_hidden: Sequence[int],
-                 avg_num_neighbors: float, readout_hidden: int, last: bool, dtype: torch.dtype):
+                 avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, dtype: torch.dtype):
         super().__init__()
         self.channels = channels
         self.inv_avg_num_neighbors = 1.0 / avg_num_neighbors
+        self.edge_chunk = edge_chunk
         self.linear_up = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in [0, 1]])
         self.radial = RadialMLP(num_radial, list(radial_hidden), 10 * channels).to(dtype)
         self.interaction = Interaction01(dtype)
@@ -577,14 +644,46 @@ class Layer_01_0(torch.nn.Module):
         else:
             self.readout = torch.nn.Sequential(torch.nn.Linear(channels, 1, bias=False, dtype=dtype))
 
+    def atomic_basis(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
+                     receivers: Tensor, num_nodes: int) -> List[Tensor]:
+        """Neighbour sums A_0..A_LMAX of the radially weighted edge couplings."""
+        R = self.radial(radial_features).view(-1, self.channels, 10)
+        return self.interaction(up[0], up[1], Y[0], Y[1], Y[2], Y[3], R, senders, receivers, num_nodes)
+
+    @torch.jit.unused
+    def atomic_basis_chunked(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
+                             receivers: Tensor, num_nodes: int) -> List[Tensor]:
+        """``atomic_basis`` over blocks of receiving atoms (edges are sorted by receiver), each
+        block under activation checkpointing: the per-edge intermediates of one block at a
+        time are kept, so memory grows with atoms x channels, not edges x channels x paths."""
+        from torch.utils.checkpoint import checkpoint
+
+        num_edges = senders.shape[0]
+        atoms_per_block = max(1, num_nodes * self.edge_chunk // num_edges)
+        starts = torch.arange(0, num_nodes + atoms_per_block, atoms_per_block, device=receivers.device)
+        edge_bounds = torch.searchsorted(receivers, starts.clamp(max=num_nodes)).tolist()
+        blocks: List[List[Tensor]] = []
+        for k in range(len(edge_bounds) - 1):
+            a0 = k * atoms_per_block
+            a1 = min(num_nodes, a0 + atoms_per_block)
+            if a0 >= a1:
+                break
+            e0, e1 = edge_bounds[k], edge_bounds[k + 1]
+            blocks.append(checkpoint(
+                self.atomic_basis, up, [y[e0:e1] for y in Y], radial_features[e0:e1], senders[e0:e1],
+                receivers[e0:e1] - a0, a1 - a0, use_reentrant=False))
+        return [torch.cat([block[l] for block in blocks], dim=0) for l in range(len(blocks[0]))]
+
     def forward(self, h: List[Tensor], Y: List[Tensor], radial_features: Tensor, species: Tensor,
                 senders: Tensor, receivers: Tensor, num_nodes: int) -> List[Tensor]:
         """Returns the new node features (one tensor per output rank) followed by the node energies."""
         up: List[Tensor] = []
         for k, linear in enumerate(self.linear_up):
             up.append(linear(h[k]))
-        R = self.radial(radial_features).view(-1, self.channels, 10)
-        A_raw = self.interaction(up[0], up[1], Y[0], Y[1], Y[2], Y[3], R, senders, receivers, num_nodes)
+        if torch.jit.is_scripting() or senders.shape[0] <= self.edge_chunk:
+            A_raw = self.atomic_basis(up, Y, radial_features, senders, receivers, num_nodes)
+        else:
+            A_raw = self.atomic_basis_chunked(up, Y, radial_features, senders, receivers, num_nodes)
         A: List[Tensor] = []
         for k, linear in enumerate(self.linear_A):
             A.append(linear(A_raw[k] * self.inv_avg_num_neighbors))
@@ -606,10 +705,11 @@ class Layer_01_01(torch.nn.Module):
     """
 
     def __init__(self, num_elements: int, channels: int, num_radial: int, radial_hidden: Sequence[int],
-                 avg_num_neighbors: float, readout_hidden: int, last: bool, dtype: torch.dtype):
+                 avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, dtype: torch.dtype):
         super().__init__()
         self.channels = channels
         self.inv_avg_num_neighbors = 1.0 / avg_num_neighbors
+        self.edge_chunk = edge_chunk
         self.linear_up = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in [0, 1]])
         self.radial = RadialMLP(num_radial, list(radial_hidden), 10 * channels).to(dtype)
         self.interaction = Interaction01(dtype)
@@ -626,14 +726,46 @@ class Layer_01_01(torch.nn.Module):
         else:
             self.readout = torch.nn.Sequential(torch.nn.Linear(channels, 1, bias=False, dtype=dtype))
 
+    def atomic_basis(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
+                     receivers: Tensor, num_nodes: int) -> List[Tensor]:
+        """Neighbour sums A_0..A_LMAX of the radially weighted edge couplings."""
+        R = self.radial(radial_features).view(-1, self.channels, 10)
+        return self.interaction(up[0], up[1], Y[0], Y[1], Y[2], Y[3], R, senders, receivers, num_nodes)
+
+    @torch.jit.unused
+    def atomic_basis_chunked(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
+                             receivers: Tensor, num_nodes: int) -> List[Tensor]:
+        """``atomic_basis`` over blocks of receiving atoms (edges are sorted by receiver), each
+        block under activation checkpointing: the per-edge intermediates of one block at a
+        time are kept, so memory grows with atoms x channels, not edges x channels x paths."""
+        from torch.utils.checkpoint import checkpoint
+
+        num_edges = senders.shape[0]
+        atoms_per_block = max(1, num_nodes * self.edge_chunk // num_edges)
+        starts = torch.arange(0, num_nodes + atoms_per_block, atoms_per_block, device=receivers.device)
+        edge_bounds = torch.searchsorted(receivers, starts.clamp(max=num_nodes)).tolist()
+        blocks: List[List[Tensor]] = []
+        for k in range(len(edge_bounds) - 1):
+            a0 = k * atoms_per_block
+            a1 = min(num_nodes, a0 + atoms_per_block)
+            if a0 >= a1:
+                break
+            e0, e1 = edge_bounds[k], edge_bounds[k + 1]
+            blocks.append(checkpoint(
+                self.atomic_basis, up, [y[e0:e1] for y in Y], radial_features[e0:e1], senders[e0:e1],
+                receivers[e0:e1] - a0, a1 - a0, use_reentrant=False))
+        return [torch.cat([block[l] for block in blocks], dim=0) for l in range(len(blocks[0]))]
+
     def forward(self, h: List[Tensor], Y: List[Tensor], radial_features: Tensor, species: Tensor,
                 senders: Tensor, receivers: Tensor, num_nodes: int) -> List[Tensor]:
         """Returns the new node features (one tensor per output rank) followed by the node energies."""
         up: List[Tensor] = []
         for k, linear in enumerate(self.linear_up):
             up.append(linear(h[k]))
-        R = self.radial(radial_features).view(-1, self.channels, 10)
-        A_raw = self.interaction(up[0], up[1], Y[0], Y[1], Y[2], Y[3], R, senders, receivers, num_nodes)
+        if torch.jit.is_scripting() or senders.shape[0] <= self.edge_chunk:
+            A_raw = self.atomic_basis(up, Y, radial_features, senders, receivers, num_nodes)
+        else:
+            A_raw = self.atomic_basis_chunked(up, Y, radial_features, senders, receivers, num_nodes)
         A: List[Tensor] = []
         for k, linear in enumerate(self.linear_A):
             A.append(linear(A_raw[k] * self.inv_avg_num_neighbors))
@@ -665,9 +797,13 @@ class TACE(torch.nn.Module):
         atomic_energies: per-element reference energies in eV (default zeros).
         scale, shift: node energy = E0[z] + scale * (sum of layer readouts) + shift.
         cutoff_p: order of the smooth polynomial cutoff envelope.
+        edge_chunk: above this many edges the atomic basis is evaluated in blocks of about
+            this many edges under activation checkpointing (bounded memory for large cells;
+            the edge work is recomputed in the backward pass).
         dtype: torch.float64 or torch.float32.
 
-    ``forward(batch)`` takes a dict from :func:`tacegen.runtime.data.batch_atoms` and returns
+    The model is constructed in eval mode (inference); call ``.train()`` before training
+    on forces or stress. ``forward(batch)`` takes a dict from :func:`tacegen.runtime.data.batch_atoms` and returns
     ``energy`` (B,), ``node_energy`` (N,), ``forces`` (N, 3), ``virial`` and ``stress``
     (B, 3, 3; stress NaN for non-periodic structures).
     """
@@ -675,9 +811,12 @@ class TACE(torch.nn.Module):
     def __init__(self, elements: Sequence[str], channels: int = 64, r_cut: float = 5.0, layers: int = 2,
                  num_radial: int = 8, radial_hidden: Sequence[int] = (64, 64, 64), readout_hidden: int = 16,
                  avg_num_neighbors: Optional[float] = None, atomic_energies: Optional[Sequence[float]] = None,
-                 scale: float = 1.0, shift: float = 0.0, cutoff_p: int = 6, dtype: torch.dtype = torch.float64):
+                 scale: float = 1.0, shift: float = 0.0, cutoff_p: int = 6, edge_chunk: int = 16384,
+                 dtype: torch.dtype = torch.float64):
         super().__init__()
         _check_arguments(elements, channels, r_cut, layers, num_radial, dtype, atomic_energies)
+        if not isinstance(edge_chunk, int) or edge_chunk < 1:
+            raise ValueError(f"edge_chunk must be a positive integer, got {edge_chunk!r}")
         self.elements: List[str] = list(elements)
         self.channels = int(channels)
         self.r_cut = float(r_cut)
@@ -693,7 +832,7 @@ class TACE(torch.nn.Module):
         for t in range(self.num_layers):
             first, last = t == 0, t == self.num_layers - 1
             args = (len(self.elements), self.channels, num_radial, radial_hidden, float(avg_num_neighbors),
-                    readout_hidden, last, dtype)
+                    readout_hidden, last, int(edge_chunk), dtype)
             if first == True and last == True:
                 blocks.append(Layer_0_0(*args))
             elif first == True and last == False:
@@ -709,6 +848,9 @@ class TACE(torch.nn.Module):
         self.register_buffer("atomic_energies", energies)
         self.scale = float(scale)
         self.shift = float(shift)
+        # Inference by default: forces then need no double-backward graph. model.train()
+        # keeps the graph (create_graph) so a loss on forces or stress can be trained.
+        self.eval()
 
     def node_energies(self, positions: Tensor, cell: Tensor, batch: Dict[str, Tensor]) -> Tensor:
         species = batch["species"]
