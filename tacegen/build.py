@@ -113,7 +113,6 @@ def render_torch(compiled: Compiled, optimised: bool = True) -> str:
                     "interaction_args": _call_args(inter, lambda n, r=in_ranks: (
                         f"up[{r.index(int(n[1:]))}]" if n.startswith("h") else
                         f"Y[{n[1:]}]" if n.startswith("Y") else "R")),
-                    "product_args": _call_args(prod, lambda n: f"A[{n[1:]}]" if n.startswith("A") else "W"),
                 }
             choices.append({"first": first, "last": last, "class_name": cls})
     env = _environment()
@@ -128,6 +127,8 @@ def render_torch(compiled: Compiled, optimised: bool = True) -> str:
         products=[rendered[p.name] for p in progs.products],
         edge_basis=rendered[progs.edge_basis.name],
         layers=list(layer_classes.values()),
+        # every product block reads A_0..A_lmax and its weights, in this order
+        product_args=_call_args(prod_inner, lambda n: f"A[{n[1:]}]" if n.startswith("A") else "W"),
         layer_choices=choices,
     )
 

@@ -12,7 +12,6 @@ Product-basis paths per layer kind (independent, complete; see REPORT.md):
   product_0: 13 trees
 """
 
-from __future__ import annotations
 
 import math
 from typing import Dict, List, Optional, Sequence
@@ -452,29 +451,34 @@ class ChannelLinear(torch.nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return torch.einsum("ncd,ck->nkd", x, self.weight)
 
+class LayerBase(torch.nn.Module):
+    """One message-passing layer: atomic basis A -> channel mixing -> product basis B
+    (element-dependent weights per tree) -> channel mixing -> + residual -> readout.
 
-class Layer_0_0(torch.nn.Module):
-    """One message-passing layer: node ranks [0] in, ranks [0] out.
-
-    atomic basis A (edge paths: 4) -> channel mixing -> product basis B
-    (13 trees, element-dependent weights) -> channel mixing -> + residual -> readout.
+    Subclasses (one per pair of generated blocks) choose the interaction and product
+    blocks and pass the node features to the interaction in ``atomic_basis``.
     """
 
-    def __init__(self, num_elements: int, channels: int, num_radial: int, radial_hidden: Sequence[int],
+    skip_ranks: List[int]
+
+    def __init__(self, interaction: torch.nn.Module, product: torch.nn.Module, num_edge_paths: int,
+                 num_trees: int, in_ranks: List[int], out_ranks: List[int], skip_ranks: List[int],
+                 num_elements: int, channels: int, num_radial: int, radial_hidden: Sequence[int],
                  avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, dtype: torch.dtype):
         super().__init__()
         self.channels = channels
+        self.num_edge_paths = num_edge_paths
         self.inv_avg_num_neighbors = 1.0 / avg_num_neighbors
         self.edge_chunk = edge_chunk
-        self.linear_up = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in [0]])
-        self.radial = RadialMLP(num_radial, list(radial_hidden), 4 * channels).to(dtype)
-        self.interaction = Interaction0(dtype)
+        self.skip_ranks = list(skip_ranks)
+        self.linear_up = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in in_ranks])
+        self.radial = RadialMLP(num_radial, list(radial_hidden), num_edge_paths * channels).to(dtype)
+        self.interaction = interaction
         self.linear_A = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in range(LMAX + 1)])
-        self.product = Product0(dtype)
-        self.product_weights = torch.nn.Parameter(
-            torch.randn(num_elements, channels, 13, dtype=dtype))
-        self.linear_B = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in [0]])
-        self.skip = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in []])
+        self.product = product
+        self.product_weights = torch.nn.Parameter(torch.randn(num_elements, channels, num_trees, dtype=dtype))
+        self.linear_B = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in out_ranks])
+        self.skip = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in skip_ranks])
         if last:
             self.readout = torch.nn.Sequential(
                 torch.nn.Linear(channels, readout_hidden, bias=False, dtype=dtype), torch.nn.SiLU(),
@@ -484,300 +488,120 @@ class Layer_0_0(torch.nn.Module):
 
     def atomic_basis(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
                      receivers: Tensor, num_nodes: int) -> List[Tensor]:
-        """Neighbour sums A_0..A_LMAX of the radially weighted edge couplings."""
-        R = self.radial(radial_features).view(-1, self.channels, 4)
+        """Neighbour sums A_0..A_LMAX of the radially weighted edge couplings (per subclass)."""
+        raise NotImplementedError
+
+    @torch.jit.unused
+    def atomic_basis_chunked(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
+                             receivers: Tensor, num_nodes: int) -> List[Tensor]:
+        """``atomic_basis`` over blocks of receiving atoms (edges are sorted by receiver), each
+        block under activation checkpointing: the per-edge intermediates of one block at a
+        time are kept, so memory grows with atoms x channels, not edges x channels x paths."""
+        from torch.utils.checkpoint import checkpoint
+
+        num_edges = senders.shape[0]
+        atoms_per_block = max(1, num_nodes * self.edge_chunk // num_edges)
+        starts = torch.arange(0, num_nodes + atoms_per_block, atoms_per_block, device=receivers.device)
+        edge_bounds = torch.searchsorted(receivers, starts.clamp(max=num_nodes)).tolist()
+        blocks: List[List[Tensor]] = []
+        for k in range(len(edge_bounds) - 1):
+            a0 = k * atoms_per_block
+            a1 = min(num_nodes, a0 + atoms_per_block)
+            if a0 >= a1:
+                break
+            e0, e1 = edge_bounds[k], edge_bounds[k + 1]
+            blocks.append(checkpoint(
+                self.atomic_basis, up, [y[e0:e1] for y in Y], radial_features[e0:e1], senders[e0:e1],
+                receivers[e0:e1] - a0, a1 - a0, use_reentrant=False))
+        return [torch.cat([block[l] for block in blocks], dim=0) for l in range(len(blocks[0]))]
+
+    def forward(self, h: List[Tensor], Y: List[Tensor], radial_features: Tensor, species: Tensor,
+                senders: Tensor, receivers: Tensor, num_nodes: int) -> List[Tensor]:
+        """Returns the new node features (one tensor per output rank) followed by the node energies."""
+        up: List[Tensor] = []
+        for k, linear in enumerate(self.linear_up):
+            up.append(linear(h[k]))
+        if torch.jit.is_scripting() or senders.shape[0] <= self.edge_chunk:
+            A_raw = self.atomic_basis(up, Y, radial_features, senders, receivers, num_nodes)
+        else:
+            A_raw = self.atomic_basis_chunked(up, Y, radial_features, senders, receivers, num_nodes)
+        A: List[Tensor] = []
+        for k, linear in enumerate(self.linear_A):
+            A.append(linear(A_raw[k] * self.inv_avg_num_neighbors))
+        W = self.product_weights.index_select(0, species)
+        B = self.product(A[0], A[1], A[2], A[3], W)
+        out: List[Tensor] = []
+        for k, linear in enumerate(self.linear_B):
+            out.append(linear(B[k]))
+        for k, skip in enumerate(self.skip):  # residual connections, rank by rank
+            rank = self.skip_ranks[k]
+            out[rank] = out[rank] + skip(h[rank])
+        out.append(self.readout(out[0][:, :, 0]).squeeze(-1))
+        return out
+
+
+class Layer_0_0(LayerBase):
+    """Layer with node ranks [0] in (4 edge paths) and ranks [0] out (13 trees)."""
+
+    def __init__(self, num_elements: int, channels: int, num_radial: int, radial_hidden: Sequence[int],
+                 avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, dtype: torch.dtype):
+        super().__init__(Interaction0(dtype), Product0(dtype),
+                         4, 13, [0], [0], [],
+                         num_elements, channels, num_radial, radial_hidden, avg_num_neighbors, readout_hidden,
+                         last, edge_chunk, dtype)
+
+    def atomic_basis(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
+                     receivers: Tensor, num_nodes: int) -> List[Tensor]:
+        R = self.radial(radial_features).view(-1, self.channels, self.num_edge_paths)
         return self.interaction(up[0], Y[0], Y[1], Y[2], Y[3], R, senders, receivers, num_nodes)
 
-    @torch.jit.unused
-    def atomic_basis_chunked(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
-                             receivers: Tensor, num_nodes: int) -> List[Tensor]:
-        """``atomic_basis`` over blocks of receiving atoms (edges are sorted by receiver), each
-        block under activation checkpointing: the per-edge intermediates of one block at a
-        time are kept, so memory grows with atoms x channels, not edges x channels x paths."""
-        from torch.utils.checkpoint import checkpoint
 
-        num_edges = senders.shape[0]
-        atoms_per_block = max(1, num_nodes * self.edge_chunk // num_edges)
-        starts = torch.arange(0, num_nodes + atoms_per_block, atoms_per_block, device=receivers.device)
-        edge_bounds = torch.searchsorted(receivers, starts.clamp(max=num_nodes)).tolist()
-        blocks: List[List[Tensor]] = []
-        for k in range(len(edge_bounds) - 1):
-            a0 = k * atoms_per_block
-            a1 = min(num_nodes, a0 + atoms_per_block)
-            if a0 >= a1:
-                break
-            e0, e1 = edge_bounds[k], edge_bounds[k + 1]
-            blocks.append(checkpoint(
-                self.atomic_basis, up, [y[e0:e1] for y in Y], radial_features[e0:e1], senders[e0:e1],
-                receivers[e0:e1] - a0, a1 - a0, use_reentrant=False))
-        return [torch.cat([block[l] for block in blocks], dim=0) for l in range(len(blocks[0]))]
-
-    def forward(self, h: List[Tensor], Y: List[Tensor], radial_features: Tensor, species: Tensor,
-                senders: Tensor, receivers: Tensor, num_nodes: int) -> List[Tensor]:
-        """Returns the new node features (one tensor per output rank) followed by the node energies."""
-        up: List[Tensor] = []
-        for k, linear in enumerate(self.linear_up):
-            up.append(linear(h[k]))
-        if torch.jit.is_scripting() or senders.shape[0] <= self.edge_chunk:
-            A_raw = self.atomic_basis(up, Y, radial_features, senders, receivers, num_nodes)
-        else:
-            A_raw = self.atomic_basis_chunked(up, Y, radial_features, senders, receivers, num_nodes)
-        A: List[Tensor] = []
-        for k, linear in enumerate(self.linear_A):
-            A.append(linear(A_raw[k] * self.inv_avg_num_neighbors))
-        W = self.product_weights.index_select(0, species)
-        B = self.product(A[0], A[1], A[2], A[3], W)
-        out: List[Tensor] = []
-        for k, linear in enumerate(self.linear_B):
-            out.append(linear(B[k]))
-        out.append(self.readout(out[0][:, :, 0]).squeeze(-1))
-        return out
-
-
-class Layer_0_01(torch.nn.Module):
-    """One message-passing layer: node ranks [0] in, ranks [0, 1] out.
-
-    atomic basis A (edge paths: 4) -> channel mixing -> product basis B
-    (29 trees, element-dependent weights) -> channel mixing -> + residual -> readout.
-    """
+class Layer_0_01(LayerBase):
+    """Layer with node ranks [0] in (4 edge paths) and ranks [0, 1] out (29 trees)."""
 
     def __init__(self, num_elements: int, channels: int, num_radial: int, radial_hidden: Sequence[int],
                  avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, dtype: torch.dtype):
-        super().__init__()
-        self.channels = channels
-        self.inv_avg_num_neighbors = 1.0 / avg_num_neighbors
-        self.edge_chunk = edge_chunk
-        self.linear_up = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in [0]])
-        self.radial = RadialMLP(num_radial, list(radial_hidden), 4 * channels).to(dtype)
-        self.interaction = Interaction0(dtype)
-        self.linear_A = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in range(LMAX + 1)])
-        self.product = Product01(dtype)
-        self.product_weights = torch.nn.Parameter(
-            torch.randn(num_elements, channels, 29, dtype=dtype))
-        self.linear_B = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in [0, 1]])
-        self.skip = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in []])
-        if last:
-            self.readout = torch.nn.Sequential(
-                torch.nn.Linear(channels, readout_hidden, bias=False, dtype=dtype), torch.nn.SiLU(),
-                torch.nn.Linear(readout_hidden, 1, bias=False, dtype=dtype))
-        else:
-            self.readout = torch.nn.Sequential(torch.nn.Linear(channels, 1, bias=False, dtype=dtype))
+        super().__init__(Interaction0(dtype), Product01(dtype),
+                         4, 29, [0], [0, 1], [],
+                         num_elements, channels, num_radial, radial_hidden, avg_num_neighbors, readout_hidden,
+                         last, edge_chunk, dtype)
 
     def atomic_basis(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
                      receivers: Tensor, num_nodes: int) -> List[Tensor]:
-        """Neighbour sums A_0..A_LMAX of the radially weighted edge couplings."""
-        R = self.radial(radial_features).view(-1, self.channels, 4)
+        R = self.radial(radial_features).view(-1, self.channels, self.num_edge_paths)
         return self.interaction(up[0], Y[0], Y[1], Y[2], Y[3], R, senders, receivers, num_nodes)
 
-    @torch.jit.unused
-    def atomic_basis_chunked(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
-                             receivers: Tensor, num_nodes: int) -> List[Tensor]:
-        """``atomic_basis`` over blocks of receiving atoms (edges are sorted by receiver), each
-        block under activation checkpointing: the per-edge intermediates of one block at a
-        time are kept, so memory grows with atoms x channels, not edges x channels x paths."""
-        from torch.utils.checkpoint import checkpoint
 
-        num_edges = senders.shape[0]
-        atoms_per_block = max(1, num_nodes * self.edge_chunk // num_edges)
-        starts = torch.arange(0, num_nodes + atoms_per_block, atoms_per_block, device=receivers.device)
-        edge_bounds = torch.searchsorted(receivers, starts.clamp(max=num_nodes)).tolist()
-        blocks: List[List[Tensor]] = []
-        for k in range(len(edge_bounds) - 1):
-            a0 = k * atoms_per_block
-            a1 = min(num_nodes, a0 + atoms_per_block)
-            if a0 >= a1:
-                break
-            e0, e1 = edge_bounds[k], edge_bounds[k + 1]
-            blocks.append(checkpoint(
-                self.atomic_basis, up, [y[e0:e1] for y in Y], radial_features[e0:e1], senders[e0:e1],
-                receivers[e0:e1] - a0, a1 - a0, use_reentrant=False))
-        return [torch.cat([block[l] for block in blocks], dim=0) for l in range(len(blocks[0]))]
-
-    def forward(self, h: List[Tensor], Y: List[Tensor], radial_features: Tensor, species: Tensor,
-                senders: Tensor, receivers: Tensor, num_nodes: int) -> List[Tensor]:
-        """Returns the new node features (one tensor per output rank) followed by the node energies."""
-        up: List[Tensor] = []
-        for k, linear in enumerate(self.linear_up):
-            up.append(linear(h[k]))
-        if torch.jit.is_scripting() or senders.shape[0] <= self.edge_chunk:
-            A_raw = self.atomic_basis(up, Y, radial_features, senders, receivers, num_nodes)
-        else:
-            A_raw = self.atomic_basis_chunked(up, Y, radial_features, senders, receivers, num_nodes)
-        A: List[Tensor] = []
-        for k, linear in enumerate(self.linear_A):
-            A.append(linear(A_raw[k] * self.inv_avg_num_neighbors))
-        W = self.product_weights.index_select(0, species)
-        B = self.product(A[0], A[1], A[2], A[3], W)
-        out: List[Tensor] = []
-        for k, linear in enumerate(self.linear_B):
-            out.append(linear(B[k]))
-        out.append(self.readout(out[0][:, :, 0]).squeeze(-1))
-        return out
-
-
-class Layer_01_0(torch.nn.Module):
-    """One message-passing layer: node ranks [0, 1] in, ranks [0] out.
-
-    atomic basis A (edge paths: 10) -> channel mixing -> product basis B
-    (13 trees, element-dependent weights) -> channel mixing -> + residual -> readout.
-    """
+class Layer_01_0(LayerBase):
+    """Layer with node ranks [0, 1] in (10 edge paths) and ranks [0] out (13 trees)."""
 
     def __init__(self, num_elements: int, channels: int, num_radial: int, radial_hidden: Sequence[int],
                  avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, dtype: torch.dtype):
-        super().__init__()
-        self.channels = channels
-        self.inv_avg_num_neighbors = 1.0 / avg_num_neighbors
-        self.edge_chunk = edge_chunk
-        self.linear_up = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in [0, 1]])
-        self.radial = RadialMLP(num_radial, list(radial_hidden), 10 * channels).to(dtype)
-        self.interaction = Interaction01(dtype)
-        self.linear_A = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in range(LMAX + 1)])
-        self.product = Product0(dtype)
-        self.product_weights = torch.nn.Parameter(
-            torch.randn(num_elements, channels, 13, dtype=dtype))
-        self.linear_B = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in [0]])
-        self.skip = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in [0]])
-        if last:
-            self.readout = torch.nn.Sequential(
-                torch.nn.Linear(channels, readout_hidden, bias=False, dtype=dtype), torch.nn.SiLU(),
-                torch.nn.Linear(readout_hidden, 1, bias=False, dtype=dtype))
-        else:
-            self.readout = torch.nn.Sequential(torch.nn.Linear(channels, 1, bias=False, dtype=dtype))
+        super().__init__(Interaction01(dtype), Product0(dtype),
+                         10, 13, [0, 1], [0], [0],
+                         num_elements, channels, num_radial, radial_hidden, avg_num_neighbors, readout_hidden,
+                         last, edge_chunk, dtype)
 
     def atomic_basis(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
                      receivers: Tensor, num_nodes: int) -> List[Tensor]:
-        """Neighbour sums A_0..A_LMAX of the radially weighted edge couplings."""
-        R = self.radial(radial_features).view(-1, self.channels, 10)
+        R = self.radial(radial_features).view(-1, self.channels, self.num_edge_paths)
         return self.interaction(up[0], up[1], Y[0], Y[1], Y[2], Y[3], R, senders, receivers, num_nodes)
 
-    @torch.jit.unused
-    def atomic_basis_chunked(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
-                             receivers: Tensor, num_nodes: int) -> List[Tensor]:
-        """``atomic_basis`` over blocks of receiving atoms (edges are sorted by receiver), each
-        block under activation checkpointing: the per-edge intermediates of one block at a
-        time are kept, so memory grows with atoms x channels, not edges x channels x paths."""
-        from torch.utils.checkpoint import checkpoint
 
-        num_edges = senders.shape[0]
-        atoms_per_block = max(1, num_nodes * self.edge_chunk // num_edges)
-        starts = torch.arange(0, num_nodes + atoms_per_block, atoms_per_block, device=receivers.device)
-        edge_bounds = torch.searchsorted(receivers, starts.clamp(max=num_nodes)).tolist()
-        blocks: List[List[Tensor]] = []
-        for k in range(len(edge_bounds) - 1):
-            a0 = k * atoms_per_block
-            a1 = min(num_nodes, a0 + atoms_per_block)
-            if a0 >= a1:
-                break
-            e0, e1 = edge_bounds[k], edge_bounds[k + 1]
-            blocks.append(checkpoint(
-                self.atomic_basis, up, [y[e0:e1] for y in Y], radial_features[e0:e1], senders[e0:e1],
-                receivers[e0:e1] - a0, a1 - a0, use_reentrant=False))
-        return [torch.cat([block[l] for block in blocks], dim=0) for l in range(len(blocks[0]))]
-
-    def forward(self, h: List[Tensor], Y: List[Tensor], radial_features: Tensor, species: Tensor,
-                senders: Tensor, receivers: Tensor, num_nodes: int) -> List[Tensor]:
-        """Returns the new node features (one tensor per output rank) followed by the node energies."""
-        up: List[Tensor] = []
-        for k, linear in enumerate(self.linear_up):
-            up.append(linear(h[k]))
-        if torch.jit.is_scripting() or senders.shape[0] <= self.edge_chunk:
-            A_raw = self.atomic_basis(up, Y, radial_features, senders, receivers, num_nodes)
-        else:
-            A_raw = self.atomic_basis_chunked(up, Y, radial_features, senders, receivers, num_nodes)
-        A: List[Tensor] = []
-        for k, linear in enumerate(self.linear_A):
-            A.append(linear(A_raw[k] * self.inv_avg_num_neighbors))
-        W = self.product_weights.index_select(0, species)
-        B = self.product(A[0], A[1], A[2], A[3], W)
-        out: List[Tensor] = []
-        for k, linear in enumerate(self.linear_B):
-            out.append(linear(B[k]))
-        out[0] = out[0] + self.skip[0](h[0])  # residual, rank 0
-        out.append(self.readout(out[0][:, :, 0]).squeeze(-1))
-        return out
-
-
-class Layer_01_01(torch.nn.Module):
-    """One message-passing layer: node ranks [0, 1] in, ranks [0, 1] out.
-
-    atomic basis A (edge paths: 10) -> channel mixing -> product basis B
-    (29 trees, element-dependent weights) -> channel mixing -> + residual -> readout.
-    """
+class Layer_01_01(LayerBase):
+    """Layer with node ranks [0, 1] in (10 edge paths) and ranks [0, 1] out (29 trees)."""
 
     def __init__(self, num_elements: int, channels: int, num_radial: int, radial_hidden: Sequence[int],
                  avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, dtype: torch.dtype):
-        super().__init__()
-        self.channels = channels
-        self.inv_avg_num_neighbors = 1.0 / avg_num_neighbors
-        self.edge_chunk = edge_chunk
-        self.linear_up = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in [0, 1]])
-        self.radial = RadialMLP(num_radial, list(radial_hidden), 10 * channels).to(dtype)
-        self.interaction = Interaction01(dtype)
-        self.linear_A = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in range(LMAX + 1)])
-        self.product = Product01(dtype)
-        self.product_weights = torch.nn.Parameter(
-            torch.randn(num_elements, channels, 29, dtype=dtype))
-        self.linear_B = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in [0, 1]])
-        self.skip = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in [0, 1]])
-        if last:
-            self.readout = torch.nn.Sequential(
-                torch.nn.Linear(channels, readout_hidden, bias=False, dtype=dtype), torch.nn.SiLU(),
-                torch.nn.Linear(readout_hidden, 1, bias=False, dtype=dtype))
-        else:
-            self.readout = torch.nn.Sequential(torch.nn.Linear(channels, 1, bias=False, dtype=dtype))
+        super().__init__(Interaction01(dtype), Product01(dtype),
+                         10, 29, [0, 1], [0, 1], [0, 1],
+                         num_elements, channels, num_radial, radial_hidden, avg_num_neighbors, readout_hidden,
+                         last, edge_chunk, dtype)
 
     def atomic_basis(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
                      receivers: Tensor, num_nodes: int) -> List[Tensor]:
-        """Neighbour sums A_0..A_LMAX of the radially weighted edge couplings."""
-        R = self.radial(radial_features).view(-1, self.channels, 10)
+        R = self.radial(radial_features).view(-1, self.channels, self.num_edge_paths)
         return self.interaction(up[0], up[1], Y[0], Y[1], Y[2], Y[3], R, senders, receivers, num_nodes)
-
-    @torch.jit.unused
-    def atomic_basis_chunked(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
-                             receivers: Tensor, num_nodes: int) -> List[Tensor]:
-        """``atomic_basis`` over blocks of receiving atoms (edges are sorted by receiver), each
-        block under activation checkpointing: the per-edge intermediates of one block at a
-        time are kept, so memory grows with atoms x channels, not edges x channels x paths."""
-        from torch.utils.checkpoint import checkpoint
-
-        num_edges = senders.shape[0]
-        atoms_per_block = max(1, num_nodes * self.edge_chunk // num_edges)
-        starts = torch.arange(0, num_nodes + atoms_per_block, atoms_per_block, device=receivers.device)
-        edge_bounds = torch.searchsorted(receivers, starts.clamp(max=num_nodes)).tolist()
-        blocks: List[List[Tensor]] = []
-        for k in range(len(edge_bounds) - 1):
-            a0 = k * atoms_per_block
-            a1 = min(num_nodes, a0 + atoms_per_block)
-            if a0 >= a1:
-                break
-            e0, e1 = edge_bounds[k], edge_bounds[k + 1]
-            blocks.append(checkpoint(
-                self.atomic_basis, up, [y[e0:e1] for y in Y], radial_features[e0:e1], senders[e0:e1],
-                receivers[e0:e1] - a0, a1 - a0, use_reentrant=False))
-        return [torch.cat([block[l] for block in blocks], dim=0) for l in range(len(blocks[0]))]
-
-    def forward(self, h: List[Tensor], Y: List[Tensor], radial_features: Tensor, species: Tensor,
-                senders: Tensor, receivers: Tensor, num_nodes: int) -> List[Tensor]:
-        """Returns the new node features (one tensor per output rank) followed by the node energies."""
-        up: List[Tensor] = []
-        for k, linear in enumerate(self.linear_up):
-            up.append(linear(h[k]))
-        if torch.jit.is_scripting() or senders.shape[0] <= self.edge_chunk:
-            A_raw = self.atomic_basis(up, Y, radial_features, senders, receivers, num_nodes)
-        else:
-            A_raw = self.atomic_basis_chunked(up, Y, radial_features, senders, receivers, num_nodes)
-        A: List[Tensor] = []
-        for k, linear in enumerate(self.linear_A):
-            A.append(linear(A_raw[k] * self.inv_avg_num_neighbors))
-        W = self.product_weights.index_select(0, species)
-        B = self.product(A[0], A[1], A[2], A[3], W)
-        out: List[Tensor] = []
-        for k, linear in enumerate(self.linear_B):
-            out.append(linear(B[k]))
-        out[0] = out[0] + self.skip[0](h[0])  # residual, rank 0
-        out[1] = out[1] + self.skip[1](h[1])  # residual, rank 1
-        out.append(self.readout(out[0][:, :, 0]).squeeze(-1))
-        return out
 
 
 
