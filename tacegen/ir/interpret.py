@@ -8,8 +8,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..algebra.adjoint import ict_reduced_vjp
 from ..algebra.ict import ict_reduced
-from .nodes import Couple, EdgeICT, Gather, Program, Scale, Scatter, Sum
+from .nodes import (
+    ChannelSum,
+    Couple,
+    EdgeICT,
+    EdgeICTGrad,
+    Gather,
+    GatherReceivers,
+    Program,
+    Scale,
+    Scatter,
+    ScatterSenders,
+    Stack,
+    Sum,
+    Zeros,
+)
 
 
 def run(program: Program, inputs: dict, weights: dict | None = None, graph: dict | None = None) -> dict:
@@ -50,5 +65,25 @@ def _step(op, env, weights, graph):
         src = env[op.src.name]
         out = np.zeros((graph["num_nodes"],) + src.shape[1:])
         np.add.at(out, graph["receivers"], src)
+        return out
+    # ops of the reverse pass (tacegen.ir.reverse)
+    if isinstance(op, EdgeICTGrad):
+        return ict_reduced_vjp(env[op.direction.name], env[op.cotangent.name], op.l)
+    if isinstance(op, ChannelSum):
+        return env[op.src.name].sum(axis=1)
+    if isinstance(op, GatherReceivers):
+        return env[op.src.name][graph["receivers"]]
+    if isinstance(op, ScatterSenders):
+        src = env[op.src.name]
+        out = np.zeros((graph["num_nodes"],) + src.shape[1:])
+        np.add.at(out, graph["senders"], src)
+        return out
+    if isinstance(op, Zeros):
+        return np.zeros_like(env[op.like.name])
+    if isinstance(op, Stack):
+        out = np.zeros_like(np.asarray(weights[op.weight], dtype=np.float64))
+        for k, column in enumerate(op.columns):
+            if column is not None:
+                out[:, :, k] = env[column.name][:, :, 0]
         return out
     raise TypeError(f"unknown op {type(op).__name__}")

@@ -121,6 +121,120 @@ class Scatter:
 Op = EdgeICT | Couple | Scale | Sum | Gather | Scatter
 
 
+# ----------------------------------------------------------------------------- reverse pass
+# Ops introduced by the reverse-mode transformation (tacegen.ir.reverse). A cotangent
+# ("adjoint") value has exactly the layout of its primal value. The adjoint of a Couple is
+# itself a Couple, with an exact transposed table (tacegen.algebra.adjoint.AdjointTable),
+# and the adjoint of a Scale's src is a Scale; the ops below cover the rest.
+
+
+@dataclass(frozen=True)
+class WeightArray:
+    """A value laid out like a run-time weight: ``(items on domain, channels, count)``.
+
+    Not an ICT (no rank or storage): the last axis holds ``count`` per-channel scalars.
+    Produced by :class:`Stack` only (the adjoint of a weight array)."""
+
+    name: str
+    domain: str
+    count: int
+    channels: bool = True
+
+
+@dataclass(frozen=True)
+class EdgeICTGrad:
+    """out[e, k] = sum_m cotangent[e, m] * d Y_m / d direction_k (rank-1 edge value, no channels).
+
+    Y = r^l T_l(r/|r|) evaluated as the polynomial :class:`EdgeICT` computes, l =
+    ``cotangent.rank``; the derivative polynomials are exact
+    (:func:`tacegen.algebra.adjoint.ict_gradient_polynomials`). The vector-Jacobian product of
+    EdgeICT."""
+
+    out: Value
+    direction: Value
+    cotangent: Value
+
+    @property
+    def l(self) -> int:
+        return self.cotangent.rank
+
+    @property
+    def inputs(self) -> tuple:
+        return (self.direction, self.cotangent)
+
+
+@dataclass(frozen=True)
+class ChannelSum:
+    """out[i, m] = sum_c src[i, c, m]: a channel-free value from one with channels.
+
+    The adjoint of broadcasting a channel-free operand (an edge ICT) over channels."""
+
+    out: Value
+    src: Value
+
+    @property
+    def inputs(self) -> tuple:
+        return (self.src,)
+
+
+@dataclass(frozen=True)
+class GatherReceivers:
+    """Edge value from the node value of each edge's receiver i (the adjoint of Scatter)."""
+
+    out: Value
+    src: Value
+
+    @property
+    def inputs(self) -> tuple:
+        return (self.src,)
+
+
+@dataclass(frozen=True)
+class ScatterSenders:
+    """Node value: the sum over the edges whose sender is that node (the adjoint of Gather)."""
+
+    out: Value
+    src: Value
+
+    @property
+    def inputs(self) -> tuple:
+        return (self.src,)
+
+
+@dataclass(frozen=True)
+class Zeros:
+    """out = zeros shaped like ``like`` (same rank, domain, channels): the adjoint of an input
+    that nothing reads."""
+
+    out: Value
+    like: Value
+
+    @property
+    def inputs(self) -> tuple:
+        return (self.like,)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """out (a :class:`WeightArray`) = zeros shaped like the run-time weight ``weight``, with
+    ``out[:, :, k] = columns[k][:, :, 0]`` for every column that is not None.
+
+    ``columns`` are rank-0 values with channels on the weight's domain, one slot per
+    weight column (None: the column is never read, its adjoint is zero). The adjoint of
+    a weight array."""
+
+    out: WeightArray
+    columns: tuple
+    weight: str
+
+    @property
+    def inputs(self) -> tuple:
+        return tuple(c for c in self.columns if c is not None)
+
+
+ReverseOp = EdgeICTGrad | ChannelSum | GatherReceivers | ScatterSenders | Zeros | Stack
+
+
 @dataclass(frozen=True)
 class WeightSpec:
     """A run-time weight array of shape (items on ``domain``, channels, ``count``)."""
