@@ -13,6 +13,7 @@ ops cost more than FLOPs in a framework.
 
 from __future__ import annotations
 
+import hashlib
 from fractions import Fraction
 
 from ..algebra.coupling import Coupling
@@ -21,7 +22,13 @@ from ..ir.nodes import Couple, EdgeICT, Gather, Program, Scale, Scatter, Sum, Va
 
 
 def table_name(c: Coupling) -> str:
-    return f"T_{c.l1}_{c.l2}_{c.l3}"
+    """Buffer name of a table. The equivariant coupling l1 x l2 -> l3 is unique, so its
+    ranks name it; any other table with the same ranks (for example a transposed one
+    from the reverse pass) gets a suffix derived from its exact entries."""
+    if type(c) is Coupling:
+        return f"T_{c.l1}_{c.l2}_{c.l3}"
+    digest = hashlib.sha256(repr(sorted(c.entries)).encode()).hexdigest()[:8]
+    return f"T_{c.l1}_{c.l2}_{c.l3}_{digest}"
 
 
 def _fraction(c: Fraction) -> str:
