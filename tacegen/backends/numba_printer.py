@@ -1,0 +1,553 @@
+"""Numba printer: one ``@numba.njit(parallel=True)`` function per IR program, as readable source.
+
+A visitor over the ops (one method per op type) returns straight-line scalar code for one
+item and channel; the scheduler around it decides which loop each op lives in, which
+values stay per-item scalars and which are stored as arrays. The jinja2 template
+``templates/numba_program.py.j2`` holds the module scaffolding (imports, decorator).
+Layout of every array: ``(items, channels, 2l+1)`` or ``(items, 2l+1)`` without channels;
+weights ``(items, channels, count)``. The printed function is dtype-generic (numba
+specialises on the input dtype; arrays are allocated with the first input's dtype;
+scalar temporaries are float64 because the coefficients are float64 literals).
+
+Couplings are unrolled from the exact sparse table: one expression per output component,
+coefficients printed as ``repr(float(Fraction))``, structural zeros never printed.
+
+Loops ("kernels"). Ops are grouped by *phase* and channel dependence:
+
+* a per-item op (EdgeICT, Couple, Scale, Sum) runs in the phase of its latest input;
+* a Gather reads its node source at another item (``senders[e]``), so the source must be
+  complete: the Gather runs one phase after the source is computed (phase 0 for inputs);
+* a Scatter runs in the phase of its edge source: it is fused into the loop that computes
+  the source.
+
+One kernel per (phase, with/without channels), channel-free kernels first. A kernel with
+node and edge work is a ``prange`` over nodes with a sub-loop over that node's incoming
+edges, ``receiver_offsets[n]:receiver_offsets[n + 1]`` (edges sorted by receiver, CSR
+offsets of shape (N+1,)): each edge belongs to exactly one receiver, so every edge is
+visited once and a neighbour sum is a private scalar accumulator of the node that owns it.
+No thread ever writes a row another thread writes (no atomics, no races), and the result
+does not depend on the thread count. Single-domain kernels are a ``prange`` over their
+items. Inside an item the channel loop is the next loop (outside the edge sub-loop), so
+every per-item temporary is a scalar: no per-item allocation anywhere.
+
+A value is stored as an array only when it is a program output or is read outside the
+kernel that computes it (by a later kernel or by a Gather); otherwise it exists only as
+2l+1 scalars inside the loop body.
+
+Adding an op type: a per-item op (inputs and output on the same domain) needs one visitor
+method ``_<OpName>(self, op) -> list[str]`` that reads inputs with :meth:`read` and names
+its outputs with :meth:`define`. A cross-domain op also needs an entry in
+:attr:`NumbaPrinter.ACCESS` (``"complete"``: reads its source at another item, like
+Gather; ``"reduce"``: accumulates edges into their receiver, like Scatter).
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import importlib.util
+import keyword
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from ..algebra.ict import ict_polynomials, pattern_index, reduced_patterns
+from ..cache import atomic_write_text
+from ..ir.nodes import EDGE, NODE, Couple, EdgeICT, Gather, Program, Scale, Scatter, Sum, Value
+
+GRAPH_ARGS = ("senders", "receivers", "receiver_offsets", "num_nodes")
+GRAPH_CHECK = "_check_graph"  # defined once per module by the template
+# names the printed code uses besides the program's own: never allowed as value names
+RESERVED = frozenset(GRAPH_ARGS) | {"np", "numba", "prange", "num_edges", "channels", "dtype", "n", "e", "c",
+                                    "range", "ValueError", GRAPH_CHECK}
+WRAP_TERMS = 4  # terms per printed line in long sums
+
+
+def _signed_terms(terms: list[tuple[float, str]]) -> list[str]:
+    """``coef * product`` terms with their signs; coefficients 1 and -1 are not printed."""
+    return _join_signed([(coef < 0, product if abs(coef) == 1.0 else f"{abs(coef)!r} * {product}")
+                         for coef, product in terms])
+
+
+def _join_signed(parts: list[tuple[bool, str]]) -> list[str]:
+    """(negative, body) pairs as printable pieces: ``body``, ``+ body``, ``- body``."""
+    out = []
+    for k, (negative, body) in enumerate(parts):
+        if k == 0:
+            out.append(f"-{body}" if negative else body)
+        else:
+            out.append(f"- {body}" if negative else f"+ {body}")
+    return out
+
+
+def _factored_terms(terms: list[tuple[Fraction, str]]) -> list[str]:
+    """Exact-coefficient terms grouped by |coefficient| (first appearance order), so that
+    each distinct coefficient is multiplied once: ``0.5 * (a0 * b1 + a1 * b0)``."""
+    groups: dict[Fraction, list[tuple[bool, str]]] = {}
+    for coef, product in terms:
+        groups.setdefault(abs(coef), []).append((coef < 0, product))
+    parts: list[tuple[bool, str]] = []
+    for magnitude, members in groups.items():
+        if magnitude == 1:
+            parts += members
+        elif len(members) == 1:
+            parts.append((members[0][0], f"{float(magnitude)!r} * {members[0][1]}"))
+        else:
+            first = members[0][0]
+            inner = _join_signed([(neg != first, product) for neg, product in members])
+            parts.append((first, f"{float(magnitude)!r} * ({' '.join(inner)})"))
+    return _join_signed(parts)
+
+
+def _assign(target: str, parts: list[str], op: str = "=") -> str:
+    """``target = part part ...``, wrapped WRAP_TERMS parts per line inside parentheses."""
+    if len(parts) <= WRAP_TERMS:
+        return f"{target} {op} " + " ".join(parts)
+    rows = [" ".join(parts[i:i + WRAP_TERMS]) for i in range(0, len(parts), WRAP_TERMS)]
+    pad = " " * (len(target) + len(op) + 3)
+    return f"{target} {op} (" + ("\n" + pad).join(rows) + ")"
+
+
+class _Namer:
+    """Unique identifiers for one function, handed out deterministically."""
+
+    def __init__(self):
+        self.taken: set[str] = set()
+
+    def claim(self, name: str) -> str:
+        if name in self.taken:
+            raise ValueError(f"name {name!r} is used twice")
+        self.taken.add(name)
+        return name
+
+    def fresh(self, hint: str) -> str:
+        name, k = hint, 1
+        while name in self.taken or keyword.iskeyword(name) or hasattr(builtins, name):
+            name, k = f"{hint}_{k}", k + 1
+        self.taken.add(name)
+        return name
+
+
+@dataclass
+class _Section:
+    """Straight-line code for one item of one domain inside a kernel."""
+
+    domain: str
+    index: dict  # domain -> loop variable valid here
+    head: list = field(default_factory=list)  # hoisted loads and powers, once per item
+    body: list = field(default_factory=list)
+    stores: list = field(default_factory=list)
+    hoisted: dict = field(default_factory=dict)  # expression -> identifier
+
+    @property
+    def lines(self) -> list[str]:
+        return self.head + self.body + self.stores
+
+
+@dataclass
+class Kernel:
+    phase: int
+    channels: bool
+    ops: list
+
+
+class NumbaPrinter:
+    """Prints one numba function (signature and body lines) for a program."""
+
+    # how an op reads its inputs; ops not listed are per-item ("local")
+    ACCESS = {"Gather": "complete", "Scatter": "reduce"}
+
+    def __init__(self, program: Program, function_name: str | None = None):
+        self.program = program
+        self.name = function_name or program.name
+        self.graph = any(self.access(op) != "local" for op in program.ops)
+        self.namer = _Namer()
+        self._local: dict[str, list[str]] = {}  # value -> scalar identifiers in the current kernel
+        self._defined: list[Value] = []  # values computed in the current kernel
+        self._init: list[str] = []  # per-node lines before the edge sub-loop
+        self._section: _Section | None = None
+        self._body: list[str] | None = None
+        self._check_names()
+        self.kernels = self.schedule()
+        self.kernel_of = {op.out.name: k for k, kern in enumerate(self.kernels) for op in kern.ops}
+        self.stored = self._stored_values()
+
+    # -- analysis --------------------------------------------------------------------
+    def access(self, op) -> str:
+        return self.ACCESS.get(type(op).__name__, "local")
+
+    def _check_names(self) -> None:
+        names = [v.name for v in self.program.inputs] + [w.name for w in self.program.weights]
+        names += [op.out.name for op in self.program.ops]
+        for name in [self.name] + names:
+            if not name.isidentifier() or keyword.iskeyword(name) or name in RESERVED:
+                raise ValueError(f"{self.program.name}: {name!r} cannot be a name in printed numba code")
+        for name in [self.name] + names:
+            self.namer.claim(name)
+        for name in RESERVED:
+            self.namer.claim(name)
+        for v in list(self.program.inputs) + [op.out for op in self.program.ops]:
+            if v.storage != "reduced":
+                raise NotImplementedError(f"{v.name}: only reduced (2l+1) storage is printed")
+
+    def schedule(self) -> list[Kernel]:
+        """Kernels in execution order; see the module docstring for the rules."""
+        phase = {v.name: -1 for v in self.program.inputs}
+        kernels: dict[tuple, Kernel] = {}
+        for op in self.program.ops:
+            kind = self.access(op)
+            ins = [phase[v.name] for v in op.inputs]
+            if kind == "local":
+                if any(v.domain != op.out.domain for v in op.inputs):
+                    raise NotImplementedError(
+                        f"{type(op).__name__} reads another domain: list it in NumbaPrinter.ACCESS")
+                p = max([0] + ins)
+            elif kind == "complete":
+                p = max(ins) + 1
+            elif kind == "reduce":
+                if op.out.domain != NODE or any(v.domain != EDGE for v in op.inputs):
+                    raise NotImplementedError(f"{type(op).__name__}: reductions go from edges to nodes")
+                p = max([0] + ins)
+            else:
+                raise ValueError(f"unknown access kind {kind!r}")
+            if not op.out.channels and any(v.channels for v in op.inputs):
+                raise NotImplementedError(f"{op.out.name}: a channel-free value computed from channel values")
+            phase[op.out.name] = p
+            kernels.setdefault((p, op.out.channels), Kernel(p, op.out.channels, [])).ops.append(op)
+        return [kernels[key] for key in sorted(kernels)]
+
+    def _stored_values(self) -> set:
+        """Values that must exist as whole arrays (outputs, or read outside their kernel)."""
+        inputs = {v.name for v in self.program.inputs}
+        stored = {v.name for v in self.program.outputs} - inputs
+        for op in self.program.ops:
+            for v in op.inputs:
+                if v.name in inputs:
+                    continue
+                if self.access(op) == "complete" or self.kernel_of[v.name] != self.kernel_of[op.out.name]:
+                    stored.add(v.name)
+        return stored
+
+    # -- helpers for visitor methods -----------------------------------------------------
+    def define(self, v: Value) -> list[str]:
+        """Scalar identifiers for the components of ``v``, computed in the current item."""
+        names = [self.namer.fresh(f"{v.name}_{m}") for m in range(v.size)]
+        self._local[v.name] = names
+        self._defined.append(v)
+        return names
+
+    def element(self, v: Value, m: int, index: str | None = None) -> str:
+        """Array element expression of a stored value (at ``index``, default this item)."""
+        item = index or self._section.index[v.domain]
+        return f"{v.name}[{item}, c, {m}]" if v.channels else f"{v.name}[{item}, {m}]"
+
+    def read(self, v: Value, m: int) -> str:
+        """Component m of ``v`` at the current item (and channel)."""
+        local = self._local.get(v.name)
+        if local is not None:
+            return local[m]
+        return self.hoist(f"{v.name}_{m}", self.element(v, m))
+
+    def hoist(self, hint: str, expr: str) -> str:
+        """An identifier holding ``expr``, computed once per item at the top of the section."""
+        section = self._section
+        if expr not in section.hoisted:
+            name = self.namer.fresh(hint)
+            section.hoisted[expr] = name
+            section.head.append(f"{name} = {expr}")
+        return section.hoisted[expr]
+
+    def before_edges(self, lines: list[str]) -> None:
+        """Lines run once per node before its edge sub-loop (accumulator initialisation)."""
+        self._init += lines
+
+    # -- visitor ---------------------------------------------------------------------------
+    def op(self, op) -> list[str]:
+        method = getattr(self, f"_{type(op).__name__}", None)
+        if method is None:
+            raise NotImplementedError(f"the numba printer has no method for {type(op).__name__}")
+        return method(op)
+
+    def _EdgeICT(self, op: EdgeICT) -> list[str]:
+        l = op.out.rank
+        out = self.define(op.out)
+        if l == 0:
+            return [f"{out[0]} = 1.0  # T_0"]
+        polys = ict_polynomials(l)
+        idx = pattern_index(l)
+        lines = [f"# T_{l}({op.direction.name}): {2 * l + 1} reduced components (patterns with at most one z)"]
+        for name, alpha in zip(out, reduced_patterns(l)):
+            terms = [(float(c), self.monomial(op.direction, mono))
+                     for mono, c in sorted(polys[idx[alpha]].items(), reverse=True)]
+            lines.append(_assign(name, _signed_terms(terms)))
+        return lines
+
+    def monomial(self, direction: Value, exps) -> str:
+        factors = [self.power(direction, axis, e) for axis, e in enumerate(exps) if e]
+        return " * ".join(factors) if factors else "1.0"
+
+    def power(self, direction: Value, axis: int, e: int) -> str:
+        """x^e of component ``axis`` of the direction, computed once per edge."""
+        ax = "xyz"[axis]
+        if e == 1:
+            local = self._local.get(direction.name)
+            return local[axis] if local is not None else self.hoist(ax, self.element(direction, axis))
+        lower = self.power(direction, axis, e - 1)
+        return self.hoist(f"{ax}{e}", f"{lower} * {self.power(direction, axis, 1)}")
+
+    def _Couple(self, op: Couple) -> list[str]:
+        c = op.coupling
+        if op.out.channels != (op.left.channels or op.right.channels):
+            raise NotImplementedError(f"{op.out.name}: has channels iff an operand has")
+        out = self.define(op.out)
+        kind = "odd (Levi-Civita)" if c.odd else "even"
+        label = f"{op.comment}: " if op.comment else ""
+        lines = [f"# {label}{c.l1} x {c.l2} -> {c.l3}, {kind} path, {c.nnz} nonzeros"]
+        by_m3: dict[int, list] = {m3: [] for m3 in range(2 * c.l3 + 1)}
+        for m1, m2, m3, coef in c.entries:
+            if coef:
+                by_m3[m3].append((coef, f"{self.read(op.left, m1)} * {self.read(op.right, m2)}"))
+        for m3, terms in by_m3.items():
+            lines.append(_assign(out[m3], _factored_terms(terms) if terms else ["0.0"]))
+        return lines
+
+    def _Scale(self, op: Scale) -> list[str]:
+        if not op.out.channels:
+            raise NotImplementedError("weights are per channel: a Scale output has channels")
+        out = self.define(op.out)
+        w = self.hoist(f"{op.weight}_{op.index}", self.element(Value(op.weight, 0, op.src.domain), op.index))
+        note = f"  # {op.comment}" if op.comment else ""
+        return [f"{o} = {self.read(op.src, m)} * {w}{note if m == 0 else ''}" for m, o in enumerate(out)]
+
+    def _Sum(self, op: Sum) -> list[str]:
+        if any(t.channels != op.out.channels for t in op.terms):
+            raise NotImplementedError(f"{op.out.name}: a sum of values with and without channels")
+        out = self.define(op.out)
+        return [_assign(o, [self.read(op.terms[0], m)] + [f"+ {self.read(t, m)}" for t in op.terms[1:]])
+                for m, o in enumerate(out)]
+
+    def _Gather(self, op: Gather) -> list[str]:
+        out = self.define(op.out)
+        j = self.hoist("j", "senders[e]")
+        return [f"{o} = {self.element(op.src, m, j)}" for m, o in enumerate(out)]
+
+    def _Scatter(self, op: Scatter) -> list[str]:
+        out = self.define(op.out)
+        self.before_edges([f"{o} = 0.0" for o in out])
+        return [f"{o} += {self.read(op.src, m)}" for m, o in enumerate(out)]
+
+    # -- kernels ---------------------------------------------------------------------------
+    def _run_ops(self, ops, section: _Section) -> None:
+        self._section = section
+        for op in ops:
+            section.body += self.op(op)
+
+    def _store(self, section: _Section) -> None:
+        self._section = section
+        for v in self._defined:
+            if v.domain == section.domain and v.name in self.stored:
+                section.stores += [f"{self.element(v, m)} = {s}" for m, s in enumerate(self._local[v.name])]
+
+    def kernel_lines(self, k: int, kernel: Kernel) -> list[str]:
+        self._local: dict[str, list[str]] = {}
+        self._defined: list[Value] = []
+        self._init: list[str] = []
+        stored = [op.out.name for op in kernel.ops if op.out.name in self.stored]
+        what = "per channel" if kernel.channels else "channel-free"
+        head = [f"# kernel {k + 1} ({what}, phase {kernel.phase}): {len(kernel.ops)} ops; "
+                f"stores {', '.join(stored) if stored else 'nothing'}"]
+        edge_ops = [op for op in kernel.ops if op.out.domain == EDGE]
+        node_ops = [op for op in kernel.ops if op.out.domain == NODE]
+        fused = bool(node_ops) and (bool(edge_ops) or any(self.access(op) == "reduce" for op in node_ops))
+        lines: list[str] = []
+        if fused and self.graph:
+            edges = _Section(EDGE, {NODE: "n", EDGE: "e"})
+            nodes = _Section(NODE, {NODE: "n"})
+            self._run_ops([op for op in kernel.ops if op.out.domain == EDGE or self.access(op) == "reduce"], edges)
+            self._run_ops([op for op in node_ops if self.access(op) != "reduce"], nodes)
+            self._store(edges)
+            self._store(nodes)
+            inner = self._init + ["for e in range(receiver_offsets[n], receiver_offsets[n + 1]):"]
+            inner += _indent(edges.lines or ["pass"]) + nodes.lines
+            lines = self._alloc(kernel) + head
+            lines.append("for n in prange(num_nodes):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]")
+            lines += _indent(self._channel_loop(kernel, inner))
+            return lines
+        lines = self._alloc(kernel) + head
+        for domain, ops in ((EDGE, edge_ops), (NODE, node_ops)):
+            if not ops:
+                continue
+            var = "e" if domain == EDGE else "n"
+            section = _Section(domain, {domain: var})
+            self._run_ops(ops, section)
+            self._store(section)
+            lines.append(f"for {var} in prange({'num_edges' if domain == EDGE else 'num_nodes'}):")
+            lines += _indent(self._channel_loop(kernel, section.lines))
+        return lines
+
+    def _channel_loop(self, kernel: Kernel, body: list[str]) -> list[str]:
+        return ["for c in range(channels):"] + _indent(body) if kernel.channels else body
+
+    def _alloc(self, kernel: Kernel) -> list[str]:
+        lines = []
+        for op in kernel.ops:
+            v = op.out
+            if v.name in self.stored:
+                items = "num_edges" if v.domain == EDGE else "num_nodes"
+                shape = f"({items}, channels, {v.size})" if v.channels else f"({items}, {v.size})"
+                lines.append(f"{v.name} = np.empty({shape}, dtype)")
+        return lines
+
+    # -- whole function ----------------------------------------------------------------------
+    def arguments(self) -> list[str]:
+        args = [v.name for v in self.program.inputs] + [w.name for w in self.program.weights]
+        return args + (list(GRAPH_ARGS) if self.graph else [])
+
+    def signature(self) -> str:
+        return ", ".join(self.arguments())
+
+    def _sizes(self) -> list[str]:
+        prog = self.program
+        arrays = [(v.name, v.domain, v.channels) for v in prog.inputs]
+        arrays += [(w.name, w.domain, True) for w in prog.weights]
+        used = {v.domain for v in prog.inputs} | {op.out.domain for op in prog.ops} | {w.domain for w in prog.weights}
+        lines = []
+        if not prog.inputs:
+            raise ValueError(f"{prog.name}: a program without inputs has no dtype")
+        lines.append(f"dtype = {prog.inputs[0].name}.dtype")
+        for domain, var in ((NODE, "num_nodes"), (EDGE, "num_edges")):
+            if self.graph:
+                if domain == EDGE:
+                    lines.append("num_edges = senders.shape[0]")
+                continue
+            if domain in used:
+                first = next((name for name, d, _ in arrays if d == domain), None)
+                if first is None:
+                    raise ValueError(f"{prog.name}: no input gives the number of {domain} items")
+                lines.append(f"{var} = {first}.shape[0]")
+        if any(ch for _, _, ch in arrays) or any(op.out.channels for op in prog.ops):
+            first = next((name for name, _, ch in arrays if ch), None)
+            if first is None:
+                raise ValueError(f"{prog.name}: no input gives the number of channels")
+            lines.append(f"channels = {first}.shape[1]")
+        return lines
+
+    def _checks(self) -> list[str]:
+        lines = []
+        items = {NODE: ("num_nodes", "nodes"), EDGE: ("num_edges", "edges")}
+        prog = self.program
+        arrays = [(v.name, v.domain, v.channels, v.size) for v in prog.inputs]
+        arrays += [(w.name, w.domain, True, w.count) for w in prog.weights]
+        for name, domain, channels, size in arrays:
+            count, label = items[domain]
+            conds = [f"{name}.shape[0] != {count}"]
+            conds += [f"{name}.shape[1] != channels"] if channels else []
+            conds.append(f"{name}.shape[{2 if channels else 1}] != {size}")
+            shape = f"({label}, channels, {size})" if channels else f"({label}, {size})"
+            lines += [f"if {' or '.join(conds)}:", f'    raise ValueError("{name} must have shape {shape}")']
+        if self.graph:
+            lines.append(f"{GRAPH_CHECK}(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR")
+        return lines
+
+    def body(self) -> list[str]:
+        """The function body (computed once: identifiers are handed out while printing)."""
+        if self._body is None:
+            self._body = self._print_body()
+        return self._body
+
+    def _print_body(self) -> list[str]:
+        lines = self._sizes() + self._checks()
+        for k, kernel in enumerate(self.kernels):
+            lines += [""] + self.kernel_lines(k, kernel)
+        outs = [v.name for v in self.program.outputs]
+        lines += ["", "return (" + ", ".join(outs) + ("," if len(outs) == 1 else "") + ")"]
+        return lines
+
+
+def _indent(lines: list[str]) -> list[str]:
+    return ["    " + line.replace("\n", "\n    ") if line else line for line in lines]
+
+
+def render_program(program: Program, function_name: str | None = None) -> dict:
+    """Pieces the template needs for one program."""
+    printer = NumbaPrinter(program, function_name)
+    body = printer.body()
+    lines = [row for line in body for row in line.split("\n")]
+    return {
+        "name": printer.name,
+        "program": program.name,
+        "doc": program.doc,
+        "signature": printer.signature(),
+        "body": lines,
+        "inputs": [v.name for v in program.inputs],
+        "weights": [(w.name, w.count) for w in program.weights],
+        "graph": printer.graph,
+        "outputs": [v.name for v in program.outputs],
+        "kernels": len(printer.kernels),
+    }
+
+
+def render_module(programs, names=None, title: str = "IR programs") -> str:
+    """Module source with one jitted function per program (``names`` overrides the function names)."""
+    from .. import __version__
+    from ..build import _environment
+
+    names = list(names) if names is not None else [p.name for p in programs]
+    if len(set(names)) != len(names):
+        raise ValueError("function names must be unique within a module")
+    functions = [render_program(p, n) for p, n in zip(programs, names)]
+    return _environment().get_template("numba_program.py.j2").render(
+        version=__version__, title=title, functions=functions, graph_check=GRAPH_CHECK,
+        any_graph=any(f["graph"] for f in functions))
+
+
+# ------------------------------------------------------------------------------- loading
+
+def load_source(source: str, folder: Path | str | None = None, module_name: str | None = None):
+    """Write ``source`` to a real file (numba's ``cache=True`` needs one) and import it.
+
+    The file is named by the hash of the source, so the same source in the same folder
+    reuses the file (and numba's on-disk cache next to it). ``folder`` defaults to a
+    fresh temporary folder.
+    """
+    digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+    module_name = module_name or f"tacegen_numba_{digest}"
+    folder = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="tacegen-numba-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{module_name}.py"
+    if not path.exists() or path.read_text(encoding="utf-8") != source:
+        atomic_write_text(path, source)  # an unchanged file keeps its stamp: numba's cache stays valid
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    return module
+
+
+def compile_programs(programs, folder: Path | str | None = None, names=None):
+    """Render ``programs`` into one module and import it; functions are jitted lazily on first call."""
+    return load_source(render_module(programs, names), folder)
+
+
+def receiver_offsets(receivers, num_nodes: int) -> np.ndarray:
+    """CSR offsets (N+1,) of edges sorted by receiver: node n owns edges offsets[n]:offsets[n+1]."""
+    receivers = np.asarray(receivers)
+    if receivers.size and np.any(np.diff(receivers) < 0):
+        raise ValueError("receivers must be sorted (the runtime batch sorts edges by receiver)")
+    return np.searchsorted(receivers, np.arange(num_nodes + 1), side="left").astype(np.int64)
+
+
+def graph_arguments(graph: dict) -> tuple:
+    """(senders, receivers, receiver_offsets, num_nodes) from an interpreter-style graph dict."""
+    receivers = np.ascontiguousarray(graph["receivers"], dtype=np.int64)
+    senders = np.ascontiguousarray(graph["senders"], dtype=np.int64)
+    n = int(graph["num_nodes"])
+    return senders, receivers, receiver_offsets(receivers, n), n
