@@ -18,7 +18,7 @@ from fractions import Fraction
 
 from ..algebra.coupling import Coupling
 from ..algebra.ict import ict_polynomials, pattern_index, reduced_patterns
-from ..ir.nodes import Couple, EdgeICT, Gather, Program, Scale, Scatter, Sum, Value
+from ..ir.nodes import Couple, EdgeICT, Gather, Program, Scale, Scatter, Sum
 
 
 def table_name(c: Coupling) -> str:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .nodes import EDGE, Couple, EdgeICT, Gather, Program, Scale, Scatter, Sum, Value
+from .nodes import Couple, EdgeICT, Gather, Program, Scale, Scatter, Sum, Value
 
 DEFAULT_ITEMS = {"edge": 43.0, "node": 1.0}
 

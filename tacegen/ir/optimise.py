@@ -23,36 +23,40 @@ selection has already removed trees that vanish identically.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import replace
+from dataclasses import fields, replace
 
 from .cost import op_cost
-from .nodes import Couple, EdgeICT, Gather, Program, Scale, Scatter, Sum, Value
+from .nodes import Couple, Program, Scale, Scatter, Sum, Value, WeightArray
 
 
-def _rename_inputs(op, rename: dict):
-    def r(v: Value) -> Value:
-        return rename.get(v.name, v)
+def map_inputs(op, rename: dict):
+    """``op`` with every input value renamed through ``rename`` (by name); any op type."""
+    def r(x):
+        if isinstance(x, (Value, WeightArray)):
+            return rename.get(x.name, x)
+        if isinstance(x, tuple):
+            return tuple(r(y) for y in x)
+        return x
 
-    if isinstance(op, EdgeICT):
-        return replace(op, direction=r(op.direction))
-    if isinstance(op, Couple):
-        return replace(op, left=r(op.left), right=r(op.right))
-    if isinstance(op, (Scale, Gather, Scatter)):
-        return replace(op, src=r(op.src))
+    return replace(op, **{f.name: r(getattr(op, f.name)) for f in fields(op) if f.name != "out"})
+
+
+def op_key(op):
+    """What makes two ops compute the same value: type, inputs and static data (exact
+    coupling tables compared by their entries), not the output name or comment."""
     if isinstance(op, Sum):
-        return replace(op, terms=tuple(r(t) for t in op.terms))
-    raise TypeError(type(op).__name__)
-
-
-def _signature(op):
-    if isinstance(op, Couple):
-        c = op.coupling
-        return ("couple", op.left.name, op.right.name, c.l1, c.l2, c.l3)
-    if isinstance(op, Scale):
-        return ("scale", op.src.name, op.weight, op.index)
-    if isinstance(op, Sum):
-        return ("sum",) + tuple(sorted(t.name for t in op.terms))
-    return (type(op).__name__,) + tuple(v.name for v in op.inputs) + (op.out.rank,)
+        return ("Sum", op.out.channels) + tuple(sorted(t.name for t in op.terms))
+    parts = []
+    for f in fields(op):
+        if f.name in ("out", "comment"):
+            continue
+        x = getattr(op, f.name)
+        if isinstance(x, (Value, WeightArray)):
+            x = x.name
+        elif isinstance(x, tuple):
+            x = tuple(y.name if isinstance(y, (Value, WeightArray)) else y for y in x)
+        parts.append((f.name, x))
+    return (type(op).__name__, op.out.rank if isinstance(op.out, Value) else None) + tuple(parts)
 
 
 def _finish(program: Program, ops, rename: dict) -> Program:
@@ -68,12 +72,13 @@ def _finish(program: Program, ops, rename: dict) -> Program:
 
 
 def share_subtrees(program: Program) -> Program:
+    """Compute identical ops on identical inputs once (any op type); outputs keep their names."""
     seen: dict = {}
     rename: dict[str, Value] = {}
     ops = []
     for op in program.ops:
-        op = _rename_inputs(op, rename)
-        key = _signature(op)
+        op = map_inputs(op, rename)
+        key = op_key(op)
         if key in seen:
             rename[op.out.name] = seen[key]
             continue
@@ -200,6 +205,7 @@ def scale_early(program: Program) -> Program:
 
 
 def drop_dead(program: Program) -> Program:
+    """Remove ops whose results no output needs (any op type)."""
     live = {v.name for v in program.outputs}
     kept = []
     for op in reversed(program.ops):

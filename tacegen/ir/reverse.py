@@ -45,10 +45,11 @@ supported. ``Scale`` sources must have channels (as everywhere in the builder).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Sequence
 
 from ..algebra.adjoint import pairing, transpose
+from .optimise import drop_dead, share_subtrees
 from .nodes import (
     ChannelSum,
     Couple,
@@ -251,65 +252,6 @@ def reverse(program: Program, wrt: Sequence[str], *, with_forward: bool = False,
 # reverse-pass ops and key couplings by their full exact table (two AdjointTables with the
 # same ranks may differ), which optimise.share_subtrees does not.
 
-def _map_inputs(op, rename: dict):
-    """``op`` with every input value renamed through ``rename`` (by name)."""
-    def r(x):
-        if isinstance(x, (Value, WeightArray)):
-            return rename.get(x.name, x)
-        if isinstance(x, tuple):
-            return tuple(r(y) for y in x)
-        return x
-
-    changes = {f.name: r(getattr(op, f.name)) for f in fields(op) if f.name != "out"}
-    return replace(op, **changes)
-
-
-def _key(op):
-    if isinstance(op, Sum):
-        return ("Sum", op.out.channels) + tuple(sorted(t.name for t in op.terms))
-    parts = []
-    for f in fields(op):
-        if f.name in ("out", "comment"):
-            continue
-        x = getattr(op, f.name)
-        if isinstance(x, (Value, WeightArray)):
-            x = x.name
-        elif isinstance(x, tuple):
-            x = tuple(y.name if isinstance(y, (Value, WeightArray)) else y for y in x)
-        parts.append((f.name, x))
-    return (type(op).__name__, op.out.rank if isinstance(op.out, Value) else None) + tuple(parts)
-
-
-def drop_dead(program: Program) -> Program:
-    """Remove ops whose results no output needs (any op type)."""
-    live = {v.name for v in program.outputs}
-    kept = []
-    for op in reversed(program.ops):
-        if op.out.name in live:
-            kept.append(op)
-            live.update(v.name for v in op.inputs)
-    return replace(program, ops=tuple(reversed(kept))).check()
-
-
-def share(program: Program) -> Program:
-    """Compute identical ops on identical inputs once (any op type; exact tables compared)."""
-    seen: dict = {}
-    rename: dict = {}
-    ops = []
-    for op in program.ops:
-        op = _map_inputs(op, rename)
-        key = _key(op)
-        if key in seen:
-            rename[op.out.name] = seen[key]
-            continue
-        seen[key] = op.out
-        ops.append(op)
-    for v in program.outputs:  # outputs keep their names: alias a merged one
-        if v.name in rename:
-            ops.append(Sum(v, (rename[v.name],)))
-    return replace(program, ops=tuple(ops)).check()
-
-
 def fold_aliases(program: Program) -> Program:
     """Drop one-term Sums ``x = Sum(y)`` by naming y's producer x, where nothing else reads y."""
     reads: dict[str, int] = defaultdict(int)
@@ -333,7 +275,7 @@ def fold_aliases(program: Program) -> Program:
 
 def simplify(program: Program) -> Program:
     """Dead-code removal, sharing of identical ops, and folding of one-term Sums."""
-    return fold_aliases(drop_dead(share(drop_dead(program))))
+    return fold_aliases(drop_dead(share_subtrees(drop_dead(program))))
 
 
 def validate(program: Program) -> Program:
