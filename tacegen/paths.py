@@ -339,15 +339,21 @@ def derive(pieces: Sequence[Piece], nu: int, L: int, parity: int,
 
 def path_table(pieces: Sequence[Piece], nu_max: int, L_values: Iterable[int],
                parities: Iterable[int] = (1, -1), cache: DiskCache | None = None) -> list[PathSet]:
-    """PathSets for nu = 1..nu_max, every L and parity requested (skipping unreachable L)."""
+    """PathSets for nu = 1..nu_max, every L and parity requested.
+
+    An L that nu copies cannot reach (L > nu * max rank) gets an empty PathSet, so the
+    table has one row per (nu, L, parity).
+    """
+    pieces = tuple(p if isinstance(p, Piece) else Piece(*p) for p in pieces)
     out = []
     rmax = max(p.rank for p in pieces)
     for nu in range(1, nu_max + 1):
         for L in L_values:
-            if L > nu * rmax:
-                continue
             for parity in parities:
-                out.append(derive(pieces, nu, L, parity, cache))
+                if L > nu * rmax:
+                    out.append(PathSet(pieces, nu, L, parity, (), ()))
+                else:
+                    out.append(derive(pieces, nu, L, parity, cache))
     return out
 
 

@@ -47,7 +47,8 @@ def run_app(args, monkeypatch, capsys):
 
 
 def check_json_rows(rows, lmax, nu_max, L_values):
-    expected = {(nu, L, p) for nu in range(1, nu_max + 1) for L in L_values if L <= nu * lmax for p in (1, -1)}
+    # one object per (nu, L, parity); an L that nu copies cannot reach has empty counts
+    expected = {(nu, L, p) for nu in range(1, nu_max + 1) for L in L_values for p in (1, -1)}
     keys = [(r["nu"], r["L"], r["parity"]) for r in rows]
     assert len(keys) == len(set(keys)) == len(expected)
     assert set(keys) == expected
@@ -56,6 +57,8 @@ def check_json_rows(rows, lmax, nu_max, L_values):
         assert r["lmax"] == lmax
         assert r["independent"] == character_count(lmax, r["nu"], r["L"], r["parity"])
         assert 0 <= r["independent"] <= r["candidates"]
+        if r["L"] > r["nu"] * lmax:
+            assert r["candidates"] == r["independent"] == 0
         assert isinstance(r["seconds"], (int, float)) and r["seconds"] >= 0
 
 
@@ -73,7 +76,7 @@ def test_json_lmax3_nu3(tmp_path):
     assert by_key[(3, 1, -1)]["candidates"] == 19
 
 
-def test_json_skips_unreachable_L_and_honours_L_option(tmp_path):
+def test_json_has_unreachable_L_rows_and_honours_L_option(tmp_path):
     rows = json.loads(invoke(["--lmax", "1", "--nu", "2", "--json"], tmp_path).stdout)
     check_json_rows(rows, 1, 2, range(0, 3))  # default L = 0..min(3, nu*lmax)
     rows = json.loads(invoke(["--lmax", "2", "--nu", "2", "--L", "4", "--L", "1", "--json"], tmp_path).stdout)
@@ -113,7 +116,9 @@ def test_cache_flags(tmp_path):
     first = json.loads(invoke(["--lmax", "2", "--nu", "2", "--json"], folder).stdout)
     assert any(folder.iterdir())
     second = json.loads(invoke(["--lmax", "2", "--nu", "2", "--json"], folder).stdout)
-    assert all(r["cached"] for r in second)
+    # every derived row comes from the cache; unreachable L rows are empty and never derived
+    assert all(r["cached"] for r in second if r["L"] <= r["nu"] * 2)
+    assert all(r["candidates"] == 0 for r in second if r["L"] > r["nu"] * 2)
     strip = lambda rs: [{k: v for k, v in r.items() if k != "cached"} for r in rs]
     assert strip(first) == strip(second)
 
