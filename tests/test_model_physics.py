@@ -115,9 +115,11 @@ def model32(module, model):
 
 
 # float32: outputs are sums with cancellation, so round-off is relative to the terms,
-# not to the result. Observed over 600 random structures: median ~1e-6; worst 1.1e-5
-# for forces and stress, 3.5e-5 for (node) energies. A symmetry bug gives O(1) errors.
-F32_TOL = 5e-5
+# not to the result. With edge vectors formed in float64 (see the template), observed over
+# 520 random structures: worst 5.1e-6 forces, 9.2e-6 stress, 3.1e-5 node energies; the
+# energy outliers come from rounding the transformed *input* positions to float32, which no
+# model can undo. A symmetry bug gives O(1) errors.
+F32_TOL = 2e-5
 F32_ENERGY_TOL = 1e-4
 
 

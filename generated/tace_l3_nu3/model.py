@@ -681,7 +681,10 @@ class TACE(torch.nn.Module):
         edge_index = batch["edge_index"]
         senders, receivers = edge_index[0], edge_index[1]
         num_nodes = positions.shape[0]
-        vectors = edge_vectors(positions, cell, batch["batch"], edge_index, batch["edge_shift"])
+        # r_ij = r_j - r_i + S cell cancels most of the digits of the positions: form it in
+        # float64 (cheap, per edge) so a float32 model sees edge vectors rounded only once
+        vectors = edge_vectors(positions.double(), cell.double(), batch["batch"], edge_index,
+                               batch["edge_shift"].double()).to(positions.dtype)
         lengths = torch.linalg.vector_norm(vectors, dim=-1)
         Y = self.edge_basis(vectors / lengths.unsqueeze(-1))
         radial_features = self.bessel(lengths) * self.cutoff(lengths).unsqueeze(-1)
