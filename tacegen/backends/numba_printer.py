@@ -34,6 +34,20 @@ A value is stored as an array only when it is a program output or is read outsid
 kernel that computes it (by a later kernel or by a Gather); otherwise it exists only as
 2l+1 scalars inside the loop body.
 
+Reverse-pass ops (:mod:`tacegen.ir.reverse`): EdgeICTGrad (exact derivative polynomials),
+Zeros and Stack (a weight-shaped ``(items, channels, count)`` output) are per-item ops.
+GatherReceivers is a ``"complete"`` access by ``receivers[e]``. ChannelSum
+(``"channels"``) sums a channel value over its channels at one item: it runs one phase
+after its source, in a channel-free kernel, with its own channel loop. ScatterSenders
+(``"complete"``) is the neighbour sum by *sender*: it runs once its edge source is
+complete, as a node op with a sub-loop over the node's outgoing edges, through a second
+CSR over edges sorted by sender (function arguments ``sender_order`` (E,), a permutation,
+and ``sender_offsets`` (N+1,); see :func:`sender_csr`), so it is race-free too: node n owns
+edges ``sender_order[sender_offsets[n]:sender_offsets[n + 1]]``, summed in edge order.
+Those two arguments follow the graph arguments only when the program has a ScatterSenders.
+Coupling tables are printed from their entries (AdjointTables label their ``origin``);
+nothing is keyed by ranks.
+
 Adding an op type: a per-item op (inputs and output on the same domain) needs one visitor
 method ``_<OpName>(self, op) -> list[str]`` that reads inputs with :meth:`read` and names
 its outputs with :meth:`define`. A cross-domain op also needs an entry in
@@ -55,15 +69,37 @@ from pathlib import Path
 
 import numpy as np
 
+from ..algebra.adjoint import AdjointTable, ict_gradient_polynomials
 from ..algebra.ict import ict_polynomials, pattern_index, reduced_patterns
 from ..cache import atomic_write_text
-from ..ir.nodes import EDGE, NODE, Couple, EdgeICT, Gather, Program, Scale, Scatter, Sum, Value
+from ..ir.nodes import (
+    EDGE,
+    NODE,
+    ChannelSum,
+    Couple,
+    EdgeICT,
+    EdgeICTGrad,
+    Gather,
+    GatherReceivers,
+    Program,
+    Scale,
+    Scatter,
+    ScatterSenders,
+    Stack,
+    Sum,
+    Value,
+    WeightArray,
+    Zeros,
+)
 
 GRAPH_ARGS = ("senders", "receivers", "receiver_offsets", "num_nodes")
+SENDER_ARGS = ("sender_order", "sender_offsets")  # only for programs with a ScatterSenders
 GRAPH_CHECK = "_check_graph"  # defined once per module by the template
+SENDER_CHECK = "_check_senders"  # likewise, when some program has a ScatterSenders
 # names the printed code uses besides the program's own: never allowed as value names
-RESERVED = frozenset(GRAPH_ARGS) | {"np", "numba", "prange", "num_edges", "channels", "dtype", "n", "e", "c",
-                                    "range", "ValueError", GRAPH_CHECK}
+RESERVED = frozenset(GRAPH_ARGS) | frozenset(SENDER_ARGS) | {
+    "np", "numba", "prange", "num_edges", "channels", "dtype", "n", "e", "c", "range", "ValueError",
+    GRAPH_CHECK, SENDER_CHECK}
 WRAP_TERMS = 4  # terms per printed line in long sums
 
 
@@ -101,6 +137,11 @@ def _factored_terms(terms: list[tuple[Fraction, str]]) -> list[str]:
             inner = _join_signed([(neg != first, product) for neg, product in members])
             parts.append((first, f"{float(magnitude)!r} * ({' '.join(inner)})"))
     return _join_signed(parts)
+
+
+def _size(v) -> int:
+    """Stored components per item and channel: 2l+1 for a Value, ``count`` for a WeightArray."""
+    return v.count if isinstance(v, WeightArray) else v.size
 
 
 def _assign(target: str, parts: list[str], op: str = "=") -> str:
@@ -159,12 +200,14 @@ class NumbaPrinter:
     """Prints one numba function (signature and body lines) for a program."""
 
     # how an op reads its inputs; ops not listed are per-item ("local")
-    ACCESS = {"Gather": "complete", "Scatter": "reduce"}
+    ACCESS = {"Gather": "complete", "Scatter": "reduce", "GatherReceivers": "complete",
+              "ScatterSenders": "complete", "ChannelSum": "channels"}
 
     def __init__(self, program: Program, function_name: str | None = None):
         self.program = program
         self.name = function_name or program.name
-        self.graph = any(self.access(op) != "local" for op in program.ops)
+        self.graph = any(self.access(op) in ("complete", "reduce") for op in program.ops)
+        self.by_sender = any(isinstance(op, ScatterSenders) for op in program.ops)
         self.namer = _Namer()
         self._local: dict[str, list[str]] = {}  # value -> scalar identifiers in the current kernel
         self._defined: list[Value] = []  # values computed in the current kernel
@@ -191,6 +234,10 @@ class NumbaPrinter:
         for name in RESERVED:
             self.namer.claim(name)
         for v in list(self.program.inputs) + [op.out for op in self.program.ops]:
+            if isinstance(v, WeightArray):
+                if not v.channels:
+                    raise NotImplementedError(f"{v.name}: weight arrays have channels")
+                continue
             if v.storage != "reduced":
                 raise NotImplementedError(f"{v.name}: only reduced (2l+1) storage is printed")
 
@@ -208,13 +255,17 @@ class NumbaPrinter:
                 p = max([0] + ins)
             elif kind == "complete":
                 p = max(ins) + 1
+            elif kind == "channels":  # channel-free result of a complete channel value
+                if op.out.channels or any(not v.channels or v.domain != op.out.domain for v in op.inputs):
+                    raise NotImplementedError(f"{type(op).__name__}: a channel reduction on one domain")
+                p = max(ins) + 1
             elif kind == "reduce":
                 if op.out.domain != NODE or any(v.domain != EDGE for v in op.inputs):
                     raise NotImplementedError(f"{type(op).__name__}: reductions go from edges to nodes")
                 p = max([0] + ins)
             else:
                 raise ValueError(f"unknown access kind {kind!r}")
-            if not op.out.channels and any(v.channels for v in op.inputs):
+            if kind != "channels" and not op.out.channels and any(v.channels for v in op.inputs):
                 raise NotImplementedError(f"{op.out.name}: a channel-free value computed from channel values")
             phase[op.out.name] = p
             kernels.setdefault((p, op.out.channels), Kernel(p, op.out.channels, [])).ops.append(op)
@@ -228,14 +279,15 @@ class NumbaPrinter:
             for v in op.inputs:
                 if v.name in inputs:
                     continue
-                if self.access(op) == "complete" or self.kernel_of[v.name] != self.kernel_of[op.out.name]:
+                whole = self.access(op) in ("complete", "channels")  # read at other items or channels
+                if whole or self.kernel_of[v.name] != self.kernel_of[op.out.name]:
                     stored.add(v.name)
         return stored
 
     # -- helpers for visitor methods -----------------------------------------------------
     def define(self, v: Value) -> list[str]:
         """Scalar identifiers for the components of ``v``, computed in the current item."""
-        names = [self.namer.fresh(f"{v.name}_{m}") for m in range(v.size)]
+        names = [self.namer.fresh(f"{v.name}_{m}") for m in range(_size(v))]
         self._local[v.name] = names
         self._defined.append(v)
         return names
@@ -306,7 +358,10 @@ class NumbaPrinter:
         out = self.define(op.out)
         kind = "odd (Levi-Civita)" if c.odd else "even"
         label = f"{op.comment}: " if op.comment else ""
-        lines = [f"# {label}{c.l1} x {c.l2} -> {c.l3}, {kind} path, {c.nnz} nonzeros"]
+        if isinstance(c, AdjointTable):  # not the coupling path of its ranks: say where it comes from
+            lines = [f"# {label}table {c.origin}, ranks {c.l1}, {c.l2} -> {c.l3}, {c.nnz} nonzeros"]
+        else:
+            lines = [f"# {label}{c.l1} x {c.l2} -> {c.l3}, {kind} path, {c.nnz} nonzeros"]
         by_m3: dict[int, list] = {m3: [] for m3 in range(2 * c.l3 + 1)}
         for m1, m2, m3, coef in c.entries:
             if coef:
@@ -339,6 +394,67 @@ class NumbaPrinter:
         out = self.define(op.out)
         self.before_edges([f"{o} = 0.0" for o in out])
         return [f"{o} += {self.read(op.src, m)}" for m, o in enumerate(out)]
+
+    # -- reverse-pass ops ---------------------------------------------------------------------
+    def _EdgeICTGrad(self, op: EdgeICTGrad) -> list[str]:
+        if op.out.channels or op.cotangent.channels or op.out.rank != 1 or op.direction.rank != 1:
+            raise NotImplementedError(f"{op.out.name}: EdgeICTGrad is channel-free and rank 1")
+        l = op.l
+        out = self.define(op.out)
+        if l == 0:
+            return [f"{o} = 0.0  # T_0 is constant" for o in out]
+        grads = ict_gradient_polynomials(l)
+        lines = [f"# d<{op.cotangent.name}, T_{l}({op.direction.name})> / d{op.direction.name}: "
+                 f"exact derivative polynomials"]
+        for k, name in enumerate(out):
+            terms = []
+            for m, row in enumerate(grads):
+                g = self.read(op.cotangent, m)
+                for mono, coef in sorted(row[k].items(), reverse=True):
+                    if coef:
+                        product = g if not any(mono) else f"{g} * {self.monomial(op.direction, mono)}"
+                        terms.append((coef, product))
+            lines.append(_assign(name, _factored_terms(terms) if terms else ["0.0"]))
+        return lines
+
+    def _ChannelSum(self, op: ChannelSum) -> list[str]:
+        out = self.define(op.out)
+        lines = [f"{o} = 0.0" for o in out] + ["for c in range(channels):"]
+        # element() of a channel value reads channel c: the loop variable of this sub-loop
+        return lines + [f"    {o} += {self.element(op.src, m)}" for m, o in enumerate(out)]
+
+    def _GatherReceivers(self, op: GatherReceivers) -> list[str]:
+        out = self.define(op.out)
+        i = self.hoist("i", "receivers[e]")
+        return [f"{o} = {self.element(op.src, m, i)}" for m, o in enumerate(out)]
+
+    def _ScatterSenders(self, op: ScatterSenders) -> list[str]:
+        if op.out.domain != NODE or op.src.domain != EDGE:
+            raise NotImplementedError("ScatterSenders goes from edges to nodes")
+        out = self.define(op.out)
+        k, es = self.namer.fresh("k"), self.namer.fresh("es")
+        n = self._section.index[NODE]
+        lines = [f"{o} = 0.0" for o in out]
+        lines.append(f"for {k} in range(sender_offsets[{n}], sender_offsets[{n} + 1]):  # edges sent by {n}")
+        lines.append(f"    {es} = sender_order[{k}]")
+        return lines + [f"    {o} += {self.element(op.src, m, es)}" for m, o in enumerate(out)]
+
+    def _Zeros(self, op: Zeros) -> list[str]:
+        return [f"{o} = 0.0" for o in self.define(op.out)]
+
+    def _Stack(self, op: Stack) -> list[str]:
+        if not op.out.channels or len(op.columns) != op.out.count:
+            raise NotImplementedError(f"{op.out.name}: a Stack fills every column of a per-channel weight")
+        out = self.define(op.out)
+        lines = [f"# {op.out.name}: weight-shaped adjoint of {op.weight}"]
+        for o, column in zip(out, op.columns):
+            if column is None:
+                lines.append(f"{o} = 0.0")
+            else:
+                if (column.rank, column.domain, column.channels) != (0, op.out.domain, True):
+                    raise NotImplementedError(f"{column.name}: Stack columns are rank-0 per-channel values")
+                lines.append(f"{o} = {self.read(column, 0)}")
+        return lines
 
     # -- kernels ---------------------------------------------------------------------------
     def _run_ops(self, ops, section: _Section) -> None:
@@ -398,14 +514,14 @@ class NumbaPrinter:
             v = op.out
             if v.name in self.stored:
                 items = "num_edges" if v.domain == EDGE else "num_nodes"
-                shape = f"({items}, channels, {v.size})" if v.channels else f"({items}, {v.size})"
+                shape = f"({items}, channels, {_size(v)})" if v.channels else f"({items}, {_size(v)})"
                 lines.append(f"{v.name} = np.empty({shape}, dtype)")
         return lines
 
     # -- whole function ----------------------------------------------------------------------
     def arguments(self) -> list[str]:
         args = [v.name for v in self.program.inputs] + [w.name for w in self.program.weights]
-        return args + (list(GRAPH_ARGS) if self.graph else [])
+        return args + (list(GRAPH_ARGS) if self.graph else []) + (list(SENDER_ARGS) if self.by_sender else [])
 
     def signature(self) -> str:
         return ", ".join(self.arguments())
@@ -451,6 +567,8 @@ class NumbaPrinter:
             lines += [f"if {' or '.join(conds)}:", f'    raise ValueError("{name} must have shape {shape}")']
         if self.graph:
             lines.append(f"{GRAPH_CHECK}(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR")
+        if self.by_sender:
+            lines.append(f"{SENDER_CHECK}(senders, sender_order, sender_offsets, num_nodes)  # CSR by sender")
         return lines
 
     def body(self) -> list[str]:
@@ -486,6 +604,7 @@ def render_program(program: Program, function_name: str | None = None) -> dict:
         "inputs": [v.name for v in program.inputs],
         "weights": [(w.name, w.count) for w in program.weights],
         "graph": printer.graph,
+        "by_sender": printer.by_sender,
         "outputs": [v.name for v in program.outputs],
         "kernels": len(printer.kernels),
     }
@@ -502,7 +621,8 @@ def render_module(programs, names=None, title: str = "IR programs") -> str:
     functions = [render_program(p, n) for p, n in zip(programs, names)]
     return _environment().get_template("numba_program.py.j2").render(
         version=__version__, title=title, functions=functions, graph_check=GRAPH_CHECK,
-        any_graph=any(f["graph"] for f in functions))
+        any_graph=any(f["graph"] for f in functions), sender_check=SENDER_CHECK,
+        any_sender=any(f["by_sender"] for f in functions))
 
 
 # ------------------------------------------------------------------------------- loading
@@ -545,9 +665,24 @@ def receiver_offsets(receivers, num_nodes: int) -> np.ndarray:
     return np.searchsorted(receivers, np.arange(num_nodes + 1), side="left").astype(np.int64)
 
 
-def graph_arguments(graph: dict) -> tuple:
-    """(senders, receivers, receiver_offsets, num_nodes) from an interpreter-style graph dict."""
+def sender_csr(senders, num_nodes: int) -> tuple:
+    """(sender_order (E,), sender_offsets (N+1,)): edges sorted by sender, stably (equal senders
+    keep their edge order, so sums by sender run in edge order), and the CSR offsets: node n
+    sends edges ``sender_order[sender_offsets[n]:sender_offsets[n + 1]]``."""
+    senders = np.asarray(senders, dtype=np.int64)
+    if senders.size and (senders.min() < 0 or senders.max() >= num_nodes):
+        raise ValueError("senders must be node indices in [0, num_nodes)")
+    order = np.argsort(senders, kind="stable").astype(np.int64)
+    offsets = np.searchsorted(senders[order], np.arange(num_nodes + 1), side="left").astype(np.int64)
+    return np.ascontiguousarray(order), offsets
+
+
+def graph_arguments(graph: dict, by_sender: bool = False) -> tuple:
+    """(senders, receivers, receiver_offsets, num_nodes) from an interpreter-style graph dict;
+    with ``by_sender`` (programs with a ScatterSenders: ``NumbaPrinter(p).by_sender``) also
+    (sender_order, sender_offsets) from :func:`sender_csr`."""
     receivers = np.ascontiguousarray(graph["receivers"], dtype=np.int64)
     senders = np.ascontiguousarray(graph["senders"], dtype=np.int64)
     n = int(graph["num_nodes"])
-    return senders, receivers, receiver_offsets(receivers, n), n
+    args = (senders, receivers, receiver_offsets(receivers, n), n)
+    return args + sender_csr(senders, n) if by_sender else args
