@@ -408,5 +408,3 @@ class GatherStructures:
 
 DenseReverseOp = EdgeVectorsGrad | EdgeVectorsStrainGrad | EdgeLengthGrad | EdgeDirectionGrad | RadialBasisGrad \
     | DenseTransposed | ActivationGrad | ChannelMixTransposed | ReshapeLike | ScaleByWeightGrad | GatherStructures
-
-__all__ = ["EDGE", "NODE", "STRUCTURE", "Array", "array", "vector", "ParamSpec"]

@@ -26,6 +26,10 @@ from .nodes import (
     Zeros,
 )
 
+# Extension point: op type -> ``rule(op, env, weights, graph) -> array``, consulted only for
+# op types this module does not know (see tacegen.ir.dense_interpret).
+EXTENSIONS: dict = {}
+
 
 def run(program: Program, inputs: dict, weights: dict | None = None, graph: dict | None = None) -> dict:
     """Evaluate ``program``.
@@ -86,4 +90,7 @@ def _step(op, env, weights, graph):
             if column is not None:
                 out[:, :, k] = env[column.name][:, :, 0]
         return out
+    rule = EXTENSIONS.get(type(op))
+    if rule is not None:
+        return rule(op, env, weights, graph)
     raise TypeError(f"unknown op {type(op).__name__}")

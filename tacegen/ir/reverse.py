@@ -38,7 +38,8 @@ Adjoint rules (``g`` is the accumulated adjoint of the op's output)
   gets no adjoint; a requested input nobody reads gets :class:`~tacegen.ir.nodes.Zeros`.
 
 Limits: the forward program may contain only the six forward op types (EdgeICT,
-Couple, Scale, Sum, Gather, Scatter); reversing a reverse program (second order) is not
+Couple, Scale, Sum, Gather, Scatter) and op types registered in :data:`ADJOINT_RULES`
+(importing :mod:`tacegen.ir.dense_reverse` registers the dense scaffolding ops); reversing a reverse program (second order) is not
 supported. ``Scale`` sources must have channels (as everywhere in the builder).
 """
 
@@ -49,6 +50,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from ..algebra.adjoint import pairing, transpose
+from .interpret import EXTENSIONS
 from .optimise import drop_dead, share_subtrees
 from .nodes import (
     ChannelSum,
@@ -65,11 +67,18 @@ from .nodes import (
     Sum,
     Value,
     WeightArray,
+    WeightSpec,
     Zeros,
 )
 
 FORWARD_OPS = (EdgeICT, Couple, Scale, Sum, Gather, Scatter)
 REVERSE_OPS = (EdgeICTGrad, ChannelSum, GatherReceivers, ScatterSenders, Zeros, Stack)
+
+# Extension point: forward op type -> ``rule(reverser, op, g)`` appending adjoint ops with
+# ``reverser.emit`` and contributions to ``reverser.contrib[name]``; consulted only for op
+# types not in FORWARD_OPS (see tacegen.ir.dense_reverse). The adjoint ops it emits must be
+# interpretable (tacegen.ir.interpret.EXTENSIONS).
+ADJOINT_RULES: dict = {}
 
 
 def cotangent_name(name: str) -> str:
@@ -105,6 +114,8 @@ class _Names:
 
 
 def _like(v: Value, name: str, channels: bool | None = None) -> Value:
+    if type(v) is not Value:  # extension values (e.g. dense_ops.Array) carry their own layout
+        return replace(v, name=name)
     return Value(name, v.rank, v.domain, v.channels if channels is None else channels, v.storage)
 
 
@@ -119,9 +130,11 @@ class _Reverser:
         for name in wrt:
             if name not in self.inputs and name not in self.weights:
                 raise ValueError(f"reverse: {name!r} is neither an input nor a weight of {program.name}")
+            if name in self.weights and not isinstance(self.weights[name], WeightSpec):
+                raise NotImplementedError(f"reverse: no gradient for parameter {name!r}")
         self.wrt = wrt
         for op in program.ops:
-            if not isinstance(op, FORWARD_OPS):
+            if not isinstance(op, FORWARD_OPS) and type(op) not in ADJOINT_RULES:
                 raise NotImplementedError(f"reverse: no adjoint rule for {type(op).__name__}")
         used = set(self.inputs) | set(self.weights) | {op.out.name for op in program.ops}
         self.names = _Names(used)
@@ -179,6 +192,8 @@ class _Reverser:
             d = op.direction
             out = self.emit(EdgeICTGrad(_like(d, self.names.fresh(f"g_{d.name}")), d, g))
             self.contrib[d.name].append(out)
+        elif type(op) in ADJOINT_RULES:
+            ADJOINT_RULES[type(op)](self, op, g)
         else:  # pragma: no cover - rejected in __init__
             raise NotImplementedError(type(op).__name__)
 
@@ -282,7 +297,7 @@ def validate(program: Program) -> Program:
     """Checks Program.check does not make for the reverse-pass ops; returns the program."""
     weights = {w.name: w for w in program.weights}
     for op in program.ops:
-        if not isinstance(op, FORWARD_OPS + REVERSE_OPS):
+        if not isinstance(op, FORWARD_OPS + REVERSE_OPS) and type(op) not in EXTENSIONS:
             raise ValueError(f"{program.name}: op {type(op).__name__} has no interpretation")
         if isinstance(op, Stack):
             w = weights.get(op.weight)
