@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .nodes import EDGE, NODE, Value
+from .nodes import Value
 
 STRUCTURE = "structure"
 
