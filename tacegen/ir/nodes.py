@@ -41,6 +41,18 @@ class Value:
 
 
 @dataclass(frozen=True)
+class UnaryOp:
+    """Base of the ops that read one value, ``src``."""
+
+    out: Value
+    src: Value
+
+    @property
+    def inputs(self) -> tuple:
+        return (self.src,)
+
+
+@dataclass(frozen=True)
 class EdgeICT:
     """out = r^l T_l(r/|r|) of the edge vectors, evaluated at unit vectors ``direction``."""
 
@@ -95,27 +107,13 @@ class Sum:
 
 
 @dataclass(frozen=True)
-class Gather:
+class Gather(UnaryOp):
     """Edge value from the node value of each edge's sender j."""
-
-    out: Value
-    src: Value
-
-    @property
-    def inputs(self) -> tuple:
-        return (self.src,)
 
 
 @dataclass(frozen=True)
-class Scatter:
+class Scatter(UnaryOp):
     """Node value: the sum over the edges whose receiver is that node."""
-
-    out: Value
-    src: Value
-
-    @property
-    def inputs(self) -> tuple:
-        return (self.src,)
 
 
 Op = EdgeICT | Couple | Scale | Sum | Gather | Scatter
@@ -164,41 +162,20 @@ class EdgeICTGrad:
 
 
 @dataclass(frozen=True)
-class ChannelSum:
+class ChannelSum(UnaryOp):
     """out[i, m] = sum_c src[i, c, m]: a channel-free value from one with channels.
 
     The adjoint of broadcasting a channel-free operand (an edge ICT) over channels."""
 
-    out: Value
-    src: Value
-
-    @property
-    def inputs(self) -> tuple:
-        return (self.src,)
-
 
 @dataclass(frozen=True)
-class GatherReceivers:
+class GatherReceivers(UnaryOp):
     """Edge value from the node value of each edge's receiver i (the adjoint of Scatter)."""
 
-    out: Value
-    src: Value
-
-    @property
-    def inputs(self) -> tuple:
-        return (self.src,)
-
 
 @dataclass(frozen=True)
-class ScatterSenders:
+class ScatterSenders(UnaryOp):
     """Node value: the sum over the edges whose sender is that node (the adjoint of Gather)."""
-
-    out: Value
-    src: Value
-
-    @property
-    def inputs(self) -> tuple:
-        return (self.src,)
 
 
 @dataclass(frozen=True)
