@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .nodes import Value
+from .nodes import UnaryOp, Value
 
 STRUCTURE = "structure"
 
@@ -133,67 +133,42 @@ class RadialBasis:
 
 
 @dataclass(frozen=True)
-class Dense:
+class Dense(UnaryOp):
     """out = src @ weights[weight]: (items, fin) x (fin, fout) -> (items, fout), no bias.
 
     (torch.nn.Linear(fin, fout, bias=False) has ``weight`` of shape (fout, fin): pass its
     transpose.)"""
 
-    out: Array
-    src: Array
     weight: str
-
-    @property
-    def inputs(self) -> tuple:
-        return (self.src,)
 
 
 @dataclass(frozen=True)
-class Activation:
+class Activation(UnaryOp):
     """out = gain * silu(src), silu(x) = x * sigmoid(x), elementwise (any layout).
 
     ``normalised=True``: gain = 1/sqrt(E[silu(z)^2]), z ~ N(0,1), by 64-point
     Gauss-Hermite quadrature, exactly as tacegen.runtime.radial.NormalisedActivation
     (RadialMLP); ``normalised=False``: gain = 1 (the readout's plain torch.nn.SiLU)."""
 
-    out: Array
-    src: Array
     normalised: bool = True
-
-    @property
-    def inputs(self) -> tuple:
-        return (self.src,)
 
 
 @dataclass(frozen=True)
-class ChannelMix:
+class ChannelMix(UnaryOp):
     """out[n, k, d] = sum_c src[n, c, d] * weights[weight][c, k] (einsum "ncd,ck->nkd").
 
     src, out: ICT Values with channels, same rank (ChannelLinear of the torch template)."""
 
-    out: Value
-    src: Value
     weight: str
-
-    @property
-    def inputs(self) -> tuple:
-        return (self.src,)
 
 
 @dataclass(frozen=True)
-class Reshape:
+class Reshape(UnaryOp):
     """out = src.reshape((items,) + out.shape) (row-major, numpy/torch ``view``).
 
     E.g. the radial MLP output (E, C*P) -> the radial weight array (E, C, P) read by
     :class:`ScaleBy` (the template's ``.view(-1, C, P)``), or a rank-0 node Value
     (N, C, 1) -> Array (N, (C,)) for the readout. src may be any value."""
-
-    out: Array
-    src: Value
-
-    @property
-    def inputs(self) -> tuple:
-        return (self.src,)
 
 
 @dataclass(frozen=True)
@@ -213,28 +188,15 @@ class ScaleBy:
 
 
 @dataclass(frozen=True)
-class Mul:
+class Mul(UnaryOp):
     """out = factor * src (a compile-time constant; any layout), e.g. 1/avg_num_neighbors."""
 
-    out: Value
-    src: Value
     factor: float
-
-    @property
-    def inputs(self) -> tuple:
-        return (self.src,)
 
 
 @dataclass(frozen=True)
-class NodeSum:
+class NodeSum(UnaryOp):
     """out[b] = sum of src[n] over the atoms n with batch[n] == b: Array (structure, shape)."""
-
-    out: Array
-    src: Array
-
-    @property
-    def inputs(self) -> tuple:
-        return (self.src,)
 
 
 DenseOp = EdgeVectors | EdgeLength | EdgeDirection | RadialBasis | Dense | Activation | ChannelMix | Reshape \
@@ -324,16 +286,10 @@ class RadialBasisGrad:
 
 
 @dataclass(frozen=True)
-class DenseTransposed:
+class DenseTransposed(UnaryOp):
     """out = src @ weights[weight].T: (items, fout) -> (items, fin) (adjoint of Dense)."""
 
-    out: Array
-    src: Array
     weight: str
-
-    @property
-    def inputs(self) -> tuple:
-        return (self.src,)
 
 
 @dataclass(frozen=True)
@@ -352,16 +308,10 @@ class ActivationGrad:
 
 
 @dataclass(frozen=True)
-class ChannelMixTransposed:
+class ChannelMixTransposed(UnaryOp):
     """out[n, c, d] = sum_k src[n, k, d] * weights[weight][c, k] (adjoint of ChannelMix)."""
 
-    out: Value
-    src: Value
     weight: str
-
-    @property
-    def inputs(self) -> tuple:
-        return (self.src,)
 
 
 @dataclass(frozen=True)
@@ -395,15 +345,8 @@ class ScaleByWeightGrad:
 
 
 @dataclass(frozen=True)
-class GatherStructures:
+class GatherStructures(UnaryOp):
     """out[n] = src[batch[n]]: Array (node, shape) (adjoint of NodeSum)."""
-
-    out: Array
-    src: Array
-
-    @property
-    def inputs(self) -> tuple:
-        return (self.src,)
 
 
 DenseReverseOp = EdgeVectorsGrad | EdgeVectorsStrainGrad | EdgeLengthGrad | EdgeDirectionGrad | RadialBasisGrad \

@@ -30,6 +30,9 @@ from .nodes import (
 # op types this module does not know (see tacegen.ir.dense_interpret).
 EXTENSIONS: dict = {}
 
+# which end of each edge a node<->edge op uses
+_INDEX = {Gather: "senders", ScatterSenders: "senders", GatherReceivers: "receivers", Scatter: "receivers"}
+
 
 def run(program: Program, inputs: dict, weights: dict | None = None, graph: dict | None = None) -> dict:
     """Evaluate ``program``.
@@ -63,25 +66,18 @@ def _step(op, env, weights, graph):
         return env[op.src.name] * weights[op.weight][:, :, op.index, None]
     if isinstance(op, Sum):
         return sum(env[t.name] for t in op.terms)
-    if isinstance(op, Gather):
-        return env[op.src.name][graph["senders"]]
-    if isinstance(op, Scatter):
+    if isinstance(op, (Gather, GatherReceivers)):
+        return env[op.src.name][graph[_INDEX[type(op)]]]
+    if isinstance(op, (Scatter, ScatterSenders)):
         src = env[op.src.name]
         out = np.zeros((graph["num_nodes"],) + src.shape[1:])
-        np.add.at(out, graph["receivers"], src)
+        np.add.at(out, graph[_INDEX[type(op)]], src)
         return out
     # ops of the reverse pass (tacegen.ir.reverse)
     if isinstance(op, EdgeICTGrad):
         return ict_reduced_vjp(env[op.direction.name], env[op.cotangent.name], op.l)
     if isinstance(op, ChannelSum):
         return env[op.src.name].sum(axis=1)
-    if isinstance(op, GatherReceivers):
-        return env[op.src.name][graph["receivers"]]
-    if isinstance(op, ScatterSenders):
-        src = env[op.src.name]
-        out = np.zeros((graph["num_nodes"],) + src.shape[1:])
-        np.add.at(out, graph["senders"], src)
-        return out
     if isinstance(op, Zeros):
         return np.zeros_like(env[op.like.name])
     if isinstance(op, Stack):
