@@ -30,6 +30,8 @@ from tacegen.backends.numba_printer import (
 )
 from tacegen.ir.build import build_programs
 from tacegen.ir.interpret import run
+from model_helpers import rel_err
+from numba_helpers import call, random_values
 from tacegen.ir.nodes import EDGE, NODE, Couple, EdgeICT, Gather, Program, Scale, Scatter, Sum, Value, WeightSpec
 from tacegen.ir.optimise import optimise
 from tacegen.spec import ModelSpec
@@ -123,31 +125,12 @@ def random_graph(rng: np.random.Generator, nodes: int, edges: int, isolated: int
 def random_case(program: Program, seed: int, nodes: int = 7, edges: int = 23, channels: int = 3):
     rng = np.random.default_rng(seed)
     graph = random_graph(rng, nodes, edges)
-    count = {EDGE: edges, NODE: nodes}
-    inputs = {}
-    for v in program.inputs:
-        shape = (count[v.domain], channels, v.size) if v.channels else (count[v.domain], v.size)
-        inputs[v.name] = rng.standard_normal(shape)
-    if "direction" in inputs:
-        d = inputs["direction"]
-        inputs["direction"] = d / np.linalg.norm(d, axis=1, keepdims=True)
-    weights = {w.name: rng.standard_normal((count[w.domain], channels, w.count)) for w in program.weights}
+    inputs, weights = random_values(program, rng, graph, channels)
     return inputs, weights, graph
 
 
-def call(fn, program: Program, inputs, weights, graph, dtype=np.float64):
-    args = [np.asarray(inputs[v.name], dtype) for v in program.inputs]
-    args += [np.asarray(weights[w.name], dtype) for w in program.weights]
-    if NumbaPrinter(program).graph:
-        args += list(graph_arguments(graph))
-    return fn(*args)
 
 
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0))
-    diff = np.abs(a - b).max(initial=0.0)
-    return 0.0 if diff == 0.0 else diff / scale
 
 
 def _check(key, fn, dtype, tol):

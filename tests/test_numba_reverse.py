@@ -22,7 +22,6 @@ import pytest
 from tacegen.algebra.adjoint import AdjointTable, pairing, transpose
 from tacegen.algebra.coupling import coupling
 from tacegen.backends.numba_printer import (
-    NumbaPrinter,
     graph_arguments,
     load_source,
     render_module,
@@ -31,7 +30,9 @@ from tacegen.backends.numba_printer import (
 )
 from tacegen.ir.build import edge_basis_program, interaction_program, product_program
 from tacegen.ir.interpret import run
-from tacegen.ir.nodes import EDGE, NODE, Couple, Program, ScatterSenders, Value
+from model_helpers import rel_err
+from numba_helpers import call, random_values
+from tacegen.ir.nodes import NODE, Couple, Program, ScatterSenders, Value
 from tacegen.ir.reverse import reverse
 
 TOL64, TOL32 = 1e-12, 1e-5
@@ -125,32 +126,12 @@ def random_case(program: Program, seed: int, nodes: int = 6, edges: int = 17, ch
     rng = np.random.default_rng(seed)
     receivers = np.sort(rng.integers(0, nodes - 1, edges))
     graph = {"senders": rng.integers(1, nodes, edges), "receivers": receivers, "num_nodes": nodes}
-    count = {EDGE: edges, NODE: nodes}
-    inputs = {}
-    for v in program.inputs:
-        shape = (count[v.domain], channels, v.size) if v.channels else (count[v.domain], v.size)
-        inputs[v.name] = rng.standard_normal(shape)
-    if "direction" in inputs:
-        d = inputs["direction"]
-        inputs["direction"] = d / np.linalg.norm(d, axis=1, keepdims=True)
-    weights = {w.name: rng.standard_normal((count[w.domain], channels, w.count)) for w in program.weights}
+    inputs, weights = random_values(program, rng, graph, channels)
     return inputs, weights, graph
 
 
-def call(fn, program: Program, inputs, weights, graph, dtype=np.float64):
-    args = [np.asarray(inputs[v.name], dtype) for v in program.inputs]
-    args += [np.asarray(weights[w.name], dtype) for w in program.weights]
-    printer = NumbaPrinter(program)
-    if printer.graph:
-        args += list(graph_arguments(graph, by_sender=printer.by_sender))
-    return fn(*args)
 
 
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0))
-    diff = np.abs(a - b).max(initial=0.0)
-    return 0.0 if diff == 0.0 else diff / scale
 
 
 def _check(key, fn, dtype, tol, seeds=(0, 1)):
