@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from tacegen.algebra import ict
 from tacegen.algebra.coupling import coupling
 from tacegen.ir import dense_ops as d
 from tacegen.ir import dense_reverse  # noqa: F401  (registers interpreter + adjoint rules)
 from tacegen.ir.dense_interpret import normalised_silu_gain
 from tacegen.ir.interpret import run
-from tacegen.ir.nodes import EDGE, NODE, Couple, EdgeICT, Gather, Program, Scale, Scatter, Sum, Value, WeightSpec
+from ir_torch_reference import torch_run as reference_torch_run
+from tacegen.ir.nodes import EDGE, NODE, Couple, EdgeICT, Gather, Program, Scatter, Sum, Value, WeightSpec
 from tacegen.ir.reverse import cotangent_name, gradient_name, reverse
 from tacegen.runtime.data import edge_vectors as runtime_edge_vectors
 from tacegen.runtime.radial import BesselBasis, NormalisedActivation, PolynomialCutoff, RadialMLP
@@ -72,67 +72,49 @@ def rel_err(a, b):
 
 # ----------------------------------------------------------------------------- independent torch semantics
 
-def torch_run(program: Program, inputs: dict, weights: dict, graph: dict) -> dict:
-    env = dict(inputs)
+def _dense_op(op, env: dict, weights: dict, graph: dict):
+    """Torch value of a scaffolding op (tacegen.ir.dense_ops), or None."""
     senders = torch.as_tensor(graph["senders"])
     receivers = torch.as_tensor(graph["receivers"])
     batch = torch.as_tensor(graph["batch"])
-    for op in program.ops:
-        if isinstance(op, d.EdgeVectors):
-            value = runtime_edge_vectors(env[op.positions.name], env[op.cell.name], batch,
-                                         torch.stack([senders, receivers]), env[op.shifts.name])
-            if op.strain is not None:
-                deform = torch.eye(3, dtype=torch.float64) + env[op.strain.name]
-                value = torch.bmm(value.unsqueeze(1), deform[batch[receivers]]).squeeze(1)
-        elif isinstance(op, d.EdgeLength):
-            value = torch.linalg.vector_norm(env[op.vectors.name], dim=-1)
-        elif isinstance(op, d.EdgeDirection):
-            v = env[op.vectors.name]
-            value = v / torch.linalg.vector_norm(v, dim=-1).unsqueeze(-1)
-        elif isinstance(op, d.RadialBasis):
-            r = env[op.lengths.name]
-            bessel = BesselBasis(op.r_cut, op.num_basis).to(torch.float64)
-            value = bessel(r) * PolynomialCutoff(op.r_cut, op.p)(r).unsqueeze(-1)
-        elif isinstance(op, d.Dense):
-            value = torch.nn.functional.linear(env[op.src.name], weights[op.weight].T)
-        elif isinstance(op, d.Activation):
-            act = NormalisedActivation(torch.nn.SiLU()) if op.normalised else torch.nn.SiLU()
-            value = act(env[op.src.name])
-        elif isinstance(op, d.ChannelMix):
-            value = torch.einsum("ncd,ck->nkd", env[op.src.name], weights[op.weight])
-        elif isinstance(op, d.Reshape):
-            src = env[op.src.name]
-            value = src.view((src.shape[0],) + op.out.shape)
-        elif isinstance(op, d.ScaleBy):
-            value = env[op.src.name] * env[op.weight.name][:, :, op.index, None]
-        elif isinstance(op, d.Mul):
-            value = op.factor * env[op.src.name]
-        elif isinstance(op, d.NodeSum):
-            src = env[op.src.name]
-            value = src.new_zeros((graph["num_structures"],) + tuple(src.shape[1:])).index_add(0, batch, src)
-        elif isinstance(op, EdgeICT):
-            r = env[op.direction.name]
-            polys, idx = ict.ict_polynomials(op.out.rank), ict.pattern_index(op.out.rank)
-            value = torch.stack([sum(float(c) * r[:, 0] ** m[0] * r[:, 1] ** m[1] * r[:, 2] ** m[2]
-                                     for m, c in polys[idx[alpha]].items())
-                                 for alpha in ict.reduced_patterns(op.out.rank)], dim=-1)
-        elif isinstance(op, Couple):
-            table = torch.as_tensor(op.coupling.dense())
-            sa = "ncm" if op.left.channels else "nm"
-            sb = "nck" if op.right.channels else "nk"
-            so = "ncj" if op.out.channels else "nj"
-            value = torch.einsum(f"{sa},{sb},mkj->{so}", env[op.left.name], env[op.right.name], table)
-        elif isinstance(op, Sum):
-            value = sum(env[t.name] for t in op.terms)
-        elif isinstance(op, Gather):
-            value = env[op.src.name].index_select(0, senders)
-        elif isinstance(op, Scatter):
-            src = env[op.src.name]
-            value = src.new_zeros((graph["num_nodes"],) + tuple(src.shape[1:])).index_add(0, receivers, src)
-        else:
-            raise TypeError(type(op).__name__)
-        env[op.out.name] = value
-    return {v.name: env[v.name] for v in program.outputs}
+    if isinstance(op, d.EdgeVectors):
+        value = runtime_edge_vectors(env[op.positions.name], env[op.cell.name], batch,
+                                     torch.stack([senders, receivers]), env[op.shifts.name])
+        if op.strain is not None:
+            deform = torch.eye(3, dtype=torch.float64) + env[op.strain.name]
+            value = torch.bmm(value.unsqueeze(1), deform[batch[receivers]]).squeeze(1)
+        return value
+    if isinstance(op, d.EdgeLength):
+        return torch.linalg.vector_norm(env[op.vectors.name], dim=-1)
+    if isinstance(op, d.EdgeDirection):
+        v = env[op.vectors.name]
+        return v / torch.linalg.vector_norm(v, dim=-1).unsqueeze(-1)
+    if isinstance(op, d.RadialBasis):
+        r = env[op.lengths.name]
+        bessel = BesselBasis(op.r_cut, op.num_basis).to(torch.float64)
+        return bessel(r) * PolynomialCutoff(op.r_cut, op.p)(r).unsqueeze(-1)
+    if isinstance(op, d.Dense):
+        return torch.nn.functional.linear(env[op.src.name], weights[op.weight].T)
+    if isinstance(op, d.Activation):
+        act = NormalisedActivation(torch.nn.SiLU()) if op.normalised else torch.nn.SiLU()
+        return act(env[op.src.name])
+    if isinstance(op, d.ChannelMix):
+        return torch.einsum("ncd,ck->nkd", env[op.src.name], weights[op.weight])
+    if isinstance(op, d.Reshape):
+        src = env[op.src.name]
+        return src.view((src.shape[0],) + op.out.shape)
+    if isinstance(op, d.ScaleBy):
+        return env[op.src.name] * env[op.weight.name][:, :, op.index, None]
+    if isinstance(op, d.Mul):
+        return op.factor * env[op.src.name]
+    if isinstance(op, d.NodeSum):
+        src = env[op.src.name]
+        return src.new_zeros((graph["num_structures"],) + tuple(src.shape[1:])).index_add(0, batch, src)
+    return None
+
+
+def torch_run(program: Program, inputs: dict, weights: dict, graph: dict) -> dict:
+    return reference_torch_run(program, inputs, weights, graph, extra=_dense_op)
 
 
 # ----------------------------------------------------------------------------- single-op cases

@@ -39,10 +39,8 @@ from tacegen.ir.nodes import (
     Couple,
     EdgeICT,
     EdgeICTGrad,
-    Gather,
     Program,
     Scale,
-    Scatter,
     Stack,
     Sum,
     Value,
@@ -51,6 +49,7 @@ from tacegen.ir.nodes import (
     Zeros,
 )
 from tacegen.ir.optimise import optimise
+from ir_torch_reference import torch_run
 from tacegen.ir.reverse import FORWARD_OPS, REVERSE_OPS, cotangent_name, gradient_name, reverse
 
 torch.set_num_threads(1)
@@ -161,42 +160,6 @@ def test_reverse_matches_finite_differences_entry_by_entry(key):
 
 # ----------------------------------------------------------------------------- torch autograd
 
-def _torch_forward(program: Program, inputs: dict, weights: dict, graph: dict) -> dict:
-    """An independent torch implementation of the forward ops (dense tables, einsum)."""
-    env = dict(inputs)
-    senders = torch.as_tensor(graph["senders"])
-    receivers = torch.as_tensor(graph["receivers"])
-    for op in program.ops:
-        if isinstance(op, EdgeICT):
-            r = env[op.direction.name]
-            polys = ict.ict_polynomials(op.out.rank)
-            idx = ict.pattern_index(op.out.rank)
-            comps = []
-            for alpha in ict.reduced_patterns(op.out.rank):
-                poly = polys[idx[alpha]]
-                comps.append(sum(float(c) * r[:, 0] ** m[0] * r[:, 1] ** m[1] * r[:, 2] ** m[2]
-                                 for m, c in poly.items()))
-            value = torch.stack(comps, dim=-1)
-        elif isinstance(op, Couple):
-            table = torch.as_tensor(op.coupling.dense())
-            a, b = env[op.left.name], env[op.right.name]
-            sa = "ncm" if op.left.channels else "nm"
-            sb = "nck" if op.right.channels else "nk"
-            so = "ncj" if op.out.channels else "nj"
-            value = torch.einsum(f"{sa},{sb},mkj->{so}", a, b, table)
-        elif isinstance(op, Scale):
-            value = env[op.src.name] * weights[op.weight][:, :, op.index, None]
-        elif isinstance(op, Sum):
-            value = sum(env[t.name] for t in op.terms)
-        elif isinstance(op, Gather):
-            value = env[op.src.name].index_select(0, senders)
-        elif isinstance(op, Scatter):
-            src = env[op.src.name]
-            value = src.new_zeros((graph["num_nodes"],) + tuple(src.shape[1:])).index_add(0, receivers, src)
-        else:
-            raise TypeError(type(op).__name__)
-        env[op.out.name] = value
-    return {v.name: env[v.name] for v in program.outputs}
 
 
 @pytest.mark.parametrize("key", ["interaction_0_l3", "interaction_01_l3", "interaction_012_l2",
@@ -207,7 +170,7 @@ def test_reverse_matches_torch_autograd(key):
     grads = gradients(program, inputs, weights, graph, cot)
     t_in = {k: torch.tensor(v, requires_grad=True) for k, v in inputs.items()}
     t_w = {k: torch.tensor(v, requires_grad=True) for k, v in weights.items()}
-    out = _torch_forward(program, t_in, t_w, graph)
+    out = torch_run(program, t_in, t_w, graph)
     loss = sum((torch.as_tensor(cot[cotangent_name(k)]) * v).sum() for k, v in out.items())
     leaves = {**t_in, **t_w}
     names = wrt_all(program)
