@@ -4,6 +4,8 @@ Output folder (``generated/<spec.name>/`` by default)::
 
     __init__.py   re-exports TACE and SPEC
     model.py      the PyTorch model (printed from the IR through templates/torch_model.py.j2)
+    numba_model.py  the Numba programs, forward and reverse (templates/numba_model.py.j2),
+                  when the spec's backends include "numba"
     spec.json     canonical spec, its hash and the tacegen version
     REPORT.md     paths and costs per layer kind, before and after optimisation
 
@@ -184,7 +186,9 @@ def _package_files(compiled: Compiled, optimised: bool = True) -> dict[str, str]
     if "torch" in spec.backends:
         files["model.py"] = render_torch(compiled, optimised)
     if "numba" in spec.backends:
-        raise BuildError("the numba back end is not available in this version; build with --backend torch")
+        from .backends.numba_model import render_numba_model
+
+        files["numba_model.py"] = render_numba_model(compiled, optimised)
     return files
 
 

@@ -93,7 +93,8 @@ def paths(lmax: int, nu: int, L_values: tuple[int, ...], as_json: bool, no_cache
 @click.option("--nu", type=IntInRange(1, 4), default=3, show_default=True, help="Correlation order.")
 @click.option("--hidden-lmax", type=IntInRange(0, 6), default=1, show_default=True,
               help="Largest rank of node features passed between layers.")
-@click.option("--backend", "backends", default="torch", show_default=True, help="torch, numba or torch,numba.")
+@click.option("--backend", "backends", default="torch,numba", show_default=True,
+              help="torch, or torch,numba (numba evaluates the PyTorch module's weights, so it implies torch).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder (default generated/tace_l<lmax>_nu<nu>).")
 @click.option("--force", is_flag=True, help="Replace an existing folder that is not a tacegen build.")

@@ -39,14 +39,17 @@ class ModelSpec:
     nu: largest correlation order of the product basis B (all orders 1..nu are used).
     hidden_lmax: largest rank of the node features passed between layers (natural
         parity); 1 matches MACE's ``64x0e + 64x1o``.
-    backends: printers to run.
+    backends: printers to run: "torch" (the PyTorch module: holds the weights, trains,
+        autograd forces) and "numba" (compiled loops for inference with forces and stress
+        from the IR reverse pass; it evaluates the weights of the PyTorch module, so asking
+        for "numba" alone also prints "torch").
     long_range: long-range block (only "none" is available in this version).
     """
 
     lmax: int = 3
     nu: int = 3
     hidden_lmax: int = 1
-    backends: tuple = ("torch",)
+    backends: tuple = ("torch", "numba")
     long_range: str = "none"
     version: str = field(default=__version__, compare=True)
 
@@ -60,6 +63,8 @@ class ModelSpec:
         for b in backends:
             if b not in BACKENDS:
                 raise SpecError(f"backend {b!r} is not available; allowed: {', '.join(BACKENDS)}")
+        if "numba" in backends:
+            backends = tuple(backends) + ("torch",)  # the Numba model binds the PyTorch module's weights
         backends = tuple(sorted(set(backends), key=BACKENDS.index))
         if not backends:
             raise SpecError(f"backends is empty; allowed: {', '.join(BACKENDS)}")

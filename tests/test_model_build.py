@@ -22,7 +22,7 @@ from tacegen.spec import ModelSpec, SpecError
 
 SMALL = ModelSpec(lmax=2, nu=2, hidden_lmax=1)
 OTHER = ModelSpec(lmax=1, nu=2, hidden_lmax=0)
-FILES = {"__init__.py", "model.py", "spec.json", "REPORT.md"}
+FILES = {"__init__.py", "model.py", "numba_model.py", "spec.json", "REPORT.md"}
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -211,7 +211,7 @@ def _run_app(monkeypatch, capsys, args):
     (["--lmax", "3", "--hidden-lmax", "4"], ["--hidden-lmax=4", "0..3"]),
     (["--lmax", "1", "--hidden-lmax", "2"], ["--hidden-lmax=2", "0..1"]),
     (["--backend", "foo"], ["'foo'", "torch"]),
-    (["--backend", "numba"], ["numba", "--backend torch"]),
+    (["--backend", "torch,cuda"], ["'cuda'", "torch", "numba"]),
 ])
 def test_cli_bad_input_is_one_line_with_exit_code_2(tmp_path, monkeypatch, capsys, args, needles):
     out_dir = tmp_path / "out"
@@ -279,12 +279,16 @@ def test_spec_from_dict_rejects_unknown_fields():
 def test_canonical_json_and_hash_are_stable():
     spec = ModelSpec()
     assert spec.canonical_json() == (
-        '{"backends":["torch"],"hidden_lmax":1,"lmax":3,"long_range":"none","nu":3,"version":"%s"}' % __version__)
+        '{"backends":["torch","numba"],"hidden_lmax":1,"lmax":3,"long_range":"none","nu":3,"version":"%s"}'
+        % __version__)
     assert spec.hash == hashlib.sha256(spec.canonical_json().encode()).hexdigest()[:16]
     assert ModelSpec.from_json(spec.canonical_json()) == spec
     # equal specs (however written) hash equal; any change of a code-changing field changes it
-    assert ModelSpec(backends="torch").hash == ModelSpec(backends=["torch", "torch"]).hash == spec.hash
+    assert ModelSpec(backends="numba,torch").hash == ModelSpec(backends=["torch", "numba", "torch"]).hash == spec.hash
     assert ModelSpec(backends="numba,torch").backends == ("torch", "numba")
+    # the Numba model evaluates the PyTorch module's weights: asking for numba alone prints both
+    assert ModelSpec(backends="numba") == spec
+    assert ModelSpec(backends="torch").backends == ("torch",) and ModelSpec(backends="torch").hash != spec.hash
     hashes = {ModelSpec(lmax=l, nu=n, hidden_lmax=h).hash for l in range(4) for n in (1, 2, 3) for h in range(l + 1)}
     assert len(hashes) == sum(l + 1 for l in range(4)) * 3
     assert ModelSpec(version="0.0.0").hash != spec.hash
