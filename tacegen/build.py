@@ -83,7 +83,159 @@ def command_line(spec: ModelSpec) -> str:
     parts = ["tacegen build", f"--lmax {spec.lmax}", f"--nu {spec.nu}", f"--hidden-lmax {spec.hidden_lmax}"]
     if spec.backends != ("torch",):
         parts.append("--backend " + ",".join(spec.backends))
+    if spec.long_range != "none":
+        parts.append(f"--long-range {spec.long_range}")
     return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------- long range
+
+#: Stand-ins for the run-time parameters of the long-range programs while they are built
+#: and printed (the ops hold floats; the printed functions take the parameters as float
+#: arguments, see :func:`_print_with_arguments`). Values no printed literal can collide with.
+_SIGMA, _ALPHA, _R_CUT, _K_CUT = 1.2345678901234567, 1.3579246801357924, 9.876543210987654, 7.654321098765432
+
+
+def long_range_programs(long_range: str, sigma: float = _SIGMA, k_cut: float = _K_CUT, alpha: float = _ALPHA,
+                        r_cut: float = _R_CUT) -> dict[str, Program]:
+    """The forward IR programs of a long-range block (:mod:`tacegen.ir.long_range` ops), by the
+    name of the function they are printed as.
+
+    "les" (latent Ewald summation, math.md section 5):
+
+    * ``lr_les_charges``: raw latent charges (N,), total charge (B,) -> charges (N,)
+      constrained per structure (ConstrainCharges);
+    * ``lr_les_energy``: positions, charges, cell, pair shifts -> E (B,) = reciprocal sum
+      over |k| <= k_cut, gamma = sigma^2/2, self term and neutralising background (periodic
+      structures) + erf(r / (sqrt(2) sigma)) / r over the pairs (all pairs of the finite
+      structures) + Sum.
+
+    "ewald" (classic Ewald of given charges):
+
+    * ``lr_ewald_energy``: real space erfc(alpha r)/r over the pairs (periodic neighbour
+      list within r_cut) + reciprocal within k_cut, self and neutralising background;
+    * ``lr_coulomb_energy``: bare Coulomb 1/r (the erfc kernel at alpha = 0) over the pairs
+      (all pairs of the finite structures).
+
+    Positions and cell come in strained (forces and stress by autograd), so no op reads a
+    strain. The parameters default to stand-ins replaced by function arguments when printed.
+    """
+    from dataclasses import replace
+
+    from .ir import long_range as lr
+    from .ir.dense_ops import STRUCTURE, array, vector
+    from .ir.nodes import EDGE, NODE, Sum
+
+    pos, cell, shifts = vector("positions", NODE), array("cell", STRUCTURE, (3, 3)), array("shifts", EDGE, (3,))
+    charges = array("charges", NODE)
+    if long_range == "les":
+        raw, total = array("raw_charges", NODE), array("total_charge", STRUCTURE)
+        e_k, e_p, energy = (lr.structure_energy(n) for n in ("energy_k", "energy_pairs", "energy"))
+        return {
+            "lr_les_charges": Program(
+                "lr_les_charges", "Latent charges constrained to the total charge of each structure, e.",
+                (raw, total), (), (lr.ConstrainCharges(charges, raw, total),), (charges,)).check(),
+            "lr_les_energy": Program(
+                "lr_les_energy", "LES energy per structure, eV: reciprocal sum (periodic) + erf pair sum (finite).",
+                (pos, charges, cell, shifts), (),
+                (replace(lr.les_reciprocal(e_k, pos, charges, cell, None, sigma, k_cut), background=True),
+                 lr.les_finite(e_p, pos, charges, cell, shifts, None, sigma),
+                 Sum(energy, (e_k, e_p))), (energy,)).check(),
+        }
+    if long_range == "ewald":
+        e_r, e_k, energy = (lr.structure_energy(n) for n in ("energy_real", "energy_k", "energy"))
+        return {
+            "lr_ewald_energy": Program(
+                "lr_ewald_energy", "Classic Ewald energy per periodic structure, eV: real + reciprocal + self "
+                "+ background.", (pos, charges, cell, shifts), (),
+                (lr.ewald_real_space(e_r, pos, charges, cell, shifts, None, alpha=alpha, r_cut=r_cut),
+                 lr.ewald_reciprocal(e_k, pos, charges, cell, None, alpha=alpha, k_cut=k_cut, background=True),
+                 Sum(energy, (e_r, e_k))), (energy,)).check(),
+            "lr_coulomb_energy": Program(
+                "lr_coulomb_energy", "Coulomb energy per finite structure over all pairs, eV.",
+                (pos, charges, cell, shifts), (),
+                (lr.ewald_real_space(energy, pos, charges, cell, shifts, None, alpha=0.0),), (energy,)).check(),
+        }
+    raise ValueError(f"long_range_programs: no programs for long_range={long_range!r}")
+
+
+def _print_with_arguments(program: Program, arguments: dict[str, float], derived: dict[str, tuple[str, float]]) -> str:
+    """:func:`render_torch_program` of ``program`` with run-time float arguments: the
+    function gets the extra arguments ``name: float`` of ``arguments`` (name -> the stand-in
+    value the program was built with), computes the ``derived`` locals (name ->
+    (expression of the arguments, the value the IR constructor derived from the stand-ins))
+    first, and every printed literal equal to a stand-in or derived value reads the name
+    instead. Checks that each expression reproduces the constructor's value exactly and that
+    no stand-in survives."""
+    import math
+    import re
+
+    from .backends.long_range_printer import render_torch_program
+
+    values = dict(arguments)
+    for name, (expression, value) in derived.items():
+        computed = eval(expression, {"math": math}, dict(arguments))  # noqa: S307 (our own strings)
+        if computed != value:
+            raise AssertionError(f"{program.name}: {name} = {expression} gives {computed!r}, the IR has {value!r}")
+        values[name] = value
+    if len({repr(v) for v in values.values()}) != len(values):
+        raise AssertionError(f"{program.name}: two parameters print alike: {values}")
+    lines = render_torch_program(program).rstrip("\n").split("\n")
+    tail = ") -> List[Tensor]:"
+    if not lines[0].endswith(tail):
+        raise AssertionError(f"{program.name}: unexpected function head {lines[0]!r}")
+    lines[0] = lines[0][:-len(tail)] + "".join(f", {a}: float" for a in arguments) + tail
+    doc_end = 1 + program.doc.count("\n") + 1
+    body = "\n".join(lines[doc_end:])
+    for name, value in values.items():
+        body, count = re.subn(r"(?<![\w.])" + re.escape(repr(value)) + r"(?![\w.])", name, body)
+        used = count > 0 or (name in arguments and any(re.search(rf"\b{name}\b", e) for e, _ in derived.values()))
+        if not used:
+            raise AssertionError(f"{program.name}: {name} is not read by the printed program")
+    for name, value in values.items():
+        if repr(value) in body:
+            raise AssertionError(f"{program.name}: stand-in of {name} left in the printed program")
+    setup = [f"    {name} = {expression}" for name, (expression, _) in derived.items()]
+    return "\n".join(lines[:doc_end] + setup + [body]) + "\n"
+
+
+def render_torch_long_range_block(long_range: str) -> str:
+    """Module-level source of a generated model's long-range block: the torch kernels
+    (``render_torch_long_range``) and its programs (:func:`long_range_programs`) printed as
+    TorchScript-typed functions whose run-time parameters are float arguments:
+
+    * les: ``lr_les_charges(raw_charges, total_charge, batch, num_structures)`` and
+      ``lr_les_energy(positions, charges, cell, shifts, senders, receivers, batch,
+      num_structures, sigma, k_cut)``;
+    * ewald: ``lr_ewald_energy(positions, charges, cell, shifts, senders, receivers, batch,
+      num_structures, alpha, r_cut, k_cut)`` and ``lr_coulomb_energy(positions, charges,
+      cell, shifts, senders, receivers, batch, num_structures)``.
+
+    Each returns the list of its program's outputs."""
+    import math
+
+    from .backends.long_range_printer import render_torch_long_range, render_torch_program
+
+    programs = long_range_programs(long_range)
+    parts = [render_torch_long_range()]
+    if long_range == "les":
+        sigma, k_cut = _SIGMA, _K_CUT
+        parts.append(render_torch_program(programs["lr_les_charges"]))
+        parts.append(_print_with_arguments(programs["lr_les_energy"], {"sigma": sigma, "k_cut": k_cut}, {
+            "gamma": ("0.5 * sigma * sigma", 0.5 * sigma * sigma),
+            "self_coefficient": ("1.0 / (sigma * math.sqrt(2.0 * math.pi))",
+                                 1.0 / (sigma * math.sqrt(2.0 * math.pi))),
+            "alpha": ("1.0 / (math.sqrt(2.0) * sigma)", 1.0 / (math.sqrt(2.0) * sigma)),
+        }))
+    else:
+        alpha = _ALPHA
+        parts.append(_print_with_arguments(programs["lr_ewald_energy"],
+                                           {"alpha": alpha, "r_cut": _R_CUT, "k_cut": _K_CUT}, {
+            "gamma": ("1.0 / (4.0 * alpha * alpha)", 1.0 / (4.0 * alpha * alpha)),
+            "self_coefficient": ("alpha / math.sqrt(math.pi)", alpha / math.sqrt(math.pi)),
+        }))
+        parts.append(render_torch_program(programs["lr_coulomb_energy"]))
+    return "\n\n".join(part.rstrip("\n") + "\n" for part in parts)
 
 
 def render_torch(compiled: Compiled, optimised: bool = True) -> str:
@@ -132,6 +284,8 @@ def render_torch(compiled: Compiled, optimised: bool = True) -> str:
         # every product block reads A_0..A_lmax and its weights, in this order
         product_args=_call_args(prod_inner, lambda n: f"A[{n[1:]}]" if n.startswith("A") else "W"),
         layer_choices=choices,
+        long_range=spec.long_range,
+        long_range_block=render_torch_long_range_block(spec.long_range) if spec.long_range != "none" else "",
     )
 
 

@@ -14,6 +14,7 @@ import time
 import click
 
 from .paths import LMAX_LIMIT, NU_LIMIT
+from .spec import LONG_RANGE
 
 
 class IntInRange(click.ParamType):
@@ -95,13 +96,18 @@ def paths(lmax: int, nu: int, L_values: tuple[int, ...], as_json: bool, no_cache
               help="Largest rank of node features passed between layers.")
 @click.option("--backend", "backends", default="torch,numba", show_default=True,
               help="torch, or torch,numba (numba evaluates the PyTorch module's weights, so it implies torch).")
+@click.option("--long-range", "long_range", type=click.Choice(list(LONG_RANGE)), default="none",
+              show_default=True,
+              help="Long-range electrostatics: les (latent charges from the last layer, Cheng et al.) or "
+                   "ewald (classic Ewald of the structures' given charges).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Output folder (default generated/tace_l<lmax>_nu<nu>).")
+              help="Output folder (default generated/tace_l<lmax>_nu<nu>, with _les or _ewald appended "
+                   "for a long-range block).")
 @click.option("--force", is_flag=True, help="Replace an existing folder that is not a tacegen build.")
 @click.option("--report", "show_report", is_flag=True, help="Print FLOPs and memory per atom and layer.")
 @click.option("--check", is_flag=True, help="Regenerate the committed default builds and fail on any diff.")
 @click.option("--unoptimised", is_flag=True, help="Print the naive IR (for comparisons).")
-def build(lmax, nu, hidden_lmax, backends, out_dir, force, show_report, check, unoptimised) -> None:
+def build(lmax, nu, hidden_lmax, backends, long_range, out_dir, force, show_report, check, unoptimised) -> None:
     """Compile a TACE model into an importable package."""
     from .build import check_builds, compile_spec, report, write_build
     from .spec import ModelSpec
@@ -117,7 +123,7 @@ def build(lmax, nu, hidden_lmax, backends, out_dir, force, show_report, check, u
         return
     if hidden_lmax > lmax:
         raise click.UsageError(f"--hidden-lmax={hidden_lmax} is outside the allowed range 0..{lmax} (--lmax)")
-    spec = ModelSpec(lmax=lmax, nu=nu, hidden_lmax=hidden_lmax, backends=backends)
+    spec = ModelSpec(lmax=lmax, nu=nu, hidden_lmax=hidden_lmax, backends=backends, long_range=long_range)
     start = time.perf_counter()
     compiled = compile_spec(spec)
     folder = write_build(spec, out_dir, force=force, optimised=not unoptimised, compiled=compiled)

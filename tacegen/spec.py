@@ -17,7 +17,7 @@ from .cache import canonical_json, content_hash
 LMAX_RANGE = (0, 6)
 NU_RANGE = (1, 4)
 BACKENDS = ("torch", "numba")
-LONG_RANGE = ("none",)
+LONG_RANGE = ("none", "les", "ewald")
 
 
 class SpecError(ValueError):
@@ -43,7 +43,11 @@ class ModelSpec:
         autograd forces) and "numba" (compiled loops for inference with forces and stress
         from the IR reverse pass; it evaluates the weights of the PyTorch module, so asking
         for "numba" alone also prints "torch").
-    long_range: long-range block (only "none" is available in this version).
+    long_range: long-range electrostatics block of the generated model: "none", "les"
+        (latent Ewald summation: a readout of the last layer's invariant features gives
+        latent charges, Cheng et al.; math.md section 5) or "ewald" (classic Ewald /
+        Coulomb energy of the charges given with the structures). Its parameters (sigma,
+        k_cut, total charge, Ewald accuracy) are constructor arguments of the model.
     """
 
     lmax: int = 3
@@ -70,13 +74,13 @@ class ModelSpec:
             raise SpecError(f"backends is empty; allowed: {', '.join(BACKENDS)}")
         object.__setattr__(self, "backends", backends)
         if self.long_range not in LONG_RANGE:
-            raise SpecError(
-                f"long_range={self.long_range!r} is not available in this version; allowed: {', '.join(LONG_RANGE)}")
+            raise SpecError(f"long_range={self.long_range!r} is not available; allowed: {', '.join(LONG_RANGE)}")
 
     @property
     def name(self) -> str:
-        """Default build folder name, e.g. ``tace_l3_nu3``."""
-        return f"tace_l{self.lmax}_nu{self.nu}"
+        """Default build folder name, e.g. ``tace_l3_nu3`` (``tace_l3_nu3_les`` with a long-range block)."""
+        suffix = "" if self.long_range == "none" else f"_{self.long_range}"
+        return f"tace_l{self.lmax}_nu{self.nu}{suffix}"
 
     @property
     def hidden_ranks(self) -> tuple[int, ...]:

@@ -259,7 +259,7 @@ def test_cli_build_writes_the_requested_spec(tmp_path, monkeypatch, capsys):
     (dict(lmax=1, hidden_lmax=-1), ["hidden_lmax=-1", "0..1"]),
     (dict(backends=("foo",)), ["'foo'", "torch", "numba"]),
     (dict(backends=()), ["backends", "empty"]),
-    (dict(long_range="ewald"), ["long_range", "'ewald'", "none"]),
+    (dict(long_range="pme"), ["long_range", "'pme'", "none", "les", "ewald"]),
 ])
 def test_spec_validation_names_field_and_range(kwargs, needles):
     with pytest.raises(SpecError) as info:

@@ -33,8 +33,7 @@ from tacegen.runtime.data import batch_atoms
 from tacegen.runtime.numba_driver import graph_arrays
 from tacegen.spec import ModelSpec
 
-pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.*:DeprecationWarning"),
-              pytest.mark.xdist_group("numba_model")]
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*:DeprecationWarning")
 
 SPEC = ModelSpec(lmax=2, nu=2, hidden_lmax=1)
 TORCH_ONLY = ModelSpec(lmax=1, nu=1, hidden_lmax=0, backends=("torch",))

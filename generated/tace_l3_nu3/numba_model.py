@@ -1676,7 +1676,7 @@ def layer_0_0_reverse_k5(g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8, mix
 def layer_0_0_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, i_s_0_2_2_in, g_i_A1_0, Y1, i_s_0_1_1_in, g_i_A0_0, i_c_0_0_0, radial, senders, receivers, receiver_offsets, num_nodes):
     """Part of layer_0_0_reverse.
 
-    IR program layer_0_0_reverse_k6, printed as 2 kernel(s).
+    IR program layer_0_0_reverse_k6, printed as 1 kernel(s).
     radial: weights with 4 columns.
     """
     dtype = g_i_A3_0.dtype
@@ -1710,12 +1710,12 @@ def layer_0_0_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, i
         raise ValueError("radial must have shape (edges, channels, 4)")
     _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
 
-    g_Y3_0 = np.empty((num_edges, channels, 7), dtype)
-    g_Y2_0 = np.empty((num_edges, channels, 5), dtype)
-    g_Y1_0 = np.empty((num_edges, channels, 3), dtype)
-    g_Y0_0 = np.empty((num_edges, channels, 1), dtype)
+    d_Y3 = np.zeros((num_edges, 7), dtype)
+    d_Y2 = np.zeros((num_edges, 5), dtype)
+    d_Y1 = np.zeros((num_edges, 3), dtype)
+    d_Y0 = np.zeros((num_edges, 1), dtype)
     d_radial = np.empty((num_edges, channels, 4), dtype)
-    # kernel 1 (per channel, phase 0): 17 ops; stores g_Y3_0, g_Y2_0, g_Y1_0, g_Y0_0, d_radial
+    # kernel 1 (per channel, phase 0): 21 ops; stores d_Y3, d_Y2, d_Y1, d_Y0, d_radial
     for e in prange(num_edges):
         for c in range(channels):
             i = receivers[e]
@@ -1758,6 +1758,13 @@ def layer_0_0_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, i
             g_Y3_0_4 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_4
             g_Y3_0_5 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_5
             g_Y3_0_6 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_6
+            d_Y3[e, 0] += g_Y3_0_0  # sum over channels
+            d_Y3[e, 1] += g_Y3_0_1
+            d_Y3[e, 2] += g_Y3_0_2
+            d_Y3[e, 3] += g_Y3_0_3
+            d_Y3[e, 4] += g_Y3_0_4
+            d_Y3[e, 5] += g_Y3_0_5
+            d_Y3[e, 6] += g_Y3_0_6
             # d radial[3] from i_s_0_3_3_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
             g_radial3_0_0 = g_i_s_0_3_3_in_0_0 * i_hj_0_0_0_0
             g_i_s_0_2_2_0_0 = g_i_A2_0[i, c, 0]
@@ -1774,6 +1781,11 @@ def layer_0_0_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, i
             g_Y2_0_2 = i_s_0_2_2_in_0 * g_i_s_0_2_2_0_2
             g_Y2_0_3 = i_s_0_2_2_in_0 * g_i_s_0_2_2_0_3
             g_Y2_0_4 = i_s_0_2_2_in_0 * g_i_s_0_2_2_0_4
+            d_Y2[e, 0] += g_Y2_0_0  # sum over channels
+            d_Y2[e, 1] += g_Y2_0_1
+            d_Y2[e, 2] += g_Y2_0_2
+            d_Y2[e, 3] += g_Y2_0_3
+            d_Y2[e, 4] += g_Y2_0_4
             # d radial[2] from i_s_0_2_2_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
             g_radial2_0_0 = g_i_s_0_2_2_in_0_0 * i_hj_0_0_0_0
             g_i_s_0_1_1_0_0 = g_i_A1_0[i, c, 0]
@@ -1785,6 +1797,9 @@ def layer_0_0_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, i
             g_Y1_0_0 = i_s_0_1_1_in_0 * g_i_s_0_1_1_0_0
             g_Y1_0_1 = i_s_0_1_1_in_0 * g_i_s_0_1_1_0_1
             g_Y1_0_2 = i_s_0_1_1_in_0 * g_i_s_0_1_1_0_2
+            d_Y1[e, 0] += g_Y1_0_0  # sum over channels
+            d_Y1[e, 1] += g_Y1_0_1
+            d_Y1[e, 2] += g_Y1_0_2
             # d radial[1] from i_s_0_1_1_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
             g_radial1_0_0 = g_i_s_0_1_1_in_0_0 * i_hj_0_0_0_0
             g_i_s_0_0_0_0_0 = g_i_A0_0[i, c, 0]
@@ -1793,90 +1808,16 @@ def layer_0_0_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, i
             g_radial0_0_0 = g_i_s_0_0_0_0_0 * i_c_0_0_0_0
             # adjoint (right) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
             g_Y0_0_0 = i_hj_0_0_0_0 * g_i_c_0_0_0_0_0
+            d_Y0[e, 0] += g_Y0_0_0  # sum over channels
             # d_radial: weight-shaped adjoint of radial
             d_radial_0 = g_radial0_0_0
             d_radial_1 = g_radial1_0_0
             d_radial_2 = g_radial2_0_0
             d_radial_3 = g_radial3_0_0
-            g_Y3_0[e, c, 0] = g_Y3_0_0
-            g_Y3_0[e, c, 1] = g_Y3_0_1
-            g_Y3_0[e, c, 2] = g_Y3_0_2
-            g_Y3_0[e, c, 3] = g_Y3_0_3
-            g_Y3_0[e, c, 4] = g_Y3_0_4
-            g_Y3_0[e, c, 5] = g_Y3_0_5
-            g_Y3_0[e, c, 6] = g_Y3_0_6
-            g_Y2_0[e, c, 0] = g_Y2_0_0
-            g_Y2_0[e, c, 1] = g_Y2_0_1
-            g_Y2_0[e, c, 2] = g_Y2_0_2
-            g_Y2_0[e, c, 3] = g_Y2_0_3
-            g_Y2_0[e, c, 4] = g_Y2_0_4
-            g_Y1_0[e, c, 0] = g_Y1_0_0
-            g_Y1_0[e, c, 1] = g_Y1_0_1
-            g_Y1_0[e, c, 2] = g_Y1_0_2
-            g_Y0_0[e, c, 0] = g_Y0_0_0
             d_radial[e, c, 0] = d_radial_0
             d_radial[e, c, 1] = d_radial_1
             d_radial[e, c, 2] = d_radial_2
             d_radial[e, c, 3] = d_radial_3
-
-    d_Y3 = np.empty((num_edges, 7), dtype)
-    d_Y2 = np.empty((num_edges, 5), dtype)
-    d_Y1 = np.empty((num_edges, 3), dtype)
-    d_Y0 = np.empty((num_edges, 1), dtype)
-    # kernel 2 (channel-free, phase 1): 4 ops; stores d_Y3, d_Y2, d_Y1, d_Y0
-    for e in prange(num_edges):
-        d_Y3_0 = 0.0
-        d_Y3_1 = 0.0
-        d_Y3_2 = 0.0
-        d_Y3_3 = 0.0
-        d_Y3_4 = 0.0
-        d_Y3_5 = 0.0
-        d_Y3_6 = 0.0
-        for c in range(channels):
-            d_Y3_0 += g_Y3_0[e, c, 0]
-            d_Y3_1 += g_Y3_0[e, c, 1]
-            d_Y3_2 += g_Y3_0[e, c, 2]
-            d_Y3_3 += g_Y3_0[e, c, 3]
-            d_Y3_4 += g_Y3_0[e, c, 4]
-            d_Y3_5 += g_Y3_0[e, c, 5]
-            d_Y3_6 += g_Y3_0[e, c, 6]
-        d_Y2_0 = 0.0
-        d_Y2_1 = 0.0
-        d_Y2_2 = 0.0
-        d_Y2_3 = 0.0
-        d_Y2_4 = 0.0
-        for c in range(channels):
-            d_Y2_0 += g_Y2_0[e, c, 0]
-            d_Y2_1 += g_Y2_0[e, c, 1]
-            d_Y2_2 += g_Y2_0[e, c, 2]
-            d_Y2_3 += g_Y2_0[e, c, 3]
-            d_Y2_4 += g_Y2_0[e, c, 4]
-        d_Y1_0 = 0.0
-        d_Y1_1 = 0.0
-        d_Y1_2 = 0.0
-        for c in range(channels):
-            d_Y1_0 += g_Y1_0[e, c, 0]
-            d_Y1_1 += g_Y1_0[e, c, 1]
-            d_Y1_2 += g_Y1_0[e, c, 2]
-        d_Y0_0 = 0.0
-        for c in range(channels):
-            d_Y0_0 += g_Y0_0[e, c, 0]
-        d_Y3[e, 0] = d_Y3_0
-        d_Y3[e, 1] = d_Y3_1
-        d_Y3[e, 2] = d_Y3_2
-        d_Y3[e, 3] = d_Y3_3
-        d_Y3[e, 4] = d_Y3_4
-        d_Y3[e, 5] = d_Y3_5
-        d_Y3[e, 6] = d_Y3_6
-        d_Y2[e, 0] = d_Y2_0
-        d_Y2[e, 1] = d_Y2_1
-        d_Y2[e, 2] = d_Y2_2
-        d_Y2[e, 3] = d_Y2_3
-        d_Y2[e, 4] = d_Y2_4
-        d_Y1[e, 0] = d_Y1_0
-        d_Y1[e, 1] = d_Y1_1
-        d_Y1[e, 2] = d_Y1_2
-        d_Y0[e, 0] = d_Y0_0
 
     return (d_Y3, d_Y2, d_Y1, d_Y0, d_radial)
 
@@ -3743,7 +3684,7 @@ def layer_0_01_reverse_k5(g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9,
 def layer_0_01_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, i_s_0_2_2_in, g_i_A1_0, Y1, i_s_0_1_1_in, g_i_A0_0, i_c_0_0_0, radial, senders, receivers, receiver_offsets, num_nodes):
     """Part of layer_0_01_reverse.
 
-    IR program layer_0_01_reverse_k6, printed as 2 kernel(s).
+    IR program layer_0_01_reverse_k6, printed as 1 kernel(s).
     radial: weights with 4 columns.
     """
     dtype = g_i_A3_0.dtype
@@ -3777,12 +3718,12 @@ def layer_0_01_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, 
         raise ValueError("radial must have shape (edges, channels, 4)")
     _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
 
-    g_Y3_0 = np.empty((num_edges, channels, 7), dtype)
-    g_Y2_0 = np.empty((num_edges, channels, 5), dtype)
-    g_Y1_0 = np.empty((num_edges, channels, 3), dtype)
-    g_Y0_0 = np.empty((num_edges, channels, 1), dtype)
+    d_Y3 = np.zeros((num_edges, 7), dtype)
+    d_Y2 = np.zeros((num_edges, 5), dtype)
+    d_Y1 = np.zeros((num_edges, 3), dtype)
+    d_Y0 = np.zeros((num_edges, 1), dtype)
     d_radial = np.empty((num_edges, channels, 4), dtype)
-    # kernel 1 (per channel, phase 0): 17 ops; stores g_Y3_0, g_Y2_0, g_Y1_0, g_Y0_0, d_radial
+    # kernel 1 (per channel, phase 0): 21 ops; stores d_Y3, d_Y2, d_Y1, d_Y0, d_radial
     for e in prange(num_edges):
         for c in range(channels):
             i = receivers[e]
@@ -3825,6 +3766,13 @@ def layer_0_01_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, 
             g_Y3_0_4 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_4
             g_Y3_0_5 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_5
             g_Y3_0_6 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_6
+            d_Y3[e, 0] += g_Y3_0_0  # sum over channels
+            d_Y3[e, 1] += g_Y3_0_1
+            d_Y3[e, 2] += g_Y3_0_2
+            d_Y3[e, 3] += g_Y3_0_3
+            d_Y3[e, 4] += g_Y3_0_4
+            d_Y3[e, 5] += g_Y3_0_5
+            d_Y3[e, 6] += g_Y3_0_6
             # d radial[3] from i_s_0_3_3_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
             g_radial3_0_0 = g_i_s_0_3_3_in_0_0 * i_hj_0_0_0_0
             g_i_s_0_2_2_0_0 = g_i_A2_0[i, c, 0]
@@ -3841,6 +3789,11 @@ def layer_0_01_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, 
             g_Y2_0_2 = i_s_0_2_2_in_0 * g_i_s_0_2_2_0_2
             g_Y2_0_3 = i_s_0_2_2_in_0 * g_i_s_0_2_2_0_3
             g_Y2_0_4 = i_s_0_2_2_in_0 * g_i_s_0_2_2_0_4
+            d_Y2[e, 0] += g_Y2_0_0  # sum over channels
+            d_Y2[e, 1] += g_Y2_0_1
+            d_Y2[e, 2] += g_Y2_0_2
+            d_Y2[e, 3] += g_Y2_0_3
+            d_Y2[e, 4] += g_Y2_0_4
             # d radial[2] from i_s_0_2_2_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
             g_radial2_0_0 = g_i_s_0_2_2_in_0_0 * i_hj_0_0_0_0
             g_i_s_0_1_1_0_0 = g_i_A1_0[i, c, 0]
@@ -3852,6 +3805,9 @@ def layer_0_01_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, 
             g_Y1_0_0 = i_s_0_1_1_in_0 * g_i_s_0_1_1_0_0
             g_Y1_0_1 = i_s_0_1_1_in_0 * g_i_s_0_1_1_0_1
             g_Y1_0_2 = i_s_0_1_1_in_0 * g_i_s_0_1_1_0_2
+            d_Y1[e, 0] += g_Y1_0_0  # sum over channels
+            d_Y1[e, 1] += g_Y1_0_1
+            d_Y1[e, 2] += g_Y1_0_2
             # d radial[1] from i_s_0_1_1_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
             g_radial1_0_0 = g_i_s_0_1_1_in_0_0 * i_hj_0_0_0_0
             g_i_s_0_0_0_0_0 = g_i_A0_0[i, c, 0]
@@ -3860,90 +3816,16 @@ def layer_0_01_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, 
             g_radial0_0_0 = g_i_s_0_0_0_0_0 * i_c_0_0_0_0
             # adjoint (right) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
             g_Y0_0_0 = i_hj_0_0_0_0 * g_i_c_0_0_0_0_0
+            d_Y0[e, 0] += g_Y0_0_0  # sum over channels
             # d_radial: weight-shaped adjoint of radial
             d_radial_0 = g_radial0_0_0
             d_radial_1 = g_radial1_0_0
             d_radial_2 = g_radial2_0_0
             d_radial_3 = g_radial3_0_0
-            g_Y3_0[e, c, 0] = g_Y3_0_0
-            g_Y3_0[e, c, 1] = g_Y3_0_1
-            g_Y3_0[e, c, 2] = g_Y3_0_2
-            g_Y3_0[e, c, 3] = g_Y3_0_3
-            g_Y3_0[e, c, 4] = g_Y3_0_4
-            g_Y3_0[e, c, 5] = g_Y3_0_5
-            g_Y3_0[e, c, 6] = g_Y3_0_6
-            g_Y2_0[e, c, 0] = g_Y2_0_0
-            g_Y2_0[e, c, 1] = g_Y2_0_1
-            g_Y2_0[e, c, 2] = g_Y2_0_2
-            g_Y2_0[e, c, 3] = g_Y2_0_3
-            g_Y2_0[e, c, 4] = g_Y2_0_4
-            g_Y1_0[e, c, 0] = g_Y1_0_0
-            g_Y1_0[e, c, 1] = g_Y1_0_1
-            g_Y1_0[e, c, 2] = g_Y1_0_2
-            g_Y0_0[e, c, 0] = g_Y0_0_0
             d_radial[e, c, 0] = d_radial_0
             d_radial[e, c, 1] = d_radial_1
             d_radial[e, c, 2] = d_radial_2
             d_radial[e, c, 3] = d_radial_3
-
-    d_Y3 = np.empty((num_edges, 7), dtype)
-    d_Y2 = np.empty((num_edges, 5), dtype)
-    d_Y1 = np.empty((num_edges, 3), dtype)
-    d_Y0 = np.empty((num_edges, 1), dtype)
-    # kernel 2 (channel-free, phase 1): 4 ops; stores d_Y3, d_Y2, d_Y1, d_Y0
-    for e in prange(num_edges):
-        d_Y3_0 = 0.0
-        d_Y3_1 = 0.0
-        d_Y3_2 = 0.0
-        d_Y3_3 = 0.0
-        d_Y3_4 = 0.0
-        d_Y3_5 = 0.0
-        d_Y3_6 = 0.0
-        for c in range(channels):
-            d_Y3_0 += g_Y3_0[e, c, 0]
-            d_Y3_1 += g_Y3_0[e, c, 1]
-            d_Y3_2 += g_Y3_0[e, c, 2]
-            d_Y3_3 += g_Y3_0[e, c, 3]
-            d_Y3_4 += g_Y3_0[e, c, 4]
-            d_Y3_5 += g_Y3_0[e, c, 5]
-            d_Y3_6 += g_Y3_0[e, c, 6]
-        d_Y2_0 = 0.0
-        d_Y2_1 = 0.0
-        d_Y2_2 = 0.0
-        d_Y2_3 = 0.0
-        d_Y2_4 = 0.0
-        for c in range(channels):
-            d_Y2_0 += g_Y2_0[e, c, 0]
-            d_Y2_1 += g_Y2_0[e, c, 1]
-            d_Y2_2 += g_Y2_0[e, c, 2]
-            d_Y2_3 += g_Y2_0[e, c, 3]
-            d_Y2_4 += g_Y2_0[e, c, 4]
-        d_Y1_0 = 0.0
-        d_Y1_1 = 0.0
-        d_Y1_2 = 0.0
-        for c in range(channels):
-            d_Y1_0 += g_Y1_0[e, c, 0]
-            d_Y1_1 += g_Y1_0[e, c, 1]
-            d_Y1_2 += g_Y1_0[e, c, 2]
-        d_Y0_0 = 0.0
-        for c in range(channels):
-            d_Y0_0 += g_Y0_0[e, c, 0]
-        d_Y3[e, 0] = d_Y3_0
-        d_Y3[e, 1] = d_Y3_1
-        d_Y3[e, 2] = d_Y3_2
-        d_Y3[e, 3] = d_Y3_3
-        d_Y3[e, 4] = d_Y3_4
-        d_Y3[e, 5] = d_Y3_5
-        d_Y3[e, 6] = d_Y3_6
-        d_Y2[e, 0] = d_Y2_0
-        d_Y2[e, 1] = d_Y2_1
-        d_Y2[e, 2] = d_Y2_2
-        d_Y2[e, 3] = d_Y2_3
-        d_Y2[e, 4] = d_Y2_4
-        d_Y1[e, 0] = d_Y1_0
-        d_Y1[e, 1] = d_Y1_1
-        d_Y1[e, 2] = d_Y1_2
-        d_Y0[e, 0] = d_Y0_0
 
     return (d_Y3, d_Y2, d_Y1, d_Y0, d_radial)
 
@@ -5422,20 +5304,20 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
     _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
     _check_senders(senders, sender_order, sender_offsets, num_nodes)  # CSR by sender
 
-    g_Y3_0 = np.empty((num_edges, channels, 7), dtype)
-    g_Y2_0 = np.empty((num_edges, channels, 5), dtype)
-    g_Y2_2 = np.empty((num_edges, channels, 5), dtype)
-    g_Y1_0 = np.empty((num_edges, channels, 3), dtype)
-    g_Y1_2 = np.empty((num_edges, channels, 3), dtype)
-    g_Y0_0 = np.empty((num_edges, channels, 1), dtype)
+    g_Y3_1 = np.zeros((num_edges, 7), dtype)
+    g_Y2_1 = np.zeros((num_edges, 5), dtype)
+    g_Y2_3 = np.zeros((num_edges, 5), dtype)
+    g_Y1_1 = np.zeros((num_edges, 3), dtype)
+    g_Y1_3 = np.zeros((num_edges, 3), dtype)
+    g_Y0_1 = np.zeros((num_edges, 1), dtype)
     g_i_hj_1_0_1_6 = np.empty((num_edges, channels, 3), dtype)
-    g_Y3_2 = np.empty((num_edges, channels, 7), dtype)
-    g_Y2_4 = np.empty((num_edges, channels, 5), dtype)
-    g_Y1_4 = np.empty((num_edges, channels, 3), dtype)
-    g_Y0_2 = np.empty((num_edges, channels, 1), dtype)
+    g_Y3_3 = np.zeros((num_edges, 7), dtype)
+    g_Y2_5 = np.zeros((num_edges, 5), dtype)
+    g_Y1_5 = np.zeros((num_edges, 3), dtype)
+    g_Y0_3 = np.zeros((num_edges, 1), dtype)
     g_i_hj_0_0_0_4 = np.empty((num_edges, channels, 1), dtype)
     d_radial = np.empty((num_edges, channels, 10), dtype)
-    # kernel 1 (per channel, phase 0): 47 ops; stores g_Y3_0, g_Y2_0, g_Y2_2, g_Y1_0, g_Y1_2, g_Y0_0, g_i_hj_1_0_1_6, g_Y3_2, g_Y2_4, g_Y1_4, g_Y0_2, g_i_hj_0_0_0_4, d_radial
+    # kernel 1 (per channel, phase 0): 57 ops; stores g_Y3_1, g_Y2_1, g_Y2_3, g_Y1_1, g_Y1_3, g_Y0_1, g_i_hj_1_0_1_6, g_Y3_3, g_Y2_5, g_Y1_5, g_Y0_3, g_i_hj_0_0_0_4, d_radial
     for e in prange(num_edges):
         for c in range(channels):
             i = receivers[e]
@@ -5520,6 +5402,13 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
             g_Y3_0_4 = i_s_1_3_2_in_0 * g_i_A2_edges_0_3 + i_s_1_3_2_in_2 * g_i_A2_edges_0_0
             g_Y3_0_5 = i_s_1_3_2_in_0 * g_i_A2_edges_0_4 + i_s_1_3_2_in_1 * g_i_A2_edges_0_3 + i_s_1_3_2_in_2 * g_i_A2_edges_0_1
             g_Y3_0_6 = i_s_1_3_2_in_1 * g_i_A2_edges_0_4 + i_s_1_3_2_in_2 * g_i_A2_edges_0_2
+            g_Y3_1[e, 0] += g_Y3_0_0  # sum over channels
+            g_Y3_1[e, 1] += g_Y3_0_1
+            g_Y3_1[e, 2] += g_Y3_0_2
+            g_Y3_1[e, 3] += g_Y3_0_3
+            g_Y3_1[e, 4] += g_Y3_0_4
+            g_Y3_1[e, 5] += g_Y3_0_5
+            g_Y3_1[e, 6] += g_Y3_0_6
             g_i_hj_1_0_1_0_0 = g_i_s_1_3_2_in_0_0 * radial_9  # adjoint of i_s_1_3_2_in
             g_i_hj_1_0_1_0_1 = g_i_s_1_3_2_in_0_1 * radial_9
             g_i_hj_1_0_1_0_2 = g_i_s_1_3_2_in_0_2 * radial_9
@@ -5537,6 +5426,11 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
             g_Y2_0_2 = 0.3333333333333333 * i_s_1_2_3_in_0 * g_i_A3_edges_0_2 - 0.13333333333333333 * (i_s_1_2_3_in_1 * g_i_A3_edges_0_1 - i_s_1_2_3_in_2 * g_i_A3_edges_0_4) + 0.6 * i_s_1_2_3_in_1 * g_i_A3_edges_0_3 + 0.4666666666666667 * i_s_1_2_3_in_2 * g_i_A3_edges_0_6
             g_Y2_0_3 = 0.5333333333333333 * i_s_1_2_3_in_0 * g_i_A3_edges_0_4 - 0.13333333333333333 * (i_s_1_2_3_in_0 * g_i_A3_edges_0_6 + i_s_1_2_3_in_2 * g_i_A3_edges_0_2) + 0.3333333333333333 * i_s_1_2_3_in_1 * g_i_A3_edges_0_5 - 0.4 * i_s_1_2_3_in_2 * g_i_A3_edges_0_0
             g_Y2_0_4 = 0.3333333333333333 * i_s_1_2_3_in_0 * g_i_A3_edges_0_5 - 0.13333333333333333 * (i_s_1_2_3_in_1 * g_i_A3_edges_0_4 + i_s_1_2_3_in_2 * g_i_A3_edges_0_1) + 0.5333333333333333 * i_s_1_2_3_in_1 * g_i_A3_edges_0_6 - 0.4 * i_s_1_2_3_in_2 * g_i_A3_edges_0_3
+            g_Y2_1[e, 0] += g_Y2_0_0  # sum over channels
+            g_Y2_1[e, 1] += g_Y2_0_1
+            g_Y2_1[e, 2] += g_Y2_0_2
+            g_Y2_1[e, 3] += g_Y2_0_3
+            g_Y2_1[e, 4] += g_Y2_0_4
             g_i_hj_1_0_1_1_0 = g_i_s_1_2_3_in_0_0 * radial_8  # adjoint of i_s_1_2_3_in
             g_i_hj_1_0_1_1_1 = g_i_s_1_2_3_in_0_1 * radial_8
             g_i_hj_1_0_1_1_2 = g_i_s_1_2_3_in_0_2 * radial_8
@@ -5557,6 +5451,11 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
             g_Y2_2_2 = i_hj_1_0_1_1 * g_i_c_1_2_1_0_1 - i_hj_1_0_1_2 * g_i_c_1_2_1_0_2
             g_Y2_2_3 = i_hj_1_0_1_0 * g_i_c_1_2_1_0_2 + i_hj_1_0_1_2 * g_i_c_1_2_1_0_0
             g_Y2_2_4 = i_hj_1_0_1_1 * g_i_c_1_2_1_0_2 + i_hj_1_0_1_2 * g_i_c_1_2_1_0_1
+            g_Y2_3[e, 0] += g_Y2_2_0  # sum over channels
+            g_Y2_3[e, 1] += g_Y2_2_1
+            g_Y2_3[e, 2] += g_Y2_2_2
+            g_Y2_3[e, 3] += g_Y2_2_3
+            g_Y2_3[e, 4] += g_Y2_2_4
             # adjoint (left) of i_s_1_1_2: h1 x Y1 -> A2: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
             g_i_s_1_1_2_in_0_0 = 0.6666666666666666 * g_i_A2_edges_0_0 * Y1_0 + 0.5 * (g_i_A2_edges_0_1 * Y1_1 + g_i_A2_edges_0_3 * Y1_2) - 0.3333333333333333 * g_i_A2_edges_0_2 * Y1_0
             g_i_s_1_1_2_in_0_1 = -0.3333333333333333 * g_i_A2_edges_0_0 * Y1_1 + 0.5 * (g_i_A2_edges_0_1 * Y1_0 + g_i_A2_edges_0_4 * Y1_2) + 0.6666666666666666 * g_i_A2_edges_0_2 * Y1_1
@@ -5565,6 +5464,9 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
             g_Y1_0_0 = 0.6666666666666666 * i_s_1_1_2_in_0 * g_i_A2_edges_0_0 - 0.3333333333333333 * i_s_1_1_2_in_0 * g_i_A2_edges_0_2 + 0.5 * (i_s_1_1_2_in_1 * g_i_A2_edges_0_1 + i_s_1_1_2_in_2 * g_i_A2_edges_0_3)
             g_Y1_0_1 = 0.5 * (i_s_1_1_2_in_0 * g_i_A2_edges_0_1 + i_s_1_1_2_in_2 * g_i_A2_edges_0_4) - 0.3333333333333333 * i_s_1_1_2_in_1 * g_i_A2_edges_0_0 + 0.6666666666666666 * i_s_1_1_2_in_1 * g_i_A2_edges_0_2
             g_Y1_0_2 = 0.5 * (i_s_1_1_2_in_0 * g_i_A2_edges_0_3 + i_s_1_1_2_in_1 * g_i_A2_edges_0_4) - 0.3333333333333333 * (i_s_1_1_2_in_2 * g_i_A2_edges_0_0 + i_s_1_1_2_in_2 * g_i_A2_edges_0_2)
+            g_Y1_1[e, 0] += g_Y1_0_0  # sum over channels
+            g_Y1_1[e, 1] += g_Y1_0_1
+            g_Y1_1[e, 2] += g_Y1_0_2
             g_i_hj_1_0_1_3_0 = g_i_s_1_1_2_in_0_0 * radial_6  # adjoint of i_s_1_1_2_in
             g_i_hj_1_0_1_3_1 = g_i_s_1_1_2_in_0_1 * radial_6
             g_i_hj_1_0_1_3_2 = g_i_s_1_1_2_in_0_2 * radial_6
@@ -5581,6 +5483,9 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
             g_Y1_2_0 = i_hj_1_0_1_0 * g_i_c_1_1_0_0_0
             g_Y1_2_1 = i_hj_1_0_1_1 * g_i_c_1_1_0_0_0
             g_Y1_2_2 = i_hj_1_0_1_2 * g_i_c_1_1_0_0_0
+            g_Y1_3[e, 0] += g_Y1_2_0  # sum over channels
+            g_Y1_3[e, 1] += g_Y1_2_1
+            g_Y1_3[e, 2] += g_Y1_2_2
             g_i_c_1_0_1_0_0 = g_i_A1_edges_0_0 * radial_4  # adjoint of i_s_1_0_1
             g_i_c_1_0_1_0_1 = g_i_A1_edges_0_1 * radial_4
             g_i_c_1_0_1_0_2 = g_i_A1_edges_0_2 * radial_4
@@ -5592,6 +5497,7 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
             g_i_hj_1_0_1_5_2 = g_i_c_1_0_1_0_2 * Y0_0
             # adjoint (right) of i_c_1_0_1: h1 x Y0 -> A1: table transpose-right of 1x0->1, ranks 1, 1 -> 0, 3 nonzeros
             g_Y0_0_0 = i_hj_1_0_1_0 * g_i_c_1_0_1_0_0 + i_hj_1_0_1_1 * g_i_c_1_0_1_0_1 + i_hj_1_0_1_2 * g_i_c_1_0_1_0_2
+            g_Y0_1[e, 0] += g_Y0_0_0  # sum over channels
             g_i_hj_1_0_1_6_0 = (g_i_hj_1_0_1_0_0 + g_i_hj_1_0_1_1_0 + g_i_hj_1_0_1_2_0 + g_i_hj_1_0_1_3_0
                                 + g_i_hj_1_0_1_4_0 + g_i_hj_1_0_1_5_0)
             g_i_hj_1_0_1_6_1 = (g_i_hj_1_0_1_0_1 + g_i_hj_1_0_1_1_1 + g_i_hj_1_0_1_2_1 + g_i_hj_1_0_1_3_1
@@ -5609,6 +5515,13 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
             g_Y3_2_4 = i_s_0_3_3_in_0 * g_i_A3_edges_0_4
             g_Y3_2_5 = i_s_0_3_3_in_0 * g_i_A3_edges_0_5
             g_Y3_2_6 = i_s_0_3_3_in_0 * g_i_A3_edges_0_6
+            g_Y3_3[e, 0] += g_Y3_2_0  # sum over channels
+            g_Y3_3[e, 1] += g_Y3_2_1
+            g_Y3_3[e, 2] += g_Y3_2_2
+            g_Y3_3[e, 3] += g_Y3_2_3
+            g_Y3_3[e, 4] += g_Y3_2_4
+            g_Y3_3[e, 5] += g_Y3_2_5
+            g_Y3_3[e, 6] += g_Y3_2_6
             g_i_hj_0_0_0_0_0 = g_i_s_0_3_3_in_0_0 * radial_3  # adjoint of i_s_0_3_3_in
             # d radial[3] from i_s_0_3_3_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
             g_radial3_0_0 = g_i_s_0_3_3_in_0_0 * i_hj_0_0_0_0
@@ -5621,6 +5534,11 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
             g_Y2_4_2 = i_s_0_2_2_in_0 * g_i_A2_edges_0_2
             g_Y2_4_3 = i_s_0_2_2_in_0 * g_i_A2_edges_0_3
             g_Y2_4_4 = i_s_0_2_2_in_0 * g_i_A2_edges_0_4
+            g_Y2_5[e, 0] += g_Y2_4_0  # sum over channels
+            g_Y2_5[e, 1] += g_Y2_4_1
+            g_Y2_5[e, 2] += g_Y2_4_2
+            g_Y2_5[e, 3] += g_Y2_4_3
+            g_Y2_5[e, 4] += g_Y2_4_4
             g_i_hj_0_0_0_1_0 = g_i_s_0_2_2_in_0_0 * radial_2  # adjoint of i_s_0_2_2_in
             # d radial[2] from i_s_0_2_2_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
             g_radial2_0_0 = g_i_s_0_2_2_in_0_0 * i_hj_0_0_0_0
@@ -5630,6 +5548,9 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
             g_Y1_4_0 = i_s_0_1_1_in_0 * g_i_A1_edges_0_0
             g_Y1_4_1 = i_s_0_1_1_in_0 * g_i_A1_edges_0_1
             g_Y1_4_2 = i_s_0_1_1_in_0 * g_i_A1_edges_0_2
+            g_Y1_5[e, 0] += g_Y1_4_0  # sum over channels
+            g_Y1_5[e, 1] += g_Y1_4_1
+            g_Y1_5[e, 2] += g_Y1_4_2
             g_i_hj_0_0_0_2_0 = g_i_s_0_1_1_in_0_0 * radial_1  # adjoint of i_s_0_1_1_in
             # d radial[1] from i_s_0_1_1_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
             g_radial1_0_0 = g_i_s_0_1_1_in_0_0 * i_hj_0_0_0_0
@@ -5640,6 +5561,7 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
             g_i_hj_0_0_0_3_0 = g_i_c_0_0_0_0_0 * Y0_0
             # adjoint (right) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
             g_Y0_2_0 = i_hj_0_0_0_0 * g_i_c_0_0_0_0_0
+            g_Y0_3[e, 0] += g_Y0_2_0  # sum over channels
             g_i_hj_0_0_0_4_0 = g_i_hj_0_0_0_0_0 + g_i_hj_0_0_0_1_0 + g_i_hj_0_0_0_2_0 + g_i_hj_0_0_0_3_0
             # d_radial: weight-shaped adjoint of radial
             d_radial_0 = g_radial0_0_0
@@ -5652,49 +5574,9 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
             d_radial_7 = g_radial7_0_0
             d_radial_8 = g_radial8_0_0
             d_radial_9 = g_radial9_0_0
-            g_Y3_0[e, c, 0] = g_Y3_0_0
-            g_Y3_0[e, c, 1] = g_Y3_0_1
-            g_Y3_0[e, c, 2] = g_Y3_0_2
-            g_Y3_0[e, c, 3] = g_Y3_0_3
-            g_Y3_0[e, c, 4] = g_Y3_0_4
-            g_Y3_0[e, c, 5] = g_Y3_0_5
-            g_Y3_0[e, c, 6] = g_Y3_0_6
-            g_Y2_0[e, c, 0] = g_Y2_0_0
-            g_Y2_0[e, c, 1] = g_Y2_0_1
-            g_Y2_0[e, c, 2] = g_Y2_0_2
-            g_Y2_0[e, c, 3] = g_Y2_0_3
-            g_Y2_0[e, c, 4] = g_Y2_0_4
-            g_Y2_2[e, c, 0] = g_Y2_2_0
-            g_Y2_2[e, c, 1] = g_Y2_2_1
-            g_Y2_2[e, c, 2] = g_Y2_2_2
-            g_Y2_2[e, c, 3] = g_Y2_2_3
-            g_Y2_2[e, c, 4] = g_Y2_2_4
-            g_Y1_0[e, c, 0] = g_Y1_0_0
-            g_Y1_0[e, c, 1] = g_Y1_0_1
-            g_Y1_0[e, c, 2] = g_Y1_0_2
-            g_Y1_2[e, c, 0] = g_Y1_2_0
-            g_Y1_2[e, c, 1] = g_Y1_2_1
-            g_Y1_2[e, c, 2] = g_Y1_2_2
-            g_Y0_0[e, c, 0] = g_Y0_0_0
             g_i_hj_1_0_1_6[e, c, 0] = g_i_hj_1_0_1_6_0
             g_i_hj_1_0_1_6[e, c, 1] = g_i_hj_1_0_1_6_1
             g_i_hj_1_0_1_6[e, c, 2] = g_i_hj_1_0_1_6_2
-            g_Y3_2[e, c, 0] = g_Y3_2_0
-            g_Y3_2[e, c, 1] = g_Y3_2_1
-            g_Y3_2[e, c, 2] = g_Y3_2_2
-            g_Y3_2[e, c, 3] = g_Y3_2_3
-            g_Y3_2[e, c, 4] = g_Y3_2_4
-            g_Y3_2[e, c, 5] = g_Y3_2_5
-            g_Y3_2[e, c, 6] = g_Y3_2_6
-            g_Y2_4[e, c, 0] = g_Y2_4_0
-            g_Y2_4[e, c, 1] = g_Y2_4_1
-            g_Y2_4[e, c, 2] = g_Y2_4_2
-            g_Y2_4[e, c, 3] = g_Y2_4_3
-            g_Y2_4[e, c, 4] = g_Y2_4_4
-            g_Y1_4[e, c, 0] = g_Y1_4_0
-            g_Y1_4[e, c, 1] = g_Y1_4_1
-            g_Y1_4[e, c, 2] = g_Y1_4_2
-            g_Y0_2[e, c, 0] = g_Y0_2_0
             g_i_hj_0_0_0_4[e, c, 0] = g_i_hj_0_0_0_4_0
             d_radial[e, c, 0] = d_radial_0
             d_radial[e, c, 1] = d_radial_1
@@ -5711,98 +5593,48 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
     d_Y1 = np.empty((num_edges, 3), dtype)
     d_Y2 = np.empty((num_edges, 5), dtype)
     d_Y3 = np.empty((num_edges, 7), dtype)
-    # kernel 2 (channel-free, phase 1): 14 ops; stores d_Y0, d_Y1, d_Y2, d_Y3
+    # kernel 2 (channel-free, phase 1): 4 ops; stores d_Y0, d_Y1, d_Y2, d_Y3
     for e in prange(num_edges):
-        g_Y3_1_0 = 0.0
-        g_Y3_1_1 = 0.0
-        g_Y3_1_2 = 0.0
-        g_Y3_1_3 = 0.0
-        g_Y3_1_4 = 0.0
-        g_Y3_1_5 = 0.0
-        g_Y3_1_6 = 0.0
-        for c in range(channels):
-            g_Y3_1_0 += g_Y3_0[e, c, 0]
-            g_Y3_1_1 += g_Y3_0[e, c, 1]
-            g_Y3_1_2 += g_Y3_0[e, c, 2]
-            g_Y3_1_3 += g_Y3_0[e, c, 3]
-            g_Y3_1_4 += g_Y3_0[e, c, 4]
-            g_Y3_1_5 += g_Y3_0[e, c, 5]
-            g_Y3_1_6 += g_Y3_0[e, c, 6]
-        g_Y2_1_0 = 0.0
-        g_Y2_1_1 = 0.0
-        g_Y2_1_2 = 0.0
-        g_Y2_1_3 = 0.0
-        g_Y2_1_4 = 0.0
-        for c in range(channels):
-            g_Y2_1_0 += g_Y2_0[e, c, 0]
-            g_Y2_1_1 += g_Y2_0[e, c, 1]
-            g_Y2_1_2 += g_Y2_0[e, c, 2]
-            g_Y2_1_3 += g_Y2_0[e, c, 3]
-            g_Y2_1_4 += g_Y2_0[e, c, 4]
-        g_Y2_3_0 = 0.0
-        g_Y2_3_1 = 0.0
-        g_Y2_3_2 = 0.0
-        g_Y2_3_3 = 0.0
-        g_Y2_3_4 = 0.0
-        for c in range(channels):
-            g_Y2_3_0 += g_Y2_2[e, c, 0]
-            g_Y2_3_1 += g_Y2_2[e, c, 1]
-            g_Y2_3_2 += g_Y2_2[e, c, 2]
-            g_Y2_3_3 += g_Y2_2[e, c, 3]
-            g_Y2_3_4 += g_Y2_2[e, c, 4]
-        g_Y1_1_0 = 0.0
-        g_Y1_1_1 = 0.0
-        g_Y1_1_2 = 0.0
-        for c in range(channels):
-            g_Y1_1_0 += g_Y1_0[e, c, 0]
-            g_Y1_1_1 += g_Y1_0[e, c, 1]
-            g_Y1_1_2 += g_Y1_0[e, c, 2]
-        g_Y1_3_0 = 0.0
-        g_Y1_3_1 = 0.0
-        g_Y1_3_2 = 0.0
-        for c in range(channels):
-            g_Y1_3_0 += g_Y1_2[e, c, 0]
-            g_Y1_3_1 += g_Y1_2[e, c, 1]
-            g_Y1_3_2 += g_Y1_2[e, c, 2]
-        g_Y0_1_0 = 0.0
-        for c in range(channels):
-            g_Y0_1_0 += g_Y0_0[e, c, 0]
-        g_Y3_3_0 = 0.0
-        g_Y3_3_1 = 0.0
-        g_Y3_3_2 = 0.0
-        g_Y3_3_3 = 0.0
-        g_Y3_3_4 = 0.0
-        g_Y3_3_5 = 0.0
-        g_Y3_3_6 = 0.0
-        for c in range(channels):
-            g_Y3_3_0 += g_Y3_2[e, c, 0]
-            g_Y3_3_1 += g_Y3_2[e, c, 1]
-            g_Y3_3_2 += g_Y3_2[e, c, 2]
-            g_Y3_3_3 += g_Y3_2[e, c, 3]
-            g_Y3_3_4 += g_Y3_2[e, c, 4]
-            g_Y3_3_5 += g_Y3_2[e, c, 5]
-            g_Y3_3_6 += g_Y3_2[e, c, 6]
-        g_Y2_5_0 = 0.0
-        g_Y2_5_1 = 0.0
-        g_Y2_5_2 = 0.0
-        g_Y2_5_3 = 0.0
-        g_Y2_5_4 = 0.0
-        for c in range(channels):
-            g_Y2_5_0 += g_Y2_4[e, c, 0]
-            g_Y2_5_1 += g_Y2_4[e, c, 1]
-            g_Y2_5_2 += g_Y2_4[e, c, 2]
-            g_Y2_5_3 += g_Y2_4[e, c, 3]
-            g_Y2_5_4 += g_Y2_4[e, c, 4]
-        g_Y1_5_0 = 0.0
-        g_Y1_5_1 = 0.0
-        g_Y1_5_2 = 0.0
-        for c in range(channels):
-            g_Y1_5_0 += g_Y1_4[e, c, 0]
-            g_Y1_5_1 += g_Y1_4[e, c, 1]
-            g_Y1_5_2 += g_Y1_4[e, c, 2]
-        g_Y0_3_0 = 0.0
-        for c in range(channels):
-            g_Y0_3_0 += g_Y0_2[e, c, 0]
+        g_Y0_1_0 = g_Y0_1[e, 0]
+        g_Y0_3_0 = g_Y0_3[e, 0]
+        g_Y1_1_0 = g_Y1_1[e, 0]
+        g_Y1_3_0 = g_Y1_3[e, 0]
+        g_Y1_5_0 = g_Y1_5[e, 0]
+        g_Y1_1_1 = g_Y1_1[e, 1]
+        g_Y1_3_1 = g_Y1_3[e, 1]
+        g_Y1_5_1 = g_Y1_5[e, 1]
+        g_Y1_1_2 = g_Y1_1[e, 2]
+        g_Y1_3_2 = g_Y1_3[e, 2]
+        g_Y1_5_2 = g_Y1_5[e, 2]
+        g_Y2_1_0 = g_Y2_1[e, 0]
+        g_Y2_3_0 = g_Y2_3[e, 0]
+        g_Y2_5_0 = g_Y2_5[e, 0]
+        g_Y2_1_1 = g_Y2_1[e, 1]
+        g_Y2_3_1 = g_Y2_3[e, 1]
+        g_Y2_5_1 = g_Y2_5[e, 1]
+        g_Y2_1_2 = g_Y2_1[e, 2]
+        g_Y2_3_2 = g_Y2_3[e, 2]
+        g_Y2_5_2 = g_Y2_5[e, 2]
+        g_Y2_1_3 = g_Y2_1[e, 3]
+        g_Y2_3_3 = g_Y2_3[e, 3]
+        g_Y2_5_3 = g_Y2_5[e, 3]
+        g_Y2_1_4 = g_Y2_1[e, 4]
+        g_Y2_3_4 = g_Y2_3[e, 4]
+        g_Y2_5_4 = g_Y2_5[e, 4]
+        g_Y3_1_0 = g_Y3_1[e, 0]
+        g_Y3_3_0 = g_Y3_3[e, 0]
+        g_Y3_1_1 = g_Y3_1[e, 1]
+        g_Y3_3_1 = g_Y3_3[e, 1]
+        g_Y3_1_2 = g_Y3_1[e, 2]
+        g_Y3_3_2 = g_Y3_3[e, 2]
+        g_Y3_1_3 = g_Y3_1[e, 3]
+        g_Y3_3_3 = g_Y3_3[e, 3]
+        g_Y3_1_4 = g_Y3_1[e, 4]
+        g_Y3_3_4 = g_Y3_3[e, 4]
+        g_Y3_1_5 = g_Y3_1[e, 5]
+        g_Y3_3_5 = g_Y3_3[e, 5]
+        g_Y3_1_6 = g_Y3_1[e, 6]
+        g_Y3_3_6 = g_Y3_3[e, 6]
         d_Y0_0 = g_Y0_1_0 + g_Y0_3_0
         d_Y1_0 = g_Y1_1_0 + g_Y1_3_0 + g_Y1_5_0
         d_Y1_1 = g_Y1_1_1 + g_Y1_3_1 + g_Y1_5_1
@@ -8089,20 +7921,20 @@ def layer_01_01_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2
     _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
     _check_senders(senders, sender_order, sender_offsets, num_nodes)  # CSR by sender
 
-    g_Y3_0 = np.empty((num_edges, channels, 7), dtype)
-    g_Y2_0 = np.empty((num_edges, channels, 5), dtype)
-    g_Y2_2 = np.empty((num_edges, channels, 5), dtype)
-    g_Y1_0 = np.empty((num_edges, channels, 3), dtype)
-    g_Y1_2 = np.empty((num_edges, channels, 3), dtype)
-    g_Y0_0 = np.empty((num_edges, channels, 1), dtype)
+    g_Y3_1 = np.zeros((num_edges, 7), dtype)
+    g_Y2_1 = np.zeros((num_edges, 5), dtype)
+    g_Y2_3 = np.zeros((num_edges, 5), dtype)
+    g_Y1_1 = np.zeros((num_edges, 3), dtype)
+    g_Y1_3 = np.zeros((num_edges, 3), dtype)
+    g_Y0_1 = np.zeros((num_edges, 1), dtype)
     g_i_hj_1_0_1_6 = np.empty((num_edges, channels, 3), dtype)
-    g_Y3_2 = np.empty((num_edges, channels, 7), dtype)
-    g_Y2_4 = np.empty((num_edges, channels, 5), dtype)
-    g_Y1_4 = np.empty((num_edges, channels, 3), dtype)
-    g_Y0_2 = np.empty((num_edges, channels, 1), dtype)
+    g_Y3_3 = np.zeros((num_edges, 7), dtype)
+    g_Y2_5 = np.zeros((num_edges, 5), dtype)
+    g_Y1_5 = np.zeros((num_edges, 3), dtype)
+    g_Y0_3 = np.zeros((num_edges, 1), dtype)
     g_i_hj_0_0_0_4 = np.empty((num_edges, channels, 1), dtype)
     d_radial = np.empty((num_edges, channels, 10), dtype)
-    # kernel 1 (per channel, phase 0): 47 ops; stores g_Y3_0, g_Y2_0, g_Y2_2, g_Y1_0, g_Y1_2, g_Y0_0, g_i_hj_1_0_1_6, g_Y3_2, g_Y2_4, g_Y1_4, g_Y0_2, g_i_hj_0_0_0_4, d_radial
+    # kernel 1 (per channel, phase 0): 57 ops; stores g_Y3_1, g_Y2_1, g_Y2_3, g_Y1_1, g_Y1_3, g_Y0_1, g_i_hj_1_0_1_6, g_Y3_3, g_Y2_5, g_Y1_5, g_Y0_3, g_i_hj_0_0_0_4, d_radial
     for e in prange(num_edges):
         for c in range(channels):
             i = receivers[e]
@@ -8187,6 +8019,13 @@ def layer_01_01_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2
             g_Y3_0_4 = i_s_1_3_2_in_0 * g_i_A2_edges_0_3 + i_s_1_3_2_in_2 * g_i_A2_edges_0_0
             g_Y3_0_5 = i_s_1_3_2_in_0 * g_i_A2_edges_0_4 + i_s_1_3_2_in_1 * g_i_A2_edges_0_3 + i_s_1_3_2_in_2 * g_i_A2_edges_0_1
             g_Y3_0_6 = i_s_1_3_2_in_1 * g_i_A2_edges_0_4 + i_s_1_3_2_in_2 * g_i_A2_edges_0_2
+            g_Y3_1[e, 0] += g_Y3_0_0  # sum over channels
+            g_Y3_1[e, 1] += g_Y3_0_1
+            g_Y3_1[e, 2] += g_Y3_0_2
+            g_Y3_1[e, 3] += g_Y3_0_3
+            g_Y3_1[e, 4] += g_Y3_0_4
+            g_Y3_1[e, 5] += g_Y3_0_5
+            g_Y3_1[e, 6] += g_Y3_0_6
             g_i_hj_1_0_1_0_0 = g_i_s_1_3_2_in_0_0 * radial_9  # adjoint of i_s_1_3_2_in
             g_i_hj_1_0_1_0_1 = g_i_s_1_3_2_in_0_1 * radial_9
             g_i_hj_1_0_1_0_2 = g_i_s_1_3_2_in_0_2 * radial_9
@@ -8204,6 +8043,11 @@ def layer_01_01_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2
             g_Y2_0_2 = 0.3333333333333333 * i_s_1_2_3_in_0 * g_i_A3_edges_0_2 - 0.13333333333333333 * (i_s_1_2_3_in_1 * g_i_A3_edges_0_1 - i_s_1_2_3_in_2 * g_i_A3_edges_0_4) + 0.6 * i_s_1_2_3_in_1 * g_i_A3_edges_0_3 + 0.4666666666666667 * i_s_1_2_3_in_2 * g_i_A3_edges_0_6
             g_Y2_0_3 = 0.5333333333333333 * i_s_1_2_3_in_0 * g_i_A3_edges_0_4 - 0.13333333333333333 * (i_s_1_2_3_in_0 * g_i_A3_edges_0_6 + i_s_1_2_3_in_2 * g_i_A3_edges_0_2) + 0.3333333333333333 * i_s_1_2_3_in_1 * g_i_A3_edges_0_5 - 0.4 * i_s_1_2_3_in_2 * g_i_A3_edges_0_0
             g_Y2_0_4 = 0.3333333333333333 * i_s_1_2_3_in_0 * g_i_A3_edges_0_5 - 0.13333333333333333 * (i_s_1_2_3_in_1 * g_i_A3_edges_0_4 + i_s_1_2_3_in_2 * g_i_A3_edges_0_1) + 0.5333333333333333 * i_s_1_2_3_in_1 * g_i_A3_edges_0_6 - 0.4 * i_s_1_2_3_in_2 * g_i_A3_edges_0_3
+            g_Y2_1[e, 0] += g_Y2_0_0  # sum over channels
+            g_Y2_1[e, 1] += g_Y2_0_1
+            g_Y2_1[e, 2] += g_Y2_0_2
+            g_Y2_1[e, 3] += g_Y2_0_3
+            g_Y2_1[e, 4] += g_Y2_0_4
             g_i_hj_1_0_1_1_0 = g_i_s_1_2_3_in_0_0 * radial_8  # adjoint of i_s_1_2_3_in
             g_i_hj_1_0_1_1_1 = g_i_s_1_2_3_in_0_1 * radial_8
             g_i_hj_1_0_1_1_2 = g_i_s_1_2_3_in_0_2 * radial_8
@@ -8224,6 +8068,11 @@ def layer_01_01_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2
             g_Y2_2_2 = i_hj_1_0_1_1 * g_i_c_1_2_1_0_1 - i_hj_1_0_1_2 * g_i_c_1_2_1_0_2
             g_Y2_2_3 = i_hj_1_0_1_0 * g_i_c_1_2_1_0_2 + i_hj_1_0_1_2 * g_i_c_1_2_1_0_0
             g_Y2_2_4 = i_hj_1_0_1_1 * g_i_c_1_2_1_0_2 + i_hj_1_0_1_2 * g_i_c_1_2_1_0_1
+            g_Y2_3[e, 0] += g_Y2_2_0  # sum over channels
+            g_Y2_3[e, 1] += g_Y2_2_1
+            g_Y2_3[e, 2] += g_Y2_2_2
+            g_Y2_3[e, 3] += g_Y2_2_3
+            g_Y2_3[e, 4] += g_Y2_2_4
             # adjoint (left) of i_s_1_1_2: h1 x Y1 -> A2: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
             g_i_s_1_1_2_in_0_0 = 0.6666666666666666 * g_i_A2_edges_0_0 * Y1_0 + 0.5 * (g_i_A2_edges_0_1 * Y1_1 + g_i_A2_edges_0_3 * Y1_2) - 0.3333333333333333 * g_i_A2_edges_0_2 * Y1_0
             g_i_s_1_1_2_in_0_1 = -0.3333333333333333 * g_i_A2_edges_0_0 * Y1_1 + 0.5 * (g_i_A2_edges_0_1 * Y1_0 + g_i_A2_edges_0_4 * Y1_2) + 0.6666666666666666 * g_i_A2_edges_0_2 * Y1_1
@@ -8232,6 +8081,9 @@ def layer_01_01_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2
             g_Y1_0_0 = 0.6666666666666666 * i_s_1_1_2_in_0 * g_i_A2_edges_0_0 - 0.3333333333333333 * i_s_1_1_2_in_0 * g_i_A2_edges_0_2 + 0.5 * (i_s_1_1_2_in_1 * g_i_A2_edges_0_1 + i_s_1_1_2_in_2 * g_i_A2_edges_0_3)
             g_Y1_0_1 = 0.5 * (i_s_1_1_2_in_0 * g_i_A2_edges_0_1 + i_s_1_1_2_in_2 * g_i_A2_edges_0_4) - 0.3333333333333333 * i_s_1_1_2_in_1 * g_i_A2_edges_0_0 + 0.6666666666666666 * i_s_1_1_2_in_1 * g_i_A2_edges_0_2
             g_Y1_0_2 = 0.5 * (i_s_1_1_2_in_0 * g_i_A2_edges_0_3 + i_s_1_1_2_in_1 * g_i_A2_edges_0_4) - 0.3333333333333333 * (i_s_1_1_2_in_2 * g_i_A2_edges_0_0 + i_s_1_1_2_in_2 * g_i_A2_edges_0_2)
+            g_Y1_1[e, 0] += g_Y1_0_0  # sum over channels
+            g_Y1_1[e, 1] += g_Y1_0_1
+            g_Y1_1[e, 2] += g_Y1_0_2
             g_i_hj_1_0_1_3_0 = g_i_s_1_1_2_in_0_0 * radial_6  # adjoint of i_s_1_1_2_in
             g_i_hj_1_0_1_3_1 = g_i_s_1_1_2_in_0_1 * radial_6
             g_i_hj_1_0_1_3_2 = g_i_s_1_1_2_in_0_2 * radial_6
@@ -8248,6 +8100,9 @@ def layer_01_01_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2
             g_Y1_2_0 = i_hj_1_0_1_0 * g_i_c_1_1_0_0_0
             g_Y1_2_1 = i_hj_1_0_1_1 * g_i_c_1_1_0_0_0
             g_Y1_2_2 = i_hj_1_0_1_2 * g_i_c_1_1_0_0_0
+            g_Y1_3[e, 0] += g_Y1_2_0  # sum over channels
+            g_Y1_3[e, 1] += g_Y1_2_1
+            g_Y1_3[e, 2] += g_Y1_2_2
             g_i_c_1_0_1_0_0 = g_i_A1_edges_0_0 * radial_4  # adjoint of i_s_1_0_1
             g_i_c_1_0_1_0_1 = g_i_A1_edges_0_1 * radial_4
             g_i_c_1_0_1_0_2 = g_i_A1_edges_0_2 * radial_4
@@ -8259,6 +8114,7 @@ def layer_01_01_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2
             g_i_hj_1_0_1_5_2 = g_i_c_1_0_1_0_2 * Y0_0
             # adjoint (right) of i_c_1_0_1: h1 x Y0 -> A1: table transpose-right of 1x0->1, ranks 1, 1 -> 0, 3 nonzeros
             g_Y0_0_0 = i_hj_1_0_1_0 * g_i_c_1_0_1_0_0 + i_hj_1_0_1_1 * g_i_c_1_0_1_0_1 + i_hj_1_0_1_2 * g_i_c_1_0_1_0_2
+            g_Y0_1[e, 0] += g_Y0_0_0  # sum over channels
             g_i_hj_1_0_1_6_0 = (g_i_hj_1_0_1_0_0 + g_i_hj_1_0_1_1_0 + g_i_hj_1_0_1_2_0 + g_i_hj_1_0_1_3_0
                                 + g_i_hj_1_0_1_4_0 + g_i_hj_1_0_1_5_0)
             g_i_hj_1_0_1_6_1 = (g_i_hj_1_0_1_0_1 + g_i_hj_1_0_1_1_1 + g_i_hj_1_0_1_2_1 + g_i_hj_1_0_1_3_1
@@ -8276,6 +8132,13 @@ def layer_01_01_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2
             g_Y3_2_4 = i_s_0_3_3_in_0 * g_i_A3_edges_0_4
             g_Y3_2_5 = i_s_0_3_3_in_0 * g_i_A3_edges_0_5
             g_Y3_2_6 = i_s_0_3_3_in_0 * g_i_A3_edges_0_6
+            g_Y3_3[e, 0] += g_Y3_2_0  # sum over channels
+            g_Y3_3[e, 1] += g_Y3_2_1
+            g_Y3_3[e, 2] += g_Y3_2_2
+            g_Y3_3[e, 3] += g_Y3_2_3
+            g_Y3_3[e, 4] += g_Y3_2_4
+            g_Y3_3[e, 5] += g_Y3_2_5
+            g_Y3_3[e, 6] += g_Y3_2_6
             g_i_hj_0_0_0_0_0 = g_i_s_0_3_3_in_0_0 * radial_3  # adjoint of i_s_0_3_3_in
             # d radial[3] from i_s_0_3_3_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
             g_radial3_0_0 = g_i_s_0_3_3_in_0_0 * i_hj_0_0_0_0
@@ -8288,6 +8151,11 @@ def layer_01_01_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2
             g_Y2_4_2 = i_s_0_2_2_in_0 * g_i_A2_edges_0_2
             g_Y2_4_3 = i_s_0_2_2_in_0 * g_i_A2_edges_0_3
             g_Y2_4_4 = i_s_0_2_2_in_0 * g_i_A2_edges_0_4
+            g_Y2_5[e, 0] += g_Y2_4_0  # sum over channels
+            g_Y2_5[e, 1] += g_Y2_4_1
+            g_Y2_5[e, 2] += g_Y2_4_2
+            g_Y2_5[e, 3] += g_Y2_4_3
+            g_Y2_5[e, 4] += g_Y2_4_4
             g_i_hj_0_0_0_1_0 = g_i_s_0_2_2_in_0_0 * radial_2  # adjoint of i_s_0_2_2_in
             # d radial[2] from i_s_0_2_2_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
             g_radial2_0_0 = g_i_s_0_2_2_in_0_0 * i_hj_0_0_0_0
@@ -8297,6 +8165,9 @@ def layer_01_01_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2
             g_Y1_4_0 = i_s_0_1_1_in_0 * g_i_A1_edges_0_0
             g_Y1_4_1 = i_s_0_1_1_in_0 * g_i_A1_edges_0_1
             g_Y1_4_2 = i_s_0_1_1_in_0 * g_i_A1_edges_0_2
+            g_Y1_5[e, 0] += g_Y1_4_0  # sum over channels
+            g_Y1_5[e, 1] += g_Y1_4_1
+            g_Y1_5[e, 2] += g_Y1_4_2
             g_i_hj_0_0_0_2_0 = g_i_s_0_1_1_in_0_0 * radial_1  # adjoint of i_s_0_1_1_in
             # d radial[1] from i_s_0_1_1_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
             g_radial1_0_0 = g_i_s_0_1_1_in_0_0 * i_hj_0_0_0_0
@@ -8307,6 +8178,7 @@ def layer_01_01_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2
             g_i_hj_0_0_0_3_0 = g_i_c_0_0_0_0_0 * Y0_0
             # adjoint (right) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
             g_Y0_2_0 = i_hj_0_0_0_0 * g_i_c_0_0_0_0_0
+            g_Y0_3[e, 0] += g_Y0_2_0  # sum over channels
             g_i_hj_0_0_0_4_0 = g_i_hj_0_0_0_0_0 + g_i_hj_0_0_0_1_0 + g_i_hj_0_0_0_2_0 + g_i_hj_0_0_0_3_0
             # d_radial: weight-shaped adjoint of radial
             d_radial_0 = g_radial0_0_0
@@ -8319,49 +8191,9 @@ def layer_01_01_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2
             d_radial_7 = g_radial7_0_0
             d_radial_8 = g_radial8_0_0
             d_radial_9 = g_radial9_0_0
-            g_Y3_0[e, c, 0] = g_Y3_0_0
-            g_Y3_0[e, c, 1] = g_Y3_0_1
-            g_Y3_0[e, c, 2] = g_Y3_0_2
-            g_Y3_0[e, c, 3] = g_Y3_0_3
-            g_Y3_0[e, c, 4] = g_Y3_0_4
-            g_Y3_0[e, c, 5] = g_Y3_0_5
-            g_Y3_0[e, c, 6] = g_Y3_0_6
-            g_Y2_0[e, c, 0] = g_Y2_0_0
-            g_Y2_0[e, c, 1] = g_Y2_0_1
-            g_Y2_0[e, c, 2] = g_Y2_0_2
-            g_Y2_0[e, c, 3] = g_Y2_0_3
-            g_Y2_0[e, c, 4] = g_Y2_0_4
-            g_Y2_2[e, c, 0] = g_Y2_2_0
-            g_Y2_2[e, c, 1] = g_Y2_2_1
-            g_Y2_2[e, c, 2] = g_Y2_2_2
-            g_Y2_2[e, c, 3] = g_Y2_2_3
-            g_Y2_2[e, c, 4] = g_Y2_2_4
-            g_Y1_0[e, c, 0] = g_Y1_0_0
-            g_Y1_0[e, c, 1] = g_Y1_0_1
-            g_Y1_0[e, c, 2] = g_Y1_0_2
-            g_Y1_2[e, c, 0] = g_Y1_2_0
-            g_Y1_2[e, c, 1] = g_Y1_2_1
-            g_Y1_2[e, c, 2] = g_Y1_2_2
-            g_Y0_0[e, c, 0] = g_Y0_0_0
             g_i_hj_1_0_1_6[e, c, 0] = g_i_hj_1_0_1_6_0
             g_i_hj_1_0_1_6[e, c, 1] = g_i_hj_1_0_1_6_1
             g_i_hj_1_0_1_6[e, c, 2] = g_i_hj_1_0_1_6_2
-            g_Y3_2[e, c, 0] = g_Y3_2_0
-            g_Y3_2[e, c, 1] = g_Y3_2_1
-            g_Y3_2[e, c, 2] = g_Y3_2_2
-            g_Y3_2[e, c, 3] = g_Y3_2_3
-            g_Y3_2[e, c, 4] = g_Y3_2_4
-            g_Y3_2[e, c, 5] = g_Y3_2_5
-            g_Y3_2[e, c, 6] = g_Y3_2_6
-            g_Y2_4[e, c, 0] = g_Y2_4_0
-            g_Y2_4[e, c, 1] = g_Y2_4_1
-            g_Y2_4[e, c, 2] = g_Y2_4_2
-            g_Y2_4[e, c, 3] = g_Y2_4_3
-            g_Y2_4[e, c, 4] = g_Y2_4_4
-            g_Y1_4[e, c, 0] = g_Y1_4_0
-            g_Y1_4[e, c, 1] = g_Y1_4_1
-            g_Y1_4[e, c, 2] = g_Y1_4_2
-            g_Y0_2[e, c, 0] = g_Y0_2_0
             g_i_hj_0_0_0_4[e, c, 0] = g_i_hj_0_0_0_4_0
             d_radial[e, c, 0] = d_radial_0
             d_radial[e, c, 1] = d_radial_1
@@ -8378,98 +8210,48 @@ def layer_01_01_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2
     d_Y1 = np.empty((num_edges, 3), dtype)
     d_Y2 = np.empty((num_edges, 5), dtype)
     d_Y3 = np.empty((num_edges, 7), dtype)
-    # kernel 2 (channel-free, phase 1): 14 ops; stores d_Y0, d_Y1, d_Y2, d_Y3
+    # kernel 2 (channel-free, phase 1): 4 ops; stores d_Y0, d_Y1, d_Y2, d_Y3
     for e in prange(num_edges):
-        g_Y3_1_0 = 0.0
-        g_Y3_1_1 = 0.0
-        g_Y3_1_2 = 0.0
-        g_Y3_1_3 = 0.0
-        g_Y3_1_4 = 0.0
-        g_Y3_1_5 = 0.0
-        g_Y3_1_6 = 0.0
-        for c in range(channels):
-            g_Y3_1_0 += g_Y3_0[e, c, 0]
-            g_Y3_1_1 += g_Y3_0[e, c, 1]
-            g_Y3_1_2 += g_Y3_0[e, c, 2]
-            g_Y3_1_3 += g_Y3_0[e, c, 3]
-            g_Y3_1_4 += g_Y3_0[e, c, 4]
-            g_Y3_1_5 += g_Y3_0[e, c, 5]
-            g_Y3_1_6 += g_Y3_0[e, c, 6]
-        g_Y2_1_0 = 0.0
-        g_Y2_1_1 = 0.0
-        g_Y2_1_2 = 0.0
-        g_Y2_1_3 = 0.0
-        g_Y2_1_4 = 0.0
-        for c in range(channels):
-            g_Y2_1_0 += g_Y2_0[e, c, 0]
-            g_Y2_1_1 += g_Y2_0[e, c, 1]
-            g_Y2_1_2 += g_Y2_0[e, c, 2]
-            g_Y2_1_3 += g_Y2_0[e, c, 3]
-            g_Y2_1_4 += g_Y2_0[e, c, 4]
-        g_Y2_3_0 = 0.0
-        g_Y2_3_1 = 0.0
-        g_Y2_3_2 = 0.0
-        g_Y2_3_3 = 0.0
-        g_Y2_3_4 = 0.0
-        for c in range(channels):
-            g_Y2_3_0 += g_Y2_2[e, c, 0]
-            g_Y2_3_1 += g_Y2_2[e, c, 1]
-            g_Y2_3_2 += g_Y2_2[e, c, 2]
-            g_Y2_3_3 += g_Y2_2[e, c, 3]
-            g_Y2_3_4 += g_Y2_2[e, c, 4]
-        g_Y1_1_0 = 0.0
-        g_Y1_1_1 = 0.0
-        g_Y1_1_2 = 0.0
-        for c in range(channels):
-            g_Y1_1_0 += g_Y1_0[e, c, 0]
-            g_Y1_1_1 += g_Y1_0[e, c, 1]
-            g_Y1_1_2 += g_Y1_0[e, c, 2]
-        g_Y1_3_0 = 0.0
-        g_Y1_3_1 = 0.0
-        g_Y1_3_2 = 0.0
-        for c in range(channels):
-            g_Y1_3_0 += g_Y1_2[e, c, 0]
-            g_Y1_3_1 += g_Y1_2[e, c, 1]
-            g_Y1_3_2 += g_Y1_2[e, c, 2]
-        g_Y0_1_0 = 0.0
-        for c in range(channels):
-            g_Y0_1_0 += g_Y0_0[e, c, 0]
-        g_Y3_3_0 = 0.0
-        g_Y3_3_1 = 0.0
-        g_Y3_3_2 = 0.0
-        g_Y3_3_3 = 0.0
-        g_Y3_3_4 = 0.0
-        g_Y3_3_5 = 0.0
-        g_Y3_3_6 = 0.0
-        for c in range(channels):
-            g_Y3_3_0 += g_Y3_2[e, c, 0]
-            g_Y3_3_1 += g_Y3_2[e, c, 1]
-            g_Y3_3_2 += g_Y3_2[e, c, 2]
-            g_Y3_3_3 += g_Y3_2[e, c, 3]
-            g_Y3_3_4 += g_Y3_2[e, c, 4]
-            g_Y3_3_5 += g_Y3_2[e, c, 5]
-            g_Y3_3_6 += g_Y3_2[e, c, 6]
-        g_Y2_5_0 = 0.0
-        g_Y2_5_1 = 0.0
-        g_Y2_5_2 = 0.0
-        g_Y2_5_3 = 0.0
-        g_Y2_5_4 = 0.0
-        for c in range(channels):
-            g_Y2_5_0 += g_Y2_4[e, c, 0]
-            g_Y2_5_1 += g_Y2_4[e, c, 1]
-            g_Y2_5_2 += g_Y2_4[e, c, 2]
-            g_Y2_5_3 += g_Y2_4[e, c, 3]
-            g_Y2_5_4 += g_Y2_4[e, c, 4]
-        g_Y1_5_0 = 0.0
-        g_Y1_5_1 = 0.0
-        g_Y1_5_2 = 0.0
-        for c in range(channels):
-            g_Y1_5_0 += g_Y1_4[e, c, 0]
-            g_Y1_5_1 += g_Y1_4[e, c, 1]
-            g_Y1_5_2 += g_Y1_4[e, c, 2]
-        g_Y0_3_0 = 0.0
-        for c in range(channels):
-            g_Y0_3_0 += g_Y0_2[e, c, 0]
+        g_Y0_1_0 = g_Y0_1[e, 0]
+        g_Y0_3_0 = g_Y0_3[e, 0]
+        g_Y1_1_0 = g_Y1_1[e, 0]
+        g_Y1_3_0 = g_Y1_3[e, 0]
+        g_Y1_5_0 = g_Y1_5[e, 0]
+        g_Y1_1_1 = g_Y1_1[e, 1]
+        g_Y1_3_1 = g_Y1_3[e, 1]
+        g_Y1_5_1 = g_Y1_5[e, 1]
+        g_Y1_1_2 = g_Y1_1[e, 2]
+        g_Y1_3_2 = g_Y1_3[e, 2]
+        g_Y1_5_2 = g_Y1_5[e, 2]
+        g_Y2_1_0 = g_Y2_1[e, 0]
+        g_Y2_3_0 = g_Y2_3[e, 0]
+        g_Y2_5_0 = g_Y2_5[e, 0]
+        g_Y2_1_1 = g_Y2_1[e, 1]
+        g_Y2_3_1 = g_Y2_3[e, 1]
+        g_Y2_5_1 = g_Y2_5[e, 1]
+        g_Y2_1_2 = g_Y2_1[e, 2]
+        g_Y2_3_2 = g_Y2_3[e, 2]
+        g_Y2_5_2 = g_Y2_5[e, 2]
+        g_Y2_1_3 = g_Y2_1[e, 3]
+        g_Y2_3_3 = g_Y2_3[e, 3]
+        g_Y2_5_3 = g_Y2_5[e, 3]
+        g_Y2_1_4 = g_Y2_1[e, 4]
+        g_Y2_3_4 = g_Y2_3[e, 4]
+        g_Y2_5_4 = g_Y2_5[e, 4]
+        g_Y3_1_0 = g_Y3_1[e, 0]
+        g_Y3_3_0 = g_Y3_3[e, 0]
+        g_Y3_1_1 = g_Y3_1[e, 1]
+        g_Y3_3_1 = g_Y3_3[e, 1]
+        g_Y3_1_2 = g_Y3_1[e, 2]
+        g_Y3_3_2 = g_Y3_3[e, 2]
+        g_Y3_1_3 = g_Y3_1[e, 3]
+        g_Y3_3_3 = g_Y3_3[e, 3]
+        g_Y3_1_4 = g_Y3_1[e, 4]
+        g_Y3_3_4 = g_Y3_3[e, 4]
+        g_Y3_1_5 = g_Y3_1[e, 5]
+        g_Y3_3_5 = g_Y3_3[e, 5]
+        g_Y3_1_6 = g_Y3_1[e, 6]
+        g_Y3_3_6 = g_Y3_3[e, 6]
         d_Y0_0 = g_Y0_1_0 + g_Y0_3_0
         d_Y1_0 = g_Y1_1_0 + g_Y1_3_0 + g_Y1_5_0
         d_Y1_1 = g_Y1_1_1 + g_Y1_3_1 + g_Y1_5_1

@@ -15,6 +15,8 @@ chain walker :class:`tacegen.runtime.chain.ModelChain` connects them.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..ir import dense_reverse  # noqa: F401  (registers the dense ops and their adjoints)
@@ -64,15 +66,19 @@ def instance_programs(r_cut: float, num_radial: int, cutoff_p: int, radial_hidde
     forward += [radial_mlp_program(num_radial, radial_hidden, channels, p) for p in sorted(paths)]
     wrt = {p.name: ["lengths"] if p.name == "radial_basis" else ["features"] if p.name.startswith("radial")
            else ["h_out0"] for p in forward}
-    if les is not None:
-        forward.append(les_program(channels, les["sigma"], les["k_cut"], les["constrained"]))
-        wrt["long_range"] = ["h_out0", "positions", "strain"]
+    if les is not None:  # both variants: charges constrained to a total, or free
+        for constrained in (True, False):
+            p = les_program(channels, les["sigma"], les["k_cut"], constrained)
+            if not constrained:
+                p = replace(p, name="long_range_free")
+            forward.append(p)
+            wrt[p.name] = ["h_out0", "positions", "strain"]
     return with_reverse(forward, wrt)
 
 
-def ewald_programs(alpha: float, r_cut: float | None, k_cut: float | None) -> dict[str, Program]:
+def ewald_programs(alpha: float, r_cut: float | None, k_cut: float | None, name: str) -> dict[str, Program]:
     """The classic Ewald program for one choice of splitting parameters, and its reverse."""
-    return with_reverse([ewald_program(alpha, r_cut, k_cut)], {"ewald": ["positions", "strain"]})
+    return with_reverse([ewald_program(alpha, r_cut, k_cut, name)], {name: ["positions", "strain"]})
 
 
 def _linears(sequential) -> list:
@@ -137,8 +143,7 @@ def convert_state(model, kinds: dict[str, LayerInfo], dtype=np.float64) -> tuple
     les = None
     if getattr(model, "long_range", "none") == "les":
         weights.long_range = {"charge0": arr(model.charge_readout.weight.t())}
-        les = {"sigma": float(model.les_sigma), "k_cut": float(model.les_k_cut),
-               "constrained": model.total_charge is not None}
+        les = {"sigma": float(model.les_sigma), "k_cut": float(model.les_k_cut)}
     sizes = {"r_cut": float(model.r_cut), "num_radial": int(model.bessel.num_basis),
              "cutoff_p": int(model.cutoff.p), "radial_hidden": radial_hidden,
              "readout_hidden": readout_hidden or 16, "channels": int(model.channels), "paths": paths,

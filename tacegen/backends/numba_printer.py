@@ -37,8 +37,13 @@ kernel that computes it (by a later kernel or by a Gather); otherwise it exists 
 Reverse-pass ops (:mod:`tacegen.ir.reverse`): EdgeICTGrad (exact derivative polynomials),
 Zeros and Stack (a weight-shaped ``(items, channels, count)`` output) are per-item ops.
 GatherReceivers is a ``"complete"`` access by ``receivers[e]``. ChannelSum
-(``"channels"``) sums a channel value over its channels at one item: it runs one phase
-after its source, in a channel-free kernel, with its own channel loop. ScatterSenders
+(``"channels"``) sums a channel value over its channels at one item. It is fused into the
+channel loop that computes its source: ``out[item, m] += src`` for each channel in turn
+(the output is zeroed at allocation; each item belongs to one loop iteration of the
+outer prange and its channels run in order, so the sum is race-free and deterministic),
+and the result counts as complete one phase later, so no consumer reads a partial sum.
+The per-channel source (an edge ICT's adjoint, (edges, channels, 2l+1)) is then never
+stored. ScatterSenders
 (``"complete"``) is the neighbour sum by *sender*: it runs once its edge source is
 complete, as a node op with a sub-loop over the node's outgoing edges, through a second
 CSR over edges sorted by sender (function arguments ``sender_order`` (E,), a permutation,
@@ -255,17 +260,20 @@ class NumbaPrinter:
                 p = max([0] + ins)
             elif kind == "complete":
                 p = max(ins) + 1
-            elif kind == "channels":  # channel-free result of a complete channel value
+            elif kind == "channels":  # channel-free sum, accumulated inside the source's channel loop
                 if op.out.channels or any(not v.channels or v.domain != op.out.domain for v in op.inputs):
                     raise NotImplementedError(f"{type(op).__name__}: a channel reduction on one domain")
-                p = max(ins) + 1
+                p = max([0] + ins)
+                phase[op.out.name] = p + 1  # complete only after the channel loop
+                kernels.setdefault((p, True), Kernel(p, True, [])).ops.append(op)
+                continue
             elif kind == "reduce":
                 if op.out.domain != NODE or any(v.domain != EDGE for v in op.inputs):
                     raise NotImplementedError(f"{type(op).__name__}: reductions go from edges to nodes")
                 p = max([0] + ins)
             else:
                 raise ValueError(f"unknown access kind {kind!r}")
-            if kind != "channels" and not op.out.channels and any(v.channels for v in op.inputs):
+            if not op.out.channels and any(v.channels for v in op.inputs):
                 raise NotImplementedError(f"{op.out.name}: a channel-free value computed from channel values")
             phase[op.out.name] = p
             kernels.setdefault((p, op.out.channels), Kernel(p, op.out.channels, [])).ops.append(op)
@@ -275,11 +283,13 @@ class NumbaPrinter:
         """Values that must exist as whole arrays (outputs, or read outside their kernel)."""
         inputs = {v.name for v in self.program.inputs}
         stored = {v.name for v in self.program.outputs} - inputs
+        # channel sums are accumulated into their array, channel by channel
+        stored |= {op.out.name for op in self.program.ops if self.access(op) == "channels"}
         for op in self.program.ops:
             for v in op.inputs:
                 if v.name in inputs:
                     continue
-                whole = self.access(op) in ("complete", "channels")  # read at other items or channels
+                whole = self.access(op) == "complete"  # read at other items
                 if whole or self.kernel_of[v.name] != self.kernel_of[op.out.name]:
                     stored.add(v.name)
         return stored
@@ -418,10 +428,10 @@ class NumbaPrinter:
         return lines
 
     def _ChannelSum(self, op: ChannelSum) -> list[str]:
-        out = self.define(op.out)
-        lines = [f"{o} = 0.0" for o in out] + ["for c in range(channels):"]
-        # element() of a channel value reads channel c: the loop variable of this sub-loop
-        return lines + [f"    {o} += {self.element(op.src, m)}" for m, o in enumerate(out)]
+        # inside the channel loop: add this channel's contribution (the array starts at zero)
+        return [f"{self.element(op.out, m)} += {self.read(op.src, m)}  # sum over channels"
+                if m == 0 else f"{self.element(op.out, m)} += {self.read(op.src, m)}"
+                for m in range(op.out.size)]
 
     def _GatherReceivers(self, op: GatherReceivers) -> list[str]:
         out = self.define(op.out)
@@ -515,7 +525,8 @@ class NumbaPrinter:
             if v.name in self.stored:
                 items = "num_edges" if v.domain == EDGE else "num_nodes"
                 shape = f"({items}, channels, {_size(v)})" if v.channels else f"({items}, {_size(v)})"
-                lines.append(f"{v.name} = np.empty({shape}, dtype)")
+                fill = "zeros" if self.access(op) == "channels" else "empty"  # channel sums accumulate
+                lines.append(f"{v.name} = np.{fill}({shape}, dtype)")
         return lines
 
     # -- whole function ----------------------------------------------------------------------

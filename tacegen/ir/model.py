@@ -257,7 +257,7 @@ def les_program(channels: int, sigma: float, k_cut: float, constrained: bool) ->
                    tuple(inputs), (d.ParamSpec("charge0", (channels, 1)),), tuple(ops), (energy, charges)).check()
 
 
-def ewald_program(alpha: float, r_cut: float | None, k_cut: float | None) -> Program:
+def ewald_program(alpha: float, r_cut: float | None, k_cut: float | None, name: str = "ewald") -> Program:
     """Classic Ewald energy (B,) of given charges (N,): real space erfc(alpha r)/r within
     r_cut over the long-range graph + reciprocal sum within k_cut + self + neutralising
     background. ``k_cut`` None (finite structures): the real-space sum alone, with
@@ -277,4 +277,4 @@ def ewald_program(alpha: float, r_cut: float | None, k_cut: float | None) -> Pro
         ops[0] = replace(ops[0], out=energy)
     doc = (f"Classic Ewald, alpha={alpha!r} Å^-1, r_cut={r_cut!r} Å, k_cut={k_cut!r} Å^-1." if k_cut is not None
            else "Coulomb energy of given charges, all pairs of each finite structure.")
-    return Program("ewald", doc, (pos, charges, cell, shifts, strain), (), tuple(ops), (energy,)).check()
+    return Program(name, doc, (pos, charges, cell, shifts, strain), (), tuple(ops), (energy,)).check()

@@ -17,6 +17,11 @@ A ``torch.nn.Module`` (plain or TorchScript) with
   ``stress``            (B, 3, 3)   (1/V) dE/dstrain, eV/Å^3 (if compute_stress;
                                     NaN or anything for non-periodic structures)
   ``node_energy``       (N,)        optional per-atom energies, eV, summing to energy
+                                    (unless ``long_range_energy`` is returned)
+  ``long_range_energy`` (B,)        optional long-range part of energy, eV, not split
+                                    per atom (models with a long-range block)
+  ``charges``           (N,)        optional atomic charges, e
+  ``dipole``            (B, 3)      optional dipole, e Å (NaN rows for periodic cells)
   ====================  ==========  ==================================================
 
 :func:`tacegen.runtime.autograd.energy_forces_stress` produces exactly these keys.
@@ -99,11 +104,14 @@ class Calculator(_AseCalculator):
     device : torch device string, e.g. "cpu" or "cuda:0".
 
     Properties: ``energy`` and ``free_energy`` (eV, equal), ``forces`` (eV/Å),
-    ``stress`` (Voigt, eV/Å^3, fully periodic cells only) and ``energies``
-    (per atom, eV; only if the model returns ``node_energy``).
+    ``stress`` (Voigt, eV/Å^3, fully periodic cells only), ``energies`` (per atom, eV;
+    only if the model returns ``node_energy`` and no ``long_range_energy``: a long-range
+    energy is not a sum of atomic terms, so for such models per-atom energies raise
+    PropertyNotImplementedError rather than disagree with the total), and ``charges``
+    (e) and ``dipole`` (e Å, finite structures only) if the model returns them.
     """
 
-    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
+    implemented_properties = ["energy", "free_energy", "forces", "stress", "energies", "charges", "dipole"]
 
     def __init__(self, model, backend: str = "torch", device: Union[str, torch.device] = "cpu", **kwargs):
         super().__init__(**kwargs)
@@ -169,10 +177,22 @@ class Calculator(_AseCalculator):
             self.results["stress"] = np.array(
                 [s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]]
             )
-        if "node_energy" in out:
+        long_range = "long_range_energy" in out
+        if "node_energy" in out and not long_range:
             self.results["energies"] = out["node_energy"].detach().cpu().to(torch.float64).numpy()
         elif "energies" in properties:
+            why = ("its energy has a long-range part (long_range_energy) that is not a sum of atomic "
+                   "energies" if long_range else "it does not return 'node_energy'")
             raise PropertyNotImplementedError(
-                f"per-atom energies are not available: model {type(self.model).__name__} "
-                "does not return 'node_energy'"
-            )
+                f"per-atom energies are not available for model {type(self.model).__name__}: {why}")
+        if "charges" in out:
+            self.results["charges"] = out["charges"].detach().cpu().to(torch.float64).numpy()
+        elif "charges" in properties:
+            raise PropertyNotImplementedError(
+                f"charges are not available: model {type(self.model).__name__} does not return 'charges'")
+        if "dipole" in out and not periodic and not np.any(atoms.pbc):
+            self.results["dipole"] = out["dipole"].detach().cpu().to(torch.float64).numpy()[0]
+        elif "dipole" in properties:
+            raise PropertyNotImplementedError(
+                f"the dipole is only available for finite structures (pbc=False) from a model that returns "
+                f"'dipole'; this structure has pbc={atoms.pbc.tolist()}")

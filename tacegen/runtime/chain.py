@@ -112,7 +112,7 @@ class ModelChain:
         return self.runner(name, values, weights, graph)
 
     def evaluate(self, inputs: dict, graph: dict, compute_forces: bool = True, compute_stress: bool = True,
-                 dtype=np.float64, long_range: LongRangeCall | None = None) -> dict:
+                 dtype=np.float64, long_range: list | None = None) -> dict:
         """``inputs``: positions (N, 3), cell (B, 3, 3), shifts (E, 3), species (N,);
         ``graph``: senders, receivers (sorted), batch, num_nodes, num_structures and the CSR
         arrays of :func:`graph_arrays`. Returns numpy energy (B,), node_energy (N,) and,
@@ -145,13 +145,19 @@ class ModelChain:
         energy = np.zeros(graph["num_structures"], np.float64)
         np.add.at(energy, np.asarray(graph["batch"]), node_energy.astype(np.float64))
         out = {"node_energy": node_energy.astype(dtype)}
-        if long_range is not None:
-            lr_in = {"positions": geo_in["positions"], "cell": geo_in["cell"], "strain": strain, **long_range.inputs}
-            if long_range.reads_features:
+        calls = list(long_range or [])
+        lr_state = []
+        for call in calls:
+            lr_in = {"positions": geo_in["positions"], "cell": geo_in["cell"], "strain": strain, **call.inputs}
+            if call.reads_features:
                 lr_in["h_out0"] = tape[-1][4]["h_out0"]
-            lr_out = self.run(long_range.program, lr_in, long_range.weights, long_range.graph)
-            out["long_range_energy"] = lr_out[0]
-            out["charges"] = lr_out[1] if len(lr_out) > 1 else lr_in["charges"]
+            lr_out = self.run(call.program, lr_in, call.weights, call.graph)
+            lr_state.append((call, lr_in, lr_out))
+            out["long_range_energy"] = out.get("long_range_energy", 0.0) + lr_out[0]
+            if len(lr_out) > 1:
+                out["charges"] = lr_out[1]
+            elif "charges" in call.inputs:
+                out["charges"] = call.inputs["charges"]
             energy = energy + lr_out[0]
         out["energy"] = energy.astype(dtype)
         if not (compute_forces or compute_stress):
@@ -161,16 +167,16 @@ class ModelChain:
         d_readout = np.full(graph["num_nodes"], w.scale, dtype)
         d_h: dict = {}
         d_lr_positions = d_lr_strain = 0.0
-        if long_range is not None:
+        for call, lr_in, lr_out in lr_state:
             cot = {"d_energy_lr": np.ones(graph["num_structures"], dtype)}
             if len(lr_out) > 1:
                 cot["d_charges"] = np.zeros_like(lr_out[1])
-            grads = self.run(long_range.program + "_reverse", {**lr_in, **cot}, long_range.weights,
-                             long_range.graph)
-            if long_range.reads_features:
-                d_h["h0"], d_lr_positions, d_lr_strain = grads
-            else:
-                d_lr_positions, d_lr_strain = grads
+            grads = self.run(call.program + "_reverse", {**lr_in, **cot}, call.weights, call.graph)
+            if call.reads_features:
+                d_h["h0"] = d_h["h0"] + grads[0] if "h0" in d_h else grads[0]
+                grads = grads[1:]
+            d_lr_positions = d_lr_positions + grads[0]
+            d_lr_strain = d_lr_strain + grads[1]
         d_features = np.zeros_like(features)
         d_Y = {f"d_Y{l}": np.zeros_like(y) for l, y in enumerate(Y)}
         for layer, kind, h_in, lw, h_out in reversed(tape):

@@ -16,6 +16,13 @@ edge_index     (2, E) int64 row 0 = sender j (the neighbour), row 1 = receiver i
                             (the centre atom); global atom indices; full list
                             (both directions); sorted by receiver
 edge_shift     (E, 3) f     integer lattice shifts S stored as floats
+charges        (N,) f       the atoms' given charges, e (``atoms.get_initial_charges()``;
+                            zeros unless set). Used by ``long_range="ewald"`` models
+total_charge   (B,) f       ``atoms.info["charge"]`` (e) where the structure sets it,
+                            NaN ("not given") otherwise. A LES model constrains its
+                            latent charges to it, falling back to its constructor's
+                            ``total_charge``; an Ewald model checks it against the
+                            sum of ``charges``
 =============  ===========  ====================================================
 
 ``f`` is the requested float dtype. The edge vector from centre i to neighbour j is
@@ -113,6 +120,9 @@ def batch_atoms(
 
     Structures with no periodic direction get an all-zero ``cell`` row; for mixed
     periodicity the cell is kept as given (its non-periodic rows are unused).
+
+    ``charges`` and ``total_charge`` are read from ``atoms.get_initial_charges()`` and
+    ``atoms.info.get("charge")`` (ValueError if the latter is not a finite number).
     """
     if dtype not in _FLOAT_DTYPES:
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
@@ -126,7 +136,7 @@ def batch_atoms(
     species_index = _check_elements(elements)
     structures = _as_structure_list(structures)
 
-    positions, species, cells, pbcs, num_atoms = [], [], [], [], []
+    positions, species, cells, pbcs, num_atoms, charges, totals = [], [], [], [], [], [], []
     senders, receivers, shifts = [], [], []
     offset = 0
     for b, atoms in enumerate(structures):
@@ -164,8 +174,21 @@ def batch_atoms(
                 f"than the minimum {MIN_DISTANCE} Å"
             )
 
+        total = np.nan  # not given
+        if atoms.info.get("charge") is not None:
+            given = atoms.info["charge"]
+            try:
+                total = float(given)
+            except (TypeError, ValueError):
+                total = np.inf
+            if isinstance(given, bool) or not np.isfinite(total):
+                raise ValueError(f"{where}atoms.info['charge'] must be a finite number (the total charge "
+                                 f"in e), got {given!r}")
+
         positions.append(pos)
         species.append(codes)
+        charges.append(np.asarray(atoms.get_initial_charges(), dtype=np.float64).reshape(n))
+        totals.append(total)
         cells.append(cell if pbc.any() else np.zeros((3, 3)))
         pbcs.append(pbc)
         num_atoms.append(n)
@@ -190,4 +213,6 @@ def batch_atoms(
         "pbc": torch.as_tensor(np.stack(pbcs), dtype=torch.bool, device=device),
         "edge_index": ints(np.stack([np.concatenate(senders), np.concatenate(receivers)])),
         "edge_shift": floats(np.concatenate(shifts).reshape(-1, 3)),
+        "charges": floats(np.concatenate(charges)),
+        "total_charge": floats(np.asarray(totals, dtype=np.float64)),
     }

@@ -23,15 +23,18 @@ import numpy as np
 import torch
 
 from ..backends.numba_printer import load_source, receiver_offsets, sender_csr
-from .chain import LayerInfo, ModelChain
+from .chain import LayerInfo, LongRangeCall, ModelChain
 
 _NUMPY = {torch.float64: np.float64, torch.float32: np.float32}
 
 
-def graph_arrays(batch: dict) -> dict:
-    """The ``graph`` dict of the printed programs from a runtime batch (edges sorted by receiver)."""
-    senders = np.ascontiguousarray(batch["edge_index"][0].cpu().numpy(), dtype=np.int64)
-    receivers = np.ascontiguousarray(batch["edge_index"][1].cpu().numpy(), dtype=np.int64)
+def graph_arrays(batch: dict, edge_index=None) -> dict:
+    """The ``graph`` dict of the printed programs from a runtime batch (edges sorted by
+    receiver): the model's neighbour list, or the pairs ``edge_index`` (2, P) of a
+    long-range graph."""
+    edge_index = batch["edge_index"] if edge_index is None else edge_index
+    senders = np.ascontiguousarray(edge_index[0].cpu().numpy(), dtype=np.int64)
+    receivers = np.ascontiguousarray(edge_index[1].cpu().numpy(), dtype=np.int64)
     n = int(batch["positions"].shape[0])
     order, offsets = sender_csr(senders, n)
     return {"senders": senders, "receivers": receivers, "receiver_offsets": receiver_offsets(receivers, n),
@@ -70,8 +73,12 @@ class NumbaTACE:
         self.r_cut = float(model.r_cut)
         self.kinds = {name: LayerInfo(name, *row) for name, row in module.LAYER_KINDS.items()}
         weights, sizes = convert_state(model, self.kinds, self.dtype)
-        self.instance = load_source(render_instance_module(sizes), instance_cache_folder())
+        self.long_range = module.SPEC.get("long_range", "none")
+        self.instance = load_source(render_instance_module(sizes, self.long_range), instance_cache_folder())
         self.chain = ModelChain(self.kinds, weights, self._run)
+        self.total_charge = getattr(model, "total_charge", None)
+        self.ewald_accuracy = getattr(model, "ewald_accuracy", None)
+        self._ewald: dict = {}  # (alpha, r_cut, k_cut) -> program name
 
     def _run(self, name, values, weights, graph):
         module = self.module if name in self.module.PROGRAMS else self.instance
@@ -90,8 +97,11 @@ class NumbaTACE:
         graph = graph_arrays(batch)
         inputs = {"positions": positions.detach().numpy(), "cell": batch["cell"].detach().numpy(),
                   "shifts": batch["edge_shift"].detach().numpy(), "species": batch["species"].numpy()}
-        out = self.chain.evaluate(inputs, graph, compute_forces, compute_stress, self.dtype)
+        calls = self._long_range_calls(batch) if self.long_range != "none" else None
+        out = self.chain.evaluate(inputs, graph, compute_forces, compute_stress, self.dtype, calls)
         result = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
+        if calls is not None:
+            result["dipole"] = self._dipole(batch, result["charges"])
         if compute_stress:
             cell = batch["cell"].detach().to(torch.float64)
             volume = torch.linalg.det(cell).abs()
@@ -101,3 +111,83 @@ class NumbaTACE:
             stress = torch.where(periodic.view(-1, 1, 1), stress, torch.full_like(stress, float("nan")))
             result["stress"] = stress.to(self.torch_dtype)
         return result
+
+    # -- long range ------------------------------------------------------------------------
+    def _long_range_calls(self, batch: dict) -> list:
+        """The long-range programs of this batch (see tacegen.runtime.long_range)."""
+        from .long_range import check_long_range_batch, ewald_batch_parameters, long_range_graph
+
+        check_long_range_batch(batch)
+        cast = lambda t: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=self.dtype)  # noqa: E731
+        if self.long_range == "les":
+            lr = long_range_graph(batch, "les")
+            graph = graph_arrays(batch, lr["edge_index"])
+            inputs = {"shifts": cast(lr["edge_shift"])}
+            total = self._les_totals(batch)
+            weights = self.chain.weights.long_range
+            if total is None:
+                return [LongRangeCall("long_range_free", graph, inputs, weights)]
+            return [LongRangeCall("long_range", graph, {**inputs, "total": total}, weights)]
+        charges = {"charges": cast(batch["charges"])}
+        alpha, r_cut, k_cut = ewald_batch_parameters(batch, self.ewald_accuracy)
+        lr = long_range_graph(batch, "ewald", r_cut if alpha > 0 else None)
+        periodic = lr["periodic"].cpu().numpy().astype(bool)
+        calls = []
+        for mask, params in ((periodic, (float(alpha), float(r_cut), float(k_cut))), (~periodic, (0.0, None, None))):
+            if params[0] == 0.0 and params[2] is not None:
+                continue  # nothing periodic
+            if not mask.any() and params[2] is None:
+                continue  # no finite structure
+            edges = lr["edge_index"][:, torch.from_numpy(mask)]
+            graph = graph_arrays(batch, edges)
+            inputs = {**charges, "shifts": cast(lr["edge_shift"][torch.from_numpy(mask)])}
+            calls.append(LongRangeCall(self._ewald_program(*params), graph, inputs, {}, reads_features=False))
+        return calls
+
+    def _les_totals(self, batch: dict):
+        """Per-structure total charges (B,), or None when no structure is constrained."""
+        num_structures = int(batch["num_atoms"].shape[0])
+        given = batch.get("total_charge")
+        given = None if given is None else given.detach().cpu().numpy().astype(np.float64)
+        if given is None or not np.isfinite(given).any():
+            if self.total_charge is None:
+                return None
+            return np.full(num_structures, self.total_charge, self.dtype)
+        if self.total_charge is None and not np.isfinite(given).all():
+            raise NotImplementedError("the Numba back end constrains the latent charges of all structures of a "
+                                      "batch or of none: give atoms.info['charge'] for every structure, or "
+                                      "evaluate the constrained ones in a separate batch")
+        return np.where(np.isfinite(given), given, self.total_charge if self.total_charge is not None else 0.0
+                        ).astype(self.dtype)
+
+    def _ewald_program(self, alpha: float, r_cut, k_cut) -> str:
+        """Name of the Ewald program for these splitting parameters, printed (as plain Python
+        calling the compiled electrostatics kernels: no JIT) the first time they are seen."""
+        key = (alpha, r_cut, k_cut)
+        if key not in self._ewald:
+            from ..backends.numba_model import ewald_programs, python_programs
+
+            name = f"ewald_{len(self._ewald)}"
+            programs = ewald_programs(alpha, r_cut, k_cut, name)
+            exec(compile(python_programs(programs), f"<tacegen {name}>", "exec"), self.instance.__dict__)
+            for p in programs.values():
+                self.instance.PROGRAMS[p.name] = self.instance.__dict__[p.name]
+                self.instance.SIGNATURES[p.name] = (tuple(v.name for v in p.inputs), ())
+            self._ewald[key] = name
+        return self._ewald[key]
+
+    @staticmethod
+    def _dipole(batch: dict, charges: torch.Tensor) -> torch.Tensor:
+        """sum_i (q_i - mean q) r_i for finite structures (NaN rows for periodic ones), as the
+        PyTorch model."""
+        structure = batch["batch"]
+        num_structures = int(batch["num_atoms"].shape[0])
+        q = charges.to(torch.float64)
+        counts = batch["num_atoms"].to(torch.float64)
+        mean = torch.zeros(num_structures, dtype=torch.float64).index_add(0, structure, q) / counts
+        centred = q - mean[structure]
+        pos = batch["positions"].detach().to(torch.float64)
+        dipole = torch.zeros(num_structures, 3, dtype=torch.float64).index_add(0, structure, centred[:, None] * pos)
+        periodic = batch["pbc"].any(dim=1)
+        dipole = torch.where(periodic[:, None], torch.full_like(dipole, float("nan")), dipole)
+        return dipole.to(charges.dtype)

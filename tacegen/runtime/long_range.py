@@ -1,0 +1,144 @@
+"""Run-time support of the long-range block of generated models (``ModelSpec.long_range``).
+
+The energies themselves are printed into the generated model from tacegen's IR
+(:mod:`tacegen.ir.long_range`, printer :mod:`tacegen.backends.long_range_printer`); this
+module prepares what they read that depends on the geometry but not on the weights, in
+plain Python (numpy, vesin), for every back end:
+
+* :func:`long_range_graph`: the pair list of the long-range energy;
+* :func:`ewald_batch_parameters`: the Ewald split and cutoffs of a batch;
+* :func:`check_long_range_batch`: refuses what the long-range block cannot model.
+
+Conventions are those of :mod:`tacegen.runtime.data` (batch dicts from
+:func:`~tacegen.runtime.data.batch_atoms`): lengths Å, ``cell`` rows are lattice vectors
+(all zero for a non-periodic structure), ``edge_index`` row 0 the sender j, row 1 the
+receiver i, ``r_ij = positions[j] - positions[i] + S @ cell[batch[i]]``.
+
+A structure is *periodic* when its pbc is (True, True, True) and *finite* when it is
+(False, False, False); mixed boundary conditions (slabs, wires) are refused: no slab
+correction is implemented, and treating a slab as fully periodic (what the reference LES
+code does) is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .electrostatics import ewald_parameters
+from .neighbours import neighbour_pairs
+
+__all__ = ["MODES", "check_long_range_batch", "long_range_graph", "ewald_batch_parameters"]
+
+#: Long-range modes (``ModelSpec.long_range`` other than "none").
+MODES = ("les", "ewald")
+
+
+def check_long_range_batch(batch: Dict[str, Tensor]) -> Tensor:
+    """Raise ValueError for a structure with mixed periodic boundary conditions (naming the
+    structure and its pbc); return the (B,) bool tensor "fully periodic"."""
+    pbc = batch["pbc"]
+    periodic = pbc.all(dim=1)
+    mixed = pbc.any(dim=1) & ~periodic
+    if bool(mixed.any()):
+        b = int(torch.nonzero(mixed)[0, 0])
+        raise ValueError(
+            f"structure {b} has mixed periodic boundary conditions pbc={pbc[b].tolist()}: the long-range "
+            "block handles fully periodic (pbc=True) or finite (pbc=False) structures only; there is no "
+            "slab correction, and treating a slab or wire as fully periodic would be wrong")
+    return periodic
+
+
+def long_range_graph(batch: Dict[str, Tensor], mode: str, r_cut: Optional[float] = None) -> Dict[str, Tensor]:
+    """The pair list of the long-range energy of ``batch``.
+
+    Args:
+        batch: a dict from :func:`tacegen.runtime.data.batch_atoms` (reads ``positions``,
+            ``cell``, ``pbc``, ``num_atoms``).
+        mode: "les" or "ewald".
+        r_cut: real-space cutoff in Å of the Ewald sum (``mode="ewald"`` with periodic
+            structures; see :func:`ewald_batch_parameters`); ignored otherwise.
+
+    Returns a dict of tensors on the batch's device:
+
+    * ``edge_index`` (2, P) int64: row 0 sender j, row 1 receiver i (global atom indices),
+      sorted by receiver (then sender, then shift);
+    * ``edge_shift`` (P, 3), the dtype of ``positions``: integer lattice shifts S;
+    * ``periodic`` (P,) bool: the edge belongs to a periodic structure.
+
+    Finite structures (both modes): all ordered pairs i != j, zero shifts (no cutoff).
+    Periodic structures: none for "les" (the reciprocal sum needs no pairs); for "ewald"
+    the full vesin neighbour list with 0 < |r_ij| < r_cut, including an atom's own
+    periodic images. Mixed pbc: ValueError (:func:`check_long_range_batch`).
+    """
+    if mode not in MODES:
+        raise ValueError(f"long_range_graph: mode must be one of {MODES}, got {mode!r}")
+    periodic = check_long_range_batch(batch).tolist()
+    positions = batch["positions"].detach().cpu().to(torch.float64).numpy()
+    cells = batch["cell"].detach().cpu().to(torch.float64).numpy()
+    counts = batch["num_atoms"].detach().cpu().numpy().astype(np.int64)
+    if mode == "ewald" and any(periodic):
+        if r_cut is None or not (np.isfinite(float(r_cut)) and float(r_cut) > 0.0):
+            raise ValueError(f"long_range_graph: mode 'ewald' with periodic structures needs a real-space "
+                             f"cutoff r_cut > 0 Å (see ewald_batch_parameters), got {r_cut!r}")
+    senders, receivers, shifts, flags = [], [], [], []
+    offset = 0
+    for b, n in enumerate(counts.tolist()):
+        if not periodic[b]:
+            i, j = np.divmod(np.arange(n * n, dtype=np.int64), n)  # receiver-major
+            keep = i != j
+            i, j = i[keep], j[keep]
+            s = np.zeros((i.shape[0], 3))
+        elif mode == "ewald":
+            pairs = neighbour_pairs(positions[offset:offset + n], cells[b], np.ones(3, dtype=bool), float(r_cut))
+            i, j, s = pairs.i, pairs.j, pairs.shift.astype(np.float64)
+        else:
+            i = j = np.zeros(0, dtype=np.int64)
+            s = np.zeros((0, 3))
+        receivers.append(i + offset)
+        senders.append(j + offset)
+        shifts.append(s)
+        flags.append(np.full(i.shape[0], bool(periodic[b])))
+        offset += n
+    device = batch["positions"].device
+    return {
+        "edge_index": torch.as_tensor(np.stack([np.concatenate(senders), np.concatenate(receivers)]),
+                                      dtype=torch.int64, device=device),
+        "edge_shift": torch.as_tensor(np.concatenate(shifts).reshape(-1, 3), dtype=batch["positions"].dtype,
+                                      device=device),
+        "periodic": torch.as_tensor(np.concatenate(flags), dtype=torch.bool, device=device),
+    }
+
+
+def ewald_batch_parameters(batch: Dict[str, Tensor], accuracy: float) -> Tuple[float, float, float]:
+    """``(alpha, r_cut, k_cut)`` (Å^-1, Å, Å^-1) of one classic Ewald sum over the periodic
+    structures of ``batch``.
+
+    alpha is :func:`tacegen.runtime.electrostatics.ewald_parameters` of the largest periodic
+    structure (most atoms, then largest volume), which balances real and reciprocal work
+    where it matters most; then each periodic structure gets the cutoffs whose
+    Kolafa-Perram error estimates meet ``accuracy`` (relative to ``K_E sum q^2 / a``, see
+    ``ewald_parameters``) at that alpha, and the batch takes the largest of each. The
+    parameters are constants of differentiation (chosen at the current geometry), so forces
+    and stress are those of the converged sum up to about ``accuracy``. Returns
+    ``(0.0, 0.0, 0.0)`` when no structure is periodic. Mixed pbc: ValueError.
+    """
+    accuracy = float(accuracy)
+    if not (0.0 < accuracy < 1.0):
+        raise ValueError(f"ewald_batch_parameters: accuracy must be in (0, 1), got {accuracy!r}")
+    periodic = check_long_range_batch(batch).tolist()
+    counts = batch["num_atoms"].detach().cpu().tolist()
+    cells = batch["cell"].detach().cpu().to(torch.float64).numpy()
+    sizes = [(int(counts[b]), abs(float(np.linalg.det(cells[b])))) for b in range(len(counts)) if periodic[b]]
+    if not sizes:
+        return 0.0, 0.0, 0.0
+    n, volume = max(sizes)
+    alpha = ewald_parameters(n, volume, accuracy).alpha
+    r_cut = k_cut = 0.0
+    for n, volume in sizes:
+        p = ewald_parameters(n, volume, accuracy, alpha=alpha)
+        r_cut, k_cut = max(r_cut, p.r_cut), max(k_cut, p.k_cut)
+    return float(alpha), float(r_cut), float(k_cut)

@@ -1,0 +1,81 @@
+"""The long-range pass on the Numba back end (LES and classic Ewald), against PyTorch.
+
+Separate from test_numba_model.py so the two cold JIT compilations run on different
+pytest-xdist workers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from conftest import SEEDS
+from model_helpers import build_module, make_model, random_crystal, random_molecule, rel_err, torch_threads
+from tacegen.runtime.data import batch_atoms
+from tacegen.spec import ModelSpec
+from test_numba_model import _energy, numba_eval
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*:DeprecationWarning")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def long_range_models(tmp_path_factory):
+    """lmax 1 builds (cheap to compile) with each long-range mode, torch and numba."""
+    root = tmp_path_factory.mktemp("numba_long_range")
+    out = {}
+    for mode in ("les", "ewald"):
+        module = build_module(ModelSpec(lmax=1, nu=2, hidden_lmax=1, long_range=mode), root / mode)
+        model = make_model(module, elements=("Cu", "O"), seed=6, layers=2)
+        out[mode] = (model, model.numba_backend())
+    return out
+
+
+def _charged_structures(rng, given: bool):
+    structures = [random_molecule(rng, symbols=("Cu", "O")), random_crystal(rng, symbols=("Cu", "O"))]
+    for atoms in structures:
+        if given:
+            q = rng.normal(size=len(atoms))
+            atoms.set_initial_charges(q - q.mean())
+    return structures
+
+
+@pytest.mark.parametrize("mode", ["les", "ewald"])
+@settings(max_examples=4, deadline=None)
+@given(seed=SEEDS)
+def test_long_range_numba_matches_pytorch(long_range_models, mode, seed):
+    """The long-range programs (latent charges, reciprocal and pair kernels, and their IR
+    reverse passes) printed for Numba give the PyTorch model's numbers, molecule and
+    crystal in one batch."""
+    model, fast = long_range_models[mode]
+    structures = _charged_structures(np.random.default_rng(seed), mode == "ewald")
+    batch = batch_atoms(structures, model.elements, model.r_cut)
+    ref = {k: v.detach().numpy() for k, v in model(batch).items()}
+    out = {k: v.numpy() for k, v in fast(batch).items()}
+    assert np.abs(ref["long_range_energy"]).max() > 1e-6
+    for key in ("energy", "forces", "long_range_energy"):
+        assert rel_err(out[key], ref[key]) < 1e-10, key
+    assert rel_err(out["stress"][1], ref["stress"][1]) < 1e-10
+    assert np.abs(out["charges"] - ref["charges"]).max() < 1e-10 * max(1.0, np.abs(ref["charges"]).max())
+    assert rel_err(out["dipole"][0], ref["dipole"][0]) < 1e-10 and np.isnan(out["dipole"][1]).all()
+
+
+def test_long_range_numba_forces_match_finite_differences(long_range_models):
+    model, fast = long_range_models["les"]
+    atoms = random_crystal(np.random.default_rng(31), 3, symbols=("Cu", "O"))
+    out = numba_eval(fast, model, atoms)
+    h = 1e-5
+    numeric = np.zeros_like(out["forces"])
+    for i in range(len(atoms)):
+        for k in range(3):
+            plus, minus = atoms.copy(), atoms.copy()
+            plus.positions[i, k] += h
+            minus.positions[i, k] -= h
+            numeric[i, k] = -(_energy(fast, model, plus) - _energy(fast, model, minus)) / (2 * h)
+    assert rel_err(out["forces"], numeric) < 1e-7
