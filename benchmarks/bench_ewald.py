@@ -8,6 +8,10 @@ times energy + autograd forces ("E+F") in float64 with 2 torch threads:
 * ``LES``: tacegen.runtime.electrostatics.les_energy_periodic, sigma = 1 Å, k_c = pi
   (the model's own truncation; exact sum, O(N x N_k) = O(N^2) at fixed density);
 * ``Ewald``: ewald_energy at ``--accuracy`` (alpha/r_cut/k_cut balanced, O(N^1.5));
+* ``LES-gen`` / ``Ewald-gen``: the same energies through the kernels the compiler emits
+  into generated Numba models (``tacegen.ir.long_range`` programs printed by
+  ``tacegen.backends.long_range_printer``), forces from the reverse programs derived in
+  the IR (no autograd); Ewald-gen uses the same alpha/r_cut/k_cut as ``Ewald``;
 * ``tpme-Ewald`` / ``tpme-PME``: torch-pme's EwaldCalculator / PMECalculator, if
   installed, at matched accuracy: the same alpha and r_cut as ours for Ewald (with
   lr_wavelength = pi / k_cut, torch-pme's effective cutoff being ~ pi / lr_wavelength);
@@ -93,6 +97,78 @@ def torchpme_fn(kind: str, smearing: float, r_cut: float, **kw):
     return fn
 
 
+class GeneratedKernels:
+    """The Numba long-range kernels of a generated model, driven by IR programs and their
+    IR-derived reverse programs (the path `tacegen build --long-range ...` models take)."""
+
+    def __init__(self):
+        import tempfile
+
+        from tacegen.backends.long_range_printer import numba_module_source
+        from tacegen.backends.numba_printer import load_source
+
+        self.module = load_source(numba_module_source(()), tempfile.mkdtemp(prefix="bench-ewald-"))
+        self.names: dict = {}
+
+    def _programs(self, key):
+        from dataclasses import replace
+
+        from tacegen.backends.numba_model import ewald_programs, python_programs, with_reverse
+        from tacegen.ir import dense_ops as d
+        from tacegen.ir import long_range as lr
+        from tacegen.ir.nodes import NODE, Program
+
+        if key not in self.names:
+            name = f"program_{len(self.names)}"
+            if key[0] == "les":
+                pos, cell = d.vector("positions", NODE), d.array("cell", d.STRUCTURE, (3, 3))
+                q, strain = d.array("charges", NODE), d.array("strain", d.STRUCTURE, (3, 3))
+                shifts = d.array("shifts", "edge", (3,))
+                e = lr.structure_energy("energy_lr")
+                op = replace(lr.les_reciprocal(e, pos, q, cell, strain, key[1], key[2]), background=True)
+                program = Program(name, "LES", (pos, q, cell, shifts, strain), (), (op,), (e,)).check()
+                programs = with_reverse([program], {name: ["positions", "strain"]})
+            else:
+                programs = ewald_programs(*key[1:], name)
+            exec(compile(python_programs(programs), name, "exec"), self.module.__dict__)
+            self.names[key] = name
+        return self.names[key]
+
+    def energy_forces(self, key, q, pos, cell, r_cut=None):
+        from tacegen.backends.numba_printer import receiver_offsets, sender_csr
+
+        name = self._programs(key)
+        n = pos.shape[0]
+        if r_cut is not None:
+            from vesin import NeighborList
+
+            i, j, sh = NeighborList(cutoff=float(r_cut), full_list=True).compute(
+                pos.numpy(), cell.numpy(), True, "ijS")
+            order = np.lexsort((j, i))
+            receivers, senders = i[order].astype(np.int64), j[order].astype(np.int64)
+            shifts = np.ascontiguousarray(sh[order], dtype=np.float64)
+        else:
+            receivers = senders = np.zeros(0, np.int64)
+            shifts = np.zeros((0, 3))
+        sorder, soff = sender_csr(senders, n)
+        graph = {"senders": senders, "receivers": receivers, "receiver_offsets": receiver_offsets(receivers, n),
+                 "sender_order": sorder, "sender_offsets": soff, "batch": np.zeros(n, np.int64), "num_nodes": n,
+                 "num_structures": 1}
+        values = {"positions": pos.numpy(), "charges": q.numpy(), "cell": cell.numpy()[None], "shifts": shifts,
+                  "strain": np.zeros((1, 3, 3))}
+        fn, rev = self.module.__dict__[name], self.module.__dict__[name + "_reverse"]
+        import inspect
+
+        def call(f, extra):  # program functions: (inputs..., params, graph)
+            args = {**values, **extra}
+            names = [p for p in inspect.signature(f).parameters if p not in ("params", "graph")]
+            return f(*[args[p] for p in names], {}, graph)
+
+        (energy,) = call(fn, {})
+        d_pos, _ = call(rev, {"d_energy_lr": np.ones(1)})
+        return float(energy[0]), torch.from_numpy(-d_pos)
+
+
 def errors(e, f, e_ref, f_ref):
     rms_ref = float(f_ref.pow(2).mean().sqrt())
     return abs(e - e_ref) / abs(e_ref), float((f - f_ref).pow(2).mean().sqrt()) / rms_ref
@@ -145,6 +221,13 @@ def main(argv=None):
         print("torch-pme not installed: skipping its columns")
 
     rows = []  # (method, N, seconds, err_e, err_f, note)
+    generated = GeneratedKernels()
+    try:
+        import numba
+
+        numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
     pme_params = None
     for n in args.sizes:
         q, pos, cell = make_system(n)
@@ -157,6 +240,18 @@ def main(argv=None):
             e_ref, f_ref = energy_and_forces(lambda a, b, c: ewald_energy(a, b, c, accuracy=args.ref_accuracy), q, pos, cell)
             print(f"[N={n}] reference Ewald (accuracy {args.ref_accuracy:g}) E+F: {time.perf_counter() - t0:.2f} s")
 
+        def add_generated(method, key, r_cut, note, compare=True):
+            run = lambda: generated.energy_forces(key, q, pos, cell, r_cut)  # noqa: E731
+            run()  # warm-up (compiles the kernels once)
+            times = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                e, f = run()
+                times.append(time.perf_counter() - t0)
+            err = errors(e, f, e_ref, f_ref) if (e_ref is not None and compare) else (float("nan"), float("nan"))
+            rows.append((method, n, min(times), err[0], err[1], note))
+            print(f"[N={n}] {method:11s} {min(times):8.3f} s  dE/E={err[0]:.1e} dF/F={err[1]:.1e}  {note}", flush=True)
+
         def add(method, fn, note="", compare=True):
             t, (e, f) = timed(fn, q, pos, cell, reps)
             err = errors(e, f, e_ref, f_ref) if (e_ref is not None and compare) else (float("nan"), float("nan"))
@@ -165,6 +260,8 @@ def main(argv=None):
             return err
 
         add("LES", lambda a, b, c: les_energy_periodic(a, b, c, sigma=1.0, k_cut=math.pi), "sigma=1, k_c=pi", compare=False)
+        add_generated("LES-gen", ("les", 1.0, math.pi), None, "generated kernels, IR reverse pass", compare=False)
+        add_generated("Ewald-gen", ("ewald", p.alpha, p.r_cut, p.k_cut), p.r_cut, "generated kernels, same alpha/r_c/k_c")
         ew_err = add(
             "Ewald",
             lambda a, b, c: ewald_energy(a, b, c, accuracy=args.accuracy),

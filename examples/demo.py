@@ -11,6 +11,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 import torch
 from ase.build import bulk
@@ -31,14 +32,17 @@ def main() -> None:
     parser.add_argument("--model", default=str(ROOT / "generated" / "tace_l3_nu3"))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-numba", action="store_true", help="do not run the Numba back end")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     torch.manual_seed(0)
 
     package = tacegen.load(args.model)
     atoms = rattled_cu()
     print(f"structure: {len(atoms)} Cu atoms, fcc a=3.61 Å rattled 0.05 Å, cell {atoms.cell.lengths()}")
     reference = None
+    results = {}
     for dtype in (torch.float64, torch.float32):
         model = package.TACE(elements=["Cu"], channels=64, r_cut=5.0, layers=2, dtype=dtype)
         if reference is None:
@@ -62,6 +66,8 @@ def main() -> None:
             atoms.get_stress()
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
+        if dtype == torch.float64:
+            results = {"model": model, "energy": energy, "forces": forces, "stress": stress}
         print(f"\n{str(dtype).replace('torch.', '')}: {n_params} parameters")
         print(f"  energy        {energy:.10f} eV")
         print(f"  max |force|   {np.abs(forces).max():.6f} eV/Å   (sum of forces {np.abs(forces.sum(0)).max():.2e})")
@@ -69,6 +75,34 @@ def main() -> None:
         print(f"  first call    {first:.3f} s (includes neighbour list)")
         print(f"  E+F+stress    median {median:.3f} s over {args.repeats} calls, "
               f"{median / len(atoms) * 1e3:.3f} ms/atom ({args.threads} threads, neighbour list included)")
+    if not args.skip_numba:
+        numba_demo(results, atoms, args)
+
+
+def numba_demo(torch_results: dict, atoms, args) -> None:
+    """The same float64 weights through the generated Numba programs (forces and stress from
+    the reverse pass derived in the IR), compared with the PyTorch numbers."""
+    model = torch_results["model"]
+    start = time.perf_counter()
+    calc = tacegen.Calculator(model, backend="numba")
+    atoms.calc = calc
+    energy = atoms.get_potential_energy()
+    first = time.perf_counter() - start
+    forces, stress = atoms.get_forces(), atoms.get_stress()
+    times = []
+    for _ in range(args.repeats):
+        calc.reset()
+        start = time.perf_counter()
+        atoms.get_potential_energy()
+        atoms.get_forces()
+        atoms.get_stress()
+        times.append(time.perf_counter() - start)
+    print("\nfloat64, Numba back end (same weights)")
+    print(f"  energy        {energy:.10f} eV   (PyTorch - Numba: {torch_results['energy'] - energy:+.2e} eV)")
+    print(f"  forces        max |PyTorch - Numba| {np.abs(torch_results['forces'] - forces).max():.2e} eV/Å")
+    print(f"  stress        max |PyTorch - Numba| {np.abs(torch_results['stress'] - stress).max():.2e} eV/Å^3")
+    print(f"  first call    {first:.1f} s (compiles the kernels once; numba caches them next to the build)")
+    print(f"  E+F+stress    median {statistics.median(times):.3f} s over {args.repeats} calls")
 
 
 if __name__ == "__main__":
