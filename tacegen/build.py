@@ -81,7 +81,7 @@ def _call_args(program: Program, mapping) -> str:
 
 def command_line(spec: ModelSpec) -> str:
     parts = ["tacegen build", f"--lmax {spec.lmax}", f"--nu {spec.nu}", f"--hidden-lmax {spec.hidden_lmax}"]
-    if spec.backends != ("torch",):
+    if spec.backends != ModelSpec().backends:
         parts.append("--backend " + ",".join(spec.backends))
     if spec.long_range != "none":
         parts.append(f"--long-range {spec.long_range}")
@@ -369,7 +369,15 @@ def write_build(spec: ModelSpec, out_dir: Path | str | None = None, force: bool 
     old = None
     try:
         for name, text in files.items():
-            (staging / name).write_text(text, encoding="utf-8")
+            previous = target / name
+            if previous.is_file() and previous.read_text(encoding="utf-8") == text:
+                # unchanged: keep the file with its time stamp, so caches keyed on it (numba's
+                # compiled kernels in __pycache__) stay valid across rebuilds
+                shutil.copy2(previous, staging / name)
+            else:
+                (staging / name).write_text(text, encoding="utf-8")
+        if (target / "__pycache__").is_dir():
+            shutil.copytree(target / "__pycache__", staging / "__pycache__")
         if target.exists():
             old = target.parent / f".{target.name}.old-{os.getpid()}"
             os.replace(target, old)

@@ -104,7 +104,8 @@ def paths(lmax: int, nu: int, L_values: tuple[int, ...], as_json: bool, no_cache
               help="Output folder (default generated/tace_l<lmax>_nu<nu>, with _les or _ewald appended "
                    "for a long-range block).")
 @click.option("--force", is_flag=True, help="Replace an existing folder that is not a tacegen build.")
-@click.option("--report", "show_report", is_flag=True, help="Print FLOPs and memory per atom and layer.")
+@click.option("--report", "show_report", is_flag=True,
+              help="Print FLOPs and memory per atom and layer, and the Numba model's first-call (JIT) time.")
 @click.option("--check", is_flag=True, help="Regenerate the committed default builds and fail on any diff.")
 @click.option("--unoptimised", is_flag=True, help="Print the naive IR (for comparisons).")
 def build(lmax, nu, hidden_lmax, backends, long_range, out_dir, force, show_report, check, unoptimised) -> None:
@@ -130,6 +131,14 @@ def build(lmax, nu, hidden_lmax, backends, long_range, out_dir, force, show_repo
     click.echo(f"built {folder} (spec {spec.hash}) in {time.perf_counter() - start:.2f} s")
     if show_report:
         click.echo(report(compiled))
+        if "numba" in spec.backends:
+            from .backends.numba_model import first_call_seconds
+
+            click.echo("measuring the Numba model's first call (compiles its kernels unless numba's cache has them)")
+            t = first_call_seconds(folder)
+            click.echo(f"## Numba first call\n\nE+F+stress of a 4-atom Cu cell, float64: bind {t['bind']:.2f} s, first "
+                       f"call {t['first']:.2f} s ({'kernels loaded from the cache' if t['cached'] else 'kernels compiled'}), "
+                       f"second call {t['second'] * 1e3:.1f} ms.")
 
 
 def app() -> None:

@@ -27,11 +27,12 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def long_range_models(tmp_path_factory):
-    """lmax 1 builds (cheap to compile) with each long-range mode, torch and numba."""
+    """Small builds (lmax 1, nu 1, scalar hidden features: quick to compile) with each
+    long-range mode, torch and numba; the equivariant core is tested in test_numba_model."""
     root = tmp_path_factory.mktemp("numba_long_range")
     out = {}
     for mode in ("les", "ewald"):
-        module = build_module(ModelSpec(lmax=1, nu=2, hidden_lmax=1, long_range=mode), root / mode)
+        module = build_module(ModelSpec(lmax=1, nu=1, hidden_lmax=0, long_range=mode), root / mode)
         model = make_model(module, elements=("Cu", "O"), seed=6, layers=2)
         out[mode] = (model, model.numba_backend())
     return out

@@ -232,3 +232,34 @@ def python_programs(programs: dict[str, Program]) -> str:
             parts.append(f"def {k['name']}({k['signature']}):\n    \"\"\"{k['doc']}\"\"\"\n{body}\n")
         parts.append("\n".join(lines) + "\n")
     return "\n\n".join(parts)
+
+
+def first_call_seconds(folder) -> dict:
+    """Time to bind a small float64 model of the build in ``folder`` to its Numba module and
+    to evaluate energy, forces and stress of a 4-atom Cu cell the first time (numba compiles
+    every kernel the model uses, or loads them from its cache next to the build) and the
+    second time. ``cached``: whether numba's cache held kernels before the call."""
+    import time
+    from pathlib import Path
+
+    import torch
+    from ase.build import bulk
+
+    from ..runtime.data import batch_atoms
+    from ..runtime.loader import load
+
+    cache = Path(folder) / "__pycache__"
+    cached = cache.is_dir() and any(p.suffix == ".nbi" for p in cache.iterdir())
+    package = load(folder)
+    torch.manual_seed(0)
+    model = package.TACE(elements=["Cu"], channels=8, r_cut=4.0, layers=2)
+    start = time.perf_counter()
+    fast = model.numba_backend()
+    bind = time.perf_counter() - start
+    batch = batch_atoms(bulk("Cu", "fcc", a=3.61, cubic=True), ["Cu"], 4.0)
+    start = time.perf_counter()
+    fast(batch)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    fast(batch)
+    return {"bind": bind, "first": first, "second": time.perf_counter() - start, "cached": cached}

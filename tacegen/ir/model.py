@@ -64,7 +64,8 @@ def inline(program: Program, prefix: str, bind: dict) -> tuple[list, dict]:
 
 @dataclass(frozen=True)
 class LayerKind:
-    """One kind of message-passing layer: which node ranks go in and out."""
+    """One kind of message-passing layer: which node ranks go in and out. ``first``: used
+    only as the first layer (its input, the element embedding, needs no gradient)."""
 
     name: str
     first: bool
@@ -151,9 +152,13 @@ def layer_kinds(interactions, products, hidden_ranks) -> list[LayerKind]:
             out_ranks = (0,) if last else hidden
             skip = tuple(k for k in out_ranks if k in in_ranks and not first)
             name = f"layer_{inter.name.split('_')[1]}_{prod.name.split('_')[1]}"
-            if name not in kinds:
+            if name not in kinds:  # the first combination defines the kind, as in the PyTorch template
                 kinds[name] = LayerKind(name, first, last, in_ranks, out_ranks, skip,
                                         layer_program(name, inter, prod, in_ranks, out_ranks, skip))
+            elif not first and kinds[name].first:
+                # also used after the first layer (scalar hidden features): its reverse pass
+                # must then give the gradient of its input features too
+                kinds[name] = replace(kinds[name], first=False)
     return list(kinds.values())
 
 
