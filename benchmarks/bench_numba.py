@@ -9,6 +9,11 @@ first Numba call of a process loads (or, on a cold cache, compiles) the kernels:
 time is printed separately. Then a ``--md-steps`` NVE run of a 32-atom cell through the
 ASE calculator with each back end (wall time and energy drift; examples/md_nve.py).
 Goal (issue): Numba <= 0.3x PyTorch at 32 atoms and not slower at 2048.
+
+Threads: numba's default OpenMP layer shares PyTorch's libgomp, whose threads spin-wait
+between parallel regions; a Numba call launches ~100 short kernels, so on a 2-core machine
+2 threads can be slower than 1 (setting OMP_WAIT_POLICY=PASSIVE before Python starts
+removes most of it). Both thread counts are printed as measured.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--md-steps", type=int, default=1000)
+    parser.add_argument("--md-threads", type=int, default=1,
+                        help="threads for the MD runs (1: fastest for 32 atoms on this 2-core machine)")
     args = parser.parse_args()
     package = load(args.model)
     torch.manual_seed(0)
@@ -59,8 +66,8 @@ def main() -> None:
     if args.md_steps:
         from examples.md_nve import run
 
-        set_threads(max(args.threads))
-        print(f"\nNVE MD, 32 Cu atoms, {args.md_steps} steps of 1 fs, {max(args.threads)} threads")
+        set_threads(args.md_threads)
+        print(f"\nNVE MD, 32 Cu atoms, {args.md_steps} steps of 1 fs, {args.md_threads} thread(s)")
         for backend in ("torch", "numba"):
             wall, drift, spread = run(model, 2, args.md_steps, 1.0, backend)
             print(f"  {backend:6} wall {wall:7.2f} s ({wall / args.md_steps * 1e3:6.2f} ms/step)   "
