@@ -7,9 +7,10 @@ cotangents backward between the programs (the chain rule across program boundari
 where a value feeds several programs its cotangents are added), so nothing here knows a
 rank, a coupling or a derivative.
 
-A *runner* evaluates one program: ``runner(name, values, weights) -> tuple of outputs``
-in the program's output order, where ``values`` maps input names to arrays and
-``weights`` maps weight and parameter names to arrays. The interpreter runner
+A *runner* evaluates one program: ``runner(name, values, weights, graph) -> tuple of
+outputs`` in the program's output order, where ``values`` maps input names to arrays,
+``weights`` maps weight and parameter names to arrays and ``graph`` holds the edges (the
+model's neighbour list, or a long-range graph) and the structure index. The interpreter runner
 (:func:`interpreter_runner`) is the reference; the printed Numba module supplies the
 fast one. Both see the same chain, so a disagreement is a printer bug, not a model one.
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from ..ir.nodes import Program
 
-Runner = Callable[[str, dict, dict], tuple]
+Runner = Callable[[str, dict, dict, dict], tuple]
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,10 @@ class ModelChain:
                  dtype=np.float64, long_range: list | None = None) -> dict:
         """``inputs``: positions (N, 3), cell (B, 3, 3), shifts (E, 3), species (N,);
         ``graph``: senders, receivers (sorted), batch, num_nodes, num_structures and the CSR
-        arrays of :func:`graph_arrays`. Returns numpy energy (B,), node_energy (N,) and,
-        as requested, forces (N, 3) and virial (B, 3, 3) (forward: dE/d strain as -virial)."""
+        arrays of :func:`tacegen.runtime.numba_driver.graph_arrays`; ``long_range``: the
+        long-range programs of this batch (:class:`LongRangeCall`). Returns numpy energy
+        (B,), node_energy (N,) (short range), long_range_energy (B,) and charges (N,) with
+        a long range, and, as requested, forces (N, 3) and virial (B, 3, 3)."""
         w = self.weights
         cast = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
         strain = np.zeros((graph["num_structures"], 3, 3), dtype)
