@@ -54,6 +54,17 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 SEEDS = st.integers(min_value=0, max_value=2**63 - 1)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a whole test module (small models are latency bound: two
+    threads on a busy 2-core machine make them much slower). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    from model_helpers import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
 def haar_orthogonal(rng: np.random.Generator, proper: bool) -> np.ndarray:
     """Haar-random 3x3 orthogonal matrix with det = +1 (proper) or -1 (improper).
 

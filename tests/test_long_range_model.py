@@ -23,7 +23,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import SEEDS, haar_orthogonal
-from model_helpers import build_module, make_model, random_cell, random_crystal, random_molecule, rel_err, torch_threads
+from model_helpers import build_module, make_model, random_cell, random_crystal, random_molecule, rel_err
 from tacegen.build import command_line
 from tacegen.cli import app
 from tacegen.runtime import electrostatics as el
@@ -33,19 +33,14 @@ from tacegen.runtime.long_range import ewald_batch_parameters, long_range_graph
 from tacegen.runtime.neighbours import neighbour_pairs
 from tacegen.spec import ModelSpec, SpecError
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*:DeprecationWarning")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.filterwarnings("ignore:`torch.jit.*:DeprecationWarning")]
 
 LES = ModelSpec(lmax=2, nu=2, hidden_lmax=1, backends="torch", long_range="les")
 EWALD = ModelSpec(lmax=2, nu=2, hidden_lmax=1, backends="torch", long_range="ewald")
 SYMBOLS = ("Cu", "O")
 IONS = ("Na", "Cl")
 K_E = el.K_E
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -21,23 +21,18 @@ from hypothesis import strategies as st
 import tacegen
 from conftest import SEEDS, haar_orthogonal
 from model_helpers import (R_CUT, build_module, evaluate, make_model, random_crystal, random_molecule,
-                           rel_err, torch_threads, transformed)
+                           rel_err, transformed)
 from tacegen.runtime.calculator import Calculator, model_dtype
 from tacegen.runtime.data import batch_atoms
 from tacegen.spec import ModelSpec
 
 # torch 2.13 deprecates TorchScript; it is still the deployment path tested here
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*:DeprecationWarning")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.filterwarnings("ignore:`torch.jit.*:DeprecationWarning")]
 
 MAIN = ModelSpec(lmax=3, nu=3, hidden_lmax=1)   # the committed default build
 WIDE = ModelSpec(lmax=2, nu=2, hidden_lmax=2)   # rank-2 hidden features between layers
 SPECS = {"l3_nu3_h1": MAIN, "l2_nu2_h2": WIDE}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -11,18 +11,13 @@ import pytest
 from hypothesis import given, settings
 
 from conftest import SEEDS
-from model_helpers import build_module, make_model, random_crystal, random_molecule, rel_err, torch_threads
+from model_helpers import build_module, make_model, random_crystal, random_molecule, rel_err
 from tacegen.runtime.data import batch_atoms
 from tacegen.spec import ModelSpec
 from test_numba_model import _energy, numba_eval
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*:DeprecationWarning")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.filterwarnings("ignore:`torch.jit.*:DeprecationWarning")]
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from conftest import SEEDS, haar_orthogonal
 from model_helpers import (build_module, evaluate, make_model, random_crystal, random_molecule, rel_err,
-                           torch_threads, transformed)
+                           transformed)
 from tacegen.backends.numba_model import convert_state, instance_programs, spec_programs
 from tacegen.backends.numba_segments import CORE, DENSE, split
 from tacegen.build import compile_spec
@@ -33,16 +33,11 @@ from tacegen.runtime.data import batch_atoms
 from tacegen.runtime.numba_driver import graph_arrays
 from tacegen.spec import ModelSpec
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.*:DeprecationWarning")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.filterwarnings("ignore:`torch.jit.*:DeprecationWarning")]
 
 SPEC = ModelSpec(lmax=2, nu=2, hidden_lmax=1)
 TORCH_ONLY = ModelSpec(lmax=1, nu=1, hidden_lmax=0, backends=("torch",))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")
