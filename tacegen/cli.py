@@ -141,6 +141,16 @@ def build(lmax, nu, hidden_lmax, backends, long_range, out_dir, force, show_repo
                        f"second call {t['second'] * 1e3:.1f} ms.")
 
 
+def _register_applications() -> None:
+    from .cli_train import eval_command, train_command
+
+    cli.add_command(train_command)
+    cli.add_command(eval_command)
+
+
+_register_applications()
+
+
 def app() -> None:
     """Console entry point: click in non-standalone mode so errors stay one line."""
     try:
