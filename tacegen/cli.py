@@ -13,6 +13,7 @@ import time
 
 import click
 
+from . import __version__
 from .paths import LMAX_LIMIT, NU_LIMIT
 from .spec import LONG_RANGE
 
@@ -37,7 +38,7 @@ class IntInRange(click.ParamType):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="tacegen")
+@click.version_option(version=__version__, prog_name="tacegen")
 def cli() -> None:
     """tacegen: derive exact ICT algebra and compile TACE potentials."""
 

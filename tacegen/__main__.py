@@ -1,0 +1,6 @@
+"""``python -m tacegen``: the same command line as the installed ``tacegen`` script."""
+
+from .cli import app
+
+if __name__ == "__main__":  # pragma: no branch
+    app()
