@@ -11,18 +11,18 @@ A ``torch.nn.Module`` (plain or TorchScript) with
   compute_stress: bool = True) -> dict[str, Tensor]`` where ``batch`` is the
   output of :func:`tacegen.runtime.data.batch_atoms`, returning
 
-  ====================  ==========  ==================================================
-  ``energy``            (B,)        total energy per structure, eV
-  ``forces``            (N, 3)      -dE/dpositions, eV/Å (if compute_forces)
-  ``stress``            (B, 3, 3)   (1/V) dE/dstrain, eV/Å^3 (if compute_stress;
-                                    NaN or anything for non-periodic structures)
-  ``node_energy``       (N,)        optional per-atom energies, eV, summing to energy
-                                    (unless ``long_range_energy`` is returned)
-  ``long_range_energy`` (B,)        optional long-range part of energy, eV, not split
-                                    per atom (models with a long-range block)
-  ``charges``           (N,)        optional atomic charges, e
-  ``dipole``            (B, 3)      optional dipole, e Å (NaN rows for periodic cells)
-  ====================  ==========  ==================================================
+  =====================  ==========  ==================================================
+  ``energy``             (B,)        total energy per structure, eV
+  ``forces``             (N, 3)      -dE/dpositions, eV/Å (if compute_forces)
+  ``stress``             (B, 3, 3)   (1/V) dE/dstrain, eV/Å^3 (if compute_stress;
+                                     NaN or anything for non-periodic structures)
+  ``node_energy``        (N,)        optional per-atom energies, eV, summing to energy
+                                     (unless ``long_range_energy`` is returned)
+  ``long_range_energy``  (B,)        optional long-range part of energy, eV, not split
+                                     per atom (models with a long-range block)
+  ``charges``            (N,)        optional atomic charges, e
+  ``dipole``             (B, 3)      optional dipole, e Å (NaN rows for periodic cells)
+  =====================  ==========  ==================================================
 
 :func:`tacegen.runtime.autograd.energy_forces_stress` produces exactly these keys.
 
