@@ -42,6 +42,9 @@ def test_sphinx_build_has_no_warnings(tmp_path):
     for anchor in ("tacegen-build", "tacegen-paths", "cmdoption-tacegen-build-hidden-lmax",
                    "cmdoption-tacegen-build-long-range"):
         assert f'id="{anchor}"' in cli, f"CLI reference lacks {anchor!r}"
+    maths = (tmp_path / "html" / "math.html").read_text(encoding="utf-8")
+    assert maths.count('<div class="math') >= 9, "display formulas of math.md did not render as math"
+    assert "$$" not in maths and '$<span class="math' not in maths, "a formula of math.md was left as text"
     api = (tmp_path / "html" / "api.html").read_text(encoding="utf-8")
     for name in ("batch_atoms", "Calculator", "ModelSpec", "coupling_tensor", "write_build"):
         assert name in api, f"API reference lacks {name!r}"
