@@ -63,13 +63,13 @@ def molecule_data(folder: Path, seed: int = 0):
     from ase.build import molecule
     from ase.calculators.emt import EMT
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
 
     rng = np.random.default_rng(seed)
     atoms = molecule("CH3CH2OH")
     atoms.calc = EMT()
-    MaxwellBoltzmannDistribution(atoms, temperature_K=500, rng=rng)
-    md = Langevin(atoms, 0.5 * units.fs, temperature_K=500, friction=0.02, rng=rng)
+    thermalize_momenta(atoms, temperature_K=500, rng=rng)
+    md = Langevin(atoms, 0.5 * units.fs, temperature_K=500, friction=0.02, fixcm=False, rng=rng)
     md.run(200)
     frames = []
     for _ in range(350):
@@ -120,7 +120,8 @@ def run_mace(fit, valid, test, out: Path, args, r_cut, stress: bool) -> dict:
     work = out / "mace"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    command = [shutil.which("mace_run_train") or "mace_run_train", "--name", "mace", "--work_dir", str(work),
+    script = Path(sys.executable).parent / "mace_run_train"
+    command = [str(script) if script.exists() else (shutil.which("mace_run_train") or "mace_run_train"), "--name", "mace", "--work_dir", str(work),
                "--train_file", fit, "--valid_file", valid, "--test_file", test, "--E0s", "average",
                "--model", "MACE", "--hidden_irreps", f"{args.mace_channels}x0e + {args.mace_channels}x1o",
                "--r_max", str(r_cut), "--max_ell", "2", "--correlation", "2", "--num_interactions", "2",

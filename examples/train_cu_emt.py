@@ -29,7 +29,7 @@ def make_data(folder: Path, seed: int = 0) -> tuple[str, str]:
     from ase.build import bulk
     from ase.calculators.emt import EMT
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
 
     rng = np.random.default_rng(seed)
     frames = []
@@ -46,8 +46,8 @@ def make_data(folder: Path, seed: int = 0) -> tuple[str, str]:
     for temperature in (300, 600, 900, 1200):
         atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
         atoms.calc = EMT()
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
-        md = Langevin(atoms, 2.0 * units.fs, temperature_K=temperature, friction=0.02, rng=rng)
+        thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
+        md = Langevin(atoms, 2.0 * units.fs, temperature_K=temperature, friction=0.02, fixcm=False, rng=rng)
         md.run(50)  # equilibrate
         for _ in range(50):
             md.run(10)
@@ -77,14 +77,14 @@ def tacegen_cli(*args: str) -> None:
 def nve(checkpoint: Path, steps: int = 500) -> None:
     from ase import units
     from ase.build import bulk
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
     from ase.md.verlet import VelocityVerlet
 
     import tacegen
 
     atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3)
     atoms.calc = tacegen.Calculator.from_checkpoint(checkpoint)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=600, rng=np.random.default_rng(1))
+    thermalize_momenta(atoms, temperature_K=600, rng=np.random.default_rng(1))
     Stationary(atoms)
     md = VelocityVerlet(atoms, 1.0 * units.fs)
     energies = []

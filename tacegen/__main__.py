@@ -1,6 +1,7 @@
-"""``python -m tacegen``: the command line (also what ``torchrun -m tacegen train`` runs)."""
+"""``python -m tacegen``: the same command line as the installed ``tacegen`` script
+(also what ``torchrun -m tacegen train`` runs)."""
 
-from tacegen.cli import app
+from .cli import app
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # pragma: no branch
     app()
