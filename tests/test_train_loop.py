@@ -123,6 +123,23 @@ def test_existing_run_folder_is_refused_and_resume_options_are_checked(data, tmp
     train(config(data, tmp_path / "run", epochs=1, force=True))
 
 
+def test_bad_input_writes_nothing(data, tmp_path):
+    """A run that fails on its input leaves no folder behind, and --force keeps the old run until it can start."""
+    from tacegen.train.labels import DataError
+
+    cells = emt_cells(3, seed=13)
+    cells[1].info["REF_energy"] = float("inf")
+    bad = write(tmp_path / "bad.xyz", cells)
+    with pytest.raises(DataError, match=r"bad\.xyz: structure 1: label 'REF_energy' holds NaN or infinite"):
+        train(config((bad,), tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+    train(config(data, tmp_path / "old", epochs=1))
+    before = (tmp_path / "old" / "last.pt").read_bytes()
+    with pytest.raises(DataError):
+        train(config((bad,), tmp_path / "old", force=True))
+    assert (tmp_path / "old" / "last.pt").read_bytes() == before
+
+
 def test_stage_two_switches_weights_and_learning_rate(data, tmp_path):
     out = train(config(data, tmp_path / "run", epochs=4, stage_two_start=0.5, stage_two_lr=1e-4,
                        scheduler="none"))

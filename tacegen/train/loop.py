@@ -55,27 +55,31 @@ def _atomic_text(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
-def _prepare_folder(config: TrainConfig, ctx: distributed.Context) -> Path:
-    """Check the run folder on every rank, then (rank 0) clear it for --force and create it."""
-    main = ctx.main
+def _check_folder(config: TrainConfig) -> Path:
+    """Refuse a run folder that holds a run (unless --resume/--force); writes nothing."""
     out = Path(config.out)
-    existing = [name for name in RUN_FILES if (out / name).exists()] if out.exists() else []
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"run folder {out} is a file")
+    existing = [name for name in RUN_FILES if (out / name).exists()] if out.exists() else []
     if config.resume:
         if not (out / "last.pt").is_file():
             raise RunFolderError(f"cannot resume: {out / 'last.pt'} does not exist")
     elif existing and not config.force:
         raise RunFolderError(f"run folder {out} already holds a run ({', '.join(existing)}); pass --resume to "
                              f"continue it or --force to start it afresh")
-    distributed.barrier(ctx)  # every rank has checked before rank 0 changes anything
-    if main:
-        if not config.resume:
-            for name in existing:
-                (out / name).unlink()
+    return out
+
+
+def _open_folder(out: Path, config: TrainConfig, ctx: distributed.Context) -> None:
+    """Once everything has loaded: (rank 0) clear the old run for --force and create the folder."""
+    distributed.barrier(ctx)  # every rank has checked and loaded before rank 0 changes anything
+    if ctx.main:
+        if config.force:
+            for name in RUN_FILES:
+                if (out / name).exists():
+                    (out / name).unlink()
         out.mkdir(parents=True, exist_ok=True)
     distributed.barrier(ctx)
-    return out
 
 
 def _logger(out: Path, main: bool) -> logging.Logger:
@@ -99,14 +103,14 @@ class Trainer:
             raise ValueError(f"device {config.device!r} requested but CUDA is not available; use --device cpu")
         if self.ctx.active and self.device.type == "cuda":
             self.device = torch.device("cuda", self.ctx.local_rank)
-        self.out = _prepare_folder(config, self.ctx)
+        self.out = _check_folder(config)
         payload = None
         if config.resume:
             payload = checkpoint.read(self.out / "last.pt")
             config = self._resumed_config(payload["config"], config)
         self.config = config
         self.dtype = config.torch_dtype
-        self.log = _logger(self.out, self.ctx.main)
+        self.notes: List[str] = []  # logged once the run folder exists
         self.keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key, config.virials_key,
                               config.weight_key, config.config_type_key)
         torch.manual_seed(config.seed)
@@ -191,7 +195,7 @@ class Trainer:
                 elements=self.elements, channels=c.channels, r_cut=c.r_cut, layers=c.layers, num_radial=c.num_radial,
                 radial_hidden=list(c.radial_hidden), readout_hidden=c.readout_hidden, cutoff_p=c.cutoff_p,
                 edge_chunk=c.edge_chunk, dtype=c.dtype, **norm.as_dict())
-            self.log.info("normalisation: %s", json.dumps(norm.as_dict()))
+            self.notes.append(f"normalisation: {json.dumps(norm.as_dict())}")
         self.elements = list(self.model_kwargs["elements"])
         self.species = species_map(self.elements)
         self.model = checkpoint.construct(self.build_dir, self.model_kwargs).to(self.device)
@@ -237,7 +241,7 @@ class Trainer:
         self.rows = [dict(r) for r in payload["rows"]]
         if self.stage == 2:
             self.loss = Loss(self._loss_weights(2), self.config.loss, self.config.huber_delta)
-        self.log.info("resumed from %s at epoch %d step %d", self.out / "last.pt", self.epoch, self.step)
+        self.notes.append(f"resumed from {self.out / 'last.pt'} at epoch {self.epoch} step {self.step}")
 
     # ------------------------------------------------------------------ checkpoints
     def _payload(self) -> Dict[str, object]:
@@ -333,8 +337,12 @@ class Trainer:
     # ------------------------------------------------------------------ the run
     def run(self) -> Path:
         c, ctx = self.config, self.ctx
+        _open_folder(self.out, c, ctx)
+        self.log = _logger(self.out, ctx.main)
         if ctx.main:
             _atomic_text(self.out / "config.toml", c.to_toml())
+        for note in self.notes:
+            self.log.info(note)
         self.log.info("training %s on %s (%d train, %d valid structures), elements %s, build %s",
                       self.out, c.train, len(self.train_set), len(self.valid_set or []), self.elements, self.build_dir)
         stop = {"signal": False}
@@ -387,6 +395,13 @@ class Trainer:
         self.log.info("finished (%s) after %d epochs, %.1f s", reason, self.epoch, self.elapsed)
         self._final_tests()
         return self.out
+
+    def close(self) -> None:
+        """Close the run's log file."""
+        log = getattr(self, "log", None)
+        for handler in list(log.handlers) if log is not None else []:
+            handler.close()
+            log.removeHandler(handler)
 
     def _enter_stage_two(self) -> None:
         self.stage = 2
@@ -516,6 +531,10 @@ def train(config: TrainConfig) -> Path:
     """Run ``tacegen train`` with ``config`` (data-parallel under torchrun/srun); returns the run folder."""
     ctx = distributed.setup(config.device)
     try:
-        return Trainer(config, ctx).run()
+        trainer = Trainer(config, ctx)
+        try:
+            return trainer.run()
+        finally:
+            trainer.close()
     finally:
         distributed.teardown(ctx)
