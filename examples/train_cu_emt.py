@@ -107,7 +107,7 @@ def main() -> None:
     train, test = make_data(out.parent / f"{out.name}_data")
     tacegen_cli("train", "--train", train, "--test", test, "--out", str(out),
                 "--lmax", "2", "--nu", "2", "--hidden-lmax", "1", "--channels", "16", "--layers", "2",
-                "--r-cut", "4.5", "--radial-hidden", "32,32", "--batch-size", "4", "--lr", "0.01",
+                "--r-cut", "4.0", "--radial-hidden", "32,32", "--batch-size", "4", "--lr", "0.01",
                 "--energy-weight", "1", "--forces-weight", "10", "--stress-weight", "10",
                 "--scheduler", "plateau", "--scheduler-patience", "5",
                 "--epochs", args.epochs, "--max-time", args.max_time, "--seed", "0",

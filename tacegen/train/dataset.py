@@ -153,6 +153,7 @@ class AtomsDataset:
     def subset(self, indices: Sequence[int]) -> "AtomsDataset":
         view = AtomsDataset.__new__(AtomsDataset)
         view.__dict__.update(self.__dict__)
+        view._has = {}
         view.indices = np.asarray(self.indices)[np.asarray(indices, dtype=np.int64)]
         return view
 
@@ -170,11 +171,16 @@ class AtomsDataset:
         return np.unique(np.concatenate([np.asarray(self.arrays["numbers"][ptr[s]:ptr[s + 1]]) for s in self.indices]))
 
     def has(self, label: str) -> bool:
-        """Whether the view holds any ``energy``, ``forces`` or ``stress`` label."""
-        if label == "forces":
-            ptr = self.arrays["atom_ptr"]
-            return any(not np.isnan(self.arrays["forces"][ptr[s]]).any() for s in self.indices)
-        return bool(np.any(~np.isnan(np.asarray(self.arrays[label])[self.indices].reshape(len(self.indices), -1))))
+        """Whether the view holds any ``energy``, ``forces`` or ``stress`` label (computed once)."""
+        cache = self.__dict__.setdefault("_has", {})
+        if label not in cache:
+            if label == "forces":
+                first = np.asarray(self.arrays["atom_ptr"])[self.indices]
+                cache[label] = bool(len(first)) and not np.isnan(np.asarray(self.arrays["forces"])[first, 0]).all()
+            else:
+                values = np.asarray(self.arrays[label])[self.indices].reshape(len(self.indices), -1)
+                cache[label] = bool(np.any(~np.isnan(values).any(axis=1)))
+        return cache[label]
 
     # -------------------------------------------------------------- batches
     def collate(self, positions_in_view: Sequence[int], species_of: np.ndarray, dtype: torch.dtype,

@@ -53,44 +53,33 @@ class Metrics:
         return self.groups.setdefault(name, {q: Errors() for q in QUANTITIES})
 
     def add(self, out: Dict[str, Tensor], batch: Dict[str, Tensor], config_types: Optional[List[str]] = None) -> None:
+        """Add the errors of one batch (labels NaN where absent are skipped)."""
+        def array(t: Tensor) -> np.ndarray:
+            return t.detach().cpu().double().numpy()
+
         n = batch["num_atoms"].detach().cpu().numpy()
+        ptr = np.concatenate([[0], np.cumsum(n)])
         self.structures += len(n)
-        types = config_types or ["Default"] * len(n)
-        atom_batch = batch["batch"].detach().cpu().numpy()
-        per = {
-            "energy": ((out["energy"].detach().cpu().double().numpy() - batch["energy"].cpu().double().numpy()) / n,
-                       batch["energy"].cpu().double().numpy(), out["energy"].detach().cpu().double().numpy() / n,
-                       batch["energy"].cpu().double().numpy() / n),
-        }
+        groups = [("all",) + ((config_types[b],) if config_types else ()) for b in range(len(n))]
+        ref_e, pred_e = array(batch["energy"]) / n, array(out["energy"]) / n
+        forces = ("forces" in out) and (array(batch["forces"]), array(out["forces"]))
+        stress = ("stress" in out) and (array(batch["stress"]).reshape(-1, 9), array(out["stress"]).reshape(-1, 9))
         for b in range(len(n)):
-            for group in ("all", types[b]) if config_types else ("all",):
-                errors = self._group(group)
-                e = per["energy"]
-                if not np.isnan(e[1][b]):
-                    errors["energy"].add(e[0][b:b + 1])
-                if "forces" in out:
-                    ref = batch["forces"][torch.as_tensor(atom_batch == b)].cpu().double().numpy()
-                    if ref.size and not np.isnan(ref).any():
-                        pred = out["forces"].detach()[torch.as_tensor(atom_batch == b)].cpu().double().numpy()
-                        errors["forces"].add(pred - ref)
-                if "stress" in out:
-                    ref = batch["stress"][b].cpu().double().numpy()
-                    if not np.isnan(ref).any():
-                        errors["stress"].add(out["stress"].detach()[b].cpu().double().numpy() - ref)
-        if self.keep_values:
-            mask = ~np.isnan(per["energy"][1])
-            self.values["energy_ref"].append(per["energy"][3][mask])
-            self.values["energy_pred"].append(per["energy"][2][mask])
-            if "forces" in out:
-                ref = batch["forces"].cpu().double().numpy()
-                keep = ~np.isnan(ref).any(axis=1)
-                self.values["forces_ref"].append(ref[keep].ravel())
-                self.values["forces_pred"].append(out["forces"].detach().cpu().double().numpy()[keep].ravel())
-            if "stress" in out:
-                ref = batch["stress"].cpu().double().numpy().reshape(-1, 9)
-                keep = ~np.isnan(ref).any(axis=1)
-                self.values["stress_ref"].append(ref[keep].ravel())
-                self.values["stress_pred"].append(out["stress"].detach().cpu().double().numpy().reshape(-1, 9)[keep].ravel())
+            pieces = {}
+            if not np.isnan(ref_e[b]):
+                pieces["energy"] = (ref_e[b:b + 1], pred_e[b:b + 1])
+            if forces:
+                ref = forces[0][ptr[b]:ptr[b + 1]]
+                if ref.size and not np.isnan(ref).any():
+                    pieces["forces"] = (ref.ravel(), forces[1][ptr[b]:ptr[b + 1]].ravel())
+            if stress and not np.isnan(stress[0][b]).any():
+                pieces["stress"] = (stress[0][b], stress[1][b])
+            for quantity, (ref, pred) in pieces.items():
+                for group in groups[b]:
+                    self._group(group)[quantity].add(pred - ref)
+                if self.keep_values:
+                    self.values[f"{quantity}_ref"].append(ref)
+                    self.values[f"{quantity}_pred"].append(pred)
 
     # ---------------------------------------------------------------- reports
     @staticmethod
