@@ -229,10 +229,12 @@ def build(lmax, nu, hidden_lmax, backends, long_range, out_dir, force, show_repo
 
 
 def _register_applications() -> None:
+    from .cli_export import export_command
     from .cli_train import eval_command, train_command
 
     cli.add_command(train_command)
     cli.add_command(eval_command)
+    cli.add_command(export_command)
 
 
 _register_applications()
