@@ -1,8 +1,8 @@
 """Export a trained TACE model as a metatomic ``AtomisticModel`` (TorchScript file).
 
-The exported module follows metatomic's model interface: ``forward(systems, outputs,
-selected_atoms)`` returns the ``energy`` output, per system (``sample_kind="system"``) or
-per atom (``sample_kind="atom"``), as metatensor ``TensorMap``s; forces and stress are
+The exported module follows metatomic's model interface: its ``forward`` (arguments
+``systems``, ``outputs``, ``selected_atoms``) returns the ``energy`` output, per system
+(sample kind "system") or per atom (sample kind "atom"), as metatensor tensor maps; forces and stress are
 computed by the engine by differentiating the energy with respect to the positions and a
 strain of positions and cell (metatomic's convention), which the model supports since
 its edge vectors are formed from positions and cell.
