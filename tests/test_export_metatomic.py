@@ -103,3 +103,56 @@ def test_long_range_builds_and_existing_files_are_refused(exported, tmp_path):
     again = subprocess.run([sys.executable, "-m", "tacegen", "export", str(ckpt), "--out", str(model)],
                            capture_output=True, text=True)
     assert again.returncode == 2 and "exists; pass --force" in again.stderr
+
+
+IPI_INPUT = """<simulation verbosity='low'>
+  <output prefix='sim'>
+    <properties stride='1' filename='out'> [ step, conserved{electronvolt}, potential{electronvolt} ] </properties>
+  </output>
+  <total_steps>5</total_steps>
+  <prng><seed>12345</seed></prng>
+  <ffdirect name='tace'>
+    <pes>metatomic</pes>
+    <parameters>{template:init.xyz,model:model.pt}</parameters>
+  </ffdirect>
+  <system>
+    <initialize nbeads='1'>
+      <file mode='ase'> init.xyz </file>
+      <velocities mode='thermal' units='kelvin'> 300 </velocities>
+    </initialize>
+    <forces><force forcefield='tace'/></forces>
+    <motion mode='dynamics'>
+      <dynamics mode='nve'><timestep units='femtosecond'> 1.0 </timestep></dynamics>
+    </motion>
+    <ensemble><temperature units='kelvin'> 300 </temperature></ensemble>
+  </system>
+</simulation>
+"""
+
+
+def test_ipi_runs_the_exported_model(exported, tmp_path):
+    """i-PI (in process, its metatomic PES, no sockets) runs NVE with the export; its energies are ours."""
+    import shutil
+
+    import ase.io
+
+    pytest.importorskip("ipi", reason="i-PI is not installed (pip install ipi)")
+    ckpt, model = exported
+    atoms = structures()[0][0]
+    clean = atoms.copy()
+    clean.info, clean.calc = {}, None
+    for key in [k for k in clean.arrays if k not in ("numbers", "positions")]:
+        del clean.arrays[key]
+    ase.io.write(tmp_path / "init.xyz", clean)
+    shutil.copy(model, tmp_path / "model.pt")
+    (tmp_path / "input.xml").write_text(IPI_INPUT)
+    ipi = os.path.join(os.path.dirname(sys.executable), "i-pi")
+    run = subprocess.run([ipi, "input.xml"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    table = np.loadtxt(tmp_path / "sim.out")
+    clean.calc = tacegen.Calculator.from_checkpoint(ckpt)
+    assert table.shape == (6, 3)
+    assert table[0, 2] == pytest.approx(clean.get_potential_energy(), rel=1e-8, abs=1e-8)  # printed to 9 digits
+    assert np.ptp(table[:, 2]) > 1e-5  # the atoms moved
+    assert np.ptp(table[:, 1]) < 1e-3 * np.ptp(table[:, 2]) + 1e-7  # energy conserved by the NVE run
