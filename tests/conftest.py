@@ -34,6 +34,16 @@ os.environ["TACEGEN_CACHE_DIR"] = _SESSION_CACHE
 atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- fault injection
+
+# Set by tests/test_fault_injection.py in the pytest runs it starts: edit every generated
+# model.py the tests build (see tests/mutations.py). Never set in an ordinary run.
+if os.environ.get("TACEGEN_TEST_MUTATION"):
+    from mutations import install_generated_mutation  # noqa: E402
+
+    install_generated_mutation(os.environ["TACEGEN_TEST_MUTATION"])
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_tacegen_cache():
     """Guard: every test of the session sees the private cache folder."""
@@ -166,3 +176,8 @@ def proper_and_improper() -> st.SearchStrategy:
     """A pair (R, S): one proper and one improper Haar-random matrix, so a property
     checked for both in every example is always exercised on both components of O(3)."""
     return st.tuples(proper_rotations(), improper_rotations())
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "fault_injection: runs the focused tests against deliberate faults (tests/mutations.py)")
