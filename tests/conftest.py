@@ -1,5 +1,9 @@
 """Shared test configuration: hypothesis profile, cache isolation, random O(3) strategies.
 
+Rule for every test (tests/README.md): each comparison states its independent reference
+and guards against vacuous zeros (a nonzero reference, rattled structures, a visible share
+for the part under test; ``model_helpers.rel_err`` refuses an all-zero reference).
+
 * Hypothesis: the ``ci`` profile (30 examples, no deadline) is loaded by default so the
   suite stays fast; ``HYPOTHESIS_PROFILE=thorough`` runs 300 examples per property.
 * Cache: ``TACEGEN_CACHE_DIR`` points at a private temporary folder for the whole test
@@ -8,6 +12,9 @@
 * BLAS: ``OPENBLAS_NUM_THREADS`` defaults to 1 (set before numpy is imported). The small
   dense linear algebra of these tests is ~100x slower with two OpenBLAS threads when the
   other core is busy (spin-waiting), e.g. under ``pytest -n 2``.
+* Fault injection: with ``TACEGEN_TEST_MUTATION=<name>`` (set only by
+  test_fault_injection.py) every generated ``model.py`` is edited by that mutation of
+  tests/mutations.py before it is imported.
 * Strategies (import them with ``from conftest import ...``): Haar-random proper and
   improper orthogonal matrices (normal 3x3 -> QR, signs fixed by diag(R)), random unit
   vectors, and a helper rotating a tensor on every axis.
