@@ -46,7 +46,8 @@ def _copy_repository(dest: Path) -> Path:
 
 
 def _run_pytest(folder: Path, tests, extra_env: dict) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in (ENV_NAME, ENV_LOG, "PYTHONPATH")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in (ENV_NAME, ENV_LOG, "PYTHONPATH") and not k.startswith("PYTEST_")}  # not an xdist worker
     env.update(extra_env)
     env["PYTHONPATH"] = str(folder)  # the copy first, before any installed tacegen
     env["PYTHONDONTWRITEBYTECODE"] = "1"
