@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export")
     data = write(folder / "train.xyz", emt_cells(6, seed=31))
-    config = dict(TINY, train=data, out=str(folder / "run"), epochs=1, layers=2, hidden_lmax=1)
+    config = dict(TINY, train=data, out=str(folder / "run"), epochs=1)
     out = train(TrainConfig.from_sources(**config))
     result = subprocess.run([sys.executable, "-m", "tacegen", "export", str(out / "best.pt"), "--out",
                              str(folder / "model.pt")], capture_output=True, text=True,
