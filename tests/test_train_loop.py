@@ -246,3 +246,16 @@ def test_two_processes_give_the_weights_of_one(data, tmp_path):
     fresh = checkpoint.construct(checkpoint.read(tmp_path / "one" / "last.pt")["build_dir"],
                                  checkpoint.read(tmp_path / "one" / "last.pt")["model_kwargs"]).state_dict()
     assert max(float((first[k] - fresh[k]).abs().max()) for k in fresh) > 1e-4
+
+
+def test_training_a_committed_build_folder(data, tmp_path):
+    """--model DIR trains that build; the checkpoint records it and loads from it."""
+    root = Path(__file__).resolve().parent.parent / "generated" / "tace_l3_nu3"
+    out = train(config(data, tmp_path / "run", epochs=1, model=str(root), layers=1, channels=2))
+    payload = checkpoint.read(out / "last.pt")
+    assert Path(payload["build_dir"]) == root.resolve()
+    assert payload["spec"]["lmax"] == 3 and payload["source_hash"] == checkpoint.source_hash(root)
+    model = checkpoint.load_checkpoint(out / "last.pt")
+    assert model.channels == 2 and type(model).__module__.startswith("_tacegen_build_")
+    with pytest.raises(ValueError, match="is not a tacegen build folder"):
+        train(config(data, tmp_path / "bad", epochs=1, model=str(tmp_path)))
