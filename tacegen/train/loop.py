@@ -1,5 +1,9 @@
 """The training loop of ``tacegen train`` and its run folder.
 
+SIGINT (Ctrl-C) or SIGTERM (SLURM pre-emption) stops the run after the current step
+with a consistent ``last.pt``; a second signal stops at once (the previous ``last.pt``
+stays valid).
+
 Run folder (``--out``): ``config.toml`` (effective configuration), ``metrics.csv`` (one
 row per epoch), ``train.log``, ``last.pt`` (every epoch, and on interruption) and
 ``best.pt`` (lowest validation loss, EMA weights), ``test.json`` at the end. Only rank 0
@@ -346,9 +350,16 @@ class Trainer:
         self.log.info("training %s on %s (%d train, %d valid structures), elements %s, build %s",
                       self.out, c.train, len(self.train_set), len(self.valid_set or []), self.elements, self.build_dir)
         stop = {"signal": False}
-        previous = None
+
+        def request_stop(signum, frame):  # first SIGINT/SIGTERM: stop after this step; second: at once
+            if stop["signal"]:
+                raise KeyboardInterrupt
+            stop["signal"] = True
+
+        previous = {}
         if ctx.main and _main_thread():
-            previous = signal.signal(signal.SIGINT, lambda *_: stop.__setitem__("signal", True))
+            for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C; SLURM's pre-emption and scancel
+                previous[signum] = signal.signal(signum, request_stop)
         progress = _Progress(quiet=c.quiet or not ctx.main)
         stage_two = (math.ceil(c.stage_two_start * c.epochs) if c.stage_two_start is not None else None)
         start = time.perf_counter() - self.elapsed
@@ -386,8 +397,8 @@ class Trainer:
                     break
         finally:
             progress.stop()
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         if reason == "signal":
             self.log.info("interrupted at epoch %d step %d; last.pt saved", self.epoch, self.step)
             raise Interrupted(f"interrupted: {self.out / 'last.pt'} holds epoch {self.epoch} step {self.step}; "
