@@ -229,10 +229,12 @@ def build(lmax, nu, hidden_lmax, backends, long_range, out_dir, force, show_repo
 
 
 def _register_applications() -> None:
+    from .cli_study import study_group
     from .cli_train import eval_command, train_command
 
     cli.add_command(train_command)
     cli.add_command(eval_command)
+    cli.add_command(study_group)
 
 
 _register_applications()
