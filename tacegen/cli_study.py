@@ -92,8 +92,6 @@ def study_run_command(lmax_axis, nu_axis, grid, repeats, workers, threads, execu
         shared["data_cache"] = False
     seed = int(shared.pop("seed", 0))
     axes = Axes.from_options(lmax_axis, nu_axis, grid, repeats, seed)
-    for name, _ in axes.axes:
-        shared.pop(name, None)
     options = StudyOptions(out=out, workers=workers, threads=threads, executor=executor, partition=partition,
                            time_min=time_min, cpus=cpus, gpus=gpus, array_size=array_size, retry_failed=retry_failed,
                            quiet=quiet, measure=not no_measure, timing_data=timing_data,

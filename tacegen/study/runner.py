@@ -56,15 +56,19 @@ class StudyOptions:
     numba_timing: bool = False
 
 
-def shared_options(train_options: Dict[str, Any]) -> Dict[str, Any]:
-    """The training options common to every run, validated, data paths made absolute."""
-    values = {k: v for k, v in train_options.items() if v is not None and k not in RUN_CONTROL}
+def shared_options(train_options: Dict[str, Any], axes: Axes) -> Dict[str, Any]:
+    """The training options common to every run (those not on an axis), validated, data
+    paths made absolute."""
+    on_axes = {name for name, _ in axes.axes}
+    values = {k: v for k, v in train_options.items()
+              if v is not None and k not in RUN_CONTROL and k not in on_axes}
     if values.get("test") in ((), []):
         values.pop("test")
     try:
         config = TrainConfig.from_sources(**values, out="-")
     except ValueError as error:
         raise StudyError(str(error)) from None
+    values = {k: getattr(config, k) for k in values}  # normalised: "8,8" -> [8, 8], "2m" -> 120.0
     for key in ("train", "valid"):
         value = getattr(config, key)
         if value is not None:
@@ -183,7 +187,7 @@ def measure_done(manifest: Manifest, options: StudyOptions) -> None:
 
 def run_study(axes: Axes, train_options: Dict[str, Any], options: StudyOptions) -> Manifest:
     """Run (or resume) the study; returns its manifest. Interruptions leave it resumable."""
-    shared = shared_options(train_options)
+    shared = shared_options(train_options, axes)
     executor = make_executor(options)
     root = Path(options.out)
     lock = _lock(root)
