@@ -47,4 +47,5 @@ class LiveTable:
         if self.live is not None:
             self.update()
             self.live.stop()
+            self.live.console.line()
             self.live = None
