@@ -44,7 +44,10 @@ def study_group():
               help="Seeds per point (--seed, --seed+1, ...).")
 @click.option("--workers", type=click.IntRange(1), default=1, show_default=True,
               help="Runs at a time (local executor); each gets cores // workers threads.")
-@click.option("--threads", type=click.IntRange(1), default=None, help="Threads per run (default cores // workers).")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Threads per training process (default cores // (workers * nproc)).")
+@click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
+              help="Processes per run: torchrun --standalone --nproc-per-node N (data parallel).")
 @click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True)
 @click.option("--partition", default=None, help="SLURM partition.")
 @click.option("--time", "time_min", type=click.IntRange(1), default=60, show_default=True,
@@ -69,7 +72,7 @@ def study_group():
 @click.option("--no-data-cache", is_flag=True, default=None, help="Do not cache neighbour lists.")
 @click.option("--quiet", is_flag=True, help="No live table.")
 @_shared_train_options
-def study_run_command(lmax_axis, nu_axis, grid, repeats, workers, threads, executor, partition, time_min, cpus,
+def study_run_command(lmax_axis, nu_axis, grid, repeats, workers, threads, nproc, executor, partition, time_min, cpus,
                       gpus, array_size, retry_failed, no_measure, timing_data, timing_structures, timing_threads,
                       numba_timing, config_file, test, no_data_cache, quiet, **flags):
     """Train every variant of the axes (resumable) and write results.csv/.md, pareto.png, learning_curves.png.
@@ -92,7 +95,7 @@ def study_run_command(lmax_axis, nu_axis, grid, repeats, workers, threads, execu
         shared["data_cache"] = False
     seed = int(shared.pop("seed", 0))
     axes = Axes.from_options(lmax_axis, nu_axis, grid, repeats, seed)
-    options = StudyOptions(out=out, workers=workers, threads=threads, executor=executor, partition=partition,
+    options = StudyOptions(out=out, workers=workers, threads=threads, nproc=nproc, executor=executor, partition=partition,
                            time_min=time_min, cpus=cpus, gpus=gpus, array_size=array_size, retry_failed=retry_failed,
                            quiet=quiet, measure=not no_measure, timing_data=timing_data,
                            timing_structures=timing_structures, timing_threads=timing_threads,

@@ -215,3 +215,12 @@ def test_pareto_front_and_mean_std():
     mean, std = mean_std([1.0, 3.0, None])
     assert mean == 2.0 and std == pytest.approx(2 ** 0.5)
     assert mean_std([None]) == (None, None)
+
+
+def test_study_imports_no_compiler_until_it_measures_paths():
+    code = ("import sys, tacegen.study, tacegen.study.measure, tacegen.cli_study; "
+            "print(sorted(m for m in sys.modules if m.split('.')[:2] in "
+            "(['tacegen', 'build'], ['tacegen', 'ir'], ['tacegen', 'paths'], ['tacegen', 'algebra'], "
+            "['tacegen', 'backends'])))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout

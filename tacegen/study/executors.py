@@ -134,11 +134,11 @@ class SubmititExecutor:
     ``cluster``: ``"slurm"`` or ``"local"``; ``partition``, ``time`` (minutes), ``cpus``
     and ``gpus`` per job, and ``array_size`` (most jobs running at once) map to submitit's
     ``slurm_partition``, ``timeout_min``, ``cpus_per_task``, ``gpus_per_node`` and
-    ``slurm_array_parallelism``.
+    ``slurm_array_parallelism``; ``threads`` per training process (default ``cpus``).
     """
 
     def __init__(self, folder: Path, cluster: str = "slurm", partition: Optional[str] = None, time_min: int = 60,
-                 cpus: int = 1, gpus: int = 0, array_size: int = 16):
+                 cpus: int = 1, gpus: int = 0, array_size: int = 16, threads: Optional[int] = None):
         try:
             import submitit
         except ImportError:
@@ -152,7 +152,7 @@ class SubmititExecutor:
             if gpus:
                 params["gpus_per_node"] = int(gpus)
         self.executor.update_parameters(**params)
-        self.threads = int(cpus)
+        self.threads = int(threads or cpus)
 
     def run(self, tasks: List[Task], on_start: Callable, on_finish: Callable, tick: Callable = lambda: None) -> None:
         if not tasks:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from tacegen.study.axes import Axes
-from tacegen.study.executors import LocalExecutor, SubmititExecutor, Task
+from tacegen.study.executors import LocalExecutor, SubmititExecutor, Task, cores
 from tacegen.study.manifest import Manifest
 from tacegen.study.progress import LiveTable
 from tacegen.study.report import write_report
@@ -41,6 +41,7 @@ class StudyOptions:
     out: str
     workers: int = 1
     threads: Optional[int] = None
+    nproc: int = 1                       # processes per run (torchrun, data parallel)
     executor: str = "local"              # local | slurm | submitit-local (tests)
     partition: Optional[str] = None
     time_min: int = 60
@@ -137,8 +138,9 @@ def recover(manifest: Manifest, retry_failed: bool, wait: float = 60.0) -> None:
     manifest.save()
 
 
-def task_for(manifest: Manifest, entry: Dict[str, Any]) -> Task:
-    """``python -m tacegen train --config configs/NAME.toml --out runs/NAME --quiet --resume|--force``."""
+def task_for(manifest: Manifest, entry: Dict[str, Any], nproc: int = 1) -> Task:
+    """``python -m tacegen train --config configs/NAME.toml --out runs/NAME --quiet --resume|--force``
+    (under ``torchrun --standalone --nproc-per-node nproc`` when ``nproc > 1``)."""
     root = manifest.root
     values = dict(manifest.options)
     values.update(entry["params"])
@@ -149,18 +151,22 @@ def task_for(manifest: Manifest, entry: Dict[str, Any]) -> Task:
     atomic_write_text(config_path, dump_toml(values, header=f"options of run {entry['name']} of study {root}"))
     run_dir = manifest.run_dir(entry)
     resume = (run_dir / "last.pt").is_file()
-    argv = [sys.executable, "-m", "tacegen", "train", "--config", str(config_path), "--out", str(run_dir),
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc)]
+    argv = [*launcher, "-m", "tacegen", "train", "--config", str(config_path), "--out", str(run_dir),
             "--quiet", "--resume" if resume else "--force"]
     return Task(entry["name"], argv, str(root / "logs" / f"{entry['name']}.log"))
 
 
 def make_executor(options: StudyOptions):
     if options.executor == "local":
-        return LocalExecutor(options.workers, options.threads)
+        return LocalExecutor(options.workers, options.threads or max(1, cores() // (options.workers * options.nproc)))
     if options.executor in ("slurm", "submitit-local"):
         cluster = "slurm" if options.executor == "slurm" else "local"
         return SubmititExecutor(Path(options.out) / "submitit", cluster, options.partition, options.time_min,
-                                options.threads or options.cpus, options.gpus, options.array_size)
+                                options.cpus, options.gpus, options.array_size,
+                                options.threads or max(1, options.cpus // options.nproc))
     raise StudyError(f"--executor must be local or slurm, got {options.executor!r}")
 
 
@@ -195,7 +201,7 @@ def run_study(axes: Axes, train_options: Dict[str, Any], options: StudyOptions) 
         manifest = open_manifest(root, shared, axes)
         recover(manifest, options.retry_failed)
         pending = [e for e in manifest.runs if e["status"] == "pending"]
-        tasks = [task_for(manifest, e) for e in pending]
+        tasks = [task_for(manifest, e, options.nproc) for e in pending]
         epochs = int(shared.get("epochs", TrainConfig.epochs))
         table = LiveTable(manifest, epochs, options.quiet)
 
