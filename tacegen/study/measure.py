@@ -7,8 +7,8 @@
   F meV/Å, S meV/Å^3; absent without test data;
 * ``params``: trainable parameters of the model;
 * ``build_s``: seconds of a complete cold build of the spec (paths -> IR -> optimiser ->
-  printers, written to a temporary folder; derivations not read from the disk cache),
-  measured once per spec in this process;
+  printers, written to a temporary folder), in a fresh process
+  (:mod:`tacegen.study.buildtime`);
 * ``paths``: independent paths of the build, as its REPORT.md lists them: edge coupling
   paths of each interaction program plus product-basis trees of each product program;
 * ``mflop_per_atom``: the cost model of :mod:`tacegen.ir.cost` for one forward pass,
@@ -25,14 +25,13 @@ The compiler is imported lazily, only for ``build_s``, ``paths`` and ``mflop_per
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
+from tacegen.study.buildtime import cold_build_seconds
 from tacegen.train import checkpoint
 from tacegen.train.dataset import AtomsDataset, species_map
 from tacegen.train.labels import LabelKeys
@@ -55,26 +54,14 @@ def test_errors(run_dir: Path) -> Dict[str, Optional[float]]:
 
 def compiler_costs(spec: Dict[str, Any], layers: int, channels: int, neighbours: float) -> Dict[str, float]:
     """``build_s``, ``paths`` and ``mflop_per_atom`` of a spec (compiled once per process)."""
-    from tacegen.build import compile_spec, write_build
+    from tacegen.build import compile_spec
     from tacegen.ir.build import edge_paths
     from tacegen.ir.cost import program_cost
     from tacegen.spec import ModelSpec
 
     model_spec = ModelSpec.from_dict(spec)
     if model_spec.hash not in _COMPILED:
-        previous = os.environ.get("TACEGEN_CACHE_DIR")
-        os.environ["TACEGEN_CACHE_DIR"] = "off"  # a cold build: derivations not read from the disk cache
-        try:
-            with tempfile.TemporaryDirectory(prefix="tacegen-study-build-") as folder:
-                start = time.perf_counter()
-                compiled = compile_spec(model_spec)
-                write_build(model_spec, Path(folder) / "build", force=True, compiled=compiled)
-                _COMPILED[model_spec.hash] = (compiled, time.perf_counter() - start)
-        finally:
-            if previous is None:
-                os.environ.pop("TACEGEN_CACHE_DIR", None)
-            else:
-                os.environ["TACEGEN_CACHE_DIR"] = previous
+        _COMPILED[model_spec.hash] = (compile_spec(model_spec), cold_build_seconds(spec))
     compiled, seconds = _COMPILED[model_spec.hash]
     progs = compiled.optimised
     paths = 0
