@@ -103,8 +103,12 @@ def study_run_command(lmax_axis, nu_axis, grid, repeats, workers, threads, nproc
     manifest = run_study(axes, shared, options)
     failed = manifest.by_status("failed")
     done = manifest.by_status("done")
+    from pathlib import Path
+
+    outputs = [name for name in ("results.md", "results.csv", "pareto.png", "learning_curves.png")
+               if (Path(out) / name).is_file()]
     click.echo(f"study {out}: {len(done)} done, {len(failed)} failed of {len(manifest.runs)} runs; "
-               f"results.md, results.csv, pareto.png, learning_curves.png")
+               f"{', '.join(outputs)}")
     for entry in failed:
         click.echo(f"  failed {entry['name']}: {entry.get('error')}", err=True)
     if failed:
