@@ -224,3 +224,27 @@ def test_study_imports_no_compiler_until_it_measures_paths():
             "['tacegen', 'backends'])))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_report_groups_repeats_into_mean_and_std(tmp_path):
+    from tacegen.study.report import write_report
+
+    manifest = Manifest(tmp_path, {"epochs": 2})
+    manifest.add(Axes.from_options("1,2", "1", repeats=2).variants())
+    for k, entry in enumerate(manifest.runs):
+        lmax = entry["params"]["lmax"]
+        entry.update(status="done", measured={"test_forces_mae": 10.0 / lmax + entry["seed"],
+                                              "torch_us_per_atom": 5.0 * lmax + entry["seed"], "params": 100 * lmax})
+        run = manifest.run_dir(entry)
+        run.mkdir(parents=True)
+        (run / "metrics.csv").write_text("epoch,valid_forces_mae\n1,30.0\n2,20.0\n")
+    manifest.runs[-1]["status"] = "failed"
+    manifest.runs[-1]["error"] = "tacegen: error: boom"
+    manifest.save()
+    written = {p.name for p in write_report(tmp_path)}
+    assert written == {"results.csv", "results.md", "pareto.png", "learning_curves.png"}
+    table = (tmp_path / "results.md").read_text()
+    # lmax 1: seeds 0 and 1 give 10 and 11 -> 10.5 ± 0.71; lmax 2 has one done run (5, no std)
+    assert "| 2 | 1 | 1 | 5 |" in table and "| 1 | 1 | 2 | 10.5 ± 0.71 |" in table
+    assert table.index("| 2 | 1 | 1 |") < table.index("| 1 | 1 | 2 |")  # sorted by force MAE
+    assert "`lmax2_nu1_s1`: tacegen: error: boom" in table
