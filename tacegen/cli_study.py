@@ -96,8 +96,8 @@ def study_run_command(lmax_axis, nu_axis, grid, repeats, workers, threads, nproc
     seed = int(shared.pop("seed", 0))
     axes = Axes.from_options(lmax_axis, nu_axis, grid, repeats, seed)
     options = StudyOptions(out=out, workers=workers, threads=threads, nproc=nproc, executor=executor,
-                           partition=partition, time_min=time_min, cpus=cpus, gpus=gpus, array_size=array_size, retry_failed=retry_failed,
-                           quiet=quiet, measure=not no_measure, timing_data=timing_data,
+                           partition=partition, time_min=time_min, cpus=cpus, gpus=gpus, array_size=array_size,
+                           retry_failed=retry_failed, quiet=quiet, measure=not no_measure, timing_data=timing_data,
                            timing_structures=timing_structures, timing_threads=timing_threads,
                            numba_timing=numba_timing)
     manifest = run_study(axes, shared, options)
