@@ -134,8 +134,9 @@ def test_submitit_local_executor_gives_the_same_run(data, reference, tmp_path):
     assert (out / "submitit").is_dir()  # the job folders of submitit
     ours = _numbers(out / "results.csv")["lmax1_nu1_s0"]
     theirs = _numbers(reference / "results.csv")["lmax1_nu1_s0"]
-    for key in ("valid_forces_mae", "test_forces_mae", "params", "paths"):
-        assert ours[key] == theirs[key], key
+    assert ours["params"] == theirs["params"] and ours["paths"] == theirs["paths"]
+    for key in ("valid_forces_mae", "test_forces_mae"):  # thread counts may differ: last bits only
+        assert float(ours[key]) == pytest.approx(float(theirs[key]), rel=1e-9), key
 
 
 def test_failed_variant_is_recorded_and_others_finish_then_axes_grow(data, tmp_path):
