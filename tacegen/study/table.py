@@ -124,7 +124,7 @@ def _format(pair, digits: int = 3) -> str:
     mean, std = pair
     if mean is None:
         return "–"
-    text = f"{mean:.{digits}g}"
+    text = f"{mean:.0f}" if abs(mean) >= 10 ** digits else f"{mean:.{digits}g}"
     return text if std is None else f"{text} ± {std:.2g}"
 
 
