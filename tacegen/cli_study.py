@@ -67,7 +67,7 @@ def study_group():
 @click.option("--numba-timing", is_flag=True,
               help="Also time the Numba back end (a cold Numba compile takes minutes per build).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="TOML file of training options shared by every run (flags win).")
+              help="TOML file: an [axes] table (lmax = [1, 2], ...) and training options (flags win).")
 @click.option("--test", multiple=True, type=click.Path(dir_okay=False), help="Test data file (repeatable).")
 @click.option("--no-data-cache", is_flag=True, default=None, help="Do not cache neighbour lists.")
 @click.option("--quiet", is_flag=True, help="No live table.")
@@ -83,18 +83,18 @@ def study_run_command(lmax_axis, nu_axis, grid, repeats, workers, threads, nproc
     """
     from .study.axes import Axes
     from .study.runner import StudyOptions, run_study
-    from .train.config import TrainConfig, read_toml
+    from .study.config import read_study_toml
 
     flags = {k.replace("-", "_"): v for k, v in flags.items()}
     out = flags.pop("out") or "studies/study"
-    shared = read_toml(config_file, TrainConfig.keys()) if config_file else {}
+    file_axes, shared = read_study_toml(config_file) if config_file else ([], {})
     shared.update({k: v for k, v in flags.items() if v is not None})
     if test:
         shared["test"] = list(test)
     if no_data_cache:
         shared["data_cache"] = False
     seed = int(shared.pop("seed", 0))
-    axes = Axes.from_options(lmax_axis, nu_axis, grid, repeats, seed)
+    axes = Axes.from_options(lmax_axis, nu_axis, grid, repeats, seed, base=file_axes)
     options = StudyOptions(out=out, workers=workers, threads=threads, nproc=nproc, executor=executor,
                            partition=partition, time_min=time_min, cpus=cpus, gpus=gpus, array_size=array_size,
                            retry_failed=retry_failed, quiet=quiet, measure=not no_measure, timing_data=timing_data,

@@ -248,3 +248,22 @@ def test_report_groups_repeats_into_mean_and_std(tmp_path):
     assert "| 2 | 1 | 1 | 5 |" in table and "| 1 | 1 | 2 | 10.5 ± 0.71 |" in table
     assert table.index("| 2 | 1 | 1 |") < table.index("| 1 | 1 | 2 |")  # sorted by force MAE
     assert "`lmax2_nu1_s1`: tacegen: error: boom" in table
+
+
+def test_study_toml_gives_axes_and_shared_options(tmp_path):
+    from tacegen.study.config import read_study_toml
+
+    path = tmp_path / "study.toml"
+    path.write_text('epochs = 3\n[axes]\nlmax = [1, 2]\nnu = 1\nradial_hidden = [[8, 8], [16]]\n'
+                    '[model]\nchannels = 8\n')
+    file_axes, shared = read_study_toml(str(path))
+    assert shared == {"epochs": 3, "channels": 8}
+    axes = Axes.from_options(None, "2,3", [], base=file_axes)  # a flag replaces the file's axis
+    assert axes.axes == [("lmax", [1, 2]), ("nu", [2, 3]), ("radial_hidden", [[8, 8], [16]])]
+    assert len(axes.variants()) == 8
+    path.write_text("[axes]\nnu = [1, 7]\n")
+    with pytest.raises(AxisError, match=r"study.toml \[axes\]: axis nu: value 7 is outside the allowed range 1..4"):
+        read_study_toml(str(path))
+    path.write_text("[axes]\nlmax = [1]\n[data]\ncolour = 1\n")
+    with pytest.raises(ValueError, match="unknown key 'colour'"):
+        read_study_toml(str(path))

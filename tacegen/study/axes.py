@@ -144,6 +144,20 @@ def check_value(name: str, value: Any) -> None:
         raise AxisError(f"axis {name}: value {value!r} rejected: {error}") from None
 
 
+def axes_from_table(table: Dict[str, Any], source: str = "axes") -> List[Tuple[str, List[Any]]]:
+    """Axes of a TOML ``[axes]`` table (``lmax = [1, 2]``, ``channels = [16, 32]``), checked
+    like the flags; a scalar is an axis of one value."""
+    axes: List[Tuple[str, List[Any]]] = []
+    for key, values in table.items():
+        values = values if isinstance(values, list) else [values]
+        text = ",".join("/".join(str(x) for x in v) if isinstance(v, list) else str(v) for v in values)
+        try:
+            axes.append((normalise_key(key), parse_values(key, text)))
+        except AxisError as error:
+            raise AxisError(f"{source}: {error}") from None
+    return axes
+
+
 @dataclass
 class Axes:
     """Named value lists; :meth:`variants` expands them."""
@@ -154,7 +168,8 @@ class Axes:
 
     @classmethod
     def from_options(cls, lmax: str | None, nu: str | None, grid: Sequence[str] = (), repeats: int = 1,
-                     seed: int = 0) -> "Axes":
+                     seed: int = 0, base: Sequence[Tuple[str, List[Any]]] = ()) -> "Axes":
+        """Axes of the flags; ``base`` (e.g. from a TOML file) is kept where no flag names the same key."""
         axes: List[Tuple[str, List[Any]]] = []
         if lmax is not None:
             axes.append(("lmax", parse_values("lmax", lmax)))
@@ -165,6 +180,9 @@ class Axes:
             if key in dict(axes):
                 raise AxisError(f"axis {key} is given twice")
             axes.append((key, values))
+        given = {k for k, _ in axes}
+        axes = [(k, v) for k, v in base if k not in given] + axes
+        axes.sort(key=lambda a: {"lmax": 0, "nu": 1}.get(a[0], 2))
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
             raise AxisError(f"--repeats must be an integer >= 1, got {repeats!r}")
         if not axes:
