@@ -230,11 +230,13 @@ def build(lmax, nu, hidden_lmax, backends, long_range, out_dir, force, show_repo
 
 def _register_applications() -> None:
     from .cli_export import export_command
+    from .cli_study import study_group
     from .cli_train import eval_command, train_command
 
     cli.add_command(train_command)
     cli.add_command(eval_command)
     cli.add_command(export_command)
+    cli.add_command(study_group)
 
 
 _register_applications()
