@@ -24,13 +24,15 @@ from hypothesis import strategies as st
 from conftest import SEEDS, haar_orthogonal
 from model_helpers import (build_module, evaluate, make_model, random_crystal, random_molecule, rel_err,
                            transformed)
-from tacegen.backends.numba_model import convert_state, instance_programs, spec_programs
+from tacegen.backends.numba_model import spec_programs
 from tacegen.backends.numba_segments import CORE, DENSE, split
 from tacegen.build import compile_spec
 from tacegen.runtime.calculator import Calculator
-from tacegen.runtime.chain import ModelChain, interpreter_runner
+from tacegen.ir.interpret import program_runner
+from tacegen.runtime.chain import ModelChain
 from tacegen.runtime.data import batch_atoms
 from tacegen.runtime.numba_driver import graph_arrays
+from tacegen.runtime.numba_weights import convert_state
 from tacegen.spec import ModelSpec
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
@@ -79,9 +81,8 @@ def test_program_chain_on_the_interpreter_matches_pytorch(module, layers):
     model = make_model(module, elements=("Cu", "O"), seed=4, layers=layers)
     programs, kinds = spec_programs(compile_spec(SPEC))
     kinds = {k.name: k for k in kinds}
-    weights, sizes = convert_state(model, kinds)
-    programs.update(instance_programs(**sizes))
-    chain = ModelChain(kinds, weights, interpreter_runner(programs))
+    weights = convert_state(model, kinds)
+    chain = ModelChain(kinds, weights, program_runner(programs))
     for periodic in (False, True):
         atoms = _structure(np.random.default_rng(3 + periodic), periodic)
         batch = batch_atoms(atoms, model.elements, model.r_cut)

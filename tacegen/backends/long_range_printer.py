@@ -29,7 +29,7 @@ from typing import Callable
 
 from .. import __version__
 from ..ir import long_range as lr
-from ..ir.nodes import Program, Sum, Zeros
+from ..ir.nodes import Param, Program, Sum, Zeros, op_params
 
 GRAPH_ARGS = ("senders", "receivers", "receiver_offsets", "sender_order", "sender_offsets", "batch",
               "num_nodes", "num_structures")
@@ -74,7 +74,7 @@ def _constants() -> dict:
 
 
 def _render(template: str) -> str:
-    from ..build import _environment
+    from .templates import environment as _environment
 
     return _environment().get_template(template).render(**_constants())
 
@@ -92,8 +92,9 @@ def render_torch_long_range() -> str:
 # ----------------------------------------------------------------------------- numba lines
 
 
-def _f(x: float) -> str:
-    return repr(float(x))
+def _f(x) -> str:
+    """A float literal, or the name of a run-time parameter (an argument of the printed function)."""
+    return x.name if isinstance(x, Param) else repr(float(x))
 
 
 def _flag(x: bool, numba: bool) -> str:
@@ -129,7 +130,7 @@ def _numba_mean(op: lr.StructureMean) -> list[str]:
 
 
 def _numba_reciprocal(op: lr.ReciprocalEnergy) -> list[str]:
-    return [f"# {op.out.name}: reciprocal-space energy (gamma = {op.gamma!r} Å^2, k_cut = {op.k_cut!r} Å^-1)",
+    return [f"# {op.out.name}: reciprocal-space energy (gamma = {_f(op.gamma)} Å^2, k_cut = {_f(op.k_cut)} Å^-1)",
             f"{op.out.name} = lr_reciprocal_energy({op.positions.name}, {op.charges.name}, {op.cell.name}, "
             f"{_numba_strain(op)}, {_reciprocal_tail(op)})"]
 
@@ -148,7 +149,7 @@ def _pair_geometry(op) -> str:
 
 
 def _numba_pair(op: lr.PairEnergy) -> list[str]:
-    return [f"# {op.out.name}: real-space pair energy, {op.kernel}(alpha r)/r, alpha = {op.alpha!r} Å^-1",
+    return [f"# {op.out.name}: real-space pair energy, {op.kernel}(alpha r)/r, alpha = {_f(op.alpha)} Å^-1",
             f"{op.out.name} = lr_pair_energy({_pair_geometry(op)}, senders, receivers, receiver_offsets, "
             f"{_pair_tail(op)})"]
 
@@ -233,14 +234,29 @@ def _generic_lines(op, methods: dict, backend: str) -> list[str]:
     raise NotImplementedError(f"the long-range {backend} printer has no method for {type(op).__name__}")
 
 
+def scalar_args(program: Program) -> tuple[str, ...]:
+    """The run-time parameters (:class:`~tacegen.ir.nodes.Param`) of ``program``: arguments of
+    the printed function after the graph arguments, in the order ``program.weights``
+    declares them (scalar :class:`~tacegen.ir.dense_ops.ParamSpec` s of shape ())."""
+    declared = tuple(w.name for w in program.weights if getattr(w, "shape", None) == ())
+    for op in program.ops:
+        for p in op_params(op):
+            if p.name not in declared:
+                raise ValueError(f"{program.name}: run-time parameter {p.name!r} of {type(op).__name__} is not "
+                                 "declared in Program.weights")
+    return declared
+
+
 def _function(program: Program, name: str, methods: dict, table: dict, backend: str, typed: bool) -> list[str]:
     args = graph_args(program, table)
+    scalars = scalar_args(program)
     if typed:
         params = [f"{v.name}: Tensor" for v in program.inputs]
         params += [f"{a}: int" if a in ("num_nodes", "num_structures") else f"{a}: Tensor" for a in args]
+        params += [f"{a}: float" for a in scalars]
         head = f"def {name}({', '.join(params)}) -> List[Tensor]:"
     else:
-        head = f"def {name}({', '.join([v.name for v in program.inputs] + list(args))}):"
+        head = f"def {name}({', '.join([v.name for v in program.inputs] + list(args) + list(scalars))}):"
     lines = [head, f'    """{program.doc}"""' if program.doc else '    """IR program."""']
     for op in program.ops:
         lines += ["    " + line for line in _generic_lines(op, methods, backend)]

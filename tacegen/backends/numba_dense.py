@@ -48,7 +48,7 @@ import re
 
 from ..ir import dense_ops as d
 from ..ir.dense_interpret import normalised_silu_gain
-from ..ir.nodes import EDGE, NODE, Program, Sum, Value, Zeros
+from ..ir.nodes import EDGE, NODE, Param, Program, Sum, Value, Zeros
 from .numba_printer import GRAPH_CHECK, SENDER_CHECK, receiver_offsets, sender_csr
 
 STRUCTURE = d.STRUCTURE
@@ -62,9 +62,9 @@ RESERVED = frozenset(GRAPH_ORDER) | frozenset(COUNTS.values()) | {
 PI = repr(math.pi)
 
 
-def _f(x: float) -> str:
-    """A float literal (round-trips exactly)."""
-    return repr(float(x))
+def _f(x) -> str:
+    """A float literal (round-trips exactly), or the name of a run-time parameter."""
+    return x.name if isinstance(x, Param) else repr(float(x))
 
 
 class DensePrinter:
@@ -207,7 +207,7 @@ class DensePrinter:
     def describe(v: Value) -> str:
         """Human-readable layout, e.g. ``(edges, 3, 3)`` or ``(nodes, channels, 5)``."""
         if isinstance(v, d.Array):
-            dims = [str(s) for s in v.shape]
+            dims = [str(s) if s >= 0 else "width" for s in v.shape]
         else:
             dims = (["channels"] if v.channels else []) + [str(v.size)]
         return f"({LABELS[v.domain]}, {', '.join(dims)})" if dims else f"({LABELS[v.domain]},)"
@@ -428,28 +428,47 @@ class DensePrinter:
 
     # radial basis -----------------------------------------------------------------------------
     def _radial_check(self, op, *basis_values) -> None:
-        if op.num_basis < 1 or op.p < 1 or not op.r_cut > 0:
-            raise ValueError(f"{op.out.name}: needs num_basis >= 1, p >= 1 and r_cut > 0")
+        constants = [(name, getattr(op, name), low) for name, low in (("num_basis", 1), ("p", 1), ("r_cut", 0))
+                     if not isinstance(getattr(op, name), Param)]
+        for name, value, low in constants:
+            if not (value >= low if low else value > 0):
+                raise ValueError(f"{op.out.name}: needs num_basis >= 1, p >= 1 and r_cut > 0; {name} = {value!r}")
+        width = -1 if isinstance(op.num_basis, Param) else op.num_basis
         for v in basis_values:
-            if v.domain != op.lengths.domain or getattr(v, "shape", None) != (op.num_basis,):
+            if v.domain != op.lengths.domain or getattr(v, "shape", None) not in ((width,), (-1,)):
                 raise NotImplementedError(f"{op.out.name}: {v.name} must be an ({LABELS[v.domain]}, "
-                                          f"{op.num_basis}) array")
+                                          f"{_f(op.num_basis)}) array")
         if self.ndim(op.lengths) != 1:
             raise NotImplementedError(f"{op.out.name}: lengths must be a 1-D array")
 
-    def _cutoff_lines(self, op, r: str, derivative: bool) -> tuple:
+    def _radial_constants(self, op, derivative: bool) -> tuple[list[str], dict]:
+        """Lines computing the radial basis' constants once (from literals or run-time
+        parameters), in the interpreter's expression order; names by role."""
+        n = {k: self.tmp(k) for k in ("rc", "pf", "c1", "c2", "c3", "pref")}
+        lines = [f"{n['rc']} = {_f(op.r_cut)}",
+                 f"{n['pf']} = float({_f(op.p) if isinstance(op.p, Param) else int(op.p)})",
+                 f"{n['c1']} = 0.5 * ({n['pf']} + 1.0) * ({n['pf']} + 2.0)",
+                 f"{n['c2']} = {n['pf']} * ({n['pf']} + 2.0)",
+                 f"{n['c3']} = 0.5 * {n['pf']} * ({n['pf']} + 1.0)",
+                 f"{n['pref']} = np.sqrt(2.0 / {n['rc']}) * (np.pi / {n['rc']})"]
+        if derivative:
+            n.update({k: self.tmp(k) for k in ("c4", "sq", "wn")})
+            lines += [f"{n['c4']} = -0.5 * {n['pf']} * ({n['pf']} + 1.0) * ({n['pf']} + 2.0)",
+                      f"{n['sq']} = np.sqrt(2.0 / {n['rc']})", f"{n['wn']} = np.pi / {n['rc']}"]
+        return lines, n
+
+    def _cutoff_lines(self, op, r: str, n: dict, derivative: bool) -> tuple:
         """PolynomialCutoff f (and f') of r, in the interpreter's expression order."""
-        p, pf, rc = op.p, float(op.p), _f(op.r_cut)
+        p = _f(op.p) if isinstance(op.p, Param) else str(int(op.p))
+        pm1 = f"({p} - 1)" if isinstance(op.p, Param) else str(int(op.p) - 1)
         x, xp, f = self.tmp("x"), self.tmp("xp"), self.tmp("f")
-        c1, c2, c3 = 0.5 * (pf + 1.0) * (pf + 2.0), pf * (pf + 2.0), 0.5 * pf * (pf + 1.0)
-        lines = [f"{x} = {r} / {rc}", f"{xp} = {x} ** {p}",
-                 f"{f} = 1.0 - {_f(c1)} * {xp} + {_f(c2)} * {xp} * {x} - {_f(c3)} * {xp} * {x} * {x} "
-                 f"if {x} < 1.0 else 0.0  # cutoff, p = {p}"]
+        lines = [f"{x} = {r} / {n['rc']}", f"{xp} = {x} ** {p}",
+                 f"{f} = 1.0 - {n['c1']} * {xp} + {n['c2']} * {xp} * {x} - {n['c3']} * {xp} * {x} * {x} "
+                 f"if {x} < 1.0 else 0.0  # cutoff"]
         if not derivative:
             return lines, x, f, None
         df = self.tmp("df")
-        c4 = -0.5 * p * (p + 1.0) * (p + 2.0)
-        lines.append(f"{df} = {_f(c4)} * {x} ** {p - 1} * (1.0 - {x}) ** 2 / {rc} if {x} < 1.0 else 0.0")
+        lines.append(f"{df} = {n['c4']} * {x} ** {pm1} * (1.0 - {x}) ** 2 / {n['rc']} if {x} < 1.0 else 0.0")
         return lines, x, f, df
 
     def _bessel_lines(self, x: str, h: str) -> tuple[list[str], str]:
@@ -459,29 +478,32 @@ class DensePrinter:
 
     def _RadialBasis(self, op: d.RadialBasis) -> list[str]:
         self._radial_check(op, op.out)
-        out, nb, rc = op.out.name, op.num_basis, op.r_cut
+        out, nb = op.out.name, _f(op.num_basis) if isinstance(op.num_basis, Param) else str(int(op.num_basis))
+        constants, n = self._radial_constants(op, False)
         e, k, h = self.tmp("e"), self.tmp("k"), self.tmp("h")
         r = self.tmp("r")
-        cut, x, f, _ = self._cutoff_lines(op, r, False)
+        cut, x, f, _ = self._cutoff_lines(op, r, n, False)
         sinc, sc = self._bessel_lines(x, h)
-        pref = _f(math.sqrt(2.0 / rc) * (math.pi / rc))
         body = [f"{r} = {op.lengths.name}[{e}]"] + cut + [f"for {k} in range({nb}):", f"    {h} = {k} + 1.0"]
-        body += _indent(sinc) + [f"    {out}[{e}, {k}] = {pref} * {h} * {sc} * {f}"]
-        return [self.head(op, f"sqrt(2/r_cut) sin(n pi r/r_cut) / r x cutoff, r_cut = {rc!r}, p = {op.p}"),
+        body += _indent(sinc) + [f"    {out}[{e}, {k}] = {n['pref']} * {h} * {sc} * {f}"]
+        return [self.head(op, f"sqrt(2/r_cut) sin(n pi r/r_cut) / r x cutoff, r_cut = {_f(op.r_cut)}, "
+                              f"p = {_f(op.p)}")] + constants + [
                 f"{out} = np.empty(({self.count(op.out)}, {nb}), dtype)",
                 f"for {e} in prange({self.count(op.out)}):"] + _indent(body)
 
     def _RadialBasisGrad(self, op: d.RadialBasisGrad) -> list[str]:
         self._radial_check(op, op.cotangent)
-        out, nb, rc, cot = op.out.name, op.num_basis, op.r_cut, op.cotangent.name
+        out, cot = op.out.name, op.cotangent.name
+        nb = _f(op.num_basis) if isinstance(op.num_basis, Param) else str(int(op.num_basis))
+        constants, n = self._radial_constants(op, True)
         e, k, h = self.tmp("e"), self.tmp("k"), self.tmp("h")
         r, acc = self.tmp("r"), self.tmp("acc")
-        cut, x, f, df = self._cutoff_lines(op, r, True)
+        cut, x, f, df = self._cutoff_lines(op, r, n, True)
         sinc, sc = self._bessel_lines(x, h)
         w, wr, db = self.tmp("w"), self.tmp("wr"), self.tmp("db")
-        pref, sq = _f(math.sqrt(2.0 / rc) * (math.pi / rc)), _f(math.sqrt(2.0 / rc))
+        pref, sq = n["pref"], n["sq"]
         inner = [f"{h} = {k} + 1.0"] + sinc + [
-            f"{w} = {h} * {_f(math.pi / rc)}",
+            f"{w} = {h} * {n['wn']}",
             f"{wr} = {w} * {r}",
             f"if abs({wr}) < 1e-3:  # series of (w r cos(w r) - sin(w r)) / r^2",
             f"    {db} = {sq} * (-({w} ** 3) * {r} / 3.0 + ({w} ** 5) * {r} ** 3 / 30.0)",
@@ -490,7 +512,8 @@ class DensePrinter:
             f"{acc} += {cot}[{e}, {k}] * ({db} * {f} + {pref} * {h} * {sc} * {df})"]
         body = [f"{r} = {op.lengths.name}[{e}]"] + cut + [f"{acc} = 0.0", f"for {k} in range({nb}):"]
         body += _indent(inner) + [f"{out}[{e}] = {acc}"]
-        return [self.head(op, f"sum_n {cot}[e, n] d/dr (B_n f), r_cut = {rc!r}, p = {op.p}"),
+        return [self.head(op, f"sum_n {cot}[e, n] d/dr (B_n f), r_cut = {_f(op.r_cut)}, p = {_f(op.p)}")
+                ] + constants + [
                 f"{out} = np.empty({self.count(op.out)}, dtype)",
                 f"for {e} in prange({self.count(op.out)}):"] + _indent(body)
 
@@ -499,7 +522,8 @@ class DensePrinter:
         fin, fout = self.param(op.weight)
         a, b = (fout, fin) if transposed else (fin, fout)
         for v, width in ((op.src, a), (op.out, b)):
-            if self.ndim(v) != 2 or int(self.row(v)) != width or v.domain != op.out.domain:
+            static = isinstance(width, int) and all(s >= 0 for s in getattr(v, "shape", ()))  # else np.dot checks
+            if self.ndim(v) != 2 or (static and int(self.row(v)) != width) or v.domain != op.out.domain:
                 raise NotImplementedError(f"{op.out.name}: {type(op).__name__} maps (items, {a}) to (items, {b}); "
                                           f"{v.name} is {self.describe(v)}")
         w = f"{op.weight}.T" if transposed else op.weight
@@ -614,6 +638,13 @@ class DensePrinter:
         if not isinstance(out, d.Array):
             raise NotImplementedError(f"{out.name}: Reshape produces an Array (its shape is the target)")
         dims = self.trailing(out)
+        if any(s < 0 for s in out.shape):  # one run-time size: what the source's row leaves
+            if sum(s < 0 for s in out.shape) > 1:
+                raise NotImplementedError(f"{out.name}: Reshape with more than one run-time size")
+            row = " * ".join(f"{src.name}.shape[{k}]" for k in range(1, self.ndim(src))) or "1"
+            known = math.prod(s for s in out.shape if s >= 0)
+            size = f"({row}) // {known}" if known != 1 else row
+            dims = [size if d == "-1" else d for d in dims]
         return [self.head(op, f"a view of {src.name}"),
                 f"{out.name} = {self.contiguous(src)}.reshape({self.shape_tuple(f'{src.name}.shape[0]', dims)})"]
 
@@ -703,7 +734,8 @@ class DensePrinter:
         for w, shape in self.params.items():
             conds = [f"{w}.shape[{k}] != {s}" for k, s in enumerate(shape) if s >= 0]
             if conds:
-                lines += [f"if {' or '.join(conds)}:", f'    raise ValueError("{w} must have shape {shape}")']
+                dims = tuple(s if s >= 0 else "width" for s in shape)
+                lines += [f"if {' or '.join(conds)}:", f'    raise ValueError("{w} must have shape {dims}")']
         args = self.graph_args
         if "receiver_offsets" in args:
             lines.append(f"{GRAPH_CHECK}(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR")
@@ -764,7 +796,7 @@ def render_dense_program(program: Program, function_name: str | None = None) -> 
         "signature": printer.signature(),
         "body": body,
         "inputs": [v.name for v in program.inputs],
-        "weights": [(name, _weight_columns(shape)) for name, shape in printer.params.items()],
+        "weights": [(name, _weight_columns(shape)) for name, shape in printer.params.items() if shape],
         "graph": "receiver_offsets" in printer.graph_args,  # the template then defines _check_graph
         "by_sender": "sender_order" in printer.graph_args,  # ... and _check_senders
         "outputs": [v.name for v in program.outputs],
@@ -778,7 +810,7 @@ def render_dense_module(functions, names=None, title: str = "IR programs") -> st
     (used as is), or a Program (printed by :class:`DensePrinter` when it supports every op,
     else by the core printer). ``names`` overrides the function names of Programs."""
     from .. import __version__
-    from ..build import _environment
+    from .templates import environment as _environment
     from .numba_printer import render_program
 
     functions = list(functions)

@@ -77,6 +77,7 @@ import numpy as np
 from ..algebra.adjoint import AdjointTable, ict_gradient_polynomials
 from ..algebra.ict import ict_polynomials, pattern_index, reduced_patterns
 from ..cache import atomic_write_text
+from ..runtime.csr import receiver_offsets, sender_csr  # noqa: F401  (re-exported)
 from ..ir.nodes import (
     EDGE,
     NODE,
@@ -624,7 +625,7 @@ def render_program(program: Program, function_name: str | None = None) -> dict:
 def render_module(programs, names=None, title: str = "IR programs") -> str:
     """Module source with one jitted function per program (``names`` overrides the function names)."""
     from .. import __version__
-    from ..build import _environment
+    from .templates import environment as _environment
 
     names = list(names) if names is not None else [p.name for p in programs]
     if len(set(names)) != len(names):
@@ -666,26 +667,6 @@ def load_source(source: str, folder: Path | str | None = None, module_name: str 
 def compile_programs(programs, folder: Path | str | None = None, names=None):
     """Render ``programs`` into one module and import it; functions are jitted lazily on first call."""
     return load_source(render_module(programs, names), folder)
-
-
-def receiver_offsets(receivers, num_nodes: int) -> np.ndarray:
-    """CSR offsets (N+1,) of edges sorted by receiver: node n owns edges offsets[n]:offsets[n+1]."""
-    receivers = np.asarray(receivers)
-    if receivers.size and np.any(np.diff(receivers) < 0):
-        raise ValueError("receivers must be sorted (the runtime batch sorts edges by receiver)")
-    return np.searchsorted(receivers, np.arange(num_nodes + 1), side="left").astype(np.int64)
-
-
-def sender_csr(senders, num_nodes: int) -> tuple:
-    """(sender_order (E,), sender_offsets (N+1,)): edges sorted by sender, stably (equal senders
-    keep their edge order, so sums by sender run in edge order), and the CSR offsets: node n
-    sends edges ``sender_order[sender_offsets[n]:sender_offsets[n + 1]]``."""
-    senders = np.asarray(senders, dtype=np.int64)
-    if senders.size and (senders.min() < 0 or senders.max() >= num_nodes):
-        raise ValueError("senders must be node indices in [0, num_nodes)")
-    order = np.argsort(senders, kind="stable").astype(np.int64)
-    offsets = np.searchsorted(senders[order], np.arange(num_nodes + 1), side="left").astype(np.int64)
-    return np.ascontiguousarray(order), offsets
 
 
 def graph_arguments(graph: dict, by_sender: bool = False) -> tuple:
