@@ -122,6 +122,24 @@ def render_numba_model(compiled, optimised: bool = True) -> str:
                                bind=True, long_range=spec.long_range != "none")
 
 
+def python_programs(programs: dict[str, Program]) -> str:
+    """Source of programs made only of long-range ops (and sums): plain Python functions
+    calling the electrostatics kernels, for ``exec`` in a module that holds those kernels
+    (benchmarks; a build prints them into ``numba_model.py``). Nothing is compiled."""
+    from .numba_segments import render_chain
+
+    parts = []
+    for p in programs.values():
+        kernels, lines = render_chain(p)
+        for k in kernels:
+            if k.get("jit", True):
+                raise ValueError(f"{p.name}: segment {k['name']} needs compiling; use render_numba_module")
+            body = "\n".join("    " + line for line in k["body"])
+            parts.append(f"def {k['name']}({k['signature']}):\n    \"\"\"{k['doc']}\"\"\"\n{body}\n")
+        parts.append("\n".join(lines) + "\n")
+    return "\n\n".join(parts)
+
+
 def first_call_seconds(folder) -> dict:
     """Time to bind a small float64 model of the build in ``folder`` to its Numba module and
     to evaluate energy, forces and stress of a 4-atom Cu cell the first time (numba compiles
