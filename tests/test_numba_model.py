@@ -249,6 +249,31 @@ def test_numba_float32_matches_float64(model, fast, model32):
     assert abs(out["energy"][0] - ref["energy"][0]) < 1e-5 * np.abs(ref["node_energy"]).sum()
 
 
+def test_changed_weights_are_noticed(module, model):
+    """A bound model whose weights change afterwards (load_state_dict, an in-place optimiser
+    step, a new scale) is evaluated with the new weights, copied once per change."""
+    changing = make_model(module, elements=("Cu", "O"), seed=4, layers=2)
+    bound = changing.numba_backend()  # the module's kernels are compiled already: no JIT
+    atoms = _structure(np.random.default_rng(11), True)
+    before = numba_eval(bound, changing, atoms)
+    assert rel_err(before["energy"], evaluate(changing, atoms)["energy"]) < 1e-10
+    assert not bound.refresh()
+    changing.load_state_dict(make_model(module, elements=("Cu", "O"), seed=9, layers=2).state_dict())
+    after = numba_eval(bound, changing, atoms)
+    ref = evaluate(changing, atoms)
+    assert abs(float(after["energy"][0] - before["energy"][0])) > 1e-6  # the weights did change
+    for key in ("energy", "forces"):
+        assert rel_err(after[key], ref[key]) < 1e-10, key
+    with torch.no_grad():
+        linear = next(m for m in changing.blocks[0].radial.modules() if isinstance(m, torch.nn.Linear))
+        linear.weight.mul_(1.5)  # an optimiser-style in-place step
+    changing.scale = 0.5
+    ref = evaluate(changing, atoms)
+    out = numba_eval(bound, changing, atoms)
+    assert rel_err(out["energy"], ref["energy"]) < 1e-10 and rel_err(out["forces"], ref["forces"]) < 1e-10
+    assert not bound.refresh()
+
+
 def test_dtype_mismatch_is_refused_clearly(model, fast):
     atoms = random_molecule(np.random.default_rng(1), symbols=("Cu", "O"))
     batch = batch_atoms(atoms, model.elements, model.r_cut, dtype=torch.float32)

@@ -9061,8 +9061,8 @@ def bind(model):
     """A Numba evaluator with the weights of ``model`` (a TACE module of this build), called
     like the model: ``bind(model)(batch, compute_forces=True, compute_stress=True)``.
 
-    The weights are copied now (see tacegen.runtime.numba_weights.convert_state): bind
-    again after changing them."""
+    The weights are copied now (see tacegen.runtime.numba_weights.convert_state), and again
+    by any evaluation after they changed (load_state_dict, optimiser steps, scale, shift)."""
     import sys
 
     from tacegen.runtime.numba_driver import NumbaTACE

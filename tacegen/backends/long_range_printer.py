@@ -30,6 +30,7 @@ from typing import Callable
 from .. import __version__
 from ..ir import long_range as lr
 from ..ir.nodes import Param, Program, Sum, Zeros, op_params
+from .printer import PRINTERS, Printer, register
 
 GRAPH_ARGS = ("senders", "receivers", "receiver_offsets", "sender_order", "sender_offsets", "batch",
               "num_nodes", "num_structures")
@@ -223,15 +224,45 @@ def graph_args(program: Program, table: dict | None = None) -> tuple[str, ...]:
     return tuple(name for name in GRAPH_ARGS if name in used)
 
 
-def _generic_lines(op, methods: dict, backend: str) -> list[str]:
-    method = methods.get(type(op))
-    if method is not None:
-        return method(op)
-    if isinstance(op, Sum):
+class _LongRangePrinter(Printer):
+    """Lines of one long-range op (``_print_<Op>`` from the backend's method table), of
+    ``Sum`` and of ``Zeros``."""
+
+    array_module = "np"
+
+    def _print_Sum(self, op: Sum) -> list[str]:
         return [f"{op.out.name} = " + " + ".join(t.name for t in op.terms)]
-    if isinstance(op, Zeros):
-        return [f"{op.out.name} = {'np' if backend == 'numba' else 'torch'}.zeros_like({op.like.name})"]
-    raise NotImplementedError(f"the long-range {backend} printer has no method for {type(op).__name__}")
+
+    def _print_Zeros(self, op: Zeros) -> list[str]:
+        return [f"{op.out.name} = {self.array_module}.zeros_like({op.like.name})"]
+
+    def unsupported(self, op) -> str:
+        return f"the long-range {self.backend} printer has no method for {type(op).__name__}"
+
+
+def _with_methods(cls: type, methods: dict) -> type:
+    for op_type, method in methods.items():
+        setattr(cls, f"_print_{op_type.__name__}", staticmethod(method))
+    return cls
+
+
+@register("numba", "long_range")
+class NumbaLongRangePrinter(_LongRangePrinter):
+    array_module = "np"
+
+
+@register("torch", "long_range")
+class TorchLongRangePrinter(_LongRangePrinter):
+    array_module = "torch"
+
+
+_with_methods(NumbaLongRangePrinter, NUMBA_METHODS)
+_with_methods(TorchLongRangePrinter, TORCH_METHODS)
+
+
+def _generic_lines(op, methods: dict, backend: str) -> list[str]:
+    """The lines of ``op`` by the long-range printer of ``backend`` (``methods``: its table)."""
+    return PRINTERS[backend]["long_range"]().print_op(op)
 
 
 def scalar_args(program: Program) -> tuple[str, ...]:

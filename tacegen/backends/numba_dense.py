@@ -50,6 +50,7 @@ from ..ir import dense_ops as d
 from ..ir.dense_interpret import normalised_silu_gain
 from ..ir.nodes import EDGE, NODE, Param, Program, Sum, Value, Zeros
 from .numba_printer import GRAPH_CHECK, SENDER_CHECK, receiver_offsets, sender_csr
+from .printer import Printer, register
 
 STRUCTURE = d.STRUCTURE
 GRAPH_ORDER = ("senders", "receivers", "receiver_offsets", "sender_order", "sender_offsets", "batch",
@@ -67,11 +68,13 @@ def _f(x) -> str:
     return x.name if isinstance(x, Param) else repr(float(x))
 
 
-class DensePrinter:
+@register("numba", "dense")
+class DensePrinter(Printer):
     """Prints one numba function (signature and body lines) for a program of dense ops.
 
-    A visitor: one method ``_<OpName>(self, op) -> list[str]`` per op type, returning the
-    whole-array statements of that op (see the module docstring)."""
+    A visitor (:class:`~tacegen.backends.printer.Printer`): one method
+    ``_print_<OpName>(self, op) -> list[str]`` per op type, returning the whole-array
+    statements of that op (see the module docstring)."""
 
     SUPPORTED = (d.EdgeVectors, d.EdgeLength, d.EdgeDirection, d.RadialBasis, d.Dense, d.Activation,
                  d.ChannelMix, d.Reshape, d.Mul, d.NodeSum, d.EdgeVectorsGrad, d.EdgeVectorsStrainGrad,
@@ -254,13 +257,14 @@ class DensePrinter:
                 raise NotImplementedError(f"{op.out.name}: {type(op).__name__} of {v.name} needs the same layout")
 
     # -- visitor ---------------------------------------------------------------------------------
-    def op(self, op) -> list[str]:
-        method = getattr(self, f"_{type(op).__name__}", None)
-        if method is None or not self.supports(op):
-            raise NotImplementedError(self.NOT_PRINTED.get(type(op), f"the dense numba printer has no method for "
-                                                                      f"{type(op).__name__}"))
-        self._scope = set()
-        return method(op)
+    def unsupported(self, op) -> str:
+        return self.NOT_PRINTED.get(type(op), f"the dense numba printer has no method for {type(op).__name__}")
+
+    def print_op(self, op) -> list[str]:
+        if not self.supports(op):
+            raise NotImplementedError(self.unsupported(op))
+        self._scope = set()  # temporaries are local to one op's block
+        return super().print_op(op)
 
     # geometry ---------------------------------------------------------------------------------
     def _unstrained(self, op, e: str, i: str, j: str, b: str) -> tuple[list[str], list[str]]:
@@ -290,7 +294,7 @@ class DensePrinter:
         self._vectors(op, EDGE, op.shifts)
         self._matrices(op, op.cell, *([op.strain] if getattr(op, "strain", None) is not None else []))
 
-    def _EdgeVectors(self, op: d.EdgeVectors) -> list[str]:
+    def _print_EdgeVectors(self, op: d.EdgeVectors) -> list[str]:
         self._check_geometry(op)
         out = op.out.name
         pos, cell, shifts = op.positions.name, op.cell.name, op.shifts.name
@@ -317,14 +321,14 @@ class DensePrinter:
         lines.append(f"{r} = np.sqrt({' + '.join(f'{c} * {c}' for c in comps)})")
         return lines, comps, r
 
-    def _EdgeLength(self, op: d.EdgeLength) -> list[str]:
+    def _print_EdgeLength(self, op: d.EdgeLength) -> list[str]:
         self._vectors(op, EDGE, op.vectors)
         out, e = op.out.name, self.tmp("e")
         lines, _, r = self._norm_lines(op.vectors.name, e)
         return [self.head(op, f"|{op.vectors.name}|"), f"{out} = np.empty({self.count(op.out)}, dtype)",
                 f"for {e} in prange({self.count(op.out)}):"] + _indent(lines + [f"{out}[{e}] = {r}"])
 
-    def _EdgeDirection(self, op: d.EdgeDirection) -> list[str]:
+    def _print_EdgeDirection(self, op: d.EdgeDirection) -> list[str]:
         self._vectors(op, EDGE, op.vectors)
         out, e = op.out.name, self.tmp("e")
         lines, comps, r = self._norm_lines(op.vectors.name, e)
@@ -333,7 +337,7 @@ class DensePrinter:
                 f"{out} = np.empty(({self.count(op.out)}, 3), dtype)",
                 f"for {e} in prange({self.count(op.out)}):"] + _indent(lines)
 
-    def _EdgeLengthGrad(self, op: d.EdgeLengthGrad) -> list[str]:
+    def _print_EdgeLengthGrad(self, op: d.EdgeLengthGrad) -> list[str]:
         self._vectors(op, EDGE, op.vectors)
         if op.cotangent.domain != EDGE or self.ndim(op.cotangent) != 1:
             raise NotImplementedError(f"{op.out.name}: the cotangent of an edge length is an (edges,) array")
@@ -346,7 +350,7 @@ class DensePrinter:
                 f"{out} = np.empty(({self.count(op.out)}, 3), dtype)",
                 f"for {e} in prange({self.count(op.out)}):"] + _indent(lines)
 
-    def _EdgeDirectionGrad(self, op: d.EdgeDirectionGrad) -> list[str]:
+    def _print_EdgeDirectionGrad(self, op: d.EdgeDirectionGrad) -> list[str]:
         self._vectors(op, EDGE, op.vectors, op.cotangent)
         out, e = op.out.name, self.tmp("e")
         lines, comps, r = self._norm_lines(op.vectors.name, e)
@@ -361,7 +365,7 @@ class DensePrinter:
                 f"{out} = np.empty(({self.count(op.out)}, 3), dtype)",
                 f"for {e} in prange({self.count(op.out)}):"] + _indent(lines)
 
-    def _EdgeVectorsGrad(self, op: d.EdgeVectorsGrad) -> list[str]:
+    def _print_EdgeVectorsGrad(self, op: d.EdgeVectorsGrad) -> list[str]:
         self._vectors(op, EDGE, op.cotangent)
         self._vectors(op, NODE, op.out)
         if op.strain is not None:
@@ -398,7 +402,7 @@ class DensePrinter:
                   f"for {n} in prange(num_nodes):"] + _indent(body)
         return lines
 
-    def _EdgeVectorsStrainGrad(self, op: d.EdgeVectorsStrainGrad) -> list[str]:
+    def _print_EdgeVectorsStrainGrad(self, op: d.EdgeVectorsStrainGrad) -> list[str]:
         self._check_geometry(op)
         self._vectors(op, EDGE, op.cotangent)
         out, cot = op.out.name, op.cotangent.name
@@ -476,7 +480,7 @@ class DensePrinter:
         y, sc = self.tmp("y"), self.tmp("sinc")
         return [f"{y} = {PI} * ({x} * {h})", f"{sc} = np.sin({y}) / {y} if {y} != 0.0 else 1.0"], sc
 
-    def _RadialBasis(self, op: d.RadialBasis) -> list[str]:
+    def _print_RadialBasis(self, op: d.RadialBasis) -> list[str]:
         self._radial_check(op, op.out)
         out, nb = op.out.name, _f(op.num_basis) if isinstance(op.num_basis, Param) else str(int(op.num_basis))
         constants, n = self._radial_constants(op, False)
@@ -491,7 +495,7 @@ class DensePrinter:
                 f"{out} = np.empty(({self.count(op.out)}, {nb}), dtype)",
                 f"for {e} in prange({self.count(op.out)}):"] + _indent(body)
 
-    def _RadialBasisGrad(self, op: d.RadialBasisGrad) -> list[str]:
+    def _print_RadialBasisGrad(self, op: d.RadialBasisGrad) -> list[str]:
         self._radial_check(op, op.cotangent)
         out, cot = op.out.name, op.cotangent.name
         nb = _f(op.num_basis) if isinstance(op.num_basis, Param) else str(int(op.num_basis))
@@ -531,10 +535,10 @@ class DensePrinter:
         return [self.head(op, f"{op.src.name} @ {w} (BLAS gemm)"),
                 f"{op.out.name} = np.dot({self.contiguous(op.src)}, {weight})"]
 
-    def _Dense(self, op: d.Dense) -> list[str]:
+    def _print_Dense(self, op: d.Dense) -> list[str]:
         return self._gemm(op, False)
 
-    def _DenseTransposed(self, op: d.DenseTransposed) -> list[str]:
+    def _print_DenseTransposed(self, op: d.DenseTransposed) -> list[str]:
         return self._gemm(op, True)
 
     def _mix(self, op, transposed: bool) -> list[str]:
@@ -570,10 +574,10 @@ class DensePrinter:
                   f"            {out.name}[{n}, {a}, {q}] = {y}[{n}, {q}, {a}]"]
         return lines
 
-    def _ChannelMix(self, op: d.ChannelMix) -> list[str]:
+    def _print_ChannelMix(self, op: d.ChannelMix) -> list[str]:
         return self._mix(op, False)
 
-    def _ChannelMixTransposed(self, op: d.ChannelMixTransposed) -> list[str]:
+    def _print_ChannelMixTransposed(self, op: d.ChannelMixTransposed) -> list[str]:
         return self._mix(op, True)
 
     # elementwise -----------------------------------------------------------------------------
@@ -595,7 +599,7 @@ class DensePrinter:
     def _sigmoid(x: str) -> str:
         return f"0.5 * (1.0 + np.tanh(0.5 * {x}))"
 
-    def _Activation(self, op: d.Activation) -> list[str]:
+    def _print_Activation(self, op: d.Activation) -> list[str]:
         gain = _f(normalised_silu_gain()) if op.normalised else None
 
         def expression(element):
@@ -606,7 +610,7 @@ class DensePrinter:
         what = f"normalised SiLU, {gain} * x * sigmoid(x)" if gain else "SiLU, x * sigmoid(x)"
         return self._elementwise(op, what, [op.src], expression)
 
-    def _ActivationGrad(self, op: d.ActivationGrad) -> list[str]:
+    def _print_ActivationGrad(self, op: d.ActivationGrad) -> list[str]:
         gain = _f(normalised_silu_gain()) if op.normalised else None
 
         def expression(element, cotangent):
@@ -618,11 +622,11 @@ class DensePrinter:
         what = f"{op.cotangent.name} * {gain + ' * ' if gain else ''}silu'({op.src.name}), silu' = s + x s (1 - s)"
         return self._elementwise(op, what, [op.src, op.cotangent], expression)
 
-    def _Mul(self, op: d.Mul) -> list[str]:
+    def _print_Mul(self, op: d.Mul) -> list[str]:
         factor = _f(op.factor)
         return self._elementwise(op, f"{factor} * {op.src.name}", [op.src], lambda x: ([], f"{factor} * {x}"))
 
-    def _Sum(self, op: Sum) -> list[str]:
+    def _print_Sum(self, op: Sum) -> list[str]:
         terms = list(op.terms)
         first = terms[0].name
         lines = self._elementwise(op, " + ".join(t.name for t in terms), terms, lambda *xs: ([], " + ".join(xs)))
@@ -633,7 +637,7 @@ class DensePrinter:
         return lines[:1] + checks + lines[1:]
 
     # layout -------------------------------------------------------------------------------------
-    def _Reshape(self, op: d.Reshape) -> list[str]:
+    def _print_Reshape(self, op: d.Reshape) -> list[str]:
         src, out = op.src, op.out
         if not isinstance(out, d.Array):
             raise NotImplementedError(f"{out.name}: Reshape produces an Array (its shape is the target)")
@@ -648,16 +652,16 @@ class DensePrinter:
         return [self.head(op, f"a view of {src.name}"),
                 f"{out.name} = {self.contiguous(src)}.reshape({self.shape_tuple(f'{src.name}.shape[0]', dims)})"]
 
-    def _ReshapeLike(self, op: d.ReshapeLike) -> list[str]:
+    def _print_ReshapeLike(self, op: d.ReshapeLike) -> list[str]:
         return [self.head(op, f"a view of {op.src.name} shaped like {op.like.name}"),
                 f"{op.out.name} = {self.contiguous(op.src)}.reshape({op.like.name}.shape)"]
 
-    def _Zeros(self, op: Zeros) -> list[str]:
+    def _print_Zeros(self, op: Zeros) -> list[str]:
         return [self.head(op, f"zeros shaped like {op.like.name}"),
                 f"{op.out.name} = np.zeros({op.like.name}.shape, dtype)"]
 
     # structures ---------------------------------------------------------------------------------
-    def _NodeSum(self, op: d.NodeSum) -> list[str]:
+    def _print_NodeSum(self, op: d.NodeSum) -> list[str]:
         src, out = op.src, op.out
         if src.domain != NODE or out.domain != STRUCTURE or self.ndim(src) != self.ndim(out):
             raise NotImplementedError(f"{out.name}: NodeSum sums node values into structures")
@@ -676,7 +680,7 @@ class DensePrinter:
                         f"    for {k} in range({self.row(src)}):",
                         f"        {acc}[{b}, {k}] += {rows}[{n}, {k}]"]
 
-    def _GatherStructures(self, op: d.GatherStructures) -> list[str]:
+    def _print_GatherStructures(self, op: d.GatherStructures) -> list[str]:
         src, out = op.src, op.out
         if src.domain != STRUCTURE or out.domain != NODE or self.ndim(src) != self.ndim(out):
             raise NotImplementedError(f"{out.name}: GatherStructures reads structure values at each atom")
@@ -765,7 +769,7 @@ class DensePrinter:
         if self._body is None:
             lines = self._sizes() + self._checks()
             for op in self.program.ops:
-                lines += [""] + self.op(op)
+                lines += [""] + self.print_op(op)
             outs = [v.name for v in self.program.outputs]
             lines += ["", "return (" + ", ".join(outs) + ("," if len(outs) == 1 else "") + ")"]
             self._body = lines

@@ -54,7 +54,7 @@ Coupling tables are printed from their entries (AdjointTables label their ``orig
 nothing is keyed by ranks.
 
 Adding an op type: a per-item op (inputs and output on the same domain) needs one visitor
-method ``_<OpName>(self, op) -> list[str]`` that reads inputs with :meth:`read` and names
+method ``_print_<OpName>(self, op) -> list[str]`` (:class:`~tacegen.backends.printer.Printer`) that reads inputs with :meth:`read` and names
 its outputs with :meth:`define`. A cross-domain op also needs an entry in
 :attr:`NumbaPrinter.ACCESS` (``"complete"``: reads its source at another item, like
 Gather; ``"reduce"``: accumulates edges into their receiver, like Scatter).
@@ -97,6 +97,7 @@ from ..ir.nodes import (
     WeightArray,
     Zeros,
 )
+from .printer import Printer, register
 
 GRAPH_ARGS = ("senders", "receivers", "receiver_offsets", "num_nodes")
 SENDER_ARGS = ("sender_order", "sender_offsets")  # only for programs with a ScatterSenders
@@ -202,7 +203,8 @@ class Kernel:
     ops: list
 
 
-class NumbaPrinter:
+@register("numba", "core")
+class NumbaPrinter(Printer):
     """Prints one numba function (signature and body lines) for a program."""
 
     # how an op reads its inputs; ops not listed are per-item ("local")
@@ -329,13 +331,10 @@ class NumbaPrinter:
         self._init += lines
 
     # -- visitor ---------------------------------------------------------------------------
-    def op(self, op) -> list[str]:
-        method = getattr(self, f"_{type(op).__name__}", None)
-        if method is None:
-            raise NotImplementedError(f"the numba printer has no method for {type(op).__name__}")
-        return method(op)
+    def unsupported(self, op) -> str:
+        return f"the numba printer has no method for {type(op).__name__}"
 
-    def _EdgeICT(self, op: EdgeICT) -> list[str]:
+    def _print_EdgeICT(self, op: EdgeICT) -> list[str]:
         l = op.out.rank
         out = self.define(op.out)
         if l == 0:
@@ -362,7 +361,7 @@ class NumbaPrinter:
         lower = self.power(direction, axis, e - 1)
         return self.hoist(f"{ax}{e}", f"{lower} * {self.power(direction, axis, 1)}")
 
-    def _Couple(self, op: Couple) -> list[str]:
+    def _print_Couple(self, op: Couple) -> list[str]:
         c = op.coupling
         if op.out.channels != (op.left.channels or op.right.channels):
             raise NotImplementedError(f"{op.out.name}: has channels iff an operand has")
@@ -381,7 +380,7 @@ class NumbaPrinter:
             lines.append(_assign(out[m3], _factored_terms(terms) if terms else ["0.0"]))
         return lines
 
-    def _Scale(self, op: Scale) -> list[str]:
+    def _print_Scale(self, op: Scale) -> list[str]:
         if not op.out.channels:
             raise NotImplementedError("weights are per channel: a Scale output has channels")
         out = self.define(op.out)
@@ -389,25 +388,25 @@ class NumbaPrinter:
         note = f"  # {op.comment}" if op.comment else ""
         return [f"{o} = {self.read(op.src, m)} * {w}{note if m == 0 else ''}" for m, o in enumerate(out)]
 
-    def _Sum(self, op: Sum) -> list[str]:
+    def _print_Sum(self, op: Sum) -> list[str]:
         if any(t.channels != op.out.channels for t in op.terms):
             raise NotImplementedError(f"{op.out.name}: a sum of values with and without channels")
         out = self.define(op.out)
         return [_assign(o, [self.read(op.terms[0], m)] + [f"+ {self.read(t, m)}" for t in op.terms[1:]])
                 for m, o in enumerate(out)]
 
-    def _Gather(self, op: Gather) -> list[str]:
+    def _print_Gather(self, op: Gather) -> list[str]:
         out = self.define(op.out)
         j = self.hoist("j", "senders[e]")
         return [f"{o} = {self.element(op.src, m, j)}" for m, o in enumerate(out)]
 
-    def _Scatter(self, op: Scatter) -> list[str]:
+    def _print_Scatter(self, op: Scatter) -> list[str]:
         out = self.define(op.out)
         self.before_edges([f"{o} = 0.0" for o in out])
         return [f"{o} += {self.read(op.src, m)}" for m, o in enumerate(out)]
 
     # -- reverse-pass ops ---------------------------------------------------------------------
-    def _EdgeICTGrad(self, op: EdgeICTGrad) -> list[str]:
+    def _print_EdgeICTGrad(self, op: EdgeICTGrad) -> list[str]:
         if op.out.channels or op.cotangent.channels or op.out.rank != 1 or op.direction.rank != 1:
             raise NotImplementedError(f"{op.out.name}: EdgeICTGrad is channel-free and rank 1")
         l = op.l
@@ -428,18 +427,18 @@ class NumbaPrinter:
             lines.append(_assign(name, _factored_terms(terms) if terms else ["0.0"]))
         return lines
 
-    def _ChannelSum(self, op: ChannelSum) -> list[str]:
+    def _print_ChannelSum(self, op: ChannelSum) -> list[str]:
         # inside the channel loop: add this channel's contribution (the array starts at zero)
         return [f"{self.element(op.out, m)} += {self.read(op.src, m)}  # sum over channels"
                 if m == 0 else f"{self.element(op.out, m)} += {self.read(op.src, m)}"
                 for m in range(op.out.size)]
 
-    def _GatherReceivers(self, op: GatherReceivers) -> list[str]:
+    def _print_GatherReceivers(self, op: GatherReceivers) -> list[str]:
         out = self.define(op.out)
         i = self.hoist("i", "receivers[e]")
         return [f"{o} = {self.element(op.src, m, i)}" for m, o in enumerate(out)]
 
-    def _ScatterSenders(self, op: ScatterSenders) -> list[str]:
+    def _print_ScatterSenders(self, op: ScatterSenders) -> list[str]:
         if op.out.domain != NODE or op.src.domain != EDGE:
             raise NotImplementedError("ScatterSenders goes from edges to nodes")
         out = self.define(op.out)
@@ -450,10 +449,10 @@ class NumbaPrinter:
         lines.append(f"    {es} = sender_order[{k}]")
         return lines + [f"    {o} += {self.element(op.src, m, es)}" for m, o in enumerate(out)]
 
-    def _Zeros(self, op: Zeros) -> list[str]:
+    def _print_Zeros(self, op: Zeros) -> list[str]:
         return [f"{o} = 0.0" for o in self.define(op.out)]
 
-    def _Stack(self, op: Stack) -> list[str]:
+    def _print_Stack(self, op: Stack) -> list[str]:
         if not op.out.channels or len(op.columns) != op.out.count:
             raise NotImplementedError(f"{op.out.name}: a Stack fills every column of a per-channel weight")
         out = self.define(op.out)
@@ -471,7 +470,7 @@ class NumbaPrinter:
     def _run_ops(self, ops, section: _Section) -> None:
         self._section = section
         for op in ops:
-            section.body += self.op(op)
+            section.body += self.print_op(op)
 
     def _store(self, section: _Section) -> None:
         self._section = section

@@ -2,7 +2,8 @@
 
 ``NumbaTACE(model, numba_module)`` (normally through ``model.numba_backend()`` or the
 generated module's ``bind(model)``) copies the model's weights to numpy
-(:func:`tacegen.runtime.numba_weights.convert_state`) and evaluates batches from
+(:func:`tacegen.runtime.numba_weights.convert_state`; again whenever they change, see
+:meth:`NumbaTACE.refresh`) and evaluates batches from
 :func:`tacegen.runtime.data.batch_atoms` through :class:`~tacegen.runtime.chain.ModelChain`
 with the build's printed programs: a model instance's sizes and scalars (cut-off, widths,
 long-range parameters) are run-time arguments of those programs, so binding prints and
@@ -23,7 +24,7 @@ import torch
 
 from .chain import LayerInfo, LongRangeCall, ModelChain
 from .csr import receiver_offsets, sender_csr
-from .numba_weights import convert_state
+from .numba_weights import convert_state, state_key
 
 _NUMPY = {torch.float64: np.float64, torch.float32: np.float32}
 
@@ -59,6 +60,8 @@ class NumbaTACE:
         self.elements = list(model.elements)
         self.r_cut = float(model.r_cut)
         self.kinds = {name: LayerInfo(name, *row) for name, row in module.LAYER_KINDS.items()}
+        self.model = model
+        self._state = state_key(model)
         weights = convert_state(model, self.kinds, self.dtype)
         self.long_range = module.SPEC.get("long_range", "none")
         self.chain = ModelChain(self.kinds, weights, self._run)
@@ -71,7 +74,22 @@ class NumbaTACE:
         args = [values[n] for n in inputs] + [weights[n] for n in specs]
         return module.PROGRAMS[name](*args, weights, graph)
 
+    def refresh(self) -> bool:
+        """Copy the model's weights again if they changed since they were last copied (a
+        ``load_state_dict``, an optimiser step, a new ``scale``); called by every evaluation.
+        Returns whether they were copied."""
+        state = state_key(self.model)
+        if state == self._state:
+            return False
+        if self.model.dtype != self.torch_dtype:
+            raise TypeError(f"the model's dtype changed from {self.torch_dtype} to {self.model.dtype} after it was "
+                            "bound to the Numba back end; bind it again (model.numba_backend())")
+        self.chain.weights = convert_state(self.model, self.kinds, self.dtype)
+        self._state = state
+        return True
+
     def __call__(self, batch: dict, compute_forces: bool = True, compute_stress: bool = True) -> dict:
+        self.refresh()
         positions = batch["positions"]
         if positions.dtype != self.torch_dtype:
             raise TypeError(f"batch positions have dtype {positions.dtype} but this Numba model was bound to a "

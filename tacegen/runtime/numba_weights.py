@@ -3,6 +3,8 @@ arrays and run-time scalars the printed Numba programs read (:func:`convert_stat
 
 from __future__ import annotations
 
+from itertools import chain
+
 import numpy as np
 
 from .chain import LayerInfo, LayerWeights, ModelWeights
@@ -69,3 +71,20 @@ def convert_state(model, kinds: dict[str, LayerInfo], dtype=np.float64) -> Model
         weights.long_range = {"charge0": arr(model.charge_readout.weight.t()), "gamma": gamma, "k_cut": k_cut,
                               "self_coefficient": self_coefficient, "alpha": alpha}
     return weights
+
+
+#: float attributes of the model that :func:`convert_state` reads besides its tensors
+_SCALARS = ("scale", "shift", "r_cut", "les_sigma", "les_k_cut")
+
+
+def state_key(model) -> tuple:
+    """A cheap fingerprint of everything :func:`convert_state` reads: each parameter and
+    buffer by identity, storage and version counter (bumped by every in-place write, such as
+    ``load_state_dict`` or an optimiser step), and the float attributes (``scale``,
+    ``shift``, ...) of the model and its layers. Equal keys: the converted weights are still
+    current."""
+    tensors = tuple((name, id(t), t.data_ptr(), t._version)
+                    for name, t in chain(model.named_parameters(), model.named_buffers()))
+    scalars = tuple(getattr(model, name, None) for name in _SCALARS)
+    layers = tuple(getattr(block, "inv_avg_num_neighbors", None) for block in model.blocks)
+    return tensors, scalars, layers
