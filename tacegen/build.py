@@ -27,12 +27,14 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
+from .backends.torch_model import long_range_programs, render_torch, render_torch_long_range_block
 from .ir.compile import Compiled, compile_spec
 from .ir.report import report
 from .spec import ModelSpec, command_line
 
 __all__ = ["BuildError", "Compiled", "DEFAULT_BUILDS", "check_builds", "command_line", "compile_spec",
-           "is_tacegen_build", "package_files", "report", "write_build"]
+           "generated_root", "is_tacegen_build", "long_range_programs", "package_files", "render_torch",
+           "render_torch_long_range_block", "report", "write_build"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUILDS = (ModelSpec(lmax=3, nu=3),)
@@ -43,10 +45,16 @@ class BuildError(RuntimeError):
     """A build that cannot proceed; the message says why and what to do."""
 
 
+def generated_root() -> Path:
+    """Where builds go by default: ``generated/`` of the source checkout tacegen runs from
+    (the folder of the committed builds), or ``./generated`` of the working folder for an
+    installed package."""
+    committed = REPO_ROOT / "generated"
+    return committed if committed.is_dir() else Path.cwd() / "generated"
+
+
 def package_files(compiled: Compiled, optimised: bool = True) -> dict[str, str]:
     """File name -> text of the build folder of ``compiled``."""
-    from .backends.torch_model import render_torch
-
     spec = compiled.spec
     spec_record = {"spec": spec.to_dict(), "hash": spec.hash, "tacegen": __version__,
                    "optimised": optimised, "command": command_line(spec)}
@@ -75,9 +83,9 @@ def is_tacegen_build(folder: Path) -> bool:
 
 def write_build(spec: ModelSpec, out_dir: Path | str | None = None, force: bool = False,
                 optimised: bool = True, compiled: Compiled | None = None) -> Path:
-    """Build ``spec`` into ``out_dir`` (default ``generated/<spec.name>`` of the source tree)
-    atomically; returns the folder."""
-    target = Path(out_dir) if out_dir is not None else REPO_ROOT / "generated" / spec.name
+    """Build ``spec`` into ``out_dir`` (default ``<generated_root()>/<spec.name>``) atomically;
+    returns the folder."""
+    target = Path(out_dir) if out_dir is not None else generated_root() / spec.name
     if target.exists() and not force:
         if not target.is_dir() or (any(target.iterdir()) and not is_tacegen_build(target)):
             raise BuildError(f"{target} exists and is not a tacegen build; refusing to overwrite it "
@@ -113,8 +121,9 @@ def write_build(spec: ModelSpec, out_dir: Path | str | None = None, force: bool 
 
 
 def check_builds(root: Path | None = None) -> list[str]:
-    """Regenerate the default builds in memory and list the files that differ from ``root``."""
-    root = root or REPO_ROOT / "generated"
+    """Regenerate the default builds in memory and list the files that differ from ``root``
+    (default: :func:`generated_root`)."""
+    root = root or generated_root()
     diffs = []
     for spec in DEFAULT_BUILDS:
         folder = root / spec.name
@@ -126,11 +135,3 @@ def check_builds(root: Path | None = None) -> list[str]:
                 diffs.append(f"{path}: differs from a fresh build")
     return diffs
 
-
-def __getattr__(name: str):
-    # printing entry points kept importable from here (they live in the back ends)
-    if name in ("render_torch", "render_torch_long_range_block", "long_range_programs"):
-        from .backends import torch_model
-
-        return getattr(torch_model, name)
-    raise AttributeError(f"module 'tacegen.build' has no attribute {name!r}")

@@ -69,6 +69,12 @@ def test_installed_wheel_builds_and_evaluates_outside_the_source_tree(wheel, tmp
                              "0", "--out", str(build)], capture_output=True, text=True, cwd=work, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert {"model.py", "numba_model.py", "spec.json"} <= {p.name for p in build.iterdir()}
+    # without --out: ./generated/<name> of the working folder (not inside site-packages)
+    result = subprocess.run([str(env_dir / "bin" / "tacegen"), "build", "--lmax", "1", "--nu", "1", "--hidden-lmax",
+                             "0", "--backend", "torch"], capture_output=True, text=True, cwd=work, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [p.name for p in (work / "generated").iterdir()] == ["tace_l1_nu1"]
+    assert (work / "generated" / "tace_l1_nu1" / "model.py").is_file()
     code = textwrap.dedent(f"""
         import numpy as np
         import torch
