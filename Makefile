@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tacegen-installed
 
-.PHONY: demo test install peers clean
+.PHONY: demo test docs install peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
+# HTML documentation in docs/_build (warnings are errors, as in tests/test_docs.py).
+docs: $(STAMP)
+	$(BIN)/python -m sphinx -W --keep-going -b html docs docs/_build
+
 # Optional peer models for benchmarks and cross-checks (mace-torch, torch-pme).
 peers: $(STAMP)
 	$(BIN)/pip install -q torch==2.13.0 -e '.[peers]'
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .hypothesis docs/_build

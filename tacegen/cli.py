@@ -13,8 +13,9 @@ import time
 
 import click
 
+from . import __version__
 from .paths import LMAX_LIMIT, NU_LIMIT
-from .spec import LONG_RANGE
+from .spec import BACKENDS, LONG_RANGE
 
 
 class IntInRange(click.ParamType):
@@ -24,6 +25,9 @@ class IntInRange(click.ParamType):
 
     def __init__(self, low: int, high: int):
         self.low, self.high = low, high
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return f"INTEGER RANGE {self.low}..{self.high}"
 
     def convert(self, value, param, ctx):
         flag = f"--{param.name}" if param is not None else "value"
@@ -37,7 +41,7 @@ class IntInRange(click.ParamType):
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="tacegen")
+@click.version_option(version=__version__, prog_name="tacegen")
 def cli() -> None:
     """tacegen: derive exact ICT algebra and compile TACE potentials."""
 
@@ -89,56 +93,151 @@ def paths(lmax: int, nu: int, L_values: tuple[int, ...], as_json: bool, no_cache
     console.print(f"total {total:.2f} s; counts proven equal to the character (weight-counting) multiplicities")
 
 
-@cli.command()
-@click.option("--lmax", type=IntInRange(0, 6), default=3, show_default=True, help="Largest edge/atomic-basis rank.")
-@click.option("--nu", type=IntInRange(1, 4), default=3, show_default=True, help="Correlation order.")
+class BackendList(click.ParamType):
+    """A comma-separated list of back ends; the metavar shows the choices, an error names the
+    bad item and the allowed ones."""
+
+    name = "backends"
+
+    def __init__(self, choices):
+        self.choices = tuple(choices)
+
+    def get_metavar(self, param, ctx=None) -> str:
+        return "[" + "|".join((*self.choices, ",".join(self.choices))) + "]"
+
+    def convert(self, value, param, ctx):
+        items = [item.strip() for item in str(value).split(",") if item.strip()]
+        for item in items:
+            if item not in self.choices:
+                raise click.UsageError(
+                    f"--backend: back end {item!r} is not available; allowed: {', '.join(self.choices)} "
+                    f"(comma-separated)", ctx)
+        if not items:
+            raise click.UsageError(f"--backend is empty; allowed: {', '.join(self.choices)}", ctx)
+        return ",".join(items)
+
+
+BUILD_EPILOG = """\b
+Build folders: ./generated/<name> under the current directory, <name> = tace_l<lmax>_nu<nu>
+with _les or _ewald for a long-range block and _unoptimised for --unoptimised; --out
+chooses another folder. --check compares the repository's committed builds (its own
+generated/ folder) with a fresh compilation.
+
+\b
+MACE names: --nu is MACE's correlation, --lmax its max_ell, --hidden-lmax its max_L.
+
+\b
+Environment variables:
+  TACEGEN_CACHE_DIR  cache of path derivations and of the Numba programs printed when a
+                     model is bound (default $XDG_CACHE_HOME/tacegen or ~/.cache/tacegen;
+                     "off" disables it)
+  XDG_CACHE_HOME     base of the default cache folder
+  TACEGEN_DEBUG      set to show the traceback of a library error instead of one line
+  NUMBA_NUM_THREADS  threads of the Numba kernels (numba's own variable)
+"""
+
+_BUILD_OPTIONS = ("lmax", "nu", "hidden_lmax", "backends", "long_range", "out_dir", "force", "show_report",
+                  "time_compile", "unoptimised")
+
+
+def _given_options(ctx: click.Context, names) -> list[str]:
+    """The options among ``names`` that the user set (not left at their defaults), as flags."""
+    given = []
+    for param in ctx.command.params:
+        if param.name in names and ctx.get_parameter_source(param.name) not in (
+                click.core.ParameterSource.DEFAULT, None):
+            given.append(param.opts[0])
+    return given
+
+
+def default_build_folder(spec, optimised: bool = True):
+    """``./generated/<spec.name>`` under the current directory (``_unoptimised`` appended for a
+    naive build), never next to the installed package."""
+    from pathlib import Path
+
+    return Path.cwd() / "generated" / (spec.name if optimised else f"{spec.name}_unoptimised")
+
+
+@cli.command(epilog=BUILD_EPILOG)
+@click.option("--lmax", type=IntInRange(0, 6), default=3, show_default=True,
+              help="Largest edge/atomic-basis rank (MACE: max_ell).")
+@click.option("--nu", type=IntInRange(1, 4), default=3, show_default=True,
+              help="Correlation order (MACE: correlation).")
 @click.option("--hidden-lmax", type=IntInRange(0, 6), default=1, show_default=True,
-              help="Largest rank of node features passed between layers.")
-@click.option("--backend", "backends", default="torch,numba", show_default=True,
-              help="torch, or torch,numba (numba evaluates the PyTorch module's weights, so it implies torch).")
+              help="Largest rank of node features passed between layers, at most --lmax (MACE: max_L).")
+@click.option("--backend", "backends", type=BackendList(BACKENDS), default="torch,numba", show_default=True,
+              help="Back ends to print: torch, or torch,numba (numba evaluates the PyTorch module's weights, "
+                   "so it implies torch).")
 @click.option("--long-range", "long_range", type=click.Choice(list(LONG_RANGE)), default="none",
               show_default=True,
-              help="Long-range electrostatics: les (latent charges from the last layer, Cheng et al.) or "
-                   "ewald (classic Ewald of the structures' given charges).")
+              help="Long-range electrostatics: les (latent Ewald summation: latent charges from the last layer, "
+                   "Cheng et al.) or ewald (classic Ewald of the structures' given charges).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Output folder (default generated/tace_l<lmax>_nu<nu>, with _les or _ewald appended "
-                   "for a long-range block).")
+              help="Output folder. Default: ./generated/<name> under the current directory.")
 @click.option("--force", is_flag=True, help="Replace an existing folder that is not a tacegen build.")
 @click.option("--report", "show_report", is_flag=True,
-              help="Print FLOPs and memory per atom and layer, and the Numba model's first-call (JIT) time.")
-@click.option("--check", is_flag=True, help="Regenerate the committed default builds and fail on any diff.")
-@click.option("--unoptimised", is_flag=True, help="Print the naive IR (for comparisons).")
-def build(lmax, nu, hidden_lmax, backends, long_range, out_dir, force, show_report, check, unoptimised) -> None:
+              help="Print FLOPs and memory per atom and layer (compiles nothing; see --time-compile).")
+@click.option("--time-compile", "time_compile", is_flag=True,
+              help="Time the Numba model's first call (JIT compilation of its kernels; minutes when "
+                   "numba's cache is cold). Needs the numba back end.")
+@click.option("--check", is_flag=True,
+              help="Regenerate the repository's committed builds in memory and fail on any diff; takes no "
+                   "other option.")
+@click.option("--unoptimised", is_flag=True,
+              help="Print the naive IR (for comparisons); default folder ./generated/<name>_unoptimised.")
+def build(lmax, nu, hidden_lmax, backends, long_range, out_dir, force, show_report, time_compile, check,
+          unoptimised) -> None:
     """Compile a TACE model into an importable package."""
     from .build import check_builds, compile_spec, report, write_build
     from .spec import ModelSpec
 
+    ctx = click.get_current_context()
     if check:
+        others = _given_options(ctx, _BUILD_OPTIONS)
+        if others:
+            raise click.UsageError(f"--check takes no other options (it checks the committed default builds); "
+                                   f"got {', '.join(others)}")
         diffs = check_builds()
         if diffs:
             for d in diffs:
                 click.echo(d, err=True)
             raise click.ClickException(
-                f"{len(diffs)} generated file(s) drift from the compiler; run `tacegen build` for the defaults")
+                f"{len(diffs)} generated file(s) drift from the compiler; run `tacegen build` in the "
+                "repository root for the defaults")
         click.echo("generated/ matches a fresh build")
         return
     if hidden_lmax > lmax:
         raise click.UsageError(f"--hidden-lmax={hidden_lmax} is outside the allowed range 0..{lmax} (--lmax)")
     spec = ModelSpec(lmax=lmax, nu=nu, hidden_lmax=hidden_lmax, backends=backends, long_range=long_range)
+    if time_compile and "numba" not in spec.backends:
+        raise click.UsageError(f"--time-compile needs the numba back end; got --backend {backends}")
     start = time.perf_counter()
     compiled = compile_spec(spec)
-    folder = write_build(spec, out_dir, force=force, optimised=not unoptimised, compiled=compiled)
+    target = out_dir if out_dir is not None else default_build_folder(spec, optimised=not unoptimised)
+    folder = write_build(spec, target, force=force, optimised=not unoptimised, compiled=compiled)
     click.echo(f"built {folder} (spec {spec.hash}) in {time.perf_counter() - start:.2f} s")
     if show_report:
         click.echo(report(compiled))
-        if "numba" in spec.backends:
-            from .backends.numba_model import first_call_seconds
+    if time_compile:
+        from .backends.numba_model import first_call_seconds
 
-            click.echo("measuring the Numba model's first call (compiles its kernels unless numba's cache has them)")
-            t = first_call_seconds(folder)
-            click.echo(f"## Numba first call\n\nE+F+stress of a 4-atom Cu cell, float64: bind {t['bind']:.2f} s, first "
-                       f"call {t['first']:.2f} s ({'kernels loaded from the cache' if t['cached'] else 'kernels compiled'}), "
-                       f"second call {t['second'] * 1e3:.1f} ms.")
+        click.echo("measuring the Numba model's first call (compiles its kernels unless numba's cache has them)")
+        t = first_call_seconds(folder)
+        click.echo(f"## Numba first call\n\nE+F+stress of a 4-atom Cu cell, float64: bind {t['bind']:.2f} s, first "
+                   f"call {t['first']:.2f} s ({'kernels loaded from the cache' if t['cached'] else 'kernels compiled'}), "
+                   f"second call {t['second'] * 1e3:.1f} ms.")
+
+
+def _register_applications() -> None:
+    from .cli_export import export_command
+    from .cli_train import eval_command, train_command
+
+    cli.add_command(train_command)
+    cli.add_command(eval_command)
+    cli.add_command(export_command)
+
+
+_register_applications()
 
 
 def app() -> None:

@@ -35,19 +35,23 @@ def _int_in(name: str, value, lo: int, hi: int) -> None:
 class ModelSpec:
     """What to compile.
 
-    lmax: largest rank of the edge ICTs T_l(r_ij) and of the atomic basis A (natural parity).
-    nu: largest correlation order of the product basis B (all orders 1..nu are used).
-    hidden_lmax: largest rank of the node features passed between layers (natural
-        parity); 1 matches MACE's ``64x0e + 64x1o``.
-    backends: printers to run: "torch" (the PyTorch module: holds the weights, trains,
-        autograd forces) and "numba" (compiled loops for inference with forces and stress
-        from the IR reverse pass; it evaluates the weights of the PyTorch module, so asking
-        for "numba" alone also prints "torch").
-    long_range: long-range electrostatics block of the generated model: "none", "les"
-        (latent Ewald summation: a readout of the last layer's invariant features gives
-        latent charges, Cheng et al.; math.md section 5) or "ewald" (classic Ewald /
-        Coulomb energy of the charges given with the structures). Its parameters (sigma,
-        k_cut, total charge, Ewald accuracy) are constructor arguments of the model.
+    Attributes:
+        lmax: largest rank of the edge ICTs T_l(r_ij) and of the atomic basis A (natural
+            parity); MACE's ``max_ell``.
+        nu: largest correlation order of the product basis B (all orders 1..nu are used);
+            MACE's ``correlation``.
+        hidden_lmax: largest rank of the node features passed between layers (natural
+            parity); MACE's ``max_L``: 1 matches MACE's ``64x0e + 64x1o``.
+        backends: printers to run: "torch" (the PyTorch module: holds the weights, trains,
+            autograd forces) and "numba" (compiled loops for inference with forces and stress
+            from the IR reverse pass; it evaluates the weights of the PyTorch module, so asking
+            for "numba" alone also prints "torch").
+        long_range: long-range electrostatics block of the generated model: "none", "les"
+            (latent Ewald summation: a readout of the last layer's invariant features gives
+            latent charges, Cheng et al.; docs/math.md section 5) or "ewald" (classic Ewald /
+            Coulomb energy of the charges given with the structures). Its parameters (sigma,
+            k_cut, total charge, Ewald accuracy) are constructor arguments of the model.
+        version: the tacegen version that compiles the spec (part of the spec hash).
     """
 
     lmax: int = 3

@@ -1,5 +1,9 @@
 """Shared test configuration: hypothesis profile, cache isolation, random O(3) strategies.
 
+Rule for every test (tests/README.md): each comparison states its independent reference
+and guards against vacuous zeros (a nonzero reference, rattled structures, a visible share
+for the part under test; ``model_helpers.rel_err`` refuses an all-zero reference).
+
 * Hypothesis: the ``ci`` profile (30 examples, no deadline) is loaded by default so the
   suite stays fast; ``HYPOTHESIS_PROFILE=thorough`` runs 300 examples per property.
 * Cache: ``TACEGEN_CACHE_DIR`` points at a private temporary folder for the whole test
@@ -8,6 +12,9 @@
 * BLAS: ``OPENBLAS_NUM_THREADS`` defaults to 1 (set before numpy is imported). The small
   dense linear algebra of these tests is ~100x slower with two OpenBLAS threads when the
   other core is busy (spin-waiting), e.g. under ``pytest -n 2``.
+* Fault injection: with ``TACEGEN_TEST_MUTATION=<name>`` (set only by
+  test_fault_injection.py) every generated ``model.py`` is edited by that mutation of
+  tests/mutations.py before it is imported.
 * Strategies (import them with ``from conftest import ...``): Haar-random proper and
   improper orthogonal matrices (normal 3x3 -> QR, signs fixed by diag(R)), random unit
   vectors, and a helper rotating a tensor on every axis.
@@ -32,6 +39,16 @@ from hypothesis import strategies as st  # noqa: E402
 _SESSION_CACHE = tempfile.mkdtemp(prefix="tacegen-test-cache-")
 os.environ["TACEGEN_CACHE_DIR"] = _SESSION_CACHE
 atexit.register(shutil.rmtree, _SESSION_CACHE, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- fault injection
+
+# Set by tests/test_fault_injection.py in the pytest runs it starts: edit every generated
+# model.py the tests build (see tests/mutations.py). Never set in an ordinary run.
+if os.environ.get("TACEGEN_TEST_MUTATION"):
+    from mutations import install_generated_mutation  # noqa: E402
+
+    install_generated_mutation(os.environ["TACEGEN_TEST_MUTATION"])
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -166,3 +183,8 @@ def proper_and_improper() -> st.SearchStrategy:
     """A pair (R, S): one proper and one improper Haar-random matrix, so a property
     checked for both in every example is always exercised on both components of O(3)."""
     return st.tuples(proper_rotations(), improper_rotations())
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "fault_injection: runs the focused tests against deliberate faults (tests/mutations.py)")

@@ -150,8 +150,15 @@ def transformed(atoms: Atoms, q: np.ndarray | None = None, t: np.ndarray | None 
 
 
 def rel_err(a, b) -> float:
-    """max |a - b| relative to max(|a|, |b|) (0 for two zero arrays)."""
+    """max |a - b| relative to max(|a|, |b|); ``b`` is the reference.
+
+    Raises ``ValueError`` when the reference is all zero (or empty): agreement with zero
+    says nothing (a broken code returning zeros would pass), so such a comparison must
+    be rewritten with a reference that is not zero, or with an absolute bound.
+    """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if not np.any(b != 0):
+        raise ValueError(f"rel_err: the reference (shape {b.shape}) is all zero; the comparison "
+                         "would be vacuous")
     scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0))
-    diff = np.abs(a - b).max(initial=0.0)
-    return 0.0 if diff == 0.0 else diff / scale
+    return float(np.abs(a - b).max(initial=0.0) / scale)

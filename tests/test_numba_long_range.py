@@ -6,9 +6,12 @@ pytest-xdist workers.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
-from hypothesis import given, settings
+import torch
+from hypothesis import assume, given, settings
 
 from conftest import SEEDS
 from model_helpers import build_module, make_model, random_crystal, random_molecule, rel_err
@@ -29,9 +32,30 @@ def long_range_models(tmp_path_factory):
     for mode in ("les", "ewald"):
         module = build_module(ModelSpec(lmax=1, nu=1, hidden_lmax=0, long_range=mode), root / mode)
         model = make_model(module, elements=("Cu", "O"), seed=6, layers=2)
+        if mode == "les":
+            # latent charges O(0.01-1) e (random readouts give ~5e-3 e, a long-range share of
+            # the forces of ~1e-5): see long_range_share
+            with torch.no_grad():
+                model.charge_readout.weight.mul_(LES_CHARGE_SCALE)
+            silent = copy.deepcopy(model)
+            with torch.no_grad():
+                silent.charge_readout.weight.zero_()
+            out["les_short_range_only"] = silent
         out[mode] = (model, model.numba_backend())
         out[f"{mode}_module"] = module
     return out
+
+
+LES_CHARGE_SCALE = 60.0
+
+
+def long_range_share(model, silent, structures) -> float:
+    """max |F - F_short| / max |F| on the PyTorch model, F_short from the same model with the
+    latent charges zeroed: how much of the forces the LES part carries."""
+    batch = batch_atoms(structures, model.elements, model.r_cut)
+    full = model(batch)["forces"].detach().numpy()
+    short = silent(batch)["forces"].detach().numpy()
+    return float(np.abs(full - short).max() / np.abs(full).max())
 
 
 def _charged_structures(rng, given: bool):
@@ -52,6 +76,9 @@ def test_long_range_numba_matches_pytorch(long_range_models, mode, seed):
     crystal in one batch."""
     model, fast = long_range_models[mode]
     structures = _charged_structures(np.random.default_rng(seed), mode == "ewald")
+    if mode == "les":  # the LES part carries a visible share of the forces of each structure
+        for atoms in structures:
+            assume(long_range_share(model, long_range_models["les_short_range_only"], atoms) > 0.1)
     batch = batch_atoms(structures, model.elements, model.r_cut)
     ref = {k: v.detach().numpy() for k, v in model(batch).items()}
     out = {k: v.numpy() for k, v in fast(batch).items()}
@@ -64,8 +91,11 @@ def test_long_range_numba_matches_pytorch(long_range_models, mode, seed):
 
 
 def test_long_range_numba_forces_match_finite_differences(long_range_models):
+    """Reference: central differences of the Numba energy; the LES part carries a visible
+    share of the forces (guard), so wrong long-range forces cannot hide under round-off."""
     model, fast = long_range_models["les"]
     atoms = random_crystal(np.random.default_rng(31), 3, symbols=("Cu", "O"))
+    assert long_range_share(model, long_range_models["les_short_range_only"], atoms) > 0.1
     out = numba_eval(fast, model, atoms)
     h = 1e-5
     numeric = np.zeros_like(out["forces"])
@@ -82,8 +112,6 @@ def test_numba_ewald_matches_torchpme(long_range_models):
     """The Ewald mode of the Numba model, short-range readouts zeroed, is the classic Ewald
     energy of the given charges: it agrees with torch-pme (an independent Ewald code) on a
     random neutral triclinic cell at the same splitting (energy, forces, stress)."""
-    import torch
-
     from tacegen.runtime.electrostatics import energy_forces_stress
     from tacegen.runtime.long_range import ewald_batch_parameters
     from test_electrostatics import _torchpme_energy

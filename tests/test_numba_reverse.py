@@ -144,8 +144,10 @@ def _check(key, fn, dtype, tol, seeds=(0, 1)):
         for v, array in zip(prog.outputs, got):
             assert array.dtype == dtype, f"{key}.{v.name}"
             assert array.shape == ref[v.name].shape, f"{key}.{v.name}"
-            if (key, v.name) not in EXPECTED_ZERO:
-                assert np.abs(ref[v.name]).max() > 0, f"{key}.{v.name} is identically zero: a vacuous comparison"
+            if (key, v.name) in EXPECTED_ZERO:  # exactly zero, no relative error of zeros
+                assert not np.any(ref[v.name]) and not np.any(array), f"{key}.{v.name}"
+                continue
+            assert np.abs(ref[v.name]).max() > 0, f"{key}.{v.name} is identically zero: a vacuous comparison"
             assert rel_err(array, ref[v.name]) < tol, f"{key}.{v.name}"
 
 

@@ -119,15 +119,25 @@ def test_commute_with_rotations(n, qs):
 @pytest.mark.parametrize("n", RANKS)
 @given(qs=proper_and_improper(), rng=rngs())
 def test_image_is_invariant(n, qs, rng):
-    """A tensor in the weight-j image stays in that image after any rotation."""
+    """A tensor in the weight-j image stays in that image after any rotation, and leaves
+    the image of every other part (their projectors annihilate it). Weight 0: the rotation
+    acts as the parity sign (det Q)-wise; weight > 0: it moves the tensor (not fixed)."""
     t = rng.standard_normal((3,) * n)
-    for q, part in itertools.product(qs, projectors(n)):
+    parts = projectors(n)
+    for q, part in itertools.product(qs, parts):
         p = part.projector
         x = np.tensordot(p, t, axes=n)
+        assert np.linalg.norm(x) > 1e-6 * np.linalg.norm(t)  # not vacuous
         y = rotate(x, q)
         np.testing.assert_allclose(np.tensordot(p, y, axes=n), y, atol=1e-12)
-        # and the rotation acts on it by Q^(x)n: the norm is preserved
-        assert np.linalg.norm(y) == pytest.approx(np.linalg.norm(x), rel=1e-12, abs=1e-14)
+        for other in parts:
+            if other is not part:
+                np.testing.assert_allclose(np.tensordot(other.projector, y, axes=n), 0.0, atol=1e-12)
+        if part.weight == 0:
+            sign = part.parity if np.linalg.det(q) < 0 else 1
+            np.testing.assert_allclose(y, sign * x, atol=1e-12)
+        else:
+            assert np.linalg.norm(y - x) > 1e-6 * np.linalg.norm(x)
 
 
 @pytest.mark.parametrize("n", RANKS)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from scipy.spatial.transform import Rotation
 
+from conftest import haar_orthogonal
 from tacegen.runtime.autograd import apply_strain, derivatives, energy_forces_stress
 from tacegen.runtime.data import batch_atoms
 from test_runtime_support import PairModel, random_structure
@@ -111,18 +111,26 @@ def test_batch_equals_one_by_one(seed):
 @settings(max_examples=10, deadline=None)
 @given(seeds, st.sampled_from(PBCS))
 def test_rotation_and_translation_invariance(seed, pbc):
+    """Reference: the unmoved structure. Every example checks a proper rotation and an
+    improper one (rotation x inversion; the cell becomes left-handed): forces rotate as
+    vectors, stress as a rank-2 tensor, the energy does not change."""
     rng = np.random.default_rng(seed)
-    atoms = random_structure(rng, pbc=pbc)
-    rotation = Rotation.random(random_state=rng).as_matrix()
-    moved = atoms.copy()
-    moved.positions = atoms.positions @ rotation.T + rng.normal(size=3) * 3
-    moved.cell = atoms.cell[:] @ rotation.T
-    a, b = evaluate(atoms), evaluate(moved)
-    torch.testing.assert_close(a["energy"], b["energy"], atol=1e-10, rtol=1e-12)
-    np.testing.assert_allclose(b["forces"].numpy(), a["forces"].numpy() @ rotation.T, atol=1e-10)
-    if all(pbc):
-        s = a["stress"][0].numpy()
-        np.testing.assert_allclose(b["stress"][0].numpy(), rotation @ s @ rotation.T, atol=1e-10)
+    atoms = random_structure(rng, pbc=pbc, n_atoms=int(rng.integers(3, 7)))
+    a = evaluate(atoms)
+    # not vacuous (zero forces everywhere would make hypothesis fail: no example satisfies this)
+    assume(np.abs(a["forces"].numpy()).max() > 1e-4)
+    for proper in (True, False):
+        rotation = haar_orthogonal(rng, proper)
+        assert (np.linalg.det(rotation) > 0) == proper
+        moved = atoms.copy()
+        moved.positions = atoms.positions @ rotation.T + rng.normal(size=3) * 3
+        moved.cell = atoms.cell[:] @ rotation.T
+        b = evaluate(moved)
+        torch.testing.assert_close(a["energy"], b["energy"], atol=1e-10, rtol=1e-12)
+        np.testing.assert_allclose(b["forces"].numpy(), a["forces"].numpy() @ rotation.T, atol=1e-10)
+        if all(pbc):
+            s = a["stress"][0].numpy()
+            np.testing.assert_allclose(b["stress"][0].numpy(), rotation @ s @ rotation.T, atol=1e-10)
 
 
 def test_isolated_atom_has_zero_forces_and_virial():

@@ -79,14 +79,26 @@ def test_bessel_basis_matches_formula_and_is_orthonormal():
     torch.testing.assert_close(gram, torch.eye(n, dtype=torch.float64), atol=1e-4, rtol=0)
 
 
-def test_bessel_basis_at_zero_is_the_finite_limit_with_finite_gradient():
+def test_bessel_basis_at_zero_is_the_finite_limit_with_the_exact_gradient():
+    """References: closed forms. B_n(0) = sqrt(2/rc) w_n; B_n is even in r, so
+    dB_n/dr(0) = 0 exactly; elsewhere dB_n/dr = sqrt(2/rc) (w r cos wr - sin wr) / r^2, and
+    near 0 its Taylor series -sqrt(2/rc) (w^3 r / 3 - w^5 r^3 / 30) (no cancellation)."""
     basis = BesselBasis(5.0, 4).double()
-    r = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    r = torch.tensor([0.0, 1e-3, 0.7, 2.3], dtype=torch.float64, requires_grad=True)
     values = basis(r)
-    limit = math.sqrt(2 / 5.0) * torch.arange(1, 5, dtype=torch.float64) * math.pi / 5.0
-    torch.testing.assert_close(values[0], limit)
-    (grad,) = torch.autograd.grad(values.sum(), r)
-    assert torch.isfinite(grad).all()
+    w = torch.arange(1, 5, dtype=torch.float64) * math.pi / 5.0
+    prefactor = math.sqrt(2 / 5.0)
+    torch.testing.assert_close(values[0], prefactor * w, rtol=1e-15, atol=0)
+    jacobian = torch.stack([torch.autograd.grad(values[:, n].sum(), r, retain_graph=True)[0]
+                            for n in range(4)], dim=1)  # (radii, basis)
+    assert torch.all(jacobian[0] == 0)
+    small = r.detach()[1]
+    taylor = -prefactor * (w**3 * small / 3 - w**5 * small**3 / 30)
+    torch.testing.assert_close(jacobian[1], taylor, rtol=1e-9, atol=0)
+    rr = r.detach()[2:, None]
+    closed = prefactor * (w * rr * torch.cos(w * rr) - torch.sin(w * rr)) / rr**2
+    assert closed.abs().min() > 1e-2  # not vacuous
+    torch.testing.assert_close(jacobian[2:], closed, rtol=1e-12, atol=0)
 
 
 def test_bessel_trainable_frequencies():

@@ -10,7 +10,7 @@ symmetrised, ``s = (eps + eps^T) / 2``, and applied to every structure b:
     positions' = positions + positions @ s[batch]      cell' = cell + cell @ s
 
 so each edge vector (row vector) becomes r' = r (1 + s). With E(positions', cell')
-the per-structure energies (B,):
+the per-structure energies (B,)::
 
     forces = -dE/dpositions                     (N, 3)
     virial W = -dE/deps                          (B, 3, 3), symmetric

@@ -6,23 +6,26 @@ A ``torch.nn.Module`` (plain or TorchScript) with
 
 - ``elements: list[str]`` chemical symbols; ``batch["species"]`` indexes into it;
 - ``r_cut: float`` neighbour-list cutoff in Å;
-- ``dtype: torch.dtype`` the dtype of its floating parameters (float32/float64);
+- floating parameters and buffers of one dtype, float32 or float64, on one device: the
+  calculator reads both from the tensors themselves, so a model converted with
+  ``.float()``, ``.double()`` or ``.to(device)`` is evaluated as it now is (a ``dtype``
+  attribute, if the model has one, is not trusted: ``nn.Module.to`` does not update it);
 - ``forward(batch: dict[str, Tensor], compute_forces: bool = True,
   compute_stress: bool = True) -> dict[str, Tensor]`` where ``batch`` is the
   output of :func:`tacegen.runtime.data.batch_atoms`, returning
 
-  ====================  ==========  ==================================================
-  ``energy``            (B,)        total energy per structure, eV
-  ``forces``            (N, 3)      -dE/dpositions, eV/Å (if compute_forces)
-  ``stress``            (B, 3, 3)   (1/V) dE/dstrain, eV/Å^3 (if compute_stress;
-                                    NaN or anything for non-periodic structures)
-  ``node_energy``       (N,)        optional per-atom energies, eV, summing to energy
-                                    (unless ``long_range_energy`` is returned)
-  ``long_range_energy`` (B,)        optional long-range part of energy, eV, not split
-                                    per atom (models with a long-range block)
-  ``charges``           (N,)        optional atomic charges, e
-  ``dipole``            (B, 3)      optional dipole, e Å (NaN rows for periodic cells)
-  ====================  ==========  ==================================================
+  =====================  ==========  ==================================================
+  ``energy``             (B,)        total energy per structure, eV
+  ``forces``             (N, 3)      -dE/dpositions, eV/Å (if compute_forces)
+  ``stress``             (B, 3, 3)   (1/V) dE/dstrain, eV/Å^3 (if compute_stress;
+                                     NaN or anything for non-periodic structures)
+  ``node_energy``        (N,)        optional per-atom energies, eV, summing to energy
+                                     (unless ``long_range_energy`` is returned)
+  ``long_range_energy``  (B,)        optional long-range part of energy, eV, not split
+                                     per atom (models with a long-range block)
+  ``charges``            (N,)        optional atomic charges, e
+  ``dipole``             (B, 3)      optional dipole, e Å (NaN rows for periodic cells)
+  =====================  ==========  ==================================================
 
 :func:`tacegen.runtime.autograd.energy_forces_stress` produces exactly these keys.
 
@@ -30,7 +33,8 @@ Backends
 --------
 ``backend="torch"`` calls ``model(batch, ...)``. ``backend="numba"`` requires the
 model to provide ``numba_backend()``, returning a callable with the same signature
-and outputs as ``forward``; otherwise a NotImplementedError is raised.
+and outputs as ``forward``; otherwise a NotImplementedError is raised. If that callable
+has a ``torch_dtype`` attribute (the dtype it was bound to), batches are built in it.
 
 Stress is returned to ASE in Voigt order (xx, yy, zz, yz, xz, xy), eV/Å^3, and
 only for fully periodic cells; asking for it otherwise (molecule, slab, wire)
@@ -68,19 +72,50 @@ def model_dtype(model) -> torch.dtype:
 def _check_model(model) -> None:
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    for name in ("elements", "r_cut", "dtype"):
+    for name in ("elements", "r_cut"):
         if not hasattr(model, name):
             raise TypeError(
                 f"model {type(model).__name__} lacks attribute {name!r}; the model contract "
-                "requires elements (list[str]), r_cut (float, Å) and dtype (torch dtype)"
+                "requires elements (list[str]) and r_cut (float, Å)"
             )
     elements = model.elements
     if isinstance(elements, str) or not all(isinstance(s, str) for s in elements) or not elements:
         raise TypeError(f"model.elements must be a non-empty list of symbols, got {elements!r}")
     if not (float(model.r_cut) > 0.0):
         raise ValueError(f"model.r_cut must be > 0 Å, got {model.r_cut}")
-    if model_dtype(model) not in (torch.float32, torch.float64):
-        raise TypeError(f"model.dtype must be torch.float32 or torch.float64, got {model.dtype}")
+
+
+def model_tensors_dtype_device(model) -> tuple[torch.dtype, torch.device]:
+    """The dtype of ``model``'s floating parameters and buffers and the device of all its
+    tensors, read from the tensors (not from a ``dtype`` attribute, which ``.float()``
+    leaves stale). A model without floating tensors falls back to its ``dtype`` attribute
+    and the CPU. Raises TypeError for mixed or unsupported dtypes, ValueError for tensors
+    on several devices, naming a tensor of each."""
+    dtypes: Dict[torch.dtype, str] = {}
+    devices: Dict[torch.device, str] = {}
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        devices.setdefault(tensor.device, name)
+        if tensor.is_floating_point():
+            dtypes.setdefault(tensor.dtype, name)
+    if len(devices) > 1:
+        where = ", ".join(f"{name!r} on {device}" for device, name in devices.items())
+        raise ValueError(f"model tensors are on several devices ({where}); move the model with model.to(device)")
+    device = next(iter(devices), torch.device("cpu"))
+    if len(dtypes) > 1:
+        which = ", ".join(f"{name!r} is {dtype}" for dtype, name in dtypes.items())
+        raise TypeError(f"model floating tensors have mixed dtypes ({which}); convert the model with "
+                        "model.float() or model.double()")
+    if dtypes:
+        dtype = next(iter(dtypes))
+    elif hasattr(model, "dtype"):
+        dtype = model_dtype(model)
+    else:
+        raise TypeError(f"model {type(model).__name__} has no floating tensors and no dtype attribute; "
+                        "cannot tell float32 from float64")
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"model tensors must be torch.float32 or torch.float64, got {dtype}; convert the model "
+                        "with model.float() or model.double()")
+    return dtype, device
 
 
 def _parse_device(device: Union[str, torch.device]) -> torch.device:
@@ -98,10 +133,15 @@ class Calculator(_AseCalculator):
 
     Parameters
     ----------
-    model : torch.nn.Module following the contract. It is moved to ``device``
-        (``nn.Module.to`` works in place); its mode (train/eval) is left alone.
+    model : torch.nn.Module following the contract. Its mode (train/eval) is left alone.
     backend : "torch" or "numba".
-    device : torch device string, e.g. "cpu" or "cuda:0".
+    device : None (default) to keep the model where it is and build batches on its
+        device; or a torch device ("cpu", "cuda:0"), to which the model is moved
+        (``nn.Module.to`` works in place, so the caller's model moves too).
+
+    The calculator evaluates the model in the dtype and on the device of its tensors at
+    each call: after ``model.float()`` batches are built in float32 (call ``reset()`` to
+    drop results computed before the conversion).
 
     Properties: ``energy`` and ``free_energy`` (eV, equal), ``forces`` (eV/Å),
     ``stress`` (Voigt, eV/Å^3, fully periodic cells only), ``energies`` (per atom, eV;
@@ -113,25 +153,16 @@ class Calculator(_AseCalculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies", "charges", "dipole"]
 
-    def __init__(self, model, backend: str = "torch", device: Union[str, torch.device] = "cpu", **kwargs):
+    def __init__(self, model, backend: str = "torch", device: Union[str, torch.device, None] = None, **kwargs):
         super().__init__(**kwargs)
         _check_model(model)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
-        self.device = _parse_device(device)
+        if device is not None:
+            model.to(_parse_device(device))  # in place, as nn.Module.to always is
+        model_tensors_dtype_device(model)  # refuse mixed dtypes or devices now, not at the first call
         self.backend = backend
-        self.model = model.to(self.device)
-        self.dtype = model_dtype(model)
-        for name, param in list(model.named_parameters()) + list(model.named_buffers()):
-            if param.is_floating_point() and param.dtype != self.dtype:
-                raise TypeError(
-                    f"model.dtype is {self.dtype} but its tensor {name!r} has dtype {param.dtype}; "
-                    f"convert the model with model.to({self.dtype})"
-                )
-            if param.device.type != self.device.type or (
-                self.device.index is not None and param.device.index != self.device.index
-            ):
-                raise ValueError(f"model tensor {name!r} is on {param.device}, expected {self.device}")
+        self.model = model
         self._evaluate: Callable[..., Dict[str, torch.Tensor]]
         if backend == "numba":
             hook = getattr(model, "numba_backend", None)
@@ -143,6 +174,17 @@ class Calculator(_AseCalculator):
             self._evaluate = hook()
         else:
             self._evaluate = model
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype batches are built in: the model's (or the bound back end's) current one."""
+        bound = getattr(self._evaluate, "torch_dtype", None)
+        return bound if bound is not None else model_tensors_dtype_device(self.model)[0]
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's tensors, where batches are built."""
+        return model_tensors_dtype_device(self.model)[1]
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)

@@ -3,27 +3,27 @@
 Units: positions and cells in Å. Index conventions of a batch of B structures
 with N atoms in total and E edges (directed pairs):
 
-=============  ===========  ====================================================
-key            shape/dtype  meaning
-=============  ===========  ====================================================
-positions      (N, 3) f     Cartesian positions, structures concatenated in order
-species        (N,) int64   index of each atom's symbol in ``elements``
-batch          (N,) int64   index of the structure each atom belongs to
-num_atoms      (B,) int64   atoms per structure
-cell           (B, 3, 3) f  ROWS are lattice vectors (zeros for a molecule)
-pbc            (B, 3) bool  periodic flag per lattice vector
-edge_index     (2, E) int64 row 0 = sender j (the neighbour), row 1 = receiver i
-                            (the centre atom); global atom indices; full list
-                            (both directions); sorted by receiver
-edge_shift     (E, 3) f     integer lattice shifts S stored as floats
-charges        (N,) f       the atoms' given charges, e (``atoms.get_initial_charges()``;
-                            zeros unless set). Used by ``long_range="ewald"`` models
-total_charge   (B,) f       ``atoms.info["charge"]`` (e) where the structure sets it,
-                            NaN ("not given") otherwise. A LES model constrains its
-                            latent charges to it, falling back to its constructor's
-                            ``total_charge``; an Ewald model checks it against the
-                            sum of ``charges``
-=============  ===========  ====================================================
+=============  ============  ====================================================
+key            shape/dtype   meaning
+=============  ============  ====================================================
+positions      (N, 3) f      Cartesian positions, structures concatenated in order
+species        (N,) int64    index of each atom's symbol in ``elements``
+batch          (N,) int64    index of the structure each atom belongs to
+num_atoms      (B,) int64    atoms per structure
+cell           (B, 3, 3) f   ROWS are lattice vectors (zeros for a molecule)
+pbc            (B, 3) bool   periodic flag per lattice vector
+edge_index     (2, E) int64  row 0 = sender j (the neighbour), row 1 = receiver i
+                             (the centre atom); global atom indices; full list
+                             (both directions); sorted by receiver
+edge_shift     (E, 3) f      integer lattice shifts S stored as floats
+charges        (N,) f        the atoms' given charges, e (``atoms.get_initial_charges()``;
+                             zeros unless set). Used by ``long_range="ewald"`` models
+total_charge   (B,) f        ``atoms.info["charge"]`` (e) where the structure sets it,
+                             NaN ("not given") otherwise. A LES model constrains its
+                             latent charges to it, falling back to its constructor's
+                             ``total_charge``; an Ewald model checks it against the
+                             sum of ``charges``
+=============  ============  ====================================================
 
 ``f`` is the requested float dtype. The edge vector from centre i to neighbour j is
 
