@@ -113,9 +113,10 @@ class GeneratedKernels:
     def _programs(self, key):
         from dataclasses import replace
 
-        from tacegen.backends.numba_model import ewald_programs, python_programs, with_reverse
+        from tacegen.backends.numba_model import python_programs, with_reverse
         from tacegen.ir import dense_ops as d
         from tacegen.ir import long_range as lr
+        from tacegen.ir.model import ewald_program
         from tacegen.ir.nodes import NODE, Program
 
         if key not in self.names:
@@ -128,8 +129,8 @@ class GeneratedKernels:
                 op = replace(lr.les_reciprocal(e, pos, q, cell, strain, key[1], key[2]), background=True)
                 program = Program(name, "LES", (pos, q, cell, shifts, strain), (), (op,), (e,)).check()
                 programs = with_reverse([program], {name: ["positions", "strain"]})
-            else:
-                programs = ewald_programs(*key[1:], name)
+            else:  # one program for every (alpha, r_cut, k_cut): run-time scalars (see energy_forces)
+                programs = with_reverse([replace(ewald_program(True), name=name)], {name: ["positions", "strain"]})
             exec(compile(python_programs(programs), name, "exec"), self.module.__dict__)
             self.names[key] = name
         return self.names[key]
@@ -159,13 +160,21 @@ class GeneratedKernels:
         fn, rev = self.module.__dict__[name], self.module.__dict__[name + "_reverse"]
         import inspect
 
-        def call(f, extra):  # program functions: (inputs..., params, graph)
+        def call(f, extra, params):  # program functions: (inputs..., params, graph)
             args = {**values, **extra}
             names = [p for p in inspect.signature(f).parameters if p not in ("params", "graph")]
-            return f(*[args[p] for p in names], {}, graph)
+            return f(*[args[p] for p in names], params, graph)
 
-        (energy,) = call(fn, {})
-        d_pos, _ = call(rev, {"d_energy_lr": np.ones(1)})
+        params = {}
+        if key[0] != "les":
+            from tacegen.runtime.long_range import ewald_kernel_parameters
+
+            alpha, real_cut, k_cut = key[1:]
+            gamma, self_coefficient = ewald_kernel_parameters(alpha, k_cut)
+            params = {"alpha": alpha, "r_cut": real_cut, "k_cut": k_cut, "gamma": gamma,
+                      "self_coefficient": self_coefficient}
+        (energy,) = call(fn, {}, params)
+        d_pos, _ = call(rev, {"d_energy_lr": np.ones(1)}, params)
         return float(energy[0]), torch.from_numpy(-d_pos)
 
 

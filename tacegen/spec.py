@@ -116,3 +116,13 @@ class ModelSpec:
     @classmethod
     def from_json(cls, text: str) -> "ModelSpec":
         return cls.from_dict(json.loads(text))
+
+
+def command_line(spec: ModelSpec) -> str:
+    """The ``tacegen build`` command that builds ``spec`` (printed into generated files)."""
+    parts = ["tacegen build", f"--lmax {spec.lmax}", f"--nu {spec.nu}", f"--hidden-lmax {spec.hidden_lmax}"]
+    if spec.backends != ModelSpec().backends:
+        parts.append("--backend " + ",".join(spec.backends))
+    if spec.long_range != "none":
+        parts.append(f"--long-range {spec.long_range}")
+    return " ".join(parts)

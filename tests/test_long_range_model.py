@@ -144,14 +144,16 @@ def test_cli_long_range(tmp_path, monkeypatch, capsys):
 
 
 def test_printed_programs_take_parameters_as_arguments(modules):
-    """The IR programs are printed as typed functions with float arguments; the "none" model
-    has none of it."""
+    """The IR programs are printed as typed functions whose run-time parameters (IR Params)
+    are float arguments, computed by the runtime from the model's sigma / alpha; the "none"
+    model has none of it."""
     les_args = list(inspect.signature(modules["les"].model.lr_les_energy).parameters)
-    assert les_args[-2:] == ["sigma", "k_cut"] and "senders" in les_args
+    assert les_args[-4:] == ["gamma", "k_cut", "self_coefficient", "alpha"] and "senders" in les_args
     ewald_args = list(inspect.signature(modules["ewald"].model.lr_ewald_energy).parameters)
-    assert ewald_args[-3:] == ["alpha", "r_cut", "k_cut"]
+    assert ewald_args[-5:] == ["alpha", "r_cut", "k_cut", "gamma", "self_coefficient"]
     source = inspect.getsource(modules["les"].model)
-    assert "1.2345678901234567" not in source  # no stand-in value left
+    assert "les_kernel_parameters(self.les_sigma, self.les_k_cut)" in source
+    assert "ewald_kernel_parameters(alpha, k_cut)" in inspect.getsource(modules["ewald"].model)
     from tacegen.build import compile_spec, render_torch
 
     plain = render_torch(compile_spec(ModelSpec(lmax=1, nu=1, hidden_lmax=0, backends="torch")))

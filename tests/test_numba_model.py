@@ -24,13 +24,15 @@ from hypothesis import strategies as st
 from conftest import SEEDS, haar_orthogonal
 from model_helpers import (build_module, evaluate, make_model, random_crystal, random_molecule, rel_err,
                            transformed)
-from tacegen.backends.numba_model import convert_state, instance_programs, spec_programs
+from tacegen.backends.numba_model import spec_programs
 from tacegen.backends.numba_segments import CORE, DENSE, split
 from tacegen.build import compile_spec
 from tacegen.runtime.calculator import Calculator
-from tacegen.runtime.chain import ModelChain, interpreter_runner
+from tacegen.ir.interpret import program_runner
+from tacegen.runtime.chain import ModelChain
 from tacegen.runtime.data import batch_atoms
 from tacegen.runtime.numba_driver import graph_arrays
+from tacegen.runtime.numba_weights import convert_state
 from tacegen.spec import ModelSpec
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
@@ -79,9 +81,8 @@ def test_program_chain_on_the_interpreter_matches_pytorch(module, layers):
     model = make_model(module, elements=("Cu", "O"), seed=4, layers=layers)
     programs, kinds = spec_programs(compile_spec(SPEC))
     kinds = {k.name: k for k in kinds}
-    weights, sizes = convert_state(model, kinds)
-    programs.update(instance_programs(**sizes))
-    chain = ModelChain(kinds, weights, interpreter_runner(programs))
+    weights = convert_state(model, kinds)
+    chain = ModelChain(kinds, weights, program_runner(programs))
     for periodic in (False, True):
         atoms = _structure(np.random.default_rng(3 + periodic), periodic)
         batch = batch_atoms(atoms, model.elements, model.r_cut)
@@ -246,6 +247,31 @@ def test_numba_float32_matches_float64(model, fast, model32):
     assert rel_err(out["forces"], ref["forces"]) < 1e-4
     assert rel_err(out["stress"], ref["stress"]) < 1e-4
     assert abs(out["energy"][0] - ref["energy"][0]) < 1e-5 * np.abs(ref["node_energy"]).sum()
+
+
+def test_changed_weights_are_noticed(module, model):
+    """A bound model whose weights change afterwards (load_state_dict, an in-place optimiser
+    step, a new scale) is evaluated with the new weights, copied once per change."""
+    changing = make_model(module, elements=("Cu", "O"), seed=4, layers=2)
+    bound = changing.numba_backend()  # the module's kernels are compiled already: no JIT
+    atoms = _structure(np.random.default_rng(11), True)
+    before = numba_eval(bound, changing, atoms)
+    assert rel_err(before["energy"], evaluate(changing, atoms)["energy"]) < 1e-10
+    assert not bound.refresh()
+    changing.load_state_dict(make_model(module, elements=("Cu", "O"), seed=9, layers=2).state_dict())
+    after = numba_eval(bound, changing, atoms)
+    ref = evaluate(changing, atoms)
+    assert abs(float(after["energy"][0] - before["energy"][0])) > 1e-6  # the weights did change
+    for key in ("energy", "forces"):
+        assert rel_err(after[key], ref[key]) < 1e-10, key
+    with torch.no_grad():
+        linear = next(m for m in changing.blocks[0].radial.modules() if isinstance(m, torch.nn.Linear))
+        linear.weight.mul_(1.5)  # an optimiser-style in-place step
+    changing.scale = 0.5
+    ref = evaluate(changing, atoms)
+    out = numba_eval(bound, changing, atoms)
+    assert rel_err(out["energy"], ref["energy"]) < 1e-10 and rel_err(out["forces"], ref["forces"]) < 1e-10
+    assert not bound.refresh()
 
 
 def test_dtype_mismatch_is_refused_clearly(model, fast):

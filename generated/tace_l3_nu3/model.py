@@ -719,7 +719,8 @@ class TACE(torch.nn.Module):
         """This model's weights evaluated by the generated Numba programs (numba_model.py next
         to this file), called like the model: ``numba_backend()(batch)``. Forces and stress
         come from reverse programs derived in tacegen's IR, not from autograd. The weights are
-        copied now: call again after changing them."""
+        copied now, and again by any evaluation after they changed (load_state_dict, optimiser
+        steps, scale, shift)."""
         import importlib.util
         import os
         import sys

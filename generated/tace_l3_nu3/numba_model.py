@@ -4,11 +4,12 @@
 
 TACE potential (Numba back end): lmax=3, nu=3, hidden ranks [0, 1].
 
-The programs fixed by the spec: edge geometry, edge ICTs and one program per layer kind,
-each with its reverse pass derived in the IR (forces and virial without autograd). The
-radial basis, radial MLPs and readouts depend on the model instance's constructor
-arguments; they are printed from the IR when a model is bound (``bind(model)``) and
-cached on disk. Units: eV, Å.
+Every program of the model: edge geometry, edge ICTs, one program per layer kind, the
+radial basis, the radial MLP layers, the readouts (and the long range), each with its
+reverse pass derived in the IR (forces and virial without autograd). What a model
+instance chooses (cut-off, basis size, widths, long-range parameters) reaches them as
+array shapes and run-time scalars, so nothing is printed when a model is bound
+(``bind(model)``). Units: eV, Å.
 
 Programs (each a plain Python function calling its jitted segments; ``<name>_reverse`` is
 the vector-Jacobian product of ``<name>`` derived in the IR by tacegen.ir.reverse):
@@ -24,6 +25,18 @@ the vector-Jacobian product of ``<name>`` derived in the IR by tacegen.ir.revers
   layer_01_0_reverse(h0, h1, Y0, Y1, Y2, Y3, d_h_out0, radial, product, params, graph) -> (d_h0, d_h1, d_Y0, d_Y1, d_Y2, d_Y3, d_radial)
   layer_01_01(h0, h1, Y0, Y1, Y2, Y3, radial, product, params, graph) -> (h_out0, h_out1)
   layer_01_01_reverse(h0, h1, Y0, Y1, Y2, Y3, d_h_out0, d_h_out1, radial, product, params, graph) -> (d_h0, d_h1, d_Y0, d_Y1, d_Y2, d_Y3, d_radial)
+  radial_basis(lengths, params, graph) -> (features)
+  radial_basis_reverse(lengths, d_features, params, graph) -> (d_lengths)
+  radial_hidden(x, params, graph) -> (y)
+  radial_hidden_reverse(x, d_y, params, graph) -> (d_x)
+  radial_out_4(x, params, graph) -> (radial)
+  radial_out_4_reverse(x, d_radial, params, graph) -> (d_x)
+  radial_out_10(x, params, graph) -> (radial)
+  radial_out_10_reverse(x, d_radial, params, graph) -> (d_x)
+  readout_linear(h_out0, params, graph) -> (node_readout)
+  readout_linear_reverse(h_out0, d_node_readout, params, graph) -> (d_h_out0)
+  readout_mlp(h_out0, params, graph) -> (node_readout)
+  readout_mlp_reverse(h_out0, d_node_readout, params, graph) -> (d_h_out0)
 
 Layout of every array: (items, channels, 2l+1) for ICT values, (items, 2l+1) without
 channels, (items,) + shape for plain arrays; per-item weights (items, channels, count).
@@ -55,6 +68,18 @@ SIGNATURES = {
     "layer_01_0_reverse": (('h0', 'h1', 'Y0', 'Y1', 'Y2', 'Y3', 'd_h_out0'), ('radial', 'product')),
     "layer_01_01": (('h0', 'h1', 'Y0', 'Y1', 'Y2', 'Y3'), ('radial', 'product')),
     "layer_01_01_reverse": (('h0', 'h1', 'Y0', 'Y1', 'Y2', 'Y3', 'd_h_out0', 'd_h_out1'), ('radial', 'product')),
+    "radial_basis": (('lengths',), ()),
+    "radial_basis_reverse": (('lengths', 'd_features'), ()),
+    "radial_hidden": (('x',), ()),
+    "radial_hidden_reverse": (('x', 'd_y'), ()),
+    "radial_out_4": (('x',), ()),
+    "radial_out_4_reverse": (('x', 'd_radial'), ()),
+    "radial_out_10": (('x',), ()),
+    "radial_out_10_reverse": (('x', 'd_radial'), ()),
+    "readout_linear": (('h_out0',), ()),
+    "readout_linear_reverse": (('h_out0', 'd_node_readout'), ()),
+    "readout_mlp": (('h_out0',), ()),
+    "readout_mlp_reverse": (('h_out0', 'd_node_readout'), ()),
 }
 
 # layer kinds: name -> (first, last, in_ranks, out_ranks, skip_ranks, edge paths, trees, edge ranks)
@@ -8373,6 +8398,379 @@ def layer_01_01_reverse_k7(g_up1_h_0, g_up0_h_0, g_h0_0, g_h1_0, up1, up0):
     return (d_h0, d_h1)
 
 
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def radial_basis_k1(lengths, r_cut, num_basis, cutoff_p):
+    """Part of radial_basis.
+
+    IR program radial_basis_k1, printed as 1 kernel(s).
+    """
+    dtype = lengths.dtype
+    num_edges = lengths.shape[0]
+
+    # RadialBasis -> features (edges, width): sqrt(2/r_cut) sin(n pi r/r_cut) / r x cutoff, r_cut = r_cut, p = cutoff_p
+    rc = r_cut
+    pf = float(cutoff_p)
+    c1 = 0.5 * (pf + 1.0) * (pf + 2.0)
+    c2 = pf * (pf + 2.0)
+    c3 = 0.5 * pf * (pf + 1.0)
+    pref = np.sqrt(2.0 / rc) * (np.pi / rc)
+    features = np.empty((num_edges, num_basis), dtype)
+    for e in prange(num_edges):
+        r = lengths[e]
+        x = r / rc
+        xp = x ** cutoff_p
+        f = 1.0 - c1 * xp + c2 * xp * x - c3 * xp * x * x if x < 1.0 else 0.0  # cutoff
+        for k in range(num_basis):
+            h = k + 1.0
+            y = 3.141592653589793 * (x * h)
+            sinc = np.sin(y) / y if y != 0.0 else 1.0
+            features[e, k] = pref * h * sinc * f
+
+    return (features,)
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def radial_basis_reverse_k1(lengths, d_features, r_cut, num_basis, cutoff_p):
+    """Part of radial_basis_reverse.
+
+    IR program radial_basis_reverse_k1, printed as 1 kernel(s).
+    """
+    dtype = lengths.dtype
+    num_edges = lengths.shape[0]
+    if d_features.shape[0] != num_edges:
+        raise ValueError("d_features must have shape (edges, width)")
+
+    # RadialBasisGrad -> d_lengths (edges,): sum_n d_features[e, n] d/dr (B_n f), r_cut = r_cut, p = cutoff_p
+    rc = r_cut
+    pf = float(cutoff_p)
+    c1 = 0.5 * (pf + 1.0) * (pf + 2.0)
+    c2 = pf * (pf + 2.0)
+    c3 = 0.5 * pf * (pf + 1.0)
+    pref = np.sqrt(2.0 / rc) * (np.pi / rc)
+    c4 = -0.5 * pf * (pf + 1.0) * (pf + 2.0)
+    sq = np.sqrt(2.0 / rc)
+    wn = np.pi / rc
+    d_lengths = np.empty(num_edges, dtype)
+    for e in prange(num_edges):
+        r = lengths[e]
+        x = r / rc
+        xp = x ** cutoff_p
+        f = 1.0 - c1 * xp + c2 * xp * x - c3 * xp * x * x if x < 1.0 else 0.0  # cutoff
+        df = c4 * x ** (cutoff_p - 1) * (1.0 - x) ** 2 / rc if x < 1.0 else 0.0
+        acc = 0.0
+        for k in range(num_basis):
+            h = k + 1.0
+            y = 3.141592653589793 * (x * h)
+            sinc = np.sin(y) / y if y != 0.0 else 1.0
+            w = h * wn
+            wr = w * r
+            if abs(wr) < 1e-3:  # series of (w r cos(w r) - sin(w r)) / r^2
+                db = sq * (-(w ** 3) * r / 3.0 + (w ** 5) * r ** 3 / 30.0)
+            else:
+                db = sq * ((wr * np.cos(wr) - np.sin(wr)) / (r * r))
+            acc += d_features[e, k] * (db * f + pref * h * sinc * df)
+        d_lengths[e] = acc
+
+    return (d_lengths,)
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def radial_hidden_k1(x, weight):
+    """Part of radial_hidden.
+
+    IR program radial_hidden_k1, printed as 2 kernel(s).
+    weight: weights with channels rows x channels columns.
+    """
+    dtype = x.dtype
+    num_edges = x.shape[0]
+
+    # Dense -> z (edges, width): x @ weight (BLAS gemm)
+    z = np.dot(np.ascontiguousarray(x), np.asarray(weight, dtype))
+
+    # Activation -> y (edges, width): normalised SiLU, 1.6765324703310913 * x * sigmoid(x)
+    z_flat = z.reshape(z.size)
+    y = np.empty(z.shape, dtype)
+    y_flat = y.reshape(y.size)
+    for k in prange(y_flat.shape[0]):
+        x_t1 = z_flat[k]
+        y_flat[k] = 1.6765324703310913 * (x_t1 * (0.5 * (1.0 + np.tanh(0.5 * x_t1))))
+
+    return (y,)
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def radial_hidden_reverse_k1(x, d_y, weight):
+    """Part of radial_hidden_reverse.
+
+    IR program radial_hidden_reverse_k1, printed as 3 kernel(s).
+    weight: weights with channels rows x channels columns.
+    """
+    dtype = x.dtype
+    num_edges = x.shape[0]
+    if d_y.shape[0] != num_edges:
+        raise ValueError("d_y must have shape (edges, width)")
+
+    # Dense -> z (edges, width): x @ weight (BLAS gemm)
+    z = np.dot(np.ascontiguousarray(x), np.asarray(weight, dtype))
+
+    # ActivationGrad -> g_z_0 (edges, width): d_y * 1.6765324703310913 * silu'(z), silu' = s + x s (1 - s)
+    z_flat = z.reshape(z.size)
+    d_y_flat = np.ascontiguousarray(d_y).reshape(d_y.size)
+    g_z_0 = np.empty(z.shape, dtype)
+    g_z_0_flat = g_z_0.reshape(g_z_0.size)
+    for k in prange(g_z_0_flat.shape[0]):
+        x_t1 = z_flat[k]
+        s = 0.5 * (1.0 + np.tanh(0.5 * x_t1))
+        g_z_0_flat[k] = d_y_flat[k] * 1.6765324703310913 * (s + x_t1 * s * (1.0 - s))
+
+    # DenseTransposed -> d_x (edges, width): g_z_0 @ weight.T (BLAS gemm)
+    d_x = np.dot(g_z_0, np.asarray(weight, dtype).T)
+
+    return (d_x,)
+
+
+@numba.njit(cache=True, fastmath=False)
+def radial_out_4_k1(x, weight):
+    """Part of radial_out_4.
+
+    IR program radial_out_4_k1, printed as 2 kernel(s).
+    weight: weights with channels rows x channels columns.
+    """
+    dtype = x.dtype
+    num_edges = x.shape[0]
+
+    # Dense -> z (edges, width): x @ weight (BLAS gemm)
+    z = np.dot(np.ascontiguousarray(x), np.asarray(weight, dtype))
+
+    # Reshape -> radial (edges, width, 4): a view of z
+    radial = z.reshape((z.shape[0], (z.shape[1]) // 4, 4))
+
+    return (radial,)
+
+
+@numba.njit(cache=True, fastmath=False)
+def radial_out_4_reverse_k1(x, d_radial, weight):
+    """Part of radial_out_4_reverse.
+
+    IR program radial_out_4_reverse_k1, printed as 3 kernel(s).
+    weight: weights with channels rows x channels columns.
+    """
+    dtype = x.dtype
+    num_edges = x.shape[0]
+    if d_radial.shape[0] != num_edges or d_radial.shape[2] != 4:
+        raise ValueError("d_radial must have shape (edges, width, 4)")
+
+    # Dense -> z (edges, width): x @ weight (BLAS gemm)
+    z = np.dot(np.ascontiguousarray(x), np.asarray(weight, dtype))
+
+    # ReshapeLike -> g_z_0 (edges, width): a view of d_radial shaped like z
+    g_z_0 = np.ascontiguousarray(d_radial).reshape(z.shape)
+
+    # DenseTransposed -> d_x (edges, width): g_z_0 @ weight.T (BLAS gemm)
+    d_x = np.dot(g_z_0, np.asarray(weight, dtype).T)
+
+    return (d_x,)
+
+
+@numba.njit(cache=True, fastmath=False)
+def radial_out_10_k1(x, weight):
+    """Part of radial_out_10.
+
+    IR program radial_out_10_k1, printed as 2 kernel(s).
+    weight: weights with channels rows x channels columns.
+    """
+    dtype = x.dtype
+    num_edges = x.shape[0]
+
+    # Dense -> z (edges, width): x @ weight (BLAS gemm)
+    z = np.dot(np.ascontiguousarray(x), np.asarray(weight, dtype))
+
+    # Reshape -> radial (edges, width, 10): a view of z
+    radial = z.reshape((z.shape[0], (z.shape[1]) // 10, 10))
+
+    return (radial,)
+
+
+@numba.njit(cache=True, fastmath=False)
+def radial_out_10_reverse_k1(x, d_radial, weight):
+    """Part of radial_out_10_reverse.
+
+    IR program radial_out_10_reverse_k1, printed as 3 kernel(s).
+    weight: weights with channels rows x channels columns.
+    """
+    dtype = x.dtype
+    num_edges = x.shape[0]
+    if d_radial.shape[0] != num_edges or d_radial.shape[2] != 10:
+        raise ValueError("d_radial must have shape (edges, width, 10)")
+
+    # Dense -> z (edges, width): x @ weight (BLAS gemm)
+    z = np.dot(np.ascontiguousarray(x), np.asarray(weight, dtype))
+
+    # ReshapeLike -> g_z_0 (edges, width): a view of d_radial shaped like z
+    g_z_0 = np.ascontiguousarray(d_radial).reshape(z.shape)
+
+    # DenseTransposed -> d_x (edges, width): g_z_0 @ weight.T (BLAS gemm)
+    d_x = np.dot(g_z_0, np.asarray(weight, dtype).T)
+
+    return (d_x,)
+
+
+@numba.njit(cache=True, fastmath=False)
+def readout_linear_k1(h_out0, readout0):
+    """Part of readout_linear.
+
+    IR program readout_linear_k1, printed as 3 kernel(s).
+    readout0: weights with channels rows x 1 columns.
+    """
+    dtype = h_out0.dtype
+    num_nodes = h_out0.shape[0]
+    if h_out0.shape[2] != 1:
+        raise ValueError("h_out0 must have shape (nodes, channels, 1)")
+    if readout0.shape[1] != 1:
+        raise ValueError("readout0 must have shape ('width', 1)")
+
+    # Reshape -> features (nodes, width): a view of h_out0
+    features = np.ascontiguousarray(h_out0).reshape((h_out0.shape[0], h_out0.shape[1] * h_out0.shape[2]))
+
+    # Dense -> readout0_z (nodes, 1): features @ readout0 (BLAS gemm)
+    readout0_z = np.dot(features, np.asarray(readout0, dtype))
+
+    # Reshape -> node_readout (nodes,): a view of readout0_z
+    node_readout = readout0_z.reshape((readout0_z.shape[0],))
+
+    return (node_readout,)
+
+
+@numba.njit(cache=True, fastmath=False)
+def readout_linear_reverse_k1(h_out0, d_node_readout, readout0):
+    """Part of readout_linear_reverse.
+
+    IR program readout_linear_reverse_k1, printed as 5 kernel(s).
+    readout0: weights with channels rows x 1 columns.
+    """
+    dtype = h_out0.dtype
+    num_nodes = h_out0.shape[0]
+    if h_out0.shape[2] != 1:
+        raise ValueError("h_out0 must have shape (nodes, channels, 1)")
+    if d_node_readout.shape[0] != num_nodes:
+        raise ValueError("d_node_readout must have shape (nodes,)")
+    if readout0.shape[1] != 1:
+        raise ValueError("readout0 must have shape ('width', 1)")
+
+    # Reshape -> features (nodes, width): a view of h_out0
+    features = np.ascontiguousarray(h_out0).reshape((h_out0.shape[0], h_out0.shape[1] * h_out0.shape[2]))
+
+    # Dense -> readout0_z (nodes, 1): features @ readout0 (BLAS gemm)
+    readout0_z = np.dot(features, np.asarray(readout0, dtype))
+
+    # ReshapeLike -> g_readout0_z_0 (nodes, 1): a view of d_node_readout shaped like readout0_z
+    g_readout0_z_0 = np.ascontiguousarray(d_node_readout).reshape(readout0_z.shape)
+
+    # DenseTransposed -> g_features_0 (nodes, width): g_readout0_z_0 @ readout0.T (BLAS gemm)
+    g_features_0 = np.dot(g_readout0_z_0, np.asarray(readout0, dtype).T)
+
+    # ReshapeLike -> d_h_out0 (nodes, channels, 1): a view of g_features_0 shaped like h_out0
+    d_h_out0 = g_features_0.reshape(h_out0.shape)
+
+    return (d_h_out0,)
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def readout_mlp_k1(h_out0, readout0, readout1):
+    """Part of readout_mlp.
+
+    IR program readout_mlp_k1, printed as 5 kernel(s).
+    readout0: weights with channels rows x channels columns.
+    readout1: weights with channels rows x 1 columns.
+    """
+    dtype = h_out0.dtype
+    num_nodes = h_out0.shape[0]
+    if h_out0.shape[2] != 1:
+        raise ValueError("h_out0 must have shape (nodes, channels, 1)")
+    if readout1.shape[1] != 1:
+        raise ValueError("readout1 must have shape ('width', 1)")
+
+    # Reshape -> features (nodes, width): a view of h_out0
+    features = np.ascontiguousarray(h_out0).reshape((h_out0.shape[0], h_out0.shape[1] * h_out0.shape[2]))
+
+    # Dense -> readout0_z (nodes, width): features @ readout0 (BLAS gemm)
+    readout0_z = np.dot(features, np.asarray(readout0, dtype))
+
+    # Activation -> readout0_a (nodes, width): SiLU, x * sigmoid(x)
+    readout0_z_flat = readout0_z.reshape(readout0_z.size)
+    readout0_a = np.empty(readout0_z.shape, dtype)
+    readout0_a_flat = readout0_a.reshape(readout0_a.size)
+    for k in prange(readout0_a_flat.shape[0]):
+        x = readout0_z_flat[k]
+        readout0_a_flat[k] = x * (0.5 * (1.0 + np.tanh(0.5 * x)))
+
+    # Dense -> readout1_z (nodes, 1): readout0_a @ readout1 (BLAS gemm)
+    readout1_z = np.dot(readout0_a, np.asarray(readout1, dtype))
+
+    # Reshape -> node_readout (nodes,): a view of readout1_z
+    node_readout = readout1_z.reshape((readout1_z.shape[0],))
+
+    return (node_readout,)
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def readout_mlp_reverse_k1(h_out0, d_node_readout, readout0, readout1):
+    """Part of readout_mlp_reverse.
+
+    IR program readout_mlp_reverse_k1, printed as 9 kernel(s).
+    readout0: weights with channels rows x channels columns.
+    readout1: weights with channels rows x 1 columns.
+    """
+    dtype = h_out0.dtype
+    num_nodes = h_out0.shape[0]
+    if h_out0.shape[2] != 1:
+        raise ValueError("h_out0 must have shape (nodes, channels, 1)")
+    if d_node_readout.shape[0] != num_nodes:
+        raise ValueError("d_node_readout must have shape (nodes,)")
+    if readout1.shape[1] != 1:
+        raise ValueError("readout1 must have shape ('width', 1)")
+
+    # Reshape -> features (nodes, width): a view of h_out0
+    features = np.ascontiguousarray(h_out0).reshape((h_out0.shape[0], h_out0.shape[1] * h_out0.shape[2]))
+
+    # Dense -> readout0_z (nodes, width): features @ readout0 (BLAS gemm)
+    readout0_z = np.dot(features, np.asarray(readout0, dtype))
+
+    # Activation -> readout0_a (nodes, width): SiLU, x * sigmoid(x)
+    readout0_z_flat = readout0_z.reshape(readout0_z.size)
+    readout0_a = np.empty(readout0_z.shape, dtype)
+    readout0_a_flat = readout0_a.reshape(readout0_a.size)
+    for k in prange(readout0_a_flat.shape[0]):
+        x = readout0_z_flat[k]
+        readout0_a_flat[k] = x * (0.5 * (1.0 + np.tanh(0.5 * x)))
+
+    # Dense -> readout1_z (nodes, 1): readout0_a @ readout1 (BLAS gemm)
+    readout1_z = np.dot(readout0_a, np.asarray(readout1, dtype))
+
+    # ReshapeLike -> g_readout1_z_0 (nodes, 1): a view of d_node_readout shaped like readout1_z
+    g_readout1_z_0 = np.ascontiguousarray(d_node_readout).reshape(readout1_z.shape)
+
+    # DenseTransposed -> g_readout0_a_0 (nodes, width): g_readout1_z_0 @ readout1.T (BLAS gemm)
+    g_readout0_a_0 = np.dot(g_readout1_z_0, np.asarray(readout1, dtype).T)
+
+    # ActivationGrad -> g_readout0_z_0 (nodes, width): g_readout0_a_0 * silu'(readout0_z), silu' = s + x s (1 - s)
+    g_readout0_a_0_flat = g_readout0_a_0.reshape(g_readout0_a_0.size)
+    g_readout0_z_0 = np.empty(readout0_z.shape, dtype)
+    g_readout0_z_0_flat = g_readout0_z_0.reshape(g_readout0_z_0.size)
+    for k in prange(g_readout0_z_0_flat.shape[0]):
+        x = readout0_z_flat[k]
+        s = 0.5 * (1.0 + np.tanh(0.5 * x))
+        g_readout0_z_0_flat[k] = g_readout0_a_0_flat[k] * (s + x * s * (1.0 - s))
+
+    # DenseTransposed -> g_features_0 (nodes, width): g_readout0_z_0 @ readout0.T (BLAS gemm)
+    g_features_0 = np.dot(g_readout0_z_0, np.asarray(readout0, dtype).T)
+
+    # ReshapeLike -> d_h_out0 (nodes, channels, 1): a view of g_features_0 shaped like h_out0
+    d_h_out0 = g_features_0.reshape(h_out0.shape)
+
+    return (d_h_out0,)
+
+
 # ------------------------------------------------------------------------------- programs
 
 
@@ -8522,6 +8920,114 @@ def layer_01_01_reverse(h0, h1, Y0, Y1, Y2, Y3, d_h_out0, d_h_out1, radial, prod
     return (d_h0, d_h1, d_Y0, d_Y1, d_Y2, d_Y3, d_radial)
 
 
+def radial_basis(lengths, params, graph):
+    """num_basis Bessel functions times the polynomial cutoff of order cutoff_p at r_cut (Å); all three are run-time scalars.
+
+    IR program radial_basis: 1 ops in 1 jitted segment(s).
+    """
+    features, = radial_basis_k1(lengths, params["r_cut"], params["num_basis"], params["cutoff_p"])  # dense: 1 ops
+    return (features,)
+
+
+def radial_basis_reverse(lengths, d_features, params, graph):
+    """Vector-Jacobian products of radial_basis with respect to lengths, for cotangents d_features.
+
+    IR program radial_basis_reverse: 1 ops in 1 jitted segment(s).
+    """
+    d_lengths, = radial_basis_reverse_k1(lengths, d_features, params["r_cut"], params["num_basis"], params["cutoff_p"])  # dense: 1 ops
+    return (d_lengths,)
+
+
+def radial_hidden(x, params, graph):
+    """Radial MLP hidden layer: normalised SiLU(x @ weight).
+
+    IR program radial_hidden: 2 ops in 1 jitted segment(s).
+    """
+    y, = radial_hidden_k1(x, params["weight"])  # dense: 2 ops
+    return (y,)
+
+
+def radial_hidden_reverse(x, d_y, params, graph):
+    """Vector-Jacobian products of radial_hidden with respect to x, for cotangents d_y.
+
+    IR program radial_hidden_reverse: 3 ops in 1 jitted segment(s).
+    """
+    d_x, = radial_hidden_reverse_k1(x, d_y, params["weight"])  # dense: 3 ops
+    return (d_x,)
+
+
+def radial_out_4(x, params, graph):
+    """Radial MLP output layer x @ weight -> (edges, channels, 4).
+
+    IR program radial_out_4: 2 ops in 1 jitted segment(s).
+    """
+    radial, = radial_out_4_k1(x, params["weight"])  # dense: 2 ops
+    return (radial,)
+
+
+def radial_out_4_reverse(x, d_radial, params, graph):
+    """Vector-Jacobian products of radial_out_4 with respect to x, for cotangents d_radial.
+
+    IR program radial_out_4_reverse: 3 ops in 1 jitted segment(s).
+    """
+    d_x, = radial_out_4_reverse_k1(x, d_radial, params["weight"])  # dense: 3 ops
+    return (d_x,)
+
+
+def radial_out_10(x, params, graph):
+    """Radial MLP output layer x @ weight -> (edges, channels, 10).
+
+    IR program radial_out_10: 2 ops in 1 jitted segment(s).
+    """
+    radial, = radial_out_10_k1(x, params["weight"])  # dense: 2 ops
+    return (radial,)
+
+
+def radial_out_10_reverse(x, d_radial, params, graph):
+    """Vector-Jacobian products of radial_out_10 with respect to x, for cotangents d_radial.
+
+    IR program radial_out_10_reverse: 3 ops in 1 jitted segment(s).
+    """
+    d_x, = radial_out_10_reverse_k1(x, d_radial, params["weight"])  # dense: 3 ops
+    return (d_x,)
+
+
+def readout_linear(h_out0, params, graph):
+    """Readout Linear of the invariant channels.
+
+    IR program readout_linear: 3 ops in 1 jitted segment(s).
+    """
+    node_readout, = readout_linear_k1(h_out0, params["readout0"])  # dense: 3 ops
+    return (node_readout,)
+
+
+def readout_linear_reverse(h_out0, d_node_readout, params, graph):
+    """Vector-Jacobian products of readout_linear with respect to h_out0, for cotangents d_node_readout.
+
+    IR program readout_linear_reverse: 5 ops in 1 jitted segment(s).
+    """
+    d_h_out0, = readout_linear_reverse_k1(h_out0, d_node_readout, params["readout0"])  # dense: 5 ops
+    return (d_h_out0,)
+
+
+def readout_mlp(h_out0, params, graph):
+    """Readout Linear -> SiLU -> Linear of the invariant channels.
+
+    IR program readout_mlp: 5 ops in 1 jitted segment(s).
+    """
+    node_readout, = readout_mlp_k1(h_out0, params["readout0"], params["readout1"])  # dense: 5 ops
+    return (node_readout,)
+
+
+def readout_mlp_reverse(h_out0, d_node_readout, params, graph):
+    """Vector-Jacobian products of readout_mlp with respect to h_out0, for cotangents d_node_readout.
+
+    IR program readout_mlp_reverse: 9 ops in 1 jitted segment(s).
+    """
+    d_h_out0, = readout_mlp_reverse_k1(h_out0, d_node_readout, params["readout0"], params["readout1"])  # dense: 9 ops
+    return (d_h_out0,)
+
+
 PROGRAMS = {
     "geometry": geometry,
     "geometry_reverse": geometry_reverse,
@@ -8535,6 +9041,18 @@ PROGRAMS = {
     "layer_01_0_reverse": layer_01_0_reverse,
     "layer_01_01": layer_01_01,
     "layer_01_01_reverse": layer_01_01_reverse,
+    "radial_basis": radial_basis,
+    "radial_basis_reverse": radial_basis_reverse,
+    "radial_hidden": radial_hidden,
+    "radial_hidden_reverse": radial_hidden_reverse,
+    "radial_out_4": radial_out_4,
+    "radial_out_4_reverse": radial_out_4_reverse,
+    "radial_out_10": radial_out_10,
+    "radial_out_10_reverse": radial_out_10_reverse,
+    "readout_linear": readout_linear,
+    "readout_linear_reverse": readout_linear_reverse,
+    "readout_mlp": readout_mlp,
+    "readout_mlp_reverse": readout_mlp_reverse,
 }
 
 
@@ -8543,8 +9061,8 @@ def bind(model):
     """A Numba evaluator with the weights of ``model`` (a TACE module of this build), called
     like the model: ``bind(model)(batch, compute_forces=True, compute_stress=True)``.
 
-    The weights are copied now (see tacegen.backends.numba_model.convert_state): bind
-    again after changing them."""
+    The weights are copied now (see tacegen.runtime.numba_weights.convert_state), and again
+    by any evaluation after they changed (load_state_dict, optimiser steps, scale, shift)."""
     import sys
 
     from tacegen.runtime.numba_driver import NumbaTACE

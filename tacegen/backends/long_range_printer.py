@@ -29,7 +29,8 @@ from typing import Callable
 
 from .. import __version__
 from ..ir import long_range as lr
-from ..ir.nodes import Program, Sum, Zeros
+from ..ir.nodes import Param, Program, Sum, Zeros, op_params
+from .printer import PRINTERS, Printer, register
 
 GRAPH_ARGS = ("senders", "receivers", "receiver_offsets", "sender_order", "sender_offsets", "batch",
               "num_nodes", "num_structures")
@@ -74,7 +75,7 @@ def _constants() -> dict:
 
 
 def _render(template: str) -> str:
-    from ..build import _environment
+    from .templates import environment as _environment
 
     return _environment().get_template(template).render(**_constants())
 
@@ -92,8 +93,9 @@ def render_torch_long_range() -> str:
 # ----------------------------------------------------------------------------- numba lines
 
 
-def _f(x: float) -> str:
-    return repr(float(x))
+def _f(x) -> str:
+    """A float literal, or the name of a run-time parameter (an argument of the printed function)."""
+    return x.name if isinstance(x, Param) else repr(float(x))
 
 
 def _flag(x: bool, numba: bool) -> str:
@@ -129,7 +131,7 @@ def _numba_mean(op: lr.StructureMean) -> list[str]:
 
 
 def _numba_reciprocal(op: lr.ReciprocalEnergy) -> list[str]:
-    return [f"# {op.out.name}: reciprocal-space energy (gamma = {op.gamma!r} Å^2, k_cut = {op.k_cut!r} Å^-1)",
+    return [f"# {op.out.name}: reciprocal-space energy (gamma = {_f(op.gamma)} Å^2, k_cut = {_f(op.k_cut)} Å^-1)",
             f"{op.out.name} = lr_reciprocal_energy({op.positions.name}, {op.charges.name}, {op.cell.name}, "
             f"{_numba_strain(op)}, {_reciprocal_tail(op)})"]
 
@@ -148,7 +150,7 @@ def _pair_geometry(op) -> str:
 
 
 def _numba_pair(op: lr.PairEnergy) -> list[str]:
-    return [f"# {op.out.name}: real-space pair energy, {op.kernel}(alpha r)/r, alpha = {op.alpha!r} Å^-1",
+    return [f"# {op.out.name}: real-space pair energy, {op.kernel}(alpha r)/r, alpha = {_f(op.alpha)} Å^-1",
             f"{op.out.name} = lr_pair_energy({_pair_geometry(op)}, senders, receivers, receiver_offsets, "
             f"{_pair_tail(op)})"]
 
@@ -222,25 +224,70 @@ def graph_args(program: Program, table: dict | None = None) -> tuple[str, ...]:
     return tuple(name for name in GRAPH_ARGS if name in used)
 
 
-def _generic_lines(op, methods: dict, backend: str) -> list[str]:
-    method = methods.get(type(op))
-    if method is not None:
-        return method(op)
-    if isinstance(op, Sum):
+class _LongRangePrinter(Printer):
+    """Lines of one long-range op (``_print_<Op>`` from the backend's method table), of
+    ``Sum`` and of ``Zeros``."""
+
+    array_module = "np"
+
+    def _print_Sum(self, op: Sum) -> list[str]:
         return [f"{op.out.name} = " + " + ".join(t.name for t in op.terms)]
-    if isinstance(op, Zeros):
-        return [f"{op.out.name} = {'np' if backend == 'numba' else 'torch'}.zeros_like({op.like.name})"]
-    raise NotImplementedError(f"the long-range {backend} printer has no method for {type(op).__name__}")
+
+    def _print_Zeros(self, op: Zeros) -> list[str]:
+        return [f"{op.out.name} = {self.array_module}.zeros_like({op.like.name})"]
+
+    def unsupported(self, op) -> str:
+        return f"the long-range {self.backend} printer has no method for {type(op).__name__}"
+
+
+def _with_methods(cls: type, methods: dict) -> type:
+    for op_type, method in methods.items():
+        setattr(cls, f"_print_{op_type.__name__}", staticmethod(method))
+    return cls
+
+
+@register("numba", "long_range")
+class NumbaLongRangePrinter(_LongRangePrinter):
+    array_module = "np"
+
+
+@register("torch", "long_range")
+class TorchLongRangePrinter(_LongRangePrinter):
+    array_module = "torch"
+
+
+_with_methods(NumbaLongRangePrinter, NUMBA_METHODS)
+_with_methods(TorchLongRangePrinter, TORCH_METHODS)
+
+
+def _generic_lines(op, methods: dict, backend: str) -> list[str]:
+    """The lines of ``op`` by the long-range printer of ``backend`` (``methods``: its table)."""
+    return PRINTERS[backend]["long_range"]().print_op(op)
+
+
+def scalar_args(program: Program) -> tuple[str, ...]:
+    """The run-time parameters (:class:`~tacegen.ir.nodes.Param`) of ``program``: arguments of
+    the printed function after the graph arguments, in the order ``program.weights``
+    declares them (scalar :class:`~tacegen.ir.dense_ops.ParamSpec` s of shape ())."""
+    declared = tuple(w.name for w in program.weights if getattr(w, "shape", None) == ())
+    for op in program.ops:
+        for p in op_params(op):
+            if p.name not in declared:
+                raise ValueError(f"{program.name}: run-time parameter {p.name!r} of {type(op).__name__} is not "
+                                 "declared in Program.weights")
+    return declared
 
 
 def _function(program: Program, name: str, methods: dict, table: dict, backend: str, typed: bool) -> list[str]:
     args = graph_args(program, table)
+    scalars = scalar_args(program)
     if typed:
         params = [f"{v.name}: Tensor" for v in program.inputs]
         params += [f"{a}: int" if a in ("num_nodes", "num_structures") else f"{a}: Tensor" for a in args]
+        params += [f"{a}: float" for a in scalars]
         head = f"def {name}({', '.join(params)}) -> List[Tensor]:"
     else:
-        head = f"def {name}({', '.join([v.name for v in program.inputs] + list(args))}):"
+        head = f"def {name}({', '.join([v.name for v in program.inputs] + list(args) + list(scalars))}):"
     lines = [head, f'    """{program.doc}"""' if program.doc else '    """IR program."""']
     for op in program.ops:
         lines += ["    " + line for line in _generic_lines(op, methods, backend)]

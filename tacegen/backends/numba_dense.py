@@ -48,8 +48,9 @@ import re
 
 from ..ir import dense_ops as d
 from ..ir.dense_interpret import normalised_silu_gain
-from ..ir.nodes import EDGE, NODE, Program, Sum, Value, Zeros
+from ..ir.nodes import EDGE, NODE, Param, Program, Sum, Value, Zeros
 from .numba_printer import GRAPH_CHECK, SENDER_CHECK, receiver_offsets, sender_csr
+from .printer import Printer, register
 
 STRUCTURE = d.STRUCTURE
 GRAPH_ORDER = ("senders", "receivers", "receiver_offsets", "sender_order", "sender_offsets", "batch",
@@ -62,16 +63,18 @@ RESERVED = frozenset(GRAPH_ORDER) | frozenset(COUNTS.values()) | {
 PI = repr(math.pi)
 
 
-def _f(x: float) -> str:
-    """A float literal (round-trips exactly)."""
-    return repr(float(x))
+def _f(x) -> str:
+    """A float literal (round-trips exactly), or the name of a run-time parameter."""
+    return x.name if isinstance(x, Param) else repr(float(x))
 
 
-class DensePrinter:
+@register("numba", "dense")
+class DensePrinter(Printer):
     """Prints one numba function (signature and body lines) for a program of dense ops.
 
-    A visitor: one method ``_<OpName>(self, op) -> list[str]`` per op type, returning the
-    whole-array statements of that op (see the module docstring)."""
+    A visitor (:class:`~tacegen.backends.printer.Printer`): one method
+    ``_print_<OpName>(self, op) -> list[str]`` per op type, returning the whole-array
+    statements of that op (see the module docstring)."""
 
     SUPPORTED = (d.EdgeVectors, d.EdgeLength, d.EdgeDirection, d.RadialBasis, d.Dense, d.Activation,
                  d.ChannelMix, d.Reshape, d.Mul, d.NodeSum, d.EdgeVectorsGrad, d.EdgeVectorsStrainGrad,
@@ -207,7 +210,7 @@ class DensePrinter:
     def describe(v: Value) -> str:
         """Human-readable layout, e.g. ``(edges, 3, 3)`` or ``(nodes, channels, 5)``."""
         if isinstance(v, d.Array):
-            dims = [str(s) for s in v.shape]
+            dims = [str(s) if s >= 0 else "width" for s in v.shape]
         else:
             dims = (["channels"] if v.channels else []) + [str(v.size)]
         return f"({LABELS[v.domain]}, {', '.join(dims)})" if dims else f"({LABELS[v.domain]},)"
@@ -254,13 +257,14 @@ class DensePrinter:
                 raise NotImplementedError(f"{op.out.name}: {type(op).__name__} of {v.name} needs the same layout")
 
     # -- visitor ---------------------------------------------------------------------------------
-    def op(self, op) -> list[str]:
-        method = getattr(self, f"_{type(op).__name__}", None)
-        if method is None or not self.supports(op):
-            raise NotImplementedError(self.NOT_PRINTED.get(type(op), f"the dense numba printer has no method for "
-                                                                      f"{type(op).__name__}"))
-        self._scope = set()
-        return method(op)
+    def unsupported(self, op) -> str:
+        return self.NOT_PRINTED.get(type(op), f"the dense numba printer has no method for {type(op).__name__}")
+
+    def print_op(self, op) -> list[str]:
+        if not self.supports(op):
+            raise NotImplementedError(self.unsupported(op))
+        self._scope = set()  # temporaries are local to one op's block
+        return super().print_op(op)
 
     # geometry ---------------------------------------------------------------------------------
     def _unstrained(self, op, e: str, i: str, j: str, b: str) -> tuple[list[str], list[str]]:
@@ -290,7 +294,7 @@ class DensePrinter:
         self._vectors(op, EDGE, op.shifts)
         self._matrices(op, op.cell, *([op.strain] if getattr(op, "strain", None) is not None else []))
 
-    def _EdgeVectors(self, op: d.EdgeVectors) -> list[str]:
+    def _print_EdgeVectors(self, op: d.EdgeVectors) -> list[str]:
         self._check_geometry(op)
         out = op.out.name
         pos, cell, shifts = op.positions.name, op.cell.name, op.shifts.name
@@ -317,14 +321,14 @@ class DensePrinter:
         lines.append(f"{r} = np.sqrt({' + '.join(f'{c} * {c}' for c in comps)})")
         return lines, comps, r
 
-    def _EdgeLength(self, op: d.EdgeLength) -> list[str]:
+    def _print_EdgeLength(self, op: d.EdgeLength) -> list[str]:
         self._vectors(op, EDGE, op.vectors)
         out, e = op.out.name, self.tmp("e")
         lines, _, r = self._norm_lines(op.vectors.name, e)
         return [self.head(op, f"|{op.vectors.name}|"), f"{out} = np.empty({self.count(op.out)}, dtype)",
                 f"for {e} in prange({self.count(op.out)}):"] + _indent(lines + [f"{out}[{e}] = {r}"])
 
-    def _EdgeDirection(self, op: d.EdgeDirection) -> list[str]:
+    def _print_EdgeDirection(self, op: d.EdgeDirection) -> list[str]:
         self._vectors(op, EDGE, op.vectors)
         out, e = op.out.name, self.tmp("e")
         lines, comps, r = self._norm_lines(op.vectors.name, e)
@@ -333,7 +337,7 @@ class DensePrinter:
                 f"{out} = np.empty(({self.count(op.out)}, 3), dtype)",
                 f"for {e} in prange({self.count(op.out)}):"] + _indent(lines)
 
-    def _EdgeLengthGrad(self, op: d.EdgeLengthGrad) -> list[str]:
+    def _print_EdgeLengthGrad(self, op: d.EdgeLengthGrad) -> list[str]:
         self._vectors(op, EDGE, op.vectors)
         if op.cotangent.domain != EDGE or self.ndim(op.cotangent) != 1:
             raise NotImplementedError(f"{op.out.name}: the cotangent of an edge length is an (edges,) array")
@@ -346,7 +350,7 @@ class DensePrinter:
                 f"{out} = np.empty(({self.count(op.out)}, 3), dtype)",
                 f"for {e} in prange({self.count(op.out)}):"] + _indent(lines)
 
-    def _EdgeDirectionGrad(self, op: d.EdgeDirectionGrad) -> list[str]:
+    def _print_EdgeDirectionGrad(self, op: d.EdgeDirectionGrad) -> list[str]:
         self._vectors(op, EDGE, op.vectors, op.cotangent)
         out, e = op.out.name, self.tmp("e")
         lines, comps, r = self._norm_lines(op.vectors.name, e)
@@ -361,7 +365,7 @@ class DensePrinter:
                 f"{out} = np.empty(({self.count(op.out)}, 3), dtype)",
                 f"for {e} in prange({self.count(op.out)}):"] + _indent(lines)
 
-    def _EdgeVectorsGrad(self, op: d.EdgeVectorsGrad) -> list[str]:
+    def _print_EdgeVectorsGrad(self, op: d.EdgeVectorsGrad) -> list[str]:
         self._vectors(op, EDGE, op.cotangent)
         self._vectors(op, NODE, op.out)
         if op.strain is not None:
@@ -398,7 +402,7 @@ class DensePrinter:
                   f"for {n} in prange(num_nodes):"] + _indent(body)
         return lines
 
-    def _EdgeVectorsStrainGrad(self, op: d.EdgeVectorsStrainGrad) -> list[str]:
+    def _print_EdgeVectorsStrainGrad(self, op: d.EdgeVectorsStrainGrad) -> list[str]:
         self._check_geometry(op)
         self._vectors(op, EDGE, op.cotangent)
         out, cot = op.out.name, op.cotangent.name
@@ -428,28 +432,47 @@ class DensePrinter:
 
     # radial basis -----------------------------------------------------------------------------
     def _radial_check(self, op, *basis_values) -> None:
-        if op.num_basis < 1 or op.p < 1 or not op.r_cut > 0:
-            raise ValueError(f"{op.out.name}: needs num_basis >= 1, p >= 1 and r_cut > 0")
+        constants = [(name, getattr(op, name), low) for name, low in (("num_basis", 1), ("p", 1), ("r_cut", 0))
+                     if not isinstance(getattr(op, name), Param)]
+        for name, value, low in constants:
+            if not (value >= low if low else value > 0):
+                raise ValueError(f"{op.out.name}: needs num_basis >= 1, p >= 1 and r_cut > 0; {name} = {value!r}")
+        width = -1 if isinstance(op.num_basis, Param) else op.num_basis
         for v in basis_values:
-            if v.domain != op.lengths.domain or getattr(v, "shape", None) != (op.num_basis,):
+            if v.domain != op.lengths.domain or getattr(v, "shape", None) not in ((width,), (-1,)):
                 raise NotImplementedError(f"{op.out.name}: {v.name} must be an ({LABELS[v.domain]}, "
-                                          f"{op.num_basis}) array")
+                                          f"{_f(op.num_basis)}) array")
         if self.ndim(op.lengths) != 1:
             raise NotImplementedError(f"{op.out.name}: lengths must be a 1-D array")
 
-    def _cutoff_lines(self, op, r: str, derivative: bool) -> tuple:
+    def _radial_constants(self, op, derivative: bool) -> tuple[list[str], dict]:
+        """Lines computing the radial basis' constants once (from literals or run-time
+        parameters), in the interpreter's expression order; names by role."""
+        n = {k: self.tmp(k) for k in ("rc", "pf", "c1", "c2", "c3", "pref")}
+        lines = [f"{n['rc']} = {_f(op.r_cut)}",
+                 f"{n['pf']} = float({_f(op.p) if isinstance(op.p, Param) else int(op.p)})",
+                 f"{n['c1']} = 0.5 * ({n['pf']} + 1.0) * ({n['pf']} + 2.0)",
+                 f"{n['c2']} = {n['pf']} * ({n['pf']} + 2.0)",
+                 f"{n['c3']} = 0.5 * {n['pf']} * ({n['pf']} + 1.0)",
+                 f"{n['pref']} = np.sqrt(2.0 / {n['rc']}) * (np.pi / {n['rc']})"]
+        if derivative:
+            n.update({k: self.tmp(k) for k in ("c4", "sq", "wn")})
+            lines += [f"{n['c4']} = -0.5 * {n['pf']} * ({n['pf']} + 1.0) * ({n['pf']} + 2.0)",
+                      f"{n['sq']} = np.sqrt(2.0 / {n['rc']})", f"{n['wn']} = np.pi / {n['rc']}"]
+        return lines, n
+
+    def _cutoff_lines(self, op, r: str, n: dict, derivative: bool) -> tuple:
         """PolynomialCutoff f (and f') of r, in the interpreter's expression order."""
-        p, pf, rc = op.p, float(op.p), _f(op.r_cut)
+        p = _f(op.p) if isinstance(op.p, Param) else str(int(op.p))
+        pm1 = f"({p} - 1)" if isinstance(op.p, Param) else str(int(op.p) - 1)
         x, xp, f = self.tmp("x"), self.tmp("xp"), self.tmp("f")
-        c1, c2, c3 = 0.5 * (pf + 1.0) * (pf + 2.0), pf * (pf + 2.0), 0.5 * pf * (pf + 1.0)
-        lines = [f"{x} = {r} / {rc}", f"{xp} = {x} ** {p}",
-                 f"{f} = 1.0 - {_f(c1)} * {xp} + {_f(c2)} * {xp} * {x} - {_f(c3)} * {xp} * {x} * {x} "
-                 f"if {x} < 1.0 else 0.0  # cutoff, p = {p}"]
+        lines = [f"{x} = {r} / {n['rc']}", f"{xp} = {x} ** {p}",
+                 f"{f} = 1.0 - {n['c1']} * {xp} + {n['c2']} * {xp} * {x} - {n['c3']} * {xp} * {x} * {x} "
+                 f"if {x} < 1.0 else 0.0  # cutoff"]
         if not derivative:
             return lines, x, f, None
         df = self.tmp("df")
-        c4 = -0.5 * p * (p + 1.0) * (p + 2.0)
-        lines.append(f"{df} = {_f(c4)} * {x} ** {p - 1} * (1.0 - {x}) ** 2 / {rc} if {x} < 1.0 else 0.0")
+        lines.append(f"{df} = {n['c4']} * {x} ** {pm1} * (1.0 - {x}) ** 2 / {n['rc']} if {x} < 1.0 else 0.0")
         return lines, x, f, df
 
     def _bessel_lines(self, x: str, h: str) -> tuple[list[str], str]:
@@ -457,31 +480,34 @@ class DensePrinter:
         y, sc = self.tmp("y"), self.tmp("sinc")
         return [f"{y} = {PI} * ({x} * {h})", f"{sc} = np.sin({y}) / {y} if {y} != 0.0 else 1.0"], sc
 
-    def _RadialBasis(self, op: d.RadialBasis) -> list[str]:
+    def _print_RadialBasis(self, op: d.RadialBasis) -> list[str]:
         self._radial_check(op, op.out)
-        out, nb, rc = op.out.name, op.num_basis, op.r_cut
+        out, nb = op.out.name, _f(op.num_basis) if isinstance(op.num_basis, Param) else str(int(op.num_basis))
+        constants, n = self._radial_constants(op, False)
         e, k, h = self.tmp("e"), self.tmp("k"), self.tmp("h")
         r = self.tmp("r")
-        cut, x, f, _ = self._cutoff_lines(op, r, False)
+        cut, x, f, _ = self._cutoff_lines(op, r, n, False)
         sinc, sc = self._bessel_lines(x, h)
-        pref = _f(math.sqrt(2.0 / rc) * (math.pi / rc))
         body = [f"{r} = {op.lengths.name}[{e}]"] + cut + [f"for {k} in range({nb}):", f"    {h} = {k} + 1.0"]
-        body += _indent(sinc) + [f"    {out}[{e}, {k}] = {pref} * {h} * {sc} * {f}"]
-        return [self.head(op, f"sqrt(2/r_cut) sin(n pi r/r_cut) / r x cutoff, r_cut = {rc!r}, p = {op.p}"),
+        body += _indent(sinc) + [f"    {out}[{e}, {k}] = {n['pref']} * {h} * {sc} * {f}"]
+        return [self.head(op, f"sqrt(2/r_cut) sin(n pi r/r_cut) / r x cutoff, r_cut = {_f(op.r_cut)}, "
+                              f"p = {_f(op.p)}")] + constants + [
                 f"{out} = np.empty(({self.count(op.out)}, {nb}), dtype)",
                 f"for {e} in prange({self.count(op.out)}):"] + _indent(body)
 
-    def _RadialBasisGrad(self, op: d.RadialBasisGrad) -> list[str]:
+    def _print_RadialBasisGrad(self, op: d.RadialBasisGrad) -> list[str]:
         self._radial_check(op, op.cotangent)
-        out, nb, rc, cot = op.out.name, op.num_basis, op.r_cut, op.cotangent.name
+        out, cot = op.out.name, op.cotangent.name
+        nb = _f(op.num_basis) if isinstance(op.num_basis, Param) else str(int(op.num_basis))
+        constants, n = self._radial_constants(op, True)
         e, k, h = self.tmp("e"), self.tmp("k"), self.tmp("h")
         r, acc = self.tmp("r"), self.tmp("acc")
-        cut, x, f, df = self._cutoff_lines(op, r, True)
+        cut, x, f, df = self._cutoff_lines(op, r, n, True)
         sinc, sc = self._bessel_lines(x, h)
         w, wr, db = self.tmp("w"), self.tmp("wr"), self.tmp("db")
-        pref, sq = _f(math.sqrt(2.0 / rc) * (math.pi / rc)), _f(math.sqrt(2.0 / rc))
+        pref, sq = n["pref"], n["sq"]
         inner = [f"{h} = {k} + 1.0"] + sinc + [
-            f"{w} = {h} * {_f(math.pi / rc)}",
+            f"{w} = {h} * {n['wn']}",
             f"{wr} = {w} * {r}",
             f"if abs({wr}) < 1e-3:  # series of (w r cos(w r) - sin(w r)) / r^2",
             f"    {db} = {sq} * (-({w} ** 3) * {r} / 3.0 + ({w} ** 5) * {r} ** 3 / 30.0)",
@@ -490,7 +516,8 @@ class DensePrinter:
             f"{acc} += {cot}[{e}, {k}] * ({db} * {f} + {pref} * {h} * {sc} * {df})"]
         body = [f"{r} = {op.lengths.name}[{e}]"] + cut + [f"{acc} = 0.0", f"for {k} in range({nb}):"]
         body += _indent(inner) + [f"{out}[{e}] = {acc}"]
-        return [self.head(op, f"sum_n {cot}[e, n] d/dr (B_n f), r_cut = {rc!r}, p = {op.p}"),
+        return [self.head(op, f"sum_n {cot}[e, n] d/dr (B_n f), r_cut = {_f(op.r_cut)}, p = {_f(op.p)}")
+                ] + constants + [
                 f"{out} = np.empty({self.count(op.out)}, dtype)",
                 f"for {e} in prange({self.count(op.out)}):"] + _indent(body)
 
@@ -499,7 +526,8 @@ class DensePrinter:
         fin, fout = self.param(op.weight)
         a, b = (fout, fin) if transposed else (fin, fout)
         for v, width in ((op.src, a), (op.out, b)):
-            if self.ndim(v) != 2 or int(self.row(v)) != width or v.domain != op.out.domain:
+            static = isinstance(width, int) and all(s >= 0 for s in getattr(v, "shape", ()))  # else np.dot checks
+            if self.ndim(v) != 2 or (static and int(self.row(v)) != width) or v.domain != op.out.domain:
                 raise NotImplementedError(f"{op.out.name}: {type(op).__name__} maps (items, {a}) to (items, {b}); "
                                           f"{v.name} is {self.describe(v)}")
         w = f"{op.weight}.T" if transposed else op.weight
@@ -507,10 +535,10 @@ class DensePrinter:
         return [self.head(op, f"{op.src.name} @ {w} (BLAS gemm)"),
                 f"{op.out.name} = np.dot({self.contiguous(op.src)}, {weight})"]
 
-    def _Dense(self, op: d.Dense) -> list[str]:
+    def _print_Dense(self, op: d.Dense) -> list[str]:
         return self._gemm(op, False)
 
-    def _DenseTransposed(self, op: d.DenseTransposed) -> list[str]:
+    def _print_DenseTransposed(self, op: d.DenseTransposed) -> list[str]:
         return self._gemm(op, True)
 
     def _mix(self, op, transposed: bool) -> list[str]:
@@ -546,10 +574,10 @@ class DensePrinter:
                   f"            {out.name}[{n}, {a}, {q}] = {y}[{n}, {q}, {a}]"]
         return lines
 
-    def _ChannelMix(self, op: d.ChannelMix) -> list[str]:
+    def _print_ChannelMix(self, op: d.ChannelMix) -> list[str]:
         return self._mix(op, False)
 
-    def _ChannelMixTransposed(self, op: d.ChannelMixTransposed) -> list[str]:
+    def _print_ChannelMixTransposed(self, op: d.ChannelMixTransposed) -> list[str]:
         return self._mix(op, True)
 
     # elementwise -----------------------------------------------------------------------------
@@ -571,7 +599,7 @@ class DensePrinter:
     def _sigmoid(x: str) -> str:
         return f"0.5 * (1.0 + np.tanh(0.5 * {x}))"
 
-    def _Activation(self, op: d.Activation) -> list[str]:
+    def _print_Activation(self, op: d.Activation) -> list[str]:
         gain = _f(normalised_silu_gain()) if op.normalised else None
 
         def expression(element):
@@ -582,7 +610,7 @@ class DensePrinter:
         what = f"normalised SiLU, {gain} * x * sigmoid(x)" if gain else "SiLU, x * sigmoid(x)"
         return self._elementwise(op, what, [op.src], expression)
 
-    def _ActivationGrad(self, op: d.ActivationGrad) -> list[str]:
+    def _print_ActivationGrad(self, op: d.ActivationGrad) -> list[str]:
         gain = _f(normalised_silu_gain()) if op.normalised else None
 
         def expression(element, cotangent):
@@ -594,11 +622,11 @@ class DensePrinter:
         what = f"{op.cotangent.name} * {gain + ' * ' if gain else ''}silu'({op.src.name}), silu' = s + x s (1 - s)"
         return self._elementwise(op, what, [op.src, op.cotangent], expression)
 
-    def _Mul(self, op: d.Mul) -> list[str]:
+    def _print_Mul(self, op: d.Mul) -> list[str]:
         factor = _f(op.factor)
         return self._elementwise(op, f"{factor} * {op.src.name}", [op.src], lambda x: ([], f"{factor} * {x}"))
 
-    def _Sum(self, op: Sum) -> list[str]:
+    def _print_Sum(self, op: Sum) -> list[str]:
         terms = list(op.terms)
         first = terms[0].name
         lines = self._elementwise(op, " + ".join(t.name for t in terms), terms, lambda *xs: ([], " + ".join(xs)))
@@ -609,24 +637,31 @@ class DensePrinter:
         return lines[:1] + checks + lines[1:]
 
     # layout -------------------------------------------------------------------------------------
-    def _Reshape(self, op: d.Reshape) -> list[str]:
+    def _print_Reshape(self, op: d.Reshape) -> list[str]:
         src, out = op.src, op.out
         if not isinstance(out, d.Array):
             raise NotImplementedError(f"{out.name}: Reshape produces an Array (its shape is the target)")
         dims = self.trailing(out)
+        if any(s < 0 for s in out.shape):  # one run-time size: what the source's row leaves
+            if sum(s < 0 for s in out.shape) > 1:
+                raise NotImplementedError(f"{out.name}: Reshape with more than one run-time size")
+            row = " * ".join(f"{src.name}.shape[{k}]" for k in range(1, self.ndim(src))) or "1"
+            known = math.prod(s for s in out.shape if s >= 0)
+            size = f"({row}) // {known}" if known != 1 else row
+            dims = [size if d == "-1" else d for d in dims]
         return [self.head(op, f"a view of {src.name}"),
                 f"{out.name} = {self.contiguous(src)}.reshape({self.shape_tuple(f'{src.name}.shape[0]', dims)})"]
 
-    def _ReshapeLike(self, op: d.ReshapeLike) -> list[str]:
+    def _print_ReshapeLike(self, op: d.ReshapeLike) -> list[str]:
         return [self.head(op, f"a view of {op.src.name} shaped like {op.like.name}"),
                 f"{op.out.name} = {self.contiguous(op.src)}.reshape({op.like.name}.shape)"]
 
-    def _Zeros(self, op: Zeros) -> list[str]:
+    def _print_Zeros(self, op: Zeros) -> list[str]:
         return [self.head(op, f"zeros shaped like {op.like.name}"),
                 f"{op.out.name} = np.zeros({op.like.name}.shape, dtype)"]
 
     # structures ---------------------------------------------------------------------------------
-    def _NodeSum(self, op: d.NodeSum) -> list[str]:
+    def _print_NodeSum(self, op: d.NodeSum) -> list[str]:
         src, out = op.src, op.out
         if src.domain != NODE or out.domain != STRUCTURE or self.ndim(src) != self.ndim(out):
             raise NotImplementedError(f"{out.name}: NodeSum sums node values into structures")
@@ -645,7 +680,7 @@ class DensePrinter:
                         f"    for {k} in range({self.row(src)}):",
                         f"        {acc}[{b}, {k}] += {rows}[{n}, {k}]"]
 
-    def _GatherStructures(self, op: d.GatherStructures) -> list[str]:
+    def _print_GatherStructures(self, op: d.GatherStructures) -> list[str]:
         src, out = op.src, op.out
         if src.domain != STRUCTURE or out.domain != NODE or self.ndim(src) != self.ndim(out):
             raise NotImplementedError(f"{out.name}: GatherStructures reads structure values at each atom")
@@ -703,7 +738,8 @@ class DensePrinter:
         for w, shape in self.params.items():
             conds = [f"{w}.shape[{k}] != {s}" for k, s in enumerate(shape) if s >= 0]
             if conds:
-                lines += [f"if {' or '.join(conds)}:", f'    raise ValueError("{w} must have shape {shape}")']
+                dims = tuple(s if s >= 0 else "width" for s in shape)
+                lines += [f"if {' or '.join(conds)}:", f'    raise ValueError("{w} must have shape {dims}")']
         args = self.graph_args
         if "receiver_offsets" in args:
             lines.append(f"{GRAPH_CHECK}(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR")
@@ -733,7 +769,7 @@ class DensePrinter:
         if self._body is None:
             lines = self._sizes() + self._checks()
             for op in self.program.ops:
-                lines += [""] + self.op(op)
+                lines += [""] + self.print_op(op)
             outs = [v.name for v in self.program.outputs]
             lines += ["", "return (" + ", ".join(outs) + ("," if len(outs) == 1 else "") + ")"]
             self._body = lines
@@ -764,7 +800,7 @@ def render_dense_program(program: Program, function_name: str | None = None) -> 
         "signature": printer.signature(),
         "body": body,
         "inputs": [v.name for v in program.inputs],
-        "weights": [(name, _weight_columns(shape)) for name, shape in printer.params.items()],
+        "weights": [(name, _weight_columns(shape)) for name, shape in printer.params.items() if shape],
         "graph": "receiver_offsets" in printer.graph_args,  # the template then defines _check_graph
         "by_sender": "sender_order" in printer.graph_args,  # ... and _check_senders
         "outputs": [v.name for v in program.outputs],
@@ -778,7 +814,7 @@ def render_dense_module(functions, names=None, title: str = "IR programs") -> st
     (used as is), or a Program (printed by :class:`DensePrinter` when it supports every op,
     else by the core printer). ``names`` overrides the function names of Programs."""
     from .. import __version__
-    from ..build import _environment
+    from .templates import environment as _environment
     from .numba_printer import render_program
 
     functions = list(functions)

@@ -54,7 +54,7 @@ Coupling tables are printed from their entries (AdjointTables label their ``orig
 nothing is keyed by ranks.
 
 Adding an op type: a per-item op (inputs and output on the same domain) needs one visitor
-method ``_<OpName>(self, op) -> list[str]`` that reads inputs with :meth:`read` and names
+method ``_print_<OpName>(self, op) -> list[str]`` (:class:`~tacegen.backends.printer.Printer`) that reads inputs with :meth:`read` and names
 its outputs with :meth:`define`. A cross-domain op also needs an entry in
 :attr:`NumbaPrinter.ACCESS` (``"complete"``: reads its source at another item, like
 Gather; ``"reduce"``: accumulates edges into their receiver, like Scatter).
@@ -77,6 +77,7 @@ import numpy as np
 from ..algebra.adjoint import AdjointTable, ict_gradient_polynomials
 from ..algebra.ict import ict_polynomials, pattern_index, reduced_patterns
 from ..cache import atomic_write_text
+from ..runtime.csr import receiver_offsets, sender_csr  # noqa: F401  (re-exported)
 from ..ir.nodes import (
     EDGE,
     NODE,
@@ -96,6 +97,7 @@ from ..ir.nodes import (
     WeightArray,
     Zeros,
 )
+from .printer import Printer, register
 
 GRAPH_ARGS = ("senders", "receivers", "receiver_offsets", "num_nodes")
 SENDER_ARGS = ("sender_order", "sender_offsets")  # only for programs with a ScatterSenders
@@ -201,7 +203,8 @@ class Kernel:
     ops: list
 
 
-class NumbaPrinter:
+@register("numba", "core")
+class NumbaPrinter(Printer):
     """Prints one numba function (signature and body lines) for a program."""
 
     # how an op reads its inputs; ops not listed are per-item ("local")
@@ -328,13 +331,10 @@ class NumbaPrinter:
         self._init += lines
 
     # -- visitor ---------------------------------------------------------------------------
-    def op(self, op) -> list[str]:
-        method = getattr(self, f"_{type(op).__name__}", None)
-        if method is None:
-            raise NotImplementedError(f"the numba printer has no method for {type(op).__name__}")
-        return method(op)
+    def unsupported(self, op) -> str:
+        return f"the numba printer has no method for {type(op).__name__}"
 
-    def _EdgeICT(self, op: EdgeICT) -> list[str]:
+    def _print_EdgeICT(self, op: EdgeICT) -> list[str]:
         l = op.out.rank
         out = self.define(op.out)
         if l == 0:
@@ -361,7 +361,7 @@ class NumbaPrinter:
         lower = self.power(direction, axis, e - 1)
         return self.hoist(f"{ax}{e}", f"{lower} * {self.power(direction, axis, 1)}")
 
-    def _Couple(self, op: Couple) -> list[str]:
+    def _print_Couple(self, op: Couple) -> list[str]:
         c = op.coupling
         if op.out.channels != (op.left.channels or op.right.channels):
             raise NotImplementedError(f"{op.out.name}: has channels iff an operand has")
@@ -380,7 +380,7 @@ class NumbaPrinter:
             lines.append(_assign(out[m3], _factored_terms(terms) if terms else ["0.0"]))
         return lines
 
-    def _Scale(self, op: Scale) -> list[str]:
+    def _print_Scale(self, op: Scale) -> list[str]:
         if not op.out.channels:
             raise NotImplementedError("weights are per channel: a Scale output has channels")
         out = self.define(op.out)
@@ -388,25 +388,25 @@ class NumbaPrinter:
         note = f"  # {op.comment}" if op.comment else ""
         return [f"{o} = {self.read(op.src, m)} * {w}{note if m == 0 else ''}" for m, o in enumerate(out)]
 
-    def _Sum(self, op: Sum) -> list[str]:
+    def _print_Sum(self, op: Sum) -> list[str]:
         if any(t.channels != op.out.channels for t in op.terms):
             raise NotImplementedError(f"{op.out.name}: a sum of values with and without channels")
         out = self.define(op.out)
         return [_assign(o, [self.read(op.terms[0], m)] + [f"+ {self.read(t, m)}" for t in op.terms[1:]])
                 for m, o in enumerate(out)]
 
-    def _Gather(self, op: Gather) -> list[str]:
+    def _print_Gather(self, op: Gather) -> list[str]:
         out = self.define(op.out)
         j = self.hoist("j", "senders[e]")
         return [f"{o} = {self.element(op.src, m, j)}" for m, o in enumerate(out)]
 
-    def _Scatter(self, op: Scatter) -> list[str]:
+    def _print_Scatter(self, op: Scatter) -> list[str]:
         out = self.define(op.out)
         self.before_edges([f"{o} = 0.0" for o in out])
         return [f"{o} += {self.read(op.src, m)}" for m, o in enumerate(out)]
 
     # -- reverse-pass ops ---------------------------------------------------------------------
-    def _EdgeICTGrad(self, op: EdgeICTGrad) -> list[str]:
+    def _print_EdgeICTGrad(self, op: EdgeICTGrad) -> list[str]:
         if op.out.channels or op.cotangent.channels or op.out.rank != 1 or op.direction.rank != 1:
             raise NotImplementedError(f"{op.out.name}: EdgeICTGrad is channel-free and rank 1")
         l = op.l
@@ -427,18 +427,18 @@ class NumbaPrinter:
             lines.append(_assign(name, _factored_terms(terms) if terms else ["0.0"]))
         return lines
 
-    def _ChannelSum(self, op: ChannelSum) -> list[str]:
+    def _print_ChannelSum(self, op: ChannelSum) -> list[str]:
         # inside the channel loop: add this channel's contribution (the array starts at zero)
         return [f"{self.element(op.out, m)} += {self.read(op.src, m)}  # sum over channels"
                 if m == 0 else f"{self.element(op.out, m)} += {self.read(op.src, m)}"
                 for m in range(op.out.size)]
 
-    def _GatherReceivers(self, op: GatherReceivers) -> list[str]:
+    def _print_GatherReceivers(self, op: GatherReceivers) -> list[str]:
         out = self.define(op.out)
         i = self.hoist("i", "receivers[e]")
         return [f"{o} = {self.element(op.src, m, i)}" for m, o in enumerate(out)]
 
-    def _ScatterSenders(self, op: ScatterSenders) -> list[str]:
+    def _print_ScatterSenders(self, op: ScatterSenders) -> list[str]:
         if op.out.domain != NODE or op.src.domain != EDGE:
             raise NotImplementedError("ScatterSenders goes from edges to nodes")
         out = self.define(op.out)
@@ -449,10 +449,10 @@ class NumbaPrinter:
         lines.append(f"    {es} = sender_order[{k}]")
         return lines + [f"    {o} += {self.element(op.src, m, es)}" for m, o in enumerate(out)]
 
-    def _Zeros(self, op: Zeros) -> list[str]:
+    def _print_Zeros(self, op: Zeros) -> list[str]:
         return [f"{o} = 0.0" for o in self.define(op.out)]
 
-    def _Stack(self, op: Stack) -> list[str]:
+    def _print_Stack(self, op: Stack) -> list[str]:
         if not op.out.channels or len(op.columns) != op.out.count:
             raise NotImplementedError(f"{op.out.name}: a Stack fills every column of a per-channel weight")
         out = self.define(op.out)
@@ -470,7 +470,7 @@ class NumbaPrinter:
     def _run_ops(self, ops, section: _Section) -> None:
         self._section = section
         for op in ops:
-            section.body += self.op(op)
+            section.body += self.print_op(op)
 
     def _store(self, section: _Section) -> None:
         self._section = section
@@ -624,7 +624,7 @@ def render_program(program: Program, function_name: str | None = None) -> dict:
 def render_module(programs, names=None, title: str = "IR programs") -> str:
     """Module source with one jitted function per program (``names`` overrides the function names)."""
     from .. import __version__
-    from ..build import _environment
+    from .templates import environment as _environment
 
     names = list(names) if names is not None else [p.name for p in programs]
     if len(set(names)) != len(names):
@@ -666,26 +666,6 @@ def load_source(source: str, folder: Path | str | None = None, module_name: str 
 def compile_programs(programs, folder: Path | str | None = None, names=None):
     """Render ``programs`` into one module and import it; functions are jitted lazily on first call."""
     return load_source(render_module(programs, names), folder)
-
-
-def receiver_offsets(receivers, num_nodes: int) -> np.ndarray:
-    """CSR offsets (N+1,) of edges sorted by receiver: node n owns edges offsets[n]:offsets[n+1]."""
-    receivers = np.asarray(receivers)
-    if receivers.size and np.any(np.diff(receivers) < 0):
-        raise ValueError("receivers must be sorted (the runtime batch sorts edges by receiver)")
-    return np.searchsorted(receivers, np.arange(num_nodes + 1), side="left").astype(np.int64)
-
-
-def sender_csr(senders, num_nodes: int) -> tuple:
-    """(sender_order (E,), sender_offsets (N+1,)): edges sorted by sender, stably (equal senders
-    keep their edge order, so sums by sender run in edge order), and the CSR offsets: node n
-    sends edges ``sender_order[sender_offsets[n]:sender_offsets[n + 1]]``."""
-    senders = np.asarray(senders, dtype=np.int64)
-    if senders.size and (senders.min() < 0 or senders.max() >= num_nodes):
-        raise ValueError("senders must be node indices in [0, num_nodes)")
-    order = np.argsort(senders, kind="stable").astype(np.int64)
-    offsets = np.searchsorted(senders[order], np.arange(num_nodes + 1), side="left").astype(np.int64)
-    return np.ascontiguousarray(order), offsets
 
 
 def graph_arguments(graph: dict, by_sender: bool = False) -> tuple:

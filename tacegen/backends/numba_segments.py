@@ -39,6 +39,7 @@ from ..ir.nodes import (
     Sum,
     WeightSpec,
     Zeros,
+    op_params,
 )
 from . import long_range_printer as lrp
 from .numba_dense import DensePrinter, render_dense_program
@@ -98,7 +99,7 @@ def _either_kind(ops, ready) -> str:
 
 def render_long_range_segment(program: Program) -> dict:
     """A segment of long-range ops as a plain Python function (the template's kernel dict)."""
-    args = [v.name for v in program.inputs] + list(lrp.graph_args(program))
+    args = [v.name for v in program.inputs] + list(lrp.graph_args(program)) + list(lrp.scalar_args(program))
     body = [line for op in program.ops for line in lrp._generic_lines(op, lrp.NUMBA_METHODS, "numba")]
     outs = [v.name for v in program.outputs]
     body.append(f"return ({', '.join(outs)}{',' if len(outs) == 1 else ''})")
@@ -120,9 +121,10 @@ def _segment_program(program: Program, name: str, ops: list, later: list) -> Pro
             if v.name not in defined and v.name not in seen:
                 seen.add(v.name)
                 inputs.append(v)
-        w = getattr(op, "weight", None)
-        if isinstance(w, str) and w in weights and weights[w] not in used_weights:
-            used_weights.append(weights[w])
+        names = [getattr(op, "weight", None)] + [p.name for p in op_params(op)]
+        for w in names:
+            if isinstance(w, str) and w in weights and weights[w] not in used_weights:
+                used_weights.append(weights[w])
     read_later = {v.name for _, group in later for op in group for v in op.inputs}
     read_later |= {v.name for v in program.outputs}
     outputs = tuple(op.out for op in ops if op.out.name in read_later)

@@ -19,6 +19,7 @@ from fractions import Fraction
 from ..algebra.coupling import Coupling
 from ..algebra.ict import ict_polynomials, pattern_index, reduced_patterns
 from ..ir.nodes import Couple, EdgeICT, Gather, Program, Scale, Scatter, Sum
+from .printer import Printer, register
 
 
 def table_name(c: Coupling) -> str:
@@ -50,18 +51,16 @@ def _is_scaled_identity(c: Coupling) -> Fraction | None:
     return coeffs.pop() if len(coeffs) == 1 else None
 
 
-class TorchPrinter:
-    """Prints the body of ``forward`` for a program, one block per op."""
+@register("torch", "core")
+class TorchPrinter(Printer):
+    """Prints the body of ``forward`` for a program, one block per op (``_print_<Op>``)."""
 
     def __init__(self, program: Program):
         self.program = program
         self.tables: dict[str, Coupling] = {}
 
     # -- visitor ---------------------------------------------------------------
-    def op(self, op) -> list[str]:
-        return getattr(self, f"_{type(op).__name__}")(op)
-
-    def _EdgeICT(self, op: EdgeICT) -> list[str]:
+    def _print_EdgeICT(self, op: EdgeICT) -> list[str]:
         l = op.out.rank
         if l == 0:
             return [f"{op.out.name} = torch.ones_like({op.direction.name}[:, :1])"]
@@ -86,7 +85,7 @@ class TorchPrinter:
         self.powers.update((ax, e) for ax, e in zip("xyz", m) if e > 1)
         return " * ".join(names) if names else "1.0"
 
-    def _Couple(self, op: Couple) -> list[str]:
+    def _print_Couple(self, op: Couple) -> list[str]:
         c = op.coupling
         kind = "odd (Levi-Civita)" if c.odd else "even"
         head = f"# {op.comment}: {c.l1} x {c.l2} -> {c.l3}, {kind} path, {c.nnz} nonzeros"
@@ -111,19 +110,19 @@ class TorchPrinter:
                     f"{t}.view({d12}, {2 * c.l3 + 1})"]
         raise NotImplementedError("coupling of two channel-free values is not used by the builder")
 
-    def _Scale(self, op: Scale) -> list[str]:
+    def _print_Scale(self, op: Scale) -> list[str]:
         # columns come from one unbind per weight (see forward_body): indexing a column
         # instead would make autograd allocate the whole weight array once per column
         note = f"  # {op.comment}" if op.comment else ""
         return [f"{op.out.name} = {op.src.name} * {op.weight}_columns[{op.index}]{note}"]
 
-    def _Sum(self, op: Sum) -> list[str]:
+    def _print_Sum(self, op: Sum) -> list[str]:
         return [f"{op.out.name} = " + " + ".join(t.name for t in op.terms)]
 
-    def _Gather(self, op: Gather) -> list[str]:
+    def _print_Gather(self, op: Gather) -> list[str]:
         return [f"{op.out.name} = {op.src.name}.index_select(0, senders)"]
 
-    def _Scatter(self, op: Scatter) -> list[str]:
+    def _print_Scatter(self, op: Scatter) -> list[str]:
         src = op.src.name
         shape = f"[num_nodes, {src}.shape[1], {src}.shape[2]]" if op.src.channels else f"[num_nodes, {src}.shape[1]]"
         return [f"{op.out.name} = {src}.new_zeros({shape}).index_add_(0, receivers, {src})"]
@@ -133,7 +132,7 @@ class TorchPrinter:
         self.powers: set = set()
         body: list[str] = []
         for op in self.program.ops:
-            body += self.op(op)
+            body += self.print_op(op)
         prelude: list[str] = []
         if any(isinstance(op, EdgeICT) for op in self.program.ops):
             prelude.append("x, y, z = direction.unbind(-1)")

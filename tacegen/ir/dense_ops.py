@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .nodes import UnaryOp, Value
+from .nodes import Param, UnaryOp, Value
 
 STRUCTURE = "structure"
 
@@ -57,11 +57,18 @@ def vector(name: str, domain: str) -> Value:
 
 @dataclass(frozen=True)
 class ParamSpec:
-    """A global dense weight matrix of shape ``shape`` (for Dense / ChannelMix)."""
+    """A global dense weight matrix of shape ``shape`` (for Dense / ChannelMix); a negative
+    size is a run-time size (read from the weight). Shape ``()``: a run-time scalar
+    (:class:`~tacegen.ir.nodes.Param`, declared with :func:`scalar`)."""
 
     name: str
     shape: tuple
     labels: tuple = field(default=(), compare=False)
+
+
+def scalar(param: Param) -> ParamSpec:
+    """The declaration in ``Program.weights`` of a run-time scalar ``param``."""
+    return ParamSpec(param.name, (), ("int",) if param.integer else ("float",))
 
 
 # ----------------------------------------------------------------------------- forward ops

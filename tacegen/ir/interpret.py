@@ -24,6 +24,7 @@ from .nodes import (
     Stack,
     Sum,
     Zeros,
+    bind_params,
 )
 
 # Extension point: op type -> ``rule(op, env, weights, graph) -> array``, consulted only for
@@ -44,7 +45,7 @@ def run(program: Program, inputs: dict, weights: dict | None = None, graph: dict
     weights = weights or {}
     env = {v.name: np.asarray(inputs[v.name], dtype=np.float64) for v in program.inputs}
     for op in program.ops:
-        env[op.out.name] = _step(op, env, weights, graph)
+        env[op.out.name] = _step(bind_params(op, weights), env, weights, graph)
     return {v.name: env[v.name] for v in program.outputs}
 
 
@@ -90,3 +91,16 @@ def _step(op, env, weights, graph):
     if rule is not None:
         return rule(op, env, weights, graph)
     raise TypeError(f"unknown op {type(op).__name__}")
+
+
+def program_runner(programs: dict[str, Program]):
+    """The reference runner of :class:`tacegen.runtime.chain.ModelChain`: :func:`run` on the
+    named programs (dense and long-range ops registered), returning the outputs in order."""
+    from . import dense_reverse, long_range  # noqa: F401  (register the dense and long-range ops)
+
+    def runner(name, values, weights, graph):
+        p = programs[name]
+        env = run(p, values, weights, graph)
+        return tuple(env[v.name] for v in p.outputs)
+
+    return runner

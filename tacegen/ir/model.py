@@ -21,9 +21,9 @@ radial_mlp    radial basis -> R (edges, channels, paths), per layer             
 readout       invariant node features -> node energy contribution, per layer     widths
 ============  =================================================================  ==========
 
-The first four depend on the spec only and are printed at build time; the last three are
-specialised to a model instance's constructor arguments (cut-off, basis size, MLP widths)
-when the Numba model is bound to its weights (:mod:`tacegen.backends.numba_model`).
+All are printed at build time: the sizes and scalars of a model instance (cut-off, basis
+size, MLP widths and depth, long-range parameters) are run-time sizes and run-time scalars
+(:class:`~tacegen.ir.nodes.Param`) of the programs (see "instance sizes" below).
 
 Value names follow the PyTorch template: ``h<k>`` node features of rank k, ``Y<l>`` edge
 ICTs, weights ``radial`` (edges, channels, paths) and ``product`` (nodes, channels,
@@ -37,7 +37,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from . import dense_ops as d
-from .nodes import EDGE, NODE, Program, Sum, Value
+from .nodes import EDGE, NODE, Param, Program, Sum, Value
 from .optimise import map_inputs
 
 CHANNELS = -1  # a run-time size in an Array shape (the number of channels)
@@ -175,15 +175,31 @@ def geometry_program() -> Program:
                    "directions.", (pos, cell, shifts, strain), (), ops, (direction, lengths)).check()
 
 
-# --------------------------------------------------------------------------- instance-specific
+# --------------------------------------------------------------------------- instance sizes
+#
+# The programs below depend on a model instance's constructor arguments only through
+# run-time sizes (WIDTH: read from the arrays and weights) and run-time scalars (Param:
+# passed with the weights), so they are printed once at build time and serve every
+# instance. The radial MLP has a run-time depth: it is a sequence of ``radial_hidden``
+# programs (one per hidden layer) and one ``radial_out_<paths>`` program, walked by
+# :class:`tacegen.runtime.chain.ModelChain`.
+
+WIDTH = -1  # a run-time size in an Array or ParamSpec shape
+R_CUT, NUM_BASIS, CUTOFF_P = Param("r_cut"), Param("num_basis", integer=True), Param("cutoff_p", integer=True)
+#: LES and Ewald scalars (values: tacegen.runtime.long_range.les_kernel_parameters and
+#: ewald_kernel_parameters)
+GAMMA, K_CUT, SELF_COEFFICIENT, ALPHA = Param("gamma"), Param("k_cut"), Param("self_coefficient"), Param("alpha")
+REAL_CUT = Param("r_cut")
 
 
-def radial_basis_program(r_cut: float, num_basis: int, p: int) -> Program:
-    """lengths (E,) -> Bessel x polynomial-cutoff features (E, num_basis)."""
-    lengths, features = d.array("lengths", EDGE), d.array("features", EDGE, (num_basis,))
-    return Program("radial_basis", f"{num_basis} Bessel functions times the p={p} polynomial cutoff at "
-                   f"r_cut={r_cut!r} Å.", (lengths,), (),
-                   (d.RadialBasis(features, lengths, float(r_cut), int(num_basis), int(p)),), (features,)).check()
+def radial_basis_program() -> Program:
+    """lengths (E,) -> Bessel x polynomial-cutoff features (E, num_basis); run-time scalars
+    ``r_cut`` (Å), ``num_basis``, ``cutoff_p``."""
+    lengths, features = d.array("lengths", EDGE), d.array("features", EDGE, (WIDTH,))
+    return Program("radial_basis", "num_basis Bessel functions times the polynomial cutoff of order cutoff_p at "
+                   "r_cut (Å); all three are run-time scalars.", (lengths,),
+                   (d.scalar(R_CUT), d.scalar(NUM_BASIS), d.scalar(CUTOFF_P)),
+                   (d.RadialBasis(features, lengths, R_CUT, NUM_BASIS, CUTOFF_P),), (features,)).check()
 
 
 def mlp_ops(source: d.Array, widths, prefix: str, normalised: bool) -> tuple[list, d.Array, list]:
@@ -201,49 +217,60 @@ def mlp_ops(source: d.Array, widths, prefix: str, normalised: bool) -> tuple[lis
     return ops, x, params
 
 
-def radial_mlp_program(num_basis: int, hidden, channels: int, num_paths: int) -> Program:
-    """features (E, num_basis) -> radial weights R (E, channels, num_paths): the RadialMLP
-    (normalised SiLU between bias-free linear maps) and the template's ``.view(-1, C, P)``."""
-    features = d.array("features", EDGE, (num_basis,))
-    widths = (num_basis,) + tuple(hidden) + (channels * num_paths,)
-    ops, x, params = mlp_ops(features, widths, "radial", True)
-    radial = d.array("radial", EDGE, (channels, num_paths))
-    ops.append(d.Reshape(radial, x))
-    return Program(f"radial_mlp_{num_paths}", f"Radial MLP {widths} -> (edges, {channels}, {num_paths}).",
-                   (features,), tuple(params), tuple(ops), (radial,)).check()
+def radial_hidden_program() -> Program:
+    """One hidden layer of the RadialMLP: x (E, fan_in) -> normalised SiLU(x @ weight)
+    (E, fan_out), ``weight`` (fan_in, fan_out) of run-time sizes."""
+    x, z, y = (d.array(n, EDGE, (WIDTH,)) for n in ("x", "z", "y"))
+    return Program("radial_hidden", "Radial MLP hidden layer: normalised SiLU(x @ weight).", (x,),
+                   (d.ParamSpec("weight", (WIDTH, WIDTH)),),
+                   (d.Dense(z, x, "weight"), d.Activation(y, z, normalised=True)), (y,)).check()
 
 
-def readout_program(channels: int, hidden: int | None) -> Program:
+def radial_out_program(num_paths: int) -> Program:
+    """The last layer of the RadialMLP and the template's ``.view(-1, C, P)``: x (E, fan_in)
+    -> radial weights R (E, channels, num_paths), ``weight`` (fan_in, channels * num_paths)."""
+    x, z = d.array("x", EDGE, (WIDTH,)), d.array("z", EDGE, (WIDTH,))
+    radial = d.array("radial", EDGE, (WIDTH, num_paths))
+    return Program(f"radial_out_{num_paths}", f"Radial MLP output layer x @ weight -> (edges, channels, "
+                   f"{num_paths}).", (x,), (d.ParamSpec("weight", (WIDTH, WIDTH)),),
+                   (d.Dense(z, x, "weight"), d.Reshape(radial, z)), (radial,)).check()
+
+
+def readout_program(hidden: bool) -> Program:
     """Invariant node features h_out0 (N, channels, 1) -> node energy contribution (N,):
-    Linear(channels, 1), or Linear -> SiLU -> Linear(hidden, 1) for the last layer."""
+    Linear(channels, 1) (``readout_linear``), or Linear -> SiLU -> Linear(hidden, 1)
+    (``readout_mlp``, the last layer); widths are run-time sizes."""
     h = Value("h_out0", 0, NODE)
-    flat = d.array("features", NODE, (channels,))
-    widths = (channels, 1) if hidden is None else (channels, hidden, 1)
+    flat = d.array("features", NODE, (WIDTH,))
+    widths = (WIDTH, WIDTH, 1) if hidden else (WIDTH, 1)
     ops, x, params = mlp_ops(flat, widths, "readout", False)
     out = d.array("node_readout", NODE)
     ops = [d.Reshape(flat, h)] + ops + [d.Reshape(out, x)]
-    name = "readout_linear" if hidden is None else f"readout_mlp_{hidden}"
-    return Program(name, f"Readout {widths} of the invariant channels.", (h,), tuple(params), tuple(ops),
-                   (out,)).check()
+    name = "readout_mlp" if hidden else "readout_linear"
+    return Program(name, "Readout " + ("Linear -> SiLU -> Linear" if hidden else "Linear") + " of the invariant "
+                   "channels.", (h,), tuple(params), tuple(ops), (out,)).check()
 
 
 # --------------------------------------------------------------------------- long range
 
 
-def les_program(channels: int, sigma: float, k_cut: float, constrained: bool) -> Program:
+def les_program(constrained: bool) -> Program:
     """Latent Ewald summation (math.md section 5): invariant features of the last layer
     h_out0 (N, channels, 1) -> latent charges q (N,) = Linear(channels, 1) (parameter
     ``charge0`` (channels, 1)), constrained to the structure's total charge ``total`` (B,)
     when ``constrained`` -> E_lr (B,) = reciprocal sum over |k| <= k_cut with Gaussian width
     sigma, self term and neutralising background (periodic structures, zero for neutral
-    ones) + pairwise erf(r / (sqrt(2) sigma)) / r over all pairs of each finite structure
-    (the long-range graph: its edges are those pairs, not the model's neighbour list)."""
+    ones) + pairwise erf(alpha r) / r over all pairs of each finite structure (the
+    long-range graph: its edges are those pairs, not the model's neighbour list).
+
+    Run-time scalars: gamma = sigma^2 / 2, k_cut, self_coefficient = 1 / (sigma sqrt(2 pi)),
+    alpha = 1 / (sqrt(2) sigma) (:func:`tacegen.runtime.long_range.les_kernel_parameters`)."""
     from . import long_range as lr
 
     h = Value("h_out0", 0, NODE)
     pos, cell = d.vector("positions", NODE), d.array("cell", d.STRUCTURE, (3, 3))
     shifts, strain = d.array("shifts", EDGE, (3,)), d.array("strain", d.STRUCTURE, (3, 3))
-    flat, raw1 = d.array("features", NODE, (channels,)), d.array("charge_z", NODE, (1,))
+    flat, raw1 = d.array("features", NODE, (WIDTH,)), d.array("charge_z", NODE, (1,))
     raw = d.array("raw_charges" if constrained else "charges", NODE)
     ops = [d.Reshape(flat, h), d.Dense(raw1, flat, "charge0"), d.Reshape(raw, raw1)]
     inputs = [h, pos, cell, shifts, strain]
@@ -254,32 +281,39 @@ def les_program(channels: int, sigma: float, k_cut: float, constrained: bool) ->
         charges = d.array("charges", NODE)
         ops.append(lr.ConstrainCharges(charges, raw, total))
     e_k, e_p, energy = (lr.structure_energy(n) for n in ("energy_k", "energy_pairs", "energy_lr"))
-    ops += [replace(lr.les_reciprocal(e_k, pos, charges, cell, strain, sigma, k_cut), background=True),
-            lr.les_finite(e_p, pos, charges, cell, shifts, strain, sigma),
+    ops += [lr.ReciprocalEnergy(e_k, pos, charges, cell, strain, GAMMA, K_CUT, SELF_COEFFICIENT, True),
+            lr.PairEnergy(e_p, pos, charges, cell, shifts, strain, ALPHA, "erf", None),
             Sum(energy, (e_k, e_p))]
-    return Program("long_range", f"Latent Ewald summation, sigma={sigma!r} Å, k_cut={k_cut!r} Å^-1, charges "
-                   + ("constrained to the total charge." if constrained else "unconstrained."),
-                   tuple(inputs), (d.ParamSpec("charge0", (channels, 1)),), tuple(ops), (energy, charges)).check()
+    scalars = tuple(d.scalar(p) for p in (GAMMA, K_CUT, SELF_COEFFICIENT, ALPHA))
+    return Program("long_range" if constrained else "long_range_free",
+                   "Latent Ewald summation, charges " + ("constrained to the total charge." if constrained
+                                                         else "unconstrained."),
+                   tuple(inputs), (d.ParamSpec("charge0", (WIDTH, 1)),) + scalars, tuple(ops),
+                   (energy, charges)).check()
 
 
-def ewald_program(alpha: float, r_cut: float | None, k_cut: float | None, name: str = "ewald") -> Program:
-    """Classic Ewald energy (B,) of given charges (N,): real space erfc(alpha r)/r within
-    r_cut over the long-range graph + reciprocal sum within k_cut + self + neutralising
-    background. ``k_cut`` None (finite structures): the real-space sum alone, with
-    alpha = 0 the bare Coulomb sum over all pairs."""
+def ewald_program(periodic: bool) -> Program:
+    """Classic Ewald energy (B,) of given charges (N,). ``periodic`` (``ewald``): real space
+    erfc(alpha r)/r within r_cut over the long-range graph + reciprocal sum within k_cut +
+    self + neutralising background, run-time scalars alpha, r_cut, k_cut, gamma = 1 /
+    (4 alpha^2), self_coefficient = alpha / sqrt(pi)
+    (:func:`tacegen.runtime.long_range.ewald_kernel_parameters`). Finite (``coulomb``): the
+    bare Coulomb sum 1/r over all pairs of each structure (alpha = 0, no cut-off)."""
     from . import long_range as lr
 
     pos, cell = d.vector("positions", NODE), d.array("cell", d.STRUCTURE, (3, 3))
     shifts, strain = d.array("shifts", EDGE, (3,)), d.array("strain", d.STRUCTURE, (3, 3))
     charges = d.array("charges", NODE)
-    e_r, energy = lr.structure_energy("energy_real"), lr.structure_energy("energy_lr")
-    ops = [lr.ewald_real_space(e_r, pos, charges, cell, shifts, strain, alpha=alpha, r_cut=r_cut)]
-    if k_cut is not None:
-        e_k = lr.structure_energy("energy_k")
-        ops += [lr.ewald_reciprocal(e_k, pos, charges, cell, strain, alpha=alpha, k_cut=k_cut, background=True),
-                Sum(energy, (e_r, e_k))]
-    else:
-        ops[0] = replace(ops[0], out=energy)
-    doc = (f"Classic Ewald, alpha={alpha!r} Å^-1, r_cut={r_cut!r} Å, k_cut={k_cut!r} Å^-1." if k_cut is not None
-           else "Coulomb energy of given charges, all pairs of each finite structure.")
-    return Program(name, doc, (pos, charges, cell, shifts, strain), (), tuple(ops), (energy,)).check()
+    inputs = (pos, charges, cell, shifts, strain)
+    energy = lr.structure_energy("energy_lr")
+    if not periodic:
+        return Program("coulomb", "Coulomb energy of given charges, all pairs of each finite structure.", inputs,
+                       (), (lr.PairEnergy(energy, pos, charges, cell, shifts, strain, 0.0, "erfc", None),),
+                       (energy,)).check()
+    e_r, e_k = lr.structure_energy("energy_real"), lr.structure_energy("energy_k")
+    ops = (lr.PairEnergy(e_r, pos, charges, cell, shifts, strain, ALPHA, "erfc", REAL_CUT),
+           lr.ReciprocalEnergy(e_k, pos, charges, cell, strain, GAMMA, K_CUT, SELF_COEFFICIENT, True),
+           Sum(energy, (e_r, e_k)))
+    scalars = tuple(d.scalar(p) for p in (ALPHA, REAL_CUT, K_CUT, GAMMA, SELF_COEFFICIENT))
+    return Program("ewald", "Classic Ewald energy of given charges: real + reciprocal + self + background; "
+                   "run-time alpha (Å^-1), r_cut (Å), k_cut (Å^-1).", inputs, scalars, ops, (energy,)).check()

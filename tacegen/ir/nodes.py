@@ -41,6 +41,38 @@ class Value:
 
 
 @dataclass(frozen=True)
+class Param:
+    """A run-time scalar of a program (a cut-off, a width, a splitting parameter): an op field
+    that holds a Param instead of a number reads the value the caller passes by ``name``
+    with the program's weights, so the printed code takes it as an argument and one printed
+    function serves every value. ``integer``: an int (sizes, polynomial orders), else a
+    float. Declare it in ``Program.weights`` with :func:`tacegen.ir.dense_ops.scalar`."""
+
+    name: str
+    integer: bool = False
+
+
+def op_params(op) -> list[Param]:
+    """The :class:`Param` fields of ``op``, in field order."""
+    from dataclasses import fields
+
+    return [getattr(op, f.name) for f in fields(op) if isinstance(getattr(op, f.name), Param)]
+
+
+def bind_params(op, weights: dict):
+    """``op`` with every :class:`Param` field replaced by its value in ``weights``."""
+    from dataclasses import fields, replace
+
+    bound = {f.name: getattr(op, f.name) for f in fields(op) if isinstance(getattr(op, f.name), Param)}
+    if not bound:
+        return op
+    missing = [p.name for p in bound.values() if p.name not in weights]
+    if missing:
+        raise KeyError(f"{type(op).__name__} -> {op.out.name}: run-time parameter(s) {missing} not given")
+    return replace(op, **{k: (int if p.integer else float)(weights[p.name]) for k, p in bound.items()})
+
+
+@dataclass(frozen=True)
 class UnaryOp:
     """Base of the ops that read one value, ``src``."""
 

@@ -11,8 +11,15 @@ A *runner* evaluates one program: ``runner(name, values, weights, graph) -> tupl
 outputs`` in the program's output order, where ``values`` maps input names to arrays,
 ``weights`` maps weight and parameter names to arrays and ``graph`` holds the edges (the
 model's neighbour list, or a long-range graph) and the structure index. The interpreter runner
-(:func:`interpreter_runner`) is the reference; the printed Numba module supplies the
-fast one. Both see the same chain, so a disagreement is a printer bug, not a model one.
+(:func:`tacegen.ir.interpret.program_runner`) is the reference; the printed Numba module
+supplies the fast one. Both see the same chain, so a disagreement is a printer bug, not a
+model one.
+
+Run-time sizes and scalars: every program is printed at build time; what a model instance
+chooses (cut-off, basis size, widths, long-range parameters) reaches the programs as
+array shapes and as scalars in ``weights``. The radial MLP has a run-time depth: the
+chain walks one ``radial_hidden`` program per hidden layer and one ``radial_out_<paths>``
+program (their reverse passes in the opposite order).
 
 Conventions: forces = -dE/dr; the strain ``eps`` deforms positions and cell by
 ``(I + eps)`` and is evaluated at zero; virial = -sym(dE/d eps), stress = sym(dE/d eps) / V
@@ -25,8 +32,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-
-from ..ir.nodes import Program
 
 Runner = Callable[[str, dict, dict, dict], tuple]
 
@@ -49,15 +54,15 @@ class LayerInfo:
 @dataclass
 class LayerWeights:
     """Numpy weights of one layer, converted from the PyTorch module (see
-    :func:`tacegen.backends.numba_model.convert_state`)."""
+    :func:`tacegen.runtime.numba_weights.convert_state`)."""
 
     kind: str                 # LayerKind name
     params: dict              # ChannelMix matrices up<k>, mixA<l>, mixB<k>, skip<k>
-    radial: dict              # radial<k> (fan_in, fan_out)
+    radial: list              # radial MLP matrices (fan_in, fan_out), input layer first
     readout: dict             # readout<k>
     product: np.ndarray       # (elements, channels, trees)
-    radial_program: str       # names of the instance-specific programs
-    readout_program: str
+    radial_program: str       # radial_out_<paths>: the radial MLP's output program
+    readout_program: str      # readout_linear or readout_mlp
 
 
 @dataclass
@@ -67,7 +72,8 @@ class ModelWeights:
     scale: float
     shift: float
     layers: list = field(default_factory=list)
-    long_range: dict = field(default_factory=dict)  # LES: charge0 (C, 1)
+    long_range: dict = field(default_factory=dict)  # LES: charge0 (C, 1) and the LES scalars
+    radial_basis: dict = field(default_factory=dict)  # run-time scalars r_cut, num_basis, cutoff_p
 
 
 @dataclass
@@ -82,19 +88,6 @@ class LongRangeCall:
     inputs: dict
     weights: dict = field(default_factory=dict)
     reads_features: bool = True
-
-
-def interpreter_runner(programs: dict[str, Program]) -> Runner:
-    """The reference runner: :func:`tacegen.ir.interpret.run` on the named programs."""
-    from ..ir import dense_reverse  # noqa: F401  (registers the dense ops)
-    from ..ir.interpret import run
-
-    def runner(name, values, weights, graph):
-        p = programs[name]
-        env = run(p, values, weights, graph)
-        return tuple(env[v.name] for v in p.outputs)
-
-    return runner
 
 
 class ModelChain:
@@ -112,6 +105,23 @@ class ModelChain:
     def run(self, name, values, weights, graph):
         return self.runner(name, values, weights, graph)
 
+    def radial(self, layer: LayerWeights, features, graph) -> tuple:
+        """(R, inputs of each radial MLP program): the hidden layers, then the output layer."""
+        xs = [features]
+        for matrix in layer.radial[:-1]:
+            (y,) = self.run("radial_hidden", {"x": xs[-1]}, {"weight": matrix}, graph)
+            xs.append(y)
+        (R,) = self.run(layer.radial_program, {"x": xs[-1]}, {"weight": layer.radial[-1]}, graph)
+        return R, xs
+
+    def radial_reverse(self, layer: LayerWeights, xs: list, d_radial, graph):
+        """d(features) from d(R) through the radial MLP programs, output layer first."""
+        (d_x,) = self.run(layer.radial_program + "_reverse", {"x": xs[-1], "d_radial": d_radial},
+                          {"weight": layer.radial[-1]}, graph)
+        for matrix, x in zip(reversed(layer.radial[:-1]), reversed(xs[:-1])):
+            (d_x,) = self.run("radial_hidden_reverse", {"x": x, "d_y": d_x}, {"weight": matrix}, graph)
+        return d_x
+
     def evaluate(self, inputs: dict, graph: dict, compute_forces: bool = True, compute_stress: bool = True,
                  dtype=np.float64, long_range: list | None = None) -> dict:
         """``inputs``: positions (N, 3), cell (B, 3, 3), shifts (E, 3), species (N,);
@@ -128,21 +138,21 @@ class ModelChain:
         direction, lengths = self.run("geometry", geo_in, {}, graph)
         Y = self.run("edge_basis", {"direction": direction}, {}, graph)
         Y_in = {f"Y{l}": y for l, y in enumerate(Y)}
-        (features,) = self.run("radial_basis", {"lengths": lengths}, {}, graph)
+        (features,) = self.run("radial_basis", {"lengths": lengths}, w.radial_basis, graph)
         species = np.asarray(inputs["species"])
         h = {"h0": cast(w.embedding[species][:, :, None])}
         tape = []
         readout = np.zeros(graph["num_nodes"], dtype)
         for layer in w.layers:
             kind = self.kinds[layer.kind]
-            (R,) = self.run(layer.radial_program, {"features": features}, layer.radial, graph)
+            R, radial_xs = self.radial(layer, features, graph)
             W = cast(layer.product[species])
             lw = {"radial": R, "product": W, **layer.params}
             outs = self.run(kind.name, {**h, **Y_in}, lw, graph)
             h_out = {f"h_out{k}": v for k, v in zip(kind.out_ranks, outs)}
             (node_readout,) = self.run(layer.readout_program, {"h_out0": h_out["h_out0"]}, layer.readout, graph)
             readout = readout + node_readout
-            tape.append((layer, kind, h, lw, h_out))
+            tape.append((layer, kind, h, lw, h_out, radial_xs))
             h = {f"h{k}": v for k, v in zip(kind.out_ranks, outs)}
         node_energy = w.atomic_energies[species] + w.scale * readout + w.shift
         energy = np.zeros(graph["num_structures"], np.float64)
@@ -182,7 +192,7 @@ class ModelChain:
             d_lr_strain = d_lr_strain + grads[1]
         d_features = np.zeros_like(features)
         d_Y = {f"d_Y{l}": np.zeros_like(y) for l, y in enumerate(Y)}
-        for layer, kind, h_in, lw, h_out in reversed(tape):
+        for layer, kind, h_in, lw, h_out, radial_xs in reversed(tape):
             (d_h_out0,) = self.run(layer.readout_program + "_reverse",
                                    {"h_out0": h_out["h_out0"], "d_node_readout": d_readout}, layer.readout, graph)
             cot = {f"d_h_out{k}": d_h.get(f"h{k}", None) for k in kind.out_ranks}
@@ -195,11 +205,10 @@ class ModelChain:
             g = dict(zip(names, grads))
             for l in kind.edge_ranks:
                 d_Y[f"d_Y{l}"] = d_Y[f"d_Y{l}"] + g[f"Y{l}"]
-            (d_f,) = self.run(layer.radial_program + "_reverse", {"features": features, "d_radial": g["radial"]},
-                              layer.radial, graph)
-            d_features = d_features + d_f
+            d_features = d_features + self.radial_reverse(layer, radial_xs, g["radial"], graph)
             d_h = {k: v for k, v in g.items() if k.startswith("h")}
-        (d_lengths,) = self.run("radial_basis_reverse", {"lengths": lengths, "d_features": d_features}, {}, graph)
+        (d_lengths,) = self.run("radial_basis_reverse", {"lengths": lengths, "d_features": d_features},
+                                w.radial_basis, graph)
         (d_direction,) = self.run("edge_basis_reverse", {"direction": direction, **d_Y}, {}, graph)
         d_positions, d_strain = self.run("geometry_reverse", {**geo_in, "d_direction": d_direction,
                                                               "d_lengths": d_lengths}, {}, graph)

@@ -7,7 +7,10 @@ plain Python (numpy, vesin), for every back end:
 
 * :func:`long_range_graph`: the pair list of the long-range energy;
 * :func:`ewald_batch_parameters`: the Ewald split and cutoffs of a batch;
-* :func:`check_long_range_batch`: refuses what the long-range block cannot model.
+* :func:`check_long_range_batch`: refuses what the long-range block cannot model;
+* :func:`les_kernel_parameters`, :func:`ewald_kernel_parameters`: the run-time scalars of
+  the printed long-range programs (``gamma``, ``self_coefficient``, ... of
+  :mod:`tacegen.ir.long_range`) from the model's parameters.
 
 Conventions are those of :mod:`tacegen.runtime.data` (batch dicts from
 :func:`~tacegen.runtime.data.batch_atoms`): lengths Å, ``cell`` rows are lattice vectors
@@ -22,6 +25,7 @@ code does) is wrong.
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -31,7 +35,8 @@ from torch import Tensor
 from .electrostatics import ewald_parameters
 from .neighbours import neighbour_pairs
 
-__all__ = ["MODES", "check_long_range_batch", "long_range_graph", "ewald_batch_parameters"]
+__all__ = ["MODES", "check_long_range_batch", "long_range_graph", "ewald_batch_parameters", "les_kernel_parameters",
+           "ewald_kernel_parameters"]
 
 #: Long-range modes (``ModelSpec.long_range`` other than "none").
 MODES = ("les", "ewald")
@@ -142,3 +147,24 @@ def ewald_batch_parameters(batch: Dict[str, Tensor], accuracy: float) -> Tuple[f
         p = ewald_parameters(n, volume, accuracy, alpha=alpha)
         r_cut, k_cut = max(r_cut, p.r_cut), max(k_cut, p.k_cut)
     return float(alpha), float(r_cut), float(k_cut)
+
+
+def les_kernel_parameters(sigma: float, k_cut: float) -> Tuple[float, float, float, float]:
+    """``(gamma, k_cut, self_coefficient, alpha)`` of the latent Ewald summation with
+    Gaussian width ``sigma`` (Å) and reciprocal cutoff ``k_cut`` (Å^-1): gamma = sigma^2 / 2
+    (Å^2), self_coefficient = 1 / (sigma sqrt(2 pi)) (Å^-1) and the finite-structure pair
+    kernel erf(alpha r) / r with alpha = 1 / (sqrt(2) sigma) (Å^-1), the run-time scalars
+    of the printed LES programs (Cheng et al.; math.md section 5)."""
+    sigma = float(sigma)
+    return (0.5 * sigma * sigma, float(k_cut), 1.0 / (sigma * math.sqrt(2.0 * math.pi)),
+            1.0 / (math.sqrt(2.0) * sigma))
+
+
+def ewald_kernel_parameters(alpha: float, k_cut: float) -> Tuple[float, float]:
+    """``(gamma, self_coefficient)`` of the classic Ewald reciprocal sum with splitting
+    parameter ``alpha`` (Å^-1): gamma = 1 / (4 alpha^2) (Å^2), self_coefficient =
+    alpha / sqrt(pi) (Å^-1); ``k_cut`` is only validated (positive)."""
+    alpha = float(alpha)
+    if not (alpha > 0.0 and float(k_cut) > 0.0):
+        raise ValueError(f"ewald_kernel_parameters: alpha and k_cut must be positive, got {alpha!r}, {k_cut!r}")
+    return 1.0 / (4.0 * alpha * alpha), alpha / math.sqrt(math.pi)

@@ -2,11 +2,13 @@
 
 ``NumbaTACE(model, numba_module)`` (normally through ``model.numba_backend()`` or the
 generated module's ``bind(model)``) copies the model's weights to numpy
-(:func:`tacegen.backends.numba_model.convert_state`), prints the instance-specific
-programs (radial basis, radial MLPs, readouts: they depend on constructor arguments such
-as r_cut and the MLP widths) from the IR into a module cached on disk by content hash
-(so numba's ``cache=True`` makes a second process start fast), and evaluates batches
-from :func:`tacegen.runtime.data.batch_atoms` through :class:`~tacegen.runtime.chain.ModelChain`.
+(:func:`tacegen.runtime.numba_weights.convert_state`; again whenever they change, see
+:meth:`NumbaTACE.refresh`) and evaluates batches from
+:func:`tacegen.runtime.data.batch_atoms` through :class:`~tacegen.runtime.chain.ModelChain`
+with the build's printed programs: a model instance's sizes and scalars (cut-off, widths,
+long-range parameters) are run-time arguments of those programs, so binding prints and
+compiles nothing beyond the build (numba's ``cache=True`` keeps the compiled kernels next
+to it). Nothing here imports the compiler.
 
 Neighbour lists come from the runtime (vesin) as for the PyTorch model. Outputs match the
 PyTorch model's dict: energy (B,), node_energy (N,), forces (N, 3), virial and stress
@@ -16,14 +18,13 @@ PyTorch model's dict: energy (B,), node_energy (N,), forces (N, 3), virial and s
 from __future__ import annotations
 
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..backends.numba_printer import load_source, receiver_offsets, sender_csr
 from .chain import LayerInfo, LongRangeCall, ModelChain
+from .csr import receiver_offsets, sender_csr
+from .numba_weights import convert_state, state_key
 
 _NUMPY = {torch.float64: np.float64, torch.float32: np.float32}
 
@@ -43,23 +44,10 @@ def graph_arrays(batch: dict, edge_index=None) -> dict:
             "num_nodes": n, "num_structures": int(batch["num_atoms"].shape[0])}
 
 
-def instance_cache_folder() -> Path:
-    """Where instance modules (and numba's cache of them) live: the tacegen cache, or a
-    temporary folder when the cache is off."""
-    from ..cache import default_directory
-
-    base = default_directory()
-    if base is None:
-        return Path(tempfile.mkdtemp(prefix="tacegen-numba-"))
-    return base / "numba"
-
-
 class NumbaTACE:
     """A TACE model evaluated by its generated Numba programs (see module docstring)."""
 
     def __init__(self, model, module):
-        from ..backends.numba_model import convert_state, render_instance_module
-
         torch_module = sys.modules.get(type(model).__module__)
         model_spec = getattr(torch_module, "SPEC", None)
         if model_spec is not None and model_spec != module.SPEC:
@@ -72,21 +60,36 @@ class NumbaTACE:
         self.elements = list(model.elements)
         self.r_cut = float(model.r_cut)
         self.kinds = {name: LayerInfo(name, *row) for name, row in module.LAYER_KINDS.items()}
-        weights, sizes = convert_state(model, self.kinds, self.dtype)
+        self.model = model
+        self._state = state_key(model)
+        weights = convert_state(model, self.kinds, self.dtype)
         self.long_range = module.SPEC.get("long_range", "none")
-        self.instance = load_source(render_instance_module(sizes, self.long_range), instance_cache_folder())
         self.chain = ModelChain(self.kinds, weights, self._run)
         self.total_charge = getattr(model, "total_charge", None)
         self.ewald_accuracy = getattr(model, "ewald_accuracy", None)
-        self._ewald: dict = {}  # (alpha, r_cut, k_cut) -> program name
 
     def _run(self, name, values, weights, graph):
-        module = self.module if name in self.module.PROGRAMS else self.instance
+        module = self.module
         inputs, specs = module.SIGNATURES[name]
         args = [values[n] for n in inputs] + [weights[n] for n in specs]
         return module.PROGRAMS[name](*args, weights, graph)
 
+    def refresh(self) -> bool:
+        """Copy the model's weights again if they changed since they were last copied (a
+        ``load_state_dict``, an optimiser step, a new ``scale``); called by every evaluation.
+        Returns whether they were copied."""
+        state = state_key(self.model)
+        if state == self._state:
+            return False
+        if self.model.dtype != self.torch_dtype:
+            raise TypeError(f"the model's dtype changed from {self.torch_dtype} to {self.model.dtype} after it was "
+                            "bound to the Numba back end; bind it again (model.numba_backend())")
+        self.chain.weights = convert_state(self.model, self.kinds, self.dtype)
+        self._state = state
+        return True
+
     def __call__(self, batch: dict, compute_forces: bool = True, compute_stress: bool = True) -> dict:
+        self.refresh()
         positions = batch["positions"]
         if positions.dtype != self.torch_dtype:
             raise TypeError(f"batch positions have dtype {positions.dtype} but this Numba model was bound to a "
@@ -115,7 +118,12 @@ class NumbaTACE:
     # -- long range ------------------------------------------------------------------------
     def _long_range_calls(self, batch: dict) -> list:
         """The long-range programs of this batch (see tacegen.runtime.long_range)."""
-        from .long_range import check_long_range_batch, ewald_batch_parameters, long_range_graph
+        from .long_range import (
+            check_long_range_batch,
+            ewald_batch_parameters,
+            ewald_kernel_parameters,
+            long_range_graph,
+        )
 
         check_long_range_batch(batch)
         cast = lambda t: np.ascontiguousarray(t.detach().cpu().numpy(), dtype=self.dtype)  # noqa: E731
@@ -133,15 +141,20 @@ class NumbaTACE:
         lr = long_range_graph(batch, "ewald", r_cut if alpha > 0 else None)
         periodic = lr["periodic"].cpu().numpy().astype(bool)
         calls = []
-        for mask, params in ((periodic, (float(alpha), float(r_cut), float(k_cut))), (~periodic, (0.0, None, None))):
-            if params[0] == 0.0 and params[2] is not None:
+        for mask, program in ((periodic, "ewald"), (~periodic, "coulomb")):
+            if program == "ewald" and alpha == 0.0:
                 continue  # nothing periodic
-            if not mask.any() and params[2] is None:
+            if program == "coulomb" and not mask.any():
                 continue  # no finite structure
+            scalars = {}
+            if program == "ewald":
+                gamma, self_coefficient = ewald_kernel_parameters(alpha, k_cut)
+                scalars = {"alpha": float(alpha), "r_cut": float(r_cut), "k_cut": float(k_cut), "gamma": gamma,
+                           "self_coefficient": self_coefficient}
             edges = lr["edge_index"][:, torch.from_numpy(mask)]
             graph = graph_arrays(batch, edges)
             inputs = {**charges, "shifts": cast(lr["edge_shift"][torch.from_numpy(mask)])}
-            calls.append(LongRangeCall(self._ewald_program(*params), graph, inputs, {}, reads_features=False))
+            calls.append(LongRangeCall(program, graph, inputs, scalars, reads_features=False))
         return calls
 
     def _les_totals(self, batch: dict):
@@ -159,22 +172,6 @@ class NumbaTACE:
                                       "evaluate the constrained ones in a separate batch")
         return np.where(np.isfinite(given), given, self.total_charge if self.total_charge is not None else 0.0
                         ).astype(self.dtype)
-
-    def _ewald_program(self, alpha: float, r_cut, k_cut) -> str:
-        """Name of the Ewald program for these splitting parameters, printed (as plain Python
-        calling the compiled electrostatics kernels: no JIT) the first time they are seen."""
-        key = (alpha, r_cut, k_cut)
-        if key not in self._ewald:
-            from ..backends.numba_model import ewald_programs, python_programs
-
-            name = f"ewald_{len(self._ewald)}"
-            programs = ewald_programs(alpha, r_cut, k_cut, name)
-            exec(compile(python_programs(programs), f"<tacegen {name}>", "exec"), self.instance.__dict__)
-            for p in programs.values():
-                self.instance.PROGRAMS[p.name] = self.instance.__dict__[p.name]
-                self.instance.SIGNATURES[p.name] = (tuple(v.name for v in p.inputs), ())
-            self._ewald[key] = name
-        return self._ewald[key]
 
     @staticmethod
     def _dipole(batch: dict, charges: torch.Tensor) -> torch.Tensor:
