@@ -323,3 +323,16 @@ def test_committed_spec_json_matches_the_default_spec():
     record = json.loads((build_module.REPO_ROOT / "generated" / "tace_l3_nu3" / "spec.json").read_text())
     assert record["hash"] == ModelSpec().hash
     assert ModelSpec.from_dict(record["spec"]) == ModelSpec()
+
+
+def test_generated_model_takes_e0s_as_a_mapping():
+    import pytest
+
+    import tacegen
+
+    root = __import__("pathlib").Path(__file__).resolve().parent.parent / "generated" / "tace_l3_nu3"
+    TACE = tacegen.load(root).TACE
+    model = TACE(["H", "O"], channels=2, layers=1, atomic_energies={"O": -2.0, 1: -0.5})
+    assert model.atomic_energies.tolist() == [-0.5, -2.0]
+    with pytest.raises(ValueError, match="missing"):
+        TACE(["H", "O"], channels=2, layers=1, atomic_energies={"O": -2.0})

@@ -132,3 +132,19 @@ def test_pair_model_node_energies_sum_to_energy():
     batch = batch_atoms(structures, model.elements, model.r_cut)
     per_structure = torch.zeros(2, dtype=torch.float64).index_add(0, batch["batch"], out["node_energy"])
     torch.testing.assert_close(per_structure, out["energy"])
+
+
+def test_atomic_energies_as_a_mapping_by_symbol_or_number():
+    import pytest
+
+    from tacegen.runtime.elements import atomic_energy_list
+
+    assert atomic_energy_list(["H", "O"], {"O": -2.0, 1: -0.5}) == [-0.5, -2.0]
+    assert atomic_energy_list(["H", "O"], [1, 2]) == [1.0, 2.0]
+    assert atomic_energy_list(["H"], None) == [0.0]
+    with pytest.raises(ValueError, match=r"missing \['O'\], not elements of the model \['C'\]"):
+        atomic_energy_list(["H", "O"], {"H": 0.0, "C": 1.0})
+    with pytest.raises(ValueError, match="has 1 values for 2 elements"):
+        atomic_energy_list(["H", "O"], [1.0])
+    with pytest.raises(ValueError, match="neither a chemical symbol nor an atomic number"):
+        atomic_energy_list(["H"], {"Hx": 1.0})

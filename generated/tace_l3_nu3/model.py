@@ -14,13 +14,14 @@ Product-basis paths per layer kind (independent, complete; see REPORT.md):
 
 
 import math
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
 from tacegen.runtime.autograd import apply_strain, derivatives
 from tacegen.runtime.data import edge_vectors
+from tacegen.runtime.elements import atomic_energy_list
 from tacegen.runtime.radial import BesselBasis, PolynomialCutoff, RadialMLP
 from tacegen.runtime.tables import coupling_table
 
@@ -618,7 +619,8 @@ class TACE(torch.nn.Module):
         readout_hidden: hidden width of the last layer's readout MLP.
         avg_num_neighbors: normalisation of the neighbour sum; default: the count at a
             typical condensed-phase density of 0.05 atoms/Å^3 within r_cut.
-        atomic_energies: per-element reference energies in eV (default zeros).
+        atomic_energies: per-element reference energies (E0s) in eV: a list in the order of
+            ``elements``, or a mapping by symbol or atomic number (default zeros).
         scale, shift: node energy = E0[z] + scale * (sum of layer readouts) + shift.
         cutoff_p: order of the smooth polynomial cutoff envelope.
         edge_chunk: above this many edges the atomic basis is evaluated in blocks of about
@@ -634,7 +636,7 @@ class TACE(torch.nn.Module):
 
     def __init__(self, elements: Sequence[str], channels: int = 64, r_cut: float = 5.0, layers: int = 2,
                  num_radial: int = 8, radial_hidden: Sequence[int] = (64, 64, 64), readout_hidden: int = 16,
-                 avg_num_neighbors: Optional[float] = None, atomic_energies: Optional[Sequence[float]] = None,
+                 avg_num_neighbors: Optional[float] = None, atomic_energies: Optional[Union[Sequence[float], Mapping]] = None,
                  scale: float = 1.0, shift: float = 0.0, cutoff_p: int = 6, edge_chunk: int = 16384,
                  dtype: torch.dtype = torch.float64):
         super().__init__()
@@ -668,7 +670,7 @@ class TACE(torch.nn.Module):
         self.blocks = torch.nn.ModuleList(blocks)
         energies = torch.zeros(len(self.elements), dtype=dtype)
         if atomic_energies is not None:
-            energies = torch.tensor([float(e) for e in atomic_energies], dtype=dtype)
+            energies = torch.tensor(atomic_energy_list(self.elements, atomic_energies), dtype=dtype)
         self.register_buffer("atomic_energies", energies)
         self.scale = float(scale)
         self.shift = float(shift)
@@ -779,5 +781,4 @@ def _check_arguments(elements, channels, r_cut, layers, num_radial, dtype, atomi
         raise ValueError(f"r_cut must be a positive number of Å, got {r_cut!r}")
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype!r}")
-    if atomic_energies is not None and len(atomic_energies) != len(elements):
-        raise ValueError(f"atomic_energies has {len(atomic_energies)} values for {len(elements)} elements")
+    atomic_energy_list(list(elements), atomic_energies)  # ValueError naming what is wrong
