@@ -460,7 +460,7 @@ class Trainer:
                 + f" lr {lr:.3g} {seconds:.1f}s" + (" *" if improved else ""))
         self.log.info(text)
         if self.ctx.main and not self.config.quiet:
-            _console().print(text)
+            _console().print(text, soft_wrap=True)
 
     def _final_tests(self) -> None:
         if not self.ctx.main:
