@@ -11,13 +11,14 @@ Location: ``$TACEGEN_CACHE_DIR`` if set, else ``$XDG_CACHE_HOME/tacegen``, else
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 from . import __version__
 
@@ -39,13 +40,17 @@ def default_directory() -> Path | None:
     return Path(base) / "tacegen"
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+@contextlib.contextmanager
+def atomic_file(path: Path, mode: str = "w") -> Iterator[IO]:
+    """A file object whose content replaces ``path`` only once the block completes: it is
+    written under a temporary name in the same folder, flushed to disk, then renamed, so
+    readers (and a process killed while writing) see the old file or the new one, never half."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -55,6 +60,12 @@ def atomic_write_text(path: Path, text: str) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never half."""
+    with atomic_file(path, "w") as fh:
+        fh.write(text)
 
 
 class DiskCache:

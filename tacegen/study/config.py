@@ -9,33 +9,18 @@ name, a training flag the file's value.
 
 from __future__ import annotations
 
-import tomllib
 from typing import Any, Dict, List, Tuple
 
 from tacegen.study.axes import axes_from_table
-from tacegen.train.config import TrainConfig
+from tacegen.train.config import TrainConfig, load_toml, options_from_toml
 
 
 def read_study_toml(path: str) -> Tuple[List[Tuple[str, List[Any]]], Dict[str, Any]]:
     """(axes, shared training options) of a study TOML file; ValueError naming file and key."""
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ValueError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"config file {path} is not valid TOML ({error})") from None
+    data = load_toml(path)
     table = data.pop("axes", {})
     if not isinstance(table, dict):
         raise ValueError(f"config file {path}: 'axes' must be a table ([axes])")
     axes = axes_from_table(table, source=f"config file {path} [axes]")
-    flat: Dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(value if isinstance(value, dict) else {key: value})
-    shared = {}
-    for key, value in flat.items():
-        name = key.replace("-", "_")
-        if name not in TrainConfig.keys():
-            raise ValueError(f"config file {path}: unknown key {key!r}")
-        shared[name] = value
+    shared = options_from_toml(data, path, TrainConfig.keys())
     return axes, shared

@@ -35,6 +35,8 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
+from tacegen.cache import atomic_file, default_directory
+
 FORMAT = "tacegen-checkpoint"
 VERSION = 1
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -50,21 +52,8 @@ def source_hash(build_dir: Union[str, Path]) -> str:
 
 def save(path: Union[str, Path], payload: Dict[str, Any]) -> None:
     """Write ``payload`` to ``path`` atomically (temp file, fsync, rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(Path(path), "wb") as fh:
+        torch.save(payload, fh)
 
 
 def read(path: Union[str, Path]) -> Dict[str, Any]:
@@ -86,13 +75,9 @@ def read(path: Union[str, Path]) -> Dict[str, Any]:
 
 
 def _builds_root() -> Path:
-    env = os.environ.get("TACEGEN_CACHE_DIR")
-    if env and env.lower() != "off":
-        return Path(env) / "builds"
-    if env:
-        return Path(tempfile.gettempdir()) / f"tacegen-builds-{os.getuid()}"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tacegen" / "builds"
+    """Builds made on the fly: ``<cache>/builds``, or a per-user temporary folder with the cache off."""
+    cache = default_directory()
+    return cache / "builds" if cache is not None else Path(tempfile.gettempdir()) / f"tacegen-builds-{os.getuid()}"
 
 
 def build_for_spec(spec: Dict[str, Any]) -> Path:

@@ -210,25 +210,32 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
-def read_toml(path: str, allowed: List[str]) -> Dict[str, Any]:
+def load_toml(path: str) -> Dict[str, Any]:
+    """The tables of TOML file ``path``; ValueError naming the file if missing or invalid."""
     try:
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError:
         raise ValueError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as error:
         raise ValueError(f"config file {path} is not valid TOML ({error})") from None
+
+
+def options_from_toml(data: Dict[str, Any], path: str, allowed: List[str]) -> Dict[str, Any]:
+    """Options of parsed TOML ``data``: sections ([model], [data], ...) are flattened, ``-`` in
+    keys reads as ``_``; ValueError naming the file and the first key not in ``allowed``."""
     flat: Dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict):  # allow [model] / [data] ... sections
-            flat.update(value)
-        else:
-            flat[key] = value
+        flat.update(value if isinstance(value, dict) else {key: value})
     for key in flat:
-        normal = key.replace("-", "_")
-        if normal not in allowed:
+        if key.replace("-", "_") not in allowed:
             raise ValueError(f"config file {path}: unknown key {key!r}")
     return {key.replace("-", "_"): value for key, value in flat.items()}
+
+
+def read_toml(path: str, allowed: List[str]) -> Dict[str, Any]:
+    """Options of TOML file ``path`` (see :func:`options_from_toml`)."""
+    return options_from_toml(load_toml(path), path, allowed)
 
 
 def _toml_value(value: Any) -> str:

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tacegen.cache import default_directory
 from tacegen.runtime.data import batch_atoms
 from tacegen.train.labels import DataError, LabelKeys, labels_of, read_structures
 
@@ -59,11 +60,9 @@ def _file_digest(path: str) -> str:
 
 
 def _cache_root() -> Optional[Path]:
-    env = os.environ.get("TACEGEN_CACHE_DIR")
-    if env:
-        return None if env.lower() == "off" else Path(env) / "data"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "tacegen" / "data"
+    """``<cache>/data`` (see :func:`tacegen.cache.default_directory`); None with the cache off."""
+    cache = default_directory()
+    return cache / "data" if cache is not None else None
 
 
 def preprocess(path: str, r_cut: float, keys: LabelKeys) -> Dict[str, np.ndarray]:
