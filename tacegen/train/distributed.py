@@ -51,9 +51,17 @@ def setup(device: str) -> Context:
     return Context(rank=rank, world=world, local_rank=local)
 
 
-def teardown(ctx: Context) -> None:
+def teardown(ctx: Context, synchronise: bool = True) -> None:
+    """Destroy the process group; after a successful run first wait for every rank (a rank
+    leaving while another still writes or reduces can abort gloo's worker threads). After an
+    error no barrier is entered: the other ranks may be blocked elsewhere, and the launcher
+    stops them once this process exits."""
     if ctx.active and dist.is_initialized():
-        dist.destroy_process_group()
+        try:
+            if synchronise:
+                dist.barrier()
+        finally:
+            dist.destroy_process_group()
 
 
 def all_sum(ctx: Context, tensor: torch.Tensor) -> torch.Tensor:

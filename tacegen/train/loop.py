@@ -541,11 +541,14 @@ class _Progress:
 def train(config: TrainConfig) -> Path:
     """Run ``tacegen train`` with ``config`` (data-parallel under torchrun/srun); returns the run folder."""
     ctx = distributed.setup(config.device)
+    finished = False
     try:
         trainer = Trainer(config, ctx)
         try:
-            return trainer.run()
+            out = trainer.run()
+            finished = True
+            return out
         finally:
             trainer.close()
     finally:
-        distributed.teardown(ctx)
+        distributed.teardown(ctx, synchronise=finished)
