@@ -135,11 +135,12 @@ def eval_command(checkpoint, data, as_json, plots, backend, batch_size, raw, **k
     from .train.evaluate import evaluate_files, parity_plots, render_table
     from .train.labels import LabelKeys
 
-    stored = ckpt.read(checkpoint).get("config", {})
+    payload = ckpt.read(checkpoint)
+    stored = payload.get("config", {})
     names = ("energy", "forces", "stress", "virials", "weight", "config_type")
     label_keys = LabelKeys(**{n: keys.get(f"{n}_key") or stored.get(f"{n}_key") or getattr(LabelKeys(), n)
                               for n in names})
-    model = ckpt.load_checkpoint(checkpoint, use_ema=not raw)
+    model = ckpt.model_from_payload(payload, checkpoint, use_ema=not raw)
     results, metrics = evaluate_files(model, data, label_keys, backend=backend, batch_size=batch_size,
                                       keep_values=plots is not None)
     if plots is not None:

@@ -157,10 +157,10 @@ def export_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], dtype
     import os
     import tempfile
 
-    from tacegen.train.checkpoint import load_checkpoint, read
+    from tacegen.train.checkpoint import model_from_payload, read
 
     payload = read(checkpoint)
-    model = load_checkpoint(checkpoint, use_ema=use_ema)
+    model = model_from_payload(payload, checkpoint, use_ema=use_ema)
     if dtype is not None:
         if dtype not in ("float64", "float32"):
             raise ValueError(f"dtype must be float64 or float32, got {dtype!r}")

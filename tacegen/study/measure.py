@@ -33,11 +33,9 @@ import torch
 
 from tacegen.study.buildtime import cold_build_seconds
 from tacegen.train import checkpoint
-from tacegen.train.dataset import AtomsDataset, species_map
+from tacegen.train.dataset import AtomsDataset, model_inputs, species_map
 from tacegen.train.labels import LabelKeys
 
-_INPUT_KEYS = ("positions", "species", "batch", "num_atoms", "cell", "pbc", "edge_index", "edge_shift",
-               "charges", "total_charge")
 _COMPILED: Dict[str, Any] = {}
 
 
@@ -86,7 +84,7 @@ def timing_batch(model, path: str, structures: int, keys: LabelKeys = LabelKeys(
         raise ValueError(f"timing data {path} holds no structures")
     dtype = next(model.parameters()).dtype
     batch = dataset.collate(list(range(count)), species_map(list(model.elements)), dtype)
-    inputs = {k: batch[k] for k in _INPUT_KEYS}
+    inputs = model_inputs(batch)
     atoms = int(batch["num_atoms"].sum())
     return inputs, atoms, batch["edge_index"].shape[1] / atoms
 

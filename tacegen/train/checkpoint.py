@@ -136,7 +136,13 @@ def load_checkpoint(path: Union[str, Path], use_ema: bool = True, device: Union[
     through the cache) and must have the generated-source hash recorded in the
     checkpoint, else CheckpointError.
     """
-    payload = read(path)
+    return model_from_payload(read(path), path, use_ema, device, model_dir)
+
+
+def model_from_payload(payload: Dict[str, Any], path: Union[str, Path], use_ema: bool = True,
+                       device: Union[str, torch.device] = "cpu",
+                       model_dir: Optional[Union[str, Path]] = None) -> torch.nn.Module:
+    """:func:`load_checkpoint` for a checkpoint already :func:`read` from ``path``."""
     folder = resolve_build(payload, path, model_dir)
     model = construct(folder, payload["model_kwargs"])
     state = dict(payload["model"])

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from tacegen.train.labels import LabelKeys
+
 #: Options that may differ between a run and its ``--resume`` (they do not change the
 #: trajectory of the weights, or extend it).
 RESUMABLE_CHANGES = frozenset({"epochs", "max_time", "patience", "quiet", "resume", "force", "device",
@@ -51,12 +53,12 @@ class TrainConfig:
     valid: Optional[str] = None
     valid_fraction: float = 0.1
     test: List[str] = field(default_factory=list)
-    energy_key: str = "REF_energy"
-    forces_key: str = "REF_forces"
-    stress_key: str = "REF_stress"
-    virials_key: str = "REF_virials"
-    weight_key: str = "config_weight"
-    config_type_key: str = "config_type"
+    energy_key: str = LabelKeys.energy
+    forces_key: str = LabelKeys.forces
+    stress_key: str = LabelKeys.stress
+    virials_key: str = LabelKeys.virials
+    weight_key: str = LabelKeys.weight
+    config_type_key: str = LabelKeys.config_type
     batch_size: int = 4
     valid_batch_size: Optional[int] = None
     max_atoms_per_batch: Optional[int] = None

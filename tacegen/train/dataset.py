@@ -242,6 +242,16 @@ class AtomsDataset:
         }
 
 
+#: The keys of a collated batch that a model takes (the rest are labels).
+INPUT_KEYS = ("positions", "species", "batch", "num_atoms", "cell", "pbc", "edge_index", "edge_shift",
+              "charges", "total_charge")
+
+
+def model_inputs(batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """The model's inputs of a batch from :meth:`AtomsDataset.collate` (labels left out)."""
+    return {k: batch[k] for k in INPUT_KEYS}
+
+
 def species_map(elements: Sequence[str]) -> np.ndarray:
     """``map[Z]`` = index of element Z in ``elements``, -1 for other elements."""
     from ase.data import atomic_numbers

@@ -14,12 +14,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from tacegen.train.dataset import AtomsDataset, batches, species_map
+from tacegen.train.dataset import AtomsDataset, batches, model_inputs, species_map
 from tacegen.train.labels import DataError, LabelKeys
 from tacegen.train.metrics import Metrics
 
-_INPUT_KEYS = ("positions", "species", "batch", "num_atoms", "cell", "pbc", "edge_index", "edge_shift",
-               "charges", "total_charge")
 
 
 def check_elements(dataset: AtomsDataset, elements: Sequence[str]) -> None:
@@ -50,7 +48,7 @@ def evaluate_dataset(evaluate, dataset: AtomsDataset, elements: Sequence[str], d
         batch_lists = batches(range(len(dataset)), dataset.sizes(), batch_size)
     for positions in batch_lists:
         batch = dataset.collate(positions, table, dtype, device)
-        inputs = {k: batch[k] for k in _INPUT_KEYS}
+        inputs = model_inputs(batch)
         out = evaluate(inputs, compute_forces=want_forces, compute_stress=want_stress)
         types = [dataset.config_types[int(dataset.indices[p])] for p in positions]
         metrics.add(out, batch, types)

@@ -25,9 +25,6 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-DEFAULT_KEYS = {"energy": "REF_energy", "forces": "REF_forces", "stress": "REF_stress"}
-
-
 class DataError(ValueError):
     """Bad training or evaluation data (the message names file, structure and key)."""
 
@@ -44,6 +41,10 @@ class LabelKeys:
     def as_dict(self) -> Dict[str, str]:
         return dict(energy=self.energy, forces=self.forces, stress=self.stress, virials=self.virials,
                     weight=self.weight, config_type=self.config_type)
+
+
+#: The keys that fall back to the attached calculator's results when a structure lacks them.
+DEFAULT_KEYS = {name: getattr(LabelKeys, name) for name in ("energy", "forces", "stress")}
 
 
 @dataclass

@@ -30,7 +30,7 @@ import torch
 
 from tacegen.train import checkpoint, distributed
 from tacegen.train.config import RESUMABLE_CHANGES, TrainConfig
-from tacegen.train.dataset import AtomsDataset, batches, shard, species_map
+from tacegen.train.dataset import AtomsDataset, batches, model_inputs, shard, species_map
 from tacegen.train.ema import EMA
 from tacegen.train.evaluate import check_elements, evaluate_files, render_table
 from tacegen.train.labels import DataError, LabelKeys
@@ -41,8 +41,6 @@ from tacegen.train.normalise import compute as compute_normalisation
 RUN_FILES = ("config.toml", "metrics.csv", "train.log", "last.pt", "best.pt", "test.json")
 METRIC_COLUMNS = ("epoch", "stage", "lr", "train_loss", "valid_loss", "valid_energy_mae", "valid_energy_rmse",
                   "valid_forces_mae", "valid_forces_rmse", "valid_stress_mae", "valid_stress_rmse", "seconds")
-_INPUT_KEYS = ("positions", "species", "batch", "num_atoms", "cell", "pbc", "edge_index", "edge_shift",
-               "charges", "total_charge")
 
 
 class RunFolderError(ValueError):
@@ -290,7 +288,7 @@ class Trainer:
         global_counts = dict(zip(names, total))
         value = 0.0
         if batch is not None:
-            inputs = {k: batch[k] for k in _INPUT_KEYS}
+            inputs = model_inputs(batch)
             out = self.model(inputs, compute_forces=self.loss.needs_forces, compute_stress=self.loss.needs_stress)
             loss = self.loss(out, batch, global_counts) * ctx.world
             loss.backward()
@@ -320,7 +318,7 @@ class Trainer:
             try:
                 for positions in lists:
                     batch = self.valid_set.collate(positions, self.species, self.dtype, self.device)
-                    inputs = {k: batch[k] for k in _INPUT_KEYS}
+                    inputs = model_inputs(batch)
                     out = self.model(inputs, compute_forces=self.valid_set.has("forces"),
                                      compute_stress=self.valid_set.has("stress"))
                     terms = self.loss.terms(out, batch)
