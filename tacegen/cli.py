@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from .paths import LMAX_LIMIT, NU_LIMIT
-from .spec import BACKENDS, LONG_RANGE
+from .spec import BACKENDS, BASES, LONG_RANGE
 
 
 class IntInRange(click.ParamType):
@@ -55,7 +55,12 @@ def cli() -> None:
               help="Output rank(s) to derive (repeatable). Default: 0..3.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @click.option("--no-cache", is_flag=True, help="Derive afresh; do not read or write the disk cache.")
-def paths(lmax: int, nu: int, L_values: tuple[int, ...], as_json: bool, no_cache: bool) -> None:
+@click.option("--basis", type=click.Choice(BASES), default="ict", show_default=True,
+              help="ict: TACE coupling trees; moment: TMP moment-tensor contractions, printed next to the ICT counts.")
+@click.option("--level", type=IntInRange(2, 64), default=None,
+              help="--basis moment only: MTP level truncation, sum over factors of 2 + rank <= LEVEL.")
+def paths(lmax: int, nu: int, L_values: tuple[int, ...], as_json: bool, no_cache: bool, basis: str,
+          level: int | None) -> None:
     """Independent product-basis paths per (nu, L, parity)."""
     from .cache import DiskCache
     from .paths import natural_pieces, path_table
@@ -67,6 +72,13 @@ def paths(lmax: int, nu: int, L_values: tuple[int, ...], as_json: bool, no_cache
                 f"--L={L} is outside the range the inputs can reach with --lmax {lmax} --nu {nu}: 0..{reach}")
     Ls = sorted(set(L_values)) if L_values else list(range(0, min(3, reach) + 1))
     cache = DiskCache(enabled=not no_cache)
+    if level is not None and basis != "moment":
+        raise click.UsageError("--level applies to --basis moment only")
+    if basis == "moment":
+        from .cli_moment import print_moment_paths
+
+        print_moment_paths(lmax, nu, Ls, level, as_json, cache)
+        return
     start = time.perf_counter()
     table = path_table(natural_pieces(lmax), nu, Ls, cache=cache)
     total = time.perf_counter() - start

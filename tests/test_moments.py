@@ -130,9 +130,23 @@ def test_to_reduced_is_the_weight_l_part(l):
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match="l3=5 is not reachable"):
+    with pytest.raises(ValueError, match="rank 5 is not reachable"):
         contraction(1, 1, 5)
     with pytest.raises(ValueError, match="storage 'dense'"):
         contraction(1, 1, 0, (SYMMETRIC, "dense", SYMMETRIC))
     with pytest.raises(ValueError, match="k=3"):
         ict_coefficient(4, 3)
+
+
+@pytest.mark.parametrize("l1,l2,l3,t", [(2, 2, 0, 1), (2, 2, 0, 2), (3, 2, 1, 1), (2, 1, 1, 1), (3, 3, 2, 1)])
+def test_traces_after_contraction(l1, l2, l3, t):
+    """The traced table equals the plain contraction followed by t dense traces."""
+    a, b = random_symmetric(l1), random_symmetric(l2)
+    s = l3 + 2 * t
+    full = dense_symmetric(contraction(l1, l2, s).apply(a, b), s)
+    for _ in range(t):
+        full = np.trace(full, axis1=0, axis2=1) if full.ndim > 2 else np.trace(full)
+    got = contraction(l1, l2, l3, traces=t)
+    assert got.traces == t and got.pairs == (l1 + l2 - s - got.odd) // 2
+    assert np.array_equal(np.asarray(dense_symmetric(got.apply(a, b), l3), dtype=object).ravel(),
+                          np.asarray(full, dtype=object).ravel())

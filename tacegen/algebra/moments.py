@@ -162,12 +162,15 @@ def moment_ict_parts(l: int) -> tuple:
 class MomentTable(Coupling):
     """A contraction table between moment tensors (or a moment tensor and an ICT), in the
     format of :class:`Coupling`; ``storages`` says which slots are symmetric. A separate
-    type so nothing confuses it with the equivariant ICT coupling of the same ranks."""
+    type so nothing confuses it with the equivariant ICT coupling of the same ranks.
+    ``traces``: traces taken after the contraction (the contracted rank is l3 + 2 traces)."""
+
+    traces: int = 0
 
     @property
     def pairs(self) -> int:
-        """Index pairs contracted (the Levi-Civita pair, if any, not counted)."""
-        return (self.l1 + self.l2 - self.l3 - (1 if self.odd else 0)) // 2
+        """Index pairs contracted between the operands (the Levi-Civita pair not counted)."""
+        return (self.l1 + self.l2 - self.l3 - 2 * self.traces - (1 if self.odd else 0)) // 2
 
 
 def _slot_basis(l: int, storage: str) -> tuple:
@@ -179,33 +182,41 @@ def _slot_basis(l: int, storage: str) -> tuple:
 
 
 @lru_cache(maxsize=None)
-def contraction(l1: int, l2: int, l3: int, storages: tuple = (SYMMETRIC, SYMMETRIC, SYMMETRIC)) -> MomentTable:
+def contraction(l1: int, l2: int, l3: int, storages: tuple = (SYMMETRIC, SYMMETRIC, SYMMETRIC),
+                traces: int = 0) -> MomentTable:
     """Exact table of the symmetrised contraction of a rank-l1 and a rank-l2 tensor into rank
-    l3: ``(l1 + l2 - l3) // 2`` index pairs, plus one Levi-Civita symbol when l1 + l2 - l3 is
-    odd. ``storages`` = layouts of (a, b, out); an output in "reduced" storage is detraced
-    (its weight-l3 part). See the module docstring."""
+    s = l3 + 2 traces: ``(l1 + l2 - s) // 2`` index pairs, plus one Levi-Civita symbol when
+    l1 + l2 - s is odd; then ``traces`` traces (rank s -> l3). ``storages`` = layouts of
+    (a, b, out); an output in "reduced" storage is detraced (its weight-l3 part). See the
+    module docstring."""
     for name, l in (("l1", l1), ("l2", l2), ("l3", l3)):
         _check_rank(l, name, LMAX_SUPPORTED)
     storages = tuple(storages)
     if len(storages) != 3:
         raise ValueError(f"storages must name three slots, got {storages!r}")
-    if not triangle(l1, l2, l3):
+    if not isinstance(traces, int) or traces < 0:
+        raise ValueError(f"traces must be a non-negative integer, got {traces!r}")
+    s = l3 + 2 * traces
+    if not triangle(l1, l2, s):
         raise ValueError(
-            f"l3={l3} is not reachable from l1={l1} x l2={l2}: allowed range {abs(l1 - l2)}..{l1 + l2}")
+            f"rank {s} is not reachable from l1={l1} x l2={l2}: allowed range {abs(l1 - l2)}..{l1 + l2}")
     ba, bb = _slot_basis(l1, storages[0]), _slot_basis(l2, storages[1])
     _slot_basis(l3, storages[2])
     out_patterns = reduced_patterns(l3) if storages[2] == REDUCED else tuple(P.patterns(l3))
     entries = []
     for m1, pa in enumerate(ba):
         for m2, pb in enumerate(bb):
-            poly = contract_polynomials(pa, pb, l1, l2, l3)
+            poly = contract_polynomials(pa, pb, l1, l2, s)
+            for step in range(traces):  # Delta P_S = r(r-1) P_{tr S} for S of rank r
+                r = s - 2 * step
+                poly = P.scale(P.laplacian(poly), Fraction(1, r * (r - 1)))
             if storages[2] == REDUCED:
                 poly = detrace_polynomial(poly, l3)
             for m3, alpha in enumerate(out_patterns):
                 c = poly.get(alpha)
                 if c:
                     entries.append((m1, m2, m3, c / P.multinomial(alpha)))
-    return MomentTable(l1, l2, l3, is_odd_path(l1, l2, l3), tuple(entries), storages=storages)
+    return MomentTable(l1, l2, l3, is_odd_path(l1, l2, s), tuple(entries), traces, storages=storages)
 
 
 @lru_cache(maxsize=None)
