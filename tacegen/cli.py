@@ -149,7 +149,7 @@ Environment variables:
 """
 
 _BUILD_OPTIONS = ("lmax", "nu", "hidden_lmax", "backends", "long_range", "out_dir", "force", "show_report",
-                  "time_compile", "unoptimised")
+                  "time_compile", "unoptimised", "basis")
 
 
 def _given_options(ctx: click.Context, names) -> list[str]:
@@ -197,8 +197,11 @@ def default_build_folder(spec, optimised: bool = True):
                    "other option.")
 @click.option("--unoptimised", is_flag=True,
               help="Print the naive IR (for comparisons); default folder ./generated/<name>_unoptimised.")
+@click.option("--basis", type=click.Choice(BASES), default="ict", show_default=True,
+              help="ict: TACE (irreducible Cartesian tensors, couplings); moment: TMP (moment tensors r^(x)l, "
+                   "contractions), folder tmp_l<lmax>_nu<nu>.")
 def build(lmax, nu, hidden_lmax, backends, long_range, out_dir, force, show_report, time_compile, check,
-          unoptimised) -> None:
+          unoptimised, basis) -> None:
     """Compile a TACE model into an importable package."""
     from .build import check_builds, compile_spec, report, write_build
     from .spec import ModelSpec
@@ -220,7 +223,8 @@ def build(lmax, nu, hidden_lmax, backends, long_range, out_dir, force, show_repo
         return
     if hidden_lmax > lmax:
         raise click.UsageError(f"--hidden-lmax={hidden_lmax} is outside the allowed range 0..{lmax} (--lmax)")
-    spec = ModelSpec(lmax=lmax, nu=nu, hidden_lmax=hidden_lmax, backends=backends, long_range=long_range)
+    spec = ModelSpec(lmax=lmax, nu=nu, hidden_lmax=hidden_lmax, backends=backends, long_range=long_range,
+                     basis=basis)
     if time_compile and "numba" not in spec.backends:
         raise click.UsageError(f"--time-compile needs the numba back end; got --backend {backends}")
     start = time.perf_counter()
