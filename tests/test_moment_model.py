@@ -181,3 +181,37 @@ def test_basis_is_a_study_axis():
     with pytest.raises(AxisError, match="axis basis: value 'spherical' rejected: basis must be one of"):
         parse_grid("basis=ict,spherical")
     assert TrainConfig(train="-").basis == "ict"
+
+
+def test_rank_two_hidden_features_and_long_range(tmp_path):
+    """hidden_lmax 2 (ICT hidden features contracted with moment tensors in the inner layer
+    kind, three layers) with an LES block: still equivariant, forces rotate."""
+    spec = ModelSpec(lmax=2, nu=3, hidden_lmax=2, basis="moment", long_range="les", backends=("torch",))
+    package = build_module(spec, tmp_path / spec.name)
+    model = make_model(package, elements=SYMBOLS, seed=1, layers=3)
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        atoms = random_crystal(rng, symbols=SYMBOLS)
+        q, t, perm = haar_orthogonal(rng, False), rng.normal(size=3), rng.permutation(len(atoms))
+        ref = evaluate(model, atoms)
+        new = evaluate(model, transformed(atoms, q, t, perm))
+        assert np.abs(ref["long_range_energy"]).max() > 0
+        assert abs(new["energy"][0] - ref["energy"][0]) < 1e-12 * max(1.0, abs(ref["energy"][0]))
+        assert rel_err(new["forces"], (ref["forces"] @ q.T)[perm]) < 1e-12
+        assert rel_err(new["stress"][0], q @ ref["stress"][0] @ q.T) < 1e-12
+
+
+def test_cli_build_basis_moment(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from tacegen.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    env = {"TACEGEN_CACHE_DIR": str(tmp_path / "cache")}
+    res = CliRunner().invoke(cli, ["build", "--lmax", "1", "--nu", "2", "--basis", "moment", "--backend", "torch",
+                                   "--report"], env=env)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "generated" / "tmp_l1_nu2" / "model.py").is_file()
+    assert "Basis: moment (TMP)" in res.output and "symmetric storage" in res.output
+    res = CliRunner().invoke(cli, ["build", "--basis", "spherical"], env=env)
+    assert res.exit_code == 2 and "'spherical' is not one of 'ict', 'moment'" in res.output
