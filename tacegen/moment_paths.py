@@ -45,12 +45,12 @@ from typing import Sequence
 import numpy as np
 
 from .algebra.characters import _convolve
-from .algebra.ict import LMAX_SUPPORTED
-from .algebra.moments import REDUCED, SYMMETRIC, MomentTable, contraction
+from .algebra.moments import MOMENT_RANK_MAX, REDUCED, SYMMETRIC, MomentTable, contraction
 from .cache import DiskCache
 from .paths import NU_LIMIT, PRIMES, Piece, greedy_independent_rows
 
 LEVEL_RANGE = (2, 64)
+LMAX_MOMENT = 6  # the spec's largest lmax
 
 
 def moment_storage(l: int) -> str:
@@ -146,7 +146,7 @@ def _grow_trees(leaves: tuple, L: int, out: list) -> None:
 
     def grow(left: int, pos: int, mids: tuple):
         leaf = leaves[pos]
-        for mid in range(abs(left - leaf), min(left + leaf, LMAX_SUPPORTED) + 1):
+        for mid in range(abs(left - leaf), min(left + leaf, MOMENT_RANK_MAX) + 1):
             if pos == nu - 1:
                 if mid >= L and (mid - L) % 2 == 0:
                     out.append(MomentTree(leaves, mids + (mid,), (mid - L) // 2))
@@ -267,10 +267,17 @@ def _independent(trees: list[MomentTree], lmax: int, L: int, bound: int) -> list
     width = 2 * L + 1
     best: list[int] = []
     for attempt, prime in enumerate(PRIMES):
-        samples = -(-max(bound, len(trees)) // width) + 2 + 2 * attempt
+        samples = -(-bound // width) + 2 + 2 * attempt
         ev = _MomentEvaluator(lmax, samples, prime, seed=2000 + attempt)
-        rows = np.stack([ev(t).reshape(-1) for t in trees])
-        kept = greedy_independent_rows(rows, prime)
+        rows: list = []
+        kept: list[int] = []
+        # candidates come cheapest first and greedy selection only looks back, so stop
+        # evaluating once the bound is reached (same result as scanning all of them)
+        for start in range(0, len(trees), 4 * bound):
+            rows += [ev(t).reshape(-1) for t in trees[start:start + 4 * bound]]
+            kept = greedy_independent_rows(np.stack(rows), prime)
+            if len(kept) >= bound:
+                break
         if len(kept) > bound:
             raise RuntimeError(f"rank {len(kept)} exceeds the character bound {bound}: the moment tables are wrong")
         if len(kept) == bound:
@@ -286,8 +293,10 @@ def derive_moment(lmax: int, nu: int, L: int, parity: int, level: int | None = N
     for name, value in (("lmax", lmax), ("nu", nu), ("L", L)):
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValueError(f"{name} must be an integer, got {value!r}")
-    if not 0 <= lmax <= LMAX_SUPPORTED:
-        raise ValueError(f"lmax={lmax} is outside the allowed range 0..{LMAX_SUPPORTED}")
+    if not 0 <= lmax <= LMAX_MOMENT:
+        raise ValueError(f"lmax={lmax} is outside the allowed range 0..{LMAX_MOMENT}")
+    if nu * lmax > MOMENT_RANK_MAX:
+        raise ValueError(f"nu * lmax = {nu * lmax} exceeds the largest moment rank {MOMENT_RANK_MAX}")
     if not 1 <= nu <= NU_LIMIT:
         raise ValueError(f"nu={nu} is outside the allowed range 1..{NU_LIMIT}")
     if not 0 <= L <= nu * lmax:
@@ -296,7 +305,8 @@ def derive_moment(lmax: int, nu: int, L: int, parity: int, level: int | None = N
         raise ValueError(f"parity={parity!r} must be +1 or -1")
     check_level(level)
     cache = cache if cache is not None else DiskCache()
-    request = {"basis": "moment", "rule": "all-orderings", "lmax": lmax, "nu": nu, "L": L, "parity": parity, "level": level}
+    request = {"basis": "moment", "rule": "all-orderings, ranks <= 24", "lmax": lmax, "nu": nu, "L": L,
+               "parity": parity, "level": level}
     hit = cache.get("moment_paths", request)
     if hit is not None:
         try:

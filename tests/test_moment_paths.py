@@ -38,6 +38,14 @@ def test_kept_trees_reach_the_bound_of_the_moment_pieces(lmax, nu, L, cache):
     assert len(ms.independent) >= len(derive(natural_pieces(lmax), nu, L, parity, cache).independent)
 
 
+def test_products_of_high_rank_moments_need_ranks_above_the_ict_limit(cache):
+    """(tr tr A_4)^3 lives in the rank-12 product of three rank-4 moments: without
+    symmetric intermediates above rank 10 the set would stop one short of the bound."""
+    ms = derive_moment(4, 3, 0, 1, cache=cache)
+    assert ms.complete and ms.bound == 59
+    assert any(t.intermediates[-1] == 12 for t in ms.independent)
+
+
 def test_pseudo_outputs_also_complete(cache):
     for lmax, nu, L in ((2, 2, 1), (2, 3, 0), (2, 3, 2), (3, 2, 2)):
         ms = derive_moment(lmax, nu, L, -(-1) ** L, cache=cache)

@@ -56,6 +56,9 @@ from .ict import LMAX_SUPPORTED, _check_rank, basis_polynomials, detrace_polynom
 
 SYMMETRIC, REDUCED = "symmetric", "reduced"
 STORAGES = (REDUCED, SYMMETRIC)
+#: Largest rank of a symmetric tensor here: products of up to 4 moments of rank 6 (the
+#: spec's nu and lmax limits); ICT (reduced) slots keep the ICT limit.
+MOMENT_RANK_MAX = 24
 
 
 def symmetric_size(l: int) -> int:
@@ -189,14 +192,15 @@ def contraction(l1: int, l2: int, l3: int, storages: tuple = (SYMMETRIC, SYMMETR
     l1 + l2 - s is odd; then ``traces`` traces (rank s -> l3). ``storages`` = layouts of
     (a, b, out); an output in "reduced" storage is detraced (its weight-l3 part). See the
     module docstring."""
-    for name, l in (("l1", l1), ("l2", l2), ("l3", l3)):
-        _check_rank(l, name, LMAX_SUPPORTED)
     storages = tuple(storages)
     if len(storages) != 3:
         raise ValueError(f"storages must name three slots, got {storages!r}")
+    for name, l, storage in (("l1", l1, storages[0]), ("l2", l2, storages[1]), ("l3", l3, storages[2])):
+        _check_rank(l, name, MOMENT_RANK_MAX if storage == SYMMETRIC else LMAX_SUPPORTED)
     if not isinstance(traces, int) or traces < 0:
         raise ValueError(f"traces must be a non-negative integer, got {traces!r}")
     s = l3 + 2 * traces
+    _check_rank(s, "contracted rank", MOMENT_RANK_MAX)
     if not triangle(l1, l2, s):
         raise ValueError(
             f"rank {s} is not reachable from l1={l1} x l2={l2}: allowed range {abs(l1 - l2)}..{l1 + l2}")
