@@ -25,7 +25,9 @@ multi-degree (m_0, .., m_lmax) on the *decomposed* inputs: A_l = (+)_k V_{l-2k}.
 two meet, the kept trees span every equivariant polynomial of that degree in the ICT parts
 of the moments: the span of the TACE product basis over the same input pieces
 (:func:`moment_pieces`). Where they do not meet the rank found is recorded (``bound`` vs
-``independent``), never faked; :func:`derive_moment` reports both.
+``independent``), never faked; :func:`derive_moment` reports both. Measured: complete for
+every order nu >= 2 computed (lmax <= 3 with nu <= 4, lmax 4 with nu 3), which needs the
+intermediates to reach rank nu * lmax (up to ``MOMENT_RANK_MAX``), above the ICT limit.
 
 Optional MTP-style selection: ``level`` keeps only trees whose leaves have
 ``sum_s (2 + 4 mu + l_s) <= level`` with mu = 0 (Shapeev's level of a moment tensor
