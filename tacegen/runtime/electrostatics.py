@@ -3,7 +3,8 @@
 This module is the float64, autograd-differentiable *reference* that compiler-generated
 long-range kernels are tested against. It favours transparency over speed: structure
 factors are summed directly (O(N x N_k)), real-space pairs come from an explicit
-neighbour list. No mesh (PME/P3M) path is provided here.
+neighbour list. The mesh (smooth PME) evaluation of the same reciprocal sums, which
+generated models use for large periodic structures, is :mod:`tacegen.runtime.mesh`.
 
 Conventions (see docs/math.md, section 5)
 -----------------------------------------
@@ -413,6 +414,26 @@ def ewald_balanced_alpha(n_atoms: int, volume: float, cost_ratio: float = DEFAUL
 def _log_excess(cut: float, real: bool, alpha: float, n_atoms: int, volume: float, target: float) -> float:
     err = ewald_real_error(alpha, cut, n_atoms, volume) if real else ewald_recip_error(alpha, cut, n_atoms, volume)
     return math.log(err + 1e-300) - target
+
+
+def ewald_alpha_for_real_cutoff(r_cut: float, n_atoms: int, volume: float, accuracy: float) -> float:
+    """The alpha (Å^-1) whose real-space estimate (:func:`ewald_real_error`) at ``r_cut``
+    equals ``accuracy``: bisection in log space over [1e-6, 1e6] (as :func:`ewald_parameters`
+    with only r_cut given; TorchScript compatible)."""
+    target = math.log(accuracy)
+    lo = 1e-6
+    hi = 1e6
+    flo = math.log(ewald_real_error(lo, r_cut, n_atoms, volume) + 1e-300) - target
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        fm = math.log(ewald_real_error(mid, r_cut, n_atoms, volume) + 1e-300) - target
+        if (fm > 0) == (flo > 0):
+            lo, flo = mid, fm
+        else:
+            hi = mid
+        if hi / lo < 1 + 1e-13:
+            break
+    return hi
 
 
 def ewald_cutoff(real: bool, alpha: float, n_atoms: int, volume: float, accuracy: float) -> float:
