@@ -164,3 +164,25 @@ def test_split_systems_and_per_atom_energies_are_refused(exported, mode):
         calc.run_model(atoms, {"energy": system}, part)
     with pytest.raises(Exception, match="(?i)sample.kind|per.atom"):
         calc.run_model(atoms, {"energy": ModelOutput(unit="eV", sample_kind="atom")})
+
+
+def test_the_mesh_path_is_exported(exported, tmp_path):
+    """A model whose periodic structures go to the mesh (mesh_min_atoms lowered) exports that
+    path: the metatomic model equals tacegen's calculator with the same model (1e-10) and
+    differs from the direct sum only by the mesh error."""
+    from metatomic_ase import MetatomicCalculator
+
+    from tacegen.export.metatomic import atomistic_model
+
+    ckpt, _ = exported["les"]
+    model = tacegen.load_checkpoint(ckpt)
+    with torch.no_grad():
+        model.charge_readout.weight.mul_(300.0)
+    atoms = structures()[0].repeat((2, 2, 1))
+    direct = reference(tacegen.Calculator(model), atoms)
+    model.mesh_min_atoms = 8
+    atomistic_model(model).save(str(tmp_path / "mesh.pt"))
+    ours = tacegen.Calculator(model)
+    on_mesh = reference(ours, atoms)
+    assert on_mesh[0] != direct[0] and on_mesh[0] == pytest.approx(direct[0], rel=1e-6)
+    assert_equal(MetatomicCalculator(str(tmp_path / "mesh.pt")), ours, atoms)
