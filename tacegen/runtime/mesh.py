@@ -148,25 +148,38 @@ def mesh_reciprocal_energy(positions: Tensor, charges: Tensor, cell: Tensor, gam
     mesh = torch.zeros(k1 * k2 * k3, dtype=torch.float64, device=pos.device)
     mesh = mesh.index_add(0, flat.reshape(-1), value.reshape(-1)).view(k1, k2, k3)
     transform = torch.fft.rfftn(mesh)
-    power = transform.real ** 2 + transform.imag ** 2  # (k1, k2, k3 // 2 + 1)
-    # integer frequencies m and k = 2 pi m inv(cell)^T, with gradient through the cell
-    m1 = torch.fft.fftfreq(k1, 1.0 / k1, dtype=torch.float64, device=pos.device)
-    m2 = torch.fft.fftfreq(k2, 1.0 / k2, dtype=torch.float64, device=pos.device)
-    m3 = torch.fft.rfftfreq(k3, 1.0 / k3, dtype=torch.float64, device=pos.device)
-    grids = torch.meshgrid([m1, m2, m3], indexing="ij")
-    m = torch.stack([grids[0], grids[1], grids[2]], dim=-1)  # (k1, k2, k3 // 2 + 1, 3)
+    # only the box |m_c| <= n_c can hold k-vectors of the sphere: gather it (m_3 >= 0 for rfft)
     recip = 2.0 * math.pi * inverse.transpose(0, 1)
+    lengths: List[float] = torch.linalg.norm(c.detach(), dim=1).tolist()
+    bounds: List[int] = []
+    for length in lengths:
+        bounds.append(int(math.floor(k_cut * length / (2.0 * math.pi) * (1.0 + 1e-9))))
+    axes: List[Tensor] = []
+    rows: List[Tensor] = []
+    for a in range(3):
+        n = bounds[a]
+        if a < 2:
+            m_a = torch.arange(-n, n + 1, dtype=torch.int64, device=pos.device)
+        else:
+            m_a = torch.arange(0, n + 1, dtype=torch.int64, device=pos.device)
+        axes.append(m_a)
+        rows.append(torch.remainder(m_a, sizes[a]))
+    box = transform.index_select(0, rows[0]).index_select(1, rows[1]).index_select(2, rows[2])
+    power = box.real ** 2 + box.imag ** 2
+    grids = torch.meshgrid([axes[0], axes[1], axes[2]], indexing="ij")
+    m = torch.stack([grids[0], grids[1], grids[2]], dim=-1).to(torch.float64)
     k2_detached = ((m @ recip.detach()) ** 2).sum(dim=-1)
     inside = (k2_detached <= (k_cut * k_cut) * (1.0 + 1e-12)) & (k2_detached > 0.0)
     # rfft keeps m3 >= 0: the other half (m3 < 0) is the mirror image, count it twice
-    multiplicity = torch.where(grids[2] > 0, torch.full_like(grids[2], 2.0), torch.ones_like(grids[2]))
+    multiplicity = torch.where(grids[2] > 0, torch.full(grids[2].shape, 2.0, dtype=torch.float64, device=pos.device),
+                               torch.ones(grids[2].shape, dtype=torch.float64, device=pos.device))
     selected = torch.nonzero(inside)
     i0, i1, i2 = selected[:, 0], selected[:, 1], selected[:, 2]
     ks = m[i0, i1, i2] @ recip
     ksq = (ks * ks).sum(dim=1)
-    moduli = (_bspline_moduli(k1, order, torch.float64, pos.device)[i0]
-              * _bspline_moduli(k2, order, torch.float64, pos.device)[i1]
-              * _bspline_moduli(k3, order, torch.float64, pos.device)[i2])
+    moduli = (_bspline_moduli(k1, order, torch.float64, pos.device).index_select(0, rows[0])[i0]
+              * _bspline_moduli(k2, order, torch.float64, pos.device).index_select(0, rows[1])[i1]
+              * _bspline_moduli(k3, order, torch.float64, pos.device).index_select(0, rows[2])[i2])
     terms = multiplicity[i0, i1, i2] * torch.exp(-gamma * ksq) / ksq * moduli * power[i0, i1, i2]
     volume = torch.abs(torch.linalg.det(c))
     k_e = 14.3996454784  # K_E (TorchScript does not read module-level floats)
