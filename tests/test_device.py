@@ -36,6 +36,7 @@ SPECS = {
     "short_range": ModelSpec(lmax=2, nu=2, hidden_lmax=1, backends="torch"),
     "les": ModelSpec(lmax=2, nu=2, hidden_lmax=1, backends="torch", long_range="les"),
     "ewald": ModelSpec(lmax=2, nu=2, hidden_lmax=1, backends="torch", long_range="ewald"),
+    "moment": ModelSpec(lmax=2, nu=2, hidden_lmax=1, backends="torch", basis="moment"),
 }
 FACTORIES = (torch.zeros, torch.ones, torch.empty, torch.full, torch.arange, torch.linspace, torch.eye,
              torch.tensor, torch.as_tensor, torch.rand, torch.randn)

@@ -143,11 +143,18 @@ class LayerPrograms:
 
 
 def build_programs(spec: ModelSpec) -> LayerPrograms:
+    """The naive programs of ``spec``: TACE (this module) or, for ``basis="moment"``, TMP
+    (:mod:`tacegen.ir.build_moment`, same program names and interfaces)."""
+    edge, interaction, product = edge_basis_program, interaction_program, product_program
+    if spec.basis == "moment":
+        from .build_moment import edge_moment_program, interaction_moment_program, product_moment_program
+
+        edge, interaction, product = edge_moment_program, interaction_moment_program, product_moment_program
     hidden = spec.hidden_ranks
-    interactions = (interaction_program((0,), spec.lmax),)
+    interactions = (interaction((0,), spec.lmax),)
     if hidden != (0,):
-        interactions += (interaction_program(hidden, spec.lmax),)
-    products = (product_program(spec.lmax, spec.nu, hidden),)
+        interactions += (interaction(hidden, spec.lmax),)
+    products = (product(spec.lmax, spec.nu, hidden),)
     if hidden != (0,):
-        products += (product_program(spec.lmax, spec.nu, (0,)),)
-    return LayerPrograms(edge_basis_program(spec.lmax), interactions, products)
+        products += (product(spec.lmax, spec.nu, (0,)),)
+    return LayerPrograms(edge(spec.lmax), interactions, products)
