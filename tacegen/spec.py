@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from . import __version__
 from .cache import canonical_json, content_hash
+from .io_spec import IODescriptorError, check_model_io, coerce_inputs, command_form, coerce_outputs
 
 LMAX_RANGE = (0, 6)
 NU_RANGE = (1, 4)
@@ -52,6 +53,11 @@ class ModelSpec:
             Coulomb energy of the charges given with the structures). Its parameters (sigma,
             k_cut, total charge, Ewald accuracy) are constructor arguments of the model.
         version: the tacegen version that compiles the spec (part of the spec hash).
+        inputs: external inputs the model is conditioned on (:class:`tacegen.io_spec.InputSpec`,
+            or preset names such as "total_charge", "electric_field"); empty by default.
+        outputs: tensorial outputs besides the energy (:class:`tacegen.io_spec.OutputSpec`, or
+            preset names such as "dipole", "polarizability"); empty by default. Both are left
+            out of the canonical JSON when empty, so specs without them keep their hash.
     """
 
     lmax: int = 3
@@ -60,6 +66,8 @@ class ModelSpec:
     backends: tuple = ("torch", "numba")
     long_range: str = "none"
     version: str = field(default=__version__, compare=True)
+    inputs: tuple = ()
+    outputs: tuple = ()
 
     def __post_init__(self):
         _int_in("lmax", self.lmax, *LMAX_RANGE)
@@ -79,11 +87,20 @@ class ModelSpec:
         object.__setattr__(self, "backends", backends)
         if self.long_range not in LONG_RANGE:
             raise SpecError(f"long_range={self.long_range!r} is not available; allowed: {', '.join(LONG_RANGE)}")
+        try:
+            object.__setattr__(self, "inputs", coerce_inputs(self.inputs))
+            object.__setattr__(self, "outputs", coerce_outputs(self.outputs))
+            check_model_io(self.inputs, self.outputs, self.hidden_lmax, self.long_range)
+        except IODescriptorError as error:
+            raise SpecError(str(error)) from None
 
     @property
     def name(self) -> str:
         """Default build folder name, e.g. ``tace_l3_nu3`` (``tace_l3_nu3_les`` with a long-range block)."""
         suffix = "" if self.long_range == "none" else f"_{self.long_range}"
+        if self.inputs or self.outputs:  # distinct builds for distinct inputs/outputs
+            io = {k: v for k, v in self.to_dict().items() if k in ("inputs", "outputs")}
+            suffix += f"_io{content_hash(io)[:6]}"
         return f"tace_l{self.lmax}_nu{self.nu}{suffix}"
 
     @property
@@ -93,6 +110,11 @@ class ModelSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["backends"] = list(self.backends)
+        for key in ("inputs", "outputs"):  # absent when empty: older specs keep their JSON and hash
+            if getattr(self, key):
+                d[key] = [item.to_dict() for item in getattr(self, key)]
+            else:
+                del d[key]
         return d
 
     def canonical_json(self) -> str:
@@ -111,6 +133,9 @@ class ModelSpec:
         data = dict(data)
         if "backends" in data:
             data["backends"] = tuple(data["backends"])
+        for key in ("inputs", "outputs"):
+            if key in data:
+                data[key] = tuple(data[key])
         return cls(**data)
 
     @classmethod
@@ -125,4 +150,6 @@ def command_line(spec: ModelSpec) -> str:
         parts.append("--backend " + ",".join(spec.backends))
     if spec.long_range != "none":
         parts.append(f"--long-range {spec.long_range}")
+    parts += [f"--input {command_form(item)}" for item in spec.inputs]
+    parts += [f"--output {command_form(item)}" for item in spec.outputs]
     return " ".join(parts)

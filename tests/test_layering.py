@@ -33,6 +33,7 @@ LAYERS = {
     "tacegen.algebra": "algebra",
     "tacegen.paths": "paths",
     "tacegen.spec": "spec",
+    "tacegen.io_spec": "spec",
     "tacegen.ir": "ir",
     "tacegen.backends": "backends",
     "tacegen.templates": "backends",

@@ -143,9 +143,12 @@ class LayerPrograms:
 
 
 def build_programs(spec: ModelSpec) -> LayerPrograms:
+    from .embeddings import first_layer_ranks
+
     hidden = spec.hidden_ranks
-    interactions = (interaction_program((0,), spec.lmax),)
-    if hidden != (0,):
+    first = first_layer_ranks(spec)  # (0,) unless equivariant inputs add node ranks
+    interactions = (interaction_program(first, spec.lmax),)
+    if hidden != first:
         interactions += (interaction_program(hidden, spec.lmax),)
     products = (product_program(spec.lmax, spec.nu, hidden),)
     if hidden != (0,):

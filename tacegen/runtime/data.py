@@ -103,6 +103,7 @@ def batch_atoms(
     r_cut: float,
     dtype: torch.dtype = torch.float64,
     device: Union[str, torch.device] = "cpu",
+    inputs: Sequence = (),
 ) -> Dict[str, Tensor]:
     """Turn one ``ase.Atoms`` or a list of them into a batch dict (see module docstring).
 
@@ -123,6 +124,11 @@ def batch_atoms(
 
     ``charges`` and ``total_charge`` are read from ``atoms.get_initial_charges()`` and
     ``atoms.info.get("charge")`` (ValueError if the latter is not a finite number).
+
+    ``inputs``: the external inputs a model reads (``model.input_specs``: dicts or
+    :class:`tacegen.io_spec.InputSpec`), added as ``input_<name>`` from ``atoms.info[name]`` /
+    ``atoms.arrays[name]`` (:func:`tacegen.runtime.inputs.read_inputs`; ValueError naming the
+    structure and key for a missing or wrongly shaped value).
     """
     if dtype not in _FLOAT_DTYPES:
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
@@ -204,7 +210,7 @@ def batch_atoms(
         return torch.as_tensor(np.asarray(x), dtype=torch.int64, device=device)
 
     counts = np.asarray(num_atoms, dtype=np.int64)
-    return {
+    batch = {
         "positions": floats(np.concatenate(positions)),
         "species": ints(np.concatenate(species)),
         "batch": ints(np.repeat(np.arange(len(structures)), counts)),
@@ -216,3 +222,8 @@ def batch_atoms(
         "charges": floats(np.concatenate(charges)),
         "total_charge": floats(np.asarray(totals, dtype=np.float64)),
     }
+    if inputs:
+        from tacegen.runtime.inputs import read_inputs
+
+        batch.update(read_inputs(structures, inputs, dtype, device))
+    return batch
