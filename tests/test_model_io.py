@@ -205,3 +205,79 @@ def test_calculator_returns_the_outputs_and_numba_refuses(model):
         model.numba_backend()
     with pytest.raises(NotImplementedError, match="Numba back end"):
         Calculator(model, backend="numba")
+
+
+def test_a_batch_equals_its_structures_one_by_one(model):
+    structures = [structure(5), structure(6)]
+    structures[1].info["fidelity"] = 2
+    batch = batch_atoms(structures, model.elements, model.r_cut, inputs=model.input_specs)
+    together = {k: v.detach().numpy() for k, v in model(batch).items()}
+    alone = [run(model, atoms) for atoms in structures]
+    for key in ("energy", "dipole", "polarizability"):
+        np.testing.assert_allclose(together[key], np.concatenate([a[key] for a in alone]), rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(together["born_charges"], np.concatenate([a["born_charges"] for a in alone]),
+                               rtol=1e-12, atol=1e-13)
+
+
+def test_per_atom_moment_response_matches_finite_differences(model):
+    atoms = structure(8)
+    batch = batch_atoms(atoms, model.elements, model.r_cut, inputs=model.input_specs)
+    torque = field_response(model, batch, "magmom_vector", 1).numpy()
+    assert torque.shape == (5, 3) and np.abs(torque).max() > 1e-4
+    h, k, c = 1e-5, 3, 1
+    energies = []
+    for sign in (1, -1):
+        shifted = atoms.copy()
+        shifted.arrays["magmom_vector"] = atoms.arrays["magmom_vector"].copy()
+        shifted.arrays["magmom_vector"][k, c] += sign * h
+        energies.append(run(model, shifted)["energy"][0])
+    assert torque[k, c] == pytest.approx(-(energies[0] - energies[1]) / (2 * h), rel=1e-6)
+
+
+def test_torchscript_is_refused_clearly(model):
+    with pytest.raises(RuntimeError, match="inputs/outputs .* cannot be compiled with TorchScript"):
+        torch.jit.script(model)
+
+
+RANK3 = ("piezoelectric", "hyperpolarizability", "axial:structure:1:general:e:even",
+         "rotation:atom:2:antisymmetric:e:even", "quadrupole")
+
+
+@pytest.fixture(scope="module")
+def rank3_model(tmp_path_factory):
+    spec = ModelSpec(lmax=3, nu=1, hidden_lmax=3, backends="torch", inputs=("electric_field",), outputs=RANK3)
+    module = build_module(spec, tmp_path_factory.mktemp("io3") / "build")
+    with torch_threads(1):
+        yield make_model(module, elements=("H", "C", "O"))
+
+
+def _rotate(t, q):
+    for axis in range(1, t.ndim):
+        t = np.moveaxis(np.tensordot(t, q, axes=([axis], [1])), -1, axis)
+    return t
+
+
+@pytest.mark.parametrize("improper", [False, True])
+def test_rank3_and_pseudo_outputs_are_equivariant_with_their_parity(rank3_model, improper):
+    atoms = structure(9)
+    q = orthogonal(11, improper)
+    det = np.linalg.det(q)
+    perm = np.array([4, 3, 2, 1, 0])
+    a, b = run(rank3_model, atoms), run(rank3_model, transformed(atoms, q, perm))
+    # inversion eigenvalue of the whole tensor: o for rank 3 true tensors, e for the axial vector and
+    # the antisymmetric rank 2 (true): a tensor of rank n and parity p picks up (det Q)^s, s = [p != (-1)^n]
+    for name, rank, parity, per in (("piezoelectric", 3, -1, "structure"), ("hyperpolarizability", 3, -1, "structure"),
+                                    ("axial", 1, 1, "structure"), ("rotation", 2, 1, "atom"),
+                                    ("quadrupole", 2, 1, "structure")):
+        sign = det if parity != (-1) ** rank else 1.0
+        expected = sign * _rotate(a[name], q)
+        if per == "atom":
+            expected = expected[perm]
+        assert np.abs(a[name]).max() > 1e-5, name
+        np.testing.assert_allclose(b[name], expected, atol=1e-10 * np.abs(expected).max(), err_msg=name)
+    d = a["piezoelectric"][0]
+    np.testing.assert_allclose(d, d.transpose(0, 2, 1), atol=1e-12)  # symmetric in the last two indices
+    r = a["rotation"]
+    np.testing.assert_allclose(r, -r.transpose(0, 2, 1), atol=1e-12)
+    quad = a["quadrupole"][0]
+    assert abs(np.trace(quad)) < 1e-12 * np.abs(quad).max()

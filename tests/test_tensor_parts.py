@@ -11,7 +11,8 @@ from tacegen.algebra.tensor_parts import (decompose, ict_embedding, output_parts
                                           symmetry_projector)
 from tacegen.io_spec import SYMMETRIES, part_weights
 
-CASES = [(n, sym) for sym, ranks in SYMMETRIES.items() for n in ranks if n <= 3]
+# rank 4: the elastic (major and minor) symmetry; general rank 4 (19 copies) is checked by weights only
+CASES = [(n, sym) for sym, ranks in SYMMETRIES.items() for n in ranks if n <= 3] + [(4, "elastic")]
 
 
 def _random_orthogonal(rng, improper):
@@ -83,3 +84,7 @@ def test_rank2_general_parts_are_the_textbook_ones():
     assert np.allclose(t / t[0, 0], np.eye(3))
     a = (antisym.matrix.astype(float) @ np.array([1.0, 2.0, 3.0])).reshape(3, 3)
     assert np.allclose(a, -a.T) and np.abs(a).max() > 0
+
+
+def test_general_rank4_has_the_weights_of_the_spec_table():
+    assert tuple(p.weight for p in output_parts(4, "general", 1)) == part_weights(4, "general")

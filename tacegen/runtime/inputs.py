@@ -252,18 +252,21 @@ class TensorReadout(torch.nn.Module):
 
 
 def field_response(model, batch: Dict[str, Tensor], name: str, order: int = 1) -> Tensor:
-    """Response of the energy to a per-structure input by autograd: order 1 gives -dE/dF
-    ((B,) + shape of F; the dipole for an electric field), order 2 gives -d2E/dF2 ((B, 3, 3)
-    for a vector field; the polarizability). ``batch`` from ``batch_atoms(..., inputs=...)``."""
+    """Response of the energy to an input by autograd: order 1 gives -dE/dF in the shape of the
+    input (the dipole (B, 3) for an electric field; per-atom -dE/dm_i (N, 3), the magnetic
+    torque-like force, for magnetic moments), order 2 (per-structure inputs) gives -d2E/dF2
+    ((B, 3, 3) for a vector field: the polarizability). ``batch`` from
+    ``batch_atoms(..., inputs=...)``."""
     specs = {s["name"]: s for s in input_specs_of(model)}
     if name not in specs:
         raise ValueError(f"model has no input {name!r}; its inputs: {sorted(specs)}")
     spec = specs[name]
-    if spec["per"] != "structure" or spec.get("kind", "float") != "float":
-        raise ValueError(f"field_response needs a per-structure float input; {name!r} is per {spec['per']}, "
-                         f"kind {spec.get('kind', 'float')}")
+    if spec.get("kind", "float") != "float":
+        raise ValueError(f"field_response needs a float input; {name!r} is a category")
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
+    if order == 2 and spec["per"] != "structure":
+        raise ValueError(f"second-order responses are implemented for per-structure inputs; {name!r} is per atom")
     batch = dict(batch)
     field = batch[_key(name)].detach().clone().requires_grad_(True)
     batch[_key(name)] = field
