@@ -281,3 +281,34 @@ def test_rank3_and_pseudo_outputs_are_equivariant_with_their_parity(rank3_model,
     np.testing.assert_allclose(r, -r.transpose(0, 2, 1), atol=1e-12)
     quad = a["quadrupole"][0]
     assert abs(np.trace(quad)) < 1e-12 * np.abs(quad).max()
+
+
+def test_hessian_and_spectrum_agree_with_ase_finite_differences(model, tmp_path):
+    from ase.vibrations import Vibrations
+
+    from tacegen.runtime.responses import hessian, output_derivatives, vibrations
+
+    atoms = structure(10)
+    batch = batch_atoms(atoms, model.elements, model.r_cut, inputs=model.input_specs)
+    h = hessian(model, batch).numpy()
+    np.testing.assert_allclose(h, h.T, atol=1e-10 * np.abs(h).max())
+    atoms.calc = Calculator(model)
+    vib = Vibrations(atoms, name=str(tmp_path / "vib"), delta=1e-4, nfree=2)
+    vib.run()
+    reference = vib.get_vibrations().get_hessian_2d()
+    assert np.abs(reference).max() > 1e-2
+    np.testing.assert_allclose(h, reference, atol=1e-6 * np.abs(reference).max())
+    frequencies, intensities = vibrations(model, atoms)
+    expected = vib.get_frequencies()
+    expected = np.where(np.abs(expected.imag) > 0, -np.abs(expected.imag), expected.real)
+    np.testing.assert_allclose(np.sort(frequencies), np.sort(expected), atol=0.05)
+    # dipole derivatives (Born charges of the model's dipole output) against finite differences
+    z = output_derivatives(model, batch, "dipole").numpy()
+    step = 1e-5
+    for i, b in ((0, 0), (2, 1), (4, 2)):
+        shifted = [atoms.copy() for _ in range(2)]
+        shifted[0].positions[i, b] += step
+        shifted[1].positions[i, b] -= step
+        fd = (run(model, shifted[0])["dipole"][0] - run(model, shifted[1])["dipole"][0]) / (2 * step)
+        np.testing.assert_allclose(z[i, :, b], fd, rtol=1e-6, atol=1e-9)
+    assert np.isfinite(intensities).all() and intensities.max() > 0
