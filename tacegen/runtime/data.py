@@ -110,6 +110,11 @@ def batch_atoms(
     Neighbour lists are computed per structure in float64 (by vesin) and then
     concatenated with global atom indices, so edges are sorted by receiver.
 
+    The external inputs named in ``inputs`` (``model.input_specs``: dicts or the spec's
+    InputSpec objects) are added as ``input_<name>`` from ``atoms.info[name]`` or
+    ``atoms.arrays[name]`` by :func:`tacegen.runtime.inputs.read_inputs` (ValueError naming
+    the structure and key for a missing or wrongly shaped value).
+
     Raises
     ------
     TypeError  structures not Atoms; dtype not float32/float64; bad elements list.
@@ -124,11 +129,6 @@ def batch_atoms(
 
     ``charges`` and ``total_charge`` are read from ``atoms.get_initial_charges()`` and
     ``atoms.info.get("charge")`` (ValueError if the latter is not a finite number).
-
-    ``inputs``: the external inputs a model reads (``model.input_specs``: dicts or
-    :class:`tacegen.io_spec.InputSpec`), added as ``input_<name>`` from ``atoms.info[name]`` /
-    ``atoms.arrays[name]`` (:func:`tacegen.runtime.inputs.read_inputs`; ValueError naming the
-    structure and key for a missing or wrongly shaped value).
     """
     if dtype not in _FLOAT_DTYPES:
         raise TypeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")

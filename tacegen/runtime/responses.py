@@ -4,7 +4,7 @@
 * :func:`output_derivatives`: d out_a / dr_ib (N, 3, 3) of a per-structure rank-1 output
   such as the dipole (the Born effective charges Z*_i,ab = d mu_a / d r_ib, e);
 * :func:`vibrations`: harmonic frequencies (cm^-1; imaginary modes negative) and infrared
-  intensities |d mu / dQ_k|^2 (e^2 / amu) of the normal modes Q_k of the mass-weighted
+  intensities, the squared norm of d mu / dQ_k (e^2 / amu), of the normal modes Q_k of the mass-weighted
   Hessian, with ASE's conversion constants (as :class:`ase.vibrations.Vibrations`).
 
 All take a model following :mod:`tacegen.runtime.calculator`'s contract with a
