@@ -312,3 +312,38 @@ def test_hessian_and_spectrum_agree_with_ase_finite_differences(model, tmp_path)
         fd = (run(model, shifted[0])["dipole"][0] - run(model, shifted[1])["dipole"][0]) / (2 * step)
         np.testing.assert_allclose(z[i, :, b], fd, rtol=1e-6, atol=1e-9)
     assert np.isfinite(intensities).all() and intensities.max() > 0
+
+
+def test_periodic_cell_with_moments_keeps_time_reversal_and_gives_stress(model):
+    from ase.build import bulk
+
+    atoms = bulk("C", "diamond", a=3.57, cubic=True)
+    atoms.rattle(0.05, seed=3)
+    rng = np.random.default_rng(4)
+    n = len(atoms)
+    atoms.info.update(total_charge=0.0, electric_field=np.zeros(3), magnetic_field=rng.normal(size=3), fidelity=0)
+    atoms.arrays.update(initial_charges=np.zeros(n), magmom=rng.normal(size=n), magmom_vector=rng.normal(size=(n, 3)))
+    a = run(model, atoms)
+    assert np.isfinite(a["stress"]).all() and np.abs(a["stress"]).max() > 0
+    flipped = atoms.copy()
+    flipped.info["magnetic_field"] = -atoms.info["magnetic_field"]
+    flipped.arrays["magmom"] = -atoms.arrays["magmom"]
+    flipped.arrays["magmom_vector"] = -atoms.arrays["magmom_vector"]
+    b = run(model, flipped)
+    for key in ("energy", "forces", "stress", "born_charges"):
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-12, atol=1e-12 * np.abs(a[key]).max())
+
+
+def test_one_layer_model_with_inputs_and_the_outputs_need_two_layers(tmp_path):
+    spec = ModelSpec(lmax=1, nu=1, hidden_lmax=1, backends="torch", inputs=("electric_field",))
+    module = build_module(spec, tmp_path / "b1")
+    with torch_threads(1):
+        model = make_model(module, elements=("H", "C", "O"), layers=1)
+        atoms = structure(12)
+        e0 = run(model, atoms)["energy"][0]
+        atoms.info["electric_field"] = 2.0 * atoms.info["electric_field"]
+        assert abs(run(model, atoms)["energy"][0] - e0) > 1e-9
+    spec = ModelSpec(lmax=1, nu=1, hidden_lmax=1, backends="torch", outputs=("dipole",))
+    module = build_module(spec, tmp_path / "b2")
+    with pytest.raises(ValueError, match=r"outputs \['dipole'\] are read from every layer but the last: .*layers >= 2"):
+        make_model(module, elements=("H",), layers=1)
