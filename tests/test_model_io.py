@@ -347,3 +347,20 @@ def test_one_layer_model_with_inputs_and_the_outputs_need_two_layers(tmp_path):
     module = build_module(spec, tmp_path / "b2")
     with pytest.raises(ValueError, match=r"outputs \['dipole'\] are read from every layer but the last: .*layers >= 2"):
         make_model(module, elements=("H",), layers=1)
+
+
+def test_each_fidelity_has_its_own_reference_energies(model):
+    atoms = structure(13)
+    atoms.info["fidelity"] = 2
+    before = run(model, atoms)["energy"][0]
+    table = model.inputs.energy_tables[0]
+    assert table.shape == (3, 3) and float(table.abs().max()) == 0.0  # zero at construction
+    with torch.no_grad():
+        table[2, model.elements.index("H")] = 0.25
+        table[1, model.elements.index("C")] = 5.0  # another fidelity: no effect here
+    try:
+        after = run(model, atoms)["energy"][0]
+    finally:
+        with torch.no_grad():
+            table.zero_()
+    assert after - before == pytest.approx(3 * 0.25, rel=1e-12)  # three H atoms

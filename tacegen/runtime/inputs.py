@@ -102,10 +102,13 @@ class InputEmbedding(torch.nn.Module):
 
     Node rank l of the first layer gets ``sum_f x_f W_l[f]`` over its features f (a learned
     vector of channels per feature); rank 0 also the element embedding and, per category
-    input, a learned embedding of the category. Edge features s_ij multiply copies of the
-    radial basis (``edge_multiplier`` = 1 + their number)."""
+    input, a learned embedding of the category, and each category has its own per-element
+    reference energies (``energy_tables``, zero at construction; :meth:`energy_offsets`).
+    Edge features s_ij multiply copies of the radial basis (``edge_multiplier`` = 1 + their
+    number)."""
 
-    def __init__(self, plan: dict, channels: int, dtype: torch.dtype, categories: Optional[dict] = None):
+    def __init__(self, plan: dict, channels: int, dtype: torch.dtype, categories: Optional[dict] = None,
+                 num_elements: int = 1):
         super().__init__()
         self.specs: List[dict] = [dict(s) for s in plan["inputs"]]
         self.first_ranks: List[int] = list(plan["first_ranks"])
@@ -129,6 +132,10 @@ class InputEmbedding(torch.nn.Module):
             if isinstance(k, bool) or not isinstance(k, int) or k < 1:
                 raise ValueError(f"input_categories[{name!r}] must be an integer >= 1, got {k!r}")
             self.category_tables.append(torch.nn.Parameter(torch.randn(k, channels, dtype=dtype)))
+        # per-category reference energies (eV per atom of each element; zero at construction):
+        # a fidelity or level-of-theory label shifts the energy scale it is trained on
+        self.energy_tables = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.zeros(table.shape[0], num_elements, dtype=dtype)) for table in self.category_tables])
         for k, f in enumerate(self.node_plan):
             if f["table"] is not None:
                 a, b = self.specs[f["a"]]["rank"], self.specs[f["b"]]["rank"]
@@ -176,6 +183,14 @@ class InputEmbedding(torch.nn.Module):
                 h = term if h is None else h + term
             out.append(h)
         return out
+
+    def energy_offsets(self, species: Tensor, batch: Dict[str, Tensor]) -> Tensor:
+        """(N,) per-atom reference energy of each atom's element at its structure's category, eV."""
+        total = torch.zeros(species.shape[0], dtype=batch["positions"].dtype, device=species.device)
+        for name, table in zip(self.category_names, self.energy_tables):
+            category = batch[_key(name)].index_select(0, batch["batch"])
+            total = total + table[category, species]
+        return total
 
     def edge_features(self, radial: Tensor, batch: Dict[str, Tensor], senders: Tensor, receivers: Tensor) -> Tensor:
         """(E, num_radial * edge_multiplier): the radial basis and its copies scaled by each edge feature."""
