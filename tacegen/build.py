@@ -66,7 +66,8 @@ def package_files(compiled: Compiled, optimised: bool = True) -> dict[str, str]:
     }
     if "torch" in spec.backends:
         files["model.py"] = render_torch(compiled, optimised)
-    if "numba" in spec.backends:
+    if "numba" in spec.backends and not (spec.inputs or spec.outputs):
+        # a build with inputs/outputs has no Numba model yet: its numba_backend() refuses clearly
         from .backends.numba_model import render_numba_model
 
         files["numba_model.py"] = render_numba_model(compiled, optimised)
@@ -90,6 +91,10 @@ def write_build(spec: ModelSpec, out_dir: Path | str | None = None, force: bool 
         if not target.is_dir() or (any(target.iterdir()) and not is_tacegen_build(target)):
             raise BuildError(f"{target} exists and is not a tacegen build; refusing to overwrite it "
                              "(pass --force to replace it)")
+    if spec.inputs or spec.outputs:
+        from .ir.embeddings import check_plan
+
+        check_plan(spec)  # an input with no allowed coupling would be silently ignored: refuse
     files = package_files(compiled or compile_spec(spec), optimised)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))

@@ -53,6 +53,7 @@ from ase.calculators.calculator import Calculator as _AseCalculator
 from ase.calculators.calculator import PropertyNotImplementedError, all_changes
 
 from tacegen.runtime.data import batch_atoms
+from tacegen.runtime.inputs import input_specs_of
 
 BACKENDS = ("torch", "numba")
 
@@ -163,6 +164,9 @@ class Calculator(_AseCalculator):
         model_tensors_dtype_device(model)  # refuse mixed dtypes or devices now, not at the first call
         self.backend = backend
         self.model = model
+        # declared tensor outputs (tacegen.io_spec) are properties under their names
+        self.outputs = {o["name"]: o["per"] for o in getattr(getattr(model, "outputs", None), "outputs", [])}
+        self.implemented_properties = list(type(self).implemented_properties) + list(self.outputs)
         self._evaluate: Callable[..., Dict[str, torch.Tensor]]
         if backend == "numba":
             hook = getattr(model, "numba_backend", None)
@@ -205,7 +209,7 @@ class Calculator(_AseCalculator):
             )
         batch = batch_atoms(
             atoms, list(self.model.elements), float(self.model.r_cut),
-            dtype=self.dtype, device=self.device,
+            dtype=self.dtype, device=self.device, inputs=input_specs_of(self.model),
         )
         out = self._evaluate(batch, compute_forces=True, compute_stress=periodic)
 
@@ -240,7 +244,10 @@ class Calculator(_AseCalculator):
         elif "charges" in properties:
             raise PropertyNotImplementedError(
                 f"charges are not available: model {type(self.model).__name__} does not return 'charges'")
-        if "dipole" in out and not periodic and not np.any(atoms.pbc):
+        for name, per in self.outputs.items():  # per structure: the (3, ...) tensor; per atom: (N, 3, ...)
+            value = out[name].detach().cpu().to(torch.float64).numpy()
+            self.results[name] = value if per == "atom" else value[0]
+        if "dipole" in out and "dipole" not in self.outputs and not periodic and not np.any(atoms.pbc):
             self.results["dipole"] = out["dipole"].detach().cpu().to(torch.float64).numpy()[0]
         elif "dipole" in properties:
             raise PropertyNotImplementedError(

@@ -41,7 +41,7 @@ def evaluate_dataset(evaluate, dataset: AtomsDataset, elements: Sequence[str], d
     """Errors of ``evaluate(batch, compute_forces=..., compute_stress=...)`` on ``dataset``."""
     check_elements(dataset, elements)
     table = species_map(elements)
-    metrics = Metrics(keep_values=keep_values)
+    metrics = Metrics(keep_values=keep_values, extra={t[0]: t[2] for t in dataset.extras.targets})
     want_forces = dataset.has("forces")
     want_stress = dataset.has("stress")
     if batch_lists is None:
@@ -56,8 +56,14 @@ def evaluate_dataset(evaluate, dataset: AtomsDataset, elements: Sequence[str], d
 
 
 def evaluate_files(model, files: Sequence[str], keys: LabelKeys = LabelKeys(), backend: str = "torch",
-                   batch_size: int = 8, keep_values: bool = False, cache: bool = True):
-    """``({"files": {path: report}}, {path: Metrics})`` for a model and data files."""
+                   batch_size: int = 8, keep_values: bool = False, cache: bool = True, targets: Sequence[str] = ()):
+    """``({"files": {path: report}}, {path: Metrics})`` for a model and data files. ``targets``:
+    ``NAME=KEY`` tensor targets (:mod:`tacegen.train.targets`) reported as ``NAME_mae``/``NAME_rmse``."""
+    from tacegen.train.targets import extras_for
+
+    spec = {"inputs": list(getattr(model, "input_specs", []) or []),
+            "outputs": list(getattr(getattr(model, "outputs", None), "outputs", []))}
+    extras = extras_for(spec, targets)
     if backend == "numba":
         evaluate = model.numba_backend()
     elif backend == "torch":
@@ -69,7 +75,7 @@ def evaluate_files(model, files: Sequence[str], keys: LabelKeys = LabelKeys(), b
     results: Dict[str, dict] = {}
     raw: Dict[str, Metrics] = {}
     for path in files:
-        dataset = AtomsDataset.from_file(path, float(model.r_cut), keys, cache=cache)
+        dataset = AtomsDataset.from_file(path, float(model.r_cut), keys, cache=cache, extras=extras)
         metrics = evaluate_dataset(evaluate, dataset, list(model.elements), dtype, batch_size, device, keep_values)
         report = {"n_structures": metrics.structures, **metrics.summary(),
                   "by_config_type": metrics.by_config_type()}
@@ -86,14 +92,20 @@ def render_table(results: dict, title: str = "Errors (E meV/atom, F meV/Å, S me
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("file", "config type", "structures", "E MAE", "E RMSE", "F MAE", "F RMSE", "S MAE", "S RMSE"):
+    extra = []  # tensor targets (milli-units of their labels)
+    for report in results["files"].values():
+        extra += [k[:-4] for k in report if k.endswith("_mae") and k[:-4] not in ("energy", "forces", "stress")
+                  and k[:-4] not in extra]
+    for col in ("file", "config type", "structures", "E MAE", "E RMSE", "F MAE", "F RMSE", "S MAE", "S RMSE",
+                *[f"{name} {m}" for name in extra for m in ("MAE", "RMSE")]):
         table.add_column(col, justify="left" if col in ("file", "config type") else "right")
     for path, report in results["files"].items():
         rows = [("all", report, report["n_structures"])]
         rows += [(name, r, "") for name, r in report["by_config_type"].items()]
         for name, r, n in rows:
             table.add_row(path if name == "all" else "", name, str(n),
-                          *[_fmt(r[f"{q}_{m}"]) for q in ("energy", "forces", "stress") for m in ("mae", "rmse")])
+                          *[_fmt(r.get(f"{q}_{m}")) for q in ("energy", "forces", "stress", *extra)
+                            for m in ("mae", "rmse")])
     return table
 
 
