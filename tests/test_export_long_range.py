@@ -216,3 +216,24 @@ def test_ipi_runs_an_exported_long_range_model(exported, tmp_path):
     assert table.shape == (6, 3)
     assert table[0, 2] == pytest.approx(clean.get_potential_energy(), rel=1e-8, abs=1e-8)  # printed to 9 digits
     assert np.ptp(table[:, 2]) > 1e-5  # the atoms moved
+
+
+def test_ewald_export_on_the_mesh_reads_the_engines_neighbour_list(exported, tmp_path):
+    """Ewald structures on the mesh (mesh_min_atoms lowered) take their real-space pairs from
+    the engine's second neighbour list (8 Å): the metatomic model equals tacegen's calculator
+    (vesin pairs) with the same model to 1e-10, molecule and cells."""
+    from metatomic.torch import load_atomistic_model
+    from metatomic_ase import MetatomicCalculator
+
+    from tacegen.export.metatomic import atomistic_model
+
+    ckpt, _ = exported["ewald"]
+    model = tacegen.load_checkpoint(ckpt)
+    model.mesh_min_atoms = 8
+    atomistic_model(model).save(str(tmp_path / "ewald_mesh.pt"))
+    cutoffs = [o.cutoff for o in load_atomistic_model(str(tmp_path / "ewald_mesh.pt")).requested_neighbor_lists()]
+    assert sorted(cutoffs) == [model.r_cut, 8.0]
+    ours = tacegen.Calculator(model)
+    calc = MetatomicCalculator(str(tmp_path / "ewald_mesh.pt"))
+    for atoms in [structures()[0].repeat((2, 2, 2)), structures()[1], structures()[2]]:
+        assert_equal(calc, ours, atoms)

@@ -135,3 +135,33 @@ def test_ewald_model_mesh_equals_reference_ewald(modules):
     neutral.set_initial_charges(np.zeros(len(atoms)))
     short = model(batch_atoms(neutral, model.elements, model.r_cut))["forces"]
     assert relative(out["forces"] - short, forces) < 1e-6
+
+
+def test_long_range_pairs_from_a_given_neighbour_list():
+    """long_range_pairs takes the periodic Ewald pairs from the batch's own list when its
+    cutoff covers r_cut, else searches them: the same set of (i, j, shift) within r_cut."""
+    from tacegen.runtime.long_range import long_range_pairs
+    from tacegen.runtime.neighbours import neighbour_pairs
+
+    rng = np.random.default_rng(4)
+    structures = [random_molecule(rng, 4, ("Na", "Cl")), crystal(rng, 20, ("Na", "Cl"))]
+    batch = batch_atoms(structures, ["Na", "Cl"], 3.0)
+    pairs = neighbour_pairs(structures[1].positions, structures[1].cell.array, np.ones(3, bool), 6.0)
+    given = dict(batch)
+    given["long_range_edge_index"] = torch.tensor(np.stack([pairs.j + 4, pairs.i + 4]))
+    given["long_range_edge_shift"] = torch.tensor(pairs.shift, dtype=torch.float64)
+    given["long_range_cutoff"] = torch.tensor(6.0)
+
+    def key(graph, r_cut):
+        s, r = graph["edge_index"].tolist()
+        sh = graph["edge_shift"].tolist()
+        pos = batch["positions"].numpy()
+        cell = batch["cell"].numpy()[1]
+        return sorted((a, b, tuple(c)) for a, b, c in zip(r, s, sh)
+                      if a < 4 or np.linalg.norm(pos[b] - pos[a] + np.array(c) @ cell) < r_cut)
+
+    searched = long_range_pairs(batch, True, 5.0)
+    listed = long_range_pairs(given, True, 5.0)
+    assert len(listed["periodic"]) > len(searched["periodic"])  # the given list (6 Å) was used
+    assert key(listed, 5.0) == key(searched, 5.0) and len(key(searched, 5.0)) > 12
+    assert key(long_range_pairs(given, True, 7.0), 7.0) == key(long_range_pairs(batch, True, 7.0), 7.0)

@@ -33,9 +33,12 @@ atomic terms over a cut-off neighbourhood, so the rule is:
   explicit long range), and the energy is declared per system only (sample kind
   "system"): the long-range energy is not split over atoms;
 * the short-range part still reads the engine's neighbour list (cut-off r_cut); the
-  long-range part computes its own pairs from the positions (all pairs of a finite
-  system; for Ewald in a periodic cell the real-space pairs by a brute-force search,
-  :func:`tacegen.runtime.long_range.long_range_pairs`);
+  long-range part computes all pairs of a finite system itself; for Ewald in a periodic
+  cell it asks the engine for a second full list with the mesh path's real-space cutoff
+  (``tacegen.runtime.mesh.MESH_REAL_CUTOFF``, 8 Å), which serves every structure on the
+  mesh and any other whose Ewald split needs no more; a larger cutoff (small cells, direct
+  sum) falls back to a brute-force search
+  (:func:`tacegen.runtime.long_range.long_range_pairs`);
 * inputs (``requested_inputs``): Ewald models read the atoms' charges (metatomic's
   per-atom "charge", in ASE ``atoms.get_initial_charges()``); LES models that constrain
   their latent charges read each system's total charge (per-system "charge", in ASE
@@ -51,6 +54,8 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from tacegen.runtime.mesh import MESH_REAL_CUTOFF
 
 try:  # optional extra: pip install 'tacegen[metatomic]'
     from metatensor.torch import Labels, TensorBlock, TensorMap
@@ -187,8 +192,17 @@ if _IMPORT_ERROR is None:
         def __init__(self, model: torch.nn.Module):
             super().__init__(model)
             self.ewald = model.long_range == "ewald"
+            # Ewald: the engine's full list within the mesh path's real-space cutoff serves the
+            # real-space sum (always for structures on the mesh; otherwise when their split's
+            # cutoff is within it); larger cutoffs fall back to a brute-force search
+            self.ewald_neighbors = NeighborListOptions(cutoff=MESH_REAL_CUTOFF, full_list=True, strict=True)
             # LES reads each system's total charge when the model constrains it; Ewald the atoms' charges
             self.reads_total_charge = model.long_range == "les" and model.total_charge is not None
+
+        def requested_neighbor_lists(self) -> List[NeighborListOptions]:
+            if self.ewald:
+                return [self.neighbors, self.ewald_neighbors]
+            return [self.neighbors]
 
         def requested_inputs(self) -> Dict[str, ModelOutput]:
             if self.ewald:
@@ -225,6 +239,19 @@ if _IMPORT_ERROR is None:
                                          "atoms.set_initial_charges and use MetatomicCalculator.calculate")
                     charges.append(system.get_data("charge").block().values.reshape(-1))
                 inputs["charges"] = torch.cat(charges).to(dtype)
+                senders: List[Tensor] = []
+                receivers: List[Tensor] = []
+                shifts: List[Tensor] = []
+                offset = 0
+                for system in systems:
+                    pairs = system.get_neighbor_list(self.ewald_neighbors).samples.values.to(torch.int64)
+                    receivers.append(pairs[:, 0] + offset)
+                    senders.append(pairs[:, 1] + offset)
+                    shifts.append(pairs[:, 2:5])
+                    offset += system.positions.shape[0]
+                inputs["long_range_edge_index"] = torch.stack([torch.cat(senders), torch.cat(receivers)])
+                inputs["long_range_edge_shift"] = torch.cat(shifts).to(dtype)
+                inputs["long_range_cutoff"] = torch.tensor(self.ewald_neighbors.cutoff, dtype=dtype)
             elif self.reads_total_charge:
                 # a system without the input gets the model's default total charge (NaN: not given)
                 totals: List[Tensor] = []

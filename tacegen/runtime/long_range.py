@@ -233,8 +233,20 @@ def long_range_pairs(batch: Dict[str, Tensor], ewald: bool, r_cut: float) -> Dic
     """:func:`long_range_graph` in torch only, TorchScript compatible (``ewald``: mode
     "ewald", else "les"; ``r_cut`` as there, ignored for "les"). The same pairs, except that
     the periodic Ewald pairs come from a brute-force search over atom pairs and lattice
-    images (O(N^2 x images) time, chunked memory) instead of vesin, in another order."""
+    images (O(N^2 x images) time, chunked memory) instead of vesin, in another order.
+
+    A caller that has a full neighbour list of the periodic structures (an MD engine) may pass
+    it as ``batch["long_range_edge_index"]`` (2, P) (row 0 sender j, row 1 receiver i, global
+    indices), ``batch["long_range_edge_shift"]`` (P, 3) and ``batch["long_range_cutoff"]``
+    (a 0-d tensor, Å): when ``r_cut`` is at most that cutoff, the periodic Ewald pairs are
+    taken from it (pairs beyond r_cut are dropped by the pair energy) instead of searched."""
     periodic = check_long_range_batch(batch)
+    given = False
+    if ewald and "long_range_edge_index" in batch:
+        given = r_cut <= float(batch["long_range_cutoff"])
+    structure = torch.zeros(0, dtype=torch.int64, device=batch["batch"].device)
+    if given:
+        structure = batch["batch"].index_select(0, batch["long_range_edge_index"][1])
     flags: List[bool] = periodic.tolist()
     counts: List[int] = batch["num_atoms"].tolist()
     positions = batch["positions"]
@@ -252,6 +264,11 @@ def long_range_pairs(batch: Dict[str, Tensor], ewald: bool, r_cut: float) -> Dic
         if not flags[b]:
             i, j = _finite_pairs(n, offset, device)
             s = torch.zeros((i.shape[0], 3), dtype=torch.int64, device=device)
+        elif given:
+            mine = structure == b
+            i = batch["long_range_edge_index"][1][mine]
+            j = batch["long_range_edge_index"][0][mine]
+            s = batch["long_range_edge_shift"][mine].to(torch.int64)
         elif ewald:
             i, j, s = _periodic_pairs(positions[offset:offset + n], batch["cell"][b], r_cut, offset)
         else:
