@@ -43,7 +43,11 @@ SYMMETRIES = {  # symmetry -> ranks it applies to
 INPUT_RANKS = (0, 1)
 OUTPUT_RANKS = (1, 2, 3, 4)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-RESERVED = ("energy", "forces", "stress", "virial", "node_energy", "positions", "charges", "dipole_lr")
+#: names an output may not take: the model's own outputs and the keys of a batch (training puts a
+#: target's labels in the batch under the output's name; inputs live under ``input_<name>``)
+RESERVED = ("energy", "forces", "stress", "virial", "node_energy", "long_range_energy", "charges",
+            "positions", "species", "batch", "num_atoms", "cell", "pbc", "edge_index", "edge_shift",
+            "total_charge", "weight")
 
 
 class IODescriptorError(ValueError):
@@ -53,8 +57,8 @@ class IODescriptorError(ValueError):
 def _check_name(name, what: str) -> None:
     if not isinstance(name, str) or not _NAME.match(name):
         raise IODescriptorError(f"{what} name must be an identifier (letters, digits, _), got {name!r}")
-    if name in RESERVED:
-        raise IODescriptorError(f"{what} name {name!r} is reserved; reserved names: {', '.join(RESERVED)}")
+    if what == "output" and name in RESERVED:
+        raise IODescriptorError(f"{what} name {name!r} is reserved; reserved output names: {', '.join(RESERVED)}")
 
 
 def _check_choice(what: str, field: str, value, allowed) -> None:
