@@ -29,25 +29,45 @@ _THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 _subprocess_threads: int | None = None
 
 
-def cu_fcc(n_rep: int = 4, a: float = 3.61, rattle: float = 0.05, seed: int = 0):
-    """Cubic fcc Cu (4 atoms per cubic cell) repeated n_rep^3 times, rattled.
+def cu_fcc(n_rep=4, a: float = 3.61, rattle: float = 0.05, seed: int = 0):
+    """Cubic fcc Cu (4 atoms per cubic cell) repeated n_rep^3 times (or (na, nb, nc)
+    times for a tuple), rattled.
 
-    n_rep=4 -> 256 atoms, 8 -> 2048, 16 -> 16384.
+    n_rep=4 -> 256 atoms, 8 -> 2048, (16, 16, 8) -> 8192, 16 -> 16384.
     """
     from ase.build import bulk
 
-    atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat((n_rep, n_rep, n_rep))
+    reps = tuple(n_rep) if isinstance(n_rep, (tuple, list)) else (n_rep, n_rep, n_rep)
+    atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat(reps)
     if rattle:
         atoms.rattle(stdev=rattle, seed=seed)
     return atoms
 
 
-def n_rep_for_atoms(n_atoms: int) -> int:
-    """Inverse of cu_fcc's size: 4 * n_rep^3 == n_atoms (256 -> 4, 2048 -> 8, ...)."""
+def n_rep_for_atoms(n_atoms: int):
+    """Inverse of cu_fcc's size: n_rep with 4 * n_rep^3 == n_atoms (256 -> 4, 2048 -> 8),
+    else the most nearly cubic (na, nb, nc) with 4 * na * nb * nc == n_atoms
+    (8192 -> (16, 16, 8)); a size that is not 4 * a whole number of cells is an error."""
     n_rep = round((n_atoms / 4) ** (1.0 / 3.0))
-    if 4 * n_rep**3 != n_atoms:
-        raise ValueError(f"{n_atoms} atoms is not 4*n^3 (try 32, 108, 256, 500, 864, 2048, 16384)")
-    return n_rep
+    if 4 * n_rep**3 == n_atoms:
+        return n_rep
+    if n_atoms % 4 or n_atoms < 4:
+        raise ValueError(f"{n_atoms} atoms is not a multiple of the 4-atom fcc cell "
+                         "(try 32, 108, 256, 500, 864, 2048, 8192, 16384)")
+    cells = n_atoms // 4
+    best = None
+    for na in range(1, cells + 1):
+        if cells % na:
+            continue
+        for nb in range(1, na + 1):
+            if (cells // na) % nb:
+                continue
+            nc = cells // na // nb
+            if nc > nb:
+                continue
+            if best is None or na / nc < best[0] / best[2]:
+                best = (na, nb, nc)
+    return best
 
 
 def time_call(fn: Callable[[], Any], repeats: int = 10, warmup: int = 2) -> dict:
@@ -60,6 +80,25 @@ def time_call(fn: Callable[[], Any], repeats: int = 10, warmup: int = 2) -> dict
         fn()
         times.append(time.perf_counter() - t0)
     return {"median": statistics.median(times), "min": min(times), "all": times}
+
+
+def rss_mb() -> float:
+    """Resident set size of this process now, in MB (Linux /proc; 0.0 where unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far, in MB (ru_maxrss is in kB on Linux)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def set_threads(n: int) -> None:

@@ -27,7 +27,7 @@ import os
 import resource
 import sys
 
-from benchmarks.common import cu_fcc, n_rep_for_atoms, set_threads, time_call
+from benchmarks.common import cu_fcc, n_rep_for_atoms, peak_rss_mb, rss_mb, set_threads, time_call
 
 DTYPES = ("float32", "float64")
 
@@ -123,6 +123,7 @@ def run(args) -> dict:
         out["energy"] = float(res["energy"].detach().sum())
         out["forces"] = res["forces"]
 
+    rss_before = rss_mb()  # model, graph and inputs in memory, no call made yet
     for _ in range(args.warmup):
         call()
     r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -148,6 +149,9 @@ def run(args) -> dict:
         "sys_s_per_call": (r1.ru_stime - r0.ru_stime) / n,
         "minor_faults_per_call": (r1.ru_minflt - r0.ru_minflt) / n,
         "num_params": num_params,
+        # memory of E+F itself: the peak during the calls minus what was resident before
+        "rss_before_mb": rss_before,
+        "peak_rss_mb": peak_rss_mb(),
         "energy": out["energy"],
         "forces_finite": bool(torch.isfinite(forces).all()),
         "torch": torch.__version__,

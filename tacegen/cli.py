@@ -15,7 +15,7 @@ import click
 
 from . import __version__
 from .paths import LMAX_LIMIT, NU_LIMIT
-from .spec import BACKENDS, LONG_RANGE
+from .spec import BACKENDS, BASES, LONG_RANGE
 
 
 class IntInRange(click.ParamType):
@@ -55,7 +55,12 @@ def cli() -> None:
               help="Output rank(s) to derive (repeatable). Default: 0..3.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @click.option("--no-cache", is_flag=True, help="Derive afresh; do not read or write the disk cache.")
-def paths(lmax: int, nu: int, L_values: tuple[int, ...], as_json: bool, no_cache: bool) -> None:
+@click.option("--basis", type=click.Choice(BASES), default="ict", show_default=True,
+              help="ict: TACE coupling trees; moment: TMP moment-tensor contractions, printed next to the ICT counts.")
+@click.option("--level", type=IntInRange(2, 64), default=None,
+              help="--basis moment only: MTP level truncation, sum over factors of 2 + rank <= LEVEL.")
+def paths(lmax: int, nu: int, L_values: tuple[int, ...], as_json: bool, no_cache: bool, basis: str,
+          level: int | None) -> None:
     """Independent product-basis paths per (nu, L, parity)."""
     from .cache import DiskCache
     from .paths import natural_pieces, path_table
@@ -67,6 +72,13 @@ def paths(lmax: int, nu: int, L_values: tuple[int, ...], as_json: bool, no_cache
                 f"--L={L} is outside the range the inputs can reach with --lmax {lmax} --nu {nu}: 0..{reach}")
     Ls = sorted(set(L_values)) if L_values else list(range(0, min(3, reach) + 1))
     cache = DiskCache(enabled=not no_cache)
+    if level is not None and basis != "moment":
+        raise click.UsageError("--level applies to --basis moment only")
+    if basis == "moment":
+        from .cli_moment import print_moment_paths
+
+        print_moment_paths(lmax, nu, Ls, level, as_json, cache)
+        return
     start = time.perf_counter()
     table = path_table(natural_pieces(lmax), nu, Ls, cache=cache)
     total = time.perf_counter() - start
@@ -150,7 +162,7 @@ calc.results. Builds with inputs/outputs have no Numba model yet (numba_backend(
 """
 
 _BUILD_OPTIONS = ("lmax", "nu", "hidden_lmax", "backends", "long_range", "out_dir", "force", "show_report",
-                  "time_compile", "unoptimised", "inputs", "outputs")
+                  "time_compile", "unoptimised", "basis", "inputs", "outputs")
 
 
 def _given_options(ctx: click.Context, names) -> list[str]:
@@ -203,8 +215,11 @@ def default_build_folder(spec, optimised: bool = True):
                    "other option.")
 @click.option("--unoptimised", is_flag=True,
               help="Print the naive IR (for comparisons); default folder ./generated/<name>_unoptimised.")
+@click.option("--basis", type=click.Choice(BASES), default="ict", show_default=True,
+              help="ict: TACE (irreducible Cartesian tensors, couplings); moment: TMP (moment tensors r^(x)l, "
+                   "contractions), folder tmp_l<lmax>_nu<nu>.")
 def build(lmax, nu, hidden_lmax, backends, long_range, inputs, outputs, out_dir, force, show_report, time_compile,
-          check, unoptimised) -> None:
+          check, unoptimised, basis) -> None:
     """Compile a TACE model into an importable package."""
     from .build import check_builds, compile_spec, report, write_build
     from .spec import ModelSpec
@@ -227,7 +242,7 @@ def build(lmax, nu, hidden_lmax, backends, long_range, inputs, outputs, out_dir,
     if hidden_lmax > lmax:
         raise click.UsageError(f"--hidden-lmax={hidden_lmax} is outside the allowed range 0..{lmax} (--lmax)")
     spec = ModelSpec(lmax=lmax, nu=nu, hidden_lmax=hidden_lmax, backends=backends, long_range=long_range,
-                     inputs=tuple(inputs), outputs=tuple(outputs))
+                     basis=basis, inputs=tuple(inputs), outputs=tuple(outputs))
     if time_compile and "numba" not in spec.backends:
         raise click.UsageError(f"--time-compile needs the numba back end; got --backend {backends}")
     start = time.perf_counter()

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .train.config import DTYPES, LONG_RANGE, LOSSES, SCHEDULERS
+from .train.config import BASES, DTYPES, LONG_RANGE, LOSSES, SCHEDULERS
 
 _TRAIN_OPTIONS = [
     # (flag, type, help)
@@ -23,6 +23,7 @@ _TRAIN_OPTIONS = [
                                                      "--numa-binding). [3]"),
     ("--hidden-lmax", click.IntRange(0, 6), "Largest rank of the features between layers (MACE max_L). [1]"),
     ("--long-range", click.Choice(LONG_RANGE), "Long-range block of a build made on the fly. [none]"),
+    ("--basis", click.Choice(BASES), "Basis of a build made on the fly: ict (TACE) or moment (TMP). [ict]"),
     ("--channels", click.IntRange(1), "Feature channels. [64]"),
     ("--layers", click.IntRange(1), "Message-passing layers. [2]"),
     ("--r-cut", click.FloatRange(0, min_open=True), "Cut-off radius, Å. [5.0]"),

@@ -19,6 +19,7 @@ LMAX_RANGE = (0, 6)
 NU_RANGE = (1, 4)
 BACKENDS = ("torch", "numba")
 LONG_RANGE = ("none", "les", "ewald")
+BASES = ("ict", "moment")
 
 
 class SpecError(ValueError):
@@ -52,6 +53,10 @@ class ModelSpec:
             latent charges, Cheng et al.; docs/math.md section 5) or "ewald" (classic Ewald /
             Coulomb energy of the charges given with the structures). Its parameters (sigma,
             k_cut, total charge, Ewald accuracy) are constructor arguments of the model.
+        basis: the atomic/product basis: "ict" (TACE: irreducible Cartesian tensors and
+            their couplings) or "moment" (TMP: symmetric moment tensors r^(x)l and their
+            contractions, :mod:`tacegen.moment_paths`). Left out of the spec's JSON and hash
+            when "ict", so the TACE builds keep their names and hashes.
         version: the tacegen version that compiles the spec (part of the spec hash).
         inputs: external inputs the model is conditioned on (:class:`tacegen.io_spec.InputSpec`,
             or preset names such as "total_charge", "electric_field"); empty by default.
@@ -65,6 +70,7 @@ class ModelSpec:
     hidden_lmax: int = 1
     backends: tuple = ("torch", "numba")
     long_range: str = "none"
+    basis: str = "ict"
     version: str = field(default=__version__, compare=True)
     inputs: tuple = ()
     outputs: tuple = ()
@@ -87,6 +93,11 @@ class ModelSpec:
         object.__setattr__(self, "backends", backends)
         if self.long_range not in LONG_RANGE:
             raise SpecError(f"long_range={self.long_range!r} is not available; allowed: {', '.join(LONG_RANGE)}")
+        if self.basis not in BASES:
+            raise SpecError(f"basis={self.basis!r} is not available; allowed: {', '.join(BASES)}")
+        if self.basis == "moment" and self.nu == 1 and self.hidden_lmax > 1:
+            raise SpecError(f"basis='moment' with nu=1 has no rank-{self.hidden_lmax} features (a lone moment "
+                            "tensor is irreducible only for rank <= 1): use nu >= 2 or hidden_lmax <= 1")
         try:
             object.__setattr__(self, "inputs", coerce_inputs(self.inputs))
             object.__setattr__(self, "outputs", coerce_outputs(self.outputs))
@@ -96,12 +107,14 @@ class ModelSpec:
 
     @property
     def name(self) -> str:
-        """Default build folder name, e.g. ``tace_l3_nu3`` (``tace_l3_nu3_les`` with a long-range block)."""
+        """Default build folder name, e.g. ``tace_l3_nu3`` (``tace_l3_nu3_les`` with a long-range block;
+        ``tmp_l3_nu3`` for the moment basis)."""
         suffix = "" if self.long_range == "none" else f"_{self.long_range}"
         if self.inputs or self.outputs:  # distinct builds for distinct inputs/outputs
             io = {k: v for k, v in self.to_dict().items() if k in ("inputs", "outputs")}
             suffix += f"_io{content_hash(io)[:6]}"
-        return f"tace_l{self.lmax}_nu{self.nu}{suffix}"
+        model = "tmp" if self.basis == "moment" else "tace"
+        return f"{model}_l{self.lmax}_nu{self.nu}{suffix}"
 
     @property
     def hidden_ranks(self) -> tuple[int, ...]:
@@ -110,6 +123,8 @@ class ModelSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["backends"] = list(self.backends)
+        if self.basis == "ict":
+            del d["basis"]  # the default: absent, so existing spec files and hashes are unchanged
         for key in ("inputs", "outputs"):  # absent when empty: older specs keep their JSON and hash
             if getattr(self, key):
                 d[key] = [item.to_dict() for item in getattr(self, key)]
@@ -150,6 +165,8 @@ def command_line(spec: ModelSpec) -> str:
         parts.append("--backend " + ",".join(spec.backends))
     if spec.long_range != "none":
         parts.append(f"--long-range {spec.long_range}")
+    if spec.basis != "ict":
+        parts.append(f"--basis {spec.basis}")
     parts += [f"--input {command_form(item)}" for item in spec.inputs]
     parts += [f"--output {command_form(item)}" for item in spec.outputs]
     return " ".join(parts)

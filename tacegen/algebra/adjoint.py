@@ -26,7 +26,7 @@ from functools import lru_cache
 import numpy as np
 
 from . import polynomial as P
-from .coupling import Coupling
+from .coupling import Coupling, storage_size
 from .ict import LMAX_SUPPORTED, _check_rank, ict_polynomials, pattern_index, reduced_patterns
 
 SLOTS = ("left", "right")
@@ -63,10 +63,12 @@ def transpose(c: Coupling, slot: str) -> AdjointTable:
     """
     if slot == "left":
         entries = tuple(sorted((m3, m2, m1, v) for m1, m2, m3, v in c.entries))
-        return AdjointTable(c.l3, c.l2, c.l1, c.odd, entries, f"transpose-left of {_describe(c)}")
+        return AdjointTable(c.l3, c.l2, c.l1, c.odd, entries, f"transpose-left of {_describe(c)}",
+                            storages=(c.storages[2], c.storages[1], c.storages[0]))
     if slot == "right":
         entries = tuple(sorted((m1, m3, m2, v) for m1, m2, m3, v in c.entries))
-        return AdjointTable(c.l1, c.l3, c.l2, c.odd, entries, f"transpose-right of {_describe(c)}")
+        return AdjointTable(c.l1, c.l3, c.l2, c.odd, entries, f"transpose-right of {_describe(c)}",
+                            storages=(c.storages[0], c.storages[2], c.storages[1]))
     raise ValueError(f"slot must be one of {SLOTS}, got {slot!r}")
 
 
@@ -76,12 +78,17 @@ def _describe(c: Coupling) -> str:
 
 
 @lru_cache(maxsize=None)
-def pairing(l: int) -> AdjointTable:
+def pairing(l: int, storage: str = "reduced") -> AdjointTable:
     """``out[0] = sum_m left[m] * right[m]``: the Euclidean pairing of two rank-l arrays in
-    reduced storage (a rank-0 result). It pairs a cotangent with a primal value, e.g. the
-    adjoint of a per-channel weight ``w`` in ``out = w * src`` is ``pairing(dout, src)``."""
+    ``storage`` (reduced by default; a rank-0 result). It pairs a cotangent with a primal
+    value, e.g. the adjoint of a per-channel weight ``w`` in ``out = w * src`` is
+    ``pairing(dout, src)``."""
     _check_rank(l)
-    return AdjointTable(l, l, 0, False, tuple((m, m, 0, Fraction(1)) for m in range(2 * l + 1)), f"pairing {l}")
+    if storage == "reduced":
+        return AdjointTable(l, l, 0, False, tuple((m, m, 0, Fraction(1)) for m in range(2 * l + 1)), f"pairing {l}")
+    size = storage_size(l, storage)
+    return AdjointTable(l, l, 0, False, tuple((m, m, 0, Fraction(1)) for m in range(size)),
+                        f"pairing {l} {storage}", storages=(storage, storage, "reduced"))
 
 
 # --------------------------------------------------------------------------- edge ICT gradients

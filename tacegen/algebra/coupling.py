@@ -22,7 +22,7 @@ P_a(u) P_b(v) before setting v = u; the factorials below undo the ones derivativ
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import lru_cache
 from math import factorial
@@ -42,6 +42,15 @@ from .ict import (
 
 # eps_{m p q} as (m, p, q, sign) for the six nonzero entries
 LEVI_CIVITA = ((0, 1, 2, 1), (1, 2, 0, 1), (2, 0, 1, 1), (0, 2, 1, -1), (2, 1, 0, -1), (1, 0, 2, -1))
+
+
+def storage_size(l: int, storage: str) -> int:
+    """Stored components of a rank-l tensor: "reduced" 2l+1, "symmetric" (l+1)(l+2)/2."""
+    if storage == "reduced":
+        return 2 * l + 1
+    if storage == "symmetric":
+        return (l + 1) * (l + 2) // 2
+    raise ValueError(f"storage {storage!r} is not a table storage; allowed: reduced, symmetric")
 
 
 def triangle(l1: int, l2: int, l3: int) -> bool:
@@ -64,6 +73,13 @@ def couple_polynomials(pa: P.Poly, pb: P.Poly, l1: int, l2: int, l3: int) -> P.P
     Bilinear in (pa, pb). The inputs need not be harmonic: the map acts on their
     symmetric tensors exactly as the contraction rule above.
     """
+    return detrace_polynomial(contract_polynomials(pa, pb, l1, l2, l3), l3)
+
+
+def contract_polynomials(pa: P.Poly, pb: P.Poly, l1: int, l2: int, l3: int) -> P.Poly:
+    """Polynomial of the symmetrised contraction (k pairs, plus one Levi-Civita when
+    l1 + l2 - l3 is odd) of the symmetric tensors with polynomials P_a, P_b: the coupling
+    rule above without the final detracer (zero outside the triangle rule)."""
     if not triangle(l1, l2, l3):
         return {}
     odd = is_odd_path(l1, l2, l3)
@@ -84,7 +100,7 @@ def couple_polynomials(pa: P.Poly, pb: P.Poly, l1: int, l2: int, l3: int) -> P.P
             term = P.mul(P.diff(da, p), P.diff(db, q))
             if term:
                 out = P.add(out, P.mul({P.unit(m): Fraction(1)}, term), weight * sign)
-    return detrace_polynomial(out, l3)
+    return out
 
 
 @dataclass(frozen=True)
@@ -94,6 +110,10 @@ class Coupling:
     ``entries`` is a sparse table of exact coefficients ``(m1, m2, m3, c)`` meaning
     ``out[m3] += c * a[m1] * b[m2]`` for reduced coordinates a, b, out
     (:func:`tacegen.algebra.ict.reduced_patterns`). Structural zeros are never stored.
+
+    ``storages`` names the storage of (a, b, out): "reduced" (2l+1) for the ICT couplings;
+    the moment-tensor tables of :mod:`tacegen.algebra.moments` also use "symmetric"
+    ((l+1)(l+2)/2 components). ``dims`` are the matching table sizes.
     """
 
     l1: int
@@ -101,21 +121,27 @@ class Coupling:
     l3: int
     odd: bool
     entries: tuple
+    storages: tuple = field(default=("reduced", "reduced", "reduced"), kw_only=True)
 
     @property
     def nnz(self) -> int:
         return len(self.entries)
 
+    @property
+    def dims(self) -> tuple:
+        """Stored components of (a, b, out) per item and channel."""
+        return tuple(storage_size(l, s) for l, s in zip((self.l1, self.l2, self.l3), self.storages))
+
     def dense(self) -> np.ndarray:
-        """Float64 array (2l1+1, 2l2+1, 2l3+1) of the table."""
-        out = np.zeros((2 * self.l1 + 1, 2 * self.l2 + 1, 2 * self.l3 + 1))
+        """Float64 array of shape ``dims`` of the table."""
+        out = np.zeros(self.dims)
         for m1, m2, m3, c in self.entries:
             out[m1, m2, m3] = float(c)
         return out
 
     def apply(self, a, b):
         """Exact (or float) evaluation on sequences of reduced coordinates."""
-        out = [0] * (2 * self.l3 + 1)
+        out = [0] * self.dims[2]
         for m1, m2, m3, c in self.entries:
             out[m3] = out[m3] + c * a[m1] * b[m2]
         return out

@@ -13,7 +13,6 @@ chain walker :class:`tacegen.runtime.chain.ModelChain` connects them.
 from __future__ import annotations
 
 from ..ir import dense_reverse  # noqa: F401  (registers the dense ops and their adjoints)
-from ..ir.build import edge_basis_program
 from ..ir.model import (
     ewald_program,
     geometry_program,
@@ -51,7 +50,7 @@ def spec_programs(compiled, optimised: bool = True) -> tuple[dict[str, Program],
     spec = compiled.spec
     progs = compiled.optimised if optimised else compiled.naive
     kinds = layer_kinds(progs.interactions, progs.products, spec.hidden_ranks)
-    forward = [geometry_program(), edge_basis_program(spec.lmax)] + [k.program for k in kinds]
+    forward = [geometry_program(), progs.edge_basis] + [k.program for k in kinds]
     forward += [radial_basis_program(), radial_hidden_program()]
     forward += [radial_out_program(n) for n in sorted({k.num_edge_paths for k in kinds})]
     forward += [readout_program(False), readout_program(True)]

@@ -246,8 +246,8 @@ class NumbaPrinter(Printer):
                 if not v.channels:
                     raise NotImplementedError(f"{v.name}: weight arrays have channels")
                 continue
-            if v.storage != "reduced":
-                raise NotImplementedError(f"{v.name}: only reduced (2l+1) storage is printed")
+            if v.storage not in ("reduced", "symmetric"):
+                raise NotImplementedError(f"{v.name}: only reduced (2l+1) and symmetric storage are printed")
 
     def schedule(self) -> list[Kernel]:
         """Kernels in execution order; see the module docstring for the rules."""
@@ -372,7 +372,7 @@ class NumbaPrinter(Printer):
             lines = [f"# {label}table {c.origin}, ranks {c.l1}, {c.l2} -> {c.l3}, {c.nnz} nonzeros"]
         else:
             lines = [f"# {label}{c.l1} x {c.l2} -> {c.l3}, {kind} path, {c.nnz} nonzeros"]
-        by_m3: dict[int, list] = {m3: [] for m3 in range(2 * c.l3 + 1)}
+        by_m3: dict[int, list] = {m3: [] for m3 in range(c.dims[2])}
         for m1, m2, m3, coef in c.entries:
             if coef:
                 by_m3[m3].append((coef, f"{self.read(op.left, m1)} * {self.read(op.right, m2)}"))

@@ -40,8 +40,8 @@ def _is_scaled_identity(c: Coupling) -> Fraction | None:
     """Coefficient s if the table is s * identity with one side a scalar (rank 0)."""
     if c.l1 != 0 and c.l2 != 0:
         return None
-    d = 2 * c.l3 + 1
-    if c.nnz != d:
+    d = c.dims[2]
+    if c.nnz != d or (c.dims[1] if c.l1 == 0 else c.dims[0]) != d:
         return None
     coeffs = set()
     for m1, m2, m3, v in c.entries:
@@ -98,16 +98,15 @@ class TorchPrinter(Printer):
             return [head, f"{op.out.name} = {factor}{left} * {right}"]
         self.tables[table_name(c)] = c
         t = f"self.{table_name(c)}"
+        d1, d2, d3 = c.dims
         if op.left.channels and not op.right.channels:
-            d1, d3 = 2 * c.l1 + 1, 2 * c.l3 + 1
             return [head,
-                    f"{op.out.name} = {L} @ ({R} @ {t}.permute(1, 0, 2).reshape({2 * c.l2 + 1}, {d1 * d3}))"
+                    f"{op.out.name} = {L} @ ({R} @ {t}.permute(1, 0, 2).reshape({d2}, {d1 * d3}))"
                     f".view(-1, {d1}, {d3})"]
-        if op.left.channels and op.right.channels:
-            d12 = (2 * c.l1 + 1) * (2 * c.l2 + 1)
+        if op.left.channels == op.right.channels:  # both with channels, or both channel-free
             return [head,
                     f"{op.out.name} = ({L}.unsqueeze(-1) * {R}.unsqueeze(-2)).flatten(-2) @ "
-                    f"{t}.view({d12}, {2 * c.l3 + 1})"]
+                    f"{t}.view({d1 * d2}, {d3})"]
         raise NotImplementedError("coupling of two channel-free values is not used by the builder")
 
     def _print_Scale(self, op: Scale) -> list[str]:
@@ -160,9 +159,10 @@ class TorchPrinter(Printer):
         for name in sorted(self.tables):
             c = self.tables[name]
             entries = ", ".join(f"({m1}, {m2}, {m3}, {_fraction(v)})" for m1, m2, m3, v in c.entries)
-            lines.append(f"# {c.l1} x {c.l2} -> {c.l3}: exact coefficients, reduced storage")
+            storage = "reduced storage" if set(c.storages) == {"reduced"} else "storages " + ", ".join(c.storages)
+            lines.append(f"# {c.l1} x {c.l2} -> {c.l3}: exact coefficients, {storage}")
             lines.append(f'self.register_buffer("{name}", coupling_table('
-                         f"({2 * c.l1 + 1}, {2 * c.l2 + 1}, {2 * c.l3 + 1}), [{entries}], dtype), "
+                         f"{c.dims}, [{entries}], dtype), "
                          f"persistent=False)")
         return lines
 

@@ -39,6 +39,10 @@ ZERO = Cost(0.0, 0.0, 0.0)
 
 
 def _size(v: Value, storage: str) -> int:
+    """Components of ``v``: as stored for "reduced" (the default pricing: a moment-basis value
+    is stored symmetrically), else as if every value used ``storage``."""
+    if storage == "reduced":
+        return v.size
     l = v.rank
     return {"reduced": 2 * l + 1, "symmetric": (l + 1) * (l + 2) // 2, "dense": 3**l}[storage]
 

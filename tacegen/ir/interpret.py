@@ -58,7 +58,7 @@ def _step(op, env, weights, graph):
             b = b[:, None, :]
         elif op.right.channels and not op.left.channels:
             a = a[:, None, :]
-        shape = np.broadcast_shapes(a.shape[:-1], b.shape[:-1]) + (2 * op.coupling.l3 + 1,)
+        shape = np.broadcast_shapes(a.shape[:-1], b.shape[:-1]) + (op.coupling.dims[2],)
         out = np.zeros(shape)
         for m1, m2, m3, c in op.coupling.entries:
             out[..., m3] += float(c) * a[..., m1] * b[..., m2]

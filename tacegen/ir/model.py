@@ -115,7 +115,7 @@ def layer_program(name: str, interaction: Program, product: Program, in_ranks, o
     A = {}
     for v in product.inputs:
         l = v.rank
-        A[v.name] = Value(f"mixA{l}_A", l, NODE)
+        A[v.name] = Value(f"mixA{l}_A", l, NODE, storage=v.storage)
         ops.append(d.ChannelMix(A[v.name], A_raw[v.name], f"mixA{l}"))
         params.append(d.ParamSpec(f"mixA{l}", (CHANNELS, CHANNELS)))
     prod_ops, B = inline(product, "p_", A)

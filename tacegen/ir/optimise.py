@@ -101,7 +101,7 @@ def scatter_once(program: Program) -> Program:
         if isinstance(op, Sum) and len(op.terms) > 1 and all(
                 isinstance(producer.get(t.name), Scatter) and uses[t.name] == 1 for t in op.terms):
             sources = tuple(producer[t.name].src for t in op.terms)
-            edge_sum = Value(f"{op.out.name}_edges", op.out.rank, sources[0].domain, op.out.channels)
+            edge_sum = Value(f"{op.out.name}_edges", op.out.rank, sources[0].domain, op.out.channels, op.out.storage)
             out_ops += [Sum(edge_sum, sources), Scatter(op.out, edge_sum)]
             replaced.update(t.name for t in op.terms)
             continue
@@ -143,24 +143,28 @@ def factor_weights(program: Program, items_per_atom: dict | None = None) -> Prog
             inner = producer.get(scale.src.name) if isinstance(scale, Scale) else None
             if isinstance(inner, Couple) and inner.left.channels:
                 c = inner.coupling
-                groups[(c.l1, c.l2, c.l3, inner.right.name)].append((scale, inner))
+                groups[(c.l1, c.l2, c.l3, inner.right.name, c)].append((scale, inner))
             else:
                 others.append(t)
         terms = list(others)
+        tags: Counter = Counter()
         for key, members in groups.items():
             if len(members) < 2 or not _factoring_pays(members, items_per_atom):
                 terms += [s.out for s, _ in members]
                 continue
             tag = f"{op.out.name}_f{key[0]}_{key[1]}_{key[3]}"
+            tags[tag] += 1
+            if tags[tag] > 1:  # another table with the same ranks (moment tables): keep names unique
+                tag += f"_{tags[tag] - 1}"
             scaled = []
             for k, (s, inner) in enumerate(members):
-                v = Value(f"{tag}_{k}", inner.left.rank, inner.left.domain, True)
+                v = Value(f"{tag}_{k}", inner.left.rank, inner.left.domain, True, inner.left.storage)
                 new_ops.append(Scale(v, inner.left, s.weight, s.index, s.comment))
                 scaled.append(v)
                 removed.add(s.out.name)
-            left = Value(f"{tag}_sum", members[0][1].left.rank, members[0][1].left.domain, True)
+            left = Value(f"{tag}_sum", members[0][1].left.rank, members[0][1].left.domain, True, members[0][1].left.storage)
             new_ops.append(Sum(left, tuple(scaled)))
-            out = Value(f"{tag}_out", key[2], left.domain, True)
+            out = Value(f"{tag}_out", key[2], left.domain, True, members[0][1].out.storage)
             first = members[0][1]
             new_ops.append(Couple(out, left, first.right, first.coupling,
                                   f"factored: {len(members)} weighted {first.coupling.l1}x{first.coupling.l2}"
@@ -174,10 +178,10 @@ def factor_weights(program: Program, items_per_atom: dict | None = None) -> Prog
 def _factoring_pays(members, items_per_atom) -> bool:
     before = sum(op_cost(inner, items_per_atom).flops + op_cost(s, items_per_atom).flops for s, inner in members)
     first = members[0][1]
-    left = Value("x", first.left.rank, first.left.domain, True)
+    left = Value("x", first.left.rank, first.left.domain, True, first.left.storage)
     after = sum(op_cost(Scale(left, inner.left, s.weight, s.index), items_per_atom).flops for s, inner in members)
     after += op_cost(Sum(left, tuple(left for _ in members)), items_per_atom).flops
-    after += op_cost(Couple(Value("y", first.coupling.l3, left.domain), left, first.right, first.coupling),
+    after += op_cost(Couple(Value("y", first.coupling.l3, left.domain, storage=first.out.storage), left, first.right, first.coupling),
                      items_per_atom).flops
     return after < before
 
@@ -191,7 +195,7 @@ def scale_early(program: Program) -> Program:
         inner = producer.get(op.src.name) if isinstance(op, Scale) else None
         if (isinstance(inner, Couple) and uses[inner.out.name] == 1 and inner.left.channels
                 and not inner.right.channels and inner.left.size < inner.out.size):
-            early = Value(f"{op.out.name}_in", inner.left.rank, inner.left.domain, True)
+            early = Value(f"{op.out.name}_in", inner.left.rank, inner.left.domain, True, inner.left.storage)
             rewritten[inner.out.name] = None  # the unscaled coupling disappears
             rewritten[op.out.name] = (Scale(early, inner.left, op.weight, op.index, op.comment),
                                       replace(inner, out=op.out, left=early))

@@ -20,6 +20,10 @@ def report(compiled: Compiled, items_per_atom: dict | None = None, channels: int
         f"{channels} channels, edge ops weighted by {items['edge']:g} neighbours per atom; "
         "memory is the floats stored per atom (what autograd keeps), in KiB at float64.",
         "",
+    ]
+    if spec.basis != "ict":
+        lines += _basis_lines(compiled), ""
+    lines += [
         "| program | ops before | ops after | MFLOP before | MFLOP after | speed-up | dense-matmul MFLOP after | "
         "memory KiB before | memory KiB after | 3^l dense storage MFLOP |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -39,10 +43,22 @@ def report(compiled: Compiled, items_per_atom: dict | None = None, channels: int
         paths = edge_paths(in_ranks, spec.lmax)
         lines.append(f"- `{prog.name}` (node ranks {in_ranks}): {len(paths)} paths: "
                      + ", ".join(p.label for p in paths))
-    lines += ["", "## Product-basis trees (independent and complete)", ""]
+    lines += ["", "## Product-basis trees (independent and complete)" if spec.basis == "ict" else
+              "## Product-basis moment trees (independent; complete from order 2)", ""]
     for prog in compiled.optimised.products:
         w = prog.weights[0]
         lines.append(f"- `{prog.name}`: {w.count} trees")
         lines += [f"  - {label}" for label in w.labels]
     lines += report_lines(spec)
     return "\n".join(lines) + "\n"
+
+
+def _basis_lines(compiled) -> str:
+    """One paragraph on the storage of a non-default basis (the TACE report stays as it was)."""
+    A = compiled.optimised.products[0].inputs
+    stored = sum(v.size for v in A)
+    ict = sum(2 * v.rank + 1 for v in A)
+    return (f"Basis: moment (TMP). The atomic basis A_0..A_{len(A) - 1} holds moment tensors (symmetric, not "
+            f"traceless) in symmetric storage, (l+1)(l+2)/2 components: {stored} floats per atom and channel "
+            f"(ICT storage of the same ranks: {ict}); products are exact moment-tensor contraction tables, the last "
+            "step of each tree ending in the ICT of the output rank. Costs below use the stored sizes.")

@@ -178,7 +178,7 @@ class _Reverser:
                                     f"adjoint of {op.out.name}"))
             self.contrib[op.src.name].append(d_src)
             column = Value(self.names.fresh(f"g_{op.weight}{op.index}"), 0, op.src.domain, True)
-            self.emit(Couple(column, g, op.src, pairing(op.src.rank), f"d {op.weight}[{op.index}] from {op.out.name}"))
+            self.emit(Couple(column, g, op.src, pairing(op.src.rank, op.src.storage), f"d {op.weight}[{op.index}] from {op.out.name}"))
             self.columns[op.weight][op.index].append(column)
         elif isinstance(op, Gather):
             out = self.emit(ScatterSenders(_like(op.src, self.names.fresh(f"g_{op.src.name}")), g))

@@ -190,6 +190,14 @@ class Calculator(_AseCalculator):
         """The device of the model's tensors, where batches are built."""
         return model_tensors_dtype_device(self.model)[1]
 
+    def check_state(self, atoms, tol=1e-15):
+        """ASE's changes, plus ``atoms.info["charge"]`` (the total charge a long-range model reads),
+        which ASE does not compare: a changed total charge must not return cached results."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and atoms.info.get("charge") != self.atoms.info.get("charge"):
+            changes = list(changes) + ["info_charge"]
+        return changes
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms

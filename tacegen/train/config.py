@@ -27,6 +27,7 @@ LOSSES = ("mse", "huber")
 SCHEDULERS = ("plateau", "cosine", "none")
 DTYPES = ("float64", "float32")
 LONG_RANGE = ("none", "les", "ewald")
+BASES = ("ict", "moment")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class TrainConfig:
     nu: int = 3
     hidden_lmax: int = 1
     long_range: str = "none"
+    basis: str = "ict"
     channels: int = 64
     layers: int = 2
     r_cut: float = 5.0
@@ -171,7 +173,7 @@ class TrainConfig:
             self.max_time = parse_duration(self.max_time)
         number("max_time", strict=True, optional=True)
         for name, allowed in (("loss", LOSSES), ("scheduler", SCHEDULERS), ("dtype", DTYPES),
-                              ("long_range", LONG_RANGE)):
+                              ("long_range", LONG_RANGE), ("basis", BASES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         if isinstance(self.radial_hidden, str):

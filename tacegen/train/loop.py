@@ -196,7 +196,8 @@ class Trainer:
             return folder.resolve(), json.loads((folder / "spec.json").read_text())["spec"]
         from tacegen.spec import ModelSpec
 
-        spec = ModelSpec(lmax=c.lmax, nu=c.nu, hidden_lmax=c.hidden_lmax, long_range=c.long_range).to_dict()
+        spec = ModelSpec(lmax=c.lmax, nu=c.nu, hidden_lmax=c.hidden_lmax, long_range=c.long_range,
+                         basis=c.basis).to_dict()
         return checkpoint.build_for_spec(spec).resolve(), spec
 
     def _build_model(self, payload) -> None:
