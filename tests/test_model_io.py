@@ -364,3 +364,25 @@ def test_each_fidelity_has_its_own_reference_energies(model):
         with torch.no_grad():
             table.zero_()
     assert after - before == pytest.approx(3 * 0.25, rel=1e-12)  # three H atoms
+
+
+def test_moment_basis_build_takes_the_same_inputs_and_outputs(tmp_path):
+    spec = ModelSpec(lmax=2, nu=2, hidden_lmax=2, backends="torch", basis="moment", inputs=INPUTS, outputs=OUTPUTS)
+    module = build_module(spec, tmp_path / "tmp")
+    with torch_threads(1):
+        model = make_model(module, elements=("H", "C", "O"), input_categories={"fidelity": 3})
+        atoms = structure(1)
+        q = orthogonal(7, True)
+        perm = np.array([2, 0, 4, 1, 3])
+        a, b = run(model, atoms), run(model, transformed(atoms, q, perm))
+        flipped = atoms.copy()
+        flipped.info["magnetic_field"] = -atoms.info["magnetic_field"]
+        flipped.arrays["magmom_vector"] = -atoms.arrays["magmom_vector"]
+        flipped.arrays["magmom"] = -atoms.arrays["magmom"]
+        c = run(model, flipped)
+    np.testing.assert_allclose(b["energy"], a["energy"], rtol=1e-12)
+    np.testing.assert_allclose(c["energy"], a["energy"], rtol=1e-12)
+    np.testing.assert_allclose(b["polarizability"][0], q @ a["polarizability"][0] @ q.T,
+                               atol=1e-12 * np.abs(a["polarizability"]).max())
+    z = np.einsum("ab,nbc,dc->nad", q, a["born_charges"], q)[perm]
+    np.testing.assert_allclose(b["born_charges"], z, atol=1e-12 * np.abs(z).max())
