@@ -293,15 +293,21 @@ def check_model_io(inputs, outputs, hidden_lmax: int, long_range: str) -> None:
         raise IODescriptorError(f"inputs/outputs together with long_range={long_range!r} are not supported "
                                 "yet; use long_range='none'")
     names = {item.name for item in inputs}
+    odd_inputs = [i for i in inputs if i.kind == "float" and i.time == "odd"]
     for item in outputs:
         if item.name in names:
             raise IODescriptorError(f"output {item.name!r} has the name of an input")
-        if item.time == "odd":
-            raise IODescriptorError(f"output {item.name!r} is time-odd: the model's features are time-even "
-                                    "(time-odd inputs enter through time-even products), so a time-odd output is "
-                                    "not supported yet")
         p = PARITIES[item.parity]
         for j in sorted(set(part_weights(item.rank, item.symmetry))):
+            if item.time == "odd":
+                # x_a (time-odd input, rank r, parity p_a) coupled with node features of rank k <= hidden_lmax
+                if not any(abs(i.rank - k) <= j <= i.rank + k and PARITIES[i.parity] * (-1) ** k == p
+                           for i in odd_inputs for k in range(hidden_lmax + 1)):
+                    raise IODescriptorError(
+                        f"output {item.name!r} is time-odd: its part of weight {j} parity {item.parity} needs a "
+                        f"time-odd input x with a coupling x (x) h_k -> {j} of that parity, k <= hidden_lmax="
+                        f"{hidden_lmax}; time-odd inputs: {[i.name for i in odd_inputs] or 'none'}")
+                continue
             natural = p == (-1) ** j
             if not natural and j == 0:
                 raise IODescriptorError(f"output {item.name!r} has a pseudo-scalar part (weight 0, parity "

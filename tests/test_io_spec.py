@@ -51,7 +51,7 @@ def test_bad_inputs_name_the_field_and_the_allowed_values(text, message):
     ("hessian_thing", "unknown output 'hessian_thing'"),
     ("x:structure:2:elastic:e:even", "symmetry 'elastic' needs rank in"),
     ("x:structure:2:wobbly:e:even", "symmetry='wobbly' is not allowed"),
-    ("x:structure:1:general:o:odd", "time-odd"),
+    ("x:structure:1:general:o:odd", "is time-odd: .* time-odd inputs: none"),
     ("polarizability", "hidden_lmax must be >= 2, got 1"),
     ("x:structure:2:general:o:even", "pseudo-scalar part"),
     ("energy:structure:1:general:o:even", "'energy' is reserved"),

@@ -144,7 +144,8 @@ class InputEmbedding(torch.nn.Module):
             r = self.specs[f["a"]]["rank"]
             self.register_buffer(f"edge_table{k}", _dense(f["table"], (2 * r + 1, 2 * r + 1, 1), dtype))
 
-    def _values(self, batch: Dict[str, Tensor]) -> Dict[int, Tensor]:
+    def values(self, batch: Dict[str, Tensor]) -> Dict[int, Tensor]:
+        """Float input k -> its values at every atom, (N, 2 rank + 1)."""
         out = {}
         for k, spec in enumerate(self.specs):
             if spec.get("kind") == "category":
@@ -159,7 +160,7 @@ class InputEmbedding(torch.nn.Module):
     def node_features(self, h0: Tensor, batch: Dict[str, Tensor]) -> List[Tensor]:
         """[h_rank (N, channels, 2 rank + 1) for rank in first_ranks]; ``h0`` (N, channels) the element
         embedding."""
-        x = self._values(batch)
+        x = self.values(batch)
         for name, table in zip(self.category_names, self.category_tables):
             index = batch[_key(name)]
             if bool((index >= table.shape[0]).any()):
@@ -196,7 +197,7 @@ class InputEmbedding(torch.nn.Module):
         """(E, num_radial * edge_multiplier): the radial basis and its copies scaled by each edge feature."""
         if not self.edge_plan:
             return radial
-        x = self._values(batch)
+        x = self.values(batch)
         parts = [radial]
         for k, f in enumerate(self.edge_plan):
             a = x[f["a"]].index_select(0, receivers)
@@ -228,21 +229,35 @@ class TensorReadout(torch.nn.Module):
                 tag = f"{o['name']}_{p}"
                 self.register_buffer(f"matrix_{tag}", _dense(part["matrix"], (3**n, 2 * j + 1), dtype))
                 self.params[f"w_{tag}"] = torch.nn.Parameter(torch.randn(layers, channels, dtype=dtype) / math.sqrt(channels))
-                if not part["natural"]:
+                for t, term in enumerate(part.get("odd_terms") or []):  # time-odd output: x_a (x) h_k -> j
+                    self.register_buffer(f"odd_{tag}_{t}", _dense(term["table"], (2 * term["rank"] + 1, 2 * term["k"] + 1,
+                                                                                  2 * j + 1), dtype))
+                    self.params[f"w_{tag}_{t}"] = torch.nn.Parameter(
+                        torch.randn(layers, channels, dtype=dtype) / math.sqrt(channels))
+                if not part["natural"] and o["time"] != "odd":
                     self.register_buffer(f"coupling_{tag}", _dense(part["coupling"], (3, 2 * j + 1, 2 * j + 1), dtype))
                     for side in ("u", "v"):
                         self.params[f"{side}_{tag}"] = torch.nn.Parameter(
                             torch.randn(layers, channels, channels, dtype=dtype) / math.sqrt(channels))
 
-    def accumulate(self, values: Dict[str, Tensor], h: List[Tensor], layer: int) -> Dict[str, Tensor]:
-        """``values`` plus this layer's per-atom contributions (N, 3^rank) of every output."""
+    def accumulate(self, values: Dict[str, Tensor], h: List[Tensor], layer: int,
+                   inputs: Optional[Dict[int, Tensor]] = None) -> Dict[str, Tensor]:
+        """``values`` plus this layer's per-atom contributions (N, 3^rank) of every output;
+        ``inputs``: the float inputs at every atom (:meth:`InputEmbedding.values`), needed by
+        time-odd outputs."""
         for o in self.outputs:
             total: Optional[Tensor] = None
             for p, part in enumerate(o["parts"]):
                 j = int(part["weight"])
                 tag = f"{o['name']}_{p}"
                 w = self.params[f"w_{tag}"][layer]
-                if part["natural"]:
+                if o["time"] == "odd":
+                    x = None
+                    for t, term in enumerate(part["odd_terms"]):
+                        c = torch.einsum("na,nkb,abd,k->nd", inputs[term["a"]], h[term["k"]],
+                                         getattr(self, f"odd_{tag}_{t}"), self.params[f"w_{tag}_{t}"][layer])
+                        x = c if x is None else x + c
+                elif part["natural"]:
                     x = torch.einsum("ncd,c->nd", h[j], w)
                 else:
                     u = torch.einsum("ncd,ck->nkd", h[1], self.params[f"u_{tag}"][layer])
