@@ -415,3 +415,15 @@ def test_time_odd_outputs_flip_under_time_reversal_and_rotate_as_axial(tmp_path)
                                atol=1e-11 * np.abs(a["magnetization"]).max())
     np.testing.assert_allclose(c["spin_density"], (det * a["spin_density"] @ q.T)[perm],
                                atol=1e-11 * np.abs(a["spin_density"]).max())
+
+
+def test_calculator_notices_changed_inputs(model):
+    atoms = structure(15)
+    atoms.calc = Calculator(model)
+    e0 = atoms.get_potential_energy()
+    atoms.info["electric_field"] = 2.0 * atoms.info["electric_field"]
+    e1 = atoms.get_potential_energy()
+    atoms.arrays["magmom"] = atoms.arrays["magmom"] * np.array([1, -1, 1, 1, 1])
+    e2 = atoms.get_potential_energy()
+    assert abs(e1 - e0) > 1e-9 and abs(e2 - e1) > 1e-9
+    assert e2 == pytest.approx(run(model, atoms)["energy"][0], rel=1e-12)
