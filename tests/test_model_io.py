@@ -427,3 +427,24 @@ def test_calculator_notices_changed_inputs(model):
     e2 = atoms.get_potential_energy()
     assert abs(e1 - e0) > 1e-9 and abs(e2 - e1) > 1e-9
     assert e2 == pytest.approx(run(model, atoms)["energy"][0], rel=1e-12)
+
+
+def test_atomic_virials_sum_to_the_virial(model):
+    from ase.build import bulk
+
+    from tacegen.runtime.responses import atomic_virials
+
+    atoms = bulk("C", "diamond", a=3.57) * (2, 1, 1)
+    atoms.rattle(0.05, seed=1)
+    rng = np.random.default_rng(2)
+    n = len(atoms)
+    atoms.info.update(total_charge=0.5, electric_field=rng.normal(size=3), magnetic_field=rng.normal(size=3), fidelity=0)
+    atoms.arrays.update(initial_charges=rng.normal(size=n), magmom=rng.normal(size=n),
+                        magmom_vector=rng.normal(size=(n, 3)))
+    batch = batch_atoms(atoms, model.elements, model.r_cut, inputs=model.input_specs)
+    w = atomic_virials(model, batch).numpy()
+    virial = run(model, atoms)["virial"][0]
+    assert w.shape == (n, 3, 3) and np.abs(virial).max() > 1e-3
+    total = w.sum(axis=0)
+    np.testing.assert_allclose(0.5 * (total + total.T), virial, atol=1e-10 * np.abs(virial).max())
+    assert np.abs(w - w.mean(axis=0)).max() > 1e-6  # split unevenly over the atoms, not a copy
