@@ -364,6 +364,29 @@ def test_each_fidelity_has_its_own_reference_energies(model):
         with torch.no_grad():
             table.zero_()
     assert after - before == pytest.approx(3 * 0.25, rel=1e-12)  # three H atoms
+    # and its own scale of the learned energy
+    zero = make_model_like(model)
+    learned = before - run(zero, atoms)["energy"][0]
+    assert abs(learned) > 1e-3
+    scales = model.inputs.scale_tables[0]
+    with torch.no_grad():
+        scales[2] = 3.0
+    try:
+        scaled = run(model, atoms)["energy"][0]
+    finally:
+        with torch.no_grad():
+            scales.fill_(1.0)
+    assert scaled - before == pytest.approx(2.0 * learned, rel=1e-10)
+
+
+def make_model_like(model):
+    """A copy of ``model`` whose learned energy is zero (only E0 and shift remain)."""
+    import copy
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.inputs.scale_tables[0].zero_()
+    return other
 
 
 def test_moment_basis_build_takes_the_same_inputs_and_outputs(tmp_path):

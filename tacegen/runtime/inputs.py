@@ -103,7 +103,8 @@ class InputEmbedding(torch.nn.Module):
     Node rank l of the first layer gets ``sum_f x_f W_l[f]`` over its features f (a learned
     vector of channels per feature); rank 0 also the element embedding and, per category
     input, a learned embedding of the category, and each category has its own per-element
-    reference energies (``energy_tables``, zero at construction; :meth:`energy_offsets`).
+    reference energies (``energy_tables``, zero at construction; :meth:`energy_offsets`) and
+    scale of the learned energy (``scale_tables``, one at construction; :meth:`energy_scales`).
     Edge features s_ij multiply copies of the radial basis (``edge_multiplier`` = 1 + their
     number)."""
 
@@ -136,6 +137,9 @@ class InputEmbedding(torch.nn.Module):
         # a fidelity or level-of-theory label shifts the energy scale it is trained on
         self.energy_tables = torch.nn.ParameterList(
             [torch.nn.Parameter(torch.zeros(table.shape[0], num_elements, dtype=dtype)) for table in self.category_tables])
+        # and its own scale of the learned energy (one at construction)
+        self.scale_tables = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.ones(table.shape[0], dtype=dtype)) for table in self.category_tables])
         for k, f in enumerate(self.node_plan):
             if f["table"] is not None:
                 a, b = self.specs[f["a"]]["rank"], self.specs[f["b"]]["rank"]
@@ -191,6 +195,13 @@ class InputEmbedding(torch.nn.Module):
         for name, table in zip(self.category_names, self.energy_tables):
             category = batch[_key(name)].index_select(0, batch["batch"])
             total = total + table[category, species]
+        return total
+
+    def energy_scales(self, batch: Dict[str, Tensor]) -> Tensor:
+        """(N,) factor of the learned node energy: the product of each category input's scale."""
+        total = torch.ones(batch["batch"].shape[0], dtype=batch["positions"].dtype, device=batch["batch"].device)
+        for name, table in zip(self.category_names, self.scale_tables):
+            total = total * table.index_select(0, batch[_key(name)]).index_select(0, batch["batch"])
         return total
 
     def edge_features(self, radial: Tensor, batch: Dict[str, Tensor], senders: Tensor, receivers: Tensor) -> Tensor:
