@@ -471,3 +471,27 @@ def test_atomic_virials_sum_to_the_virial(model):
     total = w.sum(axis=0)
     np.testing.assert_allclose(0.5 * (total + total.T), virial, atol=1e-10 * np.abs(virial).max())
     assert np.abs(w - w.mean(axis=0)).max() > 1e-6  # split unevenly over the atoms, not a copy
+
+
+def test_eval_splits_a_rank2_error_into_its_irreducible_parts(model, tmp_path):
+    import ase.io
+
+    from tacegen.train.evaluate import evaluate_files
+
+    structures = [structure(20), structure(21)]
+    for k, atoms in enumerate(structures):
+        out = run(model, atoms)
+        atoms.info["REF_energy"] = float(out["energy"][0])
+        atoms.info["REF_alpha"] = (out["polarizability"][0] + 0.1 * (k + 1) * np.eye(3)).reshape(-1)  # 0e error
+        z = out["born_charges"].copy()
+        z[:, 0, 1] += 0.05  # an error with 1e and 2e parts, no trace
+        atoms.arrays["REF_z"] = z.reshape(len(atoms), 9)
+    path = tmp_path / "labelled.xyz"
+    ase.io.write(path, structures, format="extxyz")
+    results, _ = evaluate_files(model, [str(path)], targets=["polarizability=REF_alpha", "born_charges=REF_z"],
+                                cache=False)
+    r = results["files"][str(path)]
+    # extxyz keeps about 8 digits of the labels: "zero" errors are at 1e-6 of the injected ones
+    assert r["polarizability_0e_mae"] > 1.0 and r["polarizability_2e_mae"] < 1e-3
+    assert r["polarizability_mae"] == pytest.approx(1000 * 0.15 * 3 / 9, rel=1e-4)
+    assert r["born_charges_0e_mae"] < 1e-3 and r["born_charges_1e_mae"] > 1.0 and r["born_charges_2e_mae"] > 1.0

@@ -44,7 +44,8 @@ def input_specs_of(model) -> List[dict]:
 
 def read_inputs(structures, specs, dtype: torch.dtype, device) -> Dict[str, Tensor]:
     """``input_<name>`` tensors of a batch from ``atoms.info[name]`` (per structure) and
-    ``atoms.arrays[name]`` (per atom). ValueError naming the structure, the key and the
+    ``atoms.arrays[name]`` (per atom), or the attached calculator's results under that name
+    (where ASE's extxyz reader puts columns named like calculator properties). ValueError naming the structure, the key and the
     expected shape for a missing, non-numeric, non-finite or wrongly shaped value."""
     out: Dict[str, Tensor] = {}
     for spec in _as_specs(specs):
@@ -55,6 +56,11 @@ def read_inputs(structures, specs, dtype: torch.dtype, device) -> Dict[str, Tens
             source = atoms.info if per == "structure" else atoms.arrays
             shape = (3,) * rank if per == "structure" else (len(atoms),) + (3,) * rank
             expected = "one integer category >= 0" if kind == "category" else f"shape {shape}"
+            calc_results = getattr(getattr(atoms, "calc", None), "results", None) or {}
+            if name not in source and name in calc_results:
+                # extxyz hands per-atom columns named like calculator properties (magmom, charges)
+                # to a SinglePointCalculator on reading: take them from there
+                source = {name: calc_results[name]}
             if name not in source:
                 raise ValueError(f"structure {b}: {where}[{name!r}] is missing; input {name!r} needs {expected} "
                                  f"({spec['rank']}{spec['parity']} {spec['time']}, per {per})")
