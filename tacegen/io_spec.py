@@ -43,7 +43,11 @@ SYMMETRIES = {  # symmetry -> ranks it applies to
 INPUT_RANKS = (0, 1)
 OUTPUT_RANKS = (1, 2, 3, 4)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-RESERVED = ("energy", "forces", "stress", "virial", "node_energy", "positions", "charges", "dipole_lr")
+#: names an output may not take: the model's own outputs and the keys of a batch (training puts a
+#: target's labels in the batch under the output's name; inputs live under ``input_<name>``)
+RESERVED = ("energy", "forces", "stress", "virial", "node_energy", "long_range_energy", "charges",
+            "positions", "species", "batch", "num_atoms", "cell", "pbc", "edge_index", "edge_shift",
+            "total_charge", "weight")
 
 
 class IODescriptorError(ValueError):
@@ -53,8 +57,8 @@ class IODescriptorError(ValueError):
 def _check_name(name, what: str) -> None:
     if not isinstance(name, str) or not _NAME.match(name):
         raise IODescriptorError(f"{what} name must be an identifier (letters, digits, _), got {name!r}")
-    if name in RESERVED:
-        raise IODescriptorError(f"{what} name {name!r} is reserved; reserved names: {', '.join(RESERVED)}")
+    if what == "output" and name in RESERVED:
+        raise IODescriptorError(f"{what} name {name!r} is reserved; reserved output names: {', '.join(RESERVED)}")
 
 
 def _check_choice(what: str, field: str, value, allowed) -> None:
@@ -289,15 +293,21 @@ def check_model_io(inputs, outputs, hidden_lmax: int, long_range: str) -> None:
         raise IODescriptorError(f"inputs/outputs together with long_range={long_range!r} are not supported "
                                 "yet; use long_range='none'")
     names = {item.name for item in inputs}
+    odd_inputs = [i for i in inputs if i.kind == "float" and i.time == "odd"]
     for item in outputs:
         if item.name in names:
             raise IODescriptorError(f"output {item.name!r} has the name of an input")
-        if item.time == "odd":
-            raise IODescriptorError(f"output {item.name!r} is time-odd: the model's features are time-even "
-                                    "(time-odd inputs enter through time-even products), so a time-odd output is "
-                                    "not supported yet")
         p = PARITIES[item.parity]
         for j in sorted(set(part_weights(item.rank, item.symmetry))):
+            if item.time == "odd":
+                # x_a (time-odd input, rank r, parity p_a) coupled with node features of rank k <= hidden_lmax
+                if not any(abs(i.rank - k) <= j <= i.rank + k and PARITIES[i.parity] * (-1) ** k == p
+                           for i in odd_inputs for k in range(hidden_lmax + 1)):
+                    raise IODescriptorError(
+                        f"output {item.name!r} is time-odd: its part of weight {j} parity {item.parity} needs a "
+                        f"time-odd input x with a coupling x (x) h_k -> {j} of that parity, k <= hidden_lmax="
+                        f"{hidden_lmax}; time-odd inputs: {[i.name for i in odd_inputs] or 'none'}")
+                continue
             natural = p == (-1) ** j
             if not natural and j == 0:
                 raise IODescriptorError(f"output {item.name!r} has a pseudo-scalar part (weight 0, parity "

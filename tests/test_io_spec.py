@@ -40,7 +40,7 @@ def test_io_spec_round_trips_through_json_and_changes_hash_and_name():
     ("x:structure:1:o:sometimes", "time='sometimes' is not allowed"),
     ("x:structure:1:o:even:category", "a category input is a time-even scalar"),
     ("x:structure:1", "expected NAME:PER:RANK:PARITY:TIME[:KIND]"),
-    ("energy:structure:0:e:even", "reserved"),
+    ("x y:structure:0:e:even", "must be an identifier"),
 ])
 def test_bad_inputs_name_the_field_and_the_allowed_values(text, message):
     with pytest.raises(SpecError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -51,9 +51,11 @@ def test_bad_inputs_name_the_field_and_the_allowed_values(text, message):
     ("hessian_thing", "unknown output 'hessian_thing'"),
     ("x:structure:2:elastic:e:even", "symmetry 'elastic' needs rank in"),
     ("x:structure:2:wobbly:e:even", "symmetry='wobbly' is not allowed"),
-    ("x:structure:1:general:o:odd", "time-odd"),
+    ("x:structure:1:general:o:odd", "is time-odd: .* time-odd inputs: none"),
     ("polarizability", "hidden_lmax must be >= 2, got 1"),
     ("x:structure:2:general:o:even", "pseudo-scalar part"),
+    ("energy:structure:1:general:o:even", "'energy' is reserved"),
+    ("cell:structure:2:general:e:even", "'cell' is reserved"),
 ])
 def test_bad_outputs_name_the_field_and_the_allowed_values(text, message):
     with pytest.raises(SpecError, match=message):

@@ -18,7 +18,8 @@ with those labels are generated:
 * pairs of such per-atom pieces coupled to a scalar across an edge (m_i . m_j) multiply
   the radial basis (extra radial channels), so sign correlations between atoms enter
   the messages;
-* category inputs (fidelity) select a learned embedding added to the scalar features.
+* category inputs (fidelity) select a learned embedding added to the scalar features and
+  per-element reference energies.
 
 The first layer's node ranks are 0 plus the ranks of the features (its interaction block
 is printed for those ranks).
@@ -26,7 +27,11 @@ is printed for those ranks).
 Outputs: each declared output (:class:`tacegen.io_spec.OutputSpec`) is the sum of its
 irreducible parts (:func:`tacegen.algebra.tensor_parts.output_parts`), each read from the
 node features after every layer but the last (natural parts: a channel contraction of the
-rank-j features; pseudo parts: the odd coupling h_1 x h_j -> j) and embedded exactly.
+rank-j features; pseudo parts: the odd coupling h_1 x h_j -> j) and embedded exactly. A
+time-odd output (a magnetisation) must be odd in the time-odd inputs: its parts are
+``sum_a sum_k couple(x_a, h_k) -> j`` over the time-odd inputs x_a and the time-even
+feature ranks k whose labels give the part's parity (x times a time-even equivariant;
+the features already hold every even function of the inputs).
 """
 
 from __future__ import annotations
@@ -124,8 +129,19 @@ def io_plan(spec) -> dict:
         parts = []
         for part in output_parts(item.rank, item.symmetry, PARITIES[item.parity]):
             entries = [[r, c, _exact(v)] for (r, c), v in _nonzero(part.matrix)]
-            parts.append({"weight": part.weight, "natural": part.natural, "label": part.label, "matrix": entries,
-                          "coupling": None if part.natural else _table(1, part.weight, part.weight)})
+            row = {"weight": part.weight, "natural": part.natural, "label": part.label, "matrix": entries,
+                   "coupling": None if part.natural or item.time == "odd" else _table(1, part.weight, part.weight),
+                   "odd_terms": []}
+            if item.time == "odd":  # x_a (time-odd input) coupled with time-even features h_k -> weight j
+                j = part.weight
+                for a, x in enumerate(inputs):
+                    if x.kind != "float" or x.time != "odd":
+                        continue
+                    for k in range(spec.hidden_lmax + 1):
+                        if abs(x.rank - k) <= j <= x.rank + k and PARITIES[x.parity] * (-1) ** k == part.parity:
+                            row["odd_terms"].append({"a": a, "rank": x.rank, "k": k, "label": f"{x.name} x h{k} -> {part.label}",
+                                                     "table": _table(x.rank, k, j)})
+            parts.append(row)
         plan["outputs"].append({**item.to_dict(), "parts": parts})
     return plan
 
@@ -151,6 +167,9 @@ def report_lines(spec) -> list[str]:
         lines.append(f"  - edge feature (multiplies the radial basis): {f['label']}")
     for out in plan["outputs"]:
         labels = " + ".join(p["label"] for p in out["parts"])
+        if out["time"] == "odd":
+            terms = "; ".join(t["label"] for p in out["parts"] for t in p["odd_terms"])
+            labels += f" (time-odd: {terms})"
         lines.append(f"- output `{out['name']}`: rank {out['rank']} {out['symmetry']}, parity {out['parity']}, "
                      f"time {out['time']}, per {out['per']}; irreducible parts {labels} (natural parts read from the "
                      "node features of their rank, pseudo parts from the odd coupling h_1 x h_j -> j)")

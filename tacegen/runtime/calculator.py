@@ -196,6 +196,12 @@ class Calculator(_AseCalculator):
         changes = super().check_state(atoms, tol)
         if self.atoms is not None and atoms.info.get("charge") != self.atoms.info.get("charge"):
             changes = list(changes) + ["info_charge"]
+        if self.atoms is not None:  # the model's external inputs (atoms.info / atoms.arrays), unseen by ASE
+            for spec in input_specs_of(self.model):
+                where = "info" if spec["per"] == "structure" else "arrays"
+                new, old = getattr(atoms, where).get(spec["name"]), getattr(self.atoms, where).get(spec["name"])
+                if (new is None) != (old is None) or (new is not None and not np.array_equal(new, old)):
+                    changes = list(changes) + [f"input_{spec['name']}"]
         return changes
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):

@@ -44,7 +44,8 @@ def input_specs_of(model) -> List[dict]:
 
 def read_inputs(structures, specs, dtype: torch.dtype, device) -> Dict[str, Tensor]:
     """``input_<name>`` tensors of a batch from ``atoms.info[name]`` (per structure) and
-    ``atoms.arrays[name]`` (per atom). ValueError naming the structure, the key and the
+    ``atoms.arrays[name]`` (per atom), or the attached calculator's results under that name
+    (where ASE's extxyz reader puts columns named like calculator properties). ValueError naming the structure, the key and the
     expected shape for a missing, non-numeric, non-finite or wrongly shaped value."""
     out: Dict[str, Tensor] = {}
     for spec in _as_specs(specs):
@@ -55,6 +56,11 @@ def read_inputs(structures, specs, dtype: torch.dtype, device) -> Dict[str, Tens
             source = atoms.info if per == "structure" else atoms.arrays
             shape = (3,) * rank if per == "structure" else (len(atoms),) + (3,) * rank
             expected = "one integer category >= 0" if kind == "category" else f"shape {shape}"
+            calc_results = getattr(getattr(atoms, "calc", None), "results", None) or {}
+            if name not in source and name in calc_results:
+                # extxyz hands per-atom columns named like calculator properties (magmom, charges)
+                # to a SinglePointCalculator on reading: take them from there
+                source = {name: calc_results[name]}
             if name not in source:
                 raise ValueError(f"structure {b}: {where}[{name!r}] is missing; input {name!r} needs {expected} "
                                  f"({spec['rank']}{spec['parity']} {spec['time']}, per {per})")
@@ -103,7 +109,8 @@ class InputEmbedding(torch.nn.Module):
     Node rank l of the first layer gets ``sum_f x_f W_l[f]`` over its features f (a learned
     vector of channels per feature); rank 0 also the element embedding and, per category
     input, a learned embedding of the category, and each category has its own per-element
-    reference energies (``energy_tables``, zero at construction; :meth:`energy_offsets`).
+    reference energies (``energy_tables``, zero at construction; :meth:`energy_offsets`) and
+    scale of the learned energy (``scale_tables``, one at construction; :meth:`energy_scales`).
     Edge features s_ij multiply copies of the radial basis (``edge_multiplier`` = 1 + their
     number)."""
 
@@ -136,6 +143,9 @@ class InputEmbedding(torch.nn.Module):
         # a fidelity or level-of-theory label shifts the energy scale it is trained on
         self.energy_tables = torch.nn.ParameterList(
             [torch.nn.Parameter(torch.zeros(table.shape[0], num_elements, dtype=dtype)) for table in self.category_tables])
+        # and its own scale of the learned energy (one at construction)
+        self.scale_tables = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.ones(table.shape[0], dtype=dtype)) for table in self.category_tables])
         for k, f in enumerate(self.node_plan):
             if f["table"] is not None:
                 a, b = self.specs[f["a"]]["rank"], self.specs[f["b"]]["rank"]
@@ -144,7 +154,8 @@ class InputEmbedding(torch.nn.Module):
             r = self.specs[f["a"]]["rank"]
             self.register_buffer(f"edge_table{k}", _dense(f["table"], (2 * r + 1, 2 * r + 1, 1), dtype))
 
-    def _values(self, batch: Dict[str, Tensor]) -> Dict[int, Tensor]:
+    def values(self, batch: Dict[str, Tensor]) -> Dict[int, Tensor]:
+        """Float input k -> its values at every atom, (N, 2 rank + 1)."""
         out = {}
         for k, spec in enumerate(self.specs):
             if spec.get("kind") == "category":
@@ -159,7 +170,7 @@ class InputEmbedding(torch.nn.Module):
     def node_features(self, h0: Tensor, batch: Dict[str, Tensor]) -> List[Tensor]:
         """[h_rank (N, channels, 2 rank + 1) for rank in first_ranks]; ``h0`` (N, channels) the element
         embedding."""
-        x = self._values(batch)
+        x = self.values(batch)
         for name, table in zip(self.category_names, self.category_tables):
             index = batch[_key(name)]
             if bool((index >= table.shape[0]).any()):
@@ -192,11 +203,18 @@ class InputEmbedding(torch.nn.Module):
             total = total + table[category, species]
         return total
 
+    def energy_scales(self, batch: Dict[str, Tensor]) -> Tensor:
+        """(N,) factor of the learned node energy: the product of each category input's scale."""
+        total = torch.ones(batch["batch"].shape[0], dtype=batch["positions"].dtype, device=batch["batch"].device)
+        for name, table in zip(self.category_names, self.scale_tables):
+            total = total * table.index_select(0, batch[_key(name)]).index_select(0, batch["batch"])
+        return total
+
     def edge_features(self, radial: Tensor, batch: Dict[str, Tensor], senders: Tensor, receivers: Tensor) -> Tensor:
         """(E, num_radial * edge_multiplier): the radial basis and its copies scaled by each edge feature."""
         if not self.edge_plan:
             return radial
-        x = self._values(batch)
+        x = self.values(batch)
         parts = [radial]
         for k, f in enumerate(self.edge_plan):
             a = x[f["a"]].index_select(0, receivers)
@@ -228,21 +246,35 @@ class TensorReadout(torch.nn.Module):
                 tag = f"{o['name']}_{p}"
                 self.register_buffer(f"matrix_{tag}", _dense(part["matrix"], (3**n, 2 * j + 1), dtype))
                 self.params[f"w_{tag}"] = torch.nn.Parameter(torch.randn(layers, channels, dtype=dtype) / math.sqrt(channels))
-                if not part["natural"]:
+                for t, term in enumerate(part.get("odd_terms") or []):  # time-odd output: x_a (x) h_k -> j
+                    self.register_buffer(f"odd_{tag}_{t}", _dense(term["table"], (2 * term["rank"] + 1, 2 * term["k"] + 1,
+                                                                                  2 * j + 1), dtype))
+                    self.params[f"w_{tag}_{t}"] = torch.nn.Parameter(
+                        torch.randn(layers, channels, dtype=dtype) / math.sqrt(channels))
+                if not part["natural"] and o["time"] != "odd":
                     self.register_buffer(f"coupling_{tag}", _dense(part["coupling"], (3, 2 * j + 1, 2 * j + 1), dtype))
                     for side in ("u", "v"):
                         self.params[f"{side}_{tag}"] = torch.nn.Parameter(
                             torch.randn(layers, channels, channels, dtype=dtype) / math.sqrt(channels))
 
-    def accumulate(self, values: Dict[str, Tensor], h: List[Tensor], layer: int) -> Dict[str, Tensor]:
-        """``values`` plus this layer's per-atom contributions (N, 3^rank) of every output."""
+    def accumulate(self, values: Dict[str, Tensor], h: List[Tensor], layer: int,
+                   inputs: Optional[Dict[int, Tensor]] = None) -> Dict[str, Tensor]:
+        """``values`` plus this layer's per-atom contributions (N, 3^rank) of every output;
+        ``inputs``: the float inputs at every atom (:meth:`InputEmbedding.values`), needed by
+        time-odd outputs."""
         for o in self.outputs:
             total: Optional[Tensor] = None
             for p, part in enumerate(o["parts"]):
                 j = int(part["weight"])
                 tag = f"{o['name']}_{p}"
                 w = self.params[f"w_{tag}"][layer]
-                if part["natural"]:
+                if o["time"] == "odd":
+                    x = None
+                    for t, term in enumerate(part["odd_terms"]):
+                        c = torch.einsum("na,nkb,abd,k->nd", inputs[term["a"]], h[term["k"]],
+                                         getattr(self, f"odd_{tag}_{t}"), self.params[f"w_{tag}_{t}"][layer])
+                        x = c if x is None else x + c
+                elif part["natural"]:
                     x = torch.einsum("ncd,c->nd", h[j], w)
                 else:
                     u = torch.einsum("ncd,ck->nkd", h[1], self.params[f"u_{tag}"][layer])

@@ -3,6 +3,8 @@
 * :func:`hessian`: the dense Hessian d2E / dr_ia dr_jb (3N, 3N) of one structure, eV/Å^2;
 * :func:`output_derivatives`: d out_a / dr_ib (N, 3, 3) of a per-structure rank-1 output
   such as the dipole (the Born effective charges Z*_i,ab = d mu_a / d r_ib, e);
+* :func:`atomic_virials`: the virial split over atoms (W_i, eV, (N, 3, 3)), summing to the
+  model's virial, for local stress and heat-flux analysis;
 * :func:`vibrations`: harmonic frequencies (cm^-1; imaginary modes negative) and infrared
   intensities, the squared norm of d mu / dQ_k (e^2 / amu), of the normal modes Q_k of the mass-weighted
   Hessian, with ASE's conversion constants (as :class:`ase.vibrations.Vibrations`).
@@ -66,6 +68,31 @@ def output_derivatives(model, batch: Dict[str, Tensor], name: str = "dipole") ->
             (row,) = torch.autograd.grad(total[a], positions, retain_graph=True, allow_unused=True)
             rows.append(torch.zeros_like(positions) if row is None else row)
     return torch.stack(rows, dim=1).detach()
+
+
+def atomic_virials(model, batch: Dict[str, Tensor]) -> Tensor:
+    """Per-atom virials (N, 3, 3), eV, of fully periodic structures: each edge e (r_e = r_j - r_i
+    + S_e cell) contributes -r_e (x) dE/dr_e, half to its sender and half to its receiver, so
+    the atoms' virials sum to the structure's virial ``-dE/d(strain)`` before symmetrisation
+    (symmetrise them for a stress). dE/dr_e is read through the lattice shifts:
+    dE/dS_e = cell dE/dr_e, which needs an invertible cell (ValueError otherwise)."""
+    if not bool(batch["pbc"].all()):
+        raise ValueError("atomic_virials needs fully periodic structures: it reads the edge gradients "
+                         "through the lattice shifts (dE/dS = cell dE/dr)")
+    shifts = batch["edge_shift"].detach().clone().requires_grad_(True)
+    local = dict(batch)
+    local["edge_shift"] = shifts
+    with torch.enable_grad():
+        energy, _ = _energy_and_values(model, local, batch["positions"])
+        (d_shift,) = torch.autograd.grad(energy, shifts)
+    senders, receivers = batch["edge_index"][0], batch["edge_index"][1]
+    cell = batch["cell"].index_select(0, batch["batch"].index_select(0, receivers))  # (E, 3, 3)
+    grad = torch.linalg.solve(cell, d_shift.unsqueeze(-1)).squeeze(-1)  # dE/dr_e
+    vectors = (batch["positions"].index_select(0, senders) - batch["positions"].index_select(0, receivers)
+               + torch.bmm(batch["edge_shift"].unsqueeze(1), cell).squeeze(1))
+    w = -0.5 * vectors.unsqueeze(-1) * grad.unsqueeze(-2)  # (E, 3, 3): r_a dE/dr_b
+    out = torch.zeros((batch["positions"].shape[0], 3, 3), dtype=w.dtype, device=w.device)
+    return (out.index_add(0, senders, w).index_add(0, receivers, w)).detach()
 
 
 def vibrations(model, atoms, dipole: str = "dipole") -> Tuple[np.ndarray, np.ndarray]:

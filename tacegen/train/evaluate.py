@@ -41,7 +41,8 @@ def evaluate_dataset(evaluate, dataset: AtomsDataset, elements: Sequence[str], d
     """Errors of ``evaluate(batch, compute_forces=..., compute_stress=...)`` on ``dataset``."""
     check_elements(dataset, elements)
     table = species_map(elements)
-    metrics = Metrics(keep_values=keep_values, extra={t[0]: t[2] for t in dataset.extras.targets})
+    metrics = Metrics(keep_values=keep_values, extra={t[0]: t[2] for t in dataset.extras.targets},
+                      parts=part_projectors(evaluate))
     want_forces = dataset.has("forces")
     want_stress = dataset.has("stress")
     if batch_lists is None:
@@ -53,6 +54,29 @@ def evaluate_dataset(evaluate, dataset: AtomsDataset, elements: Sequence[str], d
         types = [dataset.config_types[int(dataset.indices[p])] for p in positions]
         metrics.add(out, batch, types)
     return metrics
+
+
+def part_projectors(model) -> Dict[str, list]:
+    """Output name -> [(``<name>_<part>``, projector (3^n, 3^n))] for the rank >= 2 outputs of a
+    model with tensor outputs (:class:`tacegen.runtime.inputs.TensorReadout`): the projector
+    onto each irreducible part along the others (from the parts' exact embeddings), so the
+    error of a rank-2 target splits into its 0e, 1e and 2e parts."""
+    readout = getattr(model, "outputs", None)
+    out: Dict[str, list] = {}
+    for o in getattr(readout, "outputs", []):
+        if int(o["rank"]) < 2:
+            continue
+        matrices = [getattr(readout, f"matrix_{o['name']}_{p}").detach().double().cpu().numpy()
+                    for p in range(len(o["parts"]))]
+        inverse = np.linalg.pinv(np.concatenate(matrices, axis=1))
+        rows, start, seen = [], 0, {}
+        for part, m in zip(o["parts"], matrices):
+            seen[part["label"]] = seen.get(part["label"], 0) + 1
+            suffix = part["label"] + (f"_{seen[part['label']]}" if seen[part["label"]] > 1 else "")
+            rows.append((f"{o['name']}_{suffix}", m @ inverse[start:start + m.shape[1]]))
+            start += m.shape[1]
+        out[o["name"]] = rows
+    return out
 
 
 def evaluate_files(model, files: Sequence[str], keys: LabelKeys = LabelKeys(), backend: str = "torch",

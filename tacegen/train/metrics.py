@@ -44,11 +44,13 @@ class Errors:
 class Metrics:
     """Accumulates errors of model outputs against the labels of batches."""
 
-    def __init__(self, keep_values: bool = False, extra: Dict[str, str] = None):
+    def __init__(self, keep_values: bool = False, extra: Dict[str, str] = None, parts: Dict[str, list] = None):
         self.groups: Dict[str, Dict[str, Errors]] = {}
         self.keep_values = keep_values
         self.extra = dict(extra or {})  # tensor target name -> "structure" or "atom"
-        self.quantities = QUANTITIES + tuple(self.extra)
+        # tensor target name -> [(quantity name, projector (3^n, 3^n) onto one irreducible part)]
+        self.parts = {name: list(p) for name, p in (parts or {}).items() if name in self.extra}
+        self.quantities = QUANTITIES + tuple(self.extra) + tuple(q for p in self.parts.values() for q, _ in p)
         self.values: Dict[str, List[np.ndarray]] = {f"{q}_{w}": [] for q in self.quantities for w in ("ref", "pred")}
         self.structures = 0
 
@@ -83,7 +85,12 @@ class Metrics:
                 rows = slice(ptr[b], ptr[b + 1]) if per == "atom" else slice(b, b + 1)
                 ref = array(batch[name][rows]).ravel()
                 if ref.size and not np.isnan(ref).any():
-                    pieces[name] = (ref, array(out[name][rows]).ravel())
+                    pred = array(out[name][rows]).ravel()
+                    pieces[name] = (ref, pred)
+                    for quantity, projector in self.parts.get(name, ()):  # error of each irreducible part
+                        width = projector.shape[0]
+                        pieces[quantity] = ((ref.reshape(-1, width) @ projector.T).ravel(),
+                                            (pred.reshape(-1, width) @ projector.T).ravel())
             for quantity, (ref, pred) in pieces.items():
                 for group in groups[b]:
                     self._group(group)[quantity].add(pred - ref)
