@@ -33,8 +33,8 @@ from .ir.report import report
 from .spec import ModelSpec, command_line
 
 __all__ = ["BuildError", "Compiled", "DEFAULT_BUILDS", "check_builds", "command_line", "compile_spec",
-           "generated_root", "is_tacegen_build", "long_range_programs", "package_files", "render_torch",
-           "render_torch_long_range_block", "report", "write_build"]
+           "generated_root", "is_tacegen_build", "long_range_programs", "module_sizes", "package_files",
+           "render_torch", "render_torch_long_range_block", "report", "write_build"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUILDS = (ModelSpec(lmax=3, nu=3),)
@@ -123,6 +123,13 @@ def write_build(spec: ModelSpec, out_dir: Path | str | None = None, force: bool 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def module_sizes(folder: Path | str) -> dict[str, tuple[int, int]]:
+    """Python module name -> (lines, bytes) of a build folder (the build report's sizes)."""
+    folder = Path(folder)
+    return {p.name: (len(p.read_text(encoding="utf-8").splitlines()), p.stat().st_size)
+            for p in sorted(folder.glob("*.py"))}
 
 
 def check_builds(root: Path | None = None) -> list[str]:

@@ -221,7 +221,7 @@ def default_build_folder(spec, optimised: bool = True):
 def build(lmax, nu, hidden_lmax, backends, long_range, inputs, outputs, out_dir, force, show_report, time_compile,
           check, unoptimised, basis) -> None:
     """Compile a TACE model into an importable package."""
-    from .build import check_builds, compile_spec, report, write_build
+    from .build import check_builds, compile_spec, module_sizes, report, write_build
     from .spec import ModelSpec
 
     ctx = click.get_current_context()
@@ -250,6 +250,8 @@ def build(lmax, nu, hidden_lmax, backends, long_range, inputs, outputs, out_dir,
     target = out_dir if out_dir is not None else default_build_folder(spec, optimised=not unoptimised)
     folder = write_build(spec, target, force=force, optimised=not unoptimised, compiled=compiled)
     click.echo(f"built {folder} (spec {spec.hash}) in {time.perf_counter() - start:.2f} s")
+    for name, (lines, size) in module_sizes(folder).items():
+        click.echo(f"  {name}: {lines} lines, {size} bytes")
     if show_report:
         click.echo(report(compiled))
     if time_compile:
