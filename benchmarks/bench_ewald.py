@@ -19,6 +19,19 @@ times energy + autograd forces ("E+F") in float64 with 2 torch threads:
   the smallest N (fastest point of a small grid whose energy and force errors are no
   larger than those of our Ewald there) and kept for the larger N.
 
+``--scaling`` (mesh path, ``tacegen.runtime.mesh``): for N = 1,024 ... 32,768 it times
+
+* ``LES-mesh``: the LES sum (sigma = 1 Å, k_c = pi, sharp sphere) by smooth PME at
+  mesh accuracy ``--mesh-accuracy`` (the path generated models take above
+  ``mesh_min_atoms``); its error against the direct LES sum is measured at the smallest N;
+* ``Ewald-mesh``: classic Ewald with real space within 8 Å (vesin) + the mesh reciprocal
+  sum (``ewald_mesh_split``'s alpha and k_cut at ``--accuracy``);
+* ``tpme-PME``: torch-pme's PMECalculator calibrated at the smallest N to Ewald-mesh's
+  energy and force errors (against our Ewald at ``--ref-accuracy``);
+
+and prints the time ratio to tpme-PME at N = 8,192, the fitted exponent of time vs N, and
+t / (N log N) normalised to the smallest N (flat = N log N growth).
+
 Timings include the neighbour list (vesin) for every real-space method. Accuracy is
 measured against our Ewald at ``--ref-accuracy`` (relative energy error and RMS
 force error relative to the RMS force). The machine is shared: compare only ratios
@@ -203,6 +216,99 @@ def calibrate_pme(q, pos, cell, target, e_ref, f_ref):
     return None if best is None else best[1]
 
 
+def les_mesh_fn(accuracy: float):
+    from tacegen.runtime.mesh import mesh_reciprocal_energy, mesh_settings
+
+    order, oversampling = mesh_settings(accuracy)
+    sigma = 1.0
+
+    def fn(q, pos, cell):
+        return mesh_reciprocal_energy(pos, q, cell, 0.5 * sigma * sigma, math.pi,
+                                      1.0 / (sigma * math.sqrt(2.0 * math.pi)), False, order, oversampling)
+
+    return fn
+
+
+def ewald_mesh_fn(accuracy: float, mesh_accuracy: float, n: int, volume: float):
+    """Classic Ewald: erfc real space within MESH_REAL_CUTOFF (vesin half list) + mesh."""
+    from tacegen.runtime.electrostatics import ewald_alpha_for_real_cutoff, ewald_cutoff
+    from tacegen.runtime.mesh import MESH_REAL_CUTOFF, mesh_reciprocal_energy, mesh_settings
+
+    order, oversampling = mesh_settings(mesh_accuracy)
+    r_cut = MESH_REAL_CUTOFF
+    alpha = ewald_alpha_for_real_cutoff(r_cut, n, volume, accuracy)
+    k_cut = ewald_cutoff(False, alpha, n, volume, accuracy)
+
+    def fn(q, pos, cell):
+        idx, dist = _half_list(pos, cell, r_cut)
+        real = K_E * (q[idx[:, 0]] * q[idx[:, 1]] * torch.erfc(alpha * dist) / dist).sum()
+        recip = mesh_reciprocal_energy(pos, q, cell, 1.0 / (4.0 * alpha * alpha), k_cut, alpha / math.sqrt(math.pi),
+                                       False, order, oversampling)
+        return real + recip
+
+    return fn, f"alpha={alpha:.3f} r_c={r_cut:.1f} k_c={k_cut:.3f}"
+
+
+def scaling(args, have_tpme):
+    """The mesh table of ``--scaling`` (module docstring)."""
+    rows = {}
+    errs = {}
+    pme_params = None
+    for n in args.sizes:
+        q, pos, cell = make_system(n)
+        vol = float(torch.linalg.det(cell))
+        reps = 1 if n >= 8192 else 3
+        first = n == args.sizes[0]
+        if first:
+            e_les, f_les = energy_and_forces(lambda a, b, c: les_energy_periodic(a, b, c, 1.0, math.pi), q, pos, cell)
+            e_ref, f_ref = energy_and_forces(lambda a, b, c: ewald_energy(a, b, c, accuracy=args.ref_accuracy),
+                                             q, pos, cell)
+        fn = les_mesh_fn(args.mesh_accuracy)
+        t, (e, f) = timed(fn, q, pos, cell, reps)
+        rows.setdefault("LES-mesh", {})[n] = t
+        if first:
+            errs["LES-mesh"] = errors(e, f, e_les, f_les)
+        fn, note = ewald_mesh_fn(args.accuracy, args.mesh_accuracy, n, vol)
+        t, (e, f) = timed(fn, q, pos, cell, reps)
+        rows.setdefault("Ewald-mesh", {})[n] = t
+        if first:
+            errs["Ewald-mesh"] = errors(e, f, e_ref, f_ref)
+        if have_tpme:
+            if pme_params is None:
+                target = (max(errs["Ewald-mesh"][0], 1e-12), max(errs["Ewald-mesh"][1], 1e-12))
+                pme_params = calibrate_pme(q, pos, cell, target, e_ref, f_ref) or dict(
+                    smearing=10.0 / (math.sqrt(2) * 4.0), r_cut=10.0, mesh_spacing=0.25 * 10.0 / (math.sqrt(2) * 4.0),
+                    nodes=7)
+            pp = pme_params
+            fn = torchpme_fn("pme", pp["smearing"], pp["r_cut"], mesh_spacing=pp["mesh_spacing"], nodes=pp["nodes"])
+            t, (e, f) = timed(fn, q, pos, cell, reps)
+            rows.setdefault("tpme-PME", {})[n] = t
+            if first:
+                errs["tpme-PME"] = errors(e, f, e_ref, f_ref)
+        print(f"[N={n}] " + "  ".join(f"{m} {rows[m][n]:.3f} s" for m in rows), flush=True)
+    sizes = list(args.sizes)
+    print()
+    print(f"Mesh path, E+F, float64, {args.threads} threads, {DENSITY} atoms/Å^3; seconds (best of the repeats)")
+    print("| method | " + " | ".join(f"N={n}" for n in sizes) + " | exponent | dE/E | dF/F (at N=" + f"{sizes[0]}) |")
+    print("|" + "---|" * (len(sizes) + 4))
+    for m, ts in rows.items():
+        expo = fit_exponent(list(ts), list(ts.values())) if len(ts) > 1 else float("nan")
+        e_err, f_err = errs.get(m, (float("nan"), float("nan")))
+        print(f"| {m} | " + " | ".join(f"{ts[n]:.3f}" for n in sizes) + f" | {expo:.2f} | {e_err:.1e} | {f_err:.1e} |")
+    print("(LES-mesh errors against the direct LES sum; Ewald-mesh and tpme-PME against Ewald at "
+          f"{args.ref_accuracy:g}.)")
+    print()
+    print("t / (N log N), normalised to the smallest N (1.00 everywhere = N log N growth):")
+    for m, ts in rows.items():
+        base = ts[sizes[0]] / (sizes[0] * math.log(sizes[0]))
+        print(f"  {m:10s} " + "  ".join(f"{ts[n] / (n * math.log(n)) / base:5.2f}" for n in sizes))
+    if have_tpme and 8192 in rows.get("tpme-PME", {}):
+        for m in ("LES-mesh", "Ewald-mesh"):
+            print(f"N=8192: {m} / tpme-PME time = {rows[m][8192] / rows['tpme-PME'][8192]:.2f}")
+    if pme_params is not None:
+        print(f"tpme-PME parameters: {pme_params}")
+
+
 def fit_exponent(ns, ts):
     x = np.log(np.asarray(ns, float))
     y = np.log(np.asarray(ts, float))
@@ -218,7 +324,12 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats, best kept (1 for N >= 8192)")
     ap.add_argument("--no-torchpme", action="store_true")
     ap.add_argument("--no-reference", action="store_true", help="skip the accuracy reference")
+    ap.add_argument("--scaling", action="store_true",
+                    help="the mesh path from 1,024 to 32,768 atoms against torch-pme's PME (default sizes)")
+    ap.add_argument("--mesh-accuracy", type=float, default=1e-6, help="mesh accuracy (tacegen.runtime.mesh)")
     args = ap.parse_args(argv)
+    if args.scaling and args.sizes == [512, 2048, 8192]:
+        args.sizes = [1024, 2048, 4096, 8192, 16384, 32768]
 
     torch.set_num_threads(args.threads)
     try:
@@ -229,6 +340,9 @@ def main(argv=None):
         have_tpme = False
         print("torch-pme not installed: skipping its columns")
 
+    if args.scaling:
+        scaling(args, have_tpme)
+        return
     rows = []  # (method, N, seconds, err_e, err_f, note)
     generated = GeneratedKernels()
     try:

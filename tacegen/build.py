@@ -33,8 +33,8 @@ from .ir.report import report
 from .spec import ModelSpec, command_line
 
 __all__ = ["BuildError", "Compiled", "DEFAULT_BUILDS", "check_builds", "command_line", "compile_spec",
-           "generated_root", "is_tacegen_build", "long_range_programs", "package_files", "render_torch",
-           "render_torch_long_range_block", "report", "write_build"]
+           "generated_root", "is_tacegen_build", "long_range_programs", "module_sizes", "package_files",
+           "render_torch", "render_torch_long_range_block", "report", "write_build"]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_BUILDS = (ModelSpec(lmax=3, nu=3),)
@@ -66,7 +66,8 @@ def package_files(compiled: Compiled, optimised: bool = True) -> dict[str, str]:
     }
     if "torch" in spec.backends:
         files["model.py"] = render_torch(compiled, optimised)
-    if "numba" in spec.backends:
+    if "numba" in spec.backends and not (spec.inputs or spec.outputs):
+        # a build with inputs/outputs has no Numba model yet: its numba_backend() refuses clearly
         from .backends.numba_model import render_numba_model
 
         files["numba_model.py"] = render_numba_model(compiled, optimised)
@@ -90,6 +91,10 @@ def write_build(spec: ModelSpec, out_dir: Path | str | None = None, force: bool 
         if not target.is_dir() or (any(target.iterdir()) and not is_tacegen_build(target)):
             raise BuildError(f"{target} exists and is not a tacegen build; refusing to overwrite it "
                              "(pass --force to replace it)")
+    if spec.inputs or spec.outputs:
+        from .ir.embeddings import check_plan
+
+        check_plan(spec)  # an input with no allowed coupling would be silently ignored: refuse
     files = package_files(compiled or compile_spec(spec), optimised)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-", dir=target.parent))
@@ -118,6 +123,13 @@ def write_build(spec: ModelSpec, out_dir: Path | str | None = None, force: bool 
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def module_sizes(folder: Path | str) -> dict[str, tuple[int, int]]:
+    """Python module name -> (lines, bytes) of a build folder (the build report's sizes)."""
+    folder = Path(folder)
+    return {p.name: (len(p.read_text(encoding="utf-8").splitlines()), p.stat().st_size)
+            for p in sorted(folder.glob("*.py"))}
 
 
 def check_builds(root: Path | None = None) -> list[str]:

@@ -148,8 +148,21 @@ Environment variables:
   NUMBA_NUM_THREADS  threads of the Numba kernels (numba's own variable)
 """
 
+
+def _build_epilog() -> str:
+    from .io_spec import presets_help
+
+    return BUILD_EPILOG + "\n\b\n" + presets_help() + """
+\b
+PER is structure or atom, PARITY the inversion eigenvalue e or o, TIME even or odd, KIND float
+or category, SYMMETRY one of general, symmetric, symmetric_traceless, antisymmetric, piezo
+(rank 3), elastic (rank 4). Values come from atoms.info[NAME] (per structure) and
+atoms.arrays[NAME] (per atom); outputs appear under NAME in the model's output dict and
+calc.results. Builds with inputs/outputs have no Numba model yet (numba_backend() refuses).
+"""
+
 _BUILD_OPTIONS = ("lmax", "nu", "hidden_lmax", "backends", "long_range", "out_dir", "force", "show_report",
-                  "time_compile", "unoptimised", "basis")
+                  "time_compile", "unoptimised", "basis", "inputs", "outputs")
 
 
 def _given_options(ctx: click.Context, names) -> list[str]:
@@ -170,7 +183,7 @@ def default_build_folder(spec, optimised: bool = True):
     return Path.cwd() / "generated" / (spec.name if optimised else f"{spec.name}_unoptimised")
 
 
-@cli.command(epilog=BUILD_EPILOG)
+@cli.command(epilog=_build_epilog())
 @click.option("--lmax", type=IntInRange(0, 6), default=3, show_default=True,
               help="Largest edge/atomic-basis rank (MACE: max_ell).")
 @click.option("--nu", type=IntInRange(1, 4), default=3, show_default=True,
@@ -184,6 +197,11 @@ def default_build_folder(spec, optimised: bool = True):
               show_default=True,
               help="Long-range electrostatics: les (latent Ewald summation: latent charges from the last layer, "
                    "Cheng et al.) or ewald (classic Ewald of the structures' given charges).")
+@click.option("--input", "inputs", multiple=True, metavar="NAME",
+              help="External input (repeatable): a preset name or NAME:PER:RANK:PARITY:TIME[:KIND]; see below.")
+@click.option("--output", "outputs", multiple=True, metavar="NAME",
+              help="Tensor output besides the energy (repeatable): a preset name or "
+                   "NAME:PER:RANK:SYMMETRY:PARITY:TIME; see below.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Output folder. Default: ./generated/<name> under the current directory.")
 @click.option("--force", is_flag=True, help="Replace an existing folder that is not a tacegen build.")
@@ -200,10 +218,10 @@ def default_build_folder(spec, optimised: bool = True):
 @click.option("--basis", type=click.Choice(BASES), default="ict", show_default=True,
               help="ict: TACE (irreducible Cartesian tensors, couplings); moment: TMP (moment tensors r^(x)l, "
                    "contractions), folder tmp_l<lmax>_nu<nu>.")
-def build(lmax, nu, hidden_lmax, backends, long_range, out_dir, force, show_report, time_compile, check,
-          unoptimised, basis) -> None:
+def build(lmax, nu, hidden_lmax, backends, long_range, inputs, outputs, out_dir, force, show_report, time_compile,
+          check, unoptimised, basis) -> None:
     """Compile a TACE model into an importable package."""
-    from .build import check_builds, compile_spec, report, write_build
+    from .build import check_builds, compile_spec, module_sizes, report, write_build
     from .spec import ModelSpec
 
     ctx = click.get_current_context()
@@ -224,7 +242,7 @@ def build(lmax, nu, hidden_lmax, backends, long_range, out_dir, force, show_repo
     if hidden_lmax > lmax:
         raise click.UsageError(f"--hidden-lmax={hidden_lmax} is outside the allowed range 0..{lmax} (--lmax)")
     spec = ModelSpec(lmax=lmax, nu=nu, hidden_lmax=hidden_lmax, backends=backends, long_range=long_range,
-                     basis=basis)
+                     basis=basis, inputs=tuple(inputs), outputs=tuple(outputs))
     if time_compile and "numba" not in spec.backends:
         raise click.UsageError(f"--time-compile needs the numba back end; got --backend {backends}")
     start = time.perf_counter()
@@ -232,6 +250,8 @@ def build(lmax, nu, hidden_lmax, backends, long_range, out_dir, force, show_repo
     target = out_dir if out_dir is not None else default_build_folder(spec, optimised=not unoptimised)
     folder = write_build(spec, target, force=force, optimised=not unoptimised, compiled=compiled)
     click.echo(f"built {folder} (spec {spec.hash}) in {time.perf_counter() - start:.2f} s")
+    for name, (lines, size) in module_sizes(folder).items():
+        click.echo(f"  {name}: {lines} lines, {size} bytes")
     if show_report:
         click.echo(report(compiled))
     if time_compile:

@@ -86,6 +86,9 @@ def _train_options(function):
               help="TOML file of options (keys as the flags, with _); flags win.")
 @click.option("--test", multiple=True, type=click.Path(dir_okay=False),
               help="Test data file (repeatable); evaluated with best.pt at the end into test.json.")
+@click.option("--target", "targets", multiple=True,
+              help="Tensor target NAME=KEY[:WEIGHT] (repeatable): output NAME of the --model build trained on "
+                   "atoms.info[KEY] (per structure) or atoms.arrays[KEY] (per atom), weight 1 by default.")
 @click.option("--no-data-cache", is_flag=True, default=None,
               help="Do not keep preprocessed neighbour lists in the cache.")
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in --out from its last.pt.")
@@ -103,8 +106,9 @@ def train_command(config_file, no_data_cache, **flags):
     from .train.loop import Interrupted, train
 
     flags = {k.replace("-", "_"): v for k, v in flags.items()}
-    if flags.get("test") == ():
-        flags["test"] = None
+    for key in ("test", "targets"):
+        if flags.get(key) == ():
+            flags[key] = None
     if no_data_cache:
         flags["data_cache"] = False
     config = TrainConfig.from_sources(config_file, **flags)
@@ -130,7 +134,9 @@ def train_command(config_file, no_data_cache, **flags):
 @click.option("--stress-key", default=None)
 @click.option("--virials-key", default=None)
 @click.option("--config-type-key", default=None)
-def eval_command(checkpoint, data, as_json, plots, backend, batch_size, raw, **keys):
+@click.option("--target", "targets", multiple=True,
+              help="Tensor target NAME=KEY (repeatable); default: those the run trained with.")
+def eval_command(checkpoint, data, as_json, plots, backend, batch_size, raw, targets, **keys):
     """Errors of a trained model (CHECKPOINT) on labelled DATA files: E meV/atom, F meV/Å, S meV/Å^3."""
     from .train import checkpoint as ckpt
     from .train.evaluate import evaluate_files, parity_plots, render_table
@@ -142,8 +148,9 @@ def eval_command(checkpoint, data, as_json, plots, backend, batch_size, raw, **k
     label_keys = LabelKeys(**{n: keys.get(f"{n}_key") or stored.get(f"{n}_key") or getattr(LabelKeys(), n)
                               for n in names})
     model = ckpt.model_from_payload(payload, checkpoint, use_ema=not raw)
+    targets = list(targets) or list(stored.get("targets", []))
     results, metrics = evaluate_files(model, data, label_keys, backend=backend, batch_size=batch_size,
-                                      keep_values=plots is not None)
+                                      keep_values=plots is not None, targets=targets)
     if plots is not None:
         written = parity_plots(metrics, plots)
         if not as_json:

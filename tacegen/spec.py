@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from . import __version__
 from .cache import canonical_json, content_hash
+from .io_spec import IODescriptorError, check_model_io, coerce_inputs, command_form, coerce_outputs
 
 LMAX_RANGE = (0, 6)
 NU_RANGE = (1, 4)
@@ -57,6 +58,11 @@ class ModelSpec:
             contractions, :mod:`tacegen.moment_paths`). Left out of the spec's JSON and hash
             when "ict", so the TACE builds keep their names and hashes.
         version: the tacegen version that compiles the spec (part of the spec hash).
+        inputs: external inputs the model is conditioned on (:class:`tacegen.io_spec.InputSpec`,
+            or preset names such as "total_charge", "electric_field"); empty by default.
+        outputs: tensorial outputs besides the energy (:class:`tacegen.io_spec.OutputSpec`, or
+            preset names such as "dipole", "polarizability"); empty by default. Both are left
+            out of the canonical JSON when empty, so specs without them keep their hash.
     """
 
     lmax: int = 3
@@ -66,6 +72,8 @@ class ModelSpec:
     long_range: str = "none"
     basis: str = "ict"
     version: str = field(default=__version__, compare=True)
+    inputs: tuple = ()
+    outputs: tuple = ()
 
     def __post_init__(self):
         _int_in("lmax", self.lmax, *LMAX_RANGE)
@@ -90,12 +98,21 @@ class ModelSpec:
         if self.basis == "moment" and self.nu == 1 and self.hidden_lmax > 1:
             raise SpecError(f"basis='moment' with nu=1 has no rank-{self.hidden_lmax} features (a lone moment "
                             "tensor is irreducible only for rank <= 1): use nu >= 2 or hidden_lmax <= 1")
+        try:
+            object.__setattr__(self, "inputs", coerce_inputs(self.inputs))
+            object.__setattr__(self, "outputs", coerce_outputs(self.outputs))
+            check_model_io(self.inputs, self.outputs, self.hidden_lmax, self.long_range)
+        except IODescriptorError as error:
+            raise SpecError(str(error)) from None
 
     @property
     def name(self) -> str:
         """Default build folder name, e.g. ``tace_l3_nu3`` (``tace_l3_nu3_les`` with a long-range block;
         ``tmp_l3_nu3`` for the moment basis)."""
         suffix = "" if self.long_range == "none" else f"_{self.long_range}"
+        if self.inputs or self.outputs:  # distinct builds for distinct inputs/outputs
+            io = {k: v for k, v in self.to_dict().items() if k in ("inputs", "outputs")}
+            suffix += f"_io{content_hash(io)[:6]}"
         model = "tmp" if self.basis == "moment" else "tace"
         return f"{model}_l{self.lmax}_nu{self.nu}{suffix}"
 
@@ -108,6 +125,11 @@ class ModelSpec:
         d["backends"] = list(self.backends)
         if self.basis == "ict":
             del d["basis"]  # the default: absent, so existing spec files and hashes are unchanged
+        for key in ("inputs", "outputs"):  # absent when empty: older specs keep their JSON and hash
+            if getattr(self, key):
+                d[key] = [item.to_dict() for item in getattr(self, key)]
+            else:
+                del d[key]
         return d
 
     def canonical_json(self) -> str:
@@ -126,6 +148,9 @@ class ModelSpec:
         data = dict(data)
         if "backends" in data:
             data["backends"] = tuple(data["backends"])
+        for key in ("inputs", "outputs"):
+            if key in data:
+                data[key] = tuple(data[key])
         return cls(**data)
 
     @classmethod
@@ -142,4 +167,6 @@ def command_line(spec: ModelSpec) -> str:
         parts.append(f"--long-range {spec.long_range}")
     if spec.basis != "ict":
         parts.append(f"--basis {spec.basis}")
+    parts += [f"--input {command_form(item)}" for item in spec.inputs]
+    parts += [f"--output {command_form(item)}" for item in spec.outputs]
     return " ".join(parts)

@@ -74,7 +74,11 @@ def _moved(batch: dict, device) -> dict:
 
 
 def model_and_batch(modules, kind, dtype=torch.float64):
-    model = make_model(modules[kind], elements=ELEMENTS, dtype=dtype)
+    """Model and batch of a build kind; "<kind>_mesh" forces the particle-mesh long range
+    (by default used from ``mesh_min_atoms`` periodic atoms on) onto the small cell."""
+    extra = {"mesh_min_atoms": 1} if kind.endswith("_mesh") else {}
+    kind = kind.removesuffix("_mesh")
+    model = make_model(modules[kind], elements=ELEMENTS, dtype=dtype, **extra)
     batch = batch_atoms(structures(), list(ELEMENTS), model.r_cut, dtype=dtype)
     if kind == "ewald":  # classic Ewald reads the charges from the batch
         batch["charges"] = 0.1 * torch.randn(batch["positions"].shape[0], generator=torch.Generator().manual_seed(0),
@@ -95,7 +99,7 @@ def test_every_tensor_follows_the_meta_device(modules, dtype):
     assert out["forces"].dtype == dtype
 
 
-@pytest.mark.parametrize("kind", sorted(SPECS))
+@pytest.mark.parametrize("kind", sorted(SPECS) + ["les_mesh", "ewald_mesh"])
 def test_no_tensor_is_created_without_a_device(modules, kind):
     model, batch = model_and_batch(modules, kind)
     with DevicelessFactories() as mode:
@@ -122,7 +126,7 @@ def test_a_cpu_tensor_inside_the_model_is_caught(modules):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine (CI is CPU-only)")
-@pytest.mark.parametrize("kind", sorted(SPECS))
+@pytest.mark.parametrize("kind", sorted(SPECS) + ["les_mesh", "ewald_mesh"])
 def test_cuda_equals_cpu(modules, kind):
     model, batch = model_and_batch(modules, kind)
     cpu = model(batch)

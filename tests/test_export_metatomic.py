@@ -94,11 +94,11 @@ def test_selected_atoms_count_each_atom_once(exported):
     assert abs(per_atom[1]) > 1e-6  # the left-out atom would have changed the sum
 
 
-def test_long_range_builds_and_existing_files_are_refused(exported, tmp_path):
+def test_a_wrong_spec_and_existing_files_are_refused(exported, tmp_path):
     from tacegen.export.metatomic import atomistic_model
 
     ckpt, model = exported
-    with pytest.raises(NotImplementedError, match="long-range builds"):
+    with pytest.raises(ValueError, match="long_range='les'.*'none'"):
         atomistic_model(tacegen.load_checkpoint(ckpt), {"long_range": "les"})
     again = subprocess.run([sys.executable, "-m", "tacegen", "export", str(ckpt), "--out", str(model)],
                            capture_output=True, text=True)

@@ -34,6 +34,7 @@ LAYERS = {
     "tacegen.paths": "paths",
     "tacegen.moment_paths": "paths",
     "tacegen.spec": "spec",
+    "tacegen.io_spec": "spec",
     "tacegen.ir": "ir",
     "tacegen.backends": "backends",
     "tacegen.templates": "backends",

@@ -216,11 +216,6 @@ def test_mixed_pbc_is_refused(les, ewald, mode):
         run(model, [good, slab])
 
 
-def test_torchscript_is_refused_clearly(les):
-    with pytest.raises(RuntimeError, match="long-range block.*TorchScript"):
-        torch.jit.script(les)
-
-
 # ----------------------------------------------------------------------------- LES against references
 
 

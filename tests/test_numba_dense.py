@@ -359,10 +359,11 @@ def test_printing_is_deterministic_and_prints_the_runtime_gain():
     body = "\n".join(render_dense_program(REVERSED)["body"])
     assert repr(normalised_silu_gain()) in body
     assert repr(normalised_silu_gain()) not in "\n".join(render_dense_program(CASES["activation_plain"][0])["body"])
-    # one comment line per op, naming the op and its output
+    # one comment per op, naming the op and its output (on its own line, or after a one-line op)
     reverse_body = render_dense_program(REVERSED)["body"]
     for op in REVERSED.ops:
-        assert any(line.startswith(f"# {type(op).__name__} -> {op.out.name} ") for line in reverse_body), op.out.name
+        assert any(line.startswith(f"# {type(op).__name__} -> {op.out.name} ")
+                   or f"  # {type(op).__name__} -> {op.out.name} " in line for line in reverse_body), op.out.name
 
 
 def test_unsupported_ops_are_refused_by_name():

@@ -284,23 +284,39 @@ def test_dtype_mismatch_is_refused_clearly(model, fast):
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2,
                     reason="numba was started with one thread (NUMBA_NUM_THREADS=1): nothing to compare")
 def test_results_do_not_depend_on_the_thread_count(model, fast):
-    """Reference: the one-thread run; the parallel run uses every thread numba started with."""
+    """Reference: the one-thread run; the parallel run uses every thread numba started with
+    (forced: left to itself, the back end runs a system this small on one thread)."""
     atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
     atoms.rattle(0.05, seed=3)
     atoms.numbers[::5] = 8
     threads = numba.config.NUMBA_NUM_THREADS
-    previous = numba.get_num_threads()
     try:
-        numba.set_num_threads(1)
+        fast.threads = 1
         one = numba_eval(fast, model, atoms)
-        numba.set_num_threads(threads)
-        assert numba.get_num_threads() == threads > 1
+        fast.threads = threads
         many = numba_eval(fast, model, atoms)
     finally:
-        numba.set_num_threads(previous)
+        fast.threads = None
     assert np.abs(one["forces"]).max() > 1e-3  # not vacuous
     for key in ("energy", "forces", "stress"):
         assert np.array_equal(one[key], many[key]), key
+
+
+def test_small_systems_run_on_one_thread_large_ones_in_parallel():
+    """The automatic strategy: serial below the work threshold, at most torch's threads."""
+    import torch
+
+    from tacegen.runtime.numba_driver import WORK_PER_THREAD, parallel_threads
+
+    assert parallel_threads(100, 8) == 1
+    limit = min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads())
+    assert parallel_threads(10 * WORK_PER_THREAD, 64) == limit
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert parallel_threads(10 * WORK_PER_THREAD, 64) == 1  # never more than torch's threads
+    finally:
+        torch.set_num_threads(previous)
 
 
 # ----------------------------------------------------------------------------- calculator, errors

@@ -20,8 +20,10 @@ import numpy as np
 import pytest
 
 from tacegen.algebra.coupling import coupling
+from tacegen.backends.numba_channels import table_constant
 from tacegen.backends.numba_printer import (
     NumbaPrinter,
+    coupling_helper,
     graph_arguments,
     load_source,
     receiver_offsets,
@@ -234,38 +236,65 @@ def _function_body(source: str, name: str) -> list[str]:
 
 @pytest.mark.parametrize("key", [k for k in CASES if k.startswith("l3nu3")] + ["mixed"])
 def test_printed_structure(key):
-    """No += into arrays (race-free by construction), allocation only outside the loops,
-    couplings unrolled with exactly their nonzeros, one comment per coupling path."""
+    """No += into arrays but the kernel's own scratch rows (race-free by construction),
+    allocation only outside the item loops (one scratch array per block of items), every
+    coupling printed with exactly its nonzeros: in a per-channel kernel a call of a rows
+    kernel with the table, a module-level constant printed once; in a channel-free kernel
+    unrolled in place or a module-level function per table. One comment per coupling path."""
     prog = CASES[key]
     source = render_module([prog])
     body = _function_body(source, prog.name)
     for line in body:
-        assert not re.search(r"\]\s*\+=", line), f"accumulation into an array: {line}"
+        for name in re.findall(r"(\w+)\[[^\]]*\]\s*\+=", line):
+            assert name == "t", f"accumulation into an array: {line}"
         if "np.empty" in line or "np.zeros" in line:
-            assert line.startswith("    ") and not line.startswith("     "), f"allocation inside a loop: {line}"
-    assert sum(line.strip().startswith("@numba.njit") for line in source.splitlines()) == (
-        1 + NumbaPrinter(prog).graph)
+            scratch = line.strip().startswith("t = np.empty(")
+            assert line.startswith("    ") and (scratch or not line.startswith("     ")), \
+                f"allocation inside a loop: {line}"
+    assert sum(line.startswith(f"def {prog.name}(") for line in source.splitlines()) == 1
     text = "\n".join(body)
-    for op in prog.ops:
-        if isinstance(op, Couple):
-            c = op.coupling
-            assert f"# {op.comment}: {c.l1} x {c.l2} -> {c.l3}" in text
-    blocks = _coupling_blocks(body)
-    couples = [op for op in prog.ops if isinstance(op, Couple)]
-    assert len(blocks) == len(couples)
-    for op, (header, rows) in zip(couples, blocks):
-        assert header.endswith(f"{op.coupling.nnz} nonzeros") and len(rows) == 2 * op.coupling.l3 + 1
-        # one printed term per stored nonzero: structural zeros never appear
-        assert sum(_terms(row.split(" = ", 1)[1]) for row in rows) == op.coupling.nnz, header
-    assert " 0.0 *" not in text and "* 0.0" not in text
     printer = NumbaPrinter(prog)
+    couples = [op for op in prog.ops if isinstance(op, Couple)]
+    channel_couples = [op for op in couples if op.out.channels]
+    for op in couples:  # in the function, or in the kernel function its parallel loop calls
+        c = op.coupling
+        assert f"# {op.comment}: {c.l1} x {c.l2} -> {c.l3}" in source
+    for op in channel_couples:  # a rows kernel called with the table's constant
+        c = op.coupling
+        name = table_constant(c)["name"]
+        assert re.search(rf"_couple\w*\(.*, {name}\)", source), name
+        rows = _table_rows(source, name)
+        assert len(rows) == c.nnz and all(w != 0.0 for *_, w in rows), name  # no structural zero
+        assert {(m1, m2, m3) for m1, m2, m3, _ in rows} == {(m1, m2, m3) for m1, m2, m3, v in c.entries if v}
+    scalar = [op for op in couples if not op.out.channels]
+    blocks = _coupling_blocks(body)
+    assert len(blocks) == len([op for op in scalar if NumbaPrinter.unrolled(op.coupling)])
+    unrolled = iter(blocks)
+    for op in scalar:
+        c = op.coupling
+        if NumbaPrinter.unrolled(c):
+            header, rows = next(unrolled)
+        else:  # one call per use; the table's function printed once, before the kernels
+            name = coupling_helper(c)["name"]
+            assert sum(line.startswith(f"def {name}(") for line in source.splitlines()) == 1
+            header, rows = f"{name}: {c.nnz} nonzeros", _helper_rows(source, name)
+        assert header.endswith(f"{c.nnz} nonzeros") and len(rows) == 2 * c.l3 + 1
+        # one printed term per stored nonzero: structural zeros never appear
+        assert sum(_terms(row.split(" = ", 1)[-1]) for row in rows) == c.nnz, header
+    assert " 0.0 *" not in source and "* 0.0" not in source
     if prog.name.startswith("interaction"):
         assert len(printer.kernels) == 1, "the interaction is one fused loop over nodes and their edges"
         assert printer.signature().endswith("senders, receivers, receiver_offsets, num_nodes")
-        assert "for n in prange(num_nodes)" in text and "for e in range(receiver_offsets[n]" in text
+        assert "prange((num_nodes + " in text and "for e in range(receiver_offsets[n]" in source
     if prog.name.startswith("product"):
         assert len(printer.kernels) == 1 and not printer.graph
         assert printer.stored == {v.name for v in prog.outputs}
+
+
+def _table_rows(source: str, name: str) -> list[tuple]:
+    """(m1, m2, m3, coefficient) rows of a module-level coupling table."""
+    line = next(line for line in source.splitlines() if line.startswith(f"{name} = np.array(")).split("  #")[0]
+    return [tuple(float(x) for x in row.split(",")) for row in re.findall(r"\(([^()]*)\)", line.split("(", 1)[1])]
 
 
 def _coupling_blocks(body):
@@ -286,6 +315,23 @@ def _coupling_blocks(body):
             k += 1
         blocks.append((line, rows))
     return blocks
+
+
+def _helper_rows(source: str, name: str) -> list[str]:
+    """The returned components of a coupling table's function, one expression each."""
+    lines = source.splitlines()
+    start = lines.index(next(line for line in lines if line.startswith(f"def {name}(")))
+    body = []
+    for line in lines[start + 2:]:  # after the def and its one-line docstring
+        if not line.startswith("    "):
+            break
+        body.append(line.strip())
+    text = " ".join(body)
+    assert text.startswith("return ")
+    text = text[len("return "):]
+    if text.startswith("(") and text.endswith(")"):
+        return [row.strip() for row in text[1:-1].split(",") if row.strip()]
+    return [text]
 
 
 def _terms(expr: str) -> int:

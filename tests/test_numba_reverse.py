@@ -247,7 +247,7 @@ def test_printed_structure():
         has_senders = any(isinstance(op, ScatterSenders) for op in prog.ops)
         assert ("sender_order, sender_offsets)" in body[0]) == has_senders, key
         if has_senders:
-            assert "for k in range(sender_offsets[n], sender_offsets[n + 1]):" in text
+            assert "for k in range(sender_offsets[n], sender_offsets[n + 1]):" in source  # in its kernel
             assert "_check_senders(senders, sender_order, sender_offsets, num_nodes)" in text
     assert "table transpose-left of 1x1->2, ranks 2, 1 -> 1" in source
     assert "table pairing 2, ranks 2, 2 -> 0" in source

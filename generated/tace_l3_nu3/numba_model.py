@@ -90,6 +90,38 @@ LAYER_KINDS = {
     "layer_01_01": (False, False, (0, 1), (0, 1), (0, 1), 10, 29, (0, 1, 2, 3)),
 }
 
+@numba.njit(cache=True, fastmath=False)
+def _check_shape(array, shape, message):
+    """Raise ValueError(message) unless ``array.shape == shape``."""
+    if array.shape != shape:
+        raise ValueError(message)
+
+
+@numba.njit(cache=True, fastmath=False)
+def _fail_if(condition, message):
+    """Raise ValueError(message) if ``condition``."""
+    if condition:
+        raise ValueError(message)
+
+
+@numba.njit(cache=True, fastmath=False)
+def _check_edges(senders, receivers, num_nodes):
+    """Raise unless senders and receivers are (edges,) node indices in [0, num_nodes)."""
+    if receivers.shape[0] != senders.shape[0]:
+        raise ValueError("senders and receivers must have shape (edges,)")
+    for e in range(senders.shape[0]):
+        if senders[e] < 0 or senders[e] >= num_nodes or receivers[e] < 0 or receivers[e] >= num_nodes:
+            raise ValueError("senders and receivers must be node indices in [0, num_nodes)")
+
+
+@numba.njit(cache=True, fastmath=False)
+def _check_batch(batch, num_nodes, num_structures):
+    """Raise unless batch is (nodes,) structure indices in [0, num_structures)."""
+    if batch.shape[0] != num_nodes:
+        raise ValueError("batch must have shape (nodes,)")
+    for n in range(num_nodes):
+        if batch[n] < 0 or batch[n] >= num_structures:
+            raise ValueError("batch must hold structure indices in [0, num_structures)")
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
@@ -138,33 +170,939 @@ def _check_senders(senders, sender_order, sender_offsets, num_nodes):
             seen[e] = True
 
 
+# ------------------------------------------------------------------------------- rows kernels
+# The per-channel kernels call these on one item's values as (components, channels) views:
+# scratch rows t[a:b], stored values a[n].T; channel-free values as (components,).
+
+
+@numba.njit(cache=True, fastmath=False)
+def _couple(out, left, right, table):
+    """out[m3, c] = sum over the table's rows (m1, m2, m3, w) of w * left[m1, c] * right[m2, c]."""
+    out[:, :] = 0.0
+    for k in range(table.shape[0]):
+        m1, m2, m3, w = int(table[k, 0]), int(table[k, 1]), int(table[k, 2]), table[k, 3]
+        for c in range(out.shape[1]):
+            out[m3, c] += w * left[m1, c] * right[m2, c]
+
+
+@numba.njit(cache=True, fastmath=False)
+def _couple_right_free(out, left, right, table):
+    """As _couple with a channel-free right operand right[m2]."""
+    out[:, :] = 0.0
+    for k in range(table.shape[0]):
+        m1, m2, m3, w = int(table[k, 0]), int(table[k, 1]), int(table[k, 2]), table[k, 3]
+        wr = w * right[m2]
+        for c in range(out.shape[1]):
+            out[m3, c] += wr * left[m1, c]
+
+
+@numba.njit(cache=True, fastmath=False)
+def _couple_left_free(out, left, right, table):
+    """As _couple with a channel-free left operand left[m1]."""
+    out[:, :] = 0.0
+    for k in range(table.shape[0]):
+        m1, m2, m3, w = int(table[k, 0]), int(table[k, 1]), int(table[k, 2]), table[k, 3]
+        wl = w * left[m1]
+        for c in range(out.shape[1]):
+            out[m3, c] += wl * right[m2, c]
+
+
+@numba.njit(cache=True, fastmath=False)
+def _scale(out, src, weight):
+    """out[m, c] = src[m, c] * weight[c]."""
+    for m in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            out[m, c] = src[m, c] * weight[c]
+
+
+@numba.njit(cache=True, fastmath=False)
+def _copy(out, src):
+    """out[m, c] = src[m, c]."""
+    for m in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            out[m, c] = src[m, c]
+
+
+@numba.njit(cache=True, fastmath=False)
+def _add(out, src):
+    """out[m, c] += src[m, c]."""
+    for m in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            out[m, c] += src[m, c]
+
+
+@numba.njit(cache=True, fastmath=False)
+def _sum(out, a, b, c=None, d=None):
+    """out[m, k] = a[m, k] + b[m, k] (+ c[m, k] (+ d[m, k])), added left to right."""
+    for m in range(out.shape[0]):
+        for k in range(out.shape[1]):
+            s = a[m, k] + b[m, k]
+            if c is not None:
+                s += c[m, k]
+            if d is not None:
+                s += d[m, k]
+            out[m, k] = s
+
+
+@numba.njit(cache=True, fastmath=False)
+def _channel_sum(out, src):
+    """out[m] += src[m, c] for each channel c in turn."""
+    for m in range(src.shape[0]):
+        for c in range(src.shape[1]):
+            out[m] += src[m, c]
+
+
+
+@numba.njit(parallel=True, cache=True, fastmath=False)
+def _channel_mix(x, w):
+    """out[n, k, m] = sum over c of x[n, c, m] * w[c, k]: x (items, channels, 2l+1) copied to
+    (items, 2l+1, channels), one gemm, transposed back."""
+    items, channels, size = x.shape
+    if w.shape[0] != channels:
+        raise ValueError("the channel-mixing matrix has the wrong number of rows")
+    width = w.shape[1]
+    if size == 1:  # (items, channels, 1) is (items, channels): one gemm
+        return np.dot(np.ascontiguousarray(x).reshape((items, channels)), w).reshape((items, width, 1))
+    rows = np.empty((items, size, channels), x.dtype)
+    for n in prange(items):
+        for m in range(size):
+            for a in range(channels):
+                rows[n, m, a] = x[n, a, m]
+    mixed = np.dot(rows.reshape((items * size, channels)), w).reshape((items, size, width))
+    out = np.empty((items, width, size), x.dtype)
+    for n in prange(items):
+        for m in range(size):
+            for a in range(width):
+                out[n, a, m] = mixed[n, m, a]
+    return out
+
+
+# ------------------------------------------------------------------------------- coupling tables (module-level constants and functions)
+
+TABLE_0_0_0_8b90d7c6 = np.array([(0, 0, 0, 1.0)])  # coupling 0 x 0 -> 0, even path, 1 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_0_1_1_ee2e90d0 = np.array([(0, 0, 0, 1.0), (0, 1, 1, 1.0), (0, 2, 2, 1.0)])  # coupling 0 x 1 -> 1, even path, 3 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_0_2_2_e48b51bf = np.array([(0, 0, 0, 1.0), (0, 1, 1, 1.0), (0, 2, 2, 1.0), (0, 3, 3, 1.0), (0, 4, 4, 1.0)])  # coupling 0 x 2 -> 2, even path, 5 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_0_3_3_562e87e3 = np.array([(0, 0, 0, 1.0), (0, 1, 1, 1.0), (0, 2, 2, 1.0), (0, 3, 3, 1.0), (0, 4, 4, 1.0), (0, 5, 5, 1.0), (0, 6, 6, 1.0)])  # coupling 0 x 3 -> 3, even path, 7 nonzeros: rows (m1, m2, m3, coefficient)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def _kernel_ee1d2430a2(block, Y0, Y1, Y2, Y3, channels, i_A0, i_A1, i_A2, i_A3, num_nodes, radial, receiver_offsets, senders, up0_h):
+    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
+    t = np.empty((33, channels), np.float64)  # rows of the values this kernel keeps to itself
+    for n in range(block * 16, min(num_nodes, block * 16 + 16)):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
+        t[0:1] = 0.0
+        t[1:4] = 0.0
+        t[4:9] = 0.0
+        t[9:16] = 0.0
+        for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
+            j = senders[e]
+            _couple_right_free(t[16:17], up0_h[j].T, Y0[e], TABLE_0_0_0_8b90d7c6)  # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
+            _scale(t[17:18], t[16:17], radial[e, :, 0])  # R[h0 x Y0 -> A0]
+            _add(t[0:1], t[17:18])
+            _scale(t[17:18], up0_h[j].T, radial[e, :, 1])  # R[h0 x Y1 -> A1]
+            _couple_right_free(t[18:21], t[17:18], Y1[e], TABLE_0_1_1_ee2e90d0)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
+            _add(t[1:4], t[18:21])
+            _scale(t[17:18], up0_h[j].T, radial[e, :, 2])  # R[h0 x Y2 -> A2]
+            _couple_right_free(t[21:26], t[17:18], Y2[e], TABLE_0_2_2_e48b51bf)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
+            _add(t[4:9], t[21:26])
+            _scale(t[17:18], up0_h[j].T, radial[e, :, 3])  # R[h0 x Y3 -> A3]
+            _couple_right_free(t[26:33], t[17:18], Y3[e], TABLE_0_3_3_562e87e3)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
+            _add(t[9:16], t[26:33])
+        _copy(i_A0[n].T, t[0:1])
+        _copy(i_A1[n].T, t[1:4])
+        _copy(i_A2[n].T, t[4:9])
+        _copy(i_A3[n].T, t[9:16])
+
+TABLE_1_1_0_85459927 = np.array([(0, 0, 0, 1.0), (1, 1, 0, 1.0), (2, 2, 0, 1.0)])  # coupling 1 x 1 -> 0, even path, 3 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_1_1_2_e4201477 = np.array([(0, 0, 0, 0.6666666666666666), (0, 0, 2, -0.3333333333333333), (0, 1, 1, 0.5), (0, 2, 3, 0.5), (1, 0, 1, 0.5), (1, 1, 0, -0.3333333333333333), (1, 1, 2, 0.6666666666666666), (1, 2, 4, 0.5), (2, 0, 3, 0.5), (2, 1, 4, 0.5), (2, 2, 0, -0.3333333333333333), (2, 2, 2, -0.3333333333333333)])  # coupling 1 x 1 -> 2, even path, 12 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_1_2_3_07710818 = np.array([(0, 0, 0, 0.6), (0, 0, 2, -0.13333333333333333), (0, 1, 1, 0.5333333333333333), (0, 1, 3, -0.4), (0, 2, 2, 0.3333333333333333), (0, 3, 4, 0.5333333333333333), (0, 3, 6, -0.13333333333333333), (0, 4, 5, 0.3333333333333333), (1, 0, 1, 0.3333333333333333), (1, 1, 0, -0.4), (1, 1, 2, 0.5333333333333333), (1, 2, 1, -0.13333333333333333), (1, 2, 3, 0.6), (1, 3, 5, 0.3333333333333333), (1, 4, 4, -0.13333333333333333), (1, 4, 6, 0.5333333333333333), (2, 0, 4, 0.4666666666666667), (2, 0, 6, 0.13333333333333333), (2, 1, 5, 0.3333333333333333), (2, 2, 4, 0.13333333333333333), (2, 2, 6, 0.4666666666666667), (2, 3, 0, -0.4), (2, 3, 2, -0.13333333333333333), (2, 4, 1, -0.13333333333333333), (2, 4, 3, -0.4)])  # coupling 1 x 2 -> 3, even path, 25 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_2_2_4e85cd44 = np.array([(0, 0, 0, 0.3333333333333333), (0, 0, 2, -0.6666666666666666), (0, 1, 1, 0.5), (0, 2, 0, -0.3333333333333333), (0, 2, 2, -0.3333333333333333), (0, 4, 4, -0.5), (1, 0, 1, 0.5), (1, 1, 0, 0.3333333333333333), (1, 1, 2, 0.3333333333333333), (1, 2, 1, 0.5), (1, 3, 4, 0.5), (1, 4, 3, 0.5), (2, 0, 0, -0.3333333333333333), (2, 0, 2, -0.3333333333333333), (2, 1, 1, 0.5), (2, 2, 0, -0.6666666666666666), (2, 2, 2, 0.3333333333333333), (2, 3, 3, -0.5), (3, 1, 4, 0.5), (3, 2, 3, -0.5), (3, 3, 0, 0.3333333333333333), (3, 3, 2, -0.6666666666666666), (3, 4, 1, 0.5), (4, 0, 4, -0.5), (4, 1, 3, 0.5), (4, 3, 1, 0.5), (4, 4, 0, -0.6666666666666666), (4, 4, 2, 0.3333333333333333)])  # coupling 2 x 2 -> 2, even path, 28 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_3_3_6abb6992 = np.array([(0, 0, 0, 0.2), (0, 0, 2, -0.26666666666666666), (0, 1, 1, 0.4), (0, 1, 3, -0.8), (0, 2, 0, -0.4), (0, 2, 2, 0.2), (0, 3, 1, -0.13333333333333333), (0, 3, 3, -0.4), (0, 4, 4, 0.06666666666666667), (0, 4, 6, -0.26666666666666666), (0, 6, 4, -0.13333333333333333), (0, 6, 6, -0.4666666666666667), (1, 0, 1, 0.3333333333333333), (1, 1, 0, 0.2), (1, 1, 2, 0.4), (1, 2, 1, 0.4), (1, 2, 3, 0.2), (1, 3, 2, 0.3333333333333333), (1, 4, 5, 0.3333333333333333), (1, 5, 4, 0.4), (1, 5, 6, 0.4), (1, 6, 5, 0.3333333333333333), (2, 0, 0, -0.4), (2, 0, 2, -0.13333333333333333), (2, 1, 1, 0.2), (2, 1, 3, -0.4), (2, 2, 0, -0.8), (2, 2, 2, 0.4), (2, 3, 1, -0.26666666666666666), (2, 3, 3, 0.2), (2, 4, 4, -0.4666666666666667), (2, 4, 6, -0.13333333333333333), (2, 6, 4, -0.26666666666666666), (2, 6, 6, 0.06666666666666667), (3, 0, 4, -0.06666666666666667), (3, 0, 6, 0.26666666666666666), (3, 2, 4, -0.4), (3, 2, 6, 0.6), (3, 3, 5, -0.3333333333333333), (3, 4, 0, 0.2), (3, 4, 2, -0.26666666666666666), (3, 5, 1, 0.4), (3, 5, 3, -0.8), (3, 6, 2, 0.3333333333333333), (4, 0, 5, -0.3333333333333333), (4, 1, 4, 0.6), (4, 1, 6, -0.4), (4, 3, 4, 0.26666666666666666), (4, 3, 6, -0.06666666666666667), (4, 4, 1, 0.3333333333333333), (4, 5, 0, -0.8), (4, 5, 2, 0.4), (4, 6, 1, -0.26666666666666666), (4, 6, 3, 0.2)])  # coupling 2 x 3 -> 3, even path, 54 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_2_0_41e96d63 = np.array([(0, 0, 0, 2.0), (0, 2, 0, 1.0), (1, 1, 0, 2.0), (2, 0, 0, 1.0), (2, 2, 0, 2.0), (3, 3, 0, 2.0), (4, 4, 0, 2.0)])  # coupling 2 x 2 -> 0, even path, 7 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_3_3_0_697708af = np.array([(0, 0, 0, 4.0), (0, 2, 0, 3.0), (1, 1, 0, 6.0), (1, 3, 0, 3.0), (2, 0, 0, 3.0), (2, 2, 0, 6.0), (3, 1, 0, 3.0), (3, 3, 0, 4.0), (4, 4, 0, 4.0), (4, 6, 0, 1.0), (5, 5, 0, 6.0), (6, 4, 0, 1.0), (6, 6, 0, 4.0)])  # coupling 3 x 3 -> 0, even path, 13 nonzeros: rows (m1, m2, m3, coefficient)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def _kernel_0b310dd0b9(block, channels, mixA0_A, mixA1_A, mixA2_A, mixA3_A, num_nodes, p_B0, product):
+    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
+    t = np.empty((69, channels), np.float64)  # rows of the values this kernel keeps to itself
+    for n in range(block * 16, min(num_nodes, block * 16 + 16)):
+        _scale(t[0:1], mixA0_A[n].T, product[n, :, 0])  # 0e
+        _couple(t[1:2], mixA0_A[n].T, mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
+        _couple(t[2:3], mixA1_A[n].T, mixA1_A[n].T, TABLE_1_1_0_85459927)  # (1o x 1o)->0e step 1: 1 x 1 -> 0, even path, 3 nonzeros
+        _scale(t[3:4], t[2:3], product[n, :, 2])  # (1o x 1o)->0e
+        _couple(t[4:7], mixA0_A[n].T, mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
+        _couple(t[2:3], t[4:7], mixA1_A[n].T, TABLE_1_1_0_85459927)  # ((0e x 1o)->1o x 1o)->0e step 2: 1 x 1 -> 0, even path, 3 nonzeros
+        _scale(t[7:8], t[2:3], product[n, :, 6])  # ((0e x 1o)->1o x 1o)->0e
+        _couple(t[8:13], mixA0_A[n].T, mixA2_A[n].T, TABLE_0_2_2_e48b51bf)  # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
+        _couple(t[13:20], mixA0_A[n].T, mixA3_A[n].T, TABLE_0_3_3_562e87e3)  # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
+        _couple(t[20:25], mixA1_A[n].T, mixA1_A[n].T, TABLE_1_1_2_e4201477)  # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
+        _couple(t[25:32], mixA1_A[n].T, mixA2_A[n].T, TABLE_1_2_3_07710818)  # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
+        _couple(t[32:37], mixA2_A[n].T, mixA2_A[n].T, TABLE_2_2_2_4e85cd44)  # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
+        _couple(t[37:44], mixA2_A[n].T, mixA3_A[n].T, TABLE_2_3_3_6abb6992)  # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
+        _scale(t[2:3], mixA0_A[n].T, product[n, :, 1])  # (0e x 0e)->0e
+        _scale(t[44:45], t[1:2], product[n, :, 5])  # ((0e x 0e)->0e x 0e)->0e
+        _sum(t[1:2], t[2:3], t[44:45])
+        _couple(t[44:45], t[1:2], mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # factored: 2 weighted 0x0->0 couplings as one: 0 x 0 -> 0, even path, 1 nonzeros
+        _scale(t[45:50], mixA2_A[n].T, product[n, :, 3])  # (2e x 2e)->0e
+        _scale(t[50:55], t[8:13], product[n, :, 7])  # ((0e x 2e)->2e x 2e)->0e
+        _scale(t[8:13], t[20:25], product[n, :, 9])  # ((1o x 1o)->2e x 2e)->0e
+        _scale(t[20:25], t[32:37], product[n, :, 11])  # ((2e x 2e)->2e x 2e)->0e
+        _sum(t[32:37], t[45:50], t[50:55], t[8:13], t[20:25])
+        _couple(t[1:2], t[32:37], mixA2_A[n].T, TABLE_2_2_0_41e96d63)  # factored: 4 weighted 2x2->0 couplings as one: 2 x 2 -> 0, even path, 7 nonzeros
+        _scale(t[55:62], mixA3_A[n].T, product[n, :, 4])  # (3o x 3o)->0e
+        _scale(t[62:69], t[13:20], product[n, :, 8])  # ((0e x 3o)->3o x 3o)->0e
+        _scale(t[13:20], t[25:32], product[n, :, 10])  # ((1o x 2e)->3o x 3o)->0e
+        _scale(t[25:32], t[37:44], product[n, :, 12])  # ((2e x 3o)->3o x 3o)->0e
+        _sum(t[37:44], t[55:62], t[62:69], t[13:20], t[25:32])
+        _couple(t[2:3], t[37:44], mixA3_A[n].T, TABLE_3_3_0_697708af)  # factored: 4 weighted 3x3->0 couplings as one: 3 x 3 -> 0, even path, 13 nonzeros
+        _sum(p_B0[n].T, t[0:1], t[44:45], t[3:4], t[7:8])
+        _sum(p_B0[n].T, p_B0[n].T, t[1:2], t[2:3])
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def _kernel_aacb72a7ba(block, Y0, Y1, Y2, Y3, channels, g_mixA0_A_7, g_p_B0_0, g_p_t2_0_0, g_p_t6_1_0, i_A0, i_A1, i_A2, i_A3, i_c_0_0_0, i_hj_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, num_nodes, product, radial, receiver_offsets, senders, up0_h):
+    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
+    t = np.empty((32, channels), np.float64)  # rows of the values this kernel keeps to itself
+    for n in range(block * 16, min(num_nodes, block * 16 + 16)):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
+        t[0:1] = 0.0
+        t[1:4] = 0.0
+        t[4:9] = 0.0
+        t[9:16] = 0.0
+        for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
+            j = senders[e]
+            i_hj_0_0_0[e] = up0_h[j]  # store
+            _couple_right_free(i_c_0_0_0[e].T, up0_h[j].T, Y0[e], TABLE_0_0_0_8b90d7c6)  # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
+            _scale(t[16:17], i_c_0_0_0[e].T, radial[e, :, 0])  # R[h0 x Y0 -> A0]
+            _add(t[0:1], t[16:17])
+            _scale(i_s_0_1_1_in[e].T, up0_h[j].T, radial[e, :, 1])  # R[h0 x Y1 -> A1]
+            _couple_right_free(t[17:20], i_s_0_1_1_in[e].T, Y1[e], TABLE_0_1_1_ee2e90d0)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
+            _add(t[1:4], t[17:20])
+            _scale(i_s_0_2_2_in[e].T, up0_h[j].T, radial[e, :, 2])  # R[h0 x Y2 -> A2]
+            _couple_right_free(t[20:25], i_s_0_2_2_in[e].T, Y2[e], TABLE_0_2_2_e48b51bf)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
+            _add(t[4:9], t[20:25])
+            _scale(i_s_0_3_3_in[e].T, up0_h[j].T, radial[e, :, 3])  # R[h0 x Y3 -> A3]
+            _couple_right_free(t[25:32], i_s_0_3_3_in[e].T, Y3[e], TABLE_0_3_3_562e87e3)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
+            _add(t[9:16], t[25:32])
+        i_A0[n] = t[0:1].T  # store
+        i_A1[n] = t[1:4].T  # store
+        i_A2[n] = t[4:9].T  # store
+        i_A3[n] = t[9:16].T  # store
+        _scale(g_p_t6_1_0[n].T, g_p_B0_0[n].T, product[n, :, 6])  # adjoint of p_w6
+        _scale(g_p_t2_0_0[n].T, g_p_B0_0[n].T, product[n, :, 2])  # adjoint of p_w2
+        _scale(g_mixA0_A_7[n].T, g_p_B0_0[n].T, product[n, :, 0])  # adjoint of p_w0
+
+TABLE_0_3_3_43fd0183 = np.array([(0, 0, 0, 4.0), (0, 0, 2, 3.0), (0, 1, 1, 6.0), (0, 1, 3, 3.0), (0, 2, 0, 3.0), (0, 2, 2, 6.0), (0, 3, 1, 3.0), (0, 3, 3, 4.0), (0, 4, 4, 4.0), (0, 4, 6, 1.0), (0, 5, 5, 6.0), (0, 6, 4, 1.0), (0, 6, 6, 4.0)])  # coupling 0 x 3 -> 3, even path, 13 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_3_0_3_e4111719 = np.array([(0, 0, 0, 4.0), (0, 0, 2, 3.0), (1, 0, 1, 6.0), (1, 0, 3, 3.0), (2, 0, 0, 3.0), (2, 0, 2, 6.0), (3, 0, 1, 3.0), (3, 0, 3, 4.0), (4, 0, 4, 4.0), (4, 0, 6, 1.0), (5, 0, 5, 6.0), (6, 0, 4, 1.0), (6, 0, 6, 4.0)])  # coupling 3 x 0 -> 3, even path, 13 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_0_2_2_b6ffe7ef = np.array([(0, 0, 0, 2.0), (0, 0, 2, 1.0), (0, 1, 1, 2.0), (0, 2, 0, 1.0), (0, 2, 2, 2.0), (0, 3, 3, 2.0), (0, 4, 4, 2.0)])  # coupling 0 x 2 -> 2, even path, 7 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_0_2_bd196563 = np.array([(0, 0, 0, 2.0), (0, 0, 2, 1.0), (1, 0, 1, 2.0), (2, 0, 0, 1.0), (2, 0, 2, 2.0), (3, 0, 3, 2.0), (4, 0, 4, 2.0)])  # coupling 2 x 0 -> 2, even path, 7 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_3_3_2_07d44da8 = np.array([(0, 0, 0, 0.2), (0, 0, 2, -0.4), (0, 1, 1, 0.2), (0, 2, 0, -0.4), (0, 2, 2, -0.8), (0, 4, 3, 0.2), (0, 5, 4, -0.8), (1, 0, 1, 0.3333333333333333), (1, 1, 0, 0.4), (1, 1, 2, 0.2), (1, 2, 1, 0.4), (1, 3, 0, -0.13333333333333333), (1, 3, 2, -0.26666666666666666), (1, 4, 4, 0.3333333333333333), (1, 5, 3, 0.4), (1, 6, 4, -0.26666666666666666), (2, 0, 0, -0.26666666666666666), (2, 0, 2, -0.13333333333333333), (2, 1, 1, 0.4), (2, 2, 0, 0.2), (2, 2, 2, 0.4), (2, 3, 1, 0.3333333333333333), (2, 4, 3, -0.26666666666666666), (2, 5, 4, 0.4), (2, 6, 3, 0.3333333333333333), (3, 1, 0, -0.8), (3, 1, 2, -0.4), (3, 2, 1, 0.2), (3, 3, 0, -0.4), (3, 3, 2, 0.2), (3, 5, 3, -0.8), (3, 6, 4, 0.2), (4, 0, 3, -0.06666666666666667), (4, 1, 4, 0.6), (4, 2, 3, -0.4), (4, 3, 4, 0.26666666666666666), (4, 4, 0, 0.06666666666666667), (4, 4, 2, -0.4666666666666667), (4, 5, 1, 0.4), (4, 6, 0, -0.13333333333333333), (4, 6, 2, -0.26666666666666666), (5, 0, 4, -0.3333333333333333), (5, 3, 3, -0.3333333333333333), (5, 4, 1, 0.3333333333333333), (5, 6, 1, 0.3333333333333333), (6, 0, 3, 0.26666666666666666), (6, 1, 4, -0.4), (6, 2, 3, 0.6), (6, 3, 4, -0.06666666666666667), (6, 4, 0, -0.26666666666666666), (6, 4, 2, -0.13333333333333333), (6, 5, 1, 0.4), (6, 6, 0, -0.4666666666666667), (6, 6, 2, 0.06666666666666667)])  # coupling 3 x 3 -> 2, even path, 54 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_3_3_25a6a613 = np.array([(0, 0, 0, 0.2), (0, 0, 2, -0.4), (0, 1, 1, 0.4), (0, 1, 3, -0.13333333333333333), (0, 2, 0, -0.26666666666666666), (0, 2, 2, 0.2), (0, 3, 1, -0.8), (0, 3, 3, -0.4), (0, 4, 4, 0.06666666666666667), (0, 4, 6, -0.13333333333333333), (0, 6, 4, -0.26666666666666666), (0, 6, 6, -0.4666666666666667), (1, 0, 1, 0.2), (1, 1, 0, 0.3333333333333333), (1, 1, 2, 0.4), (1, 2, 1, 0.4), (1, 2, 3, 0.3333333333333333), (1, 3, 2, 0.2), (1, 4, 5, 0.4), (1, 5, 4, 0.3333333333333333), (1, 5, 6, 0.3333333333333333), (1, 6, 5, 0.4), (2, 0, 0, -0.4), (2, 0, 2, -0.8), (2, 1, 1, 0.2), (2, 1, 3, -0.26666666666666666), (2, 2, 0, -0.13333333333333333), (2, 2, 2, 0.4), (2, 3, 1, -0.4), (2, 3, 3, 0.2), (2, 4, 4, -0.4666666666666667), (2, 4, 6, -0.26666666666666666), (2, 6, 4, -0.13333333333333333), (2, 6, 6, 0.06666666666666667), (3, 0, 4, 0.2), (3, 1, 5, 0.4), (3, 2, 4, -0.26666666666666666), (3, 2, 6, 0.3333333333333333), (3, 3, 5, -0.8), (3, 4, 0, -0.06666666666666667), (3, 4, 2, -0.4), (3, 5, 3, -0.3333333333333333), (3, 6, 0, 0.26666666666666666), (3, 6, 2, 0.6), (4, 0, 5, -0.8), (4, 1, 4, 0.3333333333333333), (4, 1, 6, -0.26666666666666666), (4, 2, 5, 0.4), (4, 3, 6, 0.2), (4, 4, 1, 0.6), (4, 4, 3, 0.26666666666666666), (4, 5, 0, -0.3333333333333333), (4, 6, 1, -0.4), (4, 6, 3, -0.06666666666666667)])  # coupling 2 x 3 -> 3, even path, 54 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_2_2_c8b54973 = np.array([(0, 0, 0, 0.3333333333333333), (0, 0, 2, -0.3333333333333333), (0, 1, 1, 0.3333333333333333), (0, 2, 0, -0.3333333333333333), (0, 2, 2, -0.6666666666666666), (0, 3, 3, 0.3333333333333333), (0, 4, 4, -0.6666666666666666), (1, 0, 1, 0.5), (1, 1, 0, 0.5), (1, 1, 2, 0.5), (1, 2, 1, 0.5), (1, 3, 4, 0.5), (1, 4, 3, 0.5), (2, 0, 0, -0.6666666666666666), (2, 0, 2, -0.3333333333333333), (2, 1, 1, 0.3333333333333333), (2, 2, 0, -0.3333333333333333), (2, 2, 2, 0.3333333333333333), (2, 3, 3, -0.6666666666666666), (2, 4, 4, 0.3333333333333333), (3, 1, 4, 0.5), (3, 2, 3, -0.5), (3, 3, 2, -0.5), (3, 4, 1, 0.5), (4, 0, 4, -0.5), (4, 1, 3, 0.5), (4, 3, 1, 0.5), (4, 4, 0, -0.5)])  # coupling 2 x 2 -> 2, even path, 28 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_2_2_0d250528 = np.array([(0, 0, 0, 0.3333333333333333), (0, 0, 2, -0.3333333333333333), (0, 1, 1, 0.5), (0, 2, 0, -0.6666666666666666), (0, 2, 2, -0.3333333333333333), (0, 4, 4, -0.5), (1, 0, 1, 0.3333333333333333), (1, 1, 0, 0.5), (1, 1, 2, 0.5), (1, 2, 1, 0.3333333333333333), (1, 3, 4, 0.5), (1, 4, 3, 0.5), (2, 0, 0, -0.3333333333333333), (2, 0, 2, -0.6666666666666666), (2, 1, 1, 0.5), (2, 2, 0, -0.3333333333333333), (2, 2, 2, 0.3333333333333333), (2, 3, 3, -0.5), (3, 0, 3, 0.3333333333333333), (3, 1, 4, 0.5), (3, 2, 3, -0.6666666666666666), (3, 3, 2, -0.5), (3, 4, 1, 0.5), (4, 0, 4, -0.6666666666666666), (4, 1, 3, 0.5), (4, 2, 4, 0.3333333333333333), (4, 3, 1, 0.5), (4, 4, 0, -0.5)])  # coupling 2 x 2 -> 2, even path, 28 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_3_2_1_010a34fb = np.array([(0, 0, 0, 0.6), (0, 1, 1, -0.4), (0, 3, 2, -0.4), (1, 0, 1, 0.3333333333333333), (1, 1, 0, 0.5333333333333333), (1, 2, 1, -0.13333333333333333), (1, 4, 2, -0.13333333333333333), (2, 0, 0, -0.13333333333333333), (2, 1, 1, 0.5333333333333333), (2, 2, 0, 0.3333333333333333), (2, 3, 2, -0.13333333333333333), (3, 1, 0, -0.4), (3, 2, 1, 0.6), (3, 4, 2, -0.4), (4, 0, 2, 0.4666666666666667), (4, 2, 2, 0.13333333333333333), (4, 3, 0, 0.5333333333333333), (4, 4, 1, -0.13333333333333333), (5, 1, 2, 0.3333333333333333), (5, 3, 1, 0.3333333333333333), (5, 4, 0, 0.3333333333333333), (6, 0, 2, 0.13333333333333333), (6, 2, 2, 0.4666666666666667), (6, 3, 0, -0.13333333333333333), (6, 4, 1, 0.5333333333333333)])  # coupling 3 x 2 -> 1, even path, 25 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_1_3_2_121d470a = np.array([(0, 0, 0, 0.6), (0, 1, 1, 0.5333333333333333), (0, 2, 0, -0.13333333333333333), (0, 2, 2, 0.3333333333333333), (0, 3, 1, -0.4), (0, 4, 3, 0.5333333333333333), (0, 5, 4, 0.3333333333333333), (0, 6, 3, -0.13333333333333333), (1, 0, 1, -0.4), (1, 1, 0, 0.3333333333333333), (1, 1, 2, -0.13333333333333333), (1, 2, 1, 0.5333333333333333), (1, 3, 2, 0.6), (1, 4, 4, -0.13333333333333333), (1, 5, 3, 0.3333333333333333), (1, 6, 4, 0.5333333333333333), (2, 0, 3, -0.4), (2, 1, 4, -0.13333333333333333), (2, 2, 3, -0.13333333333333333), (2, 3, 4, -0.4), (2, 4, 0, 0.4666666666666667), (2, 4, 2, 0.13333333333333333), (2, 5, 1, 0.3333333333333333), (2, 6, 0, 0.13333333333333333), (2, 6, 2, 0.4666666666666667)])  # coupling 1 x 3 -> 2, even path, 25 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_1_1_c3015d45 = np.array([(0, 0, 0, 0.6666666666666666), (0, 1, 1, -0.3333333333333333), (0, 2, 2, -0.3333333333333333), (1, 0, 1, 0.5), (1, 1, 0, 0.5), (2, 0, 0, -0.3333333333333333), (2, 1, 1, 0.6666666666666666), (2, 2, 2, -0.3333333333333333), (3, 0, 2, 0.5), (3, 2, 0, 0.5), (4, 1, 2, 0.5), (4, 2, 1, 0.5)])  # coupling 2 x 1 -> 1, even path, 12 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_1_2_1_68cab8a5 = np.array([(0, 0, 0, 0.6666666666666666), (0, 1, 1, 0.5), (0, 2, 0, -0.3333333333333333), (0, 3, 2, 0.5), (1, 0, 1, -0.3333333333333333), (1, 1, 0, 0.5), (1, 2, 1, 0.6666666666666666), (1, 4, 2, 0.5), (2, 0, 2, -0.3333333333333333), (2, 2, 2, -0.3333333333333333), (2, 3, 0, 0.5), (2, 4, 1, 0.5)])  # coupling 1 x 2 -> 1, even path, 12 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_3_3_0_3353fb15 = np.array([(0, 0, 0, 1.0), (1, 1, 0, 1.0), (2, 2, 0, 1.0), (3, 3, 0, 1.0), (4, 4, 0, 1.0), (5, 5, 0, 1.0), (6, 6, 0, 1.0)])  # coupling 3 x 3 -> 0, even path, 7 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_2_0_638600a3 = np.array([(0, 0, 0, 1.0), (1, 1, 0, 1.0), (2, 2, 0, 1.0), (3, 3, 0, 1.0), (4, 4, 0, 1.0)])  # coupling 2 x 2 -> 0, even path, 5 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_1_0_1_470fbaa1 = np.array([(0, 0, 0, 1.0), (1, 0, 1, 1.0), (2, 0, 2, 1.0)])  # coupling 1 x 0 -> 1, even path, 3 nonzeros: rows (m1, m2, m3, coefficient)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def _kernel_7820e23368(block, channels, g_mixA0_A_7, g_mixA0_A_8, g_mixA1_A_7, g_mixA2_A_7, g_mixA3_A_4, g_p_B0_0, g_p_t2_0_0, g_p_t6_1_0, mixA0_A, mixA1_A, mixA2_A, mixA3_A, num_nodes, product):
+    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
+    t = np.empty((111, channels), np.float64)  # rows of the values this kernel keeps to itself
+    for n in range(block * 16, min(num_nodes, block * 16 + 16)):
+        _couple(t[0:1], mixA0_A[n].T, mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
+        _couple(t[1:4], mixA0_A[n].T, mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
+        _couple(t[4:9], mixA0_A[n].T, mixA2_A[n].T, TABLE_0_2_2_e48b51bf)  # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
+        _couple(t[9:16], mixA0_A[n].T, mixA3_A[n].T, TABLE_0_3_3_562e87e3)  # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
+        _couple(t[16:21], mixA1_A[n].T, mixA1_A[n].T, TABLE_1_1_2_e4201477)  # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
+        _couple(t[21:28], mixA1_A[n].T, mixA2_A[n].T, TABLE_1_2_3_07710818)  # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
+        _couple(t[28:33], mixA2_A[n].T, mixA2_A[n].T, TABLE_2_2_2_4e85cd44)  # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
+        _couple(t[33:40], mixA2_A[n].T, mixA3_A[n].T, TABLE_2_3_3_6abb6992)  # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
+        _scale(t[40:41], mixA0_A[n].T, product[n, :, 1])  # (0e x 0e)->0e
+        _scale(t[41:42], t[0:1], product[n, :, 5])  # ((0e x 0e)->0e x 0e)->0e
+        _sum(t[0:1], t[40:41], t[41:42])
+        _scale(t[42:47], mixA2_A[n].T, product[n, :, 3])  # (2e x 2e)->0e
+        _scale(t[47:52], t[4:9], product[n, :, 7])  # ((0e x 2e)->2e x 2e)->0e
+        _scale(t[4:9], t[16:21], product[n, :, 9])  # ((1o x 1o)->2e x 2e)->0e
+        _scale(t[16:21], t[28:33], product[n, :, 11])  # ((2e x 2e)->2e x 2e)->0e
+        _sum(t[28:33], t[42:47], t[47:52], t[4:9], t[16:21])
+        _scale(t[52:59], mixA3_A[n].T, product[n, :, 4])  # (3o x 3o)->0e
+        _scale(t[59:66], t[9:16], product[n, :, 8])  # ((0e x 3o)->3o x 3o)->0e
+        _scale(t[9:16], t[21:28], product[n, :, 10])  # ((1o x 2e)->3o x 3o)->0e
+        _scale(t[21:28], t[33:40], product[n, :, 12])  # ((2e x 3o)->3o x 3o)->0e
+        _sum(t[33:40], t[52:59], t[59:66], t[9:16], t[21:28])
+        _couple(t[21:28], g_p_B0_0[n].T, mixA3_A[n].T, TABLE_0_3_3_43fd0183)  # adjoint (left) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-left of 3x3->0, ranks 0, 3 -> 3, 13 nonzeros
+        _couple(t[9:16], t[33:40], g_p_B0_0[n].T, TABLE_3_0_3_e4111719)  # adjoint (right) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-right of 3x3->0, ranks 3, 0 -> 3, 13 nonzeros
+        _scale(t[33:40], t[21:28], product[n, :, 12])  # adjoint of p_B0_f3_3_A3_3
+        _scale(t[59:66], t[21:28], product[n, :, 10])  # adjoint of p_B0_f3_3_A3_2
+        _scale(t[52:59], t[21:28], product[n, :, 8])  # adjoint of p_B0_f3_3_A3_1
+        _scale(t[66:73], t[21:28], product[n, :, 4])  # adjoint of p_B0_f3_3_A3_0
+        _couple(t[16:21], g_p_B0_0[n].T, mixA2_A[n].T, TABLE_0_2_2_b6ffe7ef)  # adjoint (left) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-left of 2x2->0, ranks 0, 2 -> 2, 7 nonzeros
+        _couple(t[4:9], t[28:33], g_p_B0_0[n].T, TABLE_2_0_2_bd196563)  # adjoint (right) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-right of 2x2->0, ranks 2, 0 -> 2, 7 nonzeros
+        _scale(t[28:33], t[16:21], product[n, :, 11])  # adjoint of p_B0_f2_2_A2_3
+        _scale(t[47:52], t[16:21], product[n, :, 9])  # adjoint of p_B0_f2_2_A2_2
+        _scale(t[42:47], t[16:21], product[n, :, 7])  # adjoint of p_B0_f2_2_A2_1
+        _scale(t[73:78], t[16:21], product[n, :, 3])  # adjoint of p_B0_f2_2_A2_0
+        _couple(t[41:42], g_p_B0_0[n].T, mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # adjoint (left) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+        _couple(t[40:41], t[0:1], g_p_B0_0[n].T, TABLE_0_0_0_8b90d7c6)  # adjoint (right) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+        _scale(t[0:1], t[41:42], product[n, :, 5])  # adjoint of p_B0_f0_0_A0_1
+        _scale(t[78:79], t[41:42], product[n, :, 1])  # adjoint of p_B0_f0_0_A0_0
+        _couple(t[16:21], t[33:40], mixA3_A[n].T, TABLE_3_3_2_07d44da8)  # adjoint (left) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-left of 2x3->3, ranks 3, 3 -> 2, 54 nonzeros
+        _couple(t[21:28], mixA2_A[n].T, t[33:40], TABLE_2_3_3_25a6a613)  # adjoint (right) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-right of 2x3->3, ranks 2, 3 -> 3, 54 nonzeros
+        _couple(t[79:84], t[28:33], mixA2_A[n].T, TABLE_2_2_2_c8b54973)  # adjoint (left) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-left of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
+        _couple(t[84:89], mixA2_A[n].T, t[28:33], TABLE_2_2_2_0d250528)  # adjoint (right) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-right of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
+        _couple(t[89:92], t[59:66], mixA2_A[n].T, TABLE_3_2_1_010a34fb)  # adjoint (left) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-left of 1x2->3, ranks 3, 2 -> 1, 25 nonzeros
+        _couple(t[28:33], mixA1_A[n].T, t[59:66], TABLE_1_3_2_121d470a)  # adjoint (right) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-right of 1x2->3, ranks 1, 3 -> 2, 25 nonzeros
+        _couple(t[92:95], t[47:52], mixA1_A[n].T, TABLE_2_1_1_c3015d45)  # adjoint (left) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
+        _couple(t[95:98], mixA1_A[n].T, t[47:52], TABLE_1_2_1_68cab8a5)  # adjoint (right) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-right of 1x1->2, ranks 1, 2 -> 1, 12 nonzeros
+        _couple(t[41:42], t[52:59], mixA3_A[n].T, TABLE_3_3_0_3353fb15)  # adjoint (left) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
+        _couple(t[59:66], mixA0_A[n].T, t[52:59], TABLE_0_3_3_562e87e3)  # adjoint (right) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
+        _couple(t[98:99], t[42:47], mixA2_A[n].T, TABLE_2_2_0_638600a3)  # adjoint (left) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
+        _couple(t[47:52], mixA0_A[n].T, t[42:47], TABLE_0_2_2_e48b51bf)  # adjoint (right) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
+        _couple(t[99:102], g_p_t6_1_0[n].T, mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # adjoint (left) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
+        _couple(t[102:105], t[1:4], g_p_t6_1_0[n].T, TABLE_1_0_1_470fbaa1)  # adjoint (right) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
+        _couple(t[105:106], t[99:102], mixA1_A[n].T, TABLE_1_1_0_85459927)  # adjoint (left) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
+        _couple(t[1:4], mixA0_A[n].T, t[99:102], TABLE_0_1_1_ee2e90d0)  # adjoint (right) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
+        _couple(t[99:102], g_p_t2_0_0[n].T, mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # adjoint (left) of p_t2_0: (1o x 1o)->0e step 1: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
+        _couple(t[106:109], mixA1_A[n].T, g_p_t2_0_0[n].T, TABLE_1_0_1_470fbaa1)  # adjoint (right) of p_t2_0: (1o x 1o)->0e step 1: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
+        _couple(t[109:110], t[0:1], mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # adjoint (left) of p_t1_0: (0e x 0e)->0e step 1: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+        _couple(t[110:111], mixA0_A[n].T, t[0:1], TABLE_0_0_0_8b90d7c6)  # adjoint (right) of p_t1_0: (0e x 0e)->0e step 1: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+        _sum(g_mixA3_A_4[n].T, t[9:16], t[66:73], t[21:28], t[59:66])
+        _sum(g_mixA2_A_7[n].T, t[4:9], t[73:78], t[16:21], t[79:84])
+        _sum(g_mixA2_A_7[n].T, g_mixA2_A_7[n].T, t[84:89], t[28:33], t[47:52])
+        _sum(g_mixA1_A_7[n].T, t[89:92], t[92:95], t[95:98], t[102:105])
+        _sum(g_mixA1_A_7[n].T, g_mixA1_A_7[n].T, t[1:4], t[99:102], t[106:109])
+        _sum(g_mixA0_A_8[n].T, t[40:41], t[78:79], t[41:42], t[98:99])
+        _sum(g_mixA0_A_8[n].T, g_mixA0_A_8[n].T, t[105:106], t[109:110], t[110:111])
+        _sum(g_mixA0_A_8[n].T, g_mixA0_A_8[n].T, g_mixA0_A_7[n].T)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def _kernel_5b27d5ea9b(block, Y1, Y2, Y3, channels, d_Y0, d_Y1, d_Y2, d_Y3, d_radial, g_i_A0_0, g_i_A1_0, g_i_A2_0, g_i_A3_0, i_c_0_0_0, i_hj_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, num_edges, radial, receivers):
+    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_edges."""
+    t = np.empty((21, channels), np.float64)  # rows of the values this kernel keeps to itself
+    for e in range(block * 16, min(num_edges, block * 16 + 16)):
+        i = receivers[e]
+        _couple_right_free(t[0:1], g_i_A3_0[i].T, Y3[e], TABLE_3_3_0_3353fb15)  # adjoint (left) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
+        _couple(t[1:8], i_s_0_3_3_in[e].T, g_i_A3_0[i].T, TABLE_0_3_3_562e87e3)  # adjoint (right) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
+        _channel_sum(d_Y3[e], t[1:8])  # sum over channels
+        _couple(t[8:9], t[0:1], i_hj_0_0_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[3] from i_s_0_3_3_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+        _couple_right_free(t[0:1], g_i_A2_0[i].T, Y2[e], TABLE_2_2_0_638600a3)  # adjoint (left) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
+        _couple(t[9:14], i_s_0_2_2_in[e].T, g_i_A2_0[i].T, TABLE_0_2_2_e48b51bf)  # adjoint (right) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
+        _channel_sum(d_Y2[e], t[9:14])  # sum over channels
+        _couple(t[14:15], t[0:1], i_hj_0_0_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[2] from i_s_0_2_2_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+        _couple_right_free(t[0:1], g_i_A1_0[i].T, Y1[e], TABLE_1_1_0_85459927)  # adjoint (left) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
+        _couple(t[15:18], i_s_0_1_1_in[e].T, g_i_A1_0[i].T, TABLE_0_1_1_ee2e90d0)  # adjoint (right) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
+        _channel_sum(d_Y1[e], t[15:18])  # sum over channels
+        _couple(t[18:19], t[0:1], i_hj_0_0_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[1] from i_s_0_1_1_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+        _scale(t[0:1], g_i_A0_0[i].T, radial[e, :, 0])  # adjoint of i_s_0_0_0
+        _couple(t[19:20], g_i_A0_0[i].T, i_c_0_0_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[0] from i_s_0_0_0: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+        _couple(t[20:21], i_hj_0_0_0[e].T, t[0:1], TABLE_0_0_0_8b90d7c6)  # adjoint (right) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+        _channel_sum(d_Y0[e], t[20:21])  # sum over channels
+        # d_radial: weight-shaped adjoint of radial
+        d_radial[e, :, 0] = t[19:20][0]
+        d_radial[e, :, 1] = t[18:19][0]
+        d_radial[e, :, 2] = t[14:15][0]
+        d_radial[e, :, 3] = t[8:9][0]
+
+TABLE_1_2_1_3fc415f1 = np.array([(0, 0, 0, 1.0), (0, 1, 1, 1.0), (0, 3, 2, 1.0), (1, 1, 0, 1.0), (1, 2, 1, 1.0), (1, 4, 2, 1.0), (2, 0, 2, -1.0), (2, 2, 2, -1.0), (2, 3, 0, 1.0), (2, 4, 1, 1.0)])  # coupling 1 x 2 -> 1, even path, 10 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_1_2_2_4013a379 = np.array([(0, 0, 4, 0.5), (0, 1, 3, 0.5), (0, 2, 4, 1.0), (0, 3, 1, -0.5), (0, 4, 2, -1.0), (1, 0, 3, -1.0), (1, 1, 4, -0.5), (1, 2, 3, -0.5), (1, 3, 0, 1.0), (1, 4, 1, 0.5), (2, 0, 1, 0.5), (2, 1, 0, -1.0), (2, 1, 2, 1.0), (2, 2, 1, -0.5), (2, 3, 4, 0.5), (2, 4, 3, -0.5)])  # coupling 1 x 2 -> 2, odd (Levi-Civita) path, 16 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_2_1_30830571 = np.array([(0, 1, 2, 1.0), (0, 3, 1, -2.0), (0, 4, 0, 1.0), (1, 0, 2, -1.0), (1, 2, 2, 1.0), (1, 3, 0, 1.0), (1, 4, 1, -1.0), (2, 1, 2, -1.0), (2, 3, 1, -1.0), (2, 4, 0, 2.0), (3, 0, 1, 2.0), (3, 1, 0, -1.0), (3, 2, 1, 1.0), (3, 4, 2, 1.0), (4, 0, 0, -1.0), (4, 1, 1, 1.0), (4, 2, 0, -2.0), (4, 3, 2, -1.0)])  # coupling 2 x 2 -> 1, odd (Levi-Civita) path, 18 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_1_3_2_1ba37bc7 = np.array([(0, 0, 0, 1.0), (0, 1, 1, 1.0), (0, 2, 2, 1.0), (0, 4, 3, 1.0), (0, 5, 4, 1.0), (1, 1, 0, 1.0), (1, 2, 1, 1.0), (1, 3, 2, 1.0), (1, 5, 3, 1.0), (1, 6, 4, 1.0), (2, 0, 3, -1.0), (2, 1, 4, -1.0), (2, 2, 3, -1.0), (2, 3, 4, -1.0), (2, 4, 0, 1.0), (2, 5, 1, 1.0), (2, 6, 2, 1.0)])  # coupling 1 x 3 -> 2, even path, 17 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_1_3_3_c6a4e8cb = np.array([(0, 0, 5, 0.3333333333333333), (0, 1, 4, 0.3333333333333333), (0, 1, 6, 0.6666666666666666), (0, 2, 5, 0.6666666666666666), (0, 3, 6, 1.0), (0, 4, 1, -0.3333333333333333), (0, 5, 2, -0.6666666666666666), (0, 6, 3, -1.0), (1, 0, 4, -1.0), (1, 1, 5, -0.6666666666666666), (1, 2, 4, -0.6666666666666666), (1, 2, 6, -0.3333333333333333), (1, 3, 5, -0.3333333333333333), (1, 4, 0, 1.0), (1, 5, 1, 0.6666666666666666), (1, 6, 2, 0.3333333333333333), (2, 0, 1, 0.3333333333333333), (2, 1, 0, -1.0), (2, 1, 2, 0.6666666666666666), (2, 2, 1, -0.6666666666666666), (2, 2, 3, 1.0), (2, 3, 2, -0.3333333333333333), (2, 4, 5, 0.3333333333333333), (2, 5, 4, -0.6666666666666666), (2, 5, 6, 0.6666666666666666), (2, 6, 5, -0.3333333333333333)])  # coupling 1 x 3 -> 3, odd (Levi-Civita) path, 26 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_3_3_1_f9bfb43c = np.array([(0, 1, 2, 2.0), (0, 3, 2, 1.0), (0, 4, 1, -4.0), (0, 5, 0, 2.0), (0, 6, 1, -1.0), (1, 0, 2, -2.0), (1, 2, 2, 1.0), (1, 4, 0, 2.0), (1, 5, 1, -4.0), (1, 6, 0, 3.0), (2, 1, 2, -1.0), (2, 3, 2, 2.0), (2, 4, 1, -3.0), (2, 5, 0, 4.0), (2, 6, 1, -2.0), (3, 0, 2, -1.0), (3, 2, 2, -2.0), (3, 4, 0, 1.0), (3, 5, 1, -2.0), (3, 6, 0, 4.0), (4, 0, 1, 4.0), (4, 1, 0, -2.0), (4, 2, 1, 3.0), (4, 3, 0, -1.0), (4, 5, 2, 2.0), (5, 0, 0, -2.0), (5, 1, 1, 4.0), (5, 2, 0, -4.0), (5, 3, 1, 2.0), (5, 4, 2, -2.0), (5, 6, 2, 2.0), (6, 0, 1, 1.0), (6, 1, 0, -3.0), (6, 2, 1, 2.0), (6, 3, 0, -4.0), (6, 5, 2, -2.0)])  # coupling 3 x 3 -> 1, odd (Levi-Civita) path, 36 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_2_4_07efd734 = np.array([(0, 0, 0, 0.5428571428571428), (0, 0, 2, -0.05714285714285714), (0, 0, 4, 0.11428571428571428), (0, 1, 1, 0.35714285714285715), (0, 1, 3, -0.14285714285714285), (0, 2, 0, 0.05714285714285714), (0, 2, 2, 0.18571428571428572), (0, 2, 4, 0.05714285714285714), (0, 3, 5, 0.5), (0, 4, 6, 0.21428571428571427), (0, 4, 8, 0.14285714285714285), (1, 0, 1, 0.35714285714285715), (1, 0, 3, -0.14285714285714285), (1, 1, 0, -0.45714285714285713), (1, 1, 2, 0.5142857142857142), (1, 1, 4, -0.45714285714285713), (1, 2, 1, -0.14285714285714285), (1, 2, 3, 0.35714285714285715), (1, 3, 6, 0.2857142857142857), (1, 3, 8, -0.14285714285714285), (1, 4, 5, -0.14285714285714285), (1, 4, 7, 0.2857142857142857), (2, 0, 0, 0.05714285714285714), (2, 0, 2, 0.18571428571428572), (2, 0, 4, 0.05714285714285714), (2, 1, 1, -0.14285714285714285), (2, 1, 3, 0.35714285714285715), (2, 2, 0, 0.11428571428571428), (2, 2, 2, -0.05714285714285714), (2, 2, 4, 0.5428571428571428), (2, 3, 5, 0.14285714285714285), (2, 3, 7, 0.21428571428571427), (2, 4, 8, 0.5), (3, 0, 5, 0.5), (3, 1, 6, 0.2857142857142857), (3, 1, 8, -0.14285714285714285), (3, 2, 5, 0.14285714285714285), (3, 2, 7, 0.21428571428571427), (3, 3, 0, -0.45714285714285713), (3, 3, 2, -0.05714285714285714), (3, 3, 4, 0.11428571428571428), (3, 4, 1, -0.14285714285714285), (3, 4, 3, -0.14285714285714285), (4, 0, 6, 0.21428571428571427), (4, 0, 8, 0.14285714285714285), (4, 1, 5, -0.14285714285714285), (4, 1, 7, 0.2857142857142857), (4, 2, 8, 0.5), (4, 3, 1, -0.14285714285714285), (4, 3, 3, -0.14285714285714285), (4, 4, 0, 0.11428571428571428), (4, 4, 2, -0.05714285714285714), (4, 4, 4, -0.45714285714285713)])  # coupling 2 x 2 -> 4, even path, 53 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_4_3_1_86cd676e = np.array([(0, 0, 0, 4.0), (0, 2, 0, 3.0), (0, 4, 2, -4.0), (0, 6, 2, -1.0), (1, 0, 1, 4.0), (1, 1, 0, 6.0), (1, 2, 1, 3.0), (1, 3, 0, 3.0), (1, 5, 2, -6.0), (2, 0, 0, 3.0), (2, 1, 1, 6.0), (2, 2, 0, 6.0), (2, 3, 1, 3.0), (2, 4, 2, -5.0), (2, 6, 2, -5.0), (3, 0, 1, 3.0), (3, 1, 0, 3.0), (3, 2, 1, 6.0), (3, 3, 0, 4.0), (3, 5, 2, -6.0), (4, 1, 1, 3.0), (4, 3, 1, 4.0), (4, 4, 2, -1.0), (4, 6, 2, -4.0), (5, 0, 2, 4.0), (5, 2, 2, 3.0), (5, 4, 0, 4.0), (5, 6, 0, 1.0), (6, 1, 2, 6.0), (6, 3, 2, 3.0), (6, 4, 1, 4.0), (6, 5, 0, 6.0), (6, 6, 1, 1.0), (7, 0, 2, 3.0), (7, 2, 2, 6.0), (7, 4, 0, 1.0), (7, 5, 1, 6.0), (7, 6, 0, 4.0), (8, 1, 2, 3.0), (8, 3, 2, 4.0), (8, 4, 1, 1.0), (8, 6, 1, 4.0)])  # coupling 4 x 3 -> 1, even path, 42 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_3_3_2_56743844 = np.array([(0, 0, 0, 0.6666666666666666), (0, 0, 2, -1.3333333333333333), (0, 1, 1, 1.0), (0, 2, 2, -1.0), (0, 3, 1, 0.5), (0, 5, 4, -1.0), (0, 6, 3, 0.5), (1, 0, 1, 1.0), (1, 2, 1, 1.5), (1, 3, 0, -1.0), (1, 4, 4, 1.0), (1, 6, 4, -0.5), (2, 0, 2, -1.0), (2, 1, 1, 1.5), (2, 3, 1, 1.0), (2, 4, 3, -0.5), (2, 6, 3, 1.0), (3, 0, 1, 0.5), (3, 1, 0, -1.0), (3, 2, 1, 1.0), (3, 3, 0, -1.3333333333333333), (3, 3, 2, 0.6666666666666666), (3, 4, 4, 0.5), (3, 5, 3, -1.0), (4, 1, 4, 1.0), (4, 2, 3, -0.5), (4, 3, 4, 0.5), (4, 4, 0, 0.6666666666666666), (4, 4, 2, -1.3333333333333333), (4, 5, 1, 1.0), (4, 6, 0, -0.3333333333333333), (4, 6, 2, -0.3333333333333333), (5, 0, 4, -1.0), (5, 3, 3, -1.0), (5, 4, 1, 1.0), (5, 6, 1, 1.0), (6, 0, 3, 0.5), (6, 1, 4, -0.5), (6, 2, 3, 1.0), (6, 4, 0, -0.3333333333333333), (6, 4, 2, -0.3333333333333333), (6, 5, 1, 1.0), (6, 6, 0, -1.3333333333333333), (6, 6, 2, 0.6666666666666666)])  # coupling 3 x 3 -> 2, even path, 44 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_3_1_5025bbf0 = np.array([(0, 0, 0, 2.0), (0, 1, 1, 2.0), (0, 2, 0, 1.0), (0, 3, 1, 1.0), (0, 4, 2, 2.0), (0, 6, 2, 1.0), (1, 1, 0, 2.0), (1, 2, 1, 2.0), (1, 5, 2, 2.0), (2, 0, 0, 1.0), (2, 1, 1, 1.0), (2, 2, 0, 2.0), (2, 3, 1, 2.0), (2, 4, 2, 1.0), (2, 6, 2, 2.0), (3, 0, 2, -2.0), (3, 2, 2, -2.0), (3, 4, 0, 2.0), (3, 5, 1, 2.0), (4, 1, 2, -2.0), (4, 3, 2, -2.0), (4, 5, 0, 2.0), (4, 6, 1, 2.0)])  # coupling 2 x 3 -> 1, even path, 23 nonzeros: rows (m1, m2, m3, coefficient)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def _kernel_39268ed02e(block, channels, mixA0_A, mixA1_A, mixA2_A, mixA3_A, num_nodes, p_B0, p_B1, product):
+    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
+    t = np.empty((129, channels), np.float64)  # rows of the values this kernel keeps to itself
+    for n in range(block * 16, min(num_nodes, block * 16 + 16)):
+        _scale(t[0:1], mixA0_A[n].T, product[n, :, 0])  # 0e
+        _couple(t[1:2], mixA0_A[n].T, mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
+        _couple(t[2:3], mixA1_A[n].T, mixA1_A[n].T, TABLE_1_1_0_85459927)  # (1o x 1o)->0e step 1: 1 x 1 -> 0, even path, 3 nonzeros
+        _scale(t[3:4], t[2:3], product[n, :, 2])  # (1o x 1o)->0e
+        _couple(t[4:7], mixA0_A[n].T, mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
+        _couple(t[7:8], t[4:7], mixA1_A[n].T, TABLE_1_1_0_85459927)  # ((0e x 1o)->1o x 1o)->0e step 2: 1 x 1 -> 0, even path, 3 nonzeros
+        _scale(t[8:9], t[7:8], product[n, :, 6])  # ((0e x 1o)->1o x 1o)->0e
+        _couple(t[9:14], mixA0_A[n].T, mixA2_A[n].T, TABLE_0_2_2_e48b51bf)  # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
+        _couple(t[14:21], mixA0_A[n].T, mixA3_A[n].T, TABLE_0_3_3_562e87e3)  # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
+        _couple(t[21:26], mixA1_A[n].T, mixA1_A[n].T, TABLE_1_1_2_e4201477)  # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
+        _couple(t[26:33], mixA1_A[n].T, mixA2_A[n].T, TABLE_1_2_3_07710818)  # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
+        _couple(t[33:38], mixA2_A[n].T, mixA2_A[n].T, TABLE_2_2_2_4e85cd44)  # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
+        _couple(t[38:45], mixA2_A[n].T, mixA3_A[n].T, TABLE_2_3_3_6abb6992)  # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
+        _scale(t[45:48], mixA1_A[n].T, product[n, :, 13])  # 1o
+        _couple(t[48:51], mixA1_A[n].T, mixA2_A[n].T, TABLE_1_2_1_3fc415f1)  # (1o x 2e)->1o step 1: 1 x 2 -> 1, even path, 10 nonzeros
+        _couple(t[51:56], mixA1_A[n].T, mixA2_A[n].T, TABLE_1_2_2_4013a379)  # ((1o x 2e)->2o x 2e)->1o step 1: 1 x 2 -> 2, odd (Levi-Civita) path, 16 nonzeros
+        _couple(t[56:59], t[51:56], mixA2_A[n].T, TABLE_2_2_1_30830571)  # ((1o x 2e)->2o x 2e)->1o step 2: 2 x 2 -> 1, odd (Levi-Civita) path, 18 nonzeros
+        _scale(t[59:62], t[56:59], product[n, :, 23])  # ((1o x 2e)->2o x 2e)->1o
+        _couple(t[51:56], mixA1_A[n].T, mixA3_A[n].T, TABLE_1_3_2_1ba37bc7)  # ((1o x 3o)->2e x 3o)->1o step 1: 1 x 3 -> 2, even path, 17 nonzeros
+        _couple(t[62:69], mixA1_A[n].T, mixA3_A[n].T, TABLE_1_3_3_c6a4e8cb)  # ((1o x 3o)->3e x 3o)->1o step 1: 1 x 3 -> 3, odd (Levi-Civita) path, 26 nonzeros
+        _couple(t[56:59], t[62:69], mixA3_A[n].T, TABLE_3_3_1_f9bfb43c)  # ((1o x 3o)->3e x 3o)->1o step 2: 3 x 3 -> 1, odd (Levi-Civita) path, 36 nonzeros
+        _scale(t[69:72], t[56:59], product[n, :, 25])  # ((1o x 3o)->3e x 3o)->1o
+        _couple(t[72:81], mixA2_A[n].T, mixA2_A[n].T, TABLE_2_2_4_07efd734)  # ((2e x 2e)->4e x 3o)->1o step 1: 2 x 2 -> 4, even path, 53 nonzeros
+        _couple(t[56:59], t[72:81], mixA3_A[n].T, TABLE_4_3_1_86cd676e)  # ((2e x 2e)->4e x 3o)->1o step 2: 4 x 3 -> 1, even path, 42 nonzeros
+        _scale(t[81:84], t[56:59], product[n, :, 27])  # ((2e x 2e)->4e x 3o)->1o
+        _couple(t[84:89], mixA3_A[n].T, mixA3_A[n].T, TABLE_3_3_2_56743844)  # ((3o x 3o)->2e x 3o)->1o step 1: 3 x 3 -> 2, even path, 44 nonzeros
+        _scale(t[7:8], mixA0_A[n].T, product[n, :, 1])  # (0e x 0e)->0e
+        _scale(t[89:90], t[1:2], product[n, :, 5])  # ((0e x 0e)->0e x 0e)->0e
+        _sum(t[90:91], t[7:8], t[89:90])
+        _couple(t[89:90], t[90:91], mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # factored: 2 weighted 0x0->0 couplings as one: 0 x 0 -> 0, even path, 1 nonzeros
+        _scale(t[91:96], mixA2_A[n].T, product[n, :, 3])  # (2e x 2e)->0e
+        _scale(t[96:101], t[9:14], product[n, :, 7])  # ((0e x 2e)->2e x 2e)->0e
+        _scale(t[101:106], t[21:26], product[n, :, 9])  # ((1o x 1o)->2e x 2e)->0e
+        _scale(t[106:111], t[33:38], product[n, :, 11])  # ((2e x 2e)->2e x 2e)->0e
+        _sum(t[111:116], t[91:96], t[96:101], t[101:106], t[106:111])
+        _couple(t[90:91], t[111:116], mixA2_A[n].T, TABLE_2_2_0_41e96d63)  # factored: 4 weighted 2x2->0 couplings as one: 2 x 2 -> 0, even path, 7 nonzeros
+        _scale(t[62:69], mixA3_A[n].T, product[n, :, 4])  # (3o x 3o)->0e
+        _scale(t[116:123], t[14:21], product[n, :, 8])  # ((0e x 3o)->3o x 3o)->0e
+        _scale(t[14:21], t[26:33], product[n, :, 10])  # ((1o x 2e)->3o x 3o)->0e
+        _scale(t[26:33], t[38:45], product[n, :, 12])  # ((2e x 3o)->3o x 3o)->0e
+        _sum(t[38:45], t[62:69], t[116:123], t[14:21], t[26:33])
+        _couple(t[7:8], t[38:45], mixA3_A[n].T, TABLE_3_3_0_697708af)  # factored: 4 weighted 3x3->0 couplings as one: 3 x 3 -> 0, even path, 13 nonzeros
+        _sum(p_B0[n].T, t[0:1], t[89:90], t[3:4], t[8:9])
+        _sum(p_B0[n].T, p_B0[n].T, t[90:91], t[7:8])
+        _scale(t[7:8], mixA0_A[n].T, product[n, :, 14])  # (0e x 1o)->1o
+        _scale(t[90:91], t[1:2], product[n, :, 17])  # ((0e x 0e)->0e x 1o)->1o
+        _scale(t[1:2], t[2:3], product[n, :, 20])  # ((1o x 1o)->0e x 1o)->1o
+        _sum(t[2:3], t[7:8], t[90:91], t[1:2])
+        _couple(t[56:59], t[2:3], mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # factored: 3 weighted 0x1->1 couplings as one: 0 x 1 -> 1, even path, 3 nonzeros
+        _scale(t[123:126], mixA1_A[n].T, product[n, :, 15])  # (1o x 2e)->1o
+        _scale(t[126:129], t[4:7], product[n, :, 18])  # ((0e x 1o)->1o x 2e)->1o
+        _scale(t[4:7], t[48:51], product[n, :, 22])  # ((1o x 2e)->1o x 2e)->1o
+        _sum(t[48:51], t[123:126], t[126:129], t[4:7])
+        _couple(t[4:7], t[48:51], mixA2_A[n].T, TABLE_1_2_1_3fc415f1)  # factored: 3 weighted 1x2->1 couplings as one: 1 x 2 -> 1, even path, 10 nonzeros
+        _scale(t[111:116], mixA2_A[n].T, product[n, :, 16])  # (2e x 3o)->1o
+        _scale(t[106:111], t[9:14], product[n, :, 19])  # ((0e x 2e)->2e x 3o)->1o
+        _scale(t[9:14], t[21:26], product[n, :, 21])  # ((1o x 1o)->2e x 3o)->1o
+        _scale(t[21:26], t[51:56], product[n, :, 24])  # ((1o x 3o)->2e x 3o)->1o
+        _scale(t[51:56], t[33:38], product[n, :, 26])  # ((2e x 2e)->2e x 3o)->1o
+        _scale(t[33:38], t[84:89], product[n, :, 28])  # ((3o x 3o)->2e x 3o)->1o
+        _sum(t[84:89], t[111:116], t[106:111], t[9:14], t[21:26])
+        _sum(t[84:89], t[84:89], t[51:56], t[33:38])
+        _couple(t[48:51], t[84:89], mixA3_A[n].T, TABLE_2_3_1_5025bbf0)  # factored: 6 weighted 2x3->1 couplings as one: 2 x 3 -> 1, even path, 23 nonzeros
+        _sum(p_B1[n].T, t[45:48], t[56:59], t[4:7], t[48:51])
+        _sum(p_B1[n].T, p_B1[n].T, t[59:62], t[69:72], t[81:84])
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def _kernel_d6889dd7e0(block, Y0, Y1, Y2, Y3, channels, g_mixA0_A_8, g_mixA1_A_6, g_p_B0_0, g_p_B1_0, g_p_t23_1_0, g_p_t25_1_0, g_p_t27_1_0, g_p_t2_0_1, g_p_t6_1_0, i_A0, i_A1, i_A2, i_A3, i_c_0_0_0, i_hj_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, num_nodes, product, radial, receiver_offsets, senders, up0_h):
+    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
+    t = np.empty((32, channels), np.float64)  # rows of the values this kernel keeps to itself
+    for n in range(block * 16, min(num_nodes, block * 16 + 16)):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
+        t[0:1] = 0.0
+        t[1:4] = 0.0
+        t[4:9] = 0.0
+        t[9:16] = 0.0
+        for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
+            j = senders[e]
+            i_hj_0_0_0[e] = up0_h[j]  # store
+            _couple_right_free(i_c_0_0_0[e].T, up0_h[j].T, Y0[e], TABLE_0_0_0_8b90d7c6)  # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
+            _scale(t[16:17], i_c_0_0_0[e].T, radial[e, :, 0])  # R[h0 x Y0 -> A0]
+            _add(t[0:1], t[16:17])
+            _scale(i_s_0_1_1_in[e].T, up0_h[j].T, radial[e, :, 1])  # R[h0 x Y1 -> A1]
+            _couple_right_free(t[17:20], i_s_0_1_1_in[e].T, Y1[e], TABLE_0_1_1_ee2e90d0)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
+            _add(t[1:4], t[17:20])
+            _scale(i_s_0_2_2_in[e].T, up0_h[j].T, radial[e, :, 2])  # R[h0 x Y2 -> A2]
+            _couple_right_free(t[20:25], i_s_0_2_2_in[e].T, Y2[e], TABLE_0_2_2_e48b51bf)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
+            _add(t[4:9], t[20:25])
+            _scale(i_s_0_3_3_in[e].T, up0_h[j].T, radial[e, :, 3])  # R[h0 x Y3 -> A3]
+            _couple_right_free(t[25:32], i_s_0_3_3_in[e].T, Y3[e], TABLE_0_3_3_562e87e3)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
+            _add(t[9:16], t[25:32])
+        i_A0[n] = t[0:1].T  # store
+        i_A1[n] = t[1:4].T  # store
+        i_A2[n] = t[4:9].T  # store
+        i_A3[n] = t[9:16].T  # store
+        _scale(g_p_t27_1_0[n].T, g_p_B1_0[n].T, product[n, :, 27])  # adjoint of p_w27
+        _scale(g_p_t25_1_0[n].T, g_p_B1_0[n].T, product[n, :, 25])  # adjoint of p_w25
+        _scale(g_p_t23_1_0[n].T, g_p_B1_0[n].T, product[n, :, 23])  # adjoint of p_w23
+        _scale(g_mixA1_A_6[n].T, g_p_B1_0[n].T, product[n, :, 13])  # adjoint of p_w13
+        _scale(g_p_t6_1_0[n].T, g_p_B0_0[n].T, product[n, :, 6])  # adjoint of p_w6
+        _scale(g_p_t2_0_1[n].T, g_p_B0_0[n].T, product[n, :, 2])  # adjoint of p_w2
+        _scale(g_mixA0_A_8[n].T, g_p_B0_0[n].T, product[n, :, 0])  # adjoint of p_w0
+
+TABLE_1_3_2_d9927512 = np.array([(0, 0, 0, 2.0), (0, 0, 2, 1.0), (0, 1, 1, 2.0), (0, 2, 0, 1.0), (0, 2, 2, 2.0), (0, 4, 3, 2.0), (0, 5, 4, 2.0), (1, 1, 0, 2.0), (1, 1, 2, 1.0), (1, 2, 1, 2.0), (1, 3, 0, 1.0), (1, 3, 2, 2.0), (1, 5, 3, 2.0), (1, 6, 4, 2.0), (2, 0, 3, -2.0), (2, 1, 4, -2.0), (2, 2, 3, -2.0), (2, 3, 4, -2.0), (2, 4, 0, 2.0), (2, 4, 2, 1.0), (2, 5, 1, 2.0), (2, 6, 0, 1.0), (2, 6, 2, 2.0)])  # coupling 1 x 3 -> 2, even path, 23 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_1_3_9378325a = np.array([(0, 0, 0, 2.0), (0, 0, 2, 1.0), (0, 1, 1, 2.0), (0, 1, 3, 1.0), (0, 2, 4, 2.0), (0, 2, 6, 1.0), (1, 0, 1, 2.0), (1, 1, 2, 2.0), (1, 2, 5, 2.0), (2, 0, 0, 1.0), (2, 0, 2, 2.0), (2, 1, 1, 1.0), (2, 1, 3, 2.0), (2, 2, 4, 1.0), (2, 2, 6, 2.0), (3, 0, 4, 2.0), (3, 1, 5, 2.0), (3, 2, 0, -2.0), (3, 2, 2, -2.0), (4, 0, 5, 2.0), (4, 1, 6, 2.0), (4, 2, 1, -2.0), (4, 2, 3, -2.0)])  # coupling 2 x 1 -> 3, even path, 23 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_1_1_2_ff7370b0 = np.array([(0, 0, 0, 1.0), (0, 1, 1, 1.0), (0, 2, 3, 1.0), (1, 0, 1, 1.0), (1, 1, 2, 1.0), (1, 2, 4, 1.0), (2, 0, 3, 1.0), (2, 1, 4, 1.0), (2, 2, 0, -1.0), (2, 2, 2, -1.0)])  # coupling 1 x 1 -> 2, even path, 10 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_3_3_20ed3b2f = np.array([(0, 0, 0, 0.6666666666666666), (0, 1, 3, -1.0), (0, 3, 1, -1.0), (0, 3, 3, -1.3333333333333333), (0, 4, 4, 0.6666666666666666), (0, 4, 6, -0.3333333333333333), (0, 6, 4, -0.3333333333333333), (0, 6, 6, -1.3333333333333333), (1, 0, 1, 1.0), (1, 0, 3, 0.5), (1, 1, 0, 1.0), (1, 1, 2, 1.5), (1, 2, 1, 1.5), (1, 2, 3, 1.0), (1, 3, 0, 0.5), (1, 3, 2, 1.0), (1, 4, 5, 1.0), (1, 5, 4, 1.0), (1, 5, 6, 1.0), (1, 6, 5, 1.0), (2, 0, 0, -1.3333333333333333), (2, 0, 2, -1.0), (2, 2, 0, -1.0), (2, 3, 3, 0.6666666666666666), (2, 4, 4, -1.3333333333333333), (2, 4, 6, -0.3333333333333333), (2, 6, 4, -0.3333333333333333), (2, 6, 6, 0.6666666666666666), (3, 0, 6, 0.5), (3, 2, 4, -0.5), (3, 2, 6, 1.0), (3, 3, 5, -1.0), (3, 4, 2, -0.5), (3, 5, 3, -1.0), (3, 6, 0, 0.5), (3, 6, 2, 1.0), (4, 0, 5, -1.0), (4, 1, 4, 1.0), (4, 1, 6, -0.5), (4, 3, 4, 0.5), (4, 4, 1, 1.0), (4, 4, 3, 0.5), (4, 5, 0, -1.0), (4, 6, 1, -0.5)])  # coupling 2 x 3 -> 3, even path, 44 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_3_2_3_5d3cf119 = np.array([(0, 0, 0, 0.6666666666666666), (0, 1, 1, 1.0), (0, 1, 3, 0.5), (0, 2, 0, -1.3333333333333333), (0, 2, 2, -1.0), (0, 3, 6, 0.5), (0, 4, 5, -1.0), (1, 0, 3, -1.0), (1, 1, 0, 1.0), (1, 1, 2, 1.5), (1, 4, 4, 1.0), (1, 4, 6, -0.5), (2, 1, 1, 1.5), (2, 1, 3, 1.0), (2, 2, 0, -1.0), (2, 3, 4, -0.5), (2, 3, 6, 1.0), (3, 0, 1, -1.0), (3, 0, 3, -1.3333333333333333), (3, 1, 0, 0.5), (3, 1, 2, 1.0), (3, 2, 3, 0.6666666666666666), (3, 3, 5, -1.0), (3, 4, 4, 0.5), (4, 0, 4, 0.6666666666666666), (4, 0, 6, -0.3333333333333333), (4, 1, 5, 1.0), (4, 2, 4, -1.3333333333333333), (4, 2, 6, -0.3333333333333333), (4, 3, 2, -0.5), (4, 4, 1, 1.0), (4, 4, 3, 0.5), (5, 1, 4, 1.0), (5, 1, 6, 1.0), (5, 3, 3, -1.0), (5, 4, 0, -1.0), (6, 0, 4, -0.3333333333333333), (6, 0, 6, -1.3333333333333333), (6, 1, 5, 1.0), (6, 2, 4, -0.3333333333333333), (6, 2, 6, 0.6666666666666666), (6, 3, 0, 0.5), (6, 3, 2, 1.0), (6, 4, 1, -0.5)])  # coupling 3 x 2 -> 3, even path, 44 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_1_3_4_e0e0bf33 = np.array([(0, 0, 0, 4.0), (0, 0, 2, 3.0), (0, 1, 1, 6.0), (0, 1, 3, 3.0), (0, 2, 0, 3.0), (0, 2, 2, 6.0), (0, 3, 1, 3.0), (0, 3, 3, 4.0), (0, 4, 5, 4.0), (0, 4, 7, 1.0), (0, 5, 6, 6.0), (0, 6, 5, 1.0), (0, 6, 7, 4.0), (1, 0, 1, 4.0), (1, 0, 3, 3.0), (1, 1, 2, 6.0), (1, 1, 4, 3.0), (1, 2, 1, 3.0), (1, 2, 3, 6.0), (1, 3, 2, 3.0), (1, 3, 4, 4.0), (1, 4, 6, 4.0), (1, 4, 8, 1.0), (1, 5, 7, 6.0), (1, 6, 6, 1.0), (1, 6, 8, 4.0), (2, 0, 5, 4.0), (2, 0, 7, 3.0), (2, 1, 6, 6.0), (2, 1, 8, 3.0), (2, 2, 5, 3.0), (2, 2, 7, 6.0), (2, 3, 6, 3.0), (2, 3, 8, 4.0), (2, 4, 0, -4.0), (2, 4, 2, -5.0), (2, 4, 4, -1.0), (2, 5, 1, -6.0), (2, 5, 3, -6.0), (2, 6, 0, -1.0), (2, 6, 2, -5.0), (2, 6, 4, -4.0)])  # coupling 1 x 3 -> 4, even path, 42 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_4_1_3_204e5f3f = np.array([(0, 0, 0, 4.0), (0, 0, 2, 3.0), (0, 2, 4, -4.0), (0, 2, 6, -1.0), (1, 0, 1, 6.0), (1, 0, 3, 3.0), (1, 1, 0, 4.0), (1, 1, 2, 3.0), (1, 2, 5, -6.0), (2, 0, 0, 3.0), (2, 0, 2, 6.0), (2, 1, 1, 6.0), (2, 1, 3, 3.0), (2, 2, 4, -5.0), (2, 2, 6, -5.0), (3, 0, 1, 3.0), (3, 0, 3, 4.0), (3, 1, 0, 3.0), (3, 1, 2, 6.0), (3, 2, 5, -6.0), (4, 1, 1, 3.0), (4, 1, 3, 4.0), (4, 2, 4, -1.0), (4, 2, 6, -4.0), (5, 0, 4, 4.0), (5, 0, 6, 1.0), (5, 2, 0, 4.0), (5, 2, 2, 3.0), (6, 0, 5, 6.0), (6, 1, 4, 4.0), (6, 1, 6, 1.0), (6, 2, 1, 6.0), (6, 2, 3, 3.0), (7, 0, 4, 1.0), (7, 0, 6, 4.0), (7, 1, 5, 6.0), (7, 2, 0, 3.0), (7, 2, 2, 6.0), (8, 1, 4, 1.0), (8, 1, 6, 4.0), (8, 2, 1, 3.0), (8, 2, 3, 4.0)])  # coupling 4 x 1 -> 3, even path, 42 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_4_2_2_35ab74fd = np.array([(0, 0, 0, 0.5428571428571428), (0, 0, 2, 0.05714285714285714), (0, 1, 1, -0.45714285714285713), (0, 2, 0, 0.05714285714285714), (0, 2, 2, 0.11428571428571428), (0, 3, 3, -0.45714285714285713), (0, 4, 4, 0.11428571428571428), (1, 0, 1, 0.35714285714285715), (1, 1, 0, 0.35714285714285715), (1, 1, 2, -0.14285714285714285), (1, 2, 1, -0.14285714285714285), (1, 3, 4, -0.14285714285714285), (1, 4, 3, -0.14285714285714285), (2, 0, 0, -0.05714285714285714), (2, 0, 2, 0.18571428571428572), (2, 1, 1, 0.5142857142857142), (2, 2, 0, 0.18571428571428572), (2, 2, 2, -0.05714285714285714), (2, 3, 3, -0.05714285714285714), (2, 4, 4, -0.05714285714285714), (3, 0, 1, -0.14285714285714285), (3, 1, 0, -0.14285714285714285), (3, 1, 2, 0.35714285714285715), (3, 2, 1, 0.35714285714285715), (3, 3, 4, -0.14285714285714285), (3, 4, 3, -0.14285714285714285), (4, 0, 0, 0.11428571428571428), (4, 0, 2, 0.05714285714285714), (4, 1, 1, -0.45714285714285713), (4, 2, 0, 0.05714285714285714), (4, 2, 2, 0.5428571428571428), (4, 3, 3, 0.11428571428571428), (4, 4, 4, -0.45714285714285713), (5, 0, 3, 0.5), (5, 1, 4, -0.14285714285714285), (5, 2, 3, 0.14285714285714285), (5, 3, 0, 0.5), (5, 3, 2, 0.14285714285714285), (5, 4, 1, -0.14285714285714285), (6, 0, 4, 0.21428571428571427), (6, 1, 3, 0.2857142857142857), (6, 3, 1, 0.2857142857142857), (6, 4, 0, 0.21428571428571427), (7, 1, 4, 0.2857142857142857), (7, 2, 3, 0.21428571428571427), (7, 3, 2, 0.21428571428571427), (7, 4, 1, 0.2857142857142857), (8, 0, 4, 0.14285714285714285), (8, 1, 3, -0.14285714285714285), (8, 2, 4, 0.5), (8, 3, 1, -0.14285714285714285), (8, 4, 0, 0.14285714285714285), (8, 4, 2, 0.5)])  # coupling 4 x 2 -> 2, even path, 53 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_4_2_51882603 = np.array([(0, 0, 0, 0.5428571428571428), (0, 0, 2, 0.05714285714285714), (0, 1, 1, 0.35714285714285715), (0, 2, 0, -0.05714285714285714), (0, 2, 2, 0.18571428571428572), (0, 3, 1, -0.14285714285714285), (0, 4, 0, 0.11428571428571428), (0, 4, 2, 0.05714285714285714), (0, 5, 3, 0.5), (0, 6, 4, 0.21428571428571427), (0, 8, 4, 0.14285714285714285), (1, 0, 1, -0.45714285714285713), (1, 1, 0, 0.35714285714285715), (1, 1, 2, -0.14285714285714285), (1, 2, 1, 0.5142857142857142), (1, 3, 0, -0.14285714285714285), (1, 3, 2, 0.35714285714285715), (1, 4, 1, -0.45714285714285713), (1, 5, 4, -0.14285714285714285), (1, 6, 3, 0.2857142857142857), (1, 7, 4, 0.2857142857142857), (1, 8, 3, -0.14285714285714285), (2, 0, 0, 0.05714285714285714), (2, 0, 2, 0.11428571428571428), (2, 1, 1, -0.14285714285714285), (2, 2, 0, 0.18571428571428572), (2, 2, 2, -0.05714285714285714), (2, 3, 1, 0.35714285714285715), (2, 4, 0, 0.05714285714285714), (2, 4, 2, 0.5428571428571428), (2, 5, 3, 0.14285714285714285), (2, 7, 3, 0.21428571428571427), (2, 8, 4, 0.5), (3, 0, 3, -0.45714285714285713), (3, 1, 4, -0.14285714285714285), (3, 2, 3, -0.05714285714285714), (3, 3, 4, -0.14285714285714285), (3, 4, 3, 0.11428571428571428), (3, 5, 0, 0.5), (3, 5, 2, 0.14285714285714285), (3, 6, 1, 0.2857142857142857), (3, 7, 2, 0.21428571428571427), (3, 8, 1, -0.14285714285714285), (4, 0, 4, 0.11428571428571428), (4, 1, 3, -0.14285714285714285), (4, 2, 4, -0.05714285714285714), (4, 3, 3, -0.14285714285714285), (4, 4, 4, -0.45714285714285713), (4, 5, 1, -0.14285714285714285), (4, 6, 0, 0.21428571428571427), (4, 7, 1, 0.2857142857142857), (4, 8, 0, 0.14285714285714285), (4, 8, 2, 0.5)])  # coupling 2 x 4 -> 2, even path, 53 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_1_3_3_c5f0a2ce = np.array([(0, 0, 5, -2.0), (0, 1, 4, -2.0), (0, 1, 6, -3.0), (0, 2, 5, -4.0), (0, 3, 4, -1.0), (0, 3, 6, -4.0), (0, 4, 1, 2.0), (0, 4, 3, 1.0), (0, 5, 0, 2.0), (0, 5, 2, 4.0), (0, 6, 1, 3.0), (0, 6, 3, 4.0), (1, 0, 4, 4.0), (1, 0, 6, 1.0), (1, 1, 5, 4.0), (1, 2, 4, 3.0), (1, 2, 6, 2.0), (1, 3, 5, 2.0), (1, 4, 0, -4.0), (1, 4, 2, -3.0), (1, 5, 1, -4.0), (1, 5, 3, -2.0), (1, 6, 0, -1.0), (1, 6, 2, -2.0), (2, 0, 1, -2.0), (2, 0, 3, -1.0), (2, 1, 0, 2.0), (2, 1, 2, -1.0), (2, 2, 1, 1.0), (2, 2, 3, -2.0), (2, 3, 0, 1.0), (2, 3, 2, 2.0), (2, 4, 5, -2.0), (2, 5, 4, 2.0), (2, 5, 6, -2.0), (2, 6, 5, 2.0)])  # coupling 1 x 3 -> 3, odd (Levi-Civita) path, 36 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_3_1_3_11ba7e7d = np.array([(0, 0, 5, 2.0), (0, 1, 4, -4.0), (0, 1, 6, -1.0), (0, 2, 1, 2.0), (0, 2, 3, 1.0), (1, 0, 4, 2.0), (1, 0, 6, 3.0), (1, 1, 5, -4.0), (1, 2, 0, -2.0), (1, 2, 2, 1.0), (2, 0, 5, 4.0), (2, 1, 4, -3.0), (2, 1, 6, -2.0), (2, 2, 1, -1.0), (2, 2, 3, 2.0), (3, 0, 4, 1.0), (3, 0, 6, 4.0), (3, 1, 5, -2.0), (3, 2, 0, -1.0), (3, 2, 2, -2.0), (4, 0, 1, -2.0), (4, 0, 3, -1.0), (4, 1, 0, 4.0), (4, 1, 2, 3.0), (4, 2, 5, 2.0), (5, 0, 0, -2.0), (5, 0, 2, -4.0), (5, 1, 1, 4.0), (5, 1, 3, 2.0), (5, 2, 4, -2.0), (5, 2, 6, 2.0), (6, 0, 1, -3.0), (6, 0, 3, -4.0), (6, 1, 0, 1.0), (6, 1, 2, 2.0), (6, 2, 5, -2.0)])  # coupling 3 x 1 -> 3, odd (Levi-Civita) path, 36 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_3_3_1_0c5798ed = np.array([(0, 1, 2, -1.0), (0, 4, 1, 1.0), (1, 0, 2, 0.3333333333333333), (1, 2, 2, -0.6666666666666666), (1, 4, 0, -0.3333333333333333), (1, 5, 1, 0.6666666666666666), (2, 1, 2, 0.6666666666666666), (2, 3, 2, -0.3333333333333333), (2, 5, 0, -0.6666666666666666), (2, 6, 1, 0.3333333333333333), (3, 2, 2, 1.0), (3, 6, 0, -1.0), (4, 0, 1, -1.0), (4, 1, 0, 0.3333333333333333), (4, 2, 1, -0.6666666666666666), (4, 5, 2, -0.6666666666666666), (5, 0, 0, 0.3333333333333333), (5, 1, 1, -0.6666666666666666), (5, 2, 0, 0.6666666666666666), (5, 3, 1, -0.3333333333333333), (5, 4, 2, 0.3333333333333333), (5, 6, 2, -0.3333333333333333), (6, 1, 0, 0.6666666666666666), (6, 2, 1, -0.3333333333333333), (6, 3, 0, 1.0), (6, 5, 2, 0.6666666666666666)])  # coupling 3 x 3 -> 1, odd (Levi-Civita) path, 26 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_1_3_3_642b3a17 = np.array([(0, 1, 4, -0.3333333333333333), (0, 2, 5, -0.6666666666666666), (0, 3, 6, -1.0), (0, 4, 1, 0.3333333333333333), (0, 5, 0, 0.3333333333333333), (0, 5, 2, 0.6666666666666666), (0, 6, 1, 0.6666666666666666), (0, 6, 3, 1.0), (1, 0, 4, 1.0), (1, 1, 5, 0.6666666666666666), (1, 2, 6, 0.3333333333333333), (1, 4, 0, -1.0), (1, 4, 2, -0.6666666666666666), (1, 5, 1, -0.6666666666666666), (1, 5, 3, -0.3333333333333333), (1, 6, 2, -0.3333333333333333), (2, 0, 1, -1.0), (2, 1, 0, 0.3333333333333333), (2, 1, 2, -0.6666666666666666), (2, 2, 1, 0.6666666666666666), (2, 2, 3, -0.3333333333333333), (2, 3, 2, 1.0), (2, 4, 5, -0.6666666666666666), (2, 5, 4, 0.3333333333333333), (2, 5, 6, -0.3333333333333333), (2, 6, 5, 0.6666666666666666)])  # coupling 1 x 3 -> 3, odd (Levi-Civita) path, 26 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_3_1_d3f497d6 = np.array([(0, 0, 0, 1.0), (0, 1, 1, 1.0), (0, 4, 2, 1.0), (1, 1, 0, 1.0), (1, 2, 1, 1.0), (1, 5, 2, 1.0), (2, 2, 0, 1.0), (2, 3, 1, 1.0), (2, 6, 2, 1.0), (3, 0, 2, -1.0), (3, 2, 2, -1.0), (3, 4, 0, 1.0), (3, 5, 1, 1.0), (4, 1, 2, -1.0), (4, 3, 2, -1.0), (4, 5, 0, 1.0), (4, 6, 1, 1.0)])  # coupling 2 x 3 -> 1, even path, 17 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_1_2_3_a081ad34 = np.array([(0, 0, 0, 1.0), (0, 1, 1, 1.0), (0, 2, 2, 1.0), (0, 3, 4, 1.0), (0, 4, 5, 1.0), (1, 0, 1, 1.0), (1, 1, 2, 1.0), (1, 2, 3, 1.0), (1, 3, 5, 1.0), (1, 4, 6, 1.0), (2, 0, 4, 1.0), (2, 1, 5, 1.0), (2, 2, 6, 1.0), (2, 3, 0, -1.0), (2, 3, 2, -1.0), (2, 4, 1, -1.0), (2, 4, 3, -1.0)])  # coupling 1 x 2 -> 3, even path, 17 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_1_2_2_c937f1b2 = np.array([(0, 0, 4, -1.0), (0, 1, 3, -1.0), (0, 2, 4, -2.0), (0, 3, 1, 1.0), (0, 4, 0, 1.0), (0, 4, 2, 2.0), (1, 0, 3, 2.0), (1, 1, 4, 1.0), (1, 2, 3, 1.0), (1, 3, 0, -2.0), (1, 3, 2, -1.0), (1, 4, 1, -1.0), (2, 0, 1, -1.0), (2, 1, 0, 1.0), (2, 1, 2, -1.0), (2, 2, 1, 1.0), (2, 3, 4, -1.0), (2, 4, 3, 1.0)])  # coupling 1 x 2 -> 2, odd (Levi-Civita) path, 18 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_1_2_9adb3845 = np.array([(0, 0, 4, 1.0), (0, 1, 3, -2.0), (0, 2, 1, 1.0), (1, 0, 3, 1.0), (1, 1, 4, -1.0), (1, 2, 0, -1.0), (1, 2, 2, 1.0), (2, 0, 4, 2.0), (2, 1, 3, -1.0), (2, 2, 1, -1.0), (3, 0, 1, -1.0), (3, 1, 0, 2.0), (3, 1, 2, 1.0), (3, 2, 4, 1.0), (4, 0, 0, -1.0), (4, 0, 2, -2.0), (4, 1, 1, 1.0), (4, 2, 3, -1.0)])  # coupling 2 x 1 -> 2, odd (Levi-Civita) path, 18 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_2_2_1_e5960ef7 = np.array([(0, 1, 2, -1.0), (0, 3, 1, 1.0), (1, 0, 2, 0.5), (1, 2, 2, -0.5), (1, 3, 0, -0.5), (1, 4, 1, 0.5), (2, 1, 2, 1.0), (2, 4, 0, -1.0), (3, 0, 1, -1.0), (3, 1, 0, 0.5), (3, 2, 1, -0.5), (3, 4, 2, -0.5), (4, 0, 0, 0.5), (4, 1, 1, -0.5), (4, 2, 0, 1.0), (4, 3, 2, 0.5)])  # coupling 2 x 2 -> 1, odd (Levi-Civita) path, 16 nonzeros: rows (m1, m2, m3, coefficient)
+
+TABLE_1_2_2_831904d8 = np.array([(0, 1, 3, -0.5), (0, 2, 4, -1.0), (0, 3, 1, 0.5), (0, 4, 0, 0.5), (0, 4, 2, 1.0), (1, 0, 3, 1.0), (1, 1, 4, 0.5), (1, 3, 0, -1.0), (1, 3, 2, -0.5), (1, 4, 1, -0.5), (2, 0, 1, -1.0), (2, 1, 0, 0.5), (2, 1, 2, -0.5), (2, 2, 1, 1.0), (2, 3, 4, -0.5), (2, 4, 3, 0.5)])  # coupling 1 x 2 -> 2, odd (Levi-Civita) path, 16 nonzeros: rows (m1, m2, m3, coefficient)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def _kernel_2ae74df0d4(block, channels, g_mixA0_A_8, g_mixA0_A_9, g_mixA1_A_14, g_mixA1_A_6, g_mixA2_A_14, g_mixA3_A_11, g_p_B0_0, g_p_B1_0, g_p_t23_1_0, g_p_t25_1_0, g_p_t27_1_0, g_p_t2_0_1, g_p_t6_1_0, mixA0_A, mixA1_A, mixA2_A, mixA3_A, num_nodes, product):
+    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
+    t = np.empty((248, channels), np.float64)  # rows of the values this kernel keeps to itself
+    for n in range(block * 16, min(num_nodes, block * 16 + 16)):
+        _couple(t[0:1], mixA0_A[n].T, mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
+        _couple(t[1:2], mixA1_A[n].T, mixA1_A[n].T, TABLE_1_1_0_85459927)  # (1o x 1o)->0e step 1: 1 x 1 -> 0, even path, 3 nonzeros
+        _couple(t[2:5], mixA0_A[n].T, mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
+        _couple(t[5:10], mixA0_A[n].T, mixA2_A[n].T, TABLE_0_2_2_e48b51bf)  # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
+        _couple(t[10:17], mixA0_A[n].T, mixA3_A[n].T, TABLE_0_3_3_562e87e3)  # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
+        _couple(t[17:22], mixA1_A[n].T, mixA1_A[n].T, TABLE_1_1_2_e4201477)  # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
+        _couple(t[22:29], mixA1_A[n].T, mixA2_A[n].T, TABLE_1_2_3_07710818)  # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
+        _couple(t[29:34], mixA2_A[n].T, mixA2_A[n].T, TABLE_2_2_2_4e85cd44)  # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
+        _couple(t[34:41], mixA2_A[n].T, mixA3_A[n].T, TABLE_2_3_3_6abb6992)  # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
+        _couple(t[41:44], mixA1_A[n].T, mixA2_A[n].T, TABLE_1_2_1_3fc415f1)  # (1o x 2e)->1o step 1: 1 x 2 -> 1, even path, 10 nonzeros
+        _couple(t[44:49], mixA1_A[n].T, mixA2_A[n].T, TABLE_1_2_2_4013a379)  # ((1o x 2e)->2o x 2e)->1o step 1: 1 x 2 -> 2, odd (Levi-Civita) path, 16 nonzeros
+        _couple(t[49:54], mixA1_A[n].T, mixA3_A[n].T, TABLE_1_3_2_1ba37bc7)  # ((1o x 3o)->2e x 3o)->1o step 1: 1 x 3 -> 2, even path, 17 nonzeros
+        _couple(t[54:61], mixA1_A[n].T, mixA3_A[n].T, TABLE_1_3_3_c6a4e8cb)  # ((1o x 3o)->3e x 3o)->1o step 1: 1 x 3 -> 3, odd (Levi-Civita) path, 26 nonzeros
+        _couple(t[61:70], mixA2_A[n].T, mixA2_A[n].T, TABLE_2_2_4_07efd734)  # ((2e x 2e)->4e x 3o)->1o step 1: 2 x 2 -> 4, even path, 53 nonzeros
+        _couple(t[70:75], mixA3_A[n].T, mixA3_A[n].T, TABLE_3_3_2_56743844)  # ((3o x 3o)->2e x 3o)->1o step 1: 3 x 3 -> 2, even path, 44 nonzeros
+        _scale(t[75:76], mixA0_A[n].T, product[n, :, 1])  # (0e x 0e)->0e
+        _scale(t[76:77], t[0:1], product[n, :, 5])  # ((0e x 0e)->0e x 0e)->0e
+        _sum(t[77:78], t[75:76], t[76:77])
+        _scale(t[78:83], mixA2_A[n].T, product[n, :, 3])  # (2e x 2e)->0e
+        _scale(t[83:88], t[5:10], product[n, :, 7])  # ((0e x 2e)->2e x 2e)->0e
+        _scale(t[88:93], t[17:22], product[n, :, 9])  # ((1o x 1o)->2e x 2e)->0e
+        _scale(t[93:98], t[29:34], product[n, :, 11])  # ((2e x 2e)->2e x 2e)->0e
+        _sum(t[98:103], t[78:83], t[83:88], t[88:93], t[93:98])
+        _scale(t[103:110], mixA3_A[n].T, product[n, :, 4])  # (3o x 3o)->0e
+        _scale(t[110:117], t[10:17], product[n, :, 8])  # ((0e x 3o)->3o x 3o)->0e
+        _scale(t[10:17], t[22:29], product[n, :, 10])  # ((1o x 2e)->3o x 3o)->0e
+        _scale(t[22:29], t[34:41], product[n, :, 12])  # ((2e x 3o)->3o x 3o)->0e
+        _sum(t[34:41], t[103:110], t[110:117], t[10:17], t[22:29])
+        _scale(t[76:77], mixA0_A[n].T, product[n, :, 14])  # (0e x 1o)->1o
+        _scale(t[75:76], t[0:1], product[n, :, 17])  # ((0e x 0e)->0e x 1o)->1o
+        _scale(t[0:1], t[1:2], product[n, :, 20])  # ((1o x 1o)->0e x 1o)->1o
+        _sum(t[1:2], t[76:77], t[75:76], t[0:1])
+        _scale(t[117:120], mixA1_A[n].T, product[n, :, 15])  # (1o x 2e)->1o
+        _scale(t[120:123], t[2:5], product[n, :, 18])  # ((0e x 1o)->1o x 2e)->1o
+        _scale(t[123:126], t[41:44], product[n, :, 22])  # ((1o x 2e)->1o x 2e)->1o
+        _sum(t[41:44], t[117:120], t[120:123], t[123:126])
+        _scale(t[93:98], mixA2_A[n].T, product[n, :, 16])  # (2e x 3o)->1o
+        _scale(t[88:93], t[5:10], product[n, :, 19])  # ((0e x 2e)->2e x 3o)->1o
+        _scale(t[5:10], t[17:22], product[n, :, 21])  # ((1o x 1o)->2e x 3o)->1o
+        _scale(t[17:22], t[49:54], product[n, :, 24])  # ((1o x 3o)->2e x 3o)->1o
+        _scale(t[49:54], t[29:34], product[n, :, 26])  # ((2e x 2e)->2e x 3o)->1o
+        _scale(t[29:34], t[70:75], product[n, :, 28])  # ((3o x 3o)->2e x 3o)->1o
+        _sum(t[70:75], t[93:98], t[88:93], t[5:10], t[17:22])
+        _sum(t[70:75], t[70:75], t[49:54], t[29:34])
+        _couple(t[29:34], g_p_B1_0[n].T, mixA3_A[n].T, TABLE_1_3_2_d9927512)  # adjoint (left) of p_B1_f2_3_A3_out: factored: 6 weighted 2x3->1 couplings as one: table transpose-left of 2x3->1, ranks 1, 3 -> 2, 23 nonzeros
+        _couple(t[22:29], t[70:75], g_p_B1_0[n].T, TABLE_2_1_3_9378325a)  # adjoint (right) of p_B1_f2_3_A3_out: factored: 6 weighted 2x3->1 couplings as one: table transpose-right of 2x3->1, ranks 2, 1 -> 3, 23 nonzeros
+        _scale(t[70:75], t[29:34], product[n, :, 28])  # adjoint of p_B1_f2_3_A3_5
+        _scale(t[49:54], t[29:34], product[n, :, 26])  # adjoint of p_B1_f2_3_A3_4
+        _scale(t[17:22], t[29:34], product[n, :, 24])  # adjoint of p_B1_f2_3_A3_3
+        _scale(t[5:10], t[29:34], product[n, :, 21])  # adjoint of p_B1_f2_3_A3_2
+        _scale(t[88:93], t[29:34], product[n, :, 19])  # adjoint of p_B1_f2_3_A3_1
+        _scale(t[93:98], t[29:34], product[n, :, 16])  # adjoint of p_B1_f2_3_A3_0
+        _couple(t[123:126], g_p_B1_0[n].T, mixA2_A[n].T, TABLE_1_2_1_3fc415f1)  # adjoint (left) of p_B1_f1_2_A2_out: factored: 3 weighted 1x2->1 couplings as one: table transpose-left of 1x2->1, ranks 1, 2 -> 1, 10 nonzeros
+        _couple(t[29:34], t[41:44], g_p_B1_0[n].T, TABLE_1_1_2_ff7370b0)  # adjoint (right) of p_B1_f1_2_A2_out: factored: 3 weighted 1x2->1 couplings as one: table transpose-right of 1x2->1, ranks 1, 1 -> 2, 10 nonzeros
+        _scale(t[41:44], t[123:126], product[n, :, 22])  # adjoint of p_B1_f1_2_A2_2
+        _scale(t[120:123], t[123:126], product[n, :, 18])  # adjoint of p_B1_f1_2_A2_1
+        _scale(t[117:120], t[123:126], product[n, :, 15])  # adjoint of p_B1_f1_2_A2_0
+        _couple(t[0:1], g_p_B1_0[n].T, mixA1_A[n].T, TABLE_1_1_0_85459927)  # adjoint (left) of p_B1_f0_1_A1_out: factored: 3 weighted 0x1->1 couplings as one: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
+        _couple(t[123:126], t[1:2], g_p_B1_0[n].T, TABLE_0_1_1_ee2e90d0)  # adjoint (right) of p_B1_f0_1_A1_out: factored: 3 weighted 0x1->1 couplings as one: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
+        _scale(t[1:2], t[0:1], product[n, :, 20])  # adjoint of p_B1_f0_1_A1_2
+        _scale(t[75:76], t[0:1], product[n, :, 17])  # adjoint of p_B1_f0_1_A1_1
+        _scale(t[76:77], t[0:1], product[n, :, 14])  # adjoint of p_B1_f0_1_A1_0
+        _couple(t[10:17], g_p_B0_0[n].T, mixA3_A[n].T, TABLE_0_3_3_43fd0183)  # adjoint (left) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-left of 3x3->0, ranks 0, 3 -> 3, 13 nonzeros
+        _couple(t[110:117], t[34:41], g_p_B0_0[n].T, TABLE_3_0_3_e4111719)  # adjoint (right) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-right of 3x3->0, ranks 3, 0 -> 3, 13 nonzeros
+        _scale(t[34:41], t[10:17], product[n, :, 12])  # adjoint of p_B0_f3_3_A3_3
+        _scale(t[103:110], t[10:17], product[n, :, 10])  # adjoint of p_B0_f3_3_A3_2
+        _scale(t[126:133], t[10:17], product[n, :, 8])  # adjoint of p_B0_f3_3_A3_1
+        _scale(t[133:140], t[10:17], product[n, :, 4])  # adjoint of p_B0_f3_3_A3_0
+        _couple(t[83:88], g_p_B0_0[n].T, mixA2_A[n].T, TABLE_0_2_2_b6ffe7ef)  # adjoint (left) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-left of 2x2->0, ranks 0, 2 -> 2, 7 nonzeros
+        _couple(t[78:83], t[98:103], g_p_B0_0[n].T, TABLE_2_0_2_bd196563)  # adjoint (right) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-right of 2x2->0, ranks 2, 0 -> 2, 7 nonzeros
+        _scale(t[98:103], t[83:88], product[n, :, 11])  # adjoint of p_B0_f2_2_A2_3
+        _scale(t[140:145], t[83:88], product[n, :, 9])  # adjoint of p_B0_f2_2_A2_2
+        _scale(t[145:150], t[83:88], product[n, :, 7])  # adjoint of p_B0_f2_2_A2_1
+        _scale(t[150:155], t[83:88], product[n, :, 3])  # adjoint of p_B0_f2_2_A2_0
+        _couple(t[0:1], g_p_B0_0[n].T, mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # adjoint (left) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+        _couple(t[155:156], t[77:78], g_p_B0_0[n].T, TABLE_0_0_0_8b90d7c6)  # adjoint (right) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+        _scale(t[77:78], t[0:1], product[n, :, 5])  # adjoint of p_B0_f0_0_A0_1
+        _scale(t[156:157], t[0:1], product[n, :, 1])  # adjoint of p_B0_f0_0_A0_0
+        _couple(t[10:17], t[70:75], mixA3_A[n].T, TABLE_2_3_3_20ed3b2f)  # adjoint (left) of p_t28_0: ((3o x 3o)->2e x 3o)->1o step 1: table transpose-left of 3x3->2, ranks 2, 3 -> 3, 44 nonzeros
+        _couple(t[157:164], mixA3_A[n].T, t[70:75], TABLE_3_2_3_5d3cf119)  # adjoint (right) of p_t28_0: ((3o x 3o)->2e x 3o)->1o step 1: table transpose-right of 3x3->2, ranks 3, 2 -> 3, 44 nonzeros
+        _couple(t[164:173], g_p_t27_1_0[n].T, mixA3_A[n].T, TABLE_1_3_4_e0e0bf33)  # adjoint (left) of p_t27_1: ((2e x 2e)->4e x 3o)->1o step 2: table transpose-left of 4x3->1, ranks 1, 3 -> 4, 42 nonzeros
+        _couple(t[173:180], t[61:70], g_p_t27_1_0[n].T, TABLE_4_1_3_204e5f3f)  # adjoint (right) of p_t27_1: ((2e x 2e)->4e x 3o)->1o step 2: table transpose-right of 4x3->1, ranks 4, 1 -> 3, 42 nonzeros
+        _couple(t[70:75], t[164:173], mixA2_A[n].T, TABLE_4_2_2_35ab74fd)  # adjoint (left) of p_t27_0: ((2e x 2e)->4e x 3o)->1o step 1: table transpose-left of 2x2->4, ranks 4, 2 -> 2, 53 nonzeros
+        _couple(t[83:88], mixA2_A[n].T, t[164:173], TABLE_2_4_2_51882603)  # adjoint (right) of p_t27_0: ((2e x 2e)->4e x 3o)->1o step 1: table transpose-right of 2x2->4, ranks 2, 4 -> 2, 53 nonzeros
+        _couple(t[180:187], g_p_t25_1_0[n].T, mixA3_A[n].T, TABLE_1_3_3_c5f0a2ce)  # adjoint (left) of p_t25_1: ((1o x 3o)->3e x 3o)->1o step 2: table transpose-left of 3x3->1, ranks 1, 3 -> 3, 36 nonzeros
+        _couple(t[187:194], t[54:61], g_p_t25_1_0[n].T, TABLE_3_1_3_11ba7e7d)  # adjoint (right) of p_t25_1: ((1o x 3o)->3e x 3o)->1o step 2: table transpose-right of 3x3->1, ranks 3, 1 -> 3, 36 nonzeros
+        _couple(t[194:197], t[180:187], mixA3_A[n].T, TABLE_3_3_1_0c5798ed)  # adjoint (left) of p_t25_0: ((1o x 3o)->3e x 3o)->1o step 1: table transpose-left of 1x3->3, ranks 3, 3 -> 1, 26 nonzeros
+        _couple(t[54:61], mixA1_A[n].T, t[180:187], TABLE_1_3_3_642b3a17)  # adjoint (right) of p_t25_0: ((1o x 3o)->3e x 3o)->1o step 1: table transpose-right of 1x3->3, ranks 1, 3 -> 3, 26 nonzeros
+        _couple(t[197:200], t[17:22], mixA3_A[n].T, TABLE_2_3_1_d3f497d6)  # adjoint (left) of p_t24_0: ((1o x 3o)->2e x 3o)->1o step 1: table transpose-left of 1x3->2, ranks 2, 3 -> 1, 17 nonzeros
+        _couple(t[180:187], mixA1_A[n].T, t[17:22], TABLE_1_2_3_a081ad34)  # adjoint (right) of p_t24_0: ((1o x 3o)->2e x 3o)->1o step 1: table transpose-right of 1x3->2, ranks 1, 2 -> 3, 17 nonzeros
+        _couple(t[17:22], g_p_t23_1_0[n].T, mixA2_A[n].T, TABLE_1_2_2_c937f1b2)  # adjoint (left) of p_t23_1: ((1o x 2e)->2o x 2e)->1o step 2: table transpose-left of 2x2->1, ranks 1, 2 -> 2, 18 nonzeros
+        _couple(t[200:205], t[44:49], g_p_t23_1_0[n].T, TABLE_2_1_2_9adb3845)  # adjoint (right) of p_t23_1: ((1o x 2e)->2o x 2e)->1o step 2: table transpose-right of 2x2->1, ranks 2, 1 -> 2, 18 nonzeros
+        _couple(t[205:208], t[17:22], mixA2_A[n].T, TABLE_2_2_1_e5960ef7)  # adjoint (left) of p_t23_0: ((1o x 2e)->2o x 2e)->1o step 1: table transpose-left of 1x2->2, ranks 2, 2 -> 1, 16 nonzeros
+        _couple(t[44:49], mixA1_A[n].T, t[17:22], TABLE_1_2_2_831904d8)  # adjoint (right) of p_t23_0: ((1o x 2e)->2o x 2e)->1o step 1: table transpose-right of 1x2->2, ranks 1, 2 -> 2, 16 nonzeros
+        _couple(t[208:211], t[41:44], mixA2_A[n].T, TABLE_1_2_1_3fc415f1)  # adjoint (left) of p_t15_0: (1o x 2e)->1o step 1: table transpose-left of 1x2->1, ranks 1, 2 -> 1, 10 nonzeros
+        _couple(t[17:22], mixA1_A[n].T, t[41:44], TABLE_1_1_2_ff7370b0)  # adjoint (right) of p_t15_0: (1o x 2e)->1o step 1: table transpose-right of 1x2->1, ranks 1, 1 -> 2, 10 nonzeros
+        _couple(t[211:216], t[34:41], mixA3_A[n].T, TABLE_3_3_2_07d44da8)  # adjoint (left) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-left of 2x3->3, ranks 3, 3 -> 2, 54 nonzeros
+        _couple(t[216:223], mixA2_A[n].T, t[34:41], TABLE_2_3_3_25a6a613)  # adjoint (right) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-right of 2x3->3, ranks 2, 3 -> 3, 54 nonzeros
+        _sum(t[223:228], t[49:54], t[98:103])
+        _couple(t[98:103], t[223:228], mixA2_A[n].T, TABLE_2_2_2_c8b54973)  # adjoint (left) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-left of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
+        _couple(t[49:54], mixA2_A[n].T, t[223:228], TABLE_2_2_2_0d250528)  # adjoint (right) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-right of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
+        _couple(t[41:44], t[103:110], mixA2_A[n].T, TABLE_3_2_1_010a34fb)  # adjoint (left) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-left of 1x2->3, ranks 3, 2 -> 1, 25 nonzeros
+        _couple(t[223:228], mixA1_A[n].T, t[103:110], TABLE_1_3_2_121d470a)  # adjoint (right) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-right of 1x2->3, ranks 1, 3 -> 2, 25 nonzeros
+        _sum(t[228:233], t[5:10], t[140:145])
+        _couple(t[233:236], t[228:233], mixA1_A[n].T, TABLE_2_1_1_c3015d45)  # adjoint (left) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
+        _couple(t[236:239], mixA1_A[n].T, t[228:233], TABLE_1_2_1_68cab8a5)  # adjoint (right) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-right of 1x1->2, ranks 1, 2 -> 1, 12 nonzeros
+        _couple(t[0:1], t[126:133], mixA3_A[n].T, TABLE_3_3_0_3353fb15)  # adjoint (left) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
+        _couple(t[103:110], mixA0_A[n].T, t[126:133], TABLE_0_3_3_562e87e3)  # adjoint (right) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
+        _sum(t[228:233], t[88:93], t[145:150])
+        _couple(t[239:240], t[228:233], mixA2_A[n].T, TABLE_2_2_0_638600a3)  # adjoint (left) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
+        _couple(t[145:150], mixA0_A[n].T, t[228:233], TABLE_0_2_2_e48b51bf)  # adjoint (right) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
+        _couple(t[240:243], g_p_t6_1_0[n].T, mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # adjoint (left) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
+        _couple(t[243:246], t[2:5], g_p_t6_1_0[n].T, TABLE_1_0_1_470fbaa1)  # adjoint (right) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
+        _sum(t[2:5], t[120:123], t[240:243])
+        _couple(t[246:247], t[2:5], mixA1_A[n].T, TABLE_1_1_0_85459927)  # adjoint (left) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
+        _couple(t[240:243], mixA0_A[n].T, t[2:5], TABLE_0_1_1_ee2e90d0)  # adjoint (right) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
+        _sum(t[247:248], t[1:2], g_p_t2_0_1[n].T)
+        _couple(t[2:5], t[247:248], mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # adjoint (left) of p_t2_0: (1o x 1o)->0e step 1: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
+        _couple(t[120:123], mixA1_A[n].T, t[247:248], TABLE_1_0_1_470fbaa1)  # adjoint (right) of p_t2_0: (1o x 1o)->0e step 1: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
+        _sum(t[247:248], t[75:76], t[77:78])
+        _couple(t[77:78], t[247:248], mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # adjoint (left) of p_t1_0: (0e x 0e)->0e step 1: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+        _couple(t[75:76], mixA0_A[n].T, t[247:248], TABLE_0_0_0_8b90d7c6)  # adjoint (right) of p_t1_0: (0e x 0e)->0e step 1: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+        _sum(g_mixA3_A_11[n].T, t[22:29], t[110:117], t[133:140], t[10:17])
+        _sum(g_mixA3_A_11[n].T, g_mixA3_A_11[n].T, t[157:164], t[173:180], t[187:194])
+        _sum(g_mixA3_A_11[n].T, g_mixA3_A_11[n].T, t[54:61], t[180:187], t[216:223])
+        _sum(g_mixA3_A_11[n].T, g_mixA3_A_11[n].T, t[103:110])
+        _sum(g_mixA2_A_14[n].T, t[93:98], t[29:34], t[78:83], t[150:155])
+        _sum(g_mixA2_A_14[n].T, g_mixA2_A_14[n].T, t[70:75], t[83:88], t[200:205])
+        _sum(g_mixA2_A_14[n].T, g_mixA2_A_14[n].T, t[44:49], t[17:22], t[211:216])
+        _sum(g_mixA2_A_14[n].T, g_mixA2_A_14[n].T, t[98:103], t[49:54], t[223:228])
+        _sum(g_mixA2_A_14[n].T, g_mixA2_A_14[n].T, t[145:150])
+        _sum(g_mixA1_A_14[n].T, t[117:120], t[123:126], t[194:197], t[197:200])
+        _sum(g_mixA1_A_14[n].T, g_mixA1_A_14[n].T, t[205:208], t[208:211], g_mixA1_A_6[n].T)
+        _sum(g_mixA1_A_14[n].T, g_mixA1_A_14[n].T, t[41:44], t[233:236], t[236:239])
+        _sum(g_mixA1_A_14[n].T, g_mixA1_A_14[n].T, t[243:246], t[240:243], t[2:5])
+        _sum(g_mixA1_A_14[n].T, g_mixA1_A_14[n].T, t[120:123])
+        _sum(g_mixA0_A_9[n].T, t[76:77], t[155:156], t[156:157], t[0:1])
+        _sum(g_mixA0_A_9[n].T, g_mixA0_A_9[n].T, t[239:240], t[246:247], t[77:78])
+        _sum(g_mixA0_A_9[n].T, g_mixA0_A_9[n].T, t[75:76], g_mixA0_A_8[n].T)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def _kernel_40602f8aec(block, Y0, Y1, Y2, Y3, channels, i_A0, i_A1, i_A2, i_A3, num_nodes, radial, receiver_offsets, senders, up0_h, up1_h):
+    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
+    t = np.empty((72, channels), np.float64)  # rows of the values this kernel keeps to itself
+    for n in range(block * 16, min(num_nodes, block * 16 + 16)):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
+        t[0:1] = 0.0
+        t[1:4] = 0.0
+        t[4:9] = 0.0
+        t[9:16] = 0.0
+        for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
+            j = senders[e]
+            _couple_right_free(t[16:17], up0_h[j].T, Y0[e], TABLE_0_0_0_8b90d7c6)  # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
+            _scale(t[17:18], t[16:17], radial[e, :, 0])  # R[h0 x Y0 -> A0]
+            _scale(t[16:17], up0_h[j].T, radial[e, :, 1])  # R[h0 x Y1 -> A1]
+            _couple_right_free(t[18:21], t[16:17], Y1[e], TABLE_0_1_1_ee2e90d0)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
+            _scale(t[16:17], up0_h[j].T, radial[e, :, 2])  # R[h0 x Y2 -> A2]
+            _couple_right_free(t[21:26], t[16:17], Y2[e], TABLE_0_2_2_e48b51bf)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
+            _scale(t[16:17], up0_h[j].T, radial[e, :, 3])  # R[h0 x Y3 -> A3]
+            _couple_right_free(t[26:33], t[16:17], Y3[e], TABLE_0_3_3_562e87e3)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
+            _couple_right_free(t[33:36], up1_h[j].T, Y0[e], TABLE_1_0_1_470fbaa1)  # h1 x Y0 -> A1: 1 x 0 -> 1, even path, 3 nonzeros
+            _scale(t[36:39], t[33:36], radial[e, :, 4])  # R[h1 x Y0 -> A1]
+            _couple_right_free(t[16:17], up1_h[j].T, Y1[e], TABLE_1_1_0_85459927)  # h1 x Y1 -> A0: 1 x 1 -> 0, even path, 3 nonzeros
+            _scale(t[39:40], t[16:17], radial[e, :, 5])  # R[h1 x Y1 -> A0]
+            _scale(t[33:36], up1_h[j].T, radial[e, :, 6])  # R[h1 x Y1 -> A2]
+            _couple_right_free(t[40:45], t[33:36], Y1[e], TABLE_1_1_2_e4201477)  # h1 x Y1 -> A2: 1 x 1 -> 2, even path, 12 nonzeros
+            _couple_right_free(t[33:36], up1_h[j].T, Y2[e], TABLE_1_2_1_3fc415f1)  # h1 x Y2 -> A1: 1 x 2 -> 1, even path, 10 nonzeros
+            _scale(t[45:48], t[33:36], radial[e, :, 7])  # R[h1 x Y2 -> A1]
+            _scale(t[33:36], up1_h[j].T, radial[e, :, 8])  # R[h1 x Y2 -> A3]
+            _couple_right_free(t[48:55], t[33:36], Y2[e], TABLE_1_2_3_07710818)  # h1 x Y2 -> A3: 1 x 2 -> 3, even path, 25 nonzeros
+            _scale(t[33:36], up1_h[j].T, radial[e, :, 9])  # R[h1 x Y3 -> A2]
+            _couple_right_free(t[55:60], t[33:36], Y3[e], TABLE_1_3_2_1ba37bc7)  # h1 x Y3 -> A2: 1 x 3 -> 2, even path, 17 nonzeros
+            _sum(t[16:17], t[17:18], t[39:40])
+            _add(t[0:1], t[16:17])
+            _sum(t[33:36], t[18:21], t[36:39], t[45:48])
+            _add(t[1:4], t[33:36])
+            _sum(t[60:65], t[21:26], t[40:45], t[55:60])
+            _add(t[4:9], t[60:65])
+            _sum(t[65:72], t[26:33], t[48:55])
+            _add(t[9:16], t[65:72])
+        i_A0[n] = t[0:1].T  # store
+        i_A1[n] = t[1:4].T  # store
+        i_A2[n] = t[4:9].T  # store
+        i_A3[n] = t[9:16].T  # store
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def _kernel_9163b156c2(block, Y0, Y1, Y2, Y3, channels, g_mixA0_A_7, g_p_B0_0, g_p_t2_0_0, g_p_t6_1_0, i_A0, i_A1, i_A2, i_A3, i_c_0_0_0, i_c_1_0_1, i_c_1_1_0, i_c_1_2_1, i_hj_0_0_0, i_hj_1_0_1, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_s_1_1_2_in, i_s_1_2_3_in, i_s_1_3_2_in, num_nodes, product, radial, receiver_offsets, senders, up0_h, up1_h):
+    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
+    t = np.empty((72, channels), np.float64)  # rows of the values this kernel keeps to itself
+    for n in range(block * 16, min(num_nodes, block * 16 + 16)):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
+        t[0:1] = 0.0
+        t[1:4] = 0.0
+        t[4:9] = 0.0
+        t[9:16] = 0.0
+        for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
+            j = senders[e]
+            i_hj_0_0_0[e] = up0_h[j]  # store
+            _couple_right_free(i_c_0_0_0[e].T, up0_h[j].T, Y0[e], TABLE_0_0_0_8b90d7c6)  # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
+            _scale(t[16:17], i_c_0_0_0[e].T, radial[e, :, 0])  # R[h0 x Y0 -> A0]
+            _scale(i_s_0_1_1_in[e].T, up0_h[j].T, radial[e, :, 1])  # R[h0 x Y1 -> A1]
+            _couple_right_free(t[17:20], i_s_0_1_1_in[e].T, Y1[e], TABLE_0_1_1_ee2e90d0)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
+            _scale(i_s_0_2_2_in[e].T, up0_h[j].T, radial[e, :, 2])  # R[h0 x Y2 -> A2]
+            _couple_right_free(t[20:25], i_s_0_2_2_in[e].T, Y2[e], TABLE_0_2_2_e48b51bf)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
+            _scale(i_s_0_3_3_in[e].T, up0_h[j].T, radial[e, :, 3])  # R[h0 x Y3 -> A3]
+            _couple_right_free(t[25:32], i_s_0_3_3_in[e].T, Y3[e], TABLE_0_3_3_562e87e3)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
+            i_hj_1_0_1[e] = up1_h[j]  # store
+            _couple_right_free(i_c_1_0_1[e].T, up1_h[j].T, Y0[e], TABLE_1_0_1_470fbaa1)  # h1 x Y0 -> A1: 1 x 0 -> 1, even path, 3 nonzeros
+            _scale(t[32:35], i_c_1_0_1[e].T, radial[e, :, 4])  # R[h1 x Y0 -> A1]
+            _couple_right_free(i_c_1_1_0[e].T, up1_h[j].T, Y1[e], TABLE_1_1_0_85459927)  # h1 x Y1 -> A0: 1 x 1 -> 0, even path, 3 nonzeros
+            _scale(t[35:36], i_c_1_1_0[e].T, radial[e, :, 5])  # R[h1 x Y1 -> A0]
+            _scale(i_s_1_1_2_in[e].T, up1_h[j].T, radial[e, :, 6])  # R[h1 x Y1 -> A2]
+            _couple_right_free(t[36:41], i_s_1_1_2_in[e].T, Y1[e], TABLE_1_1_2_e4201477)  # h1 x Y1 -> A2: 1 x 1 -> 2, even path, 12 nonzeros
+            _couple_right_free(i_c_1_2_1[e].T, up1_h[j].T, Y2[e], TABLE_1_2_1_3fc415f1)  # h1 x Y2 -> A1: 1 x 2 -> 1, even path, 10 nonzeros
+            _scale(t[41:44], i_c_1_2_1[e].T, radial[e, :, 7])  # R[h1 x Y2 -> A1]
+            _scale(i_s_1_2_3_in[e].T, up1_h[j].T, radial[e, :, 8])  # R[h1 x Y2 -> A3]
+            _couple_right_free(t[44:51], i_s_1_2_3_in[e].T, Y2[e], TABLE_1_2_3_07710818)  # h1 x Y2 -> A3: 1 x 2 -> 3, even path, 25 nonzeros
+            _scale(i_s_1_3_2_in[e].T, up1_h[j].T, radial[e, :, 9])  # R[h1 x Y3 -> A2]
+            _couple_right_free(t[51:56], i_s_1_3_2_in[e].T, Y3[e], TABLE_1_3_2_1ba37bc7)  # h1 x Y3 -> A2: 1 x 3 -> 2, even path, 17 nonzeros
+            _sum(t[56:57], t[16:17], t[35:36])
+            _add(t[0:1], t[56:57])
+            _sum(t[57:60], t[17:20], t[32:35], t[41:44])
+            _add(t[1:4], t[57:60])
+            _sum(t[60:65], t[20:25], t[36:41], t[51:56])
+            _add(t[4:9], t[60:65])
+            _sum(t[65:72], t[25:32], t[44:51])
+            _add(t[9:16], t[65:72])
+        i_A0[n] = t[0:1].T  # store
+        i_A1[n] = t[1:4].T  # store
+        i_A2[n] = t[4:9].T  # store
+        i_A3[n] = t[9:16].T  # store
+        _scale(g_p_t6_1_0[n].T, g_p_B0_0[n].T, product[n, :, 6])  # adjoint of p_w6
+        _scale(g_p_t2_0_0[n].T, g_p_B0_0[n].T, product[n, :, 2])  # adjoint of p_w2
+        _scale(g_mixA0_A_7[n].T, g_p_B0_0[n].T, product[n, :, 0])  # adjoint of p_w0
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def _kernel_5da0ce1a09(block, Y0, Y1, Y2, Y3, channels, d_radial, g_Y0_1, g_Y0_3, g_Y1_1, g_Y1_3, g_Y1_5, g_Y2_1, g_Y2_3, g_Y2_5, g_Y3_1, g_Y3_3, g_i_A0_0, g_i_A1_0, g_i_A2_0, g_i_A3_0, g_i_hj_0_0_0_4, g_i_hj_1_0_1_6, i_c_0_0_0, i_c_1_0_1, i_c_1_1_0, i_c_1_2_1, i_hj_0_0_0, i_hj_1_0_1, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_s_1_1_2_in, i_s_1_2_3_in, i_s_1_3_2_in, num_edges, radial, receivers):
+    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_edges."""
+    t = np.empty((49, channels), np.float64)  # rows of the values this kernel keeps to itself
+    for e in range(block * 16, min(num_edges, block * 16 + 16)):
+        i = receivers[e]
+        _couple_right_free(t[0:3], g_i_A2_0[i].T, Y3[e], TABLE_2_3_1_d3f497d6)  # adjoint (left) of i_s_1_3_2: h1 x Y3 -> A2: table transpose-left of 1x3->2, ranks 2, 3 -> 1, 17 nonzeros
+        _couple(t[3:10], i_s_1_3_2_in[e].T, g_i_A2_0[i].T, TABLE_1_2_3_a081ad34)  # adjoint (right) of i_s_1_3_2: h1 x Y3 -> A2: table transpose-right of 1x3->2, ranks 1, 2 -> 3, 17 nonzeros
+        _channel_sum(g_Y3_1[e], t[3:10])  # sum over channels
+        _scale(t[10:13], t[0:3], radial[e, :, 9])  # adjoint of i_s_1_3_2_in
+        _couple(t[13:14], t[0:3], i_hj_1_0_1[e].T, TABLE_1_1_0_85459927)  # d radial[9] from i_s_1_3_2_in: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
+        _couple_right_free(t[0:3], g_i_A3_0[i].T, Y2[e], TABLE_3_2_1_010a34fb)  # adjoint (left) of i_s_1_2_3: h1 x Y2 -> A3: table transpose-left of 1x2->3, ranks 3, 2 -> 1, 25 nonzeros
+        _couple(t[14:19], i_s_1_2_3_in[e].T, g_i_A3_0[i].T, TABLE_1_3_2_121d470a)  # adjoint (right) of i_s_1_2_3: h1 x Y2 -> A3: table transpose-right of 1x2->3, ranks 1, 3 -> 2, 25 nonzeros
+        _channel_sum(g_Y2_1[e], t[14:19])  # sum over channels
+        _scale(t[19:22], t[0:3], radial[e, :, 8])  # adjoint of i_s_1_2_3_in
+        _couple(t[22:23], t[0:3], i_hj_1_0_1[e].T, TABLE_1_1_0_85459927)  # d radial[8] from i_s_1_2_3_in: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
+        _scale(t[0:3], g_i_A1_0[i].T, radial[e, :, 7])  # adjoint of i_s_1_2_1
+        _couple(t[23:24], g_i_A1_0[i].T, i_c_1_2_1[e].T, TABLE_1_1_0_85459927)  # d radial[7] from i_s_1_2_1: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
+        _couple_right_free(t[24:27], t[0:3], Y2[e], TABLE_1_2_1_3fc415f1)  # adjoint (left) of i_c_1_2_1: h1 x Y2 -> A1: table transpose-left of 1x2->1, ranks 1, 2 -> 1, 10 nonzeros
+        _couple(t[14:19], i_hj_1_0_1[e].T, t[0:3], TABLE_1_1_2_ff7370b0)  # adjoint (right) of i_c_1_2_1: h1 x Y2 -> A1: table transpose-right of 1x2->1, ranks 1, 1 -> 2, 10 nonzeros
+        _channel_sum(g_Y2_3[e], t[14:19])  # sum over channels
+        _couple_right_free(t[0:3], g_i_A2_0[i].T, Y1[e], TABLE_2_1_1_c3015d45)  # adjoint (left) of i_s_1_1_2: h1 x Y1 -> A2: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
+        _couple(t[27:30], i_s_1_1_2_in[e].T, g_i_A2_0[i].T, TABLE_1_2_1_68cab8a5)  # adjoint (right) of i_s_1_1_2: h1 x Y1 -> A2: table transpose-right of 1x1->2, ranks 1, 2 -> 1, 12 nonzeros
+        _channel_sum(g_Y1_1[e], t[27:30])  # sum over channels
+        _scale(t[27:30], t[0:3], radial[e, :, 6])  # adjoint of i_s_1_1_2_in
+        _couple(t[30:31], t[0:3], i_hj_1_0_1[e].T, TABLE_1_1_0_85459927)  # d radial[6] from i_s_1_1_2_in: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
+        _scale(t[31:32], g_i_A0_0[i].T, radial[e, :, 5])  # adjoint of i_s_1_1_0
+        _couple(t[32:33], g_i_A0_0[i].T, i_c_1_1_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[5] from i_s_1_1_0: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+        _couple_right_free(t[0:3], t[31:32], Y1[e], TABLE_0_1_1_ee2e90d0)  # adjoint (left) of i_c_1_1_0: h1 x Y1 -> A0: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
+        _couple(t[33:36], i_hj_1_0_1[e].T, t[31:32], TABLE_1_0_1_470fbaa1)  # adjoint (right) of i_c_1_1_0: h1 x Y1 -> A0: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
+        _channel_sum(g_Y1_3[e], t[33:36])  # sum over channels
+        _scale(t[33:36], g_i_A1_0[i].T, radial[e, :, 4])  # adjoint of i_s_1_0_1
+        _couple(t[31:32], g_i_A1_0[i].T, i_c_1_0_1[e].T, TABLE_1_1_0_85459927)  # d radial[4] from i_s_1_0_1: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
+        _couple_right_free(t[36:39], t[33:36], Y0[e], TABLE_1_0_1_470fbaa1)  # adjoint (left) of i_c_1_0_1: h1 x Y0 -> A1: table transpose-left of 1x0->1, ranks 1, 0 -> 1, 3 nonzeros
+        _couple(t[39:40], i_hj_1_0_1[e].T, t[33:36], TABLE_1_1_0_85459927)  # adjoint (right) of i_c_1_0_1: h1 x Y0 -> A1: table transpose-right of 1x0->1, ranks 1, 1 -> 0, 3 nonzeros
+        _channel_sum(g_Y0_1[e], t[39:40])  # sum over channels
+        _sum(g_i_hj_1_0_1_6[e].T, t[10:13], t[19:22], t[24:27], t[27:30])
+        _sum(g_i_hj_1_0_1_6[e].T, g_i_hj_1_0_1_6[e].T, t[0:3], t[36:39])
+        _couple_right_free(t[39:40], g_i_A3_0[i].T, Y3[e], TABLE_3_3_0_3353fb15)  # adjoint (left) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
+        _couple(t[3:10], i_s_0_3_3_in[e].T, g_i_A3_0[i].T, TABLE_0_3_3_562e87e3)  # adjoint (right) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
+        _channel_sum(g_Y3_3[e], t[3:10])  # sum over channels
+        _scale(t[40:41], t[39:40], radial[e, :, 3])  # adjoint of i_s_0_3_3_in
+        _couple(t[41:42], t[39:40], i_hj_0_0_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[3] from i_s_0_3_3_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+        _couple_right_free(t[39:40], g_i_A2_0[i].T, Y2[e], TABLE_2_2_0_638600a3)  # adjoint (left) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
+        _couple(t[14:19], i_s_0_2_2_in[e].T, g_i_A2_0[i].T, TABLE_0_2_2_e48b51bf)  # adjoint (right) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
+        _channel_sum(g_Y2_5[e], t[14:19])  # sum over channels
+        _scale(t[42:43], t[39:40], radial[e, :, 2])  # adjoint of i_s_0_2_2_in
+        _couple(t[43:44], t[39:40], i_hj_0_0_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[2] from i_s_0_2_2_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+        _couple_right_free(t[39:40], g_i_A1_0[i].T, Y1[e], TABLE_1_1_0_85459927)  # adjoint (left) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
+        _couple(t[36:39], i_s_0_1_1_in[e].T, g_i_A1_0[i].T, TABLE_0_1_1_ee2e90d0)  # adjoint (right) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
+        _channel_sum(g_Y1_5[e], t[36:39])  # sum over channels
+        _scale(t[44:45], t[39:40], radial[e, :, 1])  # adjoint of i_s_0_1_1_in
+        _couple(t[45:46], t[39:40], i_hj_0_0_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[1] from i_s_0_1_1_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+        _scale(t[39:40], g_i_A0_0[i].T, radial[e, :, 0])  # adjoint of i_s_0_0_0
+        _couple(t[46:47], g_i_A0_0[i].T, i_c_0_0_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[0] from i_s_0_0_0: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+        _couple_right_free(t[47:48], t[39:40], Y0[e], TABLE_0_0_0_8b90d7c6)  # adjoint (left) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+        _couple(t[48:49], i_hj_0_0_0[e].T, t[39:40], TABLE_0_0_0_8b90d7c6)  # adjoint (right) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+        _channel_sum(g_Y0_3[e], t[48:49])  # sum over channels
+        _sum(g_i_hj_0_0_0_4[e].T, t[40:41], t[42:43], t[44:45], t[47:48])
+        # d_radial: weight-shaped adjoint of radial
+        d_radial[e, :, 0] = t[46:47][0]
+        d_radial[e, :, 1] = t[45:46][0]
+        d_radial[e, :, 2] = t[43:44][0]
+        d_radial[e, :, 3] = t[41:42][0]
+        d_radial[e, :, 4] = t[31:32][0]
+        d_radial[e, :, 5] = t[32:33][0]
+        d_radial[e, :, 6] = t[30:31][0]
+        d_radial[e, :, 7] = t[23:24][0]
+        d_radial[e, :, 8] = t[22:23][0]
+        d_radial[e, :, 9] = t[13:14][0]
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def _kernel_64b475a4a4(block, g_i_hj_0_0_0_4, g_i_hj_1_0_1_6, g_up0_h_0, g_up1_h_0, num_nodes, sender_offsets, sender_order):
+    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
+    for n in range(block * 16, min(num_nodes, block * 16 + 16)):
+        g_up1_h_0[n] = 0.0
+        for k in range(sender_offsets[n], sender_offsets[n + 1]):  # edges sent by n
+            _add(g_up1_h_0[n].T, g_i_hj_1_0_1_6[sender_order[k]].T)
+        g_up0_h_0[n] = 0.0
+        for k in range(sender_offsets[n], sender_offsets[n + 1]):  # edges sent by n
+            _add(g_up0_h_0[n].T, g_i_hj_0_0_0_4[sender_order[k]].T)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def _kernel_8e97ce2650(block, Y0, Y1, Y2, Y3, channels, g_mixA0_A_8, g_mixA1_A_6, g_p_B0_0, g_p_B1_0, g_p_t23_1_0, g_p_t25_1_0, g_p_t27_1_0, g_p_t2_0_1, g_p_t6_1_0, i_A0, i_A1, i_A2, i_A3, i_c_0_0_0, i_c_1_0_1, i_c_1_1_0, i_c_1_2_1, i_hj_0_0_0, i_hj_1_0_1, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_s_1_1_2_in, i_s_1_2_3_in, i_s_1_3_2_in, num_nodes, product, radial, receiver_offsets, senders, up0_h, up1_h):
+    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
+    t = np.empty((72, channels), np.float64)  # rows of the values this kernel keeps to itself
+    for n in range(block * 16, min(num_nodes, block * 16 + 16)):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
+        t[0:1] = 0.0
+        t[1:4] = 0.0
+        t[4:9] = 0.0
+        t[9:16] = 0.0
+        for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
+            j = senders[e]
+            i_hj_0_0_0[e] = up0_h[j]  # store
+            _couple_right_free(i_c_0_0_0[e].T, up0_h[j].T, Y0[e], TABLE_0_0_0_8b90d7c6)  # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
+            _scale(t[16:17], i_c_0_0_0[e].T, radial[e, :, 0])  # R[h0 x Y0 -> A0]
+            _scale(i_s_0_1_1_in[e].T, up0_h[j].T, radial[e, :, 1])  # R[h0 x Y1 -> A1]
+            _couple_right_free(t[17:20], i_s_0_1_1_in[e].T, Y1[e], TABLE_0_1_1_ee2e90d0)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
+            _scale(i_s_0_2_2_in[e].T, up0_h[j].T, radial[e, :, 2])  # R[h0 x Y2 -> A2]
+            _couple_right_free(t[20:25], i_s_0_2_2_in[e].T, Y2[e], TABLE_0_2_2_e48b51bf)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
+            _scale(i_s_0_3_3_in[e].T, up0_h[j].T, radial[e, :, 3])  # R[h0 x Y3 -> A3]
+            _couple_right_free(t[25:32], i_s_0_3_3_in[e].T, Y3[e], TABLE_0_3_3_562e87e3)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
+            i_hj_1_0_1[e] = up1_h[j]  # store
+            _couple_right_free(i_c_1_0_1[e].T, up1_h[j].T, Y0[e], TABLE_1_0_1_470fbaa1)  # h1 x Y0 -> A1: 1 x 0 -> 1, even path, 3 nonzeros
+            _scale(t[32:35], i_c_1_0_1[e].T, radial[e, :, 4])  # R[h1 x Y0 -> A1]
+            _couple_right_free(i_c_1_1_0[e].T, up1_h[j].T, Y1[e], TABLE_1_1_0_85459927)  # h1 x Y1 -> A0: 1 x 1 -> 0, even path, 3 nonzeros
+            _scale(t[35:36], i_c_1_1_0[e].T, radial[e, :, 5])  # R[h1 x Y1 -> A0]
+            _scale(i_s_1_1_2_in[e].T, up1_h[j].T, radial[e, :, 6])  # R[h1 x Y1 -> A2]
+            _couple_right_free(t[36:41], i_s_1_1_2_in[e].T, Y1[e], TABLE_1_1_2_e4201477)  # h1 x Y1 -> A2: 1 x 1 -> 2, even path, 12 nonzeros
+            _couple_right_free(i_c_1_2_1[e].T, up1_h[j].T, Y2[e], TABLE_1_2_1_3fc415f1)  # h1 x Y2 -> A1: 1 x 2 -> 1, even path, 10 nonzeros
+            _scale(t[41:44], i_c_1_2_1[e].T, radial[e, :, 7])  # R[h1 x Y2 -> A1]
+            _scale(i_s_1_2_3_in[e].T, up1_h[j].T, radial[e, :, 8])  # R[h1 x Y2 -> A3]
+            _couple_right_free(t[44:51], i_s_1_2_3_in[e].T, Y2[e], TABLE_1_2_3_07710818)  # h1 x Y2 -> A3: 1 x 2 -> 3, even path, 25 nonzeros
+            _scale(i_s_1_3_2_in[e].T, up1_h[j].T, radial[e, :, 9])  # R[h1 x Y3 -> A2]
+            _couple_right_free(t[51:56], i_s_1_3_2_in[e].T, Y3[e], TABLE_1_3_2_1ba37bc7)  # h1 x Y3 -> A2: 1 x 3 -> 2, even path, 17 nonzeros
+            _sum(t[56:57], t[16:17], t[35:36])
+            _add(t[0:1], t[56:57])
+            _sum(t[57:60], t[17:20], t[32:35], t[41:44])
+            _add(t[1:4], t[57:60])
+            _sum(t[60:65], t[20:25], t[36:41], t[51:56])
+            _add(t[4:9], t[60:65])
+            _sum(t[65:72], t[25:32], t[44:51])
+            _add(t[9:16], t[65:72])
+        i_A0[n] = t[0:1].T  # store
+        i_A1[n] = t[1:4].T  # store
+        i_A2[n] = t[4:9].T  # store
+        i_A3[n] = t[9:16].T  # store
+        _scale(g_p_t27_1_0[n].T, g_p_B1_0[n].T, product[n, :, 27])  # adjoint of p_w27
+        _scale(g_p_t25_1_0[n].T, g_p_B1_0[n].T, product[n, :, 25])  # adjoint of p_w25
+        _scale(g_p_t23_1_0[n].T, g_p_B1_0[n].T, product[n, :, 23])  # adjoint of p_w23
+        _scale(g_mixA1_A_6[n].T, g_p_B1_0[n].T, product[n, :, 13])  # adjoint of p_w13
+        _scale(g_p_t6_1_0[n].T, g_p_B0_0[n].T, product[n, :, 6])  # adjoint of p_w6
+        _scale(g_p_t2_0_1[n].T, g_p_B0_0[n].T, product[n, :, 2])  # adjoint of p_w2
+        _scale(g_mixA0_A_8[n].T, g_p_B0_0[n].T, product[n, :, 0])  # adjoint of p_w0
+
+
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def geometry_k1(positions, cell, shifts, strain, senders, receivers, batch, num_nodes, num_structures):
-    """Part of geometry.
-
-    IR program geometry_k1, printed as 3 kernel(s).
-    """
+    """Part of geometry. IR program geometry_k1, printed as 3 kernel(s)."""
     dtype = positions.dtype
     num_edges = senders.shape[0]
-    if positions.shape[0] != num_nodes or positions.shape[1] != 3:
-        raise ValueError("positions must have shape (nodes, 3)")
-    if cell.shape[0] != num_structures or cell.shape[1] != 3 or cell.shape[2] != 3:
-        raise ValueError("cell must have shape (structures, 3, 3)")
-    if shifts.shape[0] != num_edges or shifts.shape[1] != 3:
-        raise ValueError("shifts must have shape (edges, 3)")
-    if strain.shape[0] != num_structures or strain.shape[1] != 3 or strain.shape[2] != 3:
-        raise ValueError("strain must have shape (structures, 3, 3)")
-    if receivers.shape[0] != num_edges:
-        raise ValueError("senders and receivers must have shape (edges,)")
-    for e in range(num_edges):
-        if senders[e] < 0 or senders[e] >= num_nodes or receivers[e] < 0 or receivers[e] >= num_nodes:
-            raise ValueError("senders and receivers must be node indices in [0, num_nodes)")
-    if batch.shape[0] != num_nodes:
-        raise ValueError("batch must have shape (nodes,)")
-    for n in range(num_nodes):
-        if batch[n] < 0 or batch[n] >= num_structures:
-            raise ValueError("batch must hold structure indices in [0, num_structures)")
-
+    _fail_if(positions.shape[0] != num_nodes or positions.shape[1] != 3, "positions must have shape (nodes, 3)")
+    _fail_if(cell.shape[0] != num_structures or cell.shape[1] != 3 or cell.shape[2] != 3, "cell must have shape (structures, 3, 3)")
+    _fail_if(shifts.shape[0] != num_edges or shifts.shape[1] != 3, "shifts must have shape (edges, 3)")
+    _fail_if(strain.shape[0] != num_structures or strain.shape[1] != 3 or strain.shape[2] != 3, "strain must have shape (structures, 3, 3)")
+    _check_edges(senders, receivers, num_nodes)  # node indices in [0, num_nodes)
+    _check_batch(batch, num_nodes, num_structures)  # structure indices
     # EdgeVectors -> vectors (edges, 3): positions[j] - positions[i] + shifts[e] @ cell[b], times (I + strain[b])
     vectors = np.empty((num_edges, 3), dtype)
     for e in prange(num_edges):
@@ -177,7 +1115,6 @@ def geometry_k1(positions, cell, shifts, strain, senders, receivers, batch, num_
         vectors[e, 0] = r0 * (1.0 + strain[b, 0, 0]) + r1 * strain[b, 1, 0] + r2 * strain[b, 2, 0]
         vectors[e, 1] = r0 * strain[b, 0, 1] + r1 * (1.0 + strain[b, 1, 1]) + r2 * strain[b, 2, 1]
         vectors[e, 2] = r0 * strain[b, 0, 2] + r1 * strain[b, 1, 2] + r2 * (1.0 + strain[b, 2, 2])
-
     # EdgeLength -> lengths (edges,): |vectors|
     lengths = np.empty(num_edges, dtype)
     for e in prange(num_edges):
@@ -186,7 +1123,6 @@ def geometry_k1(positions, cell, shifts, strain, senders, receivers, batch, num_
         v2 = vectors[e, 2]
         r = np.sqrt(v0 * v0 + v1 * v1 + v2 * v2)
         lengths[e] = r
-
     # EdgeDirection -> direction (edges, 3): vectors / |vectors|
     direction = np.empty((num_edges, 3), dtype)
     for e in prange(num_edges):
@@ -197,38 +1133,23 @@ def geometry_k1(positions, cell, shifts, strain, senders, receivers, batch, num_
         direction[e, 0] = v0 / r
         direction[e, 1] = v1 / r
         direction[e, 2] = v2 / r
-
     return (lengths, direction)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def geometry_reverse_k1(positions, cell, shifts, strain, d_direction, d_lengths, senders, receivers, receiver_offsets, sender_order, sender_offsets, batch, num_nodes, num_structures):
-    """Part of geometry_reverse.
-
-    IR program geometry_reverse_k1, printed as 6 kernel(s).
-    """
+    """Part of geometry_reverse. IR program geometry_reverse_k1, printed as 6 kernel(s)."""
     dtype = positions.dtype
     num_edges = senders.shape[0]
-    if positions.shape[0] != num_nodes or positions.shape[1] != 3:
-        raise ValueError("positions must have shape (nodes, 3)")
-    if cell.shape[0] != num_structures or cell.shape[1] != 3 or cell.shape[2] != 3:
-        raise ValueError("cell must have shape (structures, 3, 3)")
-    if shifts.shape[0] != num_edges or shifts.shape[1] != 3:
-        raise ValueError("shifts must have shape (edges, 3)")
-    if strain.shape[0] != num_structures or strain.shape[1] != 3 or strain.shape[2] != 3:
-        raise ValueError("strain must have shape (structures, 3, 3)")
-    if d_direction.shape[0] != num_edges or d_direction.shape[1] != 3:
-        raise ValueError("d_direction must have shape (edges, 3)")
-    if d_lengths.shape[0] != num_edges:
-        raise ValueError("d_lengths must have shape (edges,)")
+    _fail_if(positions.shape[0] != num_nodes or positions.shape[1] != 3, "positions must have shape (nodes, 3)")
+    _fail_if(cell.shape[0] != num_structures or cell.shape[1] != 3 or cell.shape[2] != 3, "cell must have shape (structures, 3, 3)")
+    _fail_if(shifts.shape[0] != num_edges or shifts.shape[1] != 3, "shifts must have shape (edges, 3)")
+    _fail_if(strain.shape[0] != num_structures or strain.shape[1] != 3 or strain.shape[2] != 3, "strain must have shape (structures, 3, 3)")
+    _fail_if(d_direction.shape[0] != num_edges or d_direction.shape[1] != 3, "d_direction must have shape (edges, 3)")
+    _fail_if(d_lengths.shape[0] != num_edges, "d_lengths must have shape (edges,)")
     _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
     _check_senders(senders, sender_order, sender_offsets, num_nodes)  # CSR by sender
-    if batch.shape[0] != num_nodes:
-        raise ValueError("batch must have shape (nodes,)")
-    for n in range(num_nodes):
-        if batch[n] < 0 or batch[n] >= num_structures:
-            raise ValueError("batch must hold structure indices in [0, num_structures)")
-
+    _check_batch(batch, num_nodes, num_structures)  # structure indices
     # EdgeVectors -> vectors (edges, 3): positions[j] - positions[i] + shifts[e] @ cell[b], times (I + strain[b])
     vectors = np.empty((num_edges, 3), dtype)
     for e in prange(num_edges):
@@ -241,7 +1162,6 @@ def geometry_reverse_k1(positions, cell, shifts, strain, d_direction, d_lengths,
         vectors[e, 0] = r0 * (1.0 + strain[b, 0, 0]) + r1 * strain[b, 1, 0] + r2 * strain[b, 2, 0]
         vectors[e, 1] = r0 * strain[b, 0, 1] + r1 * (1.0 + strain[b, 1, 1]) + r2 * strain[b, 2, 1]
         vectors[e, 2] = r0 * strain[b, 0, 2] + r1 * strain[b, 1, 2] + r2 * (1.0 + strain[b, 2, 2])
-
     # EdgeDirectionGrad -> g_vectors_0 (edges, 3): (g - (g . u) u) / |r|, u = r / |r|
     g_vectors_0 = np.empty((num_edges, 3), dtype)
     for e in prange(num_edges):
@@ -259,7 +1179,6 @@ def geometry_reverse_k1(positions, cell, shifts, strain, d_direction, d_lengths,
         g_vectors_0[e, 0] = (g0 - gu * u0) / r
         g_vectors_0[e, 1] = (g1 - gu * u1) / r
         g_vectors_0[e, 2] = (g2 - gu * u2) / r
-
     # EdgeLengthGrad -> g_vectors_1 (edges, 3): d_lengths * vectors / |vectors|
     g_vectors_1 = np.empty((num_edges, 3), dtype)
     for e in prange(num_edges):
@@ -271,17 +1190,14 @@ def geometry_reverse_k1(positions, cell, shifts, strain, d_direction, d_lengths,
         g_vectors_1[e, 0] = g * v0 / r
         g_vectors_1[e, 1] = g * v1 / r
         g_vectors_1[e, 2] = g * v2 / r
-
     # Sum -> g_vectors_2 (edges, 3): g_vectors_0 + g_vectors_1
-    if g_vectors_1.shape != g_vectors_0.shape:
-        raise ValueError("g_vectors_2: g_vectors_1 and g_vectors_0 must have the same shape")
+    _fail_if(g_vectors_1.shape != g_vectors_0.shape, "g_vectors_2: g_vectors_1 and g_vectors_0 must have the same shape")
     g_vectors_0_flat = g_vectors_0.reshape(g_vectors_0.size)
     g_vectors_1_flat = g_vectors_1.reshape(g_vectors_1.size)
     g_vectors_2 = np.empty(g_vectors_0.shape, dtype)
     g_vectors_2_flat = g_vectors_2.reshape(g_vectors_2.size)
     for k in prange(g_vectors_2_flat.shape[0]):
         g_vectors_2_flat[k] = g_vectors_0_flat[k] + g_vectors_1_flat[k]
-
     # EdgeVectorsGrad -> d_positions (nodes, 3): +c_e at senders[e], -c_e at receivers[e], c_e = g_vectors_2[e] @ (I + strain[b])^T
     d_positions_c = np.empty((num_edges, 3), dtype)
     for e in prange(num_edges):
@@ -314,7 +1230,6 @@ def geometry_reverse_k1(positions, cell, shifts, strain, d_direction, d_lengths,
         d_positions[n, 0] = s0 - t0
         d_positions[n, 1] = s1 - t1
         d_positions[n, 2] = s2 - t2
-
     # EdgeVectorsStrainGrad -> d_strain (structures, 3, 3): sum over the edges of structure b of outer(r0_e, g_vectors_2[e]), r0_e unstrained
     # race-free: a float64 partial per node over its incoming edges (receiver CSR, prange),
     # then a serial loop over the nodes adds the partials into their structure (N x 9 adds)
@@ -361,30 +1276,22 @@ def geometry_reverse_k1(positions, cell, shifts, strain, d_direction, d_lengths,
         for k in range(9):
             d_strain_sum[batch[m], k] += d_strain_nodes[m, k]
     d_strain = d_strain_sum.astype(dtype).reshape((num_structures, 3, 3))
-
     return (d_positions, d_strain)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def edge_basis_k1(direction):
-    """Part of edge_basis.
-
-    IR program edge_basis_k1, printed as 1 kernel(s).
-    """
+    """Part of edge_basis. IR program edge_basis_k1, printed as 1 kernel(s)."""
     dtype = direction.dtype
     num_edges = direction.shape[0]
-    if direction.shape[0] != num_edges or direction.shape[1] != 3:
-        raise ValueError("direction must have shape (edges, 3)")
-
+    _check_shape(direction, (num_edges, 3), "direction must have shape (edges, 3)")
     Y0 = np.empty((num_edges, 1), dtype)
     Y1 = np.empty((num_edges, 3), dtype)
     Y2 = np.empty((num_edges, 5), dtype)
     Y3 = np.empty((num_edges, 7), dtype)
     # kernel 1 (channel-free, phase 0): 4 ops; stores Y0, Y1, Y2, Y3
     for e in prange(num_edges):
-        x = direction[e, 0]
-        y = direction[e, 1]
-        z = direction[e, 2]
+        x, y, z = direction[e, 0], direction[e, 1], direction[e, 2]
         x2 = x * x
         y2 = y * y
         z2 = z * z
@@ -411,42 +1318,21 @@ def edge_basis_k1(direction):
         Y3_5 = x * y * z
         Y3_6 = -0.2 * x2 * z + 0.8 * y2 * z - 0.2 * z3
         Y0[e, 0] = Y0_0
-        Y1[e, 0] = Y1_0
-        Y1[e, 1] = Y1_1
-        Y1[e, 2] = Y1_2
-        Y2[e, 0] = Y2_0
-        Y2[e, 1] = Y2_1
-        Y2[e, 2] = Y2_2
-        Y2[e, 3] = Y2_3
-        Y2[e, 4] = Y2_4
-        Y3[e, 0] = Y3_0
-        Y3[e, 1] = Y3_1
-        Y3[e, 2] = Y3_2
-        Y3[e, 3] = Y3_3
-        Y3[e, 4] = Y3_4
-        Y3[e, 5] = Y3_5
-        Y3[e, 6] = Y3_6
-
+        Y1[e, 0], Y1[e, 1], Y1[e, 2] = Y1_0, Y1_1, Y1_2
+        Y2[e, 0], Y2[e, 1], Y2[e, 2], Y2[e, 3], Y2[e, 4] = Y2_0, Y2_1, Y2_2, Y2_3, Y2_4
+        Y3[e, 0], Y3[e, 1], Y3[e, 2], Y3[e, 3], Y3[e, 4], Y3[e, 5], Y3[e, 6] = Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6
     return (Y0, Y1, Y2, Y3)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def edge_basis_reverse_k1(direction, d_Y3, d_Y2, d_Y1):
-    """Part of edge_basis_reverse.
-
-    IR program edge_basis_reverse_k1, printed as 1 kernel(s).
-    """
+    """Part of edge_basis_reverse. IR program edge_basis_reverse_k1, printed as 1 kernel(s)."""
     dtype = direction.dtype
     num_edges = direction.shape[0]
-    if direction.shape[0] != num_edges or direction.shape[1] != 3:
-        raise ValueError("direction must have shape (edges, 3)")
-    if d_Y3.shape[0] != num_edges or d_Y3.shape[1] != 7:
-        raise ValueError("d_Y3 must have shape (edges, 7)")
-    if d_Y2.shape[0] != num_edges or d_Y2.shape[1] != 5:
-        raise ValueError("d_Y2 must have shape (edges, 5)")
-    if d_Y1.shape[0] != num_edges or d_Y1.shape[1] != 3:
-        raise ValueError("d_Y1 must have shape (edges, 3)")
-
+    _check_shape(direction, (num_edges, 3), "direction must have shape (edges, 3)")
+    _check_shape(d_Y3, (num_edges, 7), "d_Y3 must have shape (edges, 7)")
+    _check_shape(d_Y2, (num_edges, 5), "d_Y2 must have shape (edges, 5)")
+    _check_shape(d_Y1, (num_edges, 3), "d_Y1 must have shape (edges, 3)")
     d_direction = np.empty((num_edges, 3), dtype)
     # kernel 1 (channel-free, phase 0): 4 ops; stores d_direction
     for e in prange(num_edges):
@@ -457,20 +1343,9 @@ def edge_basis_reverse_k1(direction, d_Y3, d_Y2, d_Y1):
         y2 = y * y
         z = direction[e, 2]
         z2 = z * z
-        d_Y3_1 = d_Y3[e, 1]
-        d_Y3_2 = d_Y3[e, 2]
-        d_Y3_3 = d_Y3[e, 3]
-        d_Y3_4 = d_Y3[e, 4]
-        d_Y3_5 = d_Y3[e, 5]
-        d_Y3_6 = d_Y3[e, 6]
-        d_Y2_0 = d_Y2[e, 0]
-        d_Y2_1 = d_Y2[e, 1]
-        d_Y2_2 = d_Y2[e, 2]
-        d_Y2_3 = d_Y2[e, 3]
-        d_Y2_4 = d_Y2[e, 4]
-        d_Y1_0 = d_Y1[e, 0]
-        d_Y1_1 = d_Y1[e, 1]
-        d_Y1_2 = d_Y1[e, 2]
+        d_Y3_1, d_Y3_2, d_Y3_3, d_Y3_4, d_Y3_5, d_Y3_6 = d_Y3[e, 1], d_Y3[e, 2], d_Y3[e, 3], d_Y3[e, 4], d_Y3[e, 5], d_Y3[e, 6]
+        d_Y2_0, d_Y2_1, d_Y2_2, d_Y2_3, d_Y2_4 = d_Y2[e, 0], d_Y2[e, 1], d_Y2[e, 2], d_Y2[e, 3], d_Y2[e, 4]
+        d_Y1_0, d_Y1_1, d_Y1_2 = d_Y1[e, 0], d_Y1[e, 1], d_Y1[e, 2]
         # d<d_Y3, T_3(direction)> / ddirection: exact derivative polynomials
         g_direction_0_0 = (1.2 * (d_Y3_0 * x2 - d_Y3_3 * x * y) - 0.6 * (d_Y3_0 * y2 + d_Y3_0 * z2 + d_Y3_2 * x2) + 1.6 * (d_Y3_1 * x * y + d_Y3_4 * x * z) + 0.8 * d_Y3_2 * y2
                            - 0.2 * d_Y3_2 * z2 + d_Y3_5 * y * z - 0.4 * d_Y3_6 * x * z)
@@ -486,526 +1361,106 @@ def edge_basis_reverse_k1(direction, d_Y3, d_Y2, d_Y1):
         g_direction_2_0 = d_Y1_0
         g_direction_2_1 = d_Y1_1
         g_direction_2_2 = d_Y1_2
-        d_direction_0 = g_direction_0_0 + g_direction_1_0 + g_direction_2_0
-        d_direction_1 = g_direction_0_1 + g_direction_1_1 + g_direction_2_1
-        d_direction_2 = g_direction_0_2 + g_direction_1_2 + g_direction_2_2
-        d_direction[e, 0] = d_direction_0
-        d_direction[e, 1] = d_direction_1
-        d_direction[e, 2] = d_direction_2
-
+        d_direction_0, d_direction_1, d_direction_2 = g_direction_0_0 + g_direction_1_0 + g_direction_2_0, g_direction_0_1 + g_direction_1_1 + g_direction_2_1, g_direction_0_2 + g_direction_1_2 + g_direction_2_2
+        d_direction[e, 0], d_direction[e, 1], d_direction[e, 2] = d_direction_0, d_direction_1, d_direction_2
     return (d_direction,)
 
 
 @numba.njit(cache=True, fastmath=False)
 def layer_0_0_k1(h0, up0):
-    """Part of layer_0_0.
-
-    IR program layer_0_0_k1, printed as 1 kernel(s).
-    up0: weights with channels rows x channels columns.
-    """
+    """Part of layer_0_0. IR program layer_0_0_k1, printed as 1 kernel(s); weights: up0 (channels rows x channels columns)."""
     dtype = h0.dtype
     num_nodes = h0.shape[0]
-    if h0.shape[2] != 1:
-        raise ValueError("h0 must have shape (nodes, channels, 1)")
-
-    # ChannelMix -> up0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, up0)
-    if h0.shape[1] != up0.shape[0]:
-        raise ValueError("h0 has the wrong number of channels for up0")
-    up0_h = np.dot(np.ascontiguousarray(h0).reshape((num_nodes, up0.shape[0])), np.asarray(up0, dtype)).reshape((num_nodes, up0.shape[1], 1))
-
+    _fail_if(h0.shape[2] != 1, "h0 must have shape (nodes, channels, 1)")
+    up0_h = _channel_mix(h0, np.asarray(up0, dtype))  # ChannelMix -> up0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, up0)
     return (up0_h,)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def layer_0_0_k2(up0_h, Y0, Y1, Y2, Y3, radial, senders, receivers, receiver_offsets, num_nodes):
-    """Part of layer_0_0.
-
-    IR program layer_0_0_k2, printed as 1 kernel(s).
-    radial: weights with 4 columns.
-    """
+    """Part of layer_0_0. IR program layer_0_0_k2, printed as 1 kernel(s); weights: radial (4 columns)."""
     dtype = up0_h.dtype
     num_edges = senders.shape[0]
     channels = up0_h.shape[1]
-    if up0_h.shape[0] != num_nodes or up0_h.shape[1] != channels or up0_h.shape[2] != 1:
-        raise ValueError("up0_h must have shape (nodes, channels, 1)")
-    if Y0.shape[0] != num_edges or Y0.shape[1] != 1:
-        raise ValueError("Y0 must have shape (edges, 1)")
-    if Y1.shape[0] != num_edges or Y1.shape[1] != 3:
-        raise ValueError("Y1 must have shape (edges, 3)")
-    if Y2.shape[0] != num_edges or Y2.shape[1] != 5:
-        raise ValueError("Y2 must have shape (edges, 5)")
-    if Y3.shape[0] != num_edges or Y3.shape[1] != 7:
-        raise ValueError("Y3 must have shape (edges, 7)")
-    if radial.shape[0] != num_edges or radial.shape[1] != channels or radial.shape[2] != 4:
-        raise ValueError("radial must have shape (edges, channels, 4)")
+    _check_shape(Y0, (num_edges, 1), "Y0 must have shape (edges, 1)")
+    _check_shape(Y1, (num_edges, 3), "Y1 must have shape (edges, 3)")
+    _check_shape(Y2, (num_edges, 5), "Y2 must have shape (edges, 5)")
+    _check_shape(Y3, (num_edges, 7), "Y3 must have shape (edges, 7)")
+    _check_shape(radial, (num_edges, channels, 4), "radial must have shape (edges, channels, 4)")
     _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
-
     i_A0 = np.empty((num_nodes, channels, 1), dtype)
     i_A1 = np.empty((num_nodes, channels, 3), dtype)
     i_A2 = np.empty((num_nodes, channels, 5), dtype)
     i_A3 = np.empty((num_nodes, channels, 7), dtype)
-    # kernel 1 (per channel, phase 0): 17 ops; stores i_A0, i_A1, i_A2, i_A3
-    for n in prange(num_nodes):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
-        for c in range(channels):
-            i_a_0_0_0_0 = 0.0
-            i_a_0_1_1_0 = 0.0
-            i_a_0_1_1_1 = 0.0
-            i_a_0_1_1_2 = 0.0
-            i_a_0_2_2_0 = 0.0
-            i_a_0_2_2_1 = 0.0
-            i_a_0_2_2_2 = 0.0
-            i_a_0_2_2_3 = 0.0
-            i_a_0_2_2_4 = 0.0
-            i_a_0_3_3_0 = 0.0
-            i_a_0_3_3_1 = 0.0
-            i_a_0_3_3_2 = 0.0
-            i_a_0_3_3_3 = 0.0
-            i_a_0_3_3_4 = 0.0
-            i_a_0_3_3_5 = 0.0
-            i_a_0_3_3_6 = 0.0
-            for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
-                j = senders[e]
-                Y0_0 = Y0[e, 0]
-                radial_0 = radial[e, c, 0]
-                radial_1 = radial[e, c, 1]
-                Y1_0 = Y1[e, 0]
-                Y1_1 = Y1[e, 1]
-                Y1_2 = Y1[e, 2]
-                radial_2 = radial[e, c, 2]
-                Y2_0 = Y2[e, 0]
-                Y2_1 = Y2[e, 1]
-                Y2_2 = Y2[e, 2]
-                Y2_3 = Y2[e, 3]
-                Y2_4 = Y2[e, 4]
-                radial_3 = radial[e, c, 3]
-                Y3_0 = Y3[e, 0]
-                Y3_1 = Y3[e, 1]
-                Y3_2 = Y3[e, 2]
-                Y3_3 = Y3[e, 3]
-                Y3_4 = Y3[e, 4]
-                Y3_5 = Y3[e, 5]
-                Y3_6 = Y3[e, 6]
-                i_hj_0_0_0_0 = up0_h[j, c, 0]
-                # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
-                i_c_0_0_0_0 = i_hj_0_0_0_0 * Y0_0
-                i_s_0_0_0_0 = i_c_0_0_0_0 * radial_0  # R[h0 x Y0 -> A0]
-                i_a_0_0_0_0 += i_s_0_0_0_0
-                i_s_0_1_1_in_0 = i_hj_0_0_0_0 * radial_1  # R[h0 x Y1 -> A1]
-                # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
-                i_s_0_1_1_0 = i_s_0_1_1_in_0 * Y1_0
-                i_s_0_1_1_1 = i_s_0_1_1_in_0 * Y1_1
-                i_s_0_1_1_2 = i_s_0_1_1_in_0 * Y1_2
-                i_a_0_1_1_0 += i_s_0_1_1_0
-                i_a_0_1_1_1 += i_s_0_1_1_1
-                i_a_0_1_1_2 += i_s_0_1_1_2
-                i_s_0_2_2_in_0 = i_hj_0_0_0_0 * radial_2  # R[h0 x Y2 -> A2]
-                # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
-                i_s_0_2_2_0 = i_s_0_2_2_in_0 * Y2_0
-                i_s_0_2_2_1 = i_s_0_2_2_in_0 * Y2_1
-                i_s_0_2_2_2 = i_s_0_2_2_in_0 * Y2_2
-                i_s_0_2_2_3 = i_s_0_2_2_in_0 * Y2_3
-                i_s_0_2_2_4 = i_s_0_2_2_in_0 * Y2_4
-                i_a_0_2_2_0 += i_s_0_2_2_0
-                i_a_0_2_2_1 += i_s_0_2_2_1
-                i_a_0_2_2_2 += i_s_0_2_2_2
-                i_a_0_2_2_3 += i_s_0_2_2_3
-                i_a_0_2_2_4 += i_s_0_2_2_4
-                i_s_0_3_3_in_0 = i_hj_0_0_0_0 * radial_3  # R[h0 x Y3 -> A3]
-                # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
-                i_s_0_3_3_0 = i_s_0_3_3_in_0 * Y3_0
-                i_s_0_3_3_1 = i_s_0_3_3_in_0 * Y3_1
-                i_s_0_3_3_2 = i_s_0_3_3_in_0 * Y3_2
-                i_s_0_3_3_3 = i_s_0_3_3_in_0 * Y3_3
-                i_s_0_3_3_4 = i_s_0_3_3_in_0 * Y3_4
-                i_s_0_3_3_5 = i_s_0_3_3_in_0 * Y3_5
-                i_s_0_3_3_6 = i_s_0_3_3_in_0 * Y3_6
-                i_a_0_3_3_0 += i_s_0_3_3_0
-                i_a_0_3_3_1 += i_s_0_3_3_1
-                i_a_0_3_3_2 += i_s_0_3_3_2
-                i_a_0_3_3_3 += i_s_0_3_3_3
-                i_a_0_3_3_4 += i_s_0_3_3_4
-                i_a_0_3_3_5 += i_s_0_3_3_5
-                i_a_0_3_3_6 += i_s_0_3_3_6
-            i_A0_0 = i_a_0_0_0_0
-            i_A1_0 = i_a_0_1_1_0
-            i_A1_1 = i_a_0_1_1_1
-            i_A1_2 = i_a_0_1_1_2
-            i_A2_0 = i_a_0_2_2_0
-            i_A2_1 = i_a_0_2_2_1
-            i_A2_2 = i_a_0_2_2_2
-            i_A2_3 = i_a_0_2_2_3
-            i_A2_4 = i_a_0_2_2_4
-            i_A3_0 = i_a_0_3_3_0
-            i_A3_1 = i_a_0_3_3_1
-            i_A3_2 = i_a_0_3_3_2
-            i_A3_3 = i_a_0_3_3_3
-            i_A3_4 = i_a_0_3_3_4
-            i_A3_5 = i_a_0_3_3_5
-            i_A3_6 = i_a_0_3_3_6
-            i_A0[n, c, 0] = i_A0_0
-            i_A1[n, c, 0] = i_A1_0
-            i_A1[n, c, 1] = i_A1_1
-            i_A1[n, c, 2] = i_A1_2
-            i_A2[n, c, 0] = i_A2_0
-            i_A2[n, c, 1] = i_A2_1
-            i_A2[n, c, 2] = i_A2_2
-            i_A2[n, c, 3] = i_A2_3
-            i_A2[n, c, 4] = i_A2_4
-            i_A3[n, c, 0] = i_A3_0
-            i_A3[n, c, 1] = i_A3_1
-            i_A3[n, c, 2] = i_A3_2
-            i_A3[n, c, 3] = i_A3_3
-            i_A3[n, c, 4] = i_A3_4
-            i_A3[n, c, 5] = i_A3_5
-            i_A3[n, c, 6] = i_A3_6
-
+    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 17 ops; stores i_A0, i_A1, i_A2, i_A3
+        _kernel_ee1d2430a2(np.int64(block), Y0, Y1, Y2, Y3, channels, i_A0, i_A1, i_A2, i_A3, num_nodes, radial, receiver_offsets, senders, up0_h)
     return (i_A0, i_A1, i_A2, i_A3)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=False)
 def layer_0_0_k3(i_A0, i_A1, i_A2, i_A3, mixA0, mixA1, mixA2, mixA3):
-    """Part of layer_0_0.
-
-    IR program layer_0_0_k3, printed as 4 kernel(s).
-    mixA0: weights with channels rows x channels columns.
-    mixA1: weights with channels rows x channels columns.
-    mixA2: weights with channels rows x channels columns.
-    mixA3: weights with channels rows x channels columns.
-    """
+    """Part of layer_0_0. IR program layer_0_0_k3, printed as 4 kernel(s); weights: mixA0 (channels rows x channels columns), mixA1 (channels rows x channels columns), mixA2 (channels rows x channels columns), mixA3 (channels rows x channels columns)."""
     dtype = i_A0.dtype
     num_nodes = i_A0.shape[0]
-    if i_A0.shape[2] != 1:
-        raise ValueError("i_A0 must have shape (nodes, channels, 1)")
-    if i_A1.shape[0] != num_nodes or i_A1.shape[2] != 3:
-        raise ValueError("i_A1 must have shape (nodes, channels, 3)")
-    if i_A2.shape[0] != num_nodes or i_A2.shape[2] != 5:
-        raise ValueError("i_A2 must have shape (nodes, channels, 5)")
-    if i_A3.shape[0] != num_nodes or i_A3.shape[2] != 7:
-        raise ValueError("i_A3 must have shape (nodes, channels, 7)")
-
-    # ChannelMix -> mixA0_A (nodes, channels, 1): einsum("ncd,ck->nkd", i_A0, mixA0)
-    if i_A0.shape[1] != mixA0.shape[0]:
-        raise ValueError("i_A0 has the wrong number of channels for mixA0")
-    mixA0_A = np.dot(np.ascontiguousarray(i_A0).reshape((num_nodes, mixA0.shape[0])), np.asarray(mixA0, dtype)).reshape((num_nodes, mixA0.shape[1], 1))
-
-    # ChannelMix -> mixA1_A (nodes, channels, 3): einsum("ncd,ck->nkd", i_A1, mixA1)
-    if i_A1.shape[1] != mixA1.shape[0]:
-        raise ValueError("i_A1 has the wrong number of channels for mixA1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA1_A_in = np.empty((num_nodes, 3, mixA1.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[0]):
-                mixA1_A_in[n, m, a] = i_A1[n, a, m]
-    mixA1_A_gemm = np.dot(mixA1_A_in.reshape((num_nodes * 3, mixA1.shape[0])), np.asarray(mixA1, dtype)).reshape((num_nodes, 3, mixA1.shape[1]))
-    mixA1_A = np.empty((num_nodes, mixA1.shape[1], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[1]):
-                mixA1_A[n, a, m] = mixA1_A_gemm[n, m, a]
-
-    # ChannelMix -> mixA2_A (nodes, channels, 5): einsum("ncd,ck->nkd", i_A2, mixA2)
-    if i_A2.shape[1] != mixA2.shape[0]:
-        raise ValueError("i_A2 has the wrong number of channels for mixA2")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA2_A_in = np.empty((num_nodes, 5, mixA2.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[0]):
-                mixA2_A_in[n, m, a] = i_A2[n, a, m]
-    mixA2_A_gemm = np.dot(mixA2_A_in.reshape((num_nodes * 5, mixA2.shape[0])), np.asarray(mixA2, dtype)).reshape((num_nodes, 5, mixA2.shape[1]))
-    mixA2_A = np.empty((num_nodes, mixA2.shape[1], 5), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[1]):
-                mixA2_A[n, a, m] = mixA2_A_gemm[n, m, a]
-
-    # ChannelMix -> mixA3_A (nodes, channels, 7): einsum("ncd,ck->nkd", i_A3, mixA3)
-    if i_A3.shape[1] != mixA3.shape[0]:
-        raise ValueError("i_A3 has the wrong number of channels for mixA3")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA3_A_in = np.empty((num_nodes, 7, mixA3.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[0]):
-                mixA3_A_in[n, m, a] = i_A3[n, a, m]
-    mixA3_A_gemm = np.dot(mixA3_A_in.reshape((num_nodes * 7, mixA3.shape[0])), np.asarray(mixA3, dtype)).reshape((num_nodes, 7, mixA3.shape[1]))
-    mixA3_A = np.empty((num_nodes, mixA3.shape[1], 7), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[1]):
-                mixA3_A[n, a, m] = mixA3_A_gemm[n, m, a]
-
+    _fail_if(i_A0.shape[2] != 1, "i_A0 must have shape (nodes, channels, 1)")
+    _fail_if(i_A1.shape[0] != num_nodes or i_A1.shape[2] != 3, "i_A1 must have shape (nodes, channels, 3)")
+    _fail_if(i_A2.shape[0] != num_nodes or i_A2.shape[2] != 5, "i_A2 must have shape (nodes, channels, 5)")
+    _fail_if(i_A3.shape[0] != num_nodes or i_A3.shape[2] != 7, "i_A3 must have shape (nodes, channels, 7)")
+    mixA0_A = _channel_mix(i_A0, np.asarray(mixA0, dtype))  # ChannelMix -> mixA0_A (nodes, channels, 1): einsum("ncd,ck->nkd", i_A0, mixA0)
+    mixA1_A = _channel_mix(i_A1, np.asarray(mixA1, dtype))  # ChannelMix -> mixA1_A (nodes, channels, 3): einsum("ncd,ck->nkd", i_A1, mixA1)
+    mixA2_A = _channel_mix(i_A2, np.asarray(mixA2, dtype))  # ChannelMix -> mixA2_A (nodes, channels, 5): einsum("ncd,ck->nkd", i_A2, mixA2)
+    mixA3_A = _channel_mix(i_A3, np.asarray(mixA3, dtype))  # ChannelMix -> mixA3_A (nodes, channels, 7): einsum("ncd,ck->nkd", i_A3, mixA3)
     return (mixA0_A, mixA1_A, mixA2_A, mixA3_A)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def layer_0_0_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, product):
-    """Part of layer_0_0.
-
-    IR program layer_0_0_k4, printed as 1 kernel(s).
-    product: weights with 13 columns.
-    """
+    """Part of layer_0_0. IR program layer_0_0_k4, printed as 1 kernel(s); weights: product (13 columns)."""
     dtype = mixA0_A.dtype
     num_nodes = mixA0_A.shape[0]
     channels = mixA0_A.shape[1]
-    if mixA0_A.shape[0] != num_nodes or mixA0_A.shape[1] != channels or mixA0_A.shape[2] != 1:
-        raise ValueError("mixA0_A must have shape (nodes, channels, 1)")
-    if mixA1_A.shape[0] != num_nodes or mixA1_A.shape[1] != channels or mixA1_A.shape[2] != 3:
-        raise ValueError("mixA1_A must have shape (nodes, channels, 3)")
-    if mixA2_A.shape[0] != num_nodes or mixA2_A.shape[1] != channels or mixA2_A.shape[2] != 5:
-        raise ValueError("mixA2_A must have shape (nodes, channels, 5)")
-    if mixA3_A.shape[0] != num_nodes or mixA3_A.shape[1] != channels or mixA3_A.shape[2] != 7:
-        raise ValueError("mixA3_A must have shape (nodes, channels, 7)")
-    if product.shape[0] != num_nodes or product.shape[1] != channels or product.shape[2] != 13:
-        raise ValueError("product must have shape (nodes, channels, 13)")
-
+    _check_shape(product, (num_nodes, channels, 13), "product must have shape (nodes, channels, 13)")
     p_B0 = np.empty((num_nodes, channels, 1), dtype)
-    # kernel 1 (per channel, phase 0): 30 ops; stores p_B0
-    for n in prange(num_nodes):
-        for c in range(channels):
-            product_0 = product[n, c, 0]
-            mixA0_A_0 = mixA0_A[n, c, 0]
-            mixA1_A_0 = mixA1_A[n, c, 0]
-            mixA1_A_1 = mixA1_A[n, c, 1]
-            mixA1_A_2 = mixA1_A[n, c, 2]
-            product_2 = product[n, c, 2]
-            product_6 = product[n, c, 6]
-            mixA2_A_0 = mixA2_A[n, c, 0]
-            mixA2_A_1 = mixA2_A[n, c, 1]
-            mixA2_A_2 = mixA2_A[n, c, 2]
-            mixA2_A_3 = mixA2_A[n, c, 3]
-            mixA2_A_4 = mixA2_A[n, c, 4]
-            mixA3_A_0 = mixA3_A[n, c, 0]
-            mixA3_A_1 = mixA3_A[n, c, 1]
-            mixA3_A_2 = mixA3_A[n, c, 2]
-            mixA3_A_3 = mixA3_A[n, c, 3]
-            mixA3_A_4 = mixA3_A[n, c, 4]
-            mixA3_A_5 = mixA3_A[n, c, 5]
-            mixA3_A_6 = mixA3_A[n, c, 6]
-            product_1 = product[n, c, 1]
-            product_5 = product[n, c, 5]
-            product_3 = product[n, c, 3]
-            product_7 = product[n, c, 7]
-            product_9 = product[n, c, 9]
-            product_11 = product[n, c, 11]
-            product_4 = product[n, c, 4]
-            product_8 = product[n, c, 8]
-            product_10 = product[n, c, 10]
-            product_12 = product[n, c, 12]
-            p_w0_0 = mixA0_A_0 * product_0  # 0e
-            # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
-            p_t1_0_0 = mixA0_A_0 * mixA0_A_0
-            # (1o x 1o)->0e step 1: 1 x 1 -> 0, even path, 3 nonzeros
-            p_t2_0_0 = mixA1_A_0 * mixA1_A_0 + mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2
-            p_w2_0 = p_t2_0_0 * product_2  # (1o x 1o)->0e
-            # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
-            p_t6_0_0 = mixA0_A_0 * mixA1_A_0
-            p_t6_0_1 = mixA0_A_0 * mixA1_A_1
-            p_t6_0_2 = mixA0_A_0 * mixA1_A_2
-            # ((0e x 1o)->1o x 1o)->0e step 2: 1 x 1 -> 0, even path, 3 nonzeros
-            p_t6_1_0 = p_t6_0_0 * mixA1_A_0 + p_t6_0_1 * mixA1_A_1 + p_t6_0_2 * mixA1_A_2
-            p_w6_0 = p_t6_1_0 * product_6  # ((0e x 1o)->1o x 1o)->0e
-            # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
-            p_t7_0_0 = mixA0_A_0 * mixA2_A_0
-            p_t7_0_1 = mixA0_A_0 * mixA2_A_1
-            p_t7_0_2 = mixA0_A_0 * mixA2_A_2
-            p_t7_0_3 = mixA0_A_0 * mixA2_A_3
-            p_t7_0_4 = mixA0_A_0 * mixA2_A_4
-            # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
-            p_t8_0_0 = mixA0_A_0 * mixA3_A_0
-            p_t8_0_1 = mixA0_A_0 * mixA3_A_1
-            p_t8_0_2 = mixA0_A_0 * mixA3_A_2
-            p_t8_0_3 = mixA0_A_0 * mixA3_A_3
-            p_t8_0_4 = mixA0_A_0 * mixA3_A_4
-            p_t8_0_5 = mixA0_A_0 * mixA3_A_5
-            p_t8_0_6 = mixA0_A_0 * mixA3_A_6
-            # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
-            p_t9_0_0 = 0.6666666666666666 * mixA1_A_0 * mixA1_A_0 - 0.3333333333333333 * (mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2)
-            p_t9_0_1 = 0.5 * (mixA1_A_0 * mixA1_A_1 + mixA1_A_1 * mixA1_A_0)
-            p_t9_0_2 = -0.3333333333333333 * (mixA1_A_0 * mixA1_A_0 + mixA1_A_2 * mixA1_A_2) + 0.6666666666666666 * mixA1_A_1 * mixA1_A_1
-            p_t9_0_3 = 0.5 * (mixA1_A_0 * mixA1_A_2 + mixA1_A_2 * mixA1_A_0)
-            p_t9_0_4 = 0.5 * (mixA1_A_1 * mixA1_A_2 + mixA1_A_2 * mixA1_A_1)
-            # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
-            p_t10_0_0 = 0.6 * mixA1_A_0 * mixA2_A_0 - 0.4 * (mixA1_A_1 * mixA2_A_1 + mixA1_A_2 * mixA2_A_3)
-            p_t10_0_1 = 0.5333333333333333 * mixA1_A_0 * mixA2_A_1 + 0.3333333333333333 * mixA1_A_1 * mixA2_A_0 - 0.13333333333333333 * (mixA1_A_1 * mixA2_A_2 + mixA1_A_2 * mixA2_A_4)
-            p_t10_0_2 = -0.13333333333333333 * (mixA1_A_0 * mixA2_A_0 + mixA1_A_2 * mixA2_A_3) + 0.3333333333333333 * mixA1_A_0 * mixA2_A_2 + 0.5333333333333333 * mixA1_A_1 * mixA2_A_1
-            p_t10_0_3 = -0.4 * (mixA1_A_0 * mixA2_A_1 + mixA1_A_2 * mixA2_A_4) + 0.6 * mixA1_A_1 * mixA2_A_2
-            p_t10_0_4 = 0.5333333333333333 * mixA1_A_0 * mixA2_A_3 - 0.13333333333333333 * (mixA1_A_1 * mixA2_A_4 - mixA1_A_2 * mixA2_A_2) + 0.4666666666666667 * mixA1_A_2 * mixA2_A_0
-            p_t10_0_5 = 0.3333333333333333 * (mixA1_A_0 * mixA2_A_4 + mixA1_A_1 * mixA2_A_3 + mixA1_A_2 * mixA2_A_1)
-            p_t10_0_6 = -0.13333333333333333 * (mixA1_A_0 * mixA2_A_3 - mixA1_A_2 * mixA2_A_0) + 0.5333333333333333 * mixA1_A_1 * mixA2_A_4 + 0.4666666666666667 * mixA1_A_2 * mixA2_A_2
-            # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
-            p_t11_0_0 = 0.3333333333333333 * (mixA2_A_0 * mixA2_A_0 - mixA2_A_0 * mixA2_A_2 + mixA2_A_1 * mixA2_A_1 - mixA2_A_2 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) - 0.6666666666666666 * (mixA2_A_2 * mixA2_A_2 + mixA2_A_4 * mixA2_A_4)
-            p_t11_0_1 = 0.5 * (mixA2_A_0 * mixA2_A_1 + mixA2_A_1 * mixA2_A_0 + mixA2_A_1 * mixA2_A_2 + mixA2_A_2 * mixA2_A_1 + mixA2_A_3 * mixA2_A_4 + mixA2_A_4 * mixA2_A_3)
-            p_t11_0_2 = -0.6666666666666666 * (mixA2_A_0 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) - 0.3333333333333333 * (mixA2_A_0 * mixA2_A_2 - mixA2_A_1 * mixA2_A_1 + mixA2_A_2 * mixA2_A_0 - mixA2_A_2 * mixA2_A_2 - mixA2_A_4 * mixA2_A_4)
-            p_t11_0_3 = 0.5 * (mixA2_A_1 * mixA2_A_4 - mixA2_A_2 * mixA2_A_3 - mixA2_A_3 * mixA2_A_2 + mixA2_A_4 * mixA2_A_1)
-            p_t11_0_4 = -0.5 * (mixA2_A_0 * mixA2_A_4 - mixA2_A_1 * mixA2_A_3 - mixA2_A_3 * mixA2_A_1 + mixA2_A_4 * mixA2_A_0)
-            # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
-            p_t12_0_0 = 0.2 * (mixA2_A_0 * mixA3_A_0 + mixA2_A_1 * mixA3_A_1 + mixA2_A_3 * mixA3_A_4) - 0.4 * (mixA2_A_0 * mixA3_A_2 + mixA2_A_2 * mixA3_A_0) - 0.8 * (mixA2_A_2 * mixA3_A_2 + mixA2_A_4 * mixA3_A_5)
-            p_t12_0_1 = (0.4 * (mixA2_A_0 * mixA3_A_1 + mixA2_A_1 * mixA3_A_2 + mixA2_A_3 * mixA3_A_5) - 0.13333333333333333 * mixA2_A_0 * mixA3_A_3 + 0.3333333333333333 * (mixA2_A_1 * mixA3_A_0 + mixA2_A_4 * mixA3_A_4) + 0.2 * mixA2_A_2 * mixA3_A_1
-                         - 0.26666666666666666 * (mixA2_A_2 * mixA3_A_3 + mixA2_A_4 * mixA3_A_6))
-            p_t12_0_2 = (-0.26666666666666666 * (mixA2_A_0 * mixA3_A_0 + mixA2_A_3 * mixA3_A_4) + 0.2 * mixA2_A_0 * mixA3_A_2 + 0.4 * (mixA2_A_1 * mixA3_A_1 + mixA2_A_2 * mixA3_A_2 + mixA2_A_4 * mixA3_A_5) + 0.3333333333333333 * (mixA2_A_1 * mixA3_A_3 + mixA2_A_3 * mixA3_A_6)
-                         - 0.13333333333333333 * mixA2_A_2 * mixA3_A_0)
-            p_t12_0_3 = -0.8 * (mixA2_A_0 * mixA3_A_1 + mixA2_A_3 * mixA3_A_5) - 0.4 * (mixA2_A_0 * mixA3_A_3 + mixA2_A_2 * mixA3_A_1) + 0.2 * (mixA2_A_1 * mixA3_A_2 + mixA2_A_2 * mixA3_A_3 + mixA2_A_4 * mixA3_A_6)
-            p_t12_0_4 = (0.06666666666666667 * (mixA2_A_0 * mixA3_A_4 - mixA2_A_3 * mixA3_A_0) - 0.13333333333333333 * mixA2_A_0 * mixA3_A_6 + 0.4 * (mixA2_A_1 * mixA3_A_5 - mixA2_A_3 * mixA3_A_2) - 0.4666666666666667 * mixA2_A_2 * mixA3_A_4
-                         - 0.26666666666666666 * (mixA2_A_2 * mixA3_A_6 - mixA2_A_4 * mixA3_A_3) + 0.6 * mixA2_A_4 * mixA3_A_1)
-            p_t12_0_5 = 0.3333333333333333 * (mixA2_A_1 * mixA3_A_4 + mixA2_A_1 * mixA3_A_6 - mixA2_A_3 * mixA3_A_3 - mixA2_A_4 * mixA3_A_0)
-            p_t12_0_6 = (-0.26666666666666666 * (mixA2_A_0 * mixA3_A_4 - mixA2_A_3 * mixA3_A_0) - 0.4666666666666667 * mixA2_A_0 * mixA3_A_6 + 0.4 * (mixA2_A_1 * mixA3_A_5 - mixA2_A_4 * mixA3_A_1) - 0.13333333333333333 * mixA2_A_2 * mixA3_A_4
-                         + 0.06666666666666667 * (mixA2_A_2 * mixA3_A_6 - mixA2_A_4 * mixA3_A_3) + 0.6 * mixA2_A_3 * mixA3_A_2)
-            p_B0_f0_0_A0_0_0 = mixA0_A_0 * product_1  # (0e x 0e)->0e
-            p_B0_f0_0_A0_1_0 = p_t1_0_0 * product_5  # ((0e x 0e)->0e x 0e)->0e
-            p_B0_f0_0_A0_sum_0 = p_B0_f0_0_A0_0_0 + p_B0_f0_0_A0_1_0
-            # factored: 2 weighted 0x0->0 couplings as one: 0 x 0 -> 0, even path, 1 nonzeros
-            p_B0_f0_0_A0_out_0 = p_B0_f0_0_A0_sum_0 * mixA0_A_0
-            p_B0_f2_2_A2_0_0 = mixA2_A_0 * product_3  # (2e x 2e)->0e
-            p_B0_f2_2_A2_0_1 = mixA2_A_1 * product_3
-            p_B0_f2_2_A2_0_2 = mixA2_A_2 * product_3
-            p_B0_f2_2_A2_0_3 = mixA2_A_3 * product_3
-            p_B0_f2_2_A2_0_4 = mixA2_A_4 * product_3
-            p_B0_f2_2_A2_1_0 = p_t7_0_0 * product_7  # ((0e x 2e)->2e x 2e)->0e
-            p_B0_f2_2_A2_1_1 = p_t7_0_1 * product_7
-            p_B0_f2_2_A2_1_2 = p_t7_0_2 * product_7
-            p_B0_f2_2_A2_1_3 = p_t7_0_3 * product_7
-            p_B0_f2_2_A2_1_4 = p_t7_0_4 * product_7
-            p_B0_f2_2_A2_2_0 = p_t9_0_0 * product_9  # ((1o x 1o)->2e x 2e)->0e
-            p_B0_f2_2_A2_2_1 = p_t9_0_1 * product_9
-            p_B0_f2_2_A2_2_2 = p_t9_0_2 * product_9
-            p_B0_f2_2_A2_2_3 = p_t9_0_3 * product_9
-            p_B0_f2_2_A2_2_4 = p_t9_0_4 * product_9
-            p_B0_f2_2_A2_3_0 = p_t11_0_0 * product_11  # ((2e x 2e)->2e x 2e)->0e
-            p_B0_f2_2_A2_3_1 = p_t11_0_1 * product_11
-            p_B0_f2_2_A2_3_2 = p_t11_0_2 * product_11
-            p_B0_f2_2_A2_3_3 = p_t11_0_3 * product_11
-            p_B0_f2_2_A2_3_4 = p_t11_0_4 * product_11
-            p_B0_f2_2_A2_sum_0 = p_B0_f2_2_A2_0_0 + p_B0_f2_2_A2_1_0 + p_B0_f2_2_A2_2_0 + p_B0_f2_2_A2_3_0
-            p_B0_f2_2_A2_sum_1 = p_B0_f2_2_A2_0_1 + p_B0_f2_2_A2_1_1 + p_B0_f2_2_A2_2_1 + p_B0_f2_2_A2_3_1
-            p_B0_f2_2_A2_sum_2 = p_B0_f2_2_A2_0_2 + p_B0_f2_2_A2_1_2 + p_B0_f2_2_A2_2_2 + p_B0_f2_2_A2_3_2
-            p_B0_f2_2_A2_sum_3 = p_B0_f2_2_A2_0_3 + p_B0_f2_2_A2_1_3 + p_B0_f2_2_A2_2_3 + p_B0_f2_2_A2_3_3
-            p_B0_f2_2_A2_sum_4 = p_B0_f2_2_A2_0_4 + p_B0_f2_2_A2_1_4 + p_B0_f2_2_A2_2_4 + p_B0_f2_2_A2_3_4
-            # factored: 4 weighted 2x2->0 couplings as one: 2 x 2 -> 0, even path, 7 nonzeros
-            p_B0_f2_2_A2_out_0 = 2.0 * (p_B0_f2_2_A2_sum_0 * mixA2_A_0 + p_B0_f2_2_A2_sum_1 * mixA2_A_1 + p_B0_f2_2_A2_sum_2 * mixA2_A_2 + p_B0_f2_2_A2_sum_3 * mixA2_A_3 + p_B0_f2_2_A2_sum_4 * mixA2_A_4) + p_B0_f2_2_A2_sum_0 * mixA2_A_2 + p_B0_f2_2_A2_sum_2 * mixA2_A_0
-            p_B0_f3_3_A3_0_0 = mixA3_A_0 * product_4  # (3o x 3o)->0e
-            p_B0_f3_3_A3_0_1 = mixA3_A_1 * product_4
-            p_B0_f3_3_A3_0_2 = mixA3_A_2 * product_4
-            p_B0_f3_3_A3_0_3 = mixA3_A_3 * product_4
-            p_B0_f3_3_A3_0_4 = mixA3_A_4 * product_4
-            p_B0_f3_3_A3_0_5 = mixA3_A_5 * product_4
-            p_B0_f3_3_A3_0_6 = mixA3_A_6 * product_4
-            p_B0_f3_3_A3_1_0 = p_t8_0_0 * product_8  # ((0e x 3o)->3o x 3o)->0e
-            p_B0_f3_3_A3_1_1 = p_t8_0_1 * product_8
-            p_B0_f3_3_A3_1_2 = p_t8_0_2 * product_8
-            p_B0_f3_3_A3_1_3 = p_t8_0_3 * product_8
-            p_B0_f3_3_A3_1_4 = p_t8_0_4 * product_8
-            p_B0_f3_3_A3_1_5 = p_t8_0_5 * product_8
-            p_B0_f3_3_A3_1_6 = p_t8_0_6 * product_8
-            p_B0_f3_3_A3_2_0 = p_t10_0_0 * product_10  # ((1o x 2e)->3o x 3o)->0e
-            p_B0_f3_3_A3_2_1 = p_t10_0_1 * product_10
-            p_B0_f3_3_A3_2_2 = p_t10_0_2 * product_10
-            p_B0_f3_3_A3_2_3 = p_t10_0_3 * product_10
-            p_B0_f3_3_A3_2_4 = p_t10_0_4 * product_10
-            p_B0_f3_3_A3_2_5 = p_t10_0_5 * product_10
-            p_B0_f3_3_A3_2_6 = p_t10_0_6 * product_10
-            p_B0_f3_3_A3_3_0 = p_t12_0_0 * product_12  # ((2e x 3o)->3o x 3o)->0e
-            p_B0_f3_3_A3_3_1 = p_t12_0_1 * product_12
-            p_B0_f3_3_A3_3_2 = p_t12_0_2 * product_12
-            p_B0_f3_3_A3_3_3 = p_t12_0_3 * product_12
-            p_B0_f3_3_A3_3_4 = p_t12_0_4 * product_12
-            p_B0_f3_3_A3_3_5 = p_t12_0_5 * product_12
-            p_B0_f3_3_A3_3_6 = p_t12_0_6 * product_12
-            p_B0_f3_3_A3_sum_0 = p_B0_f3_3_A3_0_0 + p_B0_f3_3_A3_1_0 + p_B0_f3_3_A3_2_0 + p_B0_f3_3_A3_3_0
-            p_B0_f3_3_A3_sum_1 = p_B0_f3_3_A3_0_1 + p_B0_f3_3_A3_1_1 + p_B0_f3_3_A3_2_1 + p_B0_f3_3_A3_3_1
-            p_B0_f3_3_A3_sum_2 = p_B0_f3_3_A3_0_2 + p_B0_f3_3_A3_1_2 + p_B0_f3_3_A3_2_2 + p_B0_f3_3_A3_3_2
-            p_B0_f3_3_A3_sum_3 = p_B0_f3_3_A3_0_3 + p_B0_f3_3_A3_1_3 + p_B0_f3_3_A3_2_3 + p_B0_f3_3_A3_3_3
-            p_B0_f3_3_A3_sum_4 = p_B0_f3_3_A3_0_4 + p_B0_f3_3_A3_1_4 + p_B0_f3_3_A3_2_4 + p_B0_f3_3_A3_3_4
-            p_B0_f3_3_A3_sum_5 = p_B0_f3_3_A3_0_5 + p_B0_f3_3_A3_1_5 + p_B0_f3_3_A3_2_5 + p_B0_f3_3_A3_3_5
-            p_B0_f3_3_A3_sum_6 = p_B0_f3_3_A3_0_6 + p_B0_f3_3_A3_1_6 + p_B0_f3_3_A3_2_6 + p_B0_f3_3_A3_3_6
-            # factored: 4 weighted 3x3->0 couplings as one: 3 x 3 -> 0, even path, 13 nonzeros
-            p_B0_f3_3_A3_out_0 = (4.0 * (p_B0_f3_3_A3_sum_0 * mixA3_A_0 + p_B0_f3_3_A3_sum_3 * mixA3_A_3 + p_B0_f3_3_A3_sum_4 * mixA3_A_4 + p_B0_f3_3_A3_sum_6 * mixA3_A_6) + 3.0 * (p_B0_f3_3_A3_sum_0 * mixA3_A_2 + p_B0_f3_3_A3_sum_1 * mixA3_A_3 + p_B0_f3_3_A3_sum_2 * mixA3_A_0 + p_B0_f3_3_A3_sum_3 * mixA3_A_1) + 6.0 * (p_B0_f3_3_A3_sum_1 * mixA3_A_1 + p_B0_f3_3_A3_sum_2 * mixA3_A_2 + p_B0_f3_3_A3_sum_5 * mixA3_A_5) + p_B0_f3_3_A3_sum_4 * mixA3_A_6
-                                  + p_B0_f3_3_A3_sum_6 * mixA3_A_4)
-            p_B0_0 = (p_w0_0 + p_B0_f0_0_A0_out_0 + p_w2_0 + p_w6_0
-                      + p_B0_f2_2_A2_out_0 + p_B0_f3_3_A3_out_0)
-            p_B0[n, c, 0] = p_B0_0
-
+    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 30 ops; stores p_B0
+        _kernel_0b310dd0b9(np.int64(block), channels, mixA0_A, mixA1_A, mixA2_A, mixA3_A, num_nodes, p_B0, product)
     return (p_B0,)
 
 
 @numba.njit(cache=True, fastmath=False)
 def layer_0_0_k5(p_B0, mixB0):
-    """Part of layer_0_0.
-
-    IR program layer_0_0_k5, printed as 1 kernel(s).
-    mixB0: weights with channels rows x channels columns.
-    """
+    """Part of layer_0_0. IR program layer_0_0_k5, printed as 1 kernel(s); weights: mixB0 (channels rows x channels columns)."""
     dtype = p_B0.dtype
     num_nodes = p_B0.shape[0]
-    if p_B0.shape[2] != 1:
-        raise ValueError("p_B0 must have shape (nodes, channels, 1)")
-
-    # ChannelMix -> h_out0 (nodes, channels, 1): einsum("ncd,ck->nkd", p_B0, mixB0)
-    if p_B0.shape[1] != mixB0.shape[0]:
-        raise ValueError("p_B0 has the wrong number of channels for mixB0")
-    h_out0 = np.dot(np.ascontiguousarray(p_B0).reshape((num_nodes, mixB0.shape[0])), np.asarray(mixB0, dtype)).reshape((num_nodes, mixB0.shape[1], 1))
-
+    _fail_if(p_B0.shape[2] != 1, "p_B0 must have shape (nodes, channels, 1)")
+    h_out0 = _channel_mix(p_B0, np.asarray(mixB0, dtype))  # ChannelMix -> h_out0 (nodes, channels, 1): einsum("ncd,ck->nkd", p_B0, mixB0)
     return (h_out0,)
 
 
 @numba.njit(cache=True, fastmath=False)
 def layer_0_0_reverse_k1(h0, d_h_out0, up0, mixB0):
-    """Part of layer_0_0_reverse.
-
-    IR program layer_0_0_reverse_k1, printed as 2 kernel(s).
-    up0: weights with channels rows x channels columns.
-    mixB0: weights with channels rows x channels columns.
-    """
+    """Part of layer_0_0_reverse. IR program layer_0_0_reverse_k1, printed as 2 kernel(s); weights: up0 (channels rows x channels columns), mixB0 (channels rows x channels columns)."""
     dtype = h0.dtype
     num_nodes = h0.shape[0]
-    if h0.shape[2] != 1:
-        raise ValueError("h0 must have shape (nodes, channels, 1)")
-    if d_h_out0.shape[0] != num_nodes or d_h_out0.shape[2] != 1:
-        raise ValueError("d_h_out0 must have shape (nodes, channels, 1)")
-
-    # ChannelMix -> up0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, up0)
-    if h0.shape[1] != up0.shape[0]:
-        raise ValueError("h0 has the wrong number of channels for up0")
-    up0_h = np.dot(np.ascontiguousarray(h0).reshape((num_nodes, up0.shape[0])), np.asarray(up0, dtype)).reshape((num_nodes, up0.shape[1], 1))
-
-    # ChannelMixTransposed -> g_p_B0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", d_h_out0, mixB0)
-    if d_h_out0.shape[1] != mixB0.shape[1]:
-        raise ValueError("d_h_out0 has the wrong number of channels for mixB0")
-    g_p_B0_0 = np.dot(np.ascontiguousarray(d_h_out0).reshape((num_nodes, mixB0.shape[1])), np.asarray(mixB0, dtype).T).reshape((num_nodes, mixB0.shape[0], 1))
-
+    _fail_if(h0.shape[2] != 1, "h0 must have shape (nodes, channels, 1)")
+    _fail_if(d_h_out0.shape[0] != num_nodes or d_h_out0.shape[2] != 1, "d_h_out0 must have shape (nodes, channels, 1)")
+    up0_h = _channel_mix(h0, np.asarray(up0, dtype))  # ChannelMix -> up0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, up0)
+    g_p_B0_0 = _channel_mix(d_h_out0, np.asarray(mixB0, dtype).T)  # ChannelMixTransposed -> g_p_B0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", d_h_out0, mixB0)
     return (up0_h, g_p_B0_0)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def layer_0_0_reverse_k2(up0_h, Y0, Y1, Y2, Y3, g_p_B0_0, radial, product, senders, receivers, receiver_offsets, num_nodes):
-    """Part of layer_0_0_reverse.
-
-    IR program layer_0_0_reverse_k2, printed as 1 kernel(s).
-    radial: weights with 4 columns.
-    product: weights with 13 columns.
-    """
+    """Part of layer_0_0_reverse. IR program layer_0_0_reverse_k2, printed as 1 kernel(s); weights: radial (4 columns), product (13 columns)."""
     dtype = up0_h.dtype
     num_edges = senders.shape[0]
     channels = up0_h.shape[1]
-    if up0_h.shape[0] != num_nodes or up0_h.shape[1] != channels or up0_h.shape[2] != 1:
-        raise ValueError("up0_h must have shape (nodes, channels, 1)")
-    if Y0.shape[0] != num_edges or Y0.shape[1] != 1:
-        raise ValueError("Y0 must have shape (edges, 1)")
-    if Y1.shape[0] != num_edges or Y1.shape[1] != 3:
-        raise ValueError("Y1 must have shape (edges, 3)")
-    if Y2.shape[0] != num_edges or Y2.shape[1] != 5:
-        raise ValueError("Y2 must have shape (edges, 5)")
-    if Y3.shape[0] != num_edges or Y3.shape[1] != 7:
-        raise ValueError("Y3 must have shape (edges, 7)")
-    if g_p_B0_0.shape[0] != num_nodes or g_p_B0_0.shape[1] != channels or g_p_B0_0.shape[2] != 1:
-        raise ValueError("g_p_B0_0 must have shape (nodes, channels, 1)")
-    if radial.shape[0] != num_edges or radial.shape[1] != channels or radial.shape[2] != 4:
-        raise ValueError("radial must have shape (edges, channels, 4)")
-    if product.shape[0] != num_nodes or product.shape[1] != channels or product.shape[2] != 13:
-        raise ValueError("product must have shape (nodes, channels, 13)")
+    _check_shape(Y0, (num_edges, 1), "Y0 must have shape (edges, 1)")
+    _check_shape(Y1, (num_edges, 3), "Y1 must have shape (edges, 3)")
+    _check_shape(Y2, (num_edges, 5), "Y2 must have shape (edges, 5)")
+    _check_shape(Y3, (num_edges, 7), "Y3 must have shape (edges, 7)")
+    _check_shape(radial, (num_edges, channels, 4), "radial must have shape (edges, channels, 4)")
+    _check_shape(product, (num_nodes, channels, 13), "product must have shape (nodes, channels, 13)")
     _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
-
     i_hj_0_0_0 = np.empty((num_edges, channels, 1), dtype)
     i_c_0_0_0 = np.empty((num_edges, channels, 1), dtype)
     i_A0 = np.empty((num_nodes, channels, 1), dtype)
@@ -1018,1558 +1473,117 @@ def layer_0_0_reverse_k2(up0_h, Y0, Y1, Y2, Y3, g_p_B0_0, radial, product, sende
     g_p_t6_1_0 = np.empty((num_nodes, channels, 1), dtype)
     g_p_t2_0_0 = np.empty((num_nodes, channels, 1), dtype)
     g_mixA0_A_7 = np.empty((num_nodes, channels, 1), dtype)
-    # kernel 1 (per channel, phase 0): 16 ops; stores i_hj_0_0_0, i_c_0_0_0, i_A0, i_s_0_1_1_in, i_A1, i_s_0_2_2_in, i_A2, i_s_0_3_3_in, i_A3, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7
-    for n in prange(num_nodes):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
-        for c in range(channels):
-            i_A0_0 = 0.0
-            i_A1_0 = 0.0
-            i_A1_1 = 0.0
-            i_A1_2 = 0.0
-            i_A2_0 = 0.0
-            i_A2_1 = 0.0
-            i_A2_2 = 0.0
-            i_A2_3 = 0.0
-            i_A2_4 = 0.0
-            i_A3_0 = 0.0
-            i_A3_1 = 0.0
-            i_A3_2 = 0.0
-            i_A3_3 = 0.0
-            i_A3_4 = 0.0
-            i_A3_5 = 0.0
-            i_A3_6 = 0.0
-            for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
-                j = senders[e]
-                Y0_0 = Y0[e, 0]
-                radial_0 = radial[e, c, 0]
-                radial_1 = radial[e, c, 1]
-                Y1_0 = Y1[e, 0]
-                Y1_1 = Y1[e, 1]
-                Y1_2 = Y1[e, 2]
-                radial_2 = radial[e, c, 2]
-                Y2_0 = Y2[e, 0]
-                Y2_1 = Y2[e, 1]
-                Y2_2 = Y2[e, 2]
-                Y2_3 = Y2[e, 3]
-                Y2_4 = Y2[e, 4]
-                radial_3 = radial[e, c, 3]
-                Y3_0 = Y3[e, 0]
-                Y3_1 = Y3[e, 1]
-                Y3_2 = Y3[e, 2]
-                Y3_3 = Y3[e, 3]
-                Y3_4 = Y3[e, 4]
-                Y3_5 = Y3[e, 5]
-                Y3_6 = Y3[e, 6]
-                i_hj_0_0_0_0 = up0_h[j, c, 0]
-                # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
-                i_c_0_0_0_0 = i_hj_0_0_0_0 * Y0_0
-                i_s_0_0_0_0 = i_c_0_0_0_0 * radial_0  # R[h0 x Y0 -> A0]
-                i_A0_0 += i_s_0_0_0_0
-                i_s_0_1_1_in_0 = i_hj_0_0_0_0 * radial_1  # R[h0 x Y1 -> A1]
-                # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
-                i_s_0_1_1_0 = i_s_0_1_1_in_0 * Y1_0
-                i_s_0_1_1_1 = i_s_0_1_1_in_0 * Y1_1
-                i_s_0_1_1_2 = i_s_0_1_1_in_0 * Y1_2
-                i_A1_0 += i_s_0_1_1_0
-                i_A1_1 += i_s_0_1_1_1
-                i_A1_2 += i_s_0_1_1_2
-                i_s_0_2_2_in_0 = i_hj_0_0_0_0 * radial_2  # R[h0 x Y2 -> A2]
-                # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
-                i_s_0_2_2_0 = i_s_0_2_2_in_0 * Y2_0
-                i_s_0_2_2_1 = i_s_0_2_2_in_0 * Y2_1
-                i_s_0_2_2_2 = i_s_0_2_2_in_0 * Y2_2
-                i_s_0_2_2_3 = i_s_0_2_2_in_0 * Y2_3
-                i_s_0_2_2_4 = i_s_0_2_2_in_0 * Y2_4
-                i_A2_0 += i_s_0_2_2_0
-                i_A2_1 += i_s_0_2_2_1
-                i_A2_2 += i_s_0_2_2_2
-                i_A2_3 += i_s_0_2_2_3
-                i_A2_4 += i_s_0_2_2_4
-                i_s_0_3_3_in_0 = i_hj_0_0_0_0 * radial_3  # R[h0 x Y3 -> A3]
-                # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
-                i_s_0_3_3_0 = i_s_0_3_3_in_0 * Y3_0
-                i_s_0_3_3_1 = i_s_0_3_3_in_0 * Y3_1
-                i_s_0_3_3_2 = i_s_0_3_3_in_0 * Y3_2
-                i_s_0_3_3_3 = i_s_0_3_3_in_0 * Y3_3
-                i_s_0_3_3_4 = i_s_0_3_3_in_0 * Y3_4
-                i_s_0_3_3_5 = i_s_0_3_3_in_0 * Y3_5
-                i_s_0_3_3_6 = i_s_0_3_3_in_0 * Y3_6
-                i_A3_0 += i_s_0_3_3_0
-                i_A3_1 += i_s_0_3_3_1
-                i_A3_2 += i_s_0_3_3_2
-                i_A3_3 += i_s_0_3_3_3
-                i_A3_4 += i_s_0_3_3_4
-                i_A3_5 += i_s_0_3_3_5
-                i_A3_6 += i_s_0_3_3_6
-                i_hj_0_0_0[e, c, 0] = i_hj_0_0_0_0
-                i_c_0_0_0[e, c, 0] = i_c_0_0_0_0
-                i_s_0_1_1_in[e, c, 0] = i_s_0_1_1_in_0
-                i_s_0_2_2_in[e, c, 0] = i_s_0_2_2_in_0
-                i_s_0_3_3_in[e, c, 0] = i_s_0_3_3_in_0
-            product_6 = product[n, c, 6]
-            g_p_B0_0_0 = g_p_B0_0[n, c, 0]
-            product_2 = product[n, c, 2]
-            product_0 = product[n, c, 0]
-            g_p_t6_1_0_0 = g_p_B0_0_0 * product_6  # adjoint of p_w6
-            g_p_t2_0_0_0 = g_p_B0_0_0 * product_2  # adjoint of p_w2
-            g_mixA0_A_7_0 = g_p_B0_0_0 * product_0  # adjoint of p_w0
-            i_A0[n, c, 0] = i_A0_0
-            i_A1[n, c, 0] = i_A1_0
-            i_A1[n, c, 1] = i_A1_1
-            i_A1[n, c, 2] = i_A1_2
-            i_A2[n, c, 0] = i_A2_0
-            i_A2[n, c, 1] = i_A2_1
-            i_A2[n, c, 2] = i_A2_2
-            i_A2[n, c, 3] = i_A2_3
-            i_A2[n, c, 4] = i_A2_4
-            i_A3[n, c, 0] = i_A3_0
-            i_A3[n, c, 1] = i_A3_1
-            i_A3[n, c, 2] = i_A3_2
-            i_A3[n, c, 3] = i_A3_3
-            i_A3[n, c, 4] = i_A3_4
-            i_A3[n, c, 5] = i_A3_5
-            i_A3[n, c, 6] = i_A3_6
-            g_p_t6_1_0[n, c, 0] = g_p_t6_1_0_0
-            g_p_t2_0_0[n, c, 0] = g_p_t2_0_0_0
-            g_mixA0_A_7[n, c, 0] = g_mixA0_A_7_0
-
+    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 16 ops; stores i_hj_0_0_0, i_c_0_0_0, i_A0, i_s_0_1_1_in, i_A1, i_s_0_2_2_in, i_A2, i_s_0_3_3_in, i_A3, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7
+        _kernel_aacb72a7ba(np.int64(block), Y0, Y1, Y2, Y3, channels, g_mixA0_A_7, g_p_B0_0, g_p_t2_0_0, g_p_t6_1_0, i_A0, i_A1, i_A2, i_A3, i_c_0_0_0, i_hj_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, num_nodes, product, radial, receiver_offsets, senders, up0_h)
     return (i_hj_0_0_0, i_c_0_0_0, i_A0, i_s_0_1_1_in, i_A1, i_s_0_2_2_in, i_A2, i_s_0_3_3_in, i_A3, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_0_0_reverse_k3(i_A0, i_A1, i_A2, i_A3, mixA0, mixA1, mixA2, mixA3):
-    """Part of layer_0_0_reverse.
-
-    IR program layer_0_0_reverse_k3, printed as 4 kernel(s).
-    mixA0: weights with channels rows x channels columns.
-    mixA1: weights with channels rows x channels columns.
-    mixA2: weights with channels rows x channels columns.
-    mixA3: weights with channels rows x channels columns.
-    """
-    dtype = i_A0.dtype
-    num_nodes = i_A0.shape[0]
-    if i_A0.shape[2] != 1:
-        raise ValueError("i_A0 must have shape (nodes, channels, 1)")
-    if i_A1.shape[0] != num_nodes or i_A1.shape[2] != 3:
-        raise ValueError("i_A1 must have shape (nodes, channels, 3)")
-    if i_A2.shape[0] != num_nodes or i_A2.shape[2] != 5:
-        raise ValueError("i_A2 must have shape (nodes, channels, 5)")
-    if i_A3.shape[0] != num_nodes or i_A3.shape[2] != 7:
-        raise ValueError("i_A3 must have shape (nodes, channels, 7)")
-
-    # ChannelMix -> mixA0_A (nodes, channels, 1): einsum("ncd,ck->nkd", i_A0, mixA0)
-    if i_A0.shape[1] != mixA0.shape[0]:
-        raise ValueError("i_A0 has the wrong number of channels for mixA0")
-    mixA0_A = np.dot(np.ascontiguousarray(i_A0).reshape((num_nodes, mixA0.shape[0])), np.asarray(mixA0, dtype)).reshape((num_nodes, mixA0.shape[1], 1))
-
-    # ChannelMix -> mixA1_A (nodes, channels, 3): einsum("ncd,ck->nkd", i_A1, mixA1)
-    if i_A1.shape[1] != mixA1.shape[0]:
-        raise ValueError("i_A1 has the wrong number of channels for mixA1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA1_A_in = np.empty((num_nodes, 3, mixA1.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[0]):
-                mixA1_A_in[n, m, a] = i_A1[n, a, m]
-    mixA1_A_gemm = np.dot(mixA1_A_in.reshape((num_nodes * 3, mixA1.shape[0])), np.asarray(mixA1, dtype)).reshape((num_nodes, 3, mixA1.shape[1]))
-    mixA1_A = np.empty((num_nodes, mixA1.shape[1], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[1]):
-                mixA1_A[n, a, m] = mixA1_A_gemm[n, m, a]
-
-    # ChannelMix -> mixA2_A (nodes, channels, 5): einsum("ncd,ck->nkd", i_A2, mixA2)
-    if i_A2.shape[1] != mixA2.shape[0]:
-        raise ValueError("i_A2 has the wrong number of channels for mixA2")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA2_A_in = np.empty((num_nodes, 5, mixA2.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[0]):
-                mixA2_A_in[n, m, a] = i_A2[n, a, m]
-    mixA2_A_gemm = np.dot(mixA2_A_in.reshape((num_nodes * 5, mixA2.shape[0])), np.asarray(mixA2, dtype)).reshape((num_nodes, 5, mixA2.shape[1]))
-    mixA2_A = np.empty((num_nodes, mixA2.shape[1], 5), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[1]):
-                mixA2_A[n, a, m] = mixA2_A_gemm[n, m, a]
-
-    # ChannelMix -> mixA3_A (nodes, channels, 7): einsum("ncd,ck->nkd", i_A3, mixA3)
-    if i_A3.shape[1] != mixA3.shape[0]:
-        raise ValueError("i_A3 has the wrong number of channels for mixA3")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA3_A_in = np.empty((num_nodes, 7, mixA3.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[0]):
-                mixA3_A_in[n, m, a] = i_A3[n, a, m]
-    mixA3_A_gemm = np.dot(mixA3_A_in.reshape((num_nodes * 7, mixA3.shape[0])), np.asarray(mixA3, dtype)).reshape((num_nodes, 7, mixA3.shape[1]))
-    mixA3_A = np.empty((num_nodes, mixA3.shape[1], 7), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[1]):
-                mixA3_A[n, a, m] = mixA3_A_gemm[n, m, a]
-
-    return (mixA0_A, mixA1_A, mixA2_A, mixA3_A)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
 def layer_0_0_reverse_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, g_p_B0_0, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7, product):
-    """Part of layer_0_0_reverse.
-
-    IR program layer_0_0_reverse_k4, printed as 1 kernel(s).
-    product: weights with 13 columns.
-    """
+    """Part of layer_0_0_reverse. IR program layer_0_0_reverse_k4, printed as 1 kernel(s); weights: product (13 columns)."""
     dtype = mixA0_A.dtype
     num_nodes = mixA0_A.shape[0]
     channels = mixA0_A.shape[1]
-    if mixA0_A.shape[0] != num_nodes or mixA0_A.shape[1] != channels or mixA0_A.shape[2] != 1:
-        raise ValueError("mixA0_A must have shape (nodes, channels, 1)")
-    if mixA1_A.shape[0] != num_nodes or mixA1_A.shape[1] != channels or mixA1_A.shape[2] != 3:
-        raise ValueError("mixA1_A must have shape (nodes, channels, 3)")
-    if mixA2_A.shape[0] != num_nodes or mixA2_A.shape[1] != channels or mixA2_A.shape[2] != 5:
-        raise ValueError("mixA2_A must have shape (nodes, channels, 5)")
-    if mixA3_A.shape[0] != num_nodes or mixA3_A.shape[1] != channels or mixA3_A.shape[2] != 7:
-        raise ValueError("mixA3_A must have shape (nodes, channels, 7)")
-    if g_p_B0_0.shape[0] != num_nodes or g_p_B0_0.shape[1] != channels or g_p_B0_0.shape[2] != 1:
-        raise ValueError("g_p_B0_0 must have shape (nodes, channels, 1)")
-    if g_p_t6_1_0.shape[0] != num_nodes or g_p_t6_1_0.shape[1] != channels or g_p_t6_1_0.shape[2] != 1:
-        raise ValueError("g_p_t6_1_0 must have shape (nodes, channels, 1)")
-    if g_p_t2_0_0.shape[0] != num_nodes or g_p_t2_0_0.shape[1] != channels or g_p_t2_0_0.shape[2] != 1:
-        raise ValueError("g_p_t2_0_0 must have shape (nodes, channels, 1)")
-    if g_mixA0_A_7.shape[0] != num_nodes or g_mixA0_A_7.shape[1] != channels or g_mixA0_A_7.shape[2] != 1:
-        raise ValueError("g_mixA0_A_7 must have shape (nodes, channels, 1)")
-    if product.shape[0] != num_nodes or product.shape[1] != channels or product.shape[2] != 13:
-        raise ValueError("product must have shape (nodes, channels, 13)")
-
+    _check_shape(product, (num_nodes, channels, 13), "product must have shape (nodes, channels, 13)")
     g_mixA3_A_4 = np.empty((num_nodes, channels, 7), dtype)
     g_mixA2_A_7 = np.empty((num_nodes, channels, 5), dtype)
     g_mixA1_A_7 = np.empty((num_nodes, channels, 3), dtype)
     g_mixA0_A_8 = np.empty((num_nodes, channels, 1), dtype)
-    # kernel 1 (per channel, phase 0): 61 ops; stores g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8
-    for n in prange(num_nodes):
-        for c in range(channels):
-            mixA0_A_0 = mixA0_A[n, c, 0]
-            mixA1_A_0 = mixA1_A[n, c, 0]
-            mixA1_A_1 = mixA1_A[n, c, 1]
-            mixA1_A_2 = mixA1_A[n, c, 2]
-            mixA2_A_0 = mixA2_A[n, c, 0]
-            mixA2_A_1 = mixA2_A[n, c, 1]
-            mixA2_A_2 = mixA2_A[n, c, 2]
-            mixA2_A_3 = mixA2_A[n, c, 3]
-            mixA2_A_4 = mixA2_A[n, c, 4]
-            mixA3_A_0 = mixA3_A[n, c, 0]
-            mixA3_A_1 = mixA3_A[n, c, 1]
-            mixA3_A_2 = mixA3_A[n, c, 2]
-            mixA3_A_3 = mixA3_A[n, c, 3]
-            mixA3_A_4 = mixA3_A[n, c, 4]
-            mixA3_A_5 = mixA3_A[n, c, 5]
-            mixA3_A_6 = mixA3_A[n, c, 6]
-            product_1 = product[n, c, 1]
-            product_5 = product[n, c, 5]
-            product_3 = product[n, c, 3]
-            product_7 = product[n, c, 7]
-            product_9 = product[n, c, 9]
-            product_11 = product[n, c, 11]
-            product_4 = product[n, c, 4]
-            product_8 = product[n, c, 8]
-            product_10 = product[n, c, 10]
-            product_12 = product[n, c, 12]
-            g_p_B0_0_0 = g_p_B0_0[n, c, 0]
-            g_p_t6_1_0_0 = g_p_t6_1_0[n, c, 0]
-            g_p_t2_0_0_0 = g_p_t2_0_0[n, c, 0]
-            g_mixA0_A_7_0 = g_mixA0_A_7[n, c, 0]
-            # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
-            p_t1_0_0 = mixA0_A_0 * mixA0_A_0
-            # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
-            p_t6_0_0 = mixA0_A_0 * mixA1_A_0
-            p_t6_0_1 = mixA0_A_0 * mixA1_A_1
-            p_t6_0_2 = mixA0_A_0 * mixA1_A_2
-            # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
-            p_t7_0_0 = mixA0_A_0 * mixA2_A_0
-            p_t7_0_1 = mixA0_A_0 * mixA2_A_1
-            p_t7_0_2 = mixA0_A_0 * mixA2_A_2
-            p_t7_0_3 = mixA0_A_0 * mixA2_A_3
-            p_t7_0_4 = mixA0_A_0 * mixA2_A_4
-            # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
-            p_t8_0_0 = mixA0_A_0 * mixA3_A_0
-            p_t8_0_1 = mixA0_A_0 * mixA3_A_1
-            p_t8_0_2 = mixA0_A_0 * mixA3_A_2
-            p_t8_0_3 = mixA0_A_0 * mixA3_A_3
-            p_t8_0_4 = mixA0_A_0 * mixA3_A_4
-            p_t8_0_5 = mixA0_A_0 * mixA3_A_5
-            p_t8_0_6 = mixA0_A_0 * mixA3_A_6
-            # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
-            p_t9_0_0 = 0.6666666666666666 * mixA1_A_0 * mixA1_A_0 - 0.3333333333333333 * (mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2)
-            p_t9_0_1 = 0.5 * (mixA1_A_0 * mixA1_A_1 + mixA1_A_1 * mixA1_A_0)
-            p_t9_0_2 = -0.3333333333333333 * (mixA1_A_0 * mixA1_A_0 + mixA1_A_2 * mixA1_A_2) + 0.6666666666666666 * mixA1_A_1 * mixA1_A_1
-            p_t9_0_3 = 0.5 * (mixA1_A_0 * mixA1_A_2 + mixA1_A_2 * mixA1_A_0)
-            p_t9_0_4 = 0.5 * (mixA1_A_1 * mixA1_A_2 + mixA1_A_2 * mixA1_A_1)
-            # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
-            p_t10_0_0 = 0.6 * mixA1_A_0 * mixA2_A_0 - 0.4 * (mixA1_A_1 * mixA2_A_1 + mixA1_A_2 * mixA2_A_3)
-            p_t10_0_1 = 0.5333333333333333 * mixA1_A_0 * mixA2_A_1 + 0.3333333333333333 * mixA1_A_1 * mixA2_A_0 - 0.13333333333333333 * (mixA1_A_1 * mixA2_A_2 + mixA1_A_2 * mixA2_A_4)
-            p_t10_0_2 = -0.13333333333333333 * (mixA1_A_0 * mixA2_A_0 + mixA1_A_2 * mixA2_A_3) + 0.3333333333333333 * mixA1_A_0 * mixA2_A_2 + 0.5333333333333333 * mixA1_A_1 * mixA2_A_1
-            p_t10_0_3 = -0.4 * (mixA1_A_0 * mixA2_A_1 + mixA1_A_2 * mixA2_A_4) + 0.6 * mixA1_A_1 * mixA2_A_2
-            p_t10_0_4 = 0.5333333333333333 * mixA1_A_0 * mixA2_A_3 - 0.13333333333333333 * (mixA1_A_1 * mixA2_A_4 - mixA1_A_2 * mixA2_A_2) + 0.4666666666666667 * mixA1_A_2 * mixA2_A_0
-            p_t10_0_5 = 0.3333333333333333 * (mixA1_A_0 * mixA2_A_4 + mixA1_A_1 * mixA2_A_3 + mixA1_A_2 * mixA2_A_1)
-            p_t10_0_6 = -0.13333333333333333 * (mixA1_A_0 * mixA2_A_3 - mixA1_A_2 * mixA2_A_0) + 0.5333333333333333 * mixA1_A_1 * mixA2_A_4 + 0.4666666666666667 * mixA1_A_2 * mixA2_A_2
-            # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
-            p_t11_0_0 = 0.3333333333333333 * (mixA2_A_0 * mixA2_A_0 - mixA2_A_0 * mixA2_A_2 + mixA2_A_1 * mixA2_A_1 - mixA2_A_2 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) - 0.6666666666666666 * (mixA2_A_2 * mixA2_A_2 + mixA2_A_4 * mixA2_A_4)
-            p_t11_0_1 = 0.5 * (mixA2_A_0 * mixA2_A_1 + mixA2_A_1 * mixA2_A_0 + mixA2_A_1 * mixA2_A_2 + mixA2_A_2 * mixA2_A_1 + mixA2_A_3 * mixA2_A_4 + mixA2_A_4 * mixA2_A_3)
-            p_t11_0_2 = -0.6666666666666666 * (mixA2_A_0 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) - 0.3333333333333333 * (mixA2_A_0 * mixA2_A_2 - mixA2_A_1 * mixA2_A_1 + mixA2_A_2 * mixA2_A_0 - mixA2_A_2 * mixA2_A_2 - mixA2_A_4 * mixA2_A_4)
-            p_t11_0_3 = 0.5 * (mixA2_A_1 * mixA2_A_4 - mixA2_A_2 * mixA2_A_3 - mixA2_A_3 * mixA2_A_2 + mixA2_A_4 * mixA2_A_1)
-            p_t11_0_4 = -0.5 * (mixA2_A_0 * mixA2_A_4 - mixA2_A_1 * mixA2_A_3 - mixA2_A_3 * mixA2_A_1 + mixA2_A_4 * mixA2_A_0)
-            # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
-            p_t12_0_0 = 0.2 * (mixA2_A_0 * mixA3_A_0 + mixA2_A_1 * mixA3_A_1 + mixA2_A_3 * mixA3_A_4) - 0.4 * (mixA2_A_0 * mixA3_A_2 + mixA2_A_2 * mixA3_A_0) - 0.8 * (mixA2_A_2 * mixA3_A_2 + mixA2_A_4 * mixA3_A_5)
-            p_t12_0_1 = (0.4 * (mixA2_A_0 * mixA3_A_1 + mixA2_A_1 * mixA3_A_2 + mixA2_A_3 * mixA3_A_5) - 0.13333333333333333 * mixA2_A_0 * mixA3_A_3 + 0.3333333333333333 * (mixA2_A_1 * mixA3_A_0 + mixA2_A_4 * mixA3_A_4) + 0.2 * mixA2_A_2 * mixA3_A_1
-                         - 0.26666666666666666 * (mixA2_A_2 * mixA3_A_3 + mixA2_A_4 * mixA3_A_6))
-            p_t12_0_2 = (-0.26666666666666666 * (mixA2_A_0 * mixA3_A_0 + mixA2_A_3 * mixA3_A_4) + 0.2 * mixA2_A_0 * mixA3_A_2 + 0.4 * (mixA2_A_1 * mixA3_A_1 + mixA2_A_2 * mixA3_A_2 + mixA2_A_4 * mixA3_A_5) + 0.3333333333333333 * (mixA2_A_1 * mixA3_A_3 + mixA2_A_3 * mixA3_A_6)
-                         - 0.13333333333333333 * mixA2_A_2 * mixA3_A_0)
-            p_t12_0_3 = -0.8 * (mixA2_A_0 * mixA3_A_1 + mixA2_A_3 * mixA3_A_5) - 0.4 * (mixA2_A_0 * mixA3_A_3 + mixA2_A_2 * mixA3_A_1) + 0.2 * (mixA2_A_1 * mixA3_A_2 + mixA2_A_2 * mixA3_A_3 + mixA2_A_4 * mixA3_A_6)
-            p_t12_0_4 = (0.06666666666666667 * (mixA2_A_0 * mixA3_A_4 - mixA2_A_3 * mixA3_A_0) - 0.13333333333333333 * mixA2_A_0 * mixA3_A_6 + 0.4 * (mixA2_A_1 * mixA3_A_5 - mixA2_A_3 * mixA3_A_2) - 0.4666666666666667 * mixA2_A_2 * mixA3_A_4
-                         - 0.26666666666666666 * (mixA2_A_2 * mixA3_A_6 - mixA2_A_4 * mixA3_A_3) + 0.6 * mixA2_A_4 * mixA3_A_1)
-            p_t12_0_5 = 0.3333333333333333 * (mixA2_A_1 * mixA3_A_4 + mixA2_A_1 * mixA3_A_6 - mixA2_A_3 * mixA3_A_3 - mixA2_A_4 * mixA3_A_0)
-            p_t12_0_6 = (-0.26666666666666666 * (mixA2_A_0 * mixA3_A_4 - mixA2_A_3 * mixA3_A_0) - 0.4666666666666667 * mixA2_A_0 * mixA3_A_6 + 0.4 * (mixA2_A_1 * mixA3_A_5 - mixA2_A_4 * mixA3_A_1) - 0.13333333333333333 * mixA2_A_2 * mixA3_A_4
-                         + 0.06666666666666667 * (mixA2_A_2 * mixA3_A_6 - mixA2_A_4 * mixA3_A_3) + 0.6 * mixA2_A_3 * mixA3_A_2)
-            p_B0_f0_0_A0_0_0 = mixA0_A_0 * product_1  # (0e x 0e)->0e
-            p_B0_f0_0_A0_1_0 = p_t1_0_0 * product_5  # ((0e x 0e)->0e x 0e)->0e
-            p_B0_f0_0_A0_sum_0 = p_B0_f0_0_A0_0_0 + p_B0_f0_0_A0_1_0
-            p_B0_f2_2_A2_0_0 = mixA2_A_0 * product_3  # (2e x 2e)->0e
-            p_B0_f2_2_A2_0_1 = mixA2_A_1 * product_3
-            p_B0_f2_2_A2_0_2 = mixA2_A_2 * product_3
-            p_B0_f2_2_A2_0_3 = mixA2_A_3 * product_3
-            p_B0_f2_2_A2_0_4 = mixA2_A_4 * product_3
-            p_B0_f2_2_A2_1_0 = p_t7_0_0 * product_7  # ((0e x 2e)->2e x 2e)->0e
-            p_B0_f2_2_A2_1_1 = p_t7_0_1 * product_7
-            p_B0_f2_2_A2_1_2 = p_t7_0_2 * product_7
-            p_B0_f2_2_A2_1_3 = p_t7_0_3 * product_7
-            p_B0_f2_2_A2_1_4 = p_t7_0_4 * product_7
-            p_B0_f2_2_A2_2_0 = p_t9_0_0 * product_9  # ((1o x 1o)->2e x 2e)->0e
-            p_B0_f2_2_A2_2_1 = p_t9_0_1 * product_9
-            p_B0_f2_2_A2_2_2 = p_t9_0_2 * product_9
-            p_B0_f2_2_A2_2_3 = p_t9_0_3 * product_9
-            p_B0_f2_2_A2_2_4 = p_t9_0_4 * product_9
-            p_B0_f2_2_A2_3_0 = p_t11_0_0 * product_11  # ((2e x 2e)->2e x 2e)->0e
-            p_B0_f2_2_A2_3_1 = p_t11_0_1 * product_11
-            p_B0_f2_2_A2_3_2 = p_t11_0_2 * product_11
-            p_B0_f2_2_A2_3_3 = p_t11_0_3 * product_11
-            p_B0_f2_2_A2_3_4 = p_t11_0_4 * product_11
-            p_B0_f2_2_A2_sum_0 = p_B0_f2_2_A2_0_0 + p_B0_f2_2_A2_1_0 + p_B0_f2_2_A2_2_0 + p_B0_f2_2_A2_3_0
-            p_B0_f2_2_A2_sum_1 = p_B0_f2_2_A2_0_1 + p_B0_f2_2_A2_1_1 + p_B0_f2_2_A2_2_1 + p_B0_f2_2_A2_3_1
-            p_B0_f2_2_A2_sum_2 = p_B0_f2_2_A2_0_2 + p_B0_f2_2_A2_1_2 + p_B0_f2_2_A2_2_2 + p_B0_f2_2_A2_3_2
-            p_B0_f2_2_A2_sum_3 = p_B0_f2_2_A2_0_3 + p_B0_f2_2_A2_1_3 + p_B0_f2_2_A2_2_3 + p_B0_f2_2_A2_3_3
-            p_B0_f2_2_A2_sum_4 = p_B0_f2_2_A2_0_4 + p_B0_f2_2_A2_1_4 + p_B0_f2_2_A2_2_4 + p_B0_f2_2_A2_3_4
-            p_B0_f3_3_A3_0_0 = mixA3_A_0 * product_4  # (3o x 3o)->0e
-            p_B0_f3_3_A3_0_1 = mixA3_A_1 * product_4
-            p_B0_f3_3_A3_0_2 = mixA3_A_2 * product_4
-            p_B0_f3_3_A3_0_3 = mixA3_A_3 * product_4
-            p_B0_f3_3_A3_0_4 = mixA3_A_4 * product_4
-            p_B0_f3_3_A3_0_5 = mixA3_A_5 * product_4
-            p_B0_f3_3_A3_0_6 = mixA3_A_6 * product_4
-            p_B0_f3_3_A3_1_0 = p_t8_0_0 * product_8  # ((0e x 3o)->3o x 3o)->0e
-            p_B0_f3_3_A3_1_1 = p_t8_0_1 * product_8
-            p_B0_f3_3_A3_1_2 = p_t8_0_2 * product_8
-            p_B0_f3_3_A3_1_3 = p_t8_0_3 * product_8
-            p_B0_f3_3_A3_1_4 = p_t8_0_4 * product_8
-            p_B0_f3_3_A3_1_5 = p_t8_0_5 * product_8
-            p_B0_f3_3_A3_1_6 = p_t8_0_6 * product_8
-            p_B0_f3_3_A3_2_0 = p_t10_0_0 * product_10  # ((1o x 2e)->3o x 3o)->0e
-            p_B0_f3_3_A3_2_1 = p_t10_0_1 * product_10
-            p_B0_f3_3_A3_2_2 = p_t10_0_2 * product_10
-            p_B0_f3_3_A3_2_3 = p_t10_0_3 * product_10
-            p_B0_f3_3_A3_2_4 = p_t10_0_4 * product_10
-            p_B0_f3_3_A3_2_5 = p_t10_0_5 * product_10
-            p_B0_f3_3_A3_2_6 = p_t10_0_6 * product_10
-            p_B0_f3_3_A3_3_0 = p_t12_0_0 * product_12  # ((2e x 3o)->3o x 3o)->0e
-            p_B0_f3_3_A3_3_1 = p_t12_0_1 * product_12
-            p_B0_f3_3_A3_3_2 = p_t12_0_2 * product_12
-            p_B0_f3_3_A3_3_3 = p_t12_0_3 * product_12
-            p_B0_f3_3_A3_3_4 = p_t12_0_4 * product_12
-            p_B0_f3_3_A3_3_5 = p_t12_0_5 * product_12
-            p_B0_f3_3_A3_3_6 = p_t12_0_6 * product_12
-            p_B0_f3_3_A3_sum_0 = p_B0_f3_3_A3_0_0 + p_B0_f3_3_A3_1_0 + p_B0_f3_3_A3_2_0 + p_B0_f3_3_A3_3_0
-            p_B0_f3_3_A3_sum_1 = p_B0_f3_3_A3_0_1 + p_B0_f3_3_A3_1_1 + p_B0_f3_3_A3_2_1 + p_B0_f3_3_A3_3_1
-            p_B0_f3_3_A3_sum_2 = p_B0_f3_3_A3_0_2 + p_B0_f3_3_A3_1_2 + p_B0_f3_3_A3_2_2 + p_B0_f3_3_A3_3_2
-            p_B0_f3_3_A3_sum_3 = p_B0_f3_3_A3_0_3 + p_B0_f3_3_A3_1_3 + p_B0_f3_3_A3_2_3 + p_B0_f3_3_A3_3_3
-            p_B0_f3_3_A3_sum_4 = p_B0_f3_3_A3_0_4 + p_B0_f3_3_A3_1_4 + p_B0_f3_3_A3_2_4 + p_B0_f3_3_A3_3_4
-            p_B0_f3_3_A3_sum_5 = p_B0_f3_3_A3_0_5 + p_B0_f3_3_A3_1_5 + p_B0_f3_3_A3_2_5 + p_B0_f3_3_A3_3_5
-            p_B0_f3_3_A3_sum_6 = p_B0_f3_3_A3_0_6 + p_B0_f3_3_A3_1_6 + p_B0_f3_3_A3_2_6 + p_B0_f3_3_A3_3_6
-            # adjoint (left) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-left of 3x3->0, ranks 0, 3 -> 3, 13 nonzeros
-            g_p_B0_f3_3_A3_sum_0_0 = 4.0 * g_p_B0_0_0 * mixA3_A_0 + 3.0 * g_p_B0_0_0 * mixA3_A_2
-            g_p_B0_f3_3_A3_sum_0_1 = 6.0 * g_p_B0_0_0 * mixA3_A_1 + 3.0 * g_p_B0_0_0 * mixA3_A_3
-            g_p_B0_f3_3_A3_sum_0_2 = 3.0 * g_p_B0_0_0 * mixA3_A_0 + 6.0 * g_p_B0_0_0 * mixA3_A_2
-            g_p_B0_f3_3_A3_sum_0_3 = 3.0 * g_p_B0_0_0 * mixA3_A_1 + 4.0 * g_p_B0_0_0 * mixA3_A_3
-            g_p_B0_f3_3_A3_sum_0_4 = 4.0 * g_p_B0_0_0 * mixA3_A_4 + g_p_B0_0_0 * mixA3_A_6
-            g_p_B0_f3_3_A3_sum_0_5 = 6.0 * g_p_B0_0_0 * mixA3_A_5
-            g_p_B0_f3_3_A3_sum_0_6 = g_p_B0_0_0 * mixA3_A_4 + 4.0 * g_p_B0_0_0 * mixA3_A_6
-            # adjoint (right) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-right of 3x3->0, ranks 3, 0 -> 3, 13 nonzeros
-            g_mixA3_A_0_0 = 4.0 * p_B0_f3_3_A3_sum_0 * g_p_B0_0_0 + 3.0 * p_B0_f3_3_A3_sum_2 * g_p_B0_0_0
-            g_mixA3_A_0_1 = 6.0 * p_B0_f3_3_A3_sum_1 * g_p_B0_0_0 + 3.0 * p_B0_f3_3_A3_sum_3 * g_p_B0_0_0
-            g_mixA3_A_0_2 = 3.0 * p_B0_f3_3_A3_sum_0 * g_p_B0_0_0 + 6.0 * p_B0_f3_3_A3_sum_2 * g_p_B0_0_0
-            g_mixA3_A_0_3 = 3.0 * p_B0_f3_3_A3_sum_1 * g_p_B0_0_0 + 4.0 * p_B0_f3_3_A3_sum_3 * g_p_B0_0_0
-            g_mixA3_A_0_4 = 4.0 * p_B0_f3_3_A3_sum_4 * g_p_B0_0_0 + p_B0_f3_3_A3_sum_6 * g_p_B0_0_0
-            g_mixA3_A_0_5 = 6.0 * p_B0_f3_3_A3_sum_5 * g_p_B0_0_0
-            g_mixA3_A_0_6 = p_B0_f3_3_A3_sum_4 * g_p_B0_0_0 + 4.0 * p_B0_f3_3_A3_sum_6 * g_p_B0_0_0
-            g_p_t12_0_0_0 = g_p_B0_f3_3_A3_sum_0_0 * product_12  # adjoint of p_B0_f3_3_A3_3
-            g_p_t12_0_0_1 = g_p_B0_f3_3_A3_sum_0_1 * product_12
-            g_p_t12_0_0_2 = g_p_B0_f3_3_A3_sum_0_2 * product_12
-            g_p_t12_0_0_3 = g_p_B0_f3_3_A3_sum_0_3 * product_12
-            g_p_t12_0_0_4 = g_p_B0_f3_3_A3_sum_0_4 * product_12
-            g_p_t12_0_0_5 = g_p_B0_f3_3_A3_sum_0_5 * product_12
-            g_p_t12_0_0_6 = g_p_B0_f3_3_A3_sum_0_6 * product_12
-            g_p_t10_0_0_0 = g_p_B0_f3_3_A3_sum_0_0 * product_10  # adjoint of p_B0_f3_3_A3_2
-            g_p_t10_0_0_1 = g_p_B0_f3_3_A3_sum_0_1 * product_10
-            g_p_t10_0_0_2 = g_p_B0_f3_3_A3_sum_0_2 * product_10
-            g_p_t10_0_0_3 = g_p_B0_f3_3_A3_sum_0_3 * product_10
-            g_p_t10_0_0_4 = g_p_B0_f3_3_A3_sum_0_4 * product_10
-            g_p_t10_0_0_5 = g_p_B0_f3_3_A3_sum_0_5 * product_10
-            g_p_t10_0_0_6 = g_p_B0_f3_3_A3_sum_0_6 * product_10
-            g_p_t8_0_0_0 = g_p_B0_f3_3_A3_sum_0_0 * product_8  # adjoint of p_B0_f3_3_A3_1
-            g_p_t8_0_0_1 = g_p_B0_f3_3_A3_sum_0_1 * product_8
-            g_p_t8_0_0_2 = g_p_B0_f3_3_A3_sum_0_2 * product_8
-            g_p_t8_0_0_3 = g_p_B0_f3_3_A3_sum_0_3 * product_8
-            g_p_t8_0_0_4 = g_p_B0_f3_3_A3_sum_0_4 * product_8
-            g_p_t8_0_0_5 = g_p_B0_f3_3_A3_sum_0_5 * product_8
-            g_p_t8_0_0_6 = g_p_B0_f3_3_A3_sum_0_6 * product_8
-            g_mixA3_A_1_0 = g_p_B0_f3_3_A3_sum_0_0 * product_4  # adjoint of p_B0_f3_3_A3_0
-            g_mixA3_A_1_1 = g_p_B0_f3_3_A3_sum_0_1 * product_4
-            g_mixA3_A_1_2 = g_p_B0_f3_3_A3_sum_0_2 * product_4
-            g_mixA3_A_1_3 = g_p_B0_f3_3_A3_sum_0_3 * product_4
-            g_mixA3_A_1_4 = g_p_B0_f3_3_A3_sum_0_4 * product_4
-            g_mixA3_A_1_5 = g_p_B0_f3_3_A3_sum_0_5 * product_4
-            g_mixA3_A_1_6 = g_p_B0_f3_3_A3_sum_0_6 * product_4
-            # adjoint (left) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-left of 2x2->0, ranks 0, 2 -> 2, 7 nonzeros
-            g_p_B0_f2_2_A2_sum_0_0 = 2.0 * g_p_B0_0_0 * mixA2_A_0 + g_p_B0_0_0 * mixA2_A_2
-            g_p_B0_f2_2_A2_sum_0_1 = 2.0 * g_p_B0_0_0 * mixA2_A_1
-            g_p_B0_f2_2_A2_sum_0_2 = g_p_B0_0_0 * mixA2_A_0 + 2.0 * g_p_B0_0_0 * mixA2_A_2
-            g_p_B0_f2_2_A2_sum_0_3 = 2.0 * g_p_B0_0_0 * mixA2_A_3
-            g_p_B0_f2_2_A2_sum_0_4 = 2.0 * g_p_B0_0_0 * mixA2_A_4
-            # adjoint (right) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-right of 2x2->0, ranks 2, 0 -> 2, 7 nonzeros
-            g_mixA2_A_0_0 = 2.0 * p_B0_f2_2_A2_sum_0 * g_p_B0_0_0 + p_B0_f2_2_A2_sum_2 * g_p_B0_0_0
-            g_mixA2_A_0_1 = 2.0 * p_B0_f2_2_A2_sum_1 * g_p_B0_0_0
-            g_mixA2_A_0_2 = p_B0_f2_2_A2_sum_0 * g_p_B0_0_0 + 2.0 * p_B0_f2_2_A2_sum_2 * g_p_B0_0_0
-            g_mixA2_A_0_3 = 2.0 * p_B0_f2_2_A2_sum_3 * g_p_B0_0_0
-            g_mixA2_A_0_4 = 2.0 * p_B0_f2_2_A2_sum_4 * g_p_B0_0_0
-            g_p_t11_0_0_0 = g_p_B0_f2_2_A2_sum_0_0 * product_11  # adjoint of p_B0_f2_2_A2_3
-            g_p_t11_0_0_1 = g_p_B0_f2_2_A2_sum_0_1 * product_11
-            g_p_t11_0_0_2 = g_p_B0_f2_2_A2_sum_0_2 * product_11
-            g_p_t11_0_0_3 = g_p_B0_f2_2_A2_sum_0_3 * product_11
-            g_p_t11_0_0_4 = g_p_B0_f2_2_A2_sum_0_4 * product_11
-            g_p_t9_0_0_0 = g_p_B0_f2_2_A2_sum_0_0 * product_9  # adjoint of p_B0_f2_2_A2_2
-            g_p_t9_0_0_1 = g_p_B0_f2_2_A2_sum_0_1 * product_9
-            g_p_t9_0_0_2 = g_p_B0_f2_2_A2_sum_0_2 * product_9
-            g_p_t9_0_0_3 = g_p_B0_f2_2_A2_sum_0_3 * product_9
-            g_p_t9_0_0_4 = g_p_B0_f2_2_A2_sum_0_4 * product_9
-            g_p_t7_0_0_0 = g_p_B0_f2_2_A2_sum_0_0 * product_7  # adjoint of p_B0_f2_2_A2_1
-            g_p_t7_0_0_1 = g_p_B0_f2_2_A2_sum_0_1 * product_7
-            g_p_t7_0_0_2 = g_p_B0_f2_2_A2_sum_0_2 * product_7
-            g_p_t7_0_0_3 = g_p_B0_f2_2_A2_sum_0_3 * product_7
-            g_p_t7_0_0_4 = g_p_B0_f2_2_A2_sum_0_4 * product_7
-            g_mixA2_A_1_0 = g_p_B0_f2_2_A2_sum_0_0 * product_3  # adjoint of p_B0_f2_2_A2_0
-            g_mixA2_A_1_1 = g_p_B0_f2_2_A2_sum_0_1 * product_3
-            g_mixA2_A_1_2 = g_p_B0_f2_2_A2_sum_0_2 * product_3
-            g_mixA2_A_1_3 = g_p_B0_f2_2_A2_sum_0_3 * product_3
-            g_mixA2_A_1_4 = g_p_B0_f2_2_A2_sum_0_4 * product_3
-            # adjoint (left) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_p_B0_f0_0_A0_sum_0_0 = g_p_B0_0_0 * mixA0_A_0
-            # adjoint (right) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_mixA0_A_0_0 = p_B0_f0_0_A0_sum_0 * g_p_B0_0_0
-            g_p_t1_0_0_0 = g_p_B0_f0_0_A0_sum_0_0 * product_5  # adjoint of p_B0_f0_0_A0_1
-            g_mixA0_A_1_0 = g_p_B0_f0_0_A0_sum_0_0 * product_1  # adjoint of p_B0_f0_0_A0_0
-            # adjoint (left) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-left of 2x3->3, ranks 3, 3 -> 2, 54 nonzeros
-            g_mixA2_A_2_0 = (0.2 * (g_p_t12_0_0_0 * mixA3_A_0 + g_p_t12_0_0_2 * mixA3_A_2) - 0.4 * (g_p_t12_0_0_0 * mixA3_A_2 - g_p_t12_0_0_1 * mixA3_A_1 + g_p_t12_0_0_3 * mixA3_A_3) - 0.13333333333333333 * (g_p_t12_0_0_1 * mixA3_A_3 + g_p_t12_0_0_4 * mixA3_A_6) - 0.26666666666666666 * (g_p_t12_0_0_2 * mixA3_A_0 + g_p_t12_0_0_6 * mixA3_A_4)
-                             - 0.8 * g_p_t12_0_0_3 * mixA3_A_1 + 0.06666666666666667 * g_p_t12_0_0_4 * mixA3_A_4 - 0.4666666666666667 * g_p_t12_0_0_6 * mixA3_A_6)
-            g_mixA2_A_2_1 = 0.2 * (g_p_t12_0_0_0 * mixA3_A_1 + g_p_t12_0_0_3 * mixA3_A_2) + 0.3333333333333333 * (g_p_t12_0_0_1 * mixA3_A_0 + g_p_t12_0_0_2 * mixA3_A_3 + g_p_t12_0_0_5 * mixA3_A_4 + g_p_t12_0_0_5 * mixA3_A_6) + 0.4 * (g_p_t12_0_0_1 * mixA3_A_2 + g_p_t12_0_0_2 * mixA3_A_1 + g_p_t12_0_0_4 * mixA3_A_5 + g_p_t12_0_0_6 * mixA3_A_5)
-            g_mixA2_A_2_2 = (-0.4 * (g_p_t12_0_0_0 * mixA3_A_0 - g_p_t12_0_0_2 * mixA3_A_2 + g_p_t12_0_0_3 * mixA3_A_1) - 0.8 * g_p_t12_0_0_0 * mixA3_A_2 + 0.2 * (g_p_t12_0_0_1 * mixA3_A_1 + g_p_t12_0_0_3 * mixA3_A_3) - 0.26666666666666666 * (g_p_t12_0_0_1 * mixA3_A_3 + g_p_t12_0_0_4 * mixA3_A_6)
-                             - 0.13333333333333333 * (g_p_t12_0_0_2 * mixA3_A_0 + g_p_t12_0_0_6 * mixA3_A_4) - 0.4666666666666667 * g_p_t12_0_0_4 * mixA3_A_4 + 0.06666666666666667 * g_p_t12_0_0_6 * mixA3_A_6)
-            g_mixA2_A_2_3 = (0.2 * g_p_t12_0_0_0 * mixA3_A_4 + 0.4 * (g_p_t12_0_0_1 * mixA3_A_5 - g_p_t12_0_0_4 * mixA3_A_2) - 0.26666666666666666 * (g_p_t12_0_0_2 * mixA3_A_4 - g_p_t12_0_0_6 * mixA3_A_0) + 0.3333333333333333 * (g_p_t12_0_0_2 * mixA3_A_6 - g_p_t12_0_0_5 * mixA3_A_3)
-                             - 0.8 * g_p_t12_0_0_3 * mixA3_A_5 - 0.06666666666666667 * g_p_t12_0_0_4 * mixA3_A_0 + 0.6 * g_p_t12_0_0_6 * mixA3_A_2)
-            g_mixA2_A_2_4 = (-0.8 * g_p_t12_0_0_0 * mixA3_A_5 + 0.3333333333333333 * (g_p_t12_0_0_1 * mixA3_A_4 - g_p_t12_0_0_5 * mixA3_A_0) - 0.26666666666666666 * (g_p_t12_0_0_1 * mixA3_A_6 - g_p_t12_0_0_4 * mixA3_A_3) + 0.4 * (g_p_t12_0_0_2 * mixA3_A_5 - g_p_t12_0_0_6 * mixA3_A_1)
-                             + 0.2 * g_p_t12_0_0_3 * mixA3_A_6 + 0.6 * g_p_t12_0_0_4 * mixA3_A_1 - 0.06666666666666667 * g_p_t12_0_0_6 * mixA3_A_3)
-            # adjoint (right) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-right of 2x3->3, ranks 2, 3 -> 3, 54 nonzeros
-            g_mixA3_A_2_0 = (0.2 * mixA2_A_0 * g_p_t12_0_0_0 - 0.26666666666666666 * (mixA2_A_0 * g_p_t12_0_0_2 - mixA2_A_3 * g_p_t12_0_0_6) + 0.3333333333333333 * (mixA2_A_1 * g_p_t12_0_0_1 - mixA2_A_4 * g_p_t12_0_0_5) - 0.4 * mixA2_A_2 * g_p_t12_0_0_0
-                             - 0.13333333333333333 * mixA2_A_2 * g_p_t12_0_0_2 - 0.06666666666666667 * mixA2_A_3 * g_p_t12_0_0_4)
-            g_mixA3_A_2_1 = 0.4 * (mixA2_A_0 * g_p_t12_0_0_1 + mixA2_A_1 * g_p_t12_0_0_2 - mixA2_A_2 * g_p_t12_0_0_3 - mixA2_A_4 * g_p_t12_0_0_6) - 0.8 * mixA2_A_0 * g_p_t12_0_0_3 + 0.2 * (mixA2_A_1 * g_p_t12_0_0_0 + mixA2_A_2 * g_p_t12_0_0_1) + 0.6 * mixA2_A_4 * g_p_t12_0_0_4
-            g_mixA3_A_2_2 = -0.4 * (mixA2_A_0 * g_p_t12_0_0_0 - mixA2_A_1 * g_p_t12_0_0_1 - mixA2_A_2 * g_p_t12_0_0_2 + mixA2_A_3 * g_p_t12_0_0_4) + 0.2 * (mixA2_A_0 * g_p_t12_0_0_2 + mixA2_A_1 * g_p_t12_0_0_3) - 0.8 * mixA2_A_2 * g_p_t12_0_0_0 + 0.6 * mixA2_A_3 * g_p_t12_0_0_6
-            g_mixA3_A_2_3 = (-0.13333333333333333 * mixA2_A_0 * g_p_t12_0_0_1 - 0.4 * mixA2_A_0 * g_p_t12_0_0_3 + 0.3333333333333333 * (mixA2_A_1 * g_p_t12_0_0_2 - mixA2_A_3 * g_p_t12_0_0_5) - 0.26666666666666666 * (mixA2_A_2 * g_p_t12_0_0_1 - mixA2_A_4 * g_p_t12_0_0_4)
-                             + 0.2 * mixA2_A_2 * g_p_t12_0_0_3 - 0.06666666666666667 * mixA2_A_4 * g_p_t12_0_0_6)
-            g_mixA3_A_2_4 = (0.06666666666666667 * mixA2_A_0 * g_p_t12_0_0_4 - 0.26666666666666666 * (mixA2_A_0 * g_p_t12_0_0_6 + mixA2_A_3 * g_p_t12_0_0_2) + 0.3333333333333333 * (mixA2_A_1 * g_p_t12_0_0_5 + mixA2_A_4 * g_p_t12_0_0_1) - 0.4666666666666667 * mixA2_A_2 * g_p_t12_0_0_4
-                             - 0.13333333333333333 * mixA2_A_2 * g_p_t12_0_0_6 + 0.2 * mixA2_A_3 * g_p_t12_0_0_0)
-            g_mixA3_A_2_5 = 0.4 * (mixA2_A_1 * g_p_t12_0_0_4 + mixA2_A_1 * g_p_t12_0_0_6 + mixA2_A_3 * g_p_t12_0_0_1 + mixA2_A_4 * g_p_t12_0_0_2) - 0.8 * (mixA2_A_3 * g_p_t12_0_0_3 + mixA2_A_4 * g_p_t12_0_0_0)
-            g_mixA3_A_2_6 = (-0.13333333333333333 * mixA2_A_0 * g_p_t12_0_0_4 - 0.4666666666666667 * mixA2_A_0 * g_p_t12_0_0_6 + 0.3333333333333333 * (mixA2_A_1 * g_p_t12_0_0_5 + mixA2_A_3 * g_p_t12_0_0_2) - 0.26666666666666666 * (mixA2_A_2 * g_p_t12_0_0_4 + mixA2_A_4 * g_p_t12_0_0_1)
-                             + 0.06666666666666667 * mixA2_A_2 * g_p_t12_0_0_6 + 0.2 * mixA2_A_4 * g_p_t12_0_0_3)
-            # adjoint (left) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-left of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
-            g_mixA2_A_3_0 = 0.3333333333333333 * (g_p_t11_0_0_0 * mixA2_A_0 - g_p_t11_0_0_0 * mixA2_A_2 - g_p_t11_0_0_2 * mixA2_A_2) + 0.5 * (g_p_t11_0_0_1 * mixA2_A_1 - g_p_t11_0_0_4 * mixA2_A_4) - 0.6666666666666666 * g_p_t11_0_0_2 * mixA2_A_0
-            g_mixA2_A_3_1 = 0.3333333333333333 * (g_p_t11_0_0_0 * mixA2_A_1 + g_p_t11_0_0_2 * mixA2_A_1) + 0.5 * (g_p_t11_0_0_1 * mixA2_A_0 + g_p_t11_0_0_1 * mixA2_A_2 + g_p_t11_0_0_3 * mixA2_A_4 + g_p_t11_0_0_4 * mixA2_A_3)
-            g_mixA2_A_3_2 = -0.3333333333333333 * (g_p_t11_0_0_0 * mixA2_A_0 + g_p_t11_0_0_2 * mixA2_A_0 - g_p_t11_0_0_2 * mixA2_A_2) - 0.6666666666666666 * g_p_t11_0_0_0 * mixA2_A_2 + 0.5 * (g_p_t11_0_0_1 * mixA2_A_1 - g_p_t11_0_0_3 * mixA2_A_3)
-            g_mixA2_A_3_3 = 0.3333333333333333 * g_p_t11_0_0_0 * mixA2_A_3 + 0.5 * (g_p_t11_0_0_1 * mixA2_A_4 - g_p_t11_0_0_3 * mixA2_A_2 + g_p_t11_0_0_4 * mixA2_A_1) - 0.6666666666666666 * g_p_t11_0_0_2 * mixA2_A_3
-            g_mixA2_A_3_4 = -0.6666666666666666 * g_p_t11_0_0_0 * mixA2_A_4 + 0.5 * (g_p_t11_0_0_1 * mixA2_A_3 + g_p_t11_0_0_3 * mixA2_A_1 - g_p_t11_0_0_4 * mixA2_A_0) + 0.3333333333333333 * g_p_t11_0_0_2 * mixA2_A_4
-            # adjoint (right) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-right of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
-            g_mixA2_A_4_0 = 0.3333333333333333 * (mixA2_A_0 * g_p_t11_0_0_0 - mixA2_A_2 * g_p_t11_0_0_0 - mixA2_A_2 * g_p_t11_0_0_2) - 0.6666666666666666 * mixA2_A_0 * g_p_t11_0_0_2 + 0.5 * (mixA2_A_1 * g_p_t11_0_0_1 - mixA2_A_4 * g_p_t11_0_0_4)
-            g_mixA2_A_4_1 = 0.5 * (mixA2_A_0 * g_p_t11_0_0_1 + mixA2_A_2 * g_p_t11_0_0_1 + mixA2_A_3 * g_p_t11_0_0_4 + mixA2_A_4 * g_p_t11_0_0_3) + 0.3333333333333333 * (mixA2_A_1 * g_p_t11_0_0_0 + mixA2_A_1 * g_p_t11_0_0_2)
-            g_mixA2_A_4_2 = -0.3333333333333333 * (mixA2_A_0 * g_p_t11_0_0_0 + mixA2_A_0 * g_p_t11_0_0_2 - mixA2_A_2 * g_p_t11_0_0_2) + 0.5 * (mixA2_A_1 * g_p_t11_0_0_1 - mixA2_A_3 * g_p_t11_0_0_3) - 0.6666666666666666 * mixA2_A_2 * g_p_t11_0_0_0
-            g_mixA2_A_4_3 = 0.5 * (mixA2_A_1 * g_p_t11_0_0_4 - mixA2_A_2 * g_p_t11_0_0_3 + mixA2_A_4 * g_p_t11_0_0_1) + 0.3333333333333333 * mixA2_A_3 * g_p_t11_0_0_0 - 0.6666666666666666 * mixA2_A_3 * g_p_t11_0_0_2
-            g_mixA2_A_4_4 = -0.5 * (mixA2_A_0 * g_p_t11_0_0_4 - mixA2_A_1 * g_p_t11_0_0_3 - mixA2_A_3 * g_p_t11_0_0_1) - 0.6666666666666666 * mixA2_A_4 * g_p_t11_0_0_0 + 0.3333333333333333 * mixA2_A_4 * g_p_t11_0_0_2
-            # adjoint (left) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-left of 1x2->3, ranks 3, 2 -> 1, 25 nonzeros
-            g_mixA1_A_0_0 = (0.6 * g_p_t10_0_0_0 * mixA2_A_0 + 0.5333333333333333 * (g_p_t10_0_0_1 * mixA2_A_1 + g_p_t10_0_0_4 * mixA2_A_3) - 0.13333333333333333 * (g_p_t10_0_0_2 * mixA2_A_0 + g_p_t10_0_0_6 * mixA2_A_3) + 0.3333333333333333 * (g_p_t10_0_0_2 * mixA2_A_2 + g_p_t10_0_0_5 * mixA2_A_4)
-                             - 0.4 * g_p_t10_0_0_3 * mixA2_A_1)
-            g_mixA1_A_0_1 = (-0.4 * g_p_t10_0_0_0 * mixA2_A_1 + 0.3333333333333333 * (g_p_t10_0_0_1 * mixA2_A_0 + g_p_t10_0_0_5 * mixA2_A_3) - 0.13333333333333333 * (g_p_t10_0_0_1 * mixA2_A_2 + g_p_t10_0_0_4 * mixA2_A_4) + 0.5333333333333333 * (g_p_t10_0_0_2 * mixA2_A_1 + g_p_t10_0_0_6 * mixA2_A_4)
-                             + 0.6 * g_p_t10_0_0_3 * mixA2_A_2)
-            g_mixA1_A_0_2 = -0.4 * (g_p_t10_0_0_0 * mixA2_A_3 + g_p_t10_0_0_3 * mixA2_A_4) - 0.13333333333333333 * (g_p_t10_0_0_1 * mixA2_A_4 + g_p_t10_0_0_2 * mixA2_A_3 - g_p_t10_0_0_4 * mixA2_A_2 - g_p_t10_0_0_6 * mixA2_A_0) + 0.4666666666666667 * (g_p_t10_0_0_4 * mixA2_A_0 + g_p_t10_0_0_6 * mixA2_A_2) + 0.3333333333333333 * g_p_t10_0_0_5 * mixA2_A_1
-            # adjoint (right) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-right of 1x2->3, ranks 1, 3 -> 2, 25 nonzeros
-            g_mixA2_A_5_0 = 0.6 * mixA1_A_0 * g_p_t10_0_0_0 - 0.13333333333333333 * (mixA1_A_0 * g_p_t10_0_0_2 - mixA1_A_2 * g_p_t10_0_0_6) + 0.3333333333333333 * mixA1_A_1 * g_p_t10_0_0_1 + 0.4666666666666667 * mixA1_A_2 * g_p_t10_0_0_4
-            g_mixA2_A_5_1 = 0.5333333333333333 * (mixA1_A_0 * g_p_t10_0_0_1 + mixA1_A_1 * g_p_t10_0_0_2) - 0.4 * (mixA1_A_0 * g_p_t10_0_0_3 + mixA1_A_1 * g_p_t10_0_0_0) + 0.3333333333333333 * mixA1_A_2 * g_p_t10_0_0_5
-            g_mixA2_A_5_2 = 0.3333333333333333 * mixA1_A_0 * g_p_t10_0_0_2 - 0.13333333333333333 * (mixA1_A_1 * g_p_t10_0_0_1 - mixA1_A_2 * g_p_t10_0_0_4) + 0.6 * mixA1_A_1 * g_p_t10_0_0_3 + 0.4666666666666667 * mixA1_A_2 * g_p_t10_0_0_6
-            g_mixA2_A_5_3 = 0.5333333333333333 * mixA1_A_0 * g_p_t10_0_0_4 - 0.13333333333333333 * (mixA1_A_0 * g_p_t10_0_0_6 + mixA1_A_2 * g_p_t10_0_0_2) + 0.3333333333333333 * mixA1_A_1 * g_p_t10_0_0_5 - 0.4 * mixA1_A_2 * g_p_t10_0_0_0
-            g_mixA2_A_5_4 = 0.3333333333333333 * mixA1_A_0 * g_p_t10_0_0_5 - 0.13333333333333333 * (mixA1_A_1 * g_p_t10_0_0_4 + mixA1_A_2 * g_p_t10_0_0_1) + 0.5333333333333333 * mixA1_A_1 * g_p_t10_0_0_6 - 0.4 * mixA1_A_2 * g_p_t10_0_0_3
-            # adjoint (left) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
-            g_mixA1_A_1_0 = 0.6666666666666666 * g_p_t9_0_0_0 * mixA1_A_0 + 0.5 * (g_p_t9_0_0_1 * mixA1_A_1 + g_p_t9_0_0_3 * mixA1_A_2) - 0.3333333333333333 * g_p_t9_0_0_2 * mixA1_A_0
-            g_mixA1_A_1_1 = -0.3333333333333333 * g_p_t9_0_0_0 * mixA1_A_1 + 0.5 * (g_p_t9_0_0_1 * mixA1_A_0 + g_p_t9_0_0_4 * mixA1_A_2) + 0.6666666666666666 * g_p_t9_0_0_2 * mixA1_A_1
-            g_mixA1_A_1_2 = -0.3333333333333333 * (g_p_t9_0_0_0 * mixA1_A_2 + g_p_t9_0_0_2 * mixA1_A_2) + 0.5 * (g_p_t9_0_0_3 * mixA1_A_0 + g_p_t9_0_0_4 * mixA1_A_1)
-            # adjoint (right) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-right of 1x1->2, ranks 1, 2 -> 1, 12 nonzeros
-            g_mixA1_A_2_0 = 0.6666666666666666 * mixA1_A_0 * g_p_t9_0_0_0 - 0.3333333333333333 * mixA1_A_0 * g_p_t9_0_0_2 + 0.5 * (mixA1_A_1 * g_p_t9_0_0_1 + mixA1_A_2 * g_p_t9_0_0_3)
-            g_mixA1_A_2_1 = 0.5 * (mixA1_A_0 * g_p_t9_0_0_1 + mixA1_A_2 * g_p_t9_0_0_4) - 0.3333333333333333 * mixA1_A_1 * g_p_t9_0_0_0 + 0.6666666666666666 * mixA1_A_1 * g_p_t9_0_0_2
-            g_mixA1_A_2_2 = 0.5 * (mixA1_A_0 * g_p_t9_0_0_3 + mixA1_A_1 * g_p_t9_0_0_4) - 0.3333333333333333 * (mixA1_A_2 * g_p_t9_0_0_0 + mixA1_A_2 * g_p_t9_0_0_2)
-            # adjoint (left) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
-            g_mixA0_A_2_0 = (g_p_t8_0_0_0 * mixA3_A_0 + g_p_t8_0_0_1 * mixA3_A_1 + g_p_t8_0_0_2 * mixA3_A_2 + g_p_t8_0_0_3 * mixA3_A_3
-                             + g_p_t8_0_0_4 * mixA3_A_4 + g_p_t8_0_0_5 * mixA3_A_5 + g_p_t8_0_0_6 * mixA3_A_6)
-            # adjoint (right) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
-            g_mixA3_A_3_0 = mixA0_A_0 * g_p_t8_0_0_0
-            g_mixA3_A_3_1 = mixA0_A_0 * g_p_t8_0_0_1
-            g_mixA3_A_3_2 = mixA0_A_0 * g_p_t8_0_0_2
-            g_mixA3_A_3_3 = mixA0_A_0 * g_p_t8_0_0_3
-            g_mixA3_A_3_4 = mixA0_A_0 * g_p_t8_0_0_4
-            g_mixA3_A_3_5 = mixA0_A_0 * g_p_t8_0_0_5
-            g_mixA3_A_3_6 = mixA0_A_0 * g_p_t8_0_0_6
-            # adjoint (left) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
-            g_mixA0_A_3_0 = (g_p_t7_0_0_0 * mixA2_A_0 + g_p_t7_0_0_1 * mixA2_A_1 + g_p_t7_0_0_2 * mixA2_A_2 + g_p_t7_0_0_3 * mixA2_A_3
-                             + g_p_t7_0_0_4 * mixA2_A_4)
-            # adjoint (right) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
-            g_mixA2_A_6_0 = mixA0_A_0 * g_p_t7_0_0_0
-            g_mixA2_A_6_1 = mixA0_A_0 * g_p_t7_0_0_1
-            g_mixA2_A_6_2 = mixA0_A_0 * g_p_t7_0_0_2
-            g_mixA2_A_6_3 = mixA0_A_0 * g_p_t7_0_0_3
-            g_mixA2_A_6_4 = mixA0_A_0 * g_p_t7_0_0_4
-            # adjoint (left) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
-            g_p_t6_0_0_0 = g_p_t6_1_0_0 * mixA1_A_0
-            g_p_t6_0_0_1 = g_p_t6_1_0_0 * mixA1_A_1
-            g_p_t6_0_0_2 = g_p_t6_1_0_0 * mixA1_A_2
-            # adjoint (right) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
-            g_mixA1_A_3_0 = p_t6_0_0 * g_p_t6_1_0_0
-            g_mixA1_A_3_1 = p_t6_0_1 * g_p_t6_1_0_0
-            g_mixA1_A_3_2 = p_t6_0_2 * g_p_t6_1_0_0
-            # adjoint (left) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
-            g_mixA0_A_4_0 = g_p_t6_0_0_0 * mixA1_A_0 + g_p_t6_0_0_1 * mixA1_A_1 + g_p_t6_0_0_2 * mixA1_A_2
-            # adjoint (right) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
-            g_mixA1_A_4_0 = mixA0_A_0 * g_p_t6_0_0_0
-            g_mixA1_A_4_1 = mixA0_A_0 * g_p_t6_0_0_1
-            g_mixA1_A_4_2 = mixA0_A_0 * g_p_t6_0_0_2
-            # adjoint (left) of p_t2_0: (1o x 1o)->0e step 1: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
-            g_mixA1_A_5_0 = g_p_t2_0_0_0 * mixA1_A_0
-            g_mixA1_A_5_1 = g_p_t2_0_0_0 * mixA1_A_1
-            g_mixA1_A_5_2 = g_p_t2_0_0_0 * mixA1_A_2
-            # adjoint (right) of p_t2_0: (1o x 1o)->0e step 1: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
-            g_mixA1_A_6_0 = mixA1_A_0 * g_p_t2_0_0_0
-            g_mixA1_A_6_1 = mixA1_A_1 * g_p_t2_0_0_0
-            g_mixA1_A_6_2 = mixA1_A_2 * g_p_t2_0_0_0
-            # adjoint (left) of p_t1_0: (0e x 0e)->0e step 1: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_mixA0_A_5_0 = g_p_t1_0_0_0 * mixA0_A_0
-            # adjoint (right) of p_t1_0: (0e x 0e)->0e step 1: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_mixA0_A_6_0 = mixA0_A_0 * g_p_t1_0_0_0
-            g_mixA3_A_4_0 = g_mixA3_A_0_0 + g_mixA3_A_1_0 + g_mixA3_A_2_0 + g_mixA3_A_3_0
-            g_mixA3_A_4_1 = g_mixA3_A_0_1 + g_mixA3_A_1_1 + g_mixA3_A_2_1 + g_mixA3_A_3_1
-            g_mixA3_A_4_2 = g_mixA3_A_0_2 + g_mixA3_A_1_2 + g_mixA3_A_2_2 + g_mixA3_A_3_2
-            g_mixA3_A_4_3 = g_mixA3_A_0_3 + g_mixA3_A_1_3 + g_mixA3_A_2_3 + g_mixA3_A_3_3
-            g_mixA3_A_4_4 = g_mixA3_A_0_4 + g_mixA3_A_1_4 + g_mixA3_A_2_4 + g_mixA3_A_3_4
-            g_mixA3_A_4_5 = g_mixA3_A_0_5 + g_mixA3_A_1_5 + g_mixA3_A_2_5 + g_mixA3_A_3_5
-            g_mixA3_A_4_6 = g_mixA3_A_0_6 + g_mixA3_A_1_6 + g_mixA3_A_2_6 + g_mixA3_A_3_6
-            g_mixA2_A_7_0 = (g_mixA2_A_0_0 + g_mixA2_A_1_0 + g_mixA2_A_2_0 + g_mixA2_A_3_0
-                             + g_mixA2_A_4_0 + g_mixA2_A_5_0 + g_mixA2_A_6_0)
-            g_mixA2_A_7_1 = (g_mixA2_A_0_1 + g_mixA2_A_1_1 + g_mixA2_A_2_1 + g_mixA2_A_3_1
-                             + g_mixA2_A_4_1 + g_mixA2_A_5_1 + g_mixA2_A_6_1)
-            g_mixA2_A_7_2 = (g_mixA2_A_0_2 + g_mixA2_A_1_2 + g_mixA2_A_2_2 + g_mixA2_A_3_2
-                             + g_mixA2_A_4_2 + g_mixA2_A_5_2 + g_mixA2_A_6_2)
-            g_mixA2_A_7_3 = (g_mixA2_A_0_3 + g_mixA2_A_1_3 + g_mixA2_A_2_3 + g_mixA2_A_3_3
-                             + g_mixA2_A_4_3 + g_mixA2_A_5_3 + g_mixA2_A_6_3)
-            g_mixA2_A_7_4 = (g_mixA2_A_0_4 + g_mixA2_A_1_4 + g_mixA2_A_2_4 + g_mixA2_A_3_4
-                             + g_mixA2_A_4_4 + g_mixA2_A_5_4 + g_mixA2_A_6_4)
-            g_mixA1_A_7_0 = (g_mixA1_A_0_0 + g_mixA1_A_1_0 + g_mixA1_A_2_0 + g_mixA1_A_3_0
-                             + g_mixA1_A_4_0 + g_mixA1_A_5_0 + g_mixA1_A_6_0)
-            g_mixA1_A_7_1 = (g_mixA1_A_0_1 + g_mixA1_A_1_1 + g_mixA1_A_2_1 + g_mixA1_A_3_1
-                             + g_mixA1_A_4_1 + g_mixA1_A_5_1 + g_mixA1_A_6_1)
-            g_mixA1_A_7_2 = (g_mixA1_A_0_2 + g_mixA1_A_1_2 + g_mixA1_A_2_2 + g_mixA1_A_3_2
-                             + g_mixA1_A_4_2 + g_mixA1_A_5_2 + g_mixA1_A_6_2)
-            g_mixA0_A_8_0 = (g_mixA0_A_0_0 + g_mixA0_A_1_0 + g_mixA0_A_2_0 + g_mixA0_A_3_0
-                             + g_mixA0_A_4_0 + g_mixA0_A_5_0 + g_mixA0_A_6_0 + g_mixA0_A_7_0)
-            g_mixA3_A_4[n, c, 0] = g_mixA3_A_4_0
-            g_mixA3_A_4[n, c, 1] = g_mixA3_A_4_1
-            g_mixA3_A_4[n, c, 2] = g_mixA3_A_4_2
-            g_mixA3_A_4[n, c, 3] = g_mixA3_A_4_3
-            g_mixA3_A_4[n, c, 4] = g_mixA3_A_4_4
-            g_mixA3_A_4[n, c, 5] = g_mixA3_A_4_5
-            g_mixA3_A_4[n, c, 6] = g_mixA3_A_4_6
-            g_mixA2_A_7[n, c, 0] = g_mixA2_A_7_0
-            g_mixA2_A_7[n, c, 1] = g_mixA2_A_7_1
-            g_mixA2_A_7[n, c, 2] = g_mixA2_A_7_2
-            g_mixA2_A_7[n, c, 3] = g_mixA2_A_7_3
-            g_mixA2_A_7[n, c, 4] = g_mixA2_A_7_4
-            g_mixA1_A_7[n, c, 0] = g_mixA1_A_7_0
-            g_mixA1_A_7[n, c, 1] = g_mixA1_A_7_1
-            g_mixA1_A_7[n, c, 2] = g_mixA1_A_7_2
-            g_mixA0_A_8[n, c, 0] = g_mixA0_A_8_0
-
+    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 61 ops; stores g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8
+        _kernel_7820e23368(np.int64(block), channels, g_mixA0_A_7, g_mixA0_A_8, g_mixA1_A_7, g_mixA2_A_7, g_mixA3_A_4, g_p_B0_0, g_p_t2_0_0, g_p_t6_1_0, mixA0_A, mixA1_A, mixA2_A, mixA3_A, num_nodes, product)
     return (g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=False)
 def layer_0_0_reverse_k5(g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8, mixA3, mixA2, mixA1, mixA0):
-    """Part of layer_0_0_reverse.
-
-    IR program layer_0_0_reverse_k5, printed as 4 kernel(s).
-    mixA3: weights with channels rows x channels columns.
-    mixA2: weights with channels rows x channels columns.
-    mixA1: weights with channels rows x channels columns.
-    mixA0: weights with channels rows x channels columns.
-    """
+    """Part of layer_0_0_reverse. IR program layer_0_0_reverse_k5, printed as 4 kernel(s); weights: mixA3 (channels rows x channels columns), mixA2 (channels rows x channels columns), mixA1 (channels rows x channels columns), mixA0 (channels rows x channels columns)."""
     dtype = g_mixA3_A_4.dtype
     num_nodes = g_mixA3_A_4.shape[0]
-    if g_mixA3_A_4.shape[2] != 7:
-        raise ValueError("g_mixA3_A_4 must have shape (nodes, channels, 7)")
-    if g_mixA2_A_7.shape[0] != num_nodes or g_mixA2_A_7.shape[2] != 5:
-        raise ValueError("g_mixA2_A_7 must have shape (nodes, channels, 5)")
-    if g_mixA1_A_7.shape[0] != num_nodes or g_mixA1_A_7.shape[2] != 3:
-        raise ValueError("g_mixA1_A_7 must have shape (nodes, channels, 3)")
-    if g_mixA0_A_8.shape[0] != num_nodes or g_mixA0_A_8.shape[2] != 1:
-        raise ValueError("g_mixA0_A_8 must have shape (nodes, channels, 1)")
-
-    # ChannelMixTransposed -> g_i_A3_0 (nodes, channels, 7): einsum("nkd,ck->ncd", g_mixA3_A_4, mixA3)
-    if g_mixA3_A_4.shape[1] != mixA3.shape[1]:
-        raise ValueError("g_mixA3_A_4 has the wrong number of channels for mixA3")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    g_i_A3_0_in = np.empty((num_nodes, 7, mixA3.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[1]):
-                g_i_A3_0_in[n, m, a] = g_mixA3_A_4[n, a, m]
-    g_i_A3_0_gemm = np.dot(g_i_A3_0_in.reshape((num_nodes * 7, mixA3.shape[1])), np.asarray(mixA3, dtype).T).reshape((num_nodes, 7, mixA3.shape[0]))
-    g_i_A3_0 = np.empty((num_nodes, mixA3.shape[0], 7), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[0]):
-                g_i_A3_0[n, a, m] = g_i_A3_0_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_i_A2_0 (nodes, channels, 5): einsum("nkd,ck->ncd", g_mixA2_A_7, mixA2)
-    if g_mixA2_A_7.shape[1] != mixA2.shape[1]:
-        raise ValueError("g_mixA2_A_7 has the wrong number of channels for mixA2")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    g_i_A2_0_in = np.empty((num_nodes, 5, mixA2.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[1]):
-                g_i_A2_0_in[n, m, a] = g_mixA2_A_7[n, a, m]
-    g_i_A2_0_gemm = np.dot(g_i_A2_0_in.reshape((num_nodes * 5, mixA2.shape[1])), np.asarray(mixA2, dtype).T).reshape((num_nodes, 5, mixA2.shape[0]))
-    g_i_A2_0 = np.empty((num_nodes, mixA2.shape[0], 5), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[0]):
-                g_i_A2_0[n, a, m] = g_i_A2_0_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_i_A1_0 (nodes, channels, 3): einsum("nkd,ck->ncd", g_mixA1_A_7, mixA1)
-    if g_mixA1_A_7.shape[1] != mixA1.shape[1]:
-        raise ValueError("g_mixA1_A_7 has the wrong number of channels for mixA1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    g_i_A1_0_in = np.empty((num_nodes, 3, mixA1.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[1]):
-                g_i_A1_0_in[n, m, a] = g_mixA1_A_7[n, a, m]
-    g_i_A1_0_gemm = np.dot(g_i_A1_0_in.reshape((num_nodes * 3, mixA1.shape[1])), np.asarray(mixA1, dtype).T).reshape((num_nodes, 3, mixA1.shape[0]))
-    g_i_A1_0 = np.empty((num_nodes, mixA1.shape[0], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[0]):
-                g_i_A1_0[n, a, m] = g_i_A1_0_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_i_A0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", g_mixA0_A_8, mixA0)
-    if g_mixA0_A_8.shape[1] != mixA0.shape[1]:
-        raise ValueError("g_mixA0_A_8 has the wrong number of channels for mixA0")
-    g_i_A0_0 = np.dot(np.ascontiguousarray(g_mixA0_A_8).reshape((num_nodes, mixA0.shape[1])), np.asarray(mixA0, dtype).T).reshape((num_nodes, mixA0.shape[0], 1))
-
+    _fail_if(g_mixA3_A_4.shape[2] != 7, "g_mixA3_A_4 must have shape (nodes, channels, 7)")
+    _fail_if(g_mixA2_A_7.shape[0] != num_nodes or g_mixA2_A_7.shape[2] != 5, "g_mixA2_A_7 must have shape (nodes, channels, 5)")
+    _fail_if(g_mixA1_A_7.shape[0] != num_nodes or g_mixA1_A_7.shape[2] != 3, "g_mixA1_A_7 must have shape (nodes, channels, 3)")
+    _fail_if(g_mixA0_A_8.shape[0] != num_nodes or g_mixA0_A_8.shape[2] != 1, "g_mixA0_A_8 must have shape (nodes, channels, 1)")
+    g_i_A3_0 = _channel_mix(g_mixA3_A_4, np.asarray(mixA3, dtype).T)  # ChannelMixTransposed -> g_i_A3_0 (nodes, channels, 7): einsum("nkd,ck->ncd", g_mixA3_A_4, mixA3)
+    g_i_A2_0 = _channel_mix(g_mixA2_A_7, np.asarray(mixA2, dtype).T)  # ChannelMixTransposed -> g_i_A2_0 (nodes, channels, 5): einsum("nkd,ck->ncd", g_mixA2_A_7, mixA2)
+    g_i_A1_0 = _channel_mix(g_mixA1_A_7, np.asarray(mixA1, dtype).T)  # ChannelMixTransposed -> g_i_A1_0 (nodes, channels, 3): einsum("nkd,ck->ncd", g_mixA1_A_7, mixA1)
+    g_i_A0_0 = _channel_mix(g_mixA0_A_8, np.asarray(mixA0, dtype).T)  # ChannelMixTransposed -> g_i_A0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", g_mixA0_A_8, mixA0)
     return (g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def layer_0_0_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, i_s_0_2_2_in, g_i_A1_0, Y1, i_s_0_1_1_in, g_i_A0_0, i_c_0_0_0, radial, senders, receivers, receiver_offsets, num_nodes):
-    """Part of layer_0_0_reverse.
-
-    IR program layer_0_0_reverse_k6, printed as 1 kernel(s).
-    radial: weights with 4 columns.
-    """
+    """Part of layer_0_0_reverse. IR program layer_0_0_reverse_k6, printed as 1 kernel(s); weights: radial (4 columns)."""
     dtype = g_i_A3_0.dtype
     num_edges = senders.shape[0]
     channels = g_i_A3_0.shape[1]
-    if g_i_A3_0.shape[0] != num_nodes or g_i_A3_0.shape[1] != channels or g_i_A3_0.shape[2] != 7:
-        raise ValueError("g_i_A3_0 must have shape (nodes, channels, 7)")
-    if Y3.shape[0] != num_edges or Y3.shape[1] != 7:
-        raise ValueError("Y3 must have shape (edges, 7)")
-    if i_s_0_3_3_in.shape[0] != num_edges or i_s_0_3_3_in.shape[1] != channels or i_s_0_3_3_in.shape[2] != 1:
-        raise ValueError("i_s_0_3_3_in must have shape (edges, channels, 1)")
-    if i_hj_0_0_0.shape[0] != num_edges or i_hj_0_0_0.shape[1] != channels or i_hj_0_0_0.shape[2] != 1:
-        raise ValueError("i_hj_0_0_0 must have shape (edges, channels, 1)")
-    if g_i_A2_0.shape[0] != num_nodes or g_i_A2_0.shape[1] != channels or g_i_A2_0.shape[2] != 5:
-        raise ValueError("g_i_A2_0 must have shape (nodes, channels, 5)")
-    if Y2.shape[0] != num_edges or Y2.shape[1] != 5:
-        raise ValueError("Y2 must have shape (edges, 5)")
-    if i_s_0_2_2_in.shape[0] != num_edges or i_s_0_2_2_in.shape[1] != channels or i_s_0_2_2_in.shape[2] != 1:
-        raise ValueError("i_s_0_2_2_in must have shape (edges, channels, 1)")
-    if g_i_A1_0.shape[0] != num_nodes or g_i_A1_0.shape[1] != channels or g_i_A1_0.shape[2] != 3:
-        raise ValueError("g_i_A1_0 must have shape (nodes, channels, 3)")
-    if Y1.shape[0] != num_edges or Y1.shape[1] != 3:
-        raise ValueError("Y1 must have shape (edges, 3)")
-    if i_s_0_1_1_in.shape[0] != num_edges or i_s_0_1_1_in.shape[1] != channels or i_s_0_1_1_in.shape[2] != 1:
-        raise ValueError("i_s_0_1_1_in must have shape (edges, channels, 1)")
-    if g_i_A0_0.shape[0] != num_nodes or g_i_A0_0.shape[1] != channels or g_i_A0_0.shape[2] != 1:
-        raise ValueError("g_i_A0_0 must have shape (nodes, channels, 1)")
-    if i_c_0_0_0.shape[0] != num_edges or i_c_0_0_0.shape[1] != channels or i_c_0_0_0.shape[2] != 1:
-        raise ValueError("i_c_0_0_0 must have shape (edges, channels, 1)")
-    if radial.shape[0] != num_edges or radial.shape[1] != channels or radial.shape[2] != 4:
-        raise ValueError("radial must have shape (edges, channels, 4)")
+    _check_shape(Y3, (num_edges, 7), "Y3 must have shape (edges, 7)")
+    _check_shape(Y2, (num_edges, 5), "Y2 must have shape (edges, 5)")
+    _check_shape(Y1, (num_edges, 3), "Y1 must have shape (edges, 3)")
+    _check_shape(radial, (num_edges, channels, 4), "radial must have shape (edges, channels, 4)")
     _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
-
     d_Y3 = np.zeros((num_edges, 7), dtype)
     d_Y2 = np.zeros((num_edges, 5), dtype)
     d_Y1 = np.zeros((num_edges, 3), dtype)
     d_Y0 = np.zeros((num_edges, 1), dtype)
     d_radial = np.empty((num_edges, channels, 4), dtype)
-    # kernel 1 (per channel, phase 0): 21 ops; stores d_Y3, d_Y2, d_Y1, d_Y0, d_radial
-    for e in prange(num_edges):
-        for c in range(channels):
-            i = receivers[e]
-            Y3_0 = Y3[e, 0]
-            Y3_1 = Y3[e, 1]
-            Y3_2 = Y3[e, 2]
-            Y3_3 = Y3[e, 3]
-            Y3_4 = Y3[e, 4]
-            Y3_5 = Y3[e, 5]
-            Y3_6 = Y3[e, 6]
-            i_s_0_3_3_in_0 = i_s_0_3_3_in[e, c, 0]
-            i_hj_0_0_0_0 = i_hj_0_0_0[e, c, 0]
-            Y2_0 = Y2[e, 0]
-            Y2_1 = Y2[e, 1]
-            Y2_2 = Y2[e, 2]
-            Y2_3 = Y2[e, 3]
-            Y2_4 = Y2[e, 4]
-            i_s_0_2_2_in_0 = i_s_0_2_2_in[e, c, 0]
-            Y1_0 = Y1[e, 0]
-            Y1_1 = Y1[e, 1]
-            Y1_2 = Y1[e, 2]
-            i_s_0_1_1_in_0 = i_s_0_1_1_in[e, c, 0]
-            radial_0 = radial[e, c, 0]
-            i_c_0_0_0_0 = i_c_0_0_0[e, c, 0]
-            g_i_s_0_3_3_0_0 = g_i_A3_0[i, c, 0]
-            g_i_s_0_3_3_0_1 = g_i_A3_0[i, c, 1]
-            g_i_s_0_3_3_0_2 = g_i_A3_0[i, c, 2]
-            g_i_s_0_3_3_0_3 = g_i_A3_0[i, c, 3]
-            g_i_s_0_3_3_0_4 = g_i_A3_0[i, c, 4]
-            g_i_s_0_3_3_0_5 = g_i_A3_0[i, c, 5]
-            g_i_s_0_3_3_0_6 = g_i_A3_0[i, c, 6]
-            # adjoint (left) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
-            g_i_s_0_3_3_in_0_0 = (g_i_s_0_3_3_0_0 * Y3_0 + g_i_s_0_3_3_0_1 * Y3_1 + g_i_s_0_3_3_0_2 * Y3_2 + g_i_s_0_3_3_0_3 * Y3_3
-                                  + g_i_s_0_3_3_0_4 * Y3_4 + g_i_s_0_3_3_0_5 * Y3_5 + g_i_s_0_3_3_0_6 * Y3_6)
-            # adjoint (right) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
-            g_Y3_0_0 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_0
-            g_Y3_0_1 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_1
-            g_Y3_0_2 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_2
-            g_Y3_0_3 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_3
-            g_Y3_0_4 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_4
-            g_Y3_0_5 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_5
-            g_Y3_0_6 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_6
-            d_Y3[e, 0] += g_Y3_0_0  # sum over channels
-            d_Y3[e, 1] += g_Y3_0_1
-            d_Y3[e, 2] += g_Y3_0_2
-            d_Y3[e, 3] += g_Y3_0_3
-            d_Y3[e, 4] += g_Y3_0_4
-            d_Y3[e, 5] += g_Y3_0_5
-            d_Y3[e, 6] += g_Y3_0_6
-            # d radial[3] from i_s_0_3_3_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial3_0_0 = g_i_s_0_3_3_in_0_0 * i_hj_0_0_0_0
-            g_i_s_0_2_2_0_0 = g_i_A2_0[i, c, 0]
-            g_i_s_0_2_2_0_1 = g_i_A2_0[i, c, 1]
-            g_i_s_0_2_2_0_2 = g_i_A2_0[i, c, 2]
-            g_i_s_0_2_2_0_3 = g_i_A2_0[i, c, 3]
-            g_i_s_0_2_2_0_4 = g_i_A2_0[i, c, 4]
-            # adjoint (left) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
-            g_i_s_0_2_2_in_0_0 = (g_i_s_0_2_2_0_0 * Y2_0 + g_i_s_0_2_2_0_1 * Y2_1 + g_i_s_0_2_2_0_2 * Y2_2 + g_i_s_0_2_2_0_3 * Y2_3
-                                  + g_i_s_0_2_2_0_4 * Y2_4)
-            # adjoint (right) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
-            g_Y2_0_0 = i_s_0_2_2_in_0 * g_i_s_0_2_2_0_0
-            g_Y2_0_1 = i_s_0_2_2_in_0 * g_i_s_0_2_2_0_1
-            g_Y2_0_2 = i_s_0_2_2_in_0 * g_i_s_0_2_2_0_2
-            g_Y2_0_3 = i_s_0_2_2_in_0 * g_i_s_0_2_2_0_3
-            g_Y2_0_4 = i_s_0_2_2_in_0 * g_i_s_0_2_2_0_4
-            d_Y2[e, 0] += g_Y2_0_0  # sum over channels
-            d_Y2[e, 1] += g_Y2_0_1
-            d_Y2[e, 2] += g_Y2_0_2
-            d_Y2[e, 3] += g_Y2_0_3
-            d_Y2[e, 4] += g_Y2_0_4
-            # d radial[2] from i_s_0_2_2_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial2_0_0 = g_i_s_0_2_2_in_0_0 * i_hj_0_0_0_0
-            g_i_s_0_1_1_0_0 = g_i_A1_0[i, c, 0]
-            g_i_s_0_1_1_0_1 = g_i_A1_0[i, c, 1]
-            g_i_s_0_1_1_0_2 = g_i_A1_0[i, c, 2]
-            # adjoint (left) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
-            g_i_s_0_1_1_in_0_0 = g_i_s_0_1_1_0_0 * Y1_0 + g_i_s_0_1_1_0_1 * Y1_1 + g_i_s_0_1_1_0_2 * Y1_2
-            # adjoint (right) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
-            g_Y1_0_0 = i_s_0_1_1_in_0 * g_i_s_0_1_1_0_0
-            g_Y1_0_1 = i_s_0_1_1_in_0 * g_i_s_0_1_1_0_1
-            g_Y1_0_2 = i_s_0_1_1_in_0 * g_i_s_0_1_1_0_2
-            d_Y1[e, 0] += g_Y1_0_0  # sum over channels
-            d_Y1[e, 1] += g_Y1_0_1
-            d_Y1[e, 2] += g_Y1_0_2
-            # d radial[1] from i_s_0_1_1_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial1_0_0 = g_i_s_0_1_1_in_0_0 * i_hj_0_0_0_0
-            g_i_s_0_0_0_0_0 = g_i_A0_0[i, c, 0]
-            g_i_c_0_0_0_0_0 = g_i_s_0_0_0_0_0 * radial_0  # adjoint of i_s_0_0_0
-            # d radial[0] from i_s_0_0_0: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial0_0_0 = g_i_s_0_0_0_0_0 * i_c_0_0_0_0
-            # adjoint (right) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_Y0_0_0 = i_hj_0_0_0_0 * g_i_c_0_0_0_0_0
-            d_Y0[e, 0] += g_Y0_0_0  # sum over channels
-            # d_radial: weight-shaped adjoint of radial
-            d_radial_0 = g_radial0_0_0
-            d_radial_1 = g_radial1_0_0
-            d_radial_2 = g_radial2_0_0
-            d_radial_3 = g_radial3_0_0
-            d_radial[e, c, 0] = d_radial_0
-            d_radial[e, c, 1] = d_radial_1
-            d_radial[e, c, 2] = d_radial_2
-            d_radial[e, c, 3] = d_radial_3
-
+    for block in prange((num_edges + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 21 ops; stores d_Y3, d_Y2, d_Y1, d_Y0, d_radial
+        _kernel_5b27d5ea9b(np.int64(block), Y1, Y2, Y3, channels, d_Y0, d_Y1, d_Y2, d_Y3, d_radial, g_i_A0_0, g_i_A1_0, g_i_A2_0, g_i_A3_0, i_c_0_0_0, i_hj_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, num_edges, radial, receivers)
     return (d_Y3, d_Y2, d_Y1, d_Y0, d_radial)
-
-
-@numba.njit(cache=True, fastmath=False)
-def layer_0_01_k1(h0, up0):
-    """Part of layer_0_01.
-
-    IR program layer_0_01_k1, printed as 1 kernel(s).
-    up0: weights with channels rows x channels columns.
-    """
-    dtype = h0.dtype
-    num_nodes = h0.shape[0]
-    if h0.shape[2] != 1:
-        raise ValueError("h0 must have shape (nodes, channels, 1)")
-
-    # ChannelMix -> up0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, up0)
-    if h0.shape[1] != up0.shape[0]:
-        raise ValueError("h0 has the wrong number of channels for up0")
-    up0_h = np.dot(np.ascontiguousarray(h0).reshape((num_nodes, up0.shape[0])), np.asarray(up0, dtype)).reshape((num_nodes, up0.shape[1], 1))
-
-    return (up0_h,)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_0_01_k2(up0_h, Y0, Y1, Y2, Y3, radial, senders, receivers, receiver_offsets, num_nodes):
-    """Part of layer_0_01.
-
-    IR program layer_0_01_k2, printed as 1 kernel(s).
-    radial: weights with 4 columns.
-    """
-    dtype = up0_h.dtype
-    num_edges = senders.shape[0]
-    channels = up0_h.shape[1]
-    if up0_h.shape[0] != num_nodes or up0_h.shape[1] != channels or up0_h.shape[2] != 1:
-        raise ValueError("up0_h must have shape (nodes, channels, 1)")
-    if Y0.shape[0] != num_edges or Y0.shape[1] != 1:
-        raise ValueError("Y0 must have shape (edges, 1)")
-    if Y1.shape[0] != num_edges or Y1.shape[1] != 3:
-        raise ValueError("Y1 must have shape (edges, 3)")
-    if Y2.shape[0] != num_edges or Y2.shape[1] != 5:
-        raise ValueError("Y2 must have shape (edges, 5)")
-    if Y3.shape[0] != num_edges or Y3.shape[1] != 7:
-        raise ValueError("Y3 must have shape (edges, 7)")
-    if radial.shape[0] != num_edges or radial.shape[1] != channels or radial.shape[2] != 4:
-        raise ValueError("radial must have shape (edges, channels, 4)")
-    _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
-
-    i_A0 = np.empty((num_nodes, channels, 1), dtype)
-    i_A1 = np.empty((num_nodes, channels, 3), dtype)
-    i_A2 = np.empty((num_nodes, channels, 5), dtype)
-    i_A3 = np.empty((num_nodes, channels, 7), dtype)
-    # kernel 1 (per channel, phase 0): 17 ops; stores i_A0, i_A1, i_A2, i_A3
-    for n in prange(num_nodes):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
-        for c in range(channels):
-            i_a_0_0_0_0 = 0.0
-            i_a_0_1_1_0 = 0.0
-            i_a_0_1_1_1 = 0.0
-            i_a_0_1_1_2 = 0.0
-            i_a_0_2_2_0 = 0.0
-            i_a_0_2_2_1 = 0.0
-            i_a_0_2_2_2 = 0.0
-            i_a_0_2_2_3 = 0.0
-            i_a_0_2_2_4 = 0.0
-            i_a_0_3_3_0 = 0.0
-            i_a_0_3_3_1 = 0.0
-            i_a_0_3_3_2 = 0.0
-            i_a_0_3_3_3 = 0.0
-            i_a_0_3_3_4 = 0.0
-            i_a_0_3_3_5 = 0.0
-            i_a_0_3_3_6 = 0.0
-            for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
-                j = senders[e]
-                Y0_0 = Y0[e, 0]
-                radial_0 = radial[e, c, 0]
-                radial_1 = radial[e, c, 1]
-                Y1_0 = Y1[e, 0]
-                Y1_1 = Y1[e, 1]
-                Y1_2 = Y1[e, 2]
-                radial_2 = radial[e, c, 2]
-                Y2_0 = Y2[e, 0]
-                Y2_1 = Y2[e, 1]
-                Y2_2 = Y2[e, 2]
-                Y2_3 = Y2[e, 3]
-                Y2_4 = Y2[e, 4]
-                radial_3 = radial[e, c, 3]
-                Y3_0 = Y3[e, 0]
-                Y3_1 = Y3[e, 1]
-                Y3_2 = Y3[e, 2]
-                Y3_3 = Y3[e, 3]
-                Y3_4 = Y3[e, 4]
-                Y3_5 = Y3[e, 5]
-                Y3_6 = Y3[e, 6]
-                i_hj_0_0_0_0 = up0_h[j, c, 0]
-                # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
-                i_c_0_0_0_0 = i_hj_0_0_0_0 * Y0_0
-                i_s_0_0_0_0 = i_c_0_0_0_0 * radial_0  # R[h0 x Y0 -> A0]
-                i_a_0_0_0_0 += i_s_0_0_0_0
-                i_s_0_1_1_in_0 = i_hj_0_0_0_0 * radial_1  # R[h0 x Y1 -> A1]
-                # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
-                i_s_0_1_1_0 = i_s_0_1_1_in_0 * Y1_0
-                i_s_0_1_1_1 = i_s_0_1_1_in_0 * Y1_1
-                i_s_0_1_1_2 = i_s_0_1_1_in_0 * Y1_2
-                i_a_0_1_1_0 += i_s_0_1_1_0
-                i_a_0_1_1_1 += i_s_0_1_1_1
-                i_a_0_1_1_2 += i_s_0_1_1_2
-                i_s_0_2_2_in_0 = i_hj_0_0_0_0 * radial_2  # R[h0 x Y2 -> A2]
-                # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
-                i_s_0_2_2_0 = i_s_0_2_2_in_0 * Y2_0
-                i_s_0_2_2_1 = i_s_0_2_2_in_0 * Y2_1
-                i_s_0_2_2_2 = i_s_0_2_2_in_0 * Y2_2
-                i_s_0_2_2_3 = i_s_0_2_2_in_0 * Y2_3
-                i_s_0_2_2_4 = i_s_0_2_2_in_0 * Y2_4
-                i_a_0_2_2_0 += i_s_0_2_2_0
-                i_a_0_2_2_1 += i_s_0_2_2_1
-                i_a_0_2_2_2 += i_s_0_2_2_2
-                i_a_0_2_2_3 += i_s_0_2_2_3
-                i_a_0_2_2_4 += i_s_0_2_2_4
-                i_s_0_3_3_in_0 = i_hj_0_0_0_0 * radial_3  # R[h0 x Y3 -> A3]
-                # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
-                i_s_0_3_3_0 = i_s_0_3_3_in_0 * Y3_0
-                i_s_0_3_3_1 = i_s_0_3_3_in_0 * Y3_1
-                i_s_0_3_3_2 = i_s_0_3_3_in_0 * Y3_2
-                i_s_0_3_3_3 = i_s_0_3_3_in_0 * Y3_3
-                i_s_0_3_3_4 = i_s_0_3_3_in_0 * Y3_4
-                i_s_0_3_3_5 = i_s_0_3_3_in_0 * Y3_5
-                i_s_0_3_3_6 = i_s_0_3_3_in_0 * Y3_6
-                i_a_0_3_3_0 += i_s_0_3_3_0
-                i_a_0_3_3_1 += i_s_0_3_3_1
-                i_a_0_3_3_2 += i_s_0_3_3_2
-                i_a_0_3_3_3 += i_s_0_3_3_3
-                i_a_0_3_3_4 += i_s_0_3_3_4
-                i_a_0_3_3_5 += i_s_0_3_3_5
-                i_a_0_3_3_6 += i_s_0_3_3_6
-            i_A0_0 = i_a_0_0_0_0
-            i_A1_0 = i_a_0_1_1_0
-            i_A1_1 = i_a_0_1_1_1
-            i_A1_2 = i_a_0_1_1_2
-            i_A2_0 = i_a_0_2_2_0
-            i_A2_1 = i_a_0_2_2_1
-            i_A2_2 = i_a_0_2_2_2
-            i_A2_3 = i_a_0_2_2_3
-            i_A2_4 = i_a_0_2_2_4
-            i_A3_0 = i_a_0_3_3_0
-            i_A3_1 = i_a_0_3_3_1
-            i_A3_2 = i_a_0_3_3_2
-            i_A3_3 = i_a_0_3_3_3
-            i_A3_4 = i_a_0_3_3_4
-            i_A3_5 = i_a_0_3_3_5
-            i_A3_6 = i_a_0_3_3_6
-            i_A0[n, c, 0] = i_A0_0
-            i_A1[n, c, 0] = i_A1_0
-            i_A1[n, c, 1] = i_A1_1
-            i_A1[n, c, 2] = i_A1_2
-            i_A2[n, c, 0] = i_A2_0
-            i_A2[n, c, 1] = i_A2_1
-            i_A2[n, c, 2] = i_A2_2
-            i_A2[n, c, 3] = i_A2_3
-            i_A2[n, c, 4] = i_A2_4
-            i_A3[n, c, 0] = i_A3_0
-            i_A3[n, c, 1] = i_A3_1
-            i_A3[n, c, 2] = i_A3_2
-            i_A3[n, c, 3] = i_A3_3
-            i_A3[n, c, 4] = i_A3_4
-            i_A3[n, c, 5] = i_A3_5
-            i_A3[n, c, 6] = i_A3_6
-
-    return (i_A0, i_A1, i_A2, i_A3)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_0_01_k3(i_A0, i_A1, i_A2, i_A3, mixA0, mixA1, mixA2, mixA3):
-    """Part of layer_0_01.
-
-    IR program layer_0_01_k3, printed as 4 kernel(s).
-    mixA0: weights with channels rows x channels columns.
-    mixA1: weights with channels rows x channels columns.
-    mixA2: weights with channels rows x channels columns.
-    mixA3: weights with channels rows x channels columns.
-    """
-    dtype = i_A0.dtype
-    num_nodes = i_A0.shape[0]
-    if i_A0.shape[2] != 1:
-        raise ValueError("i_A0 must have shape (nodes, channels, 1)")
-    if i_A1.shape[0] != num_nodes or i_A1.shape[2] != 3:
-        raise ValueError("i_A1 must have shape (nodes, channels, 3)")
-    if i_A2.shape[0] != num_nodes or i_A2.shape[2] != 5:
-        raise ValueError("i_A2 must have shape (nodes, channels, 5)")
-    if i_A3.shape[0] != num_nodes or i_A3.shape[2] != 7:
-        raise ValueError("i_A3 must have shape (nodes, channels, 7)")
-
-    # ChannelMix -> mixA0_A (nodes, channels, 1): einsum("ncd,ck->nkd", i_A0, mixA0)
-    if i_A0.shape[1] != mixA0.shape[0]:
-        raise ValueError("i_A0 has the wrong number of channels for mixA0")
-    mixA0_A = np.dot(np.ascontiguousarray(i_A0).reshape((num_nodes, mixA0.shape[0])), np.asarray(mixA0, dtype)).reshape((num_nodes, mixA0.shape[1], 1))
-
-    # ChannelMix -> mixA1_A (nodes, channels, 3): einsum("ncd,ck->nkd", i_A1, mixA1)
-    if i_A1.shape[1] != mixA1.shape[0]:
-        raise ValueError("i_A1 has the wrong number of channels for mixA1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA1_A_in = np.empty((num_nodes, 3, mixA1.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[0]):
-                mixA1_A_in[n, m, a] = i_A1[n, a, m]
-    mixA1_A_gemm = np.dot(mixA1_A_in.reshape((num_nodes * 3, mixA1.shape[0])), np.asarray(mixA1, dtype)).reshape((num_nodes, 3, mixA1.shape[1]))
-    mixA1_A = np.empty((num_nodes, mixA1.shape[1], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[1]):
-                mixA1_A[n, a, m] = mixA1_A_gemm[n, m, a]
-
-    # ChannelMix -> mixA2_A (nodes, channels, 5): einsum("ncd,ck->nkd", i_A2, mixA2)
-    if i_A2.shape[1] != mixA2.shape[0]:
-        raise ValueError("i_A2 has the wrong number of channels for mixA2")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA2_A_in = np.empty((num_nodes, 5, mixA2.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[0]):
-                mixA2_A_in[n, m, a] = i_A2[n, a, m]
-    mixA2_A_gemm = np.dot(mixA2_A_in.reshape((num_nodes * 5, mixA2.shape[0])), np.asarray(mixA2, dtype)).reshape((num_nodes, 5, mixA2.shape[1]))
-    mixA2_A = np.empty((num_nodes, mixA2.shape[1], 5), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[1]):
-                mixA2_A[n, a, m] = mixA2_A_gemm[n, m, a]
-
-    # ChannelMix -> mixA3_A (nodes, channels, 7): einsum("ncd,ck->nkd", i_A3, mixA3)
-    if i_A3.shape[1] != mixA3.shape[0]:
-        raise ValueError("i_A3 has the wrong number of channels for mixA3")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA3_A_in = np.empty((num_nodes, 7, mixA3.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[0]):
-                mixA3_A_in[n, m, a] = i_A3[n, a, m]
-    mixA3_A_gemm = np.dot(mixA3_A_in.reshape((num_nodes * 7, mixA3.shape[0])), np.asarray(mixA3, dtype)).reshape((num_nodes, 7, mixA3.shape[1]))
-    mixA3_A = np.empty((num_nodes, mixA3.shape[1], 7), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[1]):
-                mixA3_A[n, a, m] = mixA3_A_gemm[n, m, a]
-
-    return (mixA0_A, mixA1_A, mixA2_A, mixA3_A)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def layer_0_01_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, product):
-    """Part of layer_0_01.
-
-    IR program layer_0_01_k4, printed as 1 kernel(s).
-    product: weights with 29 columns.
-    """
+    """Part of layer_0_01. IR program layer_0_01_k4, printed as 1 kernel(s); weights: product (29 columns)."""
     dtype = mixA0_A.dtype
     num_nodes = mixA0_A.shape[0]
     channels = mixA0_A.shape[1]
-    if mixA0_A.shape[0] != num_nodes or mixA0_A.shape[1] != channels or mixA0_A.shape[2] != 1:
-        raise ValueError("mixA0_A must have shape (nodes, channels, 1)")
-    if mixA1_A.shape[0] != num_nodes or mixA1_A.shape[1] != channels or mixA1_A.shape[2] != 3:
-        raise ValueError("mixA1_A must have shape (nodes, channels, 3)")
-    if mixA2_A.shape[0] != num_nodes or mixA2_A.shape[1] != channels or mixA2_A.shape[2] != 5:
-        raise ValueError("mixA2_A must have shape (nodes, channels, 5)")
-    if mixA3_A.shape[0] != num_nodes or mixA3_A.shape[1] != channels or mixA3_A.shape[2] != 7:
-        raise ValueError("mixA3_A must have shape (nodes, channels, 7)")
-    if product.shape[0] != num_nodes or product.shape[1] != channels or product.shape[2] != 29:
-        raise ValueError("product must have shape (nodes, channels, 29)")
-
+    _check_shape(product, (num_nodes, channels, 29), "product must have shape (nodes, channels, 29)")
     p_B0 = np.empty((num_nodes, channels, 1), dtype)
     p_B1 = np.empty((num_nodes, channels, 3), dtype)
-    # kernel 1 (per channel, phase 0): 62 ops; stores p_B0, p_B1
-    for n in prange(num_nodes):
-        for c in range(channels):
-            product_0 = product[n, c, 0]
-            mixA0_A_0 = mixA0_A[n, c, 0]
-            mixA1_A_0 = mixA1_A[n, c, 0]
-            mixA1_A_1 = mixA1_A[n, c, 1]
-            mixA1_A_2 = mixA1_A[n, c, 2]
-            product_2 = product[n, c, 2]
-            product_6 = product[n, c, 6]
-            mixA2_A_0 = mixA2_A[n, c, 0]
-            mixA2_A_1 = mixA2_A[n, c, 1]
-            mixA2_A_2 = mixA2_A[n, c, 2]
-            mixA2_A_3 = mixA2_A[n, c, 3]
-            mixA2_A_4 = mixA2_A[n, c, 4]
-            mixA3_A_0 = mixA3_A[n, c, 0]
-            mixA3_A_1 = mixA3_A[n, c, 1]
-            mixA3_A_2 = mixA3_A[n, c, 2]
-            mixA3_A_3 = mixA3_A[n, c, 3]
-            mixA3_A_4 = mixA3_A[n, c, 4]
-            mixA3_A_5 = mixA3_A[n, c, 5]
-            mixA3_A_6 = mixA3_A[n, c, 6]
-            product_13 = product[n, c, 13]
-            product_23 = product[n, c, 23]
-            product_25 = product[n, c, 25]
-            product_27 = product[n, c, 27]
-            product_1 = product[n, c, 1]
-            product_5 = product[n, c, 5]
-            product_3 = product[n, c, 3]
-            product_7 = product[n, c, 7]
-            product_9 = product[n, c, 9]
-            product_11 = product[n, c, 11]
-            product_4 = product[n, c, 4]
-            product_8 = product[n, c, 8]
-            product_10 = product[n, c, 10]
-            product_12 = product[n, c, 12]
-            product_14 = product[n, c, 14]
-            product_17 = product[n, c, 17]
-            product_20 = product[n, c, 20]
-            product_15 = product[n, c, 15]
-            product_18 = product[n, c, 18]
-            product_22 = product[n, c, 22]
-            product_16 = product[n, c, 16]
-            product_19 = product[n, c, 19]
-            product_21 = product[n, c, 21]
-            product_24 = product[n, c, 24]
-            product_26 = product[n, c, 26]
-            product_28 = product[n, c, 28]
-            p_w0_0 = mixA0_A_0 * product_0  # 0e
-            # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
-            p_t1_0_0 = mixA0_A_0 * mixA0_A_0
-            # (1o x 1o)->0e step 1: 1 x 1 -> 0, even path, 3 nonzeros
-            p_t2_0_0 = mixA1_A_0 * mixA1_A_0 + mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2
-            p_w2_0 = p_t2_0_0 * product_2  # (1o x 1o)->0e
-            # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
-            p_t6_0_0 = mixA0_A_0 * mixA1_A_0
-            p_t6_0_1 = mixA0_A_0 * mixA1_A_1
-            p_t6_0_2 = mixA0_A_0 * mixA1_A_2
-            # ((0e x 1o)->1o x 1o)->0e step 2: 1 x 1 -> 0, even path, 3 nonzeros
-            p_t6_1_0 = p_t6_0_0 * mixA1_A_0 + p_t6_0_1 * mixA1_A_1 + p_t6_0_2 * mixA1_A_2
-            p_w6_0 = p_t6_1_0 * product_6  # ((0e x 1o)->1o x 1o)->0e
-            # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
-            p_t7_0_0 = mixA0_A_0 * mixA2_A_0
-            p_t7_0_1 = mixA0_A_0 * mixA2_A_1
-            p_t7_0_2 = mixA0_A_0 * mixA2_A_2
-            p_t7_0_3 = mixA0_A_0 * mixA2_A_3
-            p_t7_0_4 = mixA0_A_0 * mixA2_A_4
-            # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
-            p_t8_0_0 = mixA0_A_0 * mixA3_A_0
-            p_t8_0_1 = mixA0_A_0 * mixA3_A_1
-            p_t8_0_2 = mixA0_A_0 * mixA3_A_2
-            p_t8_0_3 = mixA0_A_0 * mixA3_A_3
-            p_t8_0_4 = mixA0_A_0 * mixA3_A_4
-            p_t8_0_5 = mixA0_A_0 * mixA3_A_5
-            p_t8_0_6 = mixA0_A_0 * mixA3_A_6
-            # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
-            p_t9_0_0 = 0.6666666666666666 * mixA1_A_0 * mixA1_A_0 - 0.3333333333333333 * (mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2)
-            p_t9_0_1 = 0.5 * (mixA1_A_0 * mixA1_A_1 + mixA1_A_1 * mixA1_A_0)
-            p_t9_0_2 = -0.3333333333333333 * (mixA1_A_0 * mixA1_A_0 + mixA1_A_2 * mixA1_A_2) + 0.6666666666666666 * mixA1_A_1 * mixA1_A_1
-            p_t9_0_3 = 0.5 * (mixA1_A_0 * mixA1_A_2 + mixA1_A_2 * mixA1_A_0)
-            p_t9_0_4 = 0.5 * (mixA1_A_1 * mixA1_A_2 + mixA1_A_2 * mixA1_A_1)
-            # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
-            p_t10_0_0 = 0.6 * mixA1_A_0 * mixA2_A_0 - 0.4 * (mixA1_A_1 * mixA2_A_1 + mixA1_A_2 * mixA2_A_3)
-            p_t10_0_1 = 0.5333333333333333 * mixA1_A_0 * mixA2_A_1 + 0.3333333333333333 * mixA1_A_1 * mixA2_A_0 - 0.13333333333333333 * (mixA1_A_1 * mixA2_A_2 + mixA1_A_2 * mixA2_A_4)
-            p_t10_0_2 = -0.13333333333333333 * (mixA1_A_0 * mixA2_A_0 + mixA1_A_2 * mixA2_A_3) + 0.3333333333333333 * mixA1_A_0 * mixA2_A_2 + 0.5333333333333333 * mixA1_A_1 * mixA2_A_1
-            p_t10_0_3 = -0.4 * (mixA1_A_0 * mixA2_A_1 + mixA1_A_2 * mixA2_A_4) + 0.6 * mixA1_A_1 * mixA2_A_2
-            p_t10_0_4 = 0.5333333333333333 * mixA1_A_0 * mixA2_A_3 - 0.13333333333333333 * (mixA1_A_1 * mixA2_A_4 - mixA1_A_2 * mixA2_A_2) + 0.4666666666666667 * mixA1_A_2 * mixA2_A_0
-            p_t10_0_5 = 0.3333333333333333 * (mixA1_A_0 * mixA2_A_4 + mixA1_A_1 * mixA2_A_3 + mixA1_A_2 * mixA2_A_1)
-            p_t10_0_6 = -0.13333333333333333 * (mixA1_A_0 * mixA2_A_3 - mixA1_A_2 * mixA2_A_0) + 0.5333333333333333 * mixA1_A_1 * mixA2_A_4 + 0.4666666666666667 * mixA1_A_2 * mixA2_A_2
-            # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
-            p_t11_0_0 = 0.3333333333333333 * (mixA2_A_0 * mixA2_A_0 - mixA2_A_0 * mixA2_A_2 + mixA2_A_1 * mixA2_A_1 - mixA2_A_2 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) - 0.6666666666666666 * (mixA2_A_2 * mixA2_A_2 + mixA2_A_4 * mixA2_A_4)
-            p_t11_0_1 = 0.5 * (mixA2_A_0 * mixA2_A_1 + mixA2_A_1 * mixA2_A_0 + mixA2_A_1 * mixA2_A_2 + mixA2_A_2 * mixA2_A_1 + mixA2_A_3 * mixA2_A_4 + mixA2_A_4 * mixA2_A_3)
-            p_t11_0_2 = -0.6666666666666666 * (mixA2_A_0 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) - 0.3333333333333333 * (mixA2_A_0 * mixA2_A_2 - mixA2_A_1 * mixA2_A_1 + mixA2_A_2 * mixA2_A_0 - mixA2_A_2 * mixA2_A_2 - mixA2_A_4 * mixA2_A_4)
-            p_t11_0_3 = 0.5 * (mixA2_A_1 * mixA2_A_4 - mixA2_A_2 * mixA2_A_3 - mixA2_A_3 * mixA2_A_2 + mixA2_A_4 * mixA2_A_1)
-            p_t11_0_4 = -0.5 * (mixA2_A_0 * mixA2_A_4 - mixA2_A_1 * mixA2_A_3 - mixA2_A_3 * mixA2_A_1 + mixA2_A_4 * mixA2_A_0)
-            # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
-            p_t12_0_0 = 0.2 * (mixA2_A_0 * mixA3_A_0 + mixA2_A_1 * mixA3_A_1 + mixA2_A_3 * mixA3_A_4) - 0.4 * (mixA2_A_0 * mixA3_A_2 + mixA2_A_2 * mixA3_A_0) - 0.8 * (mixA2_A_2 * mixA3_A_2 + mixA2_A_4 * mixA3_A_5)
-            p_t12_0_1 = (0.4 * (mixA2_A_0 * mixA3_A_1 + mixA2_A_1 * mixA3_A_2 + mixA2_A_3 * mixA3_A_5) - 0.13333333333333333 * mixA2_A_0 * mixA3_A_3 + 0.3333333333333333 * (mixA2_A_1 * mixA3_A_0 + mixA2_A_4 * mixA3_A_4) + 0.2 * mixA2_A_2 * mixA3_A_1
-                         - 0.26666666666666666 * (mixA2_A_2 * mixA3_A_3 + mixA2_A_4 * mixA3_A_6))
-            p_t12_0_2 = (-0.26666666666666666 * (mixA2_A_0 * mixA3_A_0 + mixA2_A_3 * mixA3_A_4) + 0.2 * mixA2_A_0 * mixA3_A_2 + 0.4 * (mixA2_A_1 * mixA3_A_1 + mixA2_A_2 * mixA3_A_2 + mixA2_A_4 * mixA3_A_5) + 0.3333333333333333 * (mixA2_A_1 * mixA3_A_3 + mixA2_A_3 * mixA3_A_6)
-                         - 0.13333333333333333 * mixA2_A_2 * mixA3_A_0)
-            p_t12_0_3 = -0.8 * (mixA2_A_0 * mixA3_A_1 + mixA2_A_3 * mixA3_A_5) - 0.4 * (mixA2_A_0 * mixA3_A_3 + mixA2_A_2 * mixA3_A_1) + 0.2 * (mixA2_A_1 * mixA3_A_2 + mixA2_A_2 * mixA3_A_3 + mixA2_A_4 * mixA3_A_6)
-            p_t12_0_4 = (0.06666666666666667 * (mixA2_A_0 * mixA3_A_4 - mixA2_A_3 * mixA3_A_0) - 0.13333333333333333 * mixA2_A_0 * mixA3_A_6 + 0.4 * (mixA2_A_1 * mixA3_A_5 - mixA2_A_3 * mixA3_A_2) - 0.4666666666666667 * mixA2_A_2 * mixA3_A_4
-                         - 0.26666666666666666 * (mixA2_A_2 * mixA3_A_6 - mixA2_A_4 * mixA3_A_3) + 0.6 * mixA2_A_4 * mixA3_A_1)
-            p_t12_0_5 = 0.3333333333333333 * (mixA2_A_1 * mixA3_A_4 + mixA2_A_1 * mixA3_A_6 - mixA2_A_3 * mixA3_A_3 - mixA2_A_4 * mixA3_A_0)
-            p_t12_0_6 = (-0.26666666666666666 * (mixA2_A_0 * mixA3_A_4 - mixA2_A_3 * mixA3_A_0) - 0.4666666666666667 * mixA2_A_0 * mixA3_A_6 + 0.4 * (mixA2_A_1 * mixA3_A_5 - mixA2_A_4 * mixA3_A_1) - 0.13333333333333333 * mixA2_A_2 * mixA3_A_4
-                         + 0.06666666666666667 * (mixA2_A_2 * mixA3_A_6 - mixA2_A_4 * mixA3_A_3) + 0.6 * mixA2_A_3 * mixA3_A_2)
-            p_w13_0 = mixA1_A_0 * product_13  # 1o
-            p_w13_1 = mixA1_A_1 * product_13
-            p_w13_2 = mixA1_A_2 * product_13
-            # (1o x 2e)->1o step 1: 1 x 2 -> 1, even path, 10 nonzeros
-            p_t15_0_0 = mixA1_A_0 * mixA2_A_0 + mixA1_A_1 * mixA2_A_1 + mixA1_A_2 * mixA2_A_3
-            p_t15_0_1 = mixA1_A_0 * mixA2_A_1 + mixA1_A_1 * mixA2_A_2 + mixA1_A_2 * mixA2_A_4
-            p_t15_0_2 = mixA1_A_0 * mixA2_A_3 + mixA1_A_1 * mixA2_A_4 - mixA1_A_2 * mixA2_A_0 - mixA1_A_2 * mixA2_A_2
-            # ((1o x 2e)->2o x 2e)->1o step 1: 1 x 2 -> 2, odd (Levi-Civita) path, 16 nonzeros
-            p_t23_0_0 = mixA1_A_1 * mixA2_A_3 - mixA1_A_2 * mixA2_A_1
-            p_t23_0_1 = -0.5 * (mixA1_A_0 * mixA2_A_3 - mixA1_A_1 * mixA2_A_4 - mixA1_A_2 * mixA2_A_0 + mixA1_A_2 * mixA2_A_2)
-            p_t23_0_2 = -mixA1_A_0 * mixA2_A_4 + mixA1_A_2 * mixA2_A_1
-            p_t23_0_3 = 0.5 * (mixA1_A_0 * mixA2_A_1 - mixA1_A_1 * mixA2_A_2 - mixA1_A_2 * mixA2_A_4) - mixA1_A_1 * mixA2_A_0
-            p_t23_0_4 = 0.5 * (mixA1_A_0 * mixA2_A_0 - mixA1_A_1 * mixA2_A_1 + mixA1_A_2 * mixA2_A_3) + mixA1_A_0 * mixA2_A_2
-            # ((1o x 2e)->2o x 2e)->1o step 2: 2 x 2 -> 1, odd (Levi-Civita) path, 18 nonzeros
-            p_t23_1_0 = (p_t23_0_0 * mixA2_A_4 + p_t23_0_1 * mixA2_A_3 - p_t23_0_3 * mixA2_A_1 - p_t23_0_4 * mixA2_A_0
-                         + 2.0 * (p_t23_0_2 * mixA2_A_4 - p_t23_0_4 * mixA2_A_2))
-            p_t23_1_1 = (-2.0 * (p_t23_0_0 * mixA2_A_3 - p_t23_0_3 * mixA2_A_0) - p_t23_0_1 * mixA2_A_4 - p_t23_0_2 * mixA2_A_3 + p_t23_0_3 * mixA2_A_2
-                         + p_t23_0_4 * mixA2_A_1)
-            p_t23_1_2 = (p_t23_0_0 * mixA2_A_1 - p_t23_0_1 * mixA2_A_0 + p_t23_0_1 * mixA2_A_2 - p_t23_0_2 * mixA2_A_1
-                         + p_t23_0_3 * mixA2_A_4 - p_t23_0_4 * mixA2_A_3)
-            p_w23_0 = p_t23_1_0 * product_23  # ((1o x 2e)->2o x 2e)->1o
-            p_w23_1 = p_t23_1_1 * product_23
-            p_w23_2 = p_t23_1_2 * product_23
-            # ((1o x 3o)->2e x 3o)->1o step 1: 1 x 3 -> 2, even path, 17 nonzeros
-            p_t24_0_0 = mixA1_A_0 * mixA3_A_0 + mixA1_A_1 * mixA3_A_1 + mixA1_A_2 * mixA3_A_4
-            p_t24_0_1 = mixA1_A_0 * mixA3_A_1 + mixA1_A_1 * mixA3_A_2 + mixA1_A_2 * mixA3_A_5
-            p_t24_0_2 = mixA1_A_0 * mixA3_A_2 + mixA1_A_1 * mixA3_A_3 + mixA1_A_2 * mixA3_A_6
-            p_t24_0_3 = mixA1_A_0 * mixA3_A_4 + mixA1_A_1 * mixA3_A_5 - mixA1_A_2 * mixA3_A_0 - mixA1_A_2 * mixA3_A_2
-            p_t24_0_4 = mixA1_A_0 * mixA3_A_5 + mixA1_A_1 * mixA3_A_6 - mixA1_A_2 * mixA3_A_1 - mixA1_A_2 * mixA3_A_3
-            # ((1o x 3o)->3e x 3o)->1o step 1: 1 x 3 -> 3, odd (Levi-Civita) path, 26 nonzeros
-            p_t25_0_0 = mixA1_A_1 * mixA3_A_4 - mixA1_A_2 * mixA3_A_1
-            p_t25_0_1 = -0.3333333333333333 * (mixA1_A_0 * mixA3_A_4 - mixA1_A_2 * mixA3_A_0) + 0.6666666666666666 * (mixA1_A_1 * mixA3_A_5 - mixA1_A_2 * mixA3_A_2)
-            p_t25_0_2 = -0.6666666666666666 * (mixA1_A_0 * mixA3_A_5 - mixA1_A_2 * mixA3_A_1) + 0.3333333333333333 * (mixA1_A_1 * mixA3_A_6 - mixA1_A_2 * mixA3_A_3)
-            p_t25_0_3 = -mixA1_A_0 * mixA3_A_6 + mixA1_A_2 * mixA3_A_2
-            p_t25_0_4 = 0.3333333333333333 * mixA1_A_0 * mixA3_A_1 - mixA1_A_1 * mixA3_A_0 - 0.6666666666666666 * (mixA1_A_1 * mixA3_A_2 + mixA1_A_2 * mixA3_A_5)
-            p_t25_0_5 = 0.3333333333333333 * (mixA1_A_0 * mixA3_A_0 - mixA1_A_1 * mixA3_A_3 + mixA1_A_2 * mixA3_A_4 - mixA1_A_2 * mixA3_A_6) + 0.6666666666666666 * (mixA1_A_0 * mixA3_A_2 - mixA1_A_1 * mixA3_A_1)
-            p_t25_0_6 = 0.6666666666666666 * (mixA1_A_0 * mixA3_A_1 + mixA1_A_2 * mixA3_A_5) + mixA1_A_0 * mixA3_A_3 - 0.3333333333333333 * mixA1_A_1 * mixA3_A_2
-            # ((1o x 3o)->3e x 3o)->1o step 2: 3 x 3 -> 1, odd (Levi-Civita) path, 36 nonzeros
-            p_t25_1_0 = (2.0 * (p_t25_0_0 * mixA3_A_5 + p_t25_0_1 * mixA3_A_4 - p_t25_0_4 * mixA3_A_1 - p_t25_0_5 * mixA3_A_0) + 3.0 * (p_t25_0_1 * mixA3_A_6 - p_t25_0_6 * mixA3_A_1) + 4.0 * (p_t25_0_2 * mixA3_A_5 + p_t25_0_3 * mixA3_A_6 - p_t25_0_5 * mixA3_A_2 - p_t25_0_6 * mixA3_A_3) + p_t25_0_3 * mixA3_A_4
-                         - p_t25_0_4 * mixA3_A_3)
-            p_t25_1_1 = (-4.0 * (p_t25_0_0 * mixA3_A_4 + p_t25_0_1 * mixA3_A_5 - p_t25_0_4 * mixA3_A_0 - p_t25_0_5 * mixA3_A_1) - p_t25_0_0 * mixA3_A_6 + p_t25_0_6 * mixA3_A_0 - 3.0 * (p_t25_0_2 * mixA3_A_4 - p_t25_0_4 * mixA3_A_2)
-                         - 2.0 * (p_t25_0_2 * mixA3_A_6 + p_t25_0_3 * mixA3_A_5 - p_t25_0_5 * mixA3_A_3 - p_t25_0_6 * mixA3_A_2))
-            p_t25_1_2 = (2.0 * (p_t25_0_0 * mixA3_A_1 - p_t25_0_1 * mixA3_A_0 + p_t25_0_2 * mixA3_A_3 - p_t25_0_3 * mixA3_A_2 + p_t25_0_4 * mixA3_A_5 - p_t25_0_5 * mixA3_A_4 + p_t25_0_5 * mixA3_A_6 - p_t25_0_6 * mixA3_A_5) + p_t25_0_0 * mixA3_A_3 + p_t25_0_1 * mixA3_A_2 - p_t25_0_2 * mixA3_A_1
-                         - p_t25_0_3 * mixA3_A_0)
-            p_w25_0 = p_t25_1_0 * product_25  # ((1o x 3o)->3e x 3o)->1o
-            p_w25_1 = p_t25_1_1 * product_25
-            p_w25_2 = p_t25_1_2 * product_25
-            # ((2e x 2e)->4e x 3o)->1o step 1: 2 x 2 -> 4, even path, 53 nonzeros
-            p_t27_0_0 = 0.5428571428571428 * mixA2_A_0 * mixA2_A_0 + 0.05714285714285714 * (mixA2_A_0 * mixA2_A_2 + mixA2_A_2 * mixA2_A_0) - 0.45714285714285713 * (mixA2_A_1 * mixA2_A_1 + mixA2_A_3 * mixA2_A_3) + 0.11428571428571428 * (mixA2_A_2 * mixA2_A_2 + mixA2_A_4 * mixA2_A_4)
-            p_t27_0_1 = 0.35714285714285715 * (mixA2_A_0 * mixA2_A_1 + mixA2_A_1 * mixA2_A_0) - 0.14285714285714285 * (mixA2_A_1 * mixA2_A_2 + mixA2_A_2 * mixA2_A_1 + mixA2_A_3 * mixA2_A_4 + mixA2_A_4 * mixA2_A_3)
-            p_t27_0_2 = -0.05714285714285714 * (mixA2_A_0 * mixA2_A_0 + mixA2_A_2 * mixA2_A_2 + mixA2_A_3 * mixA2_A_3 + mixA2_A_4 * mixA2_A_4) + 0.18571428571428572 * (mixA2_A_0 * mixA2_A_2 + mixA2_A_2 * mixA2_A_0) + 0.5142857142857142 * mixA2_A_1 * mixA2_A_1
-            p_t27_0_3 = -0.14285714285714285 * (mixA2_A_0 * mixA2_A_1 + mixA2_A_1 * mixA2_A_0 + mixA2_A_3 * mixA2_A_4 + mixA2_A_4 * mixA2_A_3) + 0.35714285714285715 * (mixA2_A_1 * mixA2_A_2 + mixA2_A_2 * mixA2_A_1)
-            p_t27_0_4 = 0.11428571428571428 * (mixA2_A_0 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) + 0.05714285714285714 * (mixA2_A_0 * mixA2_A_2 + mixA2_A_2 * mixA2_A_0) - 0.45714285714285713 * (mixA2_A_1 * mixA2_A_1 + mixA2_A_4 * mixA2_A_4) + 0.5428571428571428 * mixA2_A_2 * mixA2_A_2
-            p_t27_0_5 = 0.5 * (mixA2_A_0 * mixA2_A_3 + mixA2_A_3 * mixA2_A_0) - 0.14285714285714285 * (mixA2_A_1 * mixA2_A_4 - mixA2_A_2 * mixA2_A_3 - mixA2_A_3 * mixA2_A_2 + mixA2_A_4 * mixA2_A_1)
-            p_t27_0_6 = 0.21428571428571427 * (mixA2_A_0 * mixA2_A_4 + mixA2_A_4 * mixA2_A_0) + 0.2857142857142857 * (mixA2_A_1 * mixA2_A_3 + mixA2_A_3 * mixA2_A_1)
-            p_t27_0_7 = 0.2857142857142857 * (mixA2_A_1 * mixA2_A_4 + mixA2_A_4 * mixA2_A_1) + 0.21428571428571427 * (mixA2_A_2 * mixA2_A_3 + mixA2_A_3 * mixA2_A_2)
-            p_t27_0_8 = 0.14285714285714285 * (mixA2_A_0 * mixA2_A_4 - mixA2_A_1 * mixA2_A_3 - mixA2_A_3 * mixA2_A_1 + mixA2_A_4 * mixA2_A_0) + 0.5 * (mixA2_A_2 * mixA2_A_4 + mixA2_A_4 * mixA2_A_2)
-            # ((2e x 2e)->4e x 3o)->1o step 2: 4 x 3 -> 1, even path, 42 nonzeros
-            p_t27_1_0 = (4.0 * (p_t27_0_0 * mixA3_A_0 + p_t27_0_3 * mixA3_A_3 + p_t27_0_5 * mixA3_A_4 + p_t27_0_7 * mixA3_A_6) + 3.0 * (p_t27_0_0 * mixA3_A_2 + p_t27_0_1 * mixA3_A_3 + p_t27_0_2 * mixA3_A_0 + p_t27_0_3 * mixA3_A_1) + 6.0 * (p_t27_0_1 * mixA3_A_1 + p_t27_0_2 * mixA3_A_2 + p_t27_0_6 * mixA3_A_5) + p_t27_0_5 * mixA3_A_6
-                         + p_t27_0_7 * mixA3_A_4)
-            p_t27_1_1 = (4.0 * (p_t27_0_1 * mixA3_A_0 + p_t27_0_4 * mixA3_A_3 + p_t27_0_6 * mixA3_A_4 + p_t27_0_8 * mixA3_A_6) + 3.0 * (p_t27_0_1 * mixA3_A_2 + p_t27_0_2 * mixA3_A_3 + p_t27_0_3 * mixA3_A_0 + p_t27_0_4 * mixA3_A_1) + 6.0 * (p_t27_0_2 * mixA3_A_1 + p_t27_0_3 * mixA3_A_2 + p_t27_0_7 * mixA3_A_5) + p_t27_0_6 * mixA3_A_6
-                         + p_t27_0_8 * mixA3_A_4)
-            p_t27_1_2 = (-4.0 * (p_t27_0_0 * mixA3_A_4 + p_t27_0_4 * mixA3_A_6 - p_t27_0_5 * mixA3_A_0 - p_t27_0_8 * mixA3_A_3) - p_t27_0_0 * mixA3_A_6 - p_t27_0_4 * mixA3_A_4 - 6.0 * (p_t27_0_1 * mixA3_A_5 + p_t27_0_3 * mixA3_A_5 - p_t27_0_6 * mixA3_A_1 - p_t27_0_7 * mixA3_A_2)
-                         - 5.0 * (p_t27_0_2 * mixA3_A_4 + p_t27_0_2 * mixA3_A_6) + 3.0 * (p_t27_0_5 * mixA3_A_2 + p_t27_0_6 * mixA3_A_3 + p_t27_0_7 * mixA3_A_0 + p_t27_0_8 * mixA3_A_1))
-            p_w27_0 = p_t27_1_0 * product_27  # ((2e x 2e)->4e x 3o)->1o
-            p_w27_1 = p_t27_1_1 * product_27
-            p_w27_2 = p_t27_1_2 * product_27
-            # ((3o x 3o)->2e x 3o)->1o step 1: 3 x 3 -> 2, even path, 44 nonzeros
-            p_t28_0_0 = (0.6666666666666666 * (mixA3_A_0 * mixA3_A_0 + mixA3_A_4 * mixA3_A_4) - mixA3_A_1 * mixA3_A_3 - mixA3_A_3 * mixA3_A_1 - 1.3333333333333333 * (mixA3_A_3 * mixA3_A_3 + mixA3_A_6 * mixA3_A_6)
-                         - 0.3333333333333333 * (mixA3_A_4 * mixA3_A_6 + mixA3_A_6 * mixA3_A_4))
-            p_t28_0_1 = (mixA3_A_0 * mixA3_A_1 + mixA3_A_1 * mixA3_A_0 + mixA3_A_2 * mixA3_A_3 + mixA3_A_3 * mixA3_A_2
-                         + mixA3_A_4 * mixA3_A_5 + mixA3_A_5 * mixA3_A_4 + mixA3_A_5 * mixA3_A_6 + mixA3_A_6 * mixA3_A_5
-                         + 0.5 * (mixA3_A_0 * mixA3_A_3 + mixA3_A_3 * mixA3_A_0) + 1.5 * (mixA3_A_1 * mixA3_A_2 + mixA3_A_2 * mixA3_A_1))
-            p_t28_0_2 = (-1.3333333333333333 * (mixA3_A_0 * mixA3_A_0 + mixA3_A_4 * mixA3_A_4) - mixA3_A_0 * mixA3_A_2 - mixA3_A_2 * mixA3_A_0 + 0.6666666666666666 * (mixA3_A_3 * mixA3_A_3 + mixA3_A_6 * mixA3_A_6)
-                         - 0.3333333333333333 * (mixA3_A_4 * mixA3_A_6 + mixA3_A_6 * mixA3_A_4))
-            p_t28_0_3 = (0.5 * (mixA3_A_0 * mixA3_A_6 - mixA3_A_2 * mixA3_A_4 - mixA3_A_4 * mixA3_A_2 + mixA3_A_6 * mixA3_A_0) + mixA3_A_2 * mixA3_A_6 - mixA3_A_3 * mixA3_A_5 - mixA3_A_5 * mixA3_A_3
-                         + mixA3_A_6 * mixA3_A_2)
-            p_t28_0_4 = (-mixA3_A_0 * mixA3_A_5 + mixA3_A_1 * mixA3_A_4 + mixA3_A_4 * mixA3_A_1 - mixA3_A_5 * mixA3_A_0
-                         - 0.5 * (mixA3_A_1 * mixA3_A_6 - mixA3_A_3 * mixA3_A_4 - mixA3_A_4 * mixA3_A_3 + mixA3_A_6 * mixA3_A_1))
-            p_B0_f0_0_A0_0_0 = mixA0_A_0 * product_1  # (0e x 0e)->0e
-            p_B0_f0_0_A0_1_0 = p_t1_0_0 * product_5  # ((0e x 0e)->0e x 0e)->0e
-            p_B0_f0_0_A0_sum_0 = p_B0_f0_0_A0_0_0 + p_B0_f0_0_A0_1_0
-            # factored: 2 weighted 0x0->0 couplings as one: 0 x 0 -> 0, even path, 1 nonzeros
-            p_B0_f0_0_A0_out_0 = p_B0_f0_0_A0_sum_0 * mixA0_A_0
-            p_B0_f2_2_A2_0_0 = mixA2_A_0 * product_3  # (2e x 2e)->0e
-            p_B0_f2_2_A2_0_1 = mixA2_A_1 * product_3
-            p_B0_f2_2_A2_0_2 = mixA2_A_2 * product_3
-            p_B0_f2_2_A2_0_3 = mixA2_A_3 * product_3
-            p_B0_f2_2_A2_0_4 = mixA2_A_4 * product_3
-            p_B0_f2_2_A2_1_0 = p_t7_0_0 * product_7  # ((0e x 2e)->2e x 2e)->0e
-            p_B0_f2_2_A2_1_1 = p_t7_0_1 * product_7
-            p_B0_f2_2_A2_1_2 = p_t7_0_2 * product_7
-            p_B0_f2_2_A2_1_3 = p_t7_0_3 * product_7
-            p_B0_f2_2_A2_1_4 = p_t7_0_4 * product_7
-            p_B0_f2_2_A2_2_0 = p_t9_0_0 * product_9  # ((1o x 1o)->2e x 2e)->0e
-            p_B0_f2_2_A2_2_1 = p_t9_0_1 * product_9
-            p_B0_f2_2_A2_2_2 = p_t9_0_2 * product_9
-            p_B0_f2_2_A2_2_3 = p_t9_0_3 * product_9
-            p_B0_f2_2_A2_2_4 = p_t9_0_4 * product_9
-            p_B0_f2_2_A2_3_0 = p_t11_0_0 * product_11  # ((2e x 2e)->2e x 2e)->0e
-            p_B0_f2_2_A2_3_1 = p_t11_0_1 * product_11
-            p_B0_f2_2_A2_3_2 = p_t11_0_2 * product_11
-            p_B0_f2_2_A2_3_3 = p_t11_0_3 * product_11
-            p_B0_f2_2_A2_3_4 = p_t11_0_4 * product_11
-            p_B0_f2_2_A2_sum_0 = p_B0_f2_2_A2_0_0 + p_B0_f2_2_A2_1_0 + p_B0_f2_2_A2_2_0 + p_B0_f2_2_A2_3_0
-            p_B0_f2_2_A2_sum_1 = p_B0_f2_2_A2_0_1 + p_B0_f2_2_A2_1_1 + p_B0_f2_2_A2_2_1 + p_B0_f2_2_A2_3_1
-            p_B0_f2_2_A2_sum_2 = p_B0_f2_2_A2_0_2 + p_B0_f2_2_A2_1_2 + p_B0_f2_2_A2_2_2 + p_B0_f2_2_A2_3_2
-            p_B0_f2_2_A2_sum_3 = p_B0_f2_2_A2_0_3 + p_B0_f2_2_A2_1_3 + p_B0_f2_2_A2_2_3 + p_B0_f2_2_A2_3_3
-            p_B0_f2_2_A2_sum_4 = p_B0_f2_2_A2_0_4 + p_B0_f2_2_A2_1_4 + p_B0_f2_2_A2_2_4 + p_B0_f2_2_A2_3_4
-            # factored: 4 weighted 2x2->0 couplings as one: 2 x 2 -> 0, even path, 7 nonzeros
-            p_B0_f2_2_A2_out_0 = 2.0 * (p_B0_f2_2_A2_sum_0 * mixA2_A_0 + p_B0_f2_2_A2_sum_1 * mixA2_A_1 + p_B0_f2_2_A2_sum_2 * mixA2_A_2 + p_B0_f2_2_A2_sum_3 * mixA2_A_3 + p_B0_f2_2_A2_sum_4 * mixA2_A_4) + p_B0_f2_2_A2_sum_0 * mixA2_A_2 + p_B0_f2_2_A2_sum_2 * mixA2_A_0
-            p_B0_f3_3_A3_0_0 = mixA3_A_0 * product_4  # (3o x 3o)->0e
-            p_B0_f3_3_A3_0_1 = mixA3_A_1 * product_4
-            p_B0_f3_3_A3_0_2 = mixA3_A_2 * product_4
-            p_B0_f3_3_A3_0_3 = mixA3_A_3 * product_4
-            p_B0_f3_3_A3_0_4 = mixA3_A_4 * product_4
-            p_B0_f3_3_A3_0_5 = mixA3_A_5 * product_4
-            p_B0_f3_3_A3_0_6 = mixA3_A_6 * product_4
-            p_B0_f3_3_A3_1_0 = p_t8_0_0 * product_8  # ((0e x 3o)->3o x 3o)->0e
-            p_B0_f3_3_A3_1_1 = p_t8_0_1 * product_8
-            p_B0_f3_3_A3_1_2 = p_t8_0_2 * product_8
-            p_B0_f3_3_A3_1_3 = p_t8_0_3 * product_8
-            p_B0_f3_3_A3_1_4 = p_t8_0_4 * product_8
-            p_B0_f3_3_A3_1_5 = p_t8_0_5 * product_8
-            p_B0_f3_3_A3_1_6 = p_t8_0_6 * product_8
-            p_B0_f3_3_A3_2_0 = p_t10_0_0 * product_10  # ((1o x 2e)->3o x 3o)->0e
-            p_B0_f3_3_A3_2_1 = p_t10_0_1 * product_10
-            p_B0_f3_3_A3_2_2 = p_t10_0_2 * product_10
-            p_B0_f3_3_A3_2_3 = p_t10_0_3 * product_10
-            p_B0_f3_3_A3_2_4 = p_t10_0_4 * product_10
-            p_B0_f3_3_A3_2_5 = p_t10_0_5 * product_10
-            p_B0_f3_3_A3_2_6 = p_t10_0_6 * product_10
-            p_B0_f3_3_A3_3_0 = p_t12_0_0 * product_12  # ((2e x 3o)->3o x 3o)->0e
-            p_B0_f3_3_A3_3_1 = p_t12_0_1 * product_12
-            p_B0_f3_3_A3_3_2 = p_t12_0_2 * product_12
-            p_B0_f3_3_A3_3_3 = p_t12_0_3 * product_12
-            p_B0_f3_3_A3_3_4 = p_t12_0_4 * product_12
-            p_B0_f3_3_A3_3_5 = p_t12_0_5 * product_12
-            p_B0_f3_3_A3_3_6 = p_t12_0_6 * product_12
-            p_B0_f3_3_A3_sum_0 = p_B0_f3_3_A3_0_0 + p_B0_f3_3_A3_1_0 + p_B0_f3_3_A3_2_0 + p_B0_f3_3_A3_3_0
-            p_B0_f3_3_A3_sum_1 = p_B0_f3_3_A3_0_1 + p_B0_f3_3_A3_1_1 + p_B0_f3_3_A3_2_1 + p_B0_f3_3_A3_3_1
-            p_B0_f3_3_A3_sum_2 = p_B0_f3_3_A3_0_2 + p_B0_f3_3_A3_1_2 + p_B0_f3_3_A3_2_2 + p_B0_f3_3_A3_3_2
-            p_B0_f3_3_A3_sum_3 = p_B0_f3_3_A3_0_3 + p_B0_f3_3_A3_1_3 + p_B0_f3_3_A3_2_3 + p_B0_f3_3_A3_3_3
-            p_B0_f3_3_A3_sum_4 = p_B0_f3_3_A3_0_4 + p_B0_f3_3_A3_1_4 + p_B0_f3_3_A3_2_4 + p_B0_f3_3_A3_3_4
-            p_B0_f3_3_A3_sum_5 = p_B0_f3_3_A3_0_5 + p_B0_f3_3_A3_1_5 + p_B0_f3_3_A3_2_5 + p_B0_f3_3_A3_3_5
-            p_B0_f3_3_A3_sum_6 = p_B0_f3_3_A3_0_6 + p_B0_f3_3_A3_1_6 + p_B0_f3_3_A3_2_6 + p_B0_f3_3_A3_3_6
-            # factored: 4 weighted 3x3->0 couplings as one: 3 x 3 -> 0, even path, 13 nonzeros
-            p_B0_f3_3_A3_out_0 = (4.0 * (p_B0_f3_3_A3_sum_0 * mixA3_A_0 + p_B0_f3_3_A3_sum_3 * mixA3_A_3 + p_B0_f3_3_A3_sum_4 * mixA3_A_4 + p_B0_f3_3_A3_sum_6 * mixA3_A_6) + 3.0 * (p_B0_f3_3_A3_sum_0 * mixA3_A_2 + p_B0_f3_3_A3_sum_1 * mixA3_A_3 + p_B0_f3_3_A3_sum_2 * mixA3_A_0 + p_B0_f3_3_A3_sum_3 * mixA3_A_1) + 6.0 * (p_B0_f3_3_A3_sum_1 * mixA3_A_1 + p_B0_f3_3_A3_sum_2 * mixA3_A_2 + p_B0_f3_3_A3_sum_5 * mixA3_A_5) + p_B0_f3_3_A3_sum_4 * mixA3_A_6
-                                  + p_B0_f3_3_A3_sum_6 * mixA3_A_4)
-            p_B0_0 = (p_w0_0 + p_B0_f0_0_A0_out_0 + p_w2_0 + p_w6_0
-                      + p_B0_f2_2_A2_out_0 + p_B0_f3_3_A3_out_0)
-            p_B1_f0_1_A1_0_0 = mixA0_A_0 * product_14  # (0e x 1o)->1o
-            p_B1_f0_1_A1_1_0 = p_t1_0_0 * product_17  # ((0e x 0e)->0e x 1o)->1o
-            p_B1_f0_1_A1_2_0 = p_t2_0_0 * product_20  # ((1o x 1o)->0e x 1o)->1o
-            p_B1_f0_1_A1_sum_0 = p_B1_f0_1_A1_0_0 + p_B1_f0_1_A1_1_0 + p_B1_f0_1_A1_2_0
-            # factored: 3 weighted 0x1->1 couplings as one: 0 x 1 -> 1, even path, 3 nonzeros
-            p_B1_f0_1_A1_out_0 = p_B1_f0_1_A1_sum_0 * mixA1_A_0
-            p_B1_f0_1_A1_out_1 = p_B1_f0_1_A1_sum_0 * mixA1_A_1
-            p_B1_f0_1_A1_out_2 = p_B1_f0_1_A1_sum_0 * mixA1_A_2
-            p_B1_f1_2_A2_0_0 = mixA1_A_0 * product_15  # (1o x 2e)->1o
-            p_B1_f1_2_A2_0_1 = mixA1_A_1 * product_15
-            p_B1_f1_2_A2_0_2 = mixA1_A_2 * product_15
-            p_B1_f1_2_A2_1_0 = p_t6_0_0 * product_18  # ((0e x 1o)->1o x 2e)->1o
-            p_B1_f1_2_A2_1_1 = p_t6_0_1 * product_18
-            p_B1_f1_2_A2_1_2 = p_t6_0_2 * product_18
-            p_B1_f1_2_A2_2_0 = p_t15_0_0 * product_22  # ((1o x 2e)->1o x 2e)->1o
-            p_B1_f1_2_A2_2_1 = p_t15_0_1 * product_22
-            p_B1_f1_2_A2_2_2 = p_t15_0_2 * product_22
-            p_B1_f1_2_A2_sum_0 = p_B1_f1_2_A2_0_0 + p_B1_f1_2_A2_1_0 + p_B1_f1_2_A2_2_0
-            p_B1_f1_2_A2_sum_1 = p_B1_f1_2_A2_0_1 + p_B1_f1_2_A2_1_1 + p_B1_f1_2_A2_2_1
-            p_B1_f1_2_A2_sum_2 = p_B1_f1_2_A2_0_2 + p_B1_f1_2_A2_1_2 + p_B1_f1_2_A2_2_2
-            # factored: 3 weighted 1x2->1 couplings as one: 1 x 2 -> 1, even path, 10 nonzeros
-            p_B1_f1_2_A2_out_0 = p_B1_f1_2_A2_sum_0 * mixA2_A_0 + p_B1_f1_2_A2_sum_1 * mixA2_A_1 + p_B1_f1_2_A2_sum_2 * mixA2_A_3
-            p_B1_f1_2_A2_out_1 = p_B1_f1_2_A2_sum_0 * mixA2_A_1 + p_B1_f1_2_A2_sum_1 * mixA2_A_2 + p_B1_f1_2_A2_sum_2 * mixA2_A_4
-            p_B1_f1_2_A2_out_2 = p_B1_f1_2_A2_sum_0 * mixA2_A_3 + p_B1_f1_2_A2_sum_1 * mixA2_A_4 - p_B1_f1_2_A2_sum_2 * mixA2_A_0 - p_B1_f1_2_A2_sum_2 * mixA2_A_2
-            p_B1_f2_3_A3_0_0 = mixA2_A_0 * product_16  # (2e x 3o)->1o
-            p_B1_f2_3_A3_0_1 = mixA2_A_1 * product_16
-            p_B1_f2_3_A3_0_2 = mixA2_A_2 * product_16
-            p_B1_f2_3_A3_0_3 = mixA2_A_3 * product_16
-            p_B1_f2_3_A3_0_4 = mixA2_A_4 * product_16
-            p_B1_f2_3_A3_1_0 = p_t7_0_0 * product_19  # ((0e x 2e)->2e x 3o)->1o
-            p_B1_f2_3_A3_1_1 = p_t7_0_1 * product_19
-            p_B1_f2_3_A3_1_2 = p_t7_0_2 * product_19
-            p_B1_f2_3_A3_1_3 = p_t7_0_3 * product_19
-            p_B1_f2_3_A3_1_4 = p_t7_0_4 * product_19
-            p_B1_f2_3_A3_2_0 = p_t9_0_0 * product_21  # ((1o x 1o)->2e x 3o)->1o
-            p_B1_f2_3_A3_2_1 = p_t9_0_1 * product_21
-            p_B1_f2_3_A3_2_2 = p_t9_0_2 * product_21
-            p_B1_f2_3_A3_2_3 = p_t9_0_3 * product_21
-            p_B1_f2_3_A3_2_4 = p_t9_0_4 * product_21
-            p_B1_f2_3_A3_3_0 = p_t24_0_0 * product_24  # ((1o x 3o)->2e x 3o)->1o
-            p_B1_f2_3_A3_3_1 = p_t24_0_1 * product_24
-            p_B1_f2_3_A3_3_2 = p_t24_0_2 * product_24
-            p_B1_f2_3_A3_3_3 = p_t24_0_3 * product_24
-            p_B1_f2_3_A3_3_4 = p_t24_0_4 * product_24
-            p_B1_f2_3_A3_4_0 = p_t11_0_0 * product_26  # ((2e x 2e)->2e x 3o)->1o
-            p_B1_f2_3_A3_4_1 = p_t11_0_1 * product_26
-            p_B1_f2_3_A3_4_2 = p_t11_0_2 * product_26
-            p_B1_f2_3_A3_4_3 = p_t11_0_3 * product_26
-            p_B1_f2_3_A3_4_4 = p_t11_0_4 * product_26
-            p_B1_f2_3_A3_5_0 = p_t28_0_0 * product_28  # ((3o x 3o)->2e x 3o)->1o
-            p_B1_f2_3_A3_5_1 = p_t28_0_1 * product_28
-            p_B1_f2_3_A3_5_2 = p_t28_0_2 * product_28
-            p_B1_f2_3_A3_5_3 = p_t28_0_3 * product_28
-            p_B1_f2_3_A3_5_4 = p_t28_0_4 * product_28
-            p_B1_f2_3_A3_sum_0 = (p_B1_f2_3_A3_0_0 + p_B1_f2_3_A3_1_0 + p_B1_f2_3_A3_2_0 + p_B1_f2_3_A3_3_0
-                                  + p_B1_f2_3_A3_4_0 + p_B1_f2_3_A3_5_0)
-            p_B1_f2_3_A3_sum_1 = (p_B1_f2_3_A3_0_1 + p_B1_f2_3_A3_1_1 + p_B1_f2_3_A3_2_1 + p_B1_f2_3_A3_3_1
-                                  + p_B1_f2_3_A3_4_1 + p_B1_f2_3_A3_5_1)
-            p_B1_f2_3_A3_sum_2 = (p_B1_f2_3_A3_0_2 + p_B1_f2_3_A3_1_2 + p_B1_f2_3_A3_2_2 + p_B1_f2_3_A3_3_2
-                                  + p_B1_f2_3_A3_4_2 + p_B1_f2_3_A3_5_2)
-            p_B1_f2_3_A3_sum_3 = (p_B1_f2_3_A3_0_3 + p_B1_f2_3_A3_1_3 + p_B1_f2_3_A3_2_3 + p_B1_f2_3_A3_3_3
-                                  + p_B1_f2_3_A3_4_3 + p_B1_f2_3_A3_5_3)
-            p_B1_f2_3_A3_sum_4 = (p_B1_f2_3_A3_0_4 + p_B1_f2_3_A3_1_4 + p_B1_f2_3_A3_2_4 + p_B1_f2_3_A3_3_4
-                                  + p_B1_f2_3_A3_4_4 + p_B1_f2_3_A3_5_4)
-            # factored: 6 weighted 2x3->1 couplings as one: 2 x 3 -> 1, even path, 23 nonzeros
-            p_B1_f2_3_A3_out_0 = 2.0 * (p_B1_f2_3_A3_sum_0 * mixA3_A_0 + p_B1_f2_3_A3_sum_1 * mixA3_A_1 + p_B1_f2_3_A3_sum_2 * mixA3_A_2 + p_B1_f2_3_A3_sum_3 * mixA3_A_4 + p_B1_f2_3_A3_sum_4 * mixA3_A_5) + p_B1_f2_3_A3_sum_0 * mixA3_A_2 + p_B1_f2_3_A3_sum_2 * mixA3_A_0
-            p_B1_f2_3_A3_out_1 = 2.0 * (p_B1_f2_3_A3_sum_0 * mixA3_A_1 + p_B1_f2_3_A3_sum_1 * mixA3_A_2 + p_B1_f2_3_A3_sum_2 * mixA3_A_3 + p_B1_f2_3_A3_sum_3 * mixA3_A_5 + p_B1_f2_3_A3_sum_4 * mixA3_A_6) + p_B1_f2_3_A3_sum_0 * mixA3_A_3 + p_B1_f2_3_A3_sum_2 * mixA3_A_1
-            p_B1_f2_3_A3_out_2 = 2.0 * (p_B1_f2_3_A3_sum_0 * mixA3_A_4 + p_B1_f2_3_A3_sum_1 * mixA3_A_5 + p_B1_f2_3_A3_sum_2 * mixA3_A_6 - p_B1_f2_3_A3_sum_3 * mixA3_A_0 - p_B1_f2_3_A3_sum_3 * mixA3_A_2 - p_B1_f2_3_A3_sum_4 * mixA3_A_1 - p_B1_f2_3_A3_sum_4 * mixA3_A_3) + p_B1_f2_3_A3_sum_0 * mixA3_A_6 + p_B1_f2_3_A3_sum_2 * mixA3_A_4
-            p_B1_0 = (p_w13_0 + p_B1_f0_1_A1_out_0 + p_B1_f1_2_A2_out_0 + p_B1_f2_3_A3_out_0
-                      + p_w23_0 + p_w25_0 + p_w27_0)
-            p_B1_1 = (p_w13_1 + p_B1_f0_1_A1_out_1 + p_B1_f1_2_A2_out_1 + p_B1_f2_3_A3_out_1
-                      + p_w23_1 + p_w25_1 + p_w27_1)
-            p_B1_2 = (p_w13_2 + p_B1_f0_1_A1_out_2 + p_B1_f1_2_A2_out_2 + p_B1_f2_3_A3_out_2
-                      + p_w23_2 + p_w25_2 + p_w27_2)
-            p_B0[n, c, 0] = p_B0_0
-            p_B1[n, c, 0] = p_B1_0
-            p_B1[n, c, 1] = p_B1_1
-            p_B1[n, c, 2] = p_B1_2
-
+    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 62 ops; stores p_B0, p_B1
+        _kernel_39268ed02e(np.int64(block), channels, mixA0_A, mixA1_A, mixA2_A, mixA3_A, num_nodes, p_B0, p_B1, product)
     return (p_B0, p_B1)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=False)
 def layer_0_01_k5(p_B0, p_B1, mixB0, mixB1):
-    """Part of layer_0_01.
-
-    IR program layer_0_01_k5, printed as 2 kernel(s).
-    mixB0: weights with channels rows x channels columns.
-    mixB1: weights with channels rows x channels columns.
-    """
+    """Part of layer_0_01. IR program layer_0_01_k5, printed as 2 kernel(s); weights: mixB0 (channels rows x channels columns), mixB1 (channels rows x channels columns)."""
     dtype = p_B0.dtype
     num_nodes = p_B0.shape[0]
-    if p_B0.shape[2] != 1:
-        raise ValueError("p_B0 must have shape (nodes, channels, 1)")
-    if p_B1.shape[0] != num_nodes or p_B1.shape[2] != 3:
-        raise ValueError("p_B1 must have shape (nodes, channels, 3)")
-
-    # ChannelMix -> h_out0 (nodes, channels, 1): einsum("ncd,ck->nkd", p_B0, mixB0)
-    if p_B0.shape[1] != mixB0.shape[0]:
-        raise ValueError("p_B0 has the wrong number of channels for mixB0")
-    h_out0 = np.dot(np.ascontiguousarray(p_B0).reshape((num_nodes, mixB0.shape[0])), np.asarray(mixB0, dtype)).reshape((num_nodes, mixB0.shape[1], 1))
-
-    # ChannelMix -> h_out1 (nodes, channels, 3): einsum("ncd,ck->nkd", p_B1, mixB1)
-    if p_B1.shape[1] != mixB1.shape[0]:
-        raise ValueError("p_B1 has the wrong number of channels for mixB1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    h_out1_in = np.empty((num_nodes, 3, mixB1.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixB1.shape[0]):
-                h_out1_in[n, m, a] = p_B1[n, a, m]
-    h_out1_gemm = np.dot(h_out1_in.reshape((num_nodes * 3, mixB1.shape[0])), np.asarray(mixB1, dtype)).reshape((num_nodes, 3, mixB1.shape[1]))
-    h_out1 = np.empty((num_nodes, mixB1.shape[1], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixB1.shape[1]):
-                h_out1[n, a, m] = h_out1_gemm[n, m, a]
-
+    _fail_if(p_B0.shape[2] != 1, "p_B0 must have shape (nodes, channels, 1)")
+    _fail_if(p_B1.shape[0] != num_nodes or p_B1.shape[2] != 3, "p_B1 must have shape (nodes, channels, 3)")
+    h_out0 = _channel_mix(p_B0, np.asarray(mixB0, dtype))  # ChannelMix -> h_out0 (nodes, channels, 1): einsum("ncd,ck->nkd", p_B0, mixB0)
+    h_out1 = _channel_mix(p_B1, np.asarray(mixB1, dtype))  # ChannelMix -> h_out1 (nodes, channels, 3): einsum("ncd,ck->nkd", p_B1, mixB1)
     return (h_out0, h_out1)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=False)
 def layer_0_01_reverse_k1(h0, d_h_out1, d_h_out0, up0, mixB1, mixB0):
-    """Part of layer_0_01_reverse.
-
-    IR program layer_0_01_reverse_k1, printed as 3 kernel(s).
-    up0: weights with channels rows x channels columns.
-    mixB1: weights with channels rows x channels columns.
-    mixB0: weights with channels rows x channels columns.
-    """
+    """Part of layer_0_01_reverse. IR program layer_0_01_reverse_k1, printed as 3 kernel(s); weights: up0 (channels rows x channels columns), mixB1 (channels rows x channels columns), mixB0 (channels rows x channels columns)."""
     dtype = h0.dtype
     num_nodes = h0.shape[0]
-    if h0.shape[2] != 1:
-        raise ValueError("h0 must have shape (nodes, channels, 1)")
-    if d_h_out1.shape[0] != num_nodes or d_h_out1.shape[2] != 3:
-        raise ValueError("d_h_out1 must have shape (nodes, channels, 3)")
-    if d_h_out0.shape[0] != num_nodes or d_h_out0.shape[2] != 1:
-        raise ValueError("d_h_out0 must have shape (nodes, channels, 1)")
-
-    # ChannelMix -> up0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, up0)
-    if h0.shape[1] != up0.shape[0]:
-        raise ValueError("h0 has the wrong number of channels for up0")
-    up0_h = np.dot(np.ascontiguousarray(h0).reshape((num_nodes, up0.shape[0])), np.asarray(up0, dtype)).reshape((num_nodes, up0.shape[1], 1))
-
-    # ChannelMixTransposed -> g_p_B1_0 (nodes, channels, 3): einsum("nkd,ck->ncd", d_h_out1, mixB1)
-    if d_h_out1.shape[1] != mixB1.shape[1]:
-        raise ValueError("d_h_out1 has the wrong number of channels for mixB1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    g_p_B1_0_in = np.empty((num_nodes, 3, mixB1.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixB1.shape[1]):
-                g_p_B1_0_in[n, m, a] = d_h_out1[n, a, m]
-    g_p_B1_0_gemm = np.dot(g_p_B1_0_in.reshape((num_nodes * 3, mixB1.shape[1])), np.asarray(mixB1, dtype).T).reshape((num_nodes, 3, mixB1.shape[0]))
-    g_p_B1_0 = np.empty((num_nodes, mixB1.shape[0], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixB1.shape[0]):
-                g_p_B1_0[n, a, m] = g_p_B1_0_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_p_B0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", d_h_out0, mixB0)
-    if d_h_out0.shape[1] != mixB0.shape[1]:
-        raise ValueError("d_h_out0 has the wrong number of channels for mixB0")
-    g_p_B0_0 = np.dot(np.ascontiguousarray(d_h_out0).reshape((num_nodes, mixB0.shape[1])), np.asarray(mixB0, dtype).T).reshape((num_nodes, mixB0.shape[0], 1))
-
+    _fail_if(h0.shape[2] != 1, "h0 must have shape (nodes, channels, 1)")
+    _fail_if(d_h_out1.shape[0] != num_nodes or d_h_out1.shape[2] != 3, "d_h_out1 must have shape (nodes, channels, 3)")
+    _fail_if(d_h_out0.shape[0] != num_nodes or d_h_out0.shape[2] != 1, "d_h_out0 must have shape (nodes, channels, 1)")
+    up0_h = _channel_mix(h0, np.asarray(up0, dtype))  # ChannelMix -> up0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, up0)
+    g_p_B1_0 = _channel_mix(d_h_out1, np.asarray(mixB1, dtype).T)  # ChannelMixTransposed -> g_p_B1_0 (nodes, channels, 3): einsum("nkd,ck->ncd", d_h_out1, mixB1)
+    g_p_B0_0 = _channel_mix(d_h_out0, np.asarray(mixB0, dtype).T)  # ChannelMixTransposed -> g_p_B0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", d_h_out0, mixB0)
     return (up0_h, g_p_B1_0, g_p_B0_0)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def layer_0_01_reverse_k2(up0_h, Y0, Y1, Y2, Y3, g_p_B1_0, g_p_B0_0, radial, product, senders, receivers, receiver_offsets, num_nodes):
-    """Part of layer_0_01_reverse.
-
-    IR program layer_0_01_reverse_k2, printed as 1 kernel(s).
-    radial: weights with 4 columns.
-    product: weights with 29 columns.
-    """
+    """Part of layer_0_01_reverse. IR program layer_0_01_reverse_k2, printed as 1 kernel(s); weights: radial (4 columns), product (29 columns)."""
     dtype = up0_h.dtype
     num_edges = senders.shape[0]
     channels = up0_h.shape[1]
-    if up0_h.shape[0] != num_nodes or up0_h.shape[1] != channels or up0_h.shape[2] != 1:
-        raise ValueError("up0_h must have shape (nodes, channels, 1)")
-    if Y0.shape[0] != num_edges or Y0.shape[1] != 1:
-        raise ValueError("Y0 must have shape (edges, 1)")
-    if Y1.shape[0] != num_edges or Y1.shape[1] != 3:
-        raise ValueError("Y1 must have shape (edges, 3)")
-    if Y2.shape[0] != num_edges or Y2.shape[1] != 5:
-        raise ValueError("Y2 must have shape (edges, 5)")
-    if Y3.shape[0] != num_edges or Y3.shape[1] != 7:
-        raise ValueError("Y3 must have shape (edges, 7)")
-    if g_p_B1_0.shape[0] != num_nodes or g_p_B1_0.shape[1] != channels or g_p_B1_0.shape[2] != 3:
-        raise ValueError("g_p_B1_0 must have shape (nodes, channels, 3)")
-    if g_p_B0_0.shape[0] != num_nodes or g_p_B0_0.shape[1] != channels or g_p_B0_0.shape[2] != 1:
-        raise ValueError("g_p_B0_0 must have shape (nodes, channels, 1)")
-    if radial.shape[0] != num_edges or radial.shape[1] != channels or radial.shape[2] != 4:
-        raise ValueError("radial must have shape (edges, channels, 4)")
-    if product.shape[0] != num_nodes or product.shape[1] != channels or product.shape[2] != 29:
-        raise ValueError("product must have shape (nodes, channels, 29)")
+    _check_shape(Y0, (num_edges, 1), "Y0 must have shape (edges, 1)")
+    _check_shape(Y1, (num_edges, 3), "Y1 must have shape (edges, 3)")
+    _check_shape(Y2, (num_edges, 5), "Y2 must have shape (edges, 5)")
+    _check_shape(Y3, (num_edges, 7), "Y3 must have shape (edges, 7)")
+    _check_shape(radial, (num_edges, channels, 4), "radial must have shape (edges, channels, 4)")
+    _check_shape(product, (num_nodes, channels, 29), "product must have shape (nodes, channels, 29)")
     _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
-
     i_hj_0_0_0 = np.empty((num_edges, channels, 1), dtype)
     i_c_0_0_0 = np.empty((num_edges, channels, 1), dtype)
     i_A0 = np.empty((num_nodes, channels, 1), dtype)
@@ -2586,1906 +1600,124 @@ def layer_0_01_reverse_k2(up0_h, Y0, Y1, Y2, Y3, g_p_B1_0, g_p_B0_0, radial, pro
     g_p_t6_1_0 = np.empty((num_nodes, channels, 1), dtype)
     g_p_t2_0_1 = np.empty((num_nodes, channels, 1), dtype)
     g_mixA0_A_8 = np.empty((num_nodes, channels, 1), dtype)
-    # kernel 1 (per channel, phase 0): 20 ops; stores i_hj_0_0_0, i_c_0_0_0, i_A0, i_s_0_1_1_in, i_A1, i_s_0_2_2_in, i_A2, i_s_0_3_3_in, i_A3, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_mixA1_A_6, g_p_t6_1_0, g_p_t2_0_1, g_mixA0_A_8
-    for n in prange(num_nodes):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
-        for c in range(channels):
-            i_A0_0 = 0.0
-            i_A1_0 = 0.0
-            i_A1_1 = 0.0
-            i_A1_2 = 0.0
-            i_A2_0 = 0.0
-            i_A2_1 = 0.0
-            i_A2_2 = 0.0
-            i_A2_3 = 0.0
-            i_A2_4 = 0.0
-            i_A3_0 = 0.0
-            i_A3_1 = 0.0
-            i_A3_2 = 0.0
-            i_A3_3 = 0.0
-            i_A3_4 = 0.0
-            i_A3_5 = 0.0
-            i_A3_6 = 0.0
-            for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
-                j = senders[e]
-                Y0_0 = Y0[e, 0]
-                radial_0 = radial[e, c, 0]
-                radial_1 = radial[e, c, 1]
-                Y1_0 = Y1[e, 0]
-                Y1_1 = Y1[e, 1]
-                Y1_2 = Y1[e, 2]
-                radial_2 = radial[e, c, 2]
-                Y2_0 = Y2[e, 0]
-                Y2_1 = Y2[e, 1]
-                Y2_2 = Y2[e, 2]
-                Y2_3 = Y2[e, 3]
-                Y2_4 = Y2[e, 4]
-                radial_3 = radial[e, c, 3]
-                Y3_0 = Y3[e, 0]
-                Y3_1 = Y3[e, 1]
-                Y3_2 = Y3[e, 2]
-                Y3_3 = Y3[e, 3]
-                Y3_4 = Y3[e, 4]
-                Y3_5 = Y3[e, 5]
-                Y3_6 = Y3[e, 6]
-                i_hj_0_0_0_0 = up0_h[j, c, 0]
-                # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
-                i_c_0_0_0_0 = i_hj_0_0_0_0 * Y0_0
-                i_s_0_0_0_0 = i_c_0_0_0_0 * radial_0  # R[h0 x Y0 -> A0]
-                i_A0_0 += i_s_0_0_0_0
-                i_s_0_1_1_in_0 = i_hj_0_0_0_0 * radial_1  # R[h0 x Y1 -> A1]
-                # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
-                i_s_0_1_1_0 = i_s_0_1_1_in_0 * Y1_0
-                i_s_0_1_1_1 = i_s_0_1_1_in_0 * Y1_1
-                i_s_0_1_1_2 = i_s_0_1_1_in_0 * Y1_2
-                i_A1_0 += i_s_0_1_1_0
-                i_A1_1 += i_s_0_1_1_1
-                i_A1_2 += i_s_0_1_1_2
-                i_s_0_2_2_in_0 = i_hj_0_0_0_0 * radial_2  # R[h0 x Y2 -> A2]
-                # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
-                i_s_0_2_2_0 = i_s_0_2_2_in_0 * Y2_0
-                i_s_0_2_2_1 = i_s_0_2_2_in_0 * Y2_1
-                i_s_0_2_2_2 = i_s_0_2_2_in_0 * Y2_2
-                i_s_0_2_2_3 = i_s_0_2_2_in_0 * Y2_3
-                i_s_0_2_2_4 = i_s_0_2_2_in_0 * Y2_4
-                i_A2_0 += i_s_0_2_2_0
-                i_A2_1 += i_s_0_2_2_1
-                i_A2_2 += i_s_0_2_2_2
-                i_A2_3 += i_s_0_2_2_3
-                i_A2_4 += i_s_0_2_2_4
-                i_s_0_3_3_in_0 = i_hj_0_0_0_0 * radial_3  # R[h0 x Y3 -> A3]
-                # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
-                i_s_0_3_3_0 = i_s_0_3_3_in_0 * Y3_0
-                i_s_0_3_3_1 = i_s_0_3_3_in_0 * Y3_1
-                i_s_0_3_3_2 = i_s_0_3_3_in_0 * Y3_2
-                i_s_0_3_3_3 = i_s_0_3_3_in_0 * Y3_3
-                i_s_0_3_3_4 = i_s_0_3_3_in_0 * Y3_4
-                i_s_0_3_3_5 = i_s_0_3_3_in_0 * Y3_5
-                i_s_0_3_3_6 = i_s_0_3_3_in_0 * Y3_6
-                i_A3_0 += i_s_0_3_3_0
-                i_A3_1 += i_s_0_3_3_1
-                i_A3_2 += i_s_0_3_3_2
-                i_A3_3 += i_s_0_3_3_3
-                i_A3_4 += i_s_0_3_3_4
-                i_A3_5 += i_s_0_3_3_5
-                i_A3_6 += i_s_0_3_3_6
-                i_hj_0_0_0[e, c, 0] = i_hj_0_0_0_0
-                i_c_0_0_0[e, c, 0] = i_c_0_0_0_0
-                i_s_0_1_1_in[e, c, 0] = i_s_0_1_1_in_0
-                i_s_0_2_2_in[e, c, 0] = i_s_0_2_2_in_0
-                i_s_0_3_3_in[e, c, 0] = i_s_0_3_3_in_0
-            product_27 = product[n, c, 27]
-            g_p_B1_0_0 = g_p_B1_0[n, c, 0]
-            g_p_B1_0_1 = g_p_B1_0[n, c, 1]
-            g_p_B1_0_2 = g_p_B1_0[n, c, 2]
-            product_25 = product[n, c, 25]
-            product_23 = product[n, c, 23]
-            product_13 = product[n, c, 13]
-            product_6 = product[n, c, 6]
-            g_p_B0_0_0 = g_p_B0_0[n, c, 0]
-            product_2 = product[n, c, 2]
-            product_0 = product[n, c, 0]
-            g_p_t27_1_0_0 = g_p_B1_0_0 * product_27  # adjoint of p_w27
-            g_p_t27_1_0_1 = g_p_B1_0_1 * product_27
-            g_p_t27_1_0_2 = g_p_B1_0_2 * product_27
-            g_p_t25_1_0_0 = g_p_B1_0_0 * product_25  # adjoint of p_w25
-            g_p_t25_1_0_1 = g_p_B1_0_1 * product_25
-            g_p_t25_1_0_2 = g_p_B1_0_2 * product_25
-            g_p_t23_1_0_0 = g_p_B1_0_0 * product_23  # adjoint of p_w23
-            g_p_t23_1_0_1 = g_p_B1_0_1 * product_23
-            g_p_t23_1_0_2 = g_p_B1_0_2 * product_23
-            g_mixA1_A_6_0 = g_p_B1_0_0 * product_13  # adjoint of p_w13
-            g_mixA1_A_6_1 = g_p_B1_0_1 * product_13
-            g_mixA1_A_6_2 = g_p_B1_0_2 * product_13
-            g_p_t6_1_0_0 = g_p_B0_0_0 * product_6  # adjoint of p_w6
-            g_p_t2_0_1_0 = g_p_B0_0_0 * product_2  # adjoint of p_w2
-            g_mixA0_A_8_0 = g_p_B0_0_0 * product_0  # adjoint of p_w0
-            i_A0[n, c, 0] = i_A0_0
-            i_A1[n, c, 0] = i_A1_0
-            i_A1[n, c, 1] = i_A1_1
-            i_A1[n, c, 2] = i_A1_2
-            i_A2[n, c, 0] = i_A2_0
-            i_A2[n, c, 1] = i_A2_1
-            i_A2[n, c, 2] = i_A2_2
-            i_A2[n, c, 3] = i_A2_3
-            i_A2[n, c, 4] = i_A2_4
-            i_A3[n, c, 0] = i_A3_0
-            i_A3[n, c, 1] = i_A3_1
-            i_A3[n, c, 2] = i_A3_2
-            i_A3[n, c, 3] = i_A3_3
-            i_A3[n, c, 4] = i_A3_4
-            i_A3[n, c, 5] = i_A3_5
-            i_A3[n, c, 6] = i_A3_6
-            g_p_t27_1_0[n, c, 0] = g_p_t27_1_0_0
-            g_p_t27_1_0[n, c, 1] = g_p_t27_1_0_1
-            g_p_t27_1_0[n, c, 2] = g_p_t27_1_0_2
-            g_p_t25_1_0[n, c, 0] = g_p_t25_1_0_0
-            g_p_t25_1_0[n, c, 1] = g_p_t25_1_0_1
-            g_p_t25_1_0[n, c, 2] = g_p_t25_1_0_2
-            g_p_t23_1_0[n, c, 0] = g_p_t23_1_0_0
-            g_p_t23_1_0[n, c, 1] = g_p_t23_1_0_1
-            g_p_t23_1_0[n, c, 2] = g_p_t23_1_0_2
-            g_mixA1_A_6[n, c, 0] = g_mixA1_A_6_0
-            g_mixA1_A_6[n, c, 1] = g_mixA1_A_6_1
-            g_mixA1_A_6[n, c, 2] = g_mixA1_A_6_2
-            g_p_t6_1_0[n, c, 0] = g_p_t6_1_0_0
-            g_p_t2_0_1[n, c, 0] = g_p_t2_0_1_0
-            g_mixA0_A_8[n, c, 0] = g_mixA0_A_8_0
-
+    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 20 ops; stores i_hj_0_0_0, i_c_0_0_0, i_A0, i_s_0_1_1_in, i_A1, i_s_0_2_2_in, i_A2, i_s_0_3_3_in, i_A3, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_mixA1_A_6, g_p_t6_1_0, g_p_t2_0_1, g_mixA0_A_8
+        _kernel_d6889dd7e0(np.int64(block), Y0, Y1, Y2, Y3, channels, g_mixA0_A_8, g_mixA1_A_6, g_p_B0_0, g_p_B1_0, g_p_t23_1_0, g_p_t25_1_0, g_p_t27_1_0, g_p_t2_0_1, g_p_t6_1_0, i_A0, i_A1, i_A2, i_A3, i_c_0_0_0, i_hj_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, num_nodes, product, radial, receiver_offsets, senders, up0_h)
     return (i_hj_0_0_0, i_c_0_0_0, i_A0, i_s_0_1_1_in, i_A1, i_s_0_2_2_in, i_A2, i_s_0_3_3_in, i_A3, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_mixA1_A_6, g_p_t6_1_0, g_p_t2_0_1, g_mixA0_A_8)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_0_01_reverse_k3(i_A0, i_A1, i_A2, i_A3, mixA0, mixA1, mixA2, mixA3):
-    """Part of layer_0_01_reverse.
-
-    IR program layer_0_01_reverse_k3, printed as 4 kernel(s).
-    mixA0: weights with channels rows x channels columns.
-    mixA1: weights with channels rows x channels columns.
-    mixA2: weights with channels rows x channels columns.
-    mixA3: weights with channels rows x channels columns.
-    """
-    dtype = i_A0.dtype
-    num_nodes = i_A0.shape[0]
-    if i_A0.shape[2] != 1:
-        raise ValueError("i_A0 must have shape (nodes, channels, 1)")
-    if i_A1.shape[0] != num_nodes or i_A1.shape[2] != 3:
-        raise ValueError("i_A1 must have shape (nodes, channels, 3)")
-    if i_A2.shape[0] != num_nodes or i_A2.shape[2] != 5:
-        raise ValueError("i_A2 must have shape (nodes, channels, 5)")
-    if i_A3.shape[0] != num_nodes or i_A3.shape[2] != 7:
-        raise ValueError("i_A3 must have shape (nodes, channels, 7)")
-
-    # ChannelMix -> mixA0_A (nodes, channels, 1): einsum("ncd,ck->nkd", i_A0, mixA0)
-    if i_A0.shape[1] != mixA0.shape[0]:
-        raise ValueError("i_A0 has the wrong number of channels for mixA0")
-    mixA0_A = np.dot(np.ascontiguousarray(i_A0).reshape((num_nodes, mixA0.shape[0])), np.asarray(mixA0, dtype)).reshape((num_nodes, mixA0.shape[1], 1))
-
-    # ChannelMix -> mixA1_A (nodes, channels, 3): einsum("ncd,ck->nkd", i_A1, mixA1)
-    if i_A1.shape[1] != mixA1.shape[0]:
-        raise ValueError("i_A1 has the wrong number of channels for mixA1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA1_A_in = np.empty((num_nodes, 3, mixA1.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[0]):
-                mixA1_A_in[n, m, a] = i_A1[n, a, m]
-    mixA1_A_gemm = np.dot(mixA1_A_in.reshape((num_nodes * 3, mixA1.shape[0])), np.asarray(mixA1, dtype)).reshape((num_nodes, 3, mixA1.shape[1]))
-    mixA1_A = np.empty((num_nodes, mixA1.shape[1], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[1]):
-                mixA1_A[n, a, m] = mixA1_A_gemm[n, m, a]
-
-    # ChannelMix -> mixA2_A (nodes, channels, 5): einsum("ncd,ck->nkd", i_A2, mixA2)
-    if i_A2.shape[1] != mixA2.shape[0]:
-        raise ValueError("i_A2 has the wrong number of channels for mixA2")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA2_A_in = np.empty((num_nodes, 5, mixA2.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[0]):
-                mixA2_A_in[n, m, a] = i_A2[n, a, m]
-    mixA2_A_gemm = np.dot(mixA2_A_in.reshape((num_nodes * 5, mixA2.shape[0])), np.asarray(mixA2, dtype)).reshape((num_nodes, 5, mixA2.shape[1]))
-    mixA2_A = np.empty((num_nodes, mixA2.shape[1], 5), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[1]):
-                mixA2_A[n, a, m] = mixA2_A_gemm[n, m, a]
-
-    # ChannelMix -> mixA3_A (nodes, channels, 7): einsum("ncd,ck->nkd", i_A3, mixA3)
-    if i_A3.shape[1] != mixA3.shape[0]:
-        raise ValueError("i_A3 has the wrong number of channels for mixA3")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA3_A_in = np.empty((num_nodes, 7, mixA3.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[0]):
-                mixA3_A_in[n, m, a] = i_A3[n, a, m]
-    mixA3_A_gemm = np.dot(mixA3_A_in.reshape((num_nodes * 7, mixA3.shape[0])), np.asarray(mixA3, dtype)).reshape((num_nodes, 7, mixA3.shape[1]))
-    mixA3_A = np.empty((num_nodes, mixA3.shape[1], 7), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[1]):
-                mixA3_A[n, a, m] = mixA3_A_gemm[n, m, a]
-
-    return (mixA0_A, mixA1_A, mixA2_A, mixA3_A)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
 def layer_0_01_reverse_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, g_p_B1_0, g_p_B0_0, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_p_t6_1_0, g_p_t2_0_1, g_mixA1_A_6, g_mixA0_A_8, product):
-    """Part of layer_0_01_reverse.
-
-    IR program layer_0_01_reverse_k4, printed as 1 kernel(s).
-    product: weights with 29 columns.
-    """
+    """Part of layer_0_01_reverse. IR program layer_0_01_reverse_k4, printed as 1 kernel(s); weights: product (29 columns)."""
     dtype = mixA0_A.dtype
     num_nodes = mixA0_A.shape[0]
     channels = mixA0_A.shape[1]
-    if mixA0_A.shape[0] != num_nodes or mixA0_A.shape[1] != channels or mixA0_A.shape[2] != 1:
-        raise ValueError("mixA0_A must have shape (nodes, channels, 1)")
-    if mixA1_A.shape[0] != num_nodes or mixA1_A.shape[1] != channels or mixA1_A.shape[2] != 3:
-        raise ValueError("mixA1_A must have shape (nodes, channels, 3)")
-    if mixA2_A.shape[0] != num_nodes or mixA2_A.shape[1] != channels or mixA2_A.shape[2] != 5:
-        raise ValueError("mixA2_A must have shape (nodes, channels, 5)")
-    if mixA3_A.shape[0] != num_nodes or mixA3_A.shape[1] != channels or mixA3_A.shape[2] != 7:
-        raise ValueError("mixA3_A must have shape (nodes, channels, 7)")
-    if g_p_B1_0.shape[0] != num_nodes or g_p_B1_0.shape[1] != channels or g_p_B1_0.shape[2] != 3:
-        raise ValueError("g_p_B1_0 must have shape (nodes, channels, 3)")
-    if g_p_B0_0.shape[0] != num_nodes or g_p_B0_0.shape[1] != channels or g_p_B0_0.shape[2] != 1:
-        raise ValueError("g_p_B0_0 must have shape (nodes, channels, 1)")
-    if g_p_t27_1_0.shape[0] != num_nodes or g_p_t27_1_0.shape[1] != channels or g_p_t27_1_0.shape[2] != 3:
-        raise ValueError("g_p_t27_1_0 must have shape (nodes, channels, 3)")
-    if g_p_t25_1_0.shape[0] != num_nodes or g_p_t25_1_0.shape[1] != channels or g_p_t25_1_0.shape[2] != 3:
-        raise ValueError("g_p_t25_1_0 must have shape (nodes, channels, 3)")
-    if g_p_t23_1_0.shape[0] != num_nodes or g_p_t23_1_0.shape[1] != channels or g_p_t23_1_0.shape[2] != 3:
-        raise ValueError("g_p_t23_1_0 must have shape (nodes, channels, 3)")
-    if g_p_t6_1_0.shape[0] != num_nodes or g_p_t6_1_0.shape[1] != channels or g_p_t6_1_0.shape[2] != 1:
-        raise ValueError("g_p_t6_1_0 must have shape (nodes, channels, 1)")
-    if g_p_t2_0_1.shape[0] != num_nodes or g_p_t2_0_1.shape[1] != channels or g_p_t2_0_1.shape[2] != 1:
-        raise ValueError("g_p_t2_0_1 must have shape (nodes, channels, 1)")
-    if g_mixA1_A_6.shape[0] != num_nodes or g_mixA1_A_6.shape[1] != channels or g_mixA1_A_6.shape[2] != 3:
-        raise ValueError("g_mixA1_A_6 must have shape (nodes, channels, 3)")
-    if g_mixA0_A_8.shape[0] != num_nodes or g_mixA0_A_8.shape[1] != channels or g_mixA0_A_8.shape[2] != 1:
-        raise ValueError("g_mixA0_A_8 must have shape (nodes, channels, 1)")
-    if product.shape[0] != num_nodes or product.shape[1] != channels or product.shape[2] != 29:
-        raise ValueError("product must have shape (nodes, channels, 29)")
-
+    _check_shape(product, (num_nodes, channels, 29), "product must have shape (nodes, channels, 29)")
     g_mixA3_A_11 = np.empty((num_nodes, channels, 7), dtype)
     g_mixA2_A_14 = np.empty((num_nodes, channels, 5), dtype)
     g_mixA1_A_14 = np.empty((num_nodes, channels, 3), dtype)
     g_mixA0_A_9 = np.empty((num_nodes, channels, 1), dtype)
-    # kernel 1 (per channel, phase 0): 125 ops; stores g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9
-    for n in prange(num_nodes):
-        for c in range(channels):
-            mixA0_A_0 = mixA0_A[n, c, 0]
-            mixA1_A_0 = mixA1_A[n, c, 0]
-            mixA1_A_1 = mixA1_A[n, c, 1]
-            mixA1_A_2 = mixA1_A[n, c, 2]
-            mixA2_A_0 = mixA2_A[n, c, 0]
-            mixA2_A_1 = mixA2_A[n, c, 1]
-            mixA2_A_2 = mixA2_A[n, c, 2]
-            mixA2_A_3 = mixA2_A[n, c, 3]
-            mixA2_A_4 = mixA2_A[n, c, 4]
-            mixA3_A_0 = mixA3_A[n, c, 0]
-            mixA3_A_1 = mixA3_A[n, c, 1]
-            mixA3_A_2 = mixA3_A[n, c, 2]
-            mixA3_A_3 = mixA3_A[n, c, 3]
-            mixA3_A_4 = mixA3_A[n, c, 4]
-            mixA3_A_5 = mixA3_A[n, c, 5]
-            mixA3_A_6 = mixA3_A[n, c, 6]
-            product_1 = product[n, c, 1]
-            product_5 = product[n, c, 5]
-            product_3 = product[n, c, 3]
-            product_7 = product[n, c, 7]
-            product_9 = product[n, c, 9]
-            product_11 = product[n, c, 11]
-            product_4 = product[n, c, 4]
-            product_8 = product[n, c, 8]
-            product_10 = product[n, c, 10]
-            product_12 = product[n, c, 12]
-            product_14 = product[n, c, 14]
-            product_17 = product[n, c, 17]
-            product_20 = product[n, c, 20]
-            product_15 = product[n, c, 15]
-            product_18 = product[n, c, 18]
-            product_22 = product[n, c, 22]
-            product_16 = product[n, c, 16]
-            product_19 = product[n, c, 19]
-            product_21 = product[n, c, 21]
-            product_24 = product[n, c, 24]
-            product_26 = product[n, c, 26]
-            product_28 = product[n, c, 28]
-            g_p_B1_0_0 = g_p_B1_0[n, c, 0]
-            g_p_B1_0_1 = g_p_B1_0[n, c, 1]
-            g_p_B1_0_2 = g_p_B1_0[n, c, 2]
-            g_p_B0_0_0 = g_p_B0_0[n, c, 0]
-            g_p_t27_1_0_0 = g_p_t27_1_0[n, c, 0]
-            g_p_t27_1_0_1 = g_p_t27_1_0[n, c, 1]
-            g_p_t27_1_0_2 = g_p_t27_1_0[n, c, 2]
-            g_p_t25_1_0_0 = g_p_t25_1_0[n, c, 0]
-            g_p_t25_1_0_1 = g_p_t25_1_0[n, c, 1]
-            g_p_t25_1_0_2 = g_p_t25_1_0[n, c, 2]
-            g_p_t23_1_0_0 = g_p_t23_1_0[n, c, 0]
-            g_p_t23_1_0_1 = g_p_t23_1_0[n, c, 1]
-            g_p_t23_1_0_2 = g_p_t23_1_0[n, c, 2]
-            g_p_t6_1_0_0 = g_p_t6_1_0[n, c, 0]
-            g_p_t2_0_1_0 = g_p_t2_0_1[n, c, 0]
-            g_mixA1_A_6_0 = g_mixA1_A_6[n, c, 0]
-            g_mixA1_A_6_1 = g_mixA1_A_6[n, c, 1]
-            g_mixA1_A_6_2 = g_mixA1_A_6[n, c, 2]
-            g_mixA0_A_8_0 = g_mixA0_A_8[n, c, 0]
-            # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
-            p_t1_0_0 = mixA0_A_0 * mixA0_A_0
-            # (1o x 1o)->0e step 1: 1 x 1 -> 0, even path, 3 nonzeros
-            p_t2_0_0 = mixA1_A_0 * mixA1_A_0 + mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2
-            # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
-            p_t6_0_0 = mixA0_A_0 * mixA1_A_0
-            p_t6_0_1 = mixA0_A_0 * mixA1_A_1
-            p_t6_0_2 = mixA0_A_0 * mixA1_A_2
-            # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
-            p_t7_0_0 = mixA0_A_0 * mixA2_A_0
-            p_t7_0_1 = mixA0_A_0 * mixA2_A_1
-            p_t7_0_2 = mixA0_A_0 * mixA2_A_2
-            p_t7_0_3 = mixA0_A_0 * mixA2_A_3
-            p_t7_0_4 = mixA0_A_0 * mixA2_A_4
-            # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
-            p_t8_0_0 = mixA0_A_0 * mixA3_A_0
-            p_t8_0_1 = mixA0_A_0 * mixA3_A_1
-            p_t8_0_2 = mixA0_A_0 * mixA3_A_2
-            p_t8_0_3 = mixA0_A_0 * mixA3_A_3
-            p_t8_0_4 = mixA0_A_0 * mixA3_A_4
-            p_t8_0_5 = mixA0_A_0 * mixA3_A_5
-            p_t8_0_6 = mixA0_A_0 * mixA3_A_6
-            # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
-            p_t9_0_0 = 0.6666666666666666 * mixA1_A_0 * mixA1_A_0 - 0.3333333333333333 * (mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2)
-            p_t9_0_1 = 0.5 * (mixA1_A_0 * mixA1_A_1 + mixA1_A_1 * mixA1_A_0)
-            p_t9_0_2 = -0.3333333333333333 * (mixA1_A_0 * mixA1_A_0 + mixA1_A_2 * mixA1_A_2) + 0.6666666666666666 * mixA1_A_1 * mixA1_A_1
-            p_t9_0_3 = 0.5 * (mixA1_A_0 * mixA1_A_2 + mixA1_A_2 * mixA1_A_0)
-            p_t9_0_4 = 0.5 * (mixA1_A_1 * mixA1_A_2 + mixA1_A_2 * mixA1_A_1)
-            # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
-            p_t10_0_0 = 0.6 * mixA1_A_0 * mixA2_A_0 - 0.4 * (mixA1_A_1 * mixA2_A_1 + mixA1_A_2 * mixA2_A_3)
-            p_t10_0_1 = 0.5333333333333333 * mixA1_A_0 * mixA2_A_1 + 0.3333333333333333 * mixA1_A_1 * mixA2_A_0 - 0.13333333333333333 * (mixA1_A_1 * mixA2_A_2 + mixA1_A_2 * mixA2_A_4)
-            p_t10_0_2 = -0.13333333333333333 * (mixA1_A_0 * mixA2_A_0 + mixA1_A_2 * mixA2_A_3) + 0.3333333333333333 * mixA1_A_0 * mixA2_A_2 + 0.5333333333333333 * mixA1_A_1 * mixA2_A_1
-            p_t10_0_3 = -0.4 * (mixA1_A_0 * mixA2_A_1 + mixA1_A_2 * mixA2_A_4) + 0.6 * mixA1_A_1 * mixA2_A_2
-            p_t10_0_4 = 0.5333333333333333 * mixA1_A_0 * mixA2_A_3 - 0.13333333333333333 * (mixA1_A_1 * mixA2_A_4 - mixA1_A_2 * mixA2_A_2) + 0.4666666666666667 * mixA1_A_2 * mixA2_A_0
-            p_t10_0_5 = 0.3333333333333333 * (mixA1_A_0 * mixA2_A_4 + mixA1_A_1 * mixA2_A_3 + mixA1_A_2 * mixA2_A_1)
-            p_t10_0_6 = -0.13333333333333333 * (mixA1_A_0 * mixA2_A_3 - mixA1_A_2 * mixA2_A_0) + 0.5333333333333333 * mixA1_A_1 * mixA2_A_4 + 0.4666666666666667 * mixA1_A_2 * mixA2_A_2
-            # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
-            p_t11_0_0 = 0.3333333333333333 * (mixA2_A_0 * mixA2_A_0 - mixA2_A_0 * mixA2_A_2 + mixA2_A_1 * mixA2_A_1 - mixA2_A_2 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) - 0.6666666666666666 * (mixA2_A_2 * mixA2_A_2 + mixA2_A_4 * mixA2_A_4)
-            p_t11_0_1 = 0.5 * (mixA2_A_0 * mixA2_A_1 + mixA2_A_1 * mixA2_A_0 + mixA2_A_1 * mixA2_A_2 + mixA2_A_2 * mixA2_A_1 + mixA2_A_3 * mixA2_A_4 + mixA2_A_4 * mixA2_A_3)
-            p_t11_0_2 = -0.6666666666666666 * (mixA2_A_0 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) - 0.3333333333333333 * (mixA2_A_0 * mixA2_A_2 - mixA2_A_1 * mixA2_A_1 + mixA2_A_2 * mixA2_A_0 - mixA2_A_2 * mixA2_A_2 - mixA2_A_4 * mixA2_A_4)
-            p_t11_0_3 = 0.5 * (mixA2_A_1 * mixA2_A_4 - mixA2_A_2 * mixA2_A_3 - mixA2_A_3 * mixA2_A_2 + mixA2_A_4 * mixA2_A_1)
-            p_t11_0_4 = -0.5 * (mixA2_A_0 * mixA2_A_4 - mixA2_A_1 * mixA2_A_3 - mixA2_A_3 * mixA2_A_1 + mixA2_A_4 * mixA2_A_0)
-            # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
-            p_t12_0_0 = 0.2 * (mixA2_A_0 * mixA3_A_0 + mixA2_A_1 * mixA3_A_1 + mixA2_A_3 * mixA3_A_4) - 0.4 * (mixA2_A_0 * mixA3_A_2 + mixA2_A_2 * mixA3_A_0) - 0.8 * (mixA2_A_2 * mixA3_A_2 + mixA2_A_4 * mixA3_A_5)
-            p_t12_0_1 = (0.4 * (mixA2_A_0 * mixA3_A_1 + mixA2_A_1 * mixA3_A_2 + mixA2_A_3 * mixA3_A_5) - 0.13333333333333333 * mixA2_A_0 * mixA3_A_3 + 0.3333333333333333 * (mixA2_A_1 * mixA3_A_0 + mixA2_A_4 * mixA3_A_4) + 0.2 * mixA2_A_2 * mixA3_A_1
-                         - 0.26666666666666666 * (mixA2_A_2 * mixA3_A_3 + mixA2_A_4 * mixA3_A_6))
-            p_t12_0_2 = (-0.26666666666666666 * (mixA2_A_0 * mixA3_A_0 + mixA2_A_3 * mixA3_A_4) + 0.2 * mixA2_A_0 * mixA3_A_2 + 0.4 * (mixA2_A_1 * mixA3_A_1 + mixA2_A_2 * mixA3_A_2 + mixA2_A_4 * mixA3_A_5) + 0.3333333333333333 * (mixA2_A_1 * mixA3_A_3 + mixA2_A_3 * mixA3_A_6)
-                         - 0.13333333333333333 * mixA2_A_2 * mixA3_A_0)
-            p_t12_0_3 = -0.8 * (mixA2_A_0 * mixA3_A_1 + mixA2_A_3 * mixA3_A_5) - 0.4 * (mixA2_A_0 * mixA3_A_3 + mixA2_A_2 * mixA3_A_1) + 0.2 * (mixA2_A_1 * mixA3_A_2 + mixA2_A_2 * mixA3_A_3 + mixA2_A_4 * mixA3_A_6)
-            p_t12_0_4 = (0.06666666666666667 * (mixA2_A_0 * mixA3_A_4 - mixA2_A_3 * mixA3_A_0) - 0.13333333333333333 * mixA2_A_0 * mixA3_A_6 + 0.4 * (mixA2_A_1 * mixA3_A_5 - mixA2_A_3 * mixA3_A_2) - 0.4666666666666667 * mixA2_A_2 * mixA3_A_4
-                         - 0.26666666666666666 * (mixA2_A_2 * mixA3_A_6 - mixA2_A_4 * mixA3_A_3) + 0.6 * mixA2_A_4 * mixA3_A_1)
-            p_t12_0_5 = 0.3333333333333333 * (mixA2_A_1 * mixA3_A_4 + mixA2_A_1 * mixA3_A_6 - mixA2_A_3 * mixA3_A_3 - mixA2_A_4 * mixA3_A_0)
-            p_t12_0_6 = (-0.26666666666666666 * (mixA2_A_0 * mixA3_A_4 - mixA2_A_3 * mixA3_A_0) - 0.4666666666666667 * mixA2_A_0 * mixA3_A_6 + 0.4 * (mixA2_A_1 * mixA3_A_5 - mixA2_A_4 * mixA3_A_1) - 0.13333333333333333 * mixA2_A_2 * mixA3_A_4
-                         + 0.06666666666666667 * (mixA2_A_2 * mixA3_A_6 - mixA2_A_4 * mixA3_A_3) + 0.6 * mixA2_A_3 * mixA3_A_2)
-            # (1o x 2e)->1o step 1: 1 x 2 -> 1, even path, 10 nonzeros
-            p_t15_0_0 = mixA1_A_0 * mixA2_A_0 + mixA1_A_1 * mixA2_A_1 + mixA1_A_2 * mixA2_A_3
-            p_t15_0_1 = mixA1_A_0 * mixA2_A_1 + mixA1_A_1 * mixA2_A_2 + mixA1_A_2 * mixA2_A_4
-            p_t15_0_2 = mixA1_A_0 * mixA2_A_3 + mixA1_A_1 * mixA2_A_4 - mixA1_A_2 * mixA2_A_0 - mixA1_A_2 * mixA2_A_2
-            # ((1o x 2e)->2o x 2e)->1o step 1: 1 x 2 -> 2, odd (Levi-Civita) path, 16 nonzeros
-            p_t23_0_0 = mixA1_A_1 * mixA2_A_3 - mixA1_A_2 * mixA2_A_1
-            p_t23_0_1 = -0.5 * (mixA1_A_0 * mixA2_A_3 - mixA1_A_1 * mixA2_A_4 - mixA1_A_2 * mixA2_A_0 + mixA1_A_2 * mixA2_A_2)
-            p_t23_0_2 = -mixA1_A_0 * mixA2_A_4 + mixA1_A_2 * mixA2_A_1
-            p_t23_0_3 = 0.5 * (mixA1_A_0 * mixA2_A_1 - mixA1_A_1 * mixA2_A_2 - mixA1_A_2 * mixA2_A_4) - mixA1_A_1 * mixA2_A_0
-            p_t23_0_4 = 0.5 * (mixA1_A_0 * mixA2_A_0 - mixA1_A_1 * mixA2_A_1 + mixA1_A_2 * mixA2_A_3) + mixA1_A_0 * mixA2_A_2
-            # ((1o x 3o)->2e x 3o)->1o step 1: 1 x 3 -> 2, even path, 17 nonzeros
-            p_t24_0_0 = mixA1_A_0 * mixA3_A_0 + mixA1_A_1 * mixA3_A_1 + mixA1_A_2 * mixA3_A_4
-            p_t24_0_1 = mixA1_A_0 * mixA3_A_1 + mixA1_A_1 * mixA3_A_2 + mixA1_A_2 * mixA3_A_5
-            p_t24_0_2 = mixA1_A_0 * mixA3_A_2 + mixA1_A_1 * mixA3_A_3 + mixA1_A_2 * mixA3_A_6
-            p_t24_0_3 = mixA1_A_0 * mixA3_A_4 + mixA1_A_1 * mixA3_A_5 - mixA1_A_2 * mixA3_A_0 - mixA1_A_2 * mixA3_A_2
-            p_t24_0_4 = mixA1_A_0 * mixA3_A_5 + mixA1_A_1 * mixA3_A_6 - mixA1_A_2 * mixA3_A_1 - mixA1_A_2 * mixA3_A_3
-            # ((1o x 3o)->3e x 3o)->1o step 1: 1 x 3 -> 3, odd (Levi-Civita) path, 26 nonzeros
-            p_t25_0_0 = mixA1_A_1 * mixA3_A_4 - mixA1_A_2 * mixA3_A_1
-            p_t25_0_1 = -0.3333333333333333 * (mixA1_A_0 * mixA3_A_4 - mixA1_A_2 * mixA3_A_0) + 0.6666666666666666 * (mixA1_A_1 * mixA3_A_5 - mixA1_A_2 * mixA3_A_2)
-            p_t25_0_2 = -0.6666666666666666 * (mixA1_A_0 * mixA3_A_5 - mixA1_A_2 * mixA3_A_1) + 0.3333333333333333 * (mixA1_A_1 * mixA3_A_6 - mixA1_A_2 * mixA3_A_3)
-            p_t25_0_3 = -mixA1_A_0 * mixA3_A_6 + mixA1_A_2 * mixA3_A_2
-            p_t25_0_4 = 0.3333333333333333 * mixA1_A_0 * mixA3_A_1 - mixA1_A_1 * mixA3_A_0 - 0.6666666666666666 * (mixA1_A_1 * mixA3_A_2 + mixA1_A_2 * mixA3_A_5)
-            p_t25_0_5 = 0.3333333333333333 * (mixA1_A_0 * mixA3_A_0 - mixA1_A_1 * mixA3_A_3 + mixA1_A_2 * mixA3_A_4 - mixA1_A_2 * mixA3_A_6) + 0.6666666666666666 * (mixA1_A_0 * mixA3_A_2 - mixA1_A_1 * mixA3_A_1)
-            p_t25_0_6 = 0.6666666666666666 * (mixA1_A_0 * mixA3_A_1 + mixA1_A_2 * mixA3_A_5) + mixA1_A_0 * mixA3_A_3 - 0.3333333333333333 * mixA1_A_1 * mixA3_A_2
-            # ((2e x 2e)->4e x 3o)->1o step 1: 2 x 2 -> 4, even path, 53 nonzeros
-            p_t27_0_0 = 0.5428571428571428 * mixA2_A_0 * mixA2_A_0 + 0.05714285714285714 * (mixA2_A_0 * mixA2_A_2 + mixA2_A_2 * mixA2_A_0) - 0.45714285714285713 * (mixA2_A_1 * mixA2_A_1 + mixA2_A_3 * mixA2_A_3) + 0.11428571428571428 * (mixA2_A_2 * mixA2_A_2 + mixA2_A_4 * mixA2_A_4)
-            p_t27_0_1 = 0.35714285714285715 * (mixA2_A_0 * mixA2_A_1 + mixA2_A_1 * mixA2_A_0) - 0.14285714285714285 * (mixA2_A_1 * mixA2_A_2 + mixA2_A_2 * mixA2_A_1 + mixA2_A_3 * mixA2_A_4 + mixA2_A_4 * mixA2_A_3)
-            p_t27_0_2 = -0.05714285714285714 * (mixA2_A_0 * mixA2_A_0 + mixA2_A_2 * mixA2_A_2 + mixA2_A_3 * mixA2_A_3 + mixA2_A_4 * mixA2_A_4) + 0.18571428571428572 * (mixA2_A_0 * mixA2_A_2 + mixA2_A_2 * mixA2_A_0) + 0.5142857142857142 * mixA2_A_1 * mixA2_A_1
-            p_t27_0_3 = -0.14285714285714285 * (mixA2_A_0 * mixA2_A_1 + mixA2_A_1 * mixA2_A_0 + mixA2_A_3 * mixA2_A_4 + mixA2_A_4 * mixA2_A_3) + 0.35714285714285715 * (mixA2_A_1 * mixA2_A_2 + mixA2_A_2 * mixA2_A_1)
-            p_t27_0_4 = 0.11428571428571428 * (mixA2_A_0 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) + 0.05714285714285714 * (mixA2_A_0 * mixA2_A_2 + mixA2_A_2 * mixA2_A_0) - 0.45714285714285713 * (mixA2_A_1 * mixA2_A_1 + mixA2_A_4 * mixA2_A_4) + 0.5428571428571428 * mixA2_A_2 * mixA2_A_2
-            p_t27_0_5 = 0.5 * (mixA2_A_0 * mixA2_A_3 + mixA2_A_3 * mixA2_A_0) - 0.14285714285714285 * (mixA2_A_1 * mixA2_A_4 - mixA2_A_2 * mixA2_A_3 - mixA2_A_3 * mixA2_A_2 + mixA2_A_4 * mixA2_A_1)
-            p_t27_0_6 = 0.21428571428571427 * (mixA2_A_0 * mixA2_A_4 + mixA2_A_4 * mixA2_A_0) + 0.2857142857142857 * (mixA2_A_1 * mixA2_A_3 + mixA2_A_3 * mixA2_A_1)
-            p_t27_0_7 = 0.2857142857142857 * (mixA2_A_1 * mixA2_A_4 + mixA2_A_4 * mixA2_A_1) + 0.21428571428571427 * (mixA2_A_2 * mixA2_A_3 + mixA2_A_3 * mixA2_A_2)
-            p_t27_0_8 = 0.14285714285714285 * (mixA2_A_0 * mixA2_A_4 - mixA2_A_1 * mixA2_A_3 - mixA2_A_3 * mixA2_A_1 + mixA2_A_4 * mixA2_A_0) + 0.5 * (mixA2_A_2 * mixA2_A_4 + mixA2_A_4 * mixA2_A_2)
-            # ((3o x 3o)->2e x 3o)->1o step 1: 3 x 3 -> 2, even path, 44 nonzeros
-            p_t28_0_0 = (0.6666666666666666 * (mixA3_A_0 * mixA3_A_0 + mixA3_A_4 * mixA3_A_4) - mixA3_A_1 * mixA3_A_3 - mixA3_A_3 * mixA3_A_1 - 1.3333333333333333 * (mixA3_A_3 * mixA3_A_3 + mixA3_A_6 * mixA3_A_6)
-                         - 0.3333333333333333 * (mixA3_A_4 * mixA3_A_6 + mixA3_A_6 * mixA3_A_4))
-            p_t28_0_1 = (mixA3_A_0 * mixA3_A_1 + mixA3_A_1 * mixA3_A_0 + mixA3_A_2 * mixA3_A_3 + mixA3_A_3 * mixA3_A_2
-                         + mixA3_A_4 * mixA3_A_5 + mixA3_A_5 * mixA3_A_4 + mixA3_A_5 * mixA3_A_6 + mixA3_A_6 * mixA3_A_5
-                         + 0.5 * (mixA3_A_0 * mixA3_A_3 + mixA3_A_3 * mixA3_A_0) + 1.5 * (mixA3_A_1 * mixA3_A_2 + mixA3_A_2 * mixA3_A_1))
-            p_t28_0_2 = (-1.3333333333333333 * (mixA3_A_0 * mixA3_A_0 + mixA3_A_4 * mixA3_A_4) - mixA3_A_0 * mixA3_A_2 - mixA3_A_2 * mixA3_A_0 + 0.6666666666666666 * (mixA3_A_3 * mixA3_A_3 + mixA3_A_6 * mixA3_A_6)
-                         - 0.3333333333333333 * (mixA3_A_4 * mixA3_A_6 + mixA3_A_6 * mixA3_A_4))
-            p_t28_0_3 = (0.5 * (mixA3_A_0 * mixA3_A_6 - mixA3_A_2 * mixA3_A_4 - mixA3_A_4 * mixA3_A_2 + mixA3_A_6 * mixA3_A_0) + mixA3_A_2 * mixA3_A_6 - mixA3_A_3 * mixA3_A_5 - mixA3_A_5 * mixA3_A_3
-                         + mixA3_A_6 * mixA3_A_2)
-            p_t28_0_4 = (-mixA3_A_0 * mixA3_A_5 + mixA3_A_1 * mixA3_A_4 + mixA3_A_4 * mixA3_A_1 - mixA3_A_5 * mixA3_A_0
-                         - 0.5 * (mixA3_A_1 * mixA3_A_6 - mixA3_A_3 * mixA3_A_4 - mixA3_A_4 * mixA3_A_3 + mixA3_A_6 * mixA3_A_1))
-            p_B0_f0_0_A0_0_0 = mixA0_A_0 * product_1  # (0e x 0e)->0e
-            p_B0_f0_0_A0_1_0 = p_t1_0_0 * product_5  # ((0e x 0e)->0e x 0e)->0e
-            p_B0_f0_0_A0_sum_0 = p_B0_f0_0_A0_0_0 + p_B0_f0_0_A0_1_0
-            p_B0_f2_2_A2_0_0 = mixA2_A_0 * product_3  # (2e x 2e)->0e
-            p_B0_f2_2_A2_0_1 = mixA2_A_1 * product_3
-            p_B0_f2_2_A2_0_2 = mixA2_A_2 * product_3
-            p_B0_f2_2_A2_0_3 = mixA2_A_3 * product_3
-            p_B0_f2_2_A2_0_4 = mixA2_A_4 * product_3
-            p_B0_f2_2_A2_1_0 = p_t7_0_0 * product_7  # ((0e x 2e)->2e x 2e)->0e
-            p_B0_f2_2_A2_1_1 = p_t7_0_1 * product_7
-            p_B0_f2_2_A2_1_2 = p_t7_0_2 * product_7
-            p_B0_f2_2_A2_1_3 = p_t7_0_3 * product_7
-            p_B0_f2_2_A2_1_4 = p_t7_0_4 * product_7
-            p_B0_f2_2_A2_2_0 = p_t9_0_0 * product_9  # ((1o x 1o)->2e x 2e)->0e
-            p_B0_f2_2_A2_2_1 = p_t9_0_1 * product_9
-            p_B0_f2_2_A2_2_2 = p_t9_0_2 * product_9
-            p_B0_f2_2_A2_2_3 = p_t9_0_3 * product_9
-            p_B0_f2_2_A2_2_4 = p_t9_0_4 * product_9
-            p_B0_f2_2_A2_3_0 = p_t11_0_0 * product_11  # ((2e x 2e)->2e x 2e)->0e
-            p_B0_f2_2_A2_3_1 = p_t11_0_1 * product_11
-            p_B0_f2_2_A2_3_2 = p_t11_0_2 * product_11
-            p_B0_f2_2_A2_3_3 = p_t11_0_3 * product_11
-            p_B0_f2_2_A2_3_4 = p_t11_0_4 * product_11
-            p_B0_f2_2_A2_sum_0 = p_B0_f2_2_A2_0_0 + p_B0_f2_2_A2_1_0 + p_B0_f2_2_A2_2_0 + p_B0_f2_2_A2_3_0
-            p_B0_f2_2_A2_sum_1 = p_B0_f2_2_A2_0_1 + p_B0_f2_2_A2_1_1 + p_B0_f2_2_A2_2_1 + p_B0_f2_2_A2_3_1
-            p_B0_f2_2_A2_sum_2 = p_B0_f2_2_A2_0_2 + p_B0_f2_2_A2_1_2 + p_B0_f2_2_A2_2_2 + p_B0_f2_2_A2_3_2
-            p_B0_f2_2_A2_sum_3 = p_B0_f2_2_A2_0_3 + p_B0_f2_2_A2_1_3 + p_B0_f2_2_A2_2_3 + p_B0_f2_2_A2_3_3
-            p_B0_f2_2_A2_sum_4 = p_B0_f2_2_A2_0_4 + p_B0_f2_2_A2_1_4 + p_B0_f2_2_A2_2_4 + p_B0_f2_2_A2_3_4
-            p_B0_f3_3_A3_0_0 = mixA3_A_0 * product_4  # (3o x 3o)->0e
-            p_B0_f3_3_A3_0_1 = mixA3_A_1 * product_4
-            p_B0_f3_3_A3_0_2 = mixA3_A_2 * product_4
-            p_B0_f3_3_A3_0_3 = mixA3_A_3 * product_4
-            p_B0_f3_3_A3_0_4 = mixA3_A_4 * product_4
-            p_B0_f3_3_A3_0_5 = mixA3_A_5 * product_4
-            p_B0_f3_3_A3_0_6 = mixA3_A_6 * product_4
-            p_B0_f3_3_A3_1_0 = p_t8_0_0 * product_8  # ((0e x 3o)->3o x 3o)->0e
-            p_B0_f3_3_A3_1_1 = p_t8_0_1 * product_8
-            p_B0_f3_3_A3_1_2 = p_t8_0_2 * product_8
-            p_B0_f3_3_A3_1_3 = p_t8_0_3 * product_8
-            p_B0_f3_3_A3_1_4 = p_t8_0_4 * product_8
-            p_B0_f3_3_A3_1_5 = p_t8_0_5 * product_8
-            p_B0_f3_3_A3_1_6 = p_t8_0_6 * product_8
-            p_B0_f3_3_A3_2_0 = p_t10_0_0 * product_10  # ((1o x 2e)->3o x 3o)->0e
-            p_B0_f3_3_A3_2_1 = p_t10_0_1 * product_10
-            p_B0_f3_3_A3_2_2 = p_t10_0_2 * product_10
-            p_B0_f3_3_A3_2_3 = p_t10_0_3 * product_10
-            p_B0_f3_3_A3_2_4 = p_t10_0_4 * product_10
-            p_B0_f3_3_A3_2_5 = p_t10_0_5 * product_10
-            p_B0_f3_3_A3_2_6 = p_t10_0_6 * product_10
-            p_B0_f3_3_A3_3_0 = p_t12_0_0 * product_12  # ((2e x 3o)->3o x 3o)->0e
-            p_B0_f3_3_A3_3_1 = p_t12_0_1 * product_12
-            p_B0_f3_3_A3_3_2 = p_t12_0_2 * product_12
-            p_B0_f3_3_A3_3_3 = p_t12_0_3 * product_12
-            p_B0_f3_3_A3_3_4 = p_t12_0_4 * product_12
-            p_B0_f3_3_A3_3_5 = p_t12_0_5 * product_12
-            p_B0_f3_3_A3_3_6 = p_t12_0_6 * product_12
-            p_B0_f3_3_A3_sum_0 = p_B0_f3_3_A3_0_0 + p_B0_f3_3_A3_1_0 + p_B0_f3_3_A3_2_0 + p_B0_f3_3_A3_3_0
-            p_B0_f3_3_A3_sum_1 = p_B0_f3_3_A3_0_1 + p_B0_f3_3_A3_1_1 + p_B0_f3_3_A3_2_1 + p_B0_f3_3_A3_3_1
-            p_B0_f3_3_A3_sum_2 = p_B0_f3_3_A3_0_2 + p_B0_f3_3_A3_1_2 + p_B0_f3_3_A3_2_2 + p_B0_f3_3_A3_3_2
-            p_B0_f3_3_A3_sum_3 = p_B0_f3_3_A3_0_3 + p_B0_f3_3_A3_1_3 + p_B0_f3_3_A3_2_3 + p_B0_f3_3_A3_3_3
-            p_B0_f3_3_A3_sum_4 = p_B0_f3_3_A3_0_4 + p_B0_f3_3_A3_1_4 + p_B0_f3_3_A3_2_4 + p_B0_f3_3_A3_3_4
-            p_B0_f3_3_A3_sum_5 = p_B0_f3_3_A3_0_5 + p_B0_f3_3_A3_1_5 + p_B0_f3_3_A3_2_5 + p_B0_f3_3_A3_3_5
-            p_B0_f3_3_A3_sum_6 = p_B0_f3_3_A3_0_6 + p_B0_f3_3_A3_1_6 + p_B0_f3_3_A3_2_6 + p_B0_f3_3_A3_3_6
-            p_B1_f0_1_A1_0_0 = mixA0_A_0 * product_14  # (0e x 1o)->1o
-            p_B1_f0_1_A1_1_0 = p_t1_0_0 * product_17  # ((0e x 0e)->0e x 1o)->1o
-            p_B1_f0_1_A1_2_0 = p_t2_0_0 * product_20  # ((1o x 1o)->0e x 1o)->1o
-            p_B1_f0_1_A1_sum_0 = p_B1_f0_1_A1_0_0 + p_B1_f0_1_A1_1_0 + p_B1_f0_1_A1_2_0
-            p_B1_f1_2_A2_0_0 = mixA1_A_0 * product_15  # (1o x 2e)->1o
-            p_B1_f1_2_A2_0_1 = mixA1_A_1 * product_15
-            p_B1_f1_2_A2_0_2 = mixA1_A_2 * product_15
-            p_B1_f1_2_A2_1_0 = p_t6_0_0 * product_18  # ((0e x 1o)->1o x 2e)->1o
-            p_B1_f1_2_A2_1_1 = p_t6_0_1 * product_18
-            p_B1_f1_2_A2_1_2 = p_t6_0_2 * product_18
-            p_B1_f1_2_A2_2_0 = p_t15_0_0 * product_22  # ((1o x 2e)->1o x 2e)->1o
-            p_B1_f1_2_A2_2_1 = p_t15_0_1 * product_22
-            p_B1_f1_2_A2_2_2 = p_t15_0_2 * product_22
-            p_B1_f1_2_A2_sum_0 = p_B1_f1_2_A2_0_0 + p_B1_f1_2_A2_1_0 + p_B1_f1_2_A2_2_0
-            p_B1_f1_2_A2_sum_1 = p_B1_f1_2_A2_0_1 + p_B1_f1_2_A2_1_1 + p_B1_f1_2_A2_2_1
-            p_B1_f1_2_A2_sum_2 = p_B1_f1_2_A2_0_2 + p_B1_f1_2_A2_1_2 + p_B1_f1_2_A2_2_2
-            p_B1_f2_3_A3_0_0 = mixA2_A_0 * product_16  # (2e x 3o)->1o
-            p_B1_f2_3_A3_0_1 = mixA2_A_1 * product_16
-            p_B1_f2_3_A3_0_2 = mixA2_A_2 * product_16
-            p_B1_f2_3_A3_0_3 = mixA2_A_3 * product_16
-            p_B1_f2_3_A3_0_4 = mixA2_A_4 * product_16
-            p_B1_f2_3_A3_1_0 = p_t7_0_0 * product_19  # ((0e x 2e)->2e x 3o)->1o
-            p_B1_f2_3_A3_1_1 = p_t7_0_1 * product_19
-            p_B1_f2_3_A3_1_2 = p_t7_0_2 * product_19
-            p_B1_f2_3_A3_1_3 = p_t7_0_3 * product_19
-            p_B1_f2_3_A3_1_4 = p_t7_0_4 * product_19
-            p_B1_f2_3_A3_2_0 = p_t9_0_0 * product_21  # ((1o x 1o)->2e x 3o)->1o
-            p_B1_f2_3_A3_2_1 = p_t9_0_1 * product_21
-            p_B1_f2_3_A3_2_2 = p_t9_0_2 * product_21
-            p_B1_f2_3_A3_2_3 = p_t9_0_3 * product_21
-            p_B1_f2_3_A3_2_4 = p_t9_0_4 * product_21
-            p_B1_f2_3_A3_3_0 = p_t24_0_0 * product_24  # ((1o x 3o)->2e x 3o)->1o
-            p_B1_f2_3_A3_3_1 = p_t24_0_1 * product_24
-            p_B1_f2_3_A3_3_2 = p_t24_0_2 * product_24
-            p_B1_f2_3_A3_3_3 = p_t24_0_3 * product_24
-            p_B1_f2_3_A3_3_4 = p_t24_0_4 * product_24
-            p_B1_f2_3_A3_4_0 = p_t11_0_0 * product_26  # ((2e x 2e)->2e x 3o)->1o
-            p_B1_f2_3_A3_4_1 = p_t11_0_1 * product_26
-            p_B1_f2_3_A3_4_2 = p_t11_0_2 * product_26
-            p_B1_f2_3_A3_4_3 = p_t11_0_3 * product_26
-            p_B1_f2_3_A3_4_4 = p_t11_0_4 * product_26
-            p_B1_f2_3_A3_5_0 = p_t28_0_0 * product_28  # ((3o x 3o)->2e x 3o)->1o
-            p_B1_f2_3_A3_5_1 = p_t28_0_1 * product_28
-            p_B1_f2_3_A3_5_2 = p_t28_0_2 * product_28
-            p_B1_f2_3_A3_5_3 = p_t28_0_3 * product_28
-            p_B1_f2_3_A3_5_4 = p_t28_0_4 * product_28
-            p_B1_f2_3_A3_sum_0 = (p_B1_f2_3_A3_0_0 + p_B1_f2_3_A3_1_0 + p_B1_f2_3_A3_2_0 + p_B1_f2_3_A3_3_0
-                                  + p_B1_f2_3_A3_4_0 + p_B1_f2_3_A3_5_0)
-            p_B1_f2_3_A3_sum_1 = (p_B1_f2_3_A3_0_1 + p_B1_f2_3_A3_1_1 + p_B1_f2_3_A3_2_1 + p_B1_f2_3_A3_3_1
-                                  + p_B1_f2_3_A3_4_1 + p_B1_f2_3_A3_5_1)
-            p_B1_f2_3_A3_sum_2 = (p_B1_f2_3_A3_0_2 + p_B1_f2_3_A3_1_2 + p_B1_f2_3_A3_2_2 + p_B1_f2_3_A3_3_2
-                                  + p_B1_f2_3_A3_4_2 + p_B1_f2_3_A3_5_2)
-            p_B1_f2_3_A3_sum_3 = (p_B1_f2_3_A3_0_3 + p_B1_f2_3_A3_1_3 + p_B1_f2_3_A3_2_3 + p_B1_f2_3_A3_3_3
-                                  + p_B1_f2_3_A3_4_3 + p_B1_f2_3_A3_5_3)
-            p_B1_f2_3_A3_sum_4 = (p_B1_f2_3_A3_0_4 + p_B1_f2_3_A3_1_4 + p_B1_f2_3_A3_2_4 + p_B1_f2_3_A3_3_4
-                                  + p_B1_f2_3_A3_4_4 + p_B1_f2_3_A3_5_4)
-            # adjoint (left) of p_B1_f2_3_A3_out: factored: 6 weighted 2x3->1 couplings as one: table transpose-left of 2x3->1, ranks 1, 3 -> 2, 23 nonzeros
-            g_p_B1_f2_3_A3_sum_0_0 = 2.0 * (g_p_B1_0_0 * mixA3_A_0 + g_p_B1_0_1 * mixA3_A_1 + g_p_B1_0_2 * mixA3_A_4) + g_p_B1_0_0 * mixA3_A_2 + g_p_B1_0_1 * mixA3_A_3 + g_p_B1_0_2 * mixA3_A_6
-            g_p_B1_f2_3_A3_sum_0_1 = 2.0 * (g_p_B1_0_0 * mixA3_A_1 + g_p_B1_0_1 * mixA3_A_2 + g_p_B1_0_2 * mixA3_A_5)
-            g_p_B1_f2_3_A3_sum_0_2 = g_p_B1_0_0 * mixA3_A_0 + g_p_B1_0_1 * mixA3_A_1 + g_p_B1_0_2 * mixA3_A_4 + 2.0 * (g_p_B1_0_0 * mixA3_A_2 + g_p_B1_0_1 * mixA3_A_3 + g_p_B1_0_2 * mixA3_A_6)
-            g_p_B1_f2_3_A3_sum_0_3 = 2.0 * (g_p_B1_0_0 * mixA3_A_4 + g_p_B1_0_1 * mixA3_A_5 - g_p_B1_0_2 * mixA3_A_0 - g_p_B1_0_2 * mixA3_A_2)
-            g_p_B1_f2_3_A3_sum_0_4 = 2.0 * (g_p_B1_0_0 * mixA3_A_5 + g_p_B1_0_1 * mixA3_A_6 - g_p_B1_0_2 * mixA3_A_1 - g_p_B1_0_2 * mixA3_A_3)
-            # adjoint (right) of p_B1_f2_3_A3_out: factored: 6 weighted 2x3->1 couplings as one: table transpose-right of 2x3->1, ranks 2, 1 -> 3, 23 nonzeros
-            g_mixA3_A_0_0 = 2.0 * (p_B1_f2_3_A3_sum_0 * g_p_B1_0_0 - p_B1_f2_3_A3_sum_3 * g_p_B1_0_2) + p_B1_f2_3_A3_sum_2 * g_p_B1_0_0
-            g_mixA3_A_0_1 = 2.0 * (p_B1_f2_3_A3_sum_0 * g_p_B1_0_1 + p_B1_f2_3_A3_sum_1 * g_p_B1_0_0 - p_B1_f2_3_A3_sum_4 * g_p_B1_0_2) + p_B1_f2_3_A3_sum_2 * g_p_B1_0_1
-            g_mixA3_A_0_2 = p_B1_f2_3_A3_sum_0 * g_p_B1_0_0 + 2.0 * (p_B1_f2_3_A3_sum_1 * g_p_B1_0_1 + p_B1_f2_3_A3_sum_2 * g_p_B1_0_0 - p_B1_f2_3_A3_sum_3 * g_p_B1_0_2)
-            g_mixA3_A_0_3 = p_B1_f2_3_A3_sum_0 * g_p_B1_0_1 + 2.0 * (p_B1_f2_3_A3_sum_2 * g_p_B1_0_1 - p_B1_f2_3_A3_sum_4 * g_p_B1_0_2)
-            g_mixA3_A_0_4 = 2.0 * (p_B1_f2_3_A3_sum_0 * g_p_B1_0_2 + p_B1_f2_3_A3_sum_3 * g_p_B1_0_0) + p_B1_f2_3_A3_sum_2 * g_p_B1_0_2
-            g_mixA3_A_0_5 = 2.0 * (p_B1_f2_3_A3_sum_1 * g_p_B1_0_2 + p_B1_f2_3_A3_sum_3 * g_p_B1_0_1 + p_B1_f2_3_A3_sum_4 * g_p_B1_0_0)
-            g_mixA3_A_0_6 = p_B1_f2_3_A3_sum_0 * g_p_B1_0_2 + 2.0 * (p_B1_f2_3_A3_sum_2 * g_p_B1_0_2 + p_B1_f2_3_A3_sum_4 * g_p_B1_0_1)
-            g_p_t28_0_0_0 = g_p_B1_f2_3_A3_sum_0_0 * product_28  # adjoint of p_B1_f2_3_A3_5
-            g_p_t28_0_0_1 = g_p_B1_f2_3_A3_sum_0_1 * product_28
-            g_p_t28_0_0_2 = g_p_B1_f2_3_A3_sum_0_2 * product_28
-            g_p_t28_0_0_3 = g_p_B1_f2_3_A3_sum_0_3 * product_28
-            g_p_t28_0_0_4 = g_p_B1_f2_3_A3_sum_0_4 * product_28
-            g_p_t11_0_0_0 = g_p_B1_f2_3_A3_sum_0_0 * product_26  # adjoint of p_B1_f2_3_A3_4
-            g_p_t11_0_0_1 = g_p_B1_f2_3_A3_sum_0_1 * product_26
-            g_p_t11_0_0_2 = g_p_B1_f2_3_A3_sum_0_2 * product_26
-            g_p_t11_0_0_3 = g_p_B1_f2_3_A3_sum_0_3 * product_26
-            g_p_t11_0_0_4 = g_p_B1_f2_3_A3_sum_0_4 * product_26
-            g_p_t24_0_0_0 = g_p_B1_f2_3_A3_sum_0_0 * product_24  # adjoint of p_B1_f2_3_A3_3
-            g_p_t24_0_0_1 = g_p_B1_f2_3_A3_sum_0_1 * product_24
-            g_p_t24_0_0_2 = g_p_B1_f2_3_A3_sum_0_2 * product_24
-            g_p_t24_0_0_3 = g_p_B1_f2_3_A3_sum_0_3 * product_24
-            g_p_t24_0_0_4 = g_p_B1_f2_3_A3_sum_0_4 * product_24
-            g_p_t9_0_0_0 = g_p_B1_f2_3_A3_sum_0_0 * product_21  # adjoint of p_B1_f2_3_A3_2
-            g_p_t9_0_0_1 = g_p_B1_f2_3_A3_sum_0_1 * product_21
-            g_p_t9_0_0_2 = g_p_B1_f2_3_A3_sum_0_2 * product_21
-            g_p_t9_0_0_3 = g_p_B1_f2_3_A3_sum_0_3 * product_21
-            g_p_t9_0_0_4 = g_p_B1_f2_3_A3_sum_0_4 * product_21
-            g_p_t7_0_0_0 = g_p_B1_f2_3_A3_sum_0_0 * product_19  # adjoint of p_B1_f2_3_A3_1
-            g_p_t7_0_0_1 = g_p_B1_f2_3_A3_sum_0_1 * product_19
-            g_p_t7_0_0_2 = g_p_B1_f2_3_A3_sum_0_2 * product_19
-            g_p_t7_0_0_3 = g_p_B1_f2_3_A3_sum_0_3 * product_19
-            g_p_t7_0_0_4 = g_p_B1_f2_3_A3_sum_0_4 * product_19
-            g_mixA2_A_0_0 = g_p_B1_f2_3_A3_sum_0_0 * product_16  # adjoint of p_B1_f2_3_A3_0
-            g_mixA2_A_0_1 = g_p_B1_f2_3_A3_sum_0_1 * product_16
-            g_mixA2_A_0_2 = g_p_B1_f2_3_A3_sum_0_2 * product_16
-            g_mixA2_A_0_3 = g_p_B1_f2_3_A3_sum_0_3 * product_16
-            g_mixA2_A_0_4 = g_p_B1_f2_3_A3_sum_0_4 * product_16
-            # adjoint (left) of p_B1_f1_2_A2_out: factored: 3 weighted 1x2->1 couplings as one: table transpose-left of 1x2->1, ranks 1, 2 -> 1, 10 nonzeros
-            g_p_B1_f1_2_A2_sum_0_0 = g_p_B1_0_0 * mixA2_A_0 + g_p_B1_0_1 * mixA2_A_1 + g_p_B1_0_2 * mixA2_A_3
-            g_p_B1_f1_2_A2_sum_0_1 = g_p_B1_0_0 * mixA2_A_1 + g_p_B1_0_1 * mixA2_A_2 + g_p_B1_0_2 * mixA2_A_4
-            g_p_B1_f1_2_A2_sum_0_2 = g_p_B1_0_0 * mixA2_A_3 + g_p_B1_0_1 * mixA2_A_4 - g_p_B1_0_2 * mixA2_A_0 - g_p_B1_0_2 * mixA2_A_2
-            # adjoint (right) of p_B1_f1_2_A2_out: factored: 3 weighted 1x2->1 couplings as one: table transpose-right of 1x2->1, ranks 1, 1 -> 2, 10 nonzeros
-            g_mixA2_A_1_0 = p_B1_f1_2_A2_sum_0 * g_p_B1_0_0 - p_B1_f1_2_A2_sum_2 * g_p_B1_0_2
-            g_mixA2_A_1_1 = p_B1_f1_2_A2_sum_0 * g_p_B1_0_1 + p_B1_f1_2_A2_sum_1 * g_p_B1_0_0
-            g_mixA2_A_1_2 = p_B1_f1_2_A2_sum_1 * g_p_B1_0_1 - p_B1_f1_2_A2_sum_2 * g_p_B1_0_2
-            g_mixA2_A_1_3 = p_B1_f1_2_A2_sum_0 * g_p_B1_0_2 + p_B1_f1_2_A2_sum_2 * g_p_B1_0_0
-            g_mixA2_A_1_4 = p_B1_f1_2_A2_sum_1 * g_p_B1_0_2 + p_B1_f1_2_A2_sum_2 * g_p_B1_0_1
-            g_p_t15_0_0_0 = g_p_B1_f1_2_A2_sum_0_0 * product_22  # adjoint of p_B1_f1_2_A2_2
-            g_p_t15_0_0_1 = g_p_B1_f1_2_A2_sum_0_1 * product_22
-            g_p_t15_0_0_2 = g_p_B1_f1_2_A2_sum_0_2 * product_22
-            g_p_t6_0_0_0 = g_p_B1_f1_2_A2_sum_0_0 * product_18  # adjoint of p_B1_f1_2_A2_1
-            g_p_t6_0_0_1 = g_p_B1_f1_2_A2_sum_0_1 * product_18
-            g_p_t6_0_0_2 = g_p_B1_f1_2_A2_sum_0_2 * product_18
-            g_mixA1_A_0_0 = g_p_B1_f1_2_A2_sum_0_0 * product_15  # adjoint of p_B1_f1_2_A2_0
-            g_mixA1_A_0_1 = g_p_B1_f1_2_A2_sum_0_1 * product_15
-            g_mixA1_A_0_2 = g_p_B1_f1_2_A2_sum_0_2 * product_15
-            # adjoint (left) of p_B1_f0_1_A1_out: factored: 3 weighted 0x1->1 couplings as one: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
-            g_p_B1_f0_1_A1_sum_0_0 = g_p_B1_0_0 * mixA1_A_0 + g_p_B1_0_1 * mixA1_A_1 + g_p_B1_0_2 * mixA1_A_2
-            # adjoint (right) of p_B1_f0_1_A1_out: factored: 3 weighted 0x1->1 couplings as one: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
-            g_mixA1_A_1_0 = p_B1_f0_1_A1_sum_0 * g_p_B1_0_0
-            g_mixA1_A_1_1 = p_B1_f0_1_A1_sum_0 * g_p_B1_0_1
-            g_mixA1_A_1_2 = p_B1_f0_1_A1_sum_0 * g_p_B1_0_2
-            g_p_t2_0_0_0 = g_p_B1_f0_1_A1_sum_0_0 * product_20  # adjoint of p_B1_f0_1_A1_2
-            g_p_t1_0_0_0 = g_p_B1_f0_1_A1_sum_0_0 * product_17  # adjoint of p_B1_f0_1_A1_1
-            g_mixA0_A_0_0 = g_p_B1_f0_1_A1_sum_0_0 * product_14  # adjoint of p_B1_f0_1_A1_0
-            # adjoint (left) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-left of 3x3->0, ranks 0, 3 -> 3, 13 nonzeros
-            g_p_B0_f3_3_A3_sum_0_0 = 4.0 * g_p_B0_0_0 * mixA3_A_0 + 3.0 * g_p_B0_0_0 * mixA3_A_2
-            g_p_B0_f3_3_A3_sum_0_1 = 6.0 * g_p_B0_0_0 * mixA3_A_1 + 3.0 * g_p_B0_0_0 * mixA3_A_3
-            g_p_B0_f3_3_A3_sum_0_2 = 3.0 * g_p_B0_0_0 * mixA3_A_0 + 6.0 * g_p_B0_0_0 * mixA3_A_2
-            g_p_B0_f3_3_A3_sum_0_3 = 3.0 * g_p_B0_0_0 * mixA3_A_1 + 4.0 * g_p_B0_0_0 * mixA3_A_3
-            g_p_B0_f3_3_A3_sum_0_4 = 4.0 * g_p_B0_0_0 * mixA3_A_4 + g_p_B0_0_0 * mixA3_A_6
-            g_p_B0_f3_3_A3_sum_0_5 = 6.0 * g_p_B0_0_0 * mixA3_A_5
-            g_p_B0_f3_3_A3_sum_0_6 = g_p_B0_0_0 * mixA3_A_4 + 4.0 * g_p_B0_0_0 * mixA3_A_6
-            # adjoint (right) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-right of 3x3->0, ranks 3, 0 -> 3, 13 nonzeros
-            g_mixA3_A_1_0 = 4.0 * p_B0_f3_3_A3_sum_0 * g_p_B0_0_0 + 3.0 * p_B0_f3_3_A3_sum_2 * g_p_B0_0_0
-            g_mixA3_A_1_1 = 6.0 * p_B0_f3_3_A3_sum_1 * g_p_B0_0_0 + 3.0 * p_B0_f3_3_A3_sum_3 * g_p_B0_0_0
-            g_mixA3_A_1_2 = 3.0 * p_B0_f3_3_A3_sum_0 * g_p_B0_0_0 + 6.0 * p_B0_f3_3_A3_sum_2 * g_p_B0_0_0
-            g_mixA3_A_1_3 = 3.0 * p_B0_f3_3_A3_sum_1 * g_p_B0_0_0 + 4.0 * p_B0_f3_3_A3_sum_3 * g_p_B0_0_0
-            g_mixA3_A_1_4 = 4.0 * p_B0_f3_3_A3_sum_4 * g_p_B0_0_0 + p_B0_f3_3_A3_sum_6 * g_p_B0_0_0
-            g_mixA3_A_1_5 = 6.0 * p_B0_f3_3_A3_sum_5 * g_p_B0_0_0
-            g_mixA3_A_1_6 = p_B0_f3_3_A3_sum_4 * g_p_B0_0_0 + 4.0 * p_B0_f3_3_A3_sum_6 * g_p_B0_0_0
-            g_p_t12_0_0_0 = g_p_B0_f3_3_A3_sum_0_0 * product_12  # adjoint of p_B0_f3_3_A3_3
-            g_p_t12_0_0_1 = g_p_B0_f3_3_A3_sum_0_1 * product_12
-            g_p_t12_0_0_2 = g_p_B0_f3_3_A3_sum_0_2 * product_12
-            g_p_t12_0_0_3 = g_p_B0_f3_3_A3_sum_0_3 * product_12
-            g_p_t12_0_0_4 = g_p_B0_f3_3_A3_sum_0_4 * product_12
-            g_p_t12_0_0_5 = g_p_B0_f3_3_A3_sum_0_5 * product_12
-            g_p_t12_0_0_6 = g_p_B0_f3_3_A3_sum_0_6 * product_12
-            g_p_t10_0_0_0 = g_p_B0_f3_3_A3_sum_0_0 * product_10  # adjoint of p_B0_f3_3_A3_2
-            g_p_t10_0_0_1 = g_p_B0_f3_3_A3_sum_0_1 * product_10
-            g_p_t10_0_0_2 = g_p_B0_f3_3_A3_sum_0_2 * product_10
-            g_p_t10_0_0_3 = g_p_B0_f3_3_A3_sum_0_3 * product_10
-            g_p_t10_0_0_4 = g_p_B0_f3_3_A3_sum_0_4 * product_10
-            g_p_t10_0_0_5 = g_p_B0_f3_3_A3_sum_0_5 * product_10
-            g_p_t10_0_0_6 = g_p_B0_f3_3_A3_sum_0_6 * product_10
-            g_p_t8_0_0_0 = g_p_B0_f3_3_A3_sum_0_0 * product_8  # adjoint of p_B0_f3_3_A3_1
-            g_p_t8_0_0_1 = g_p_B0_f3_3_A3_sum_0_1 * product_8
-            g_p_t8_0_0_2 = g_p_B0_f3_3_A3_sum_0_2 * product_8
-            g_p_t8_0_0_3 = g_p_B0_f3_3_A3_sum_0_3 * product_8
-            g_p_t8_0_0_4 = g_p_B0_f3_3_A3_sum_0_4 * product_8
-            g_p_t8_0_0_5 = g_p_B0_f3_3_A3_sum_0_5 * product_8
-            g_p_t8_0_0_6 = g_p_B0_f3_3_A3_sum_0_6 * product_8
-            g_mixA3_A_2_0 = g_p_B0_f3_3_A3_sum_0_0 * product_4  # adjoint of p_B0_f3_3_A3_0
-            g_mixA3_A_2_1 = g_p_B0_f3_3_A3_sum_0_1 * product_4
-            g_mixA3_A_2_2 = g_p_B0_f3_3_A3_sum_0_2 * product_4
-            g_mixA3_A_2_3 = g_p_B0_f3_3_A3_sum_0_3 * product_4
-            g_mixA3_A_2_4 = g_p_B0_f3_3_A3_sum_0_4 * product_4
-            g_mixA3_A_2_5 = g_p_B0_f3_3_A3_sum_0_5 * product_4
-            g_mixA3_A_2_6 = g_p_B0_f3_3_A3_sum_0_6 * product_4
-            # adjoint (left) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-left of 2x2->0, ranks 0, 2 -> 2, 7 nonzeros
-            g_p_B0_f2_2_A2_sum_0_0 = 2.0 * g_p_B0_0_0 * mixA2_A_0 + g_p_B0_0_0 * mixA2_A_2
-            g_p_B0_f2_2_A2_sum_0_1 = 2.0 * g_p_B0_0_0 * mixA2_A_1
-            g_p_B0_f2_2_A2_sum_0_2 = g_p_B0_0_0 * mixA2_A_0 + 2.0 * g_p_B0_0_0 * mixA2_A_2
-            g_p_B0_f2_2_A2_sum_0_3 = 2.0 * g_p_B0_0_0 * mixA2_A_3
-            g_p_B0_f2_2_A2_sum_0_4 = 2.0 * g_p_B0_0_0 * mixA2_A_4
-            # adjoint (right) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-right of 2x2->0, ranks 2, 0 -> 2, 7 nonzeros
-            g_mixA2_A_2_0 = 2.0 * p_B0_f2_2_A2_sum_0 * g_p_B0_0_0 + p_B0_f2_2_A2_sum_2 * g_p_B0_0_0
-            g_mixA2_A_2_1 = 2.0 * p_B0_f2_2_A2_sum_1 * g_p_B0_0_0
-            g_mixA2_A_2_2 = p_B0_f2_2_A2_sum_0 * g_p_B0_0_0 + 2.0 * p_B0_f2_2_A2_sum_2 * g_p_B0_0_0
-            g_mixA2_A_2_3 = 2.0 * p_B0_f2_2_A2_sum_3 * g_p_B0_0_0
-            g_mixA2_A_2_4 = 2.0 * p_B0_f2_2_A2_sum_4 * g_p_B0_0_0
-            g_p_t11_0_1_0 = g_p_B0_f2_2_A2_sum_0_0 * product_11  # adjoint of p_B0_f2_2_A2_3
-            g_p_t11_0_1_1 = g_p_B0_f2_2_A2_sum_0_1 * product_11
-            g_p_t11_0_1_2 = g_p_B0_f2_2_A2_sum_0_2 * product_11
-            g_p_t11_0_1_3 = g_p_B0_f2_2_A2_sum_0_3 * product_11
-            g_p_t11_0_1_4 = g_p_B0_f2_2_A2_sum_0_4 * product_11
-            g_p_t9_0_1_0 = g_p_B0_f2_2_A2_sum_0_0 * product_9  # adjoint of p_B0_f2_2_A2_2
-            g_p_t9_0_1_1 = g_p_B0_f2_2_A2_sum_0_1 * product_9
-            g_p_t9_0_1_2 = g_p_B0_f2_2_A2_sum_0_2 * product_9
-            g_p_t9_0_1_3 = g_p_B0_f2_2_A2_sum_0_3 * product_9
-            g_p_t9_0_1_4 = g_p_B0_f2_2_A2_sum_0_4 * product_9
-            g_p_t7_0_1_0 = g_p_B0_f2_2_A2_sum_0_0 * product_7  # adjoint of p_B0_f2_2_A2_1
-            g_p_t7_0_1_1 = g_p_B0_f2_2_A2_sum_0_1 * product_7
-            g_p_t7_0_1_2 = g_p_B0_f2_2_A2_sum_0_2 * product_7
-            g_p_t7_0_1_3 = g_p_B0_f2_2_A2_sum_0_3 * product_7
-            g_p_t7_0_1_4 = g_p_B0_f2_2_A2_sum_0_4 * product_7
-            g_mixA2_A_3_0 = g_p_B0_f2_2_A2_sum_0_0 * product_3  # adjoint of p_B0_f2_2_A2_0
-            g_mixA2_A_3_1 = g_p_B0_f2_2_A2_sum_0_1 * product_3
-            g_mixA2_A_3_2 = g_p_B0_f2_2_A2_sum_0_2 * product_3
-            g_mixA2_A_3_3 = g_p_B0_f2_2_A2_sum_0_3 * product_3
-            g_mixA2_A_3_4 = g_p_B0_f2_2_A2_sum_0_4 * product_3
-            # adjoint (left) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_p_B0_f0_0_A0_sum_0_0 = g_p_B0_0_0 * mixA0_A_0
-            # adjoint (right) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_mixA0_A_1_0 = p_B0_f0_0_A0_sum_0 * g_p_B0_0_0
-            g_p_t1_0_1_0 = g_p_B0_f0_0_A0_sum_0_0 * product_5  # adjoint of p_B0_f0_0_A0_1
-            g_mixA0_A_2_0 = g_p_B0_f0_0_A0_sum_0_0 * product_1  # adjoint of p_B0_f0_0_A0_0
-            # adjoint (left) of p_t28_0: ((3o x 3o)->2e x 3o)->1o step 1: table transpose-left of 3x3->2, ranks 2, 3 -> 3, 44 nonzeros
-            g_mixA3_A_3_0 = (0.6666666666666666 * g_p_t28_0_0_0 * mixA3_A_0 + g_p_t28_0_0_1 * mixA3_A_1 - g_p_t28_0_0_2 * mixA3_A_2 - g_p_t28_0_0_4 * mixA3_A_5
-                             + 0.5 * (g_p_t28_0_0_1 * mixA3_A_3 + g_p_t28_0_0_3 * mixA3_A_6) - 1.3333333333333333 * g_p_t28_0_0_2 * mixA3_A_0)
-            g_mixA3_A_3_1 = (-g_p_t28_0_0_0 * mixA3_A_3 + g_p_t28_0_0_1 * mixA3_A_0 + g_p_t28_0_0_4 * mixA3_A_4 + 1.5 * g_p_t28_0_0_1 * mixA3_A_2
-                             - 0.5 * g_p_t28_0_0_4 * mixA3_A_6)
-            g_mixA3_A_3_2 = (1.5 * g_p_t28_0_0_1 * mixA3_A_1 + g_p_t28_0_0_1 * mixA3_A_3 - g_p_t28_0_0_2 * mixA3_A_0 + g_p_t28_0_0_3 * mixA3_A_6
-                             - 0.5 * g_p_t28_0_0_3 * mixA3_A_4)
-            g_mixA3_A_3_3 = (-g_p_t28_0_0_0 * mixA3_A_1 + g_p_t28_0_0_1 * mixA3_A_2 - g_p_t28_0_0_3 * mixA3_A_5 - 1.3333333333333333 * g_p_t28_0_0_0 * mixA3_A_3
-                             + 0.5 * (g_p_t28_0_0_1 * mixA3_A_0 + g_p_t28_0_0_4 * mixA3_A_4) + 0.6666666666666666 * g_p_t28_0_0_2 * mixA3_A_3)
-            g_mixA3_A_3_4 = (0.6666666666666666 * g_p_t28_0_0_0 * mixA3_A_4 - 0.3333333333333333 * (g_p_t28_0_0_0 * mixA3_A_6 + g_p_t28_0_0_2 * mixA3_A_6) + g_p_t28_0_0_1 * mixA3_A_5 + g_p_t28_0_0_4 * mixA3_A_1
-                             - 1.3333333333333333 * g_p_t28_0_0_2 * mixA3_A_4 - 0.5 * (g_p_t28_0_0_3 * mixA3_A_2 - g_p_t28_0_0_4 * mixA3_A_3))
-            g_mixA3_A_3_5 = g_p_t28_0_0_1 * mixA3_A_4 + g_p_t28_0_0_1 * mixA3_A_6 - g_p_t28_0_0_3 * mixA3_A_3 - g_p_t28_0_0_4 * mixA3_A_0
-            g_mixA3_A_3_6 = (-0.3333333333333333 * (g_p_t28_0_0_0 * mixA3_A_4 + g_p_t28_0_0_2 * mixA3_A_4) - 1.3333333333333333 * g_p_t28_0_0_0 * mixA3_A_6 + g_p_t28_0_0_1 * mixA3_A_5 + g_p_t28_0_0_3 * mixA3_A_2
-                             + 0.6666666666666666 * g_p_t28_0_0_2 * mixA3_A_6 + 0.5 * (g_p_t28_0_0_3 * mixA3_A_0 - g_p_t28_0_0_4 * mixA3_A_1))
-            # adjoint (right) of p_t28_0: ((3o x 3o)->2e x 3o)->1o step 1: table transpose-right of 3x3->2, ranks 3, 2 -> 3, 44 nonzeros
-            g_mixA3_A_4_0 = (0.6666666666666666 * mixA3_A_0 * g_p_t28_0_0_0 - 1.3333333333333333 * mixA3_A_0 * g_p_t28_0_0_2 + mixA3_A_1 * g_p_t28_0_0_1 - mixA3_A_2 * g_p_t28_0_0_2
-                             - mixA3_A_5 * g_p_t28_0_0_4 + 0.5 * (mixA3_A_3 * g_p_t28_0_0_1 + mixA3_A_6 * g_p_t28_0_0_3))
-            g_mixA3_A_4_1 = (mixA3_A_0 * g_p_t28_0_0_1 - mixA3_A_3 * g_p_t28_0_0_0 + mixA3_A_4 * g_p_t28_0_0_4 + 1.5 * mixA3_A_2 * g_p_t28_0_0_1
-                             - 0.5 * mixA3_A_6 * g_p_t28_0_0_4)
-            g_mixA3_A_4_2 = (-mixA3_A_0 * g_p_t28_0_0_2 + mixA3_A_3 * g_p_t28_0_0_1 + mixA3_A_6 * g_p_t28_0_0_3 + 1.5 * mixA3_A_1 * g_p_t28_0_0_1
-                             - 0.5 * mixA3_A_4 * g_p_t28_0_0_3)
-            g_mixA3_A_4_3 = (0.5 * (mixA3_A_0 * g_p_t28_0_0_1 + mixA3_A_4 * g_p_t28_0_0_4) - mixA3_A_1 * g_p_t28_0_0_0 + mixA3_A_2 * g_p_t28_0_0_1 - mixA3_A_5 * g_p_t28_0_0_3
-                             - 1.3333333333333333 * mixA3_A_3 * g_p_t28_0_0_0 + 0.6666666666666666 * mixA3_A_3 * g_p_t28_0_0_2)
-            g_mixA3_A_4_4 = (mixA3_A_1 * g_p_t28_0_0_4 + mixA3_A_5 * g_p_t28_0_0_1 - 0.5 * (mixA3_A_2 * g_p_t28_0_0_3 - mixA3_A_3 * g_p_t28_0_0_4) + 0.6666666666666666 * mixA3_A_4 * g_p_t28_0_0_0
-                             - 1.3333333333333333 * mixA3_A_4 * g_p_t28_0_0_2 - 0.3333333333333333 * (mixA3_A_6 * g_p_t28_0_0_0 + mixA3_A_6 * g_p_t28_0_0_2))
-            g_mixA3_A_4_5 = -mixA3_A_0 * g_p_t28_0_0_4 - mixA3_A_3 * g_p_t28_0_0_3 + mixA3_A_4 * g_p_t28_0_0_1 + mixA3_A_6 * g_p_t28_0_0_1
-            g_mixA3_A_4_6 = (0.5 * (mixA3_A_0 * g_p_t28_0_0_3 - mixA3_A_1 * g_p_t28_0_0_4) + mixA3_A_2 * g_p_t28_0_0_3 + mixA3_A_5 * g_p_t28_0_0_1 - 0.3333333333333333 * (mixA3_A_4 * g_p_t28_0_0_0 + mixA3_A_4 * g_p_t28_0_0_2)
-                             - 1.3333333333333333 * mixA3_A_6 * g_p_t28_0_0_0 + 0.6666666666666666 * mixA3_A_6 * g_p_t28_0_0_2)
-            # adjoint (left) of p_t27_1: ((2e x 2e)->4e x 3o)->1o step 2: table transpose-left of 4x3->1, ranks 1, 3 -> 4, 42 nonzeros
-            g_p_t27_0_0_0 = 4.0 * (g_p_t27_1_0_0 * mixA3_A_0 - g_p_t27_1_0_2 * mixA3_A_4) + 3.0 * g_p_t27_1_0_0 * mixA3_A_2 - g_p_t27_1_0_2 * mixA3_A_6
-            g_p_t27_0_0_1 = 6.0 * (g_p_t27_1_0_0 * mixA3_A_1 - g_p_t27_1_0_2 * mixA3_A_5) + 3.0 * (g_p_t27_1_0_0 * mixA3_A_3 + g_p_t27_1_0_1 * mixA3_A_2) + 4.0 * g_p_t27_1_0_1 * mixA3_A_0
-            g_p_t27_0_0_2 = 3.0 * (g_p_t27_1_0_0 * mixA3_A_0 + g_p_t27_1_0_1 * mixA3_A_3) + 6.0 * (g_p_t27_1_0_0 * mixA3_A_2 + g_p_t27_1_0_1 * mixA3_A_1) - 5.0 * (g_p_t27_1_0_2 * mixA3_A_4 + g_p_t27_1_0_2 * mixA3_A_6)
-            g_p_t27_0_0_3 = 3.0 * (g_p_t27_1_0_0 * mixA3_A_1 + g_p_t27_1_0_1 * mixA3_A_0) + 4.0 * g_p_t27_1_0_0 * mixA3_A_3 + 6.0 * (g_p_t27_1_0_1 * mixA3_A_2 - g_p_t27_1_0_2 * mixA3_A_5)
-            g_p_t27_0_0_4 = 3.0 * g_p_t27_1_0_1 * mixA3_A_1 + 4.0 * (g_p_t27_1_0_1 * mixA3_A_3 - g_p_t27_1_0_2 * mixA3_A_6) - g_p_t27_1_0_2 * mixA3_A_4
-            g_p_t27_0_0_5 = 4.0 * (g_p_t27_1_0_0 * mixA3_A_4 + g_p_t27_1_0_2 * mixA3_A_0) + g_p_t27_1_0_0 * mixA3_A_6 + 3.0 * g_p_t27_1_0_2 * mixA3_A_2
-            g_p_t27_0_0_6 = 6.0 * (g_p_t27_1_0_0 * mixA3_A_5 + g_p_t27_1_0_2 * mixA3_A_1) + 4.0 * g_p_t27_1_0_1 * mixA3_A_4 + g_p_t27_1_0_1 * mixA3_A_6 + 3.0 * g_p_t27_1_0_2 * mixA3_A_3
-            g_p_t27_0_0_7 = g_p_t27_1_0_0 * mixA3_A_4 + 4.0 * g_p_t27_1_0_0 * mixA3_A_6 + 6.0 * (g_p_t27_1_0_1 * mixA3_A_5 + g_p_t27_1_0_2 * mixA3_A_2) + 3.0 * g_p_t27_1_0_2 * mixA3_A_0
-            g_p_t27_0_0_8 = g_p_t27_1_0_1 * mixA3_A_4 + 4.0 * (g_p_t27_1_0_1 * mixA3_A_6 + g_p_t27_1_0_2 * mixA3_A_3) + 3.0 * g_p_t27_1_0_2 * mixA3_A_1
-            # adjoint (right) of p_t27_1: ((2e x 2e)->4e x 3o)->1o step 2: table transpose-right of 4x3->1, ranks 4, 1 -> 3, 42 nonzeros
-            g_mixA3_A_5_0 = 4.0 * (p_t27_0_0 * g_p_t27_1_0_0 + p_t27_0_1 * g_p_t27_1_0_1 + p_t27_0_5 * g_p_t27_1_0_2) + 3.0 * (p_t27_0_2 * g_p_t27_1_0_0 + p_t27_0_3 * g_p_t27_1_0_1 + p_t27_0_7 * g_p_t27_1_0_2)
-            g_mixA3_A_5_1 = 6.0 * (p_t27_0_1 * g_p_t27_1_0_0 + p_t27_0_2 * g_p_t27_1_0_1 + p_t27_0_6 * g_p_t27_1_0_2) + 3.0 * (p_t27_0_3 * g_p_t27_1_0_0 + p_t27_0_4 * g_p_t27_1_0_1 + p_t27_0_8 * g_p_t27_1_0_2)
-            g_mixA3_A_5_2 = 3.0 * (p_t27_0_0 * g_p_t27_1_0_0 + p_t27_0_1 * g_p_t27_1_0_1 + p_t27_0_5 * g_p_t27_1_0_2) + 6.0 * (p_t27_0_2 * g_p_t27_1_0_0 + p_t27_0_3 * g_p_t27_1_0_1 + p_t27_0_7 * g_p_t27_1_0_2)
-            g_mixA3_A_5_3 = 3.0 * (p_t27_0_1 * g_p_t27_1_0_0 + p_t27_0_2 * g_p_t27_1_0_1 + p_t27_0_6 * g_p_t27_1_0_2) + 4.0 * (p_t27_0_3 * g_p_t27_1_0_0 + p_t27_0_4 * g_p_t27_1_0_1 + p_t27_0_8 * g_p_t27_1_0_2)
-            g_mixA3_A_5_4 = (-4.0 * (p_t27_0_0 * g_p_t27_1_0_2 - p_t27_0_5 * g_p_t27_1_0_0 - p_t27_0_6 * g_p_t27_1_0_1) - 5.0 * p_t27_0_2 * g_p_t27_1_0_2 - p_t27_0_4 * g_p_t27_1_0_2 + p_t27_0_7 * g_p_t27_1_0_0
-                             + p_t27_0_8 * g_p_t27_1_0_1)
-            g_mixA3_A_5_5 = -6.0 * (p_t27_0_1 * g_p_t27_1_0_2 + p_t27_0_3 * g_p_t27_1_0_2 - p_t27_0_6 * g_p_t27_1_0_0 - p_t27_0_7 * g_p_t27_1_0_1)
-            g_mixA3_A_5_6 = (-p_t27_0_0 * g_p_t27_1_0_2 + p_t27_0_5 * g_p_t27_1_0_0 + p_t27_0_6 * g_p_t27_1_0_1 - 5.0 * p_t27_0_2 * g_p_t27_1_0_2
-                             - 4.0 * (p_t27_0_4 * g_p_t27_1_0_2 - p_t27_0_7 * g_p_t27_1_0_0 - p_t27_0_8 * g_p_t27_1_0_1))
-            # adjoint (left) of p_t27_0: ((2e x 2e)->4e x 3o)->1o step 1: table transpose-left of 2x2->4, ranks 4, 2 -> 2, 53 nonzeros
-            g_mixA2_A_4_0 = (0.5428571428571428 * g_p_t27_0_0_0 * mixA2_A_0 + 0.05714285714285714 * (g_p_t27_0_0_0 * mixA2_A_2 - g_p_t27_0_0_2 * mixA2_A_0 + g_p_t27_0_0_4 * mixA2_A_2) + 0.35714285714285715 * g_p_t27_0_0_1 * mixA2_A_1 + 0.18571428571428572 * g_p_t27_0_0_2 * mixA2_A_2
-                             - 0.14285714285714285 * (g_p_t27_0_0_3 * mixA2_A_1 - g_p_t27_0_0_8 * mixA2_A_4) + 0.11428571428571428 * g_p_t27_0_0_4 * mixA2_A_0 + 0.5 * g_p_t27_0_0_5 * mixA2_A_3 + 0.21428571428571427 * g_p_t27_0_0_6 * mixA2_A_4)
-            g_mixA2_A_4_1 = (-0.45714285714285713 * (g_p_t27_0_0_0 * mixA2_A_1 + g_p_t27_0_0_4 * mixA2_A_1) + 0.35714285714285715 * (g_p_t27_0_0_1 * mixA2_A_0 + g_p_t27_0_0_3 * mixA2_A_2) - 0.14285714285714285 * (g_p_t27_0_0_1 * mixA2_A_2 + g_p_t27_0_0_3 * mixA2_A_0 + g_p_t27_0_0_5 * mixA2_A_4 + g_p_t27_0_0_8 * mixA2_A_3) + 0.5142857142857142 * g_p_t27_0_0_2 * mixA2_A_1
-                             + 0.2857142857142857 * (g_p_t27_0_0_6 * mixA2_A_3 + g_p_t27_0_0_7 * mixA2_A_4))
-            g_mixA2_A_4_2 = (0.05714285714285714 * (g_p_t27_0_0_0 * mixA2_A_0 - g_p_t27_0_0_2 * mixA2_A_2 + g_p_t27_0_0_4 * mixA2_A_0) + 0.11428571428571428 * g_p_t27_0_0_0 * mixA2_A_2 - 0.14285714285714285 * (g_p_t27_0_0_1 * mixA2_A_1 - g_p_t27_0_0_5 * mixA2_A_3) + 0.18571428571428572 * g_p_t27_0_0_2 * mixA2_A_0
-                             + 0.35714285714285715 * g_p_t27_0_0_3 * mixA2_A_1 + 0.5428571428571428 * g_p_t27_0_0_4 * mixA2_A_2 + 0.21428571428571427 * g_p_t27_0_0_7 * mixA2_A_3 + 0.5 * g_p_t27_0_0_8 * mixA2_A_4)
-            g_mixA2_A_4_3 = (-0.45714285714285713 * g_p_t27_0_0_0 * mixA2_A_3 - 0.14285714285714285 * (g_p_t27_0_0_1 * mixA2_A_4 + g_p_t27_0_0_3 * mixA2_A_4 - g_p_t27_0_0_5 * mixA2_A_2 + g_p_t27_0_0_8 * mixA2_A_1) - 0.05714285714285714 * g_p_t27_0_0_2 * mixA2_A_3 + 0.11428571428571428 * g_p_t27_0_0_4 * mixA2_A_3
-                             + 0.5 * g_p_t27_0_0_5 * mixA2_A_0 + 0.2857142857142857 * g_p_t27_0_0_6 * mixA2_A_1 + 0.21428571428571427 * g_p_t27_0_0_7 * mixA2_A_2)
-            g_mixA2_A_4_4 = (0.11428571428571428 * g_p_t27_0_0_0 * mixA2_A_4 - 0.14285714285714285 * (g_p_t27_0_0_1 * mixA2_A_3 + g_p_t27_0_0_3 * mixA2_A_3 + g_p_t27_0_0_5 * mixA2_A_1 - g_p_t27_0_0_8 * mixA2_A_0) - 0.05714285714285714 * g_p_t27_0_0_2 * mixA2_A_4 - 0.45714285714285713 * g_p_t27_0_0_4 * mixA2_A_4
-                             + 0.21428571428571427 * g_p_t27_0_0_6 * mixA2_A_0 + 0.2857142857142857 * g_p_t27_0_0_7 * mixA2_A_1 + 0.5 * g_p_t27_0_0_8 * mixA2_A_2)
-            # adjoint (right) of p_t27_0: ((2e x 2e)->4e x 3o)->1o step 1: table transpose-right of 2x2->4, ranks 2, 4 -> 2, 53 nonzeros
-            g_mixA2_A_5_0 = (0.5428571428571428 * mixA2_A_0 * g_p_t27_0_0_0 - 0.05714285714285714 * (mixA2_A_0 * g_p_t27_0_0_2 - mixA2_A_2 * g_p_t27_0_0_0 - mixA2_A_2 * g_p_t27_0_0_4) + 0.11428571428571428 * mixA2_A_0 * g_p_t27_0_0_4 + 0.35714285714285715 * mixA2_A_1 * g_p_t27_0_0_1
-                             - 0.14285714285714285 * (mixA2_A_1 * g_p_t27_0_0_3 - mixA2_A_4 * g_p_t27_0_0_8) + 0.18571428571428572 * mixA2_A_2 * g_p_t27_0_0_2 + 0.5 * mixA2_A_3 * g_p_t27_0_0_5 + 0.21428571428571427 * mixA2_A_4 * g_p_t27_0_0_6)
-            g_mixA2_A_5_1 = (0.35714285714285715 * (mixA2_A_0 * g_p_t27_0_0_1 + mixA2_A_2 * g_p_t27_0_0_3) - 0.14285714285714285 * (mixA2_A_0 * g_p_t27_0_0_3 + mixA2_A_2 * g_p_t27_0_0_1 + mixA2_A_3 * g_p_t27_0_0_8 + mixA2_A_4 * g_p_t27_0_0_5) - 0.45714285714285713 * (mixA2_A_1 * g_p_t27_0_0_0 + mixA2_A_1 * g_p_t27_0_0_4) + 0.5142857142857142 * mixA2_A_1 * g_p_t27_0_0_2
-                             + 0.2857142857142857 * (mixA2_A_3 * g_p_t27_0_0_6 + mixA2_A_4 * g_p_t27_0_0_7))
-            g_mixA2_A_5_2 = (0.05714285714285714 * (mixA2_A_0 * g_p_t27_0_0_0 + mixA2_A_0 * g_p_t27_0_0_4 - mixA2_A_2 * g_p_t27_0_0_2) + 0.18571428571428572 * mixA2_A_0 * g_p_t27_0_0_2 - 0.14285714285714285 * (mixA2_A_1 * g_p_t27_0_0_1 - mixA2_A_3 * g_p_t27_0_0_5) + 0.35714285714285715 * mixA2_A_1 * g_p_t27_0_0_3
-                             + 0.11428571428571428 * mixA2_A_2 * g_p_t27_0_0_0 + 0.5428571428571428 * mixA2_A_2 * g_p_t27_0_0_4 + 0.21428571428571427 * mixA2_A_3 * g_p_t27_0_0_7 + 0.5 * mixA2_A_4 * g_p_t27_0_0_8)
-            g_mixA2_A_5_3 = (0.5 * mixA2_A_0 * g_p_t27_0_0_5 + 0.2857142857142857 * mixA2_A_1 * g_p_t27_0_0_6 - 0.14285714285714285 * (mixA2_A_1 * g_p_t27_0_0_8 - mixA2_A_2 * g_p_t27_0_0_5 + mixA2_A_4 * g_p_t27_0_0_1 + mixA2_A_4 * g_p_t27_0_0_3) + 0.21428571428571427 * mixA2_A_2 * g_p_t27_0_0_7
-                             - 0.45714285714285713 * mixA2_A_3 * g_p_t27_0_0_0 - 0.05714285714285714 * mixA2_A_3 * g_p_t27_0_0_2 + 0.11428571428571428 * mixA2_A_3 * g_p_t27_0_0_4)
-            g_mixA2_A_5_4 = (0.21428571428571427 * mixA2_A_0 * g_p_t27_0_0_6 + 0.14285714285714285 * (mixA2_A_0 * g_p_t27_0_0_8 - mixA2_A_1 * g_p_t27_0_0_5 - mixA2_A_3 * g_p_t27_0_0_1 - mixA2_A_3 * g_p_t27_0_0_3) + 0.2857142857142857 * mixA2_A_1 * g_p_t27_0_0_7 + 0.5 * mixA2_A_2 * g_p_t27_0_0_8
-                             + 0.11428571428571428 * mixA2_A_4 * g_p_t27_0_0_0 - 0.05714285714285714 * mixA2_A_4 * g_p_t27_0_0_2 - 0.45714285714285713 * mixA2_A_4 * g_p_t27_0_0_4)
-            # adjoint (left) of p_t25_1: ((1o x 3o)->3e x 3o)->1o step 2: table transpose-left of 3x3->1, ranks 1, 3 -> 3, 36 nonzeros
-            g_p_t25_0_0_0 = 2.0 * (g_p_t25_1_0_0 * mixA3_A_5 + g_p_t25_1_0_2 * mixA3_A_1) - 4.0 * g_p_t25_1_0_1 * mixA3_A_4 - g_p_t25_1_0_1 * mixA3_A_6 + g_p_t25_1_0_2 * mixA3_A_3
-            g_p_t25_0_0_1 = 2.0 * (g_p_t25_1_0_0 * mixA3_A_4 - g_p_t25_1_0_2 * mixA3_A_0) + 3.0 * g_p_t25_1_0_0 * mixA3_A_6 - 4.0 * g_p_t25_1_0_1 * mixA3_A_5 + g_p_t25_1_0_2 * mixA3_A_2
-            g_p_t25_0_0_2 = 4.0 * g_p_t25_1_0_0 * mixA3_A_5 - 3.0 * g_p_t25_1_0_1 * mixA3_A_4 - 2.0 * (g_p_t25_1_0_1 * mixA3_A_6 - g_p_t25_1_0_2 * mixA3_A_3) - g_p_t25_1_0_2 * mixA3_A_1
-            g_p_t25_0_0_3 = g_p_t25_1_0_0 * mixA3_A_4 - g_p_t25_1_0_2 * mixA3_A_0 + 4.0 * g_p_t25_1_0_0 * mixA3_A_6 - 2.0 * (g_p_t25_1_0_1 * mixA3_A_5 + g_p_t25_1_0_2 * mixA3_A_2)
-            g_p_t25_0_0_4 = -2.0 * (g_p_t25_1_0_0 * mixA3_A_1 - g_p_t25_1_0_2 * mixA3_A_5) - g_p_t25_1_0_0 * mixA3_A_3 + 4.0 * g_p_t25_1_0_1 * mixA3_A_0 + 3.0 * g_p_t25_1_0_1 * mixA3_A_2
-            g_p_t25_0_0_5 = -2.0 * (g_p_t25_1_0_0 * mixA3_A_0 - g_p_t25_1_0_1 * mixA3_A_3 + g_p_t25_1_0_2 * mixA3_A_4 - g_p_t25_1_0_2 * mixA3_A_6) - 4.0 * (g_p_t25_1_0_0 * mixA3_A_2 - g_p_t25_1_0_1 * mixA3_A_1)
-            g_p_t25_0_0_6 = -3.0 * g_p_t25_1_0_0 * mixA3_A_1 - 4.0 * g_p_t25_1_0_0 * mixA3_A_3 + g_p_t25_1_0_1 * mixA3_A_0 + 2.0 * (g_p_t25_1_0_1 * mixA3_A_2 - g_p_t25_1_0_2 * mixA3_A_5)
-            # adjoint (right) of p_t25_1: ((1o x 3o)->3e x 3o)->1o step 2: table transpose-right of 3x3->1, ranks 3, 1 -> 3, 36 nonzeros
-            g_mixA3_A_6_0 = -2.0 * (p_t25_0_1 * g_p_t25_1_0_2 + p_t25_0_5 * g_p_t25_1_0_0) - p_t25_0_3 * g_p_t25_1_0_2 + p_t25_0_6 * g_p_t25_1_0_1 + 4.0 * p_t25_0_4 * g_p_t25_1_0_1
-            g_mixA3_A_6_1 = 2.0 * (p_t25_0_0 * g_p_t25_1_0_2 - p_t25_0_4 * g_p_t25_1_0_0) - p_t25_0_2 * g_p_t25_1_0_2 + 4.0 * p_t25_0_5 * g_p_t25_1_0_1 - 3.0 * p_t25_0_6 * g_p_t25_1_0_0
-            g_mixA3_A_6_2 = p_t25_0_1 * g_p_t25_1_0_2 - 2.0 * (p_t25_0_3 * g_p_t25_1_0_2 - p_t25_0_6 * g_p_t25_1_0_1) + 3.0 * p_t25_0_4 * g_p_t25_1_0_1 - 4.0 * p_t25_0_5 * g_p_t25_1_0_0
-            g_mixA3_A_6_3 = p_t25_0_0 * g_p_t25_1_0_2 - p_t25_0_4 * g_p_t25_1_0_0 + 2.0 * (p_t25_0_2 * g_p_t25_1_0_2 + p_t25_0_5 * g_p_t25_1_0_1) - 4.0 * p_t25_0_6 * g_p_t25_1_0_0
-            g_mixA3_A_6_4 = -4.0 * p_t25_0_0 * g_p_t25_1_0_1 + 2.0 * (p_t25_0_1 * g_p_t25_1_0_0 - p_t25_0_5 * g_p_t25_1_0_2) - 3.0 * p_t25_0_2 * g_p_t25_1_0_1 + p_t25_0_3 * g_p_t25_1_0_0
-            g_mixA3_A_6_5 = 2.0 * (p_t25_0_0 * g_p_t25_1_0_0 - p_t25_0_3 * g_p_t25_1_0_1 + p_t25_0_4 * g_p_t25_1_0_2 - p_t25_0_6 * g_p_t25_1_0_2) - 4.0 * (p_t25_0_1 * g_p_t25_1_0_1 - p_t25_0_2 * g_p_t25_1_0_0)
-            g_mixA3_A_6_6 = -p_t25_0_0 * g_p_t25_1_0_1 + 3.0 * p_t25_0_1 * g_p_t25_1_0_0 - 2.0 * (p_t25_0_2 * g_p_t25_1_0_1 - p_t25_0_5 * g_p_t25_1_0_2) + 4.0 * p_t25_0_3 * g_p_t25_1_0_0
-            # adjoint (left) of p_t25_0: ((1o x 3o)->3e x 3o)->1o step 1: table transpose-left of 1x3->3, ranks 3, 3 -> 1, 26 nonzeros
-            g_mixA1_A_2_0 = -0.3333333333333333 * (g_p_t25_0_0_1 * mixA3_A_4 - g_p_t25_0_0_4 * mixA3_A_1 - g_p_t25_0_0_5 * mixA3_A_0) - 0.6666666666666666 * (g_p_t25_0_0_2 * mixA3_A_5 - g_p_t25_0_0_5 * mixA3_A_2 - g_p_t25_0_0_6 * mixA3_A_1) - g_p_t25_0_0_3 * mixA3_A_6 + g_p_t25_0_0_6 * mixA3_A_3
-            g_mixA1_A_2_1 = g_p_t25_0_0_0 * mixA3_A_4 - g_p_t25_0_0_4 * mixA3_A_0 + 0.6666666666666666 * (g_p_t25_0_0_1 * mixA3_A_5 - g_p_t25_0_0_4 * mixA3_A_2 - g_p_t25_0_0_5 * mixA3_A_1) + 0.3333333333333333 * (g_p_t25_0_0_2 * mixA3_A_6 - g_p_t25_0_0_5 * mixA3_A_3 - g_p_t25_0_0_6 * mixA3_A_2)
-            g_mixA1_A_2_2 = -g_p_t25_0_0_0 * mixA3_A_1 + g_p_t25_0_0_3 * mixA3_A_2 + 0.3333333333333333 * (g_p_t25_0_0_1 * mixA3_A_0 - g_p_t25_0_0_2 * mixA3_A_3 + g_p_t25_0_0_5 * mixA3_A_4 - g_p_t25_0_0_5 * mixA3_A_6) - 0.6666666666666666 * (g_p_t25_0_0_1 * mixA3_A_2 - g_p_t25_0_0_2 * mixA3_A_1 + g_p_t25_0_0_4 * mixA3_A_5 - g_p_t25_0_0_6 * mixA3_A_5)
-            # adjoint (right) of p_t25_0: ((1o x 3o)->3e x 3o)->1o step 1: table transpose-right of 1x3->3, ranks 1, 3 -> 3, 26 nonzeros
-            g_mixA3_A_7_0 = 0.3333333333333333 * (mixA1_A_0 * g_p_t25_0_0_5 + mixA1_A_2 * g_p_t25_0_0_1) - mixA1_A_1 * g_p_t25_0_0_4
-            g_mixA3_A_7_1 = 0.3333333333333333 * mixA1_A_0 * g_p_t25_0_0_4 + 0.6666666666666666 * (mixA1_A_0 * g_p_t25_0_0_6 - mixA1_A_1 * g_p_t25_0_0_5 + mixA1_A_2 * g_p_t25_0_0_2) - mixA1_A_2 * g_p_t25_0_0_0
-            g_mixA3_A_7_2 = 0.6666666666666666 * (mixA1_A_0 * g_p_t25_0_0_5 - mixA1_A_1 * g_p_t25_0_0_4 - mixA1_A_2 * g_p_t25_0_0_1) - 0.3333333333333333 * mixA1_A_1 * g_p_t25_0_0_6 + mixA1_A_2 * g_p_t25_0_0_3
-            g_mixA3_A_7_3 = mixA1_A_0 * g_p_t25_0_0_6 - 0.3333333333333333 * (mixA1_A_1 * g_p_t25_0_0_5 + mixA1_A_2 * g_p_t25_0_0_2)
-            g_mixA3_A_7_4 = -0.3333333333333333 * (mixA1_A_0 * g_p_t25_0_0_1 - mixA1_A_2 * g_p_t25_0_0_5) + mixA1_A_1 * g_p_t25_0_0_0
-            g_mixA3_A_7_5 = -0.6666666666666666 * (mixA1_A_0 * g_p_t25_0_0_2 - mixA1_A_1 * g_p_t25_0_0_1 + mixA1_A_2 * g_p_t25_0_0_4 - mixA1_A_2 * g_p_t25_0_0_6)
-            g_mixA3_A_7_6 = -mixA1_A_0 * g_p_t25_0_0_3 + 0.3333333333333333 * (mixA1_A_1 * g_p_t25_0_0_2 - mixA1_A_2 * g_p_t25_0_0_5)
-            # adjoint (left) of p_t24_0: ((1o x 3o)->2e x 3o)->1o step 1: table transpose-left of 1x3->2, ranks 2, 3 -> 1, 17 nonzeros
-            g_mixA1_A_3_0 = (g_p_t24_0_0_0 * mixA3_A_0 + g_p_t24_0_0_1 * mixA3_A_1 + g_p_t24_0_0_2 * mixA3_A_2 + g_p_t24_0_0_3 * mixA3_A_4
-                             + g_p_t24_0_0_4 * mixA3_A_5)
-            g_mixA1_A_3_1 = (g_p_t24_0_0_0 * mixA3_A_1 + g_p_t24_0_0_1 * mixA3_A_2 + g_p_t24_0_0_2 * mixA3_A_3 + g_p_t24_0_0_3 * mixA3_A_5
-                             + g_p_t24_0_0_4 * mixA3_A_6)
-            g_mixA1_A_3_2 = (g_p_t24_0_0_0 * mixA3_A_4 + g_p_t24_0_0_1 * mixA3_A_5 + g_p_t24_0_0_2 * mixA3_A_6 - g_p_t24_0_0_3 * mixA3_A_0
-                             - g_p_t24_0_0_3 * mixA3_A_2 - g_p_t24_0_0_4 * mixA3_A_1 - g_p_t24_0_0_4 * mixA3_A_3)
-            # adjoint (right) of p_t24_0: ((1o x 3o)->2e x 3o)->1o step 1: table transpose-right of 1x3->2, ranks 1, 2 -> 3, 17 nonzeros
-            g_mixA3_A_8_0 = mixA1_A_0 * g_p_t24_0_0_0 - mixA1_A_2 * g_p_t24_0_0_3
-            g_mixA3_A_8_1 = mixA1_A_0 * g_p_t24_0_0_1 + mixA1_A_1 * g_p_t24_0_0_0 - mixA1_A_2 * g_p_t24_0_0_4
-            g_mixA3_A_8_2 = mixA1_A_0 * g_p_t24_0_0_2 + mixA1_A_1 * g_p_t24_0_0_1 - mixA1_A_2 * g_p_t24_0_0_3
-            g_mixA3_A_8_3 = mixA1_A_1 * g_p_t24_0_0_2 - mixA1_A_2 * g_p_t24_0_0_4
-            g_mixA3_A_8_4 = mixA1_A_0 * g_p_t24_0_0_3 + mixA1_A_2 * g_p_t24_0_0_0
-            g_mixA3_A_8_5 = mixA1_A_0 * g_p_t24_0_0_4 + mixA1_A_1 * g_p_t24_0_0_3 + mixA1_A_2 * g_p_t24_0_0_1
-            g_mixA3_A_8_6 = mixA1_A_1 * g_p_t24_0_0_4 + mixA1_A_2 * g_p_t24_0_0_2
-            # adjoint (left) of p_t23_1: ((1o x 2e)->2o x 2e)->1o step 2: table transpose-left of 2x2->1, ranks 1, 2 -> 2, 18 nonzeros
-            g_p_t23_0_0_0 = g_p_t23_1_0_0 * mixA2_A_4 + g_p_t23_1_0_2 * mixA2_A_1 - 2.0 * g_p_t23_1_0_1 * mixA2_A_3
-            g_p_t23_0_0_1 = g_p_t23_1_0_0 * mixA2_A_3 - g_p_t23_1_0_1 * mixA2_A_4 - g_p_t23_1_0_2 * mixA2_A_0 + g_p_t23_1_0_2 * mixA2_A_2
-            g_p_t23_0_0_2 = 2.0 * g_p_t23_1_0_0 * mixA2_A_4 - g_p_t23_1_0_1 * mixA2_A_3 - g_p_t23_1_0_2 * mixA2_A_1
-            g_p_t23_0_0_3 = -g_p_t23_1_0_0 * mixA2_A_1 + g_p_t23_1_0_1 * mixA2_A_2 + g_p_t23_1_0_2 * mixA2_A_4 + 2.0 * g_p_t23_1_0_1 * mixA2_A_0
-            g_p_t23_0_0_4 = -g_p_t23_1_0_0 * mixA2_A_0 + g_p_t23_1_0_1 * mixA2_A_1 - g_p_t23_1_0_2 * mixA2_A_3 - 2.0 * g_p_t23_1_0_0 * mixA2_A_2
-            # adjoint (right) of p_t23_1: ((1o x 2e)->2o x 2e)->1o step 2: table transpose-right of 2x2->1, ranks 2, 1 -> 2, 18 nonzeros
-            g_mixA2_A_6_0 = -p_t23_0_1 * g_p_t23_1_0_2 - p_t23_0_4 * g_p_t23_1_0_0 + 2.0 * p_t23_0_3 * g_p_t23_1_0_1
-            g_mixA2_A_6_1 = p_t23_0_0 * g_p_t23_1_0_2 - p_t23_0_2 * g_p_t23_1_0_2 - p_t23_0_3 * g_p_t23_1_0_0 + p_t23_0_4 * g_p_t23_1_0_1
-            g_mixA2_A_6_2 = p_t23_0_1 * g_p_t23_1_0_2 + p_t23_0_3 * g_p_t23_1_0_1 - 2.0 * p_t23_0_4 * g_p_t23_1_0_0
-            g_mixA2_A_6_3 = -2.0 * p_t23_0_0 * g_p_t23_1_0_1 + p_t23_0_1 * g_p_t23_1_0_0 - p_t23_0_2 * g_p_t23_1_0_1 - p_t23_0_4 * g_p_t23_1_0_2
-            g_mixA2_A_6_4 = p_t23_0_0 * g_p_t23_1_0_0 - p_t23_0_1 * g_p_t23_1_0_1 + p_t23_0_3 * g_p_t23_1_0_2 + 2.0 * p_t23_0_2 * g_p_t23_1_0_0
-            # adjoint (left) of p_t23_0: ((1o x 2e)->2o x 2e)->1o step 1: table transpose-left of 1x2->2, ranks 2, 2 -> 1, 16 nonzeros
-            g_mixA1_A_4_0 = -0.5 * (g_p_t23_0_0_1 * mixA2_A_3 - g_p_t23_0_0_3 * mixA2_A_1 - g_p_t23_0_0_4 * mixA2_A_0) - g_p_t23_0_0_2 * mixA2_A_4 + g_p_t23_0_0_4 * mixA2_A_2
-            g_mixA1_A_4_1 = g_p_t23_0_0_0 * mixA2_A_3 - g_p_t23_0_0_3 * mixA2_A_0 + 0.5 * (g_p_t23_0_0_1 * mixA2_A_4 - g_p_t23_0_0_3 * mixA2_A_2 - g_p_t23_0_0_4 * mixA2_A_1)
-            g_mixA1_A_4_2 = -g_p_t23_0_0_0 * mixA2_A_1 + g_p_t23_0_0_2 * mixA2_A_1 + 0.5 * (g_p_t23_0_0_1 * mixA2_A_0 - g_p_t23_0_0_1 * mixA2_A_2 - g_p_t23_0_0_3 * mixA2_A_4 + g_p_t23_0_0_4 * mixA2_A_3)
-            # adjoint (right) of p_t23_0: ((1o x 2e)->2o x 2e)->1o step 1: table transpose-right of 1x2->2, ranks 1, 2 -> 2, 16 nonzeros
-            g_mixA2_A_7_0 = 0.5 * (mixA1_A_0 * g_p_t23_0_0_4 + mixA1_A_2 * g_p_t23_0_0_1) - mixA1_A_1 * g_p_t23_0_0_3
-            g_mixA2_A_7_1 = 0.5 * (mixA1_A_0 * g_p_t23_0_0_3 - mixA1_A_1 * g_p_t23_0_0_4) - mixA1_A_2 * g_p_t23_0_0_0 + mixA1_A_2 * g_p_t23_0_0_2
-            g_mixA2_A_7_2 = mixA1_A_0 * g_p_t23_0_0_4 - 0.5 * (mixA1_A_1 * g_p_t23_0_0_3 + mixA1_A_2 * g_p_t23_0_0_1)
-            g_mixA2_A_7_3 = -0.5 * (mixA1_A_0 * g_p_t23_0_0_1 - mixA1_A_2 * g_p_t23_0_0_4) + mixA1_A_1 * g_p_t23_0_0_0
-            g_mixA2_A_7_4 = -mixA1_A_0 * g_p_t23_0_0_2 + 0.5 * (mixA1_A_1 * g_p_t23_0_0_1 - mixA1_A_2 * g_p_t23_0_0_3)
-            # adjoint (left) of p_t15_0: (1o x 2e)->1o step 1: table transpose-left of 1x2->1, ranks 1, 2 -> 1, 10 nonzeros
-            g_mixA1_A_5_0 = g_p_t15_0_0_0 * mixA2_A_0 + g_p_t15_0_0_1 * mixA2_A_1 + g_p_t15_0_0_2 * mixA2_A_3
-            g_mixA1_A_5_1 = g_p_t15_0_0_0 * mixA2_A_1 + g_p_t15_0_0_1 * mixA2_A_2 + g_p_t15_0_0_2 * mixA2_A_4
-            g_mixA1_A_5_2 = g_p_t15_0_0_0 * mixA2_A_3 + g_p_t15_0_0_1 * mixA2_A_4 - g_p_t15_0_0_2 * mixA2_A_0 - g_p_t15_0_0_2 * mixA2_A_2
-            # adjoint (right) of p_t15_0: (1o x 2e)->1o step 1: table transpose-right of 1x2->1, ranks 1, 1 -> 2, 10 nonzeros
-            g_mixA2_A_8_0 = mixA1_A_0 * g_p_t15_0_0_0 - mixA1_A_2 * g_p_t15_0_0_2
-            g_mixA2_A_8_1 = mixA1_A_0 * g_p_t15_0_0_1 + mixA1_A_1 * g_p_t15_0_0_0
-            g_mixA2_A_8_2 = mixA1_A_1 * g_p_t15_0_0_1 - mixA1_A_2 * g_p_t15_0_0_2
-            g_mixA2_A_8_3 = mixA1_A_0 * g_p_t15_0_0_2 + mixA1_A_2 * g_p_t15_0_0_0
-            g_mixA2_A_8_4 = mixA1_A_1 * g_p_t15_0_0_2 + mixA1_A_2 * g_p_t15_0_0_1
-            # adjoint (left) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-left of 2x3->3, ranks 3, 3 -> 2, 54 nonzeros
-            g_mixA2_A_9_0 = (0.2 * (g_p_t12_0_0_0 * mixA3_A_0 + g_p_t12_0_0_2 * mixA3_A_2) - 0.4 * (g_p_t12_0_0_0 * mixA3_A_2 - g_p_t12_0_0_1 * mixA3_A_1 + g_p_t12_0_0_3 * mixA3_A_3) - 0.13333333333333333 * (g_p_t12_0_0_1 * mixA3_A_3 + g_p_t12_0_0_4 * mixA3_A_6) - 0.26666666666666666 * (g_p_t12_0_0_2 * mixA3_A_0 + g_p_t12_0_0_6 * mixA3_A_4)
-                             - 0.8 * g_p_t12_0_0_3 * mixA3_A_1 + 0.06666666666666667 * g_p_t12_0_0_4 * mixA3_A_4 - 0.4666666666666667 * g_p_t12_0_0_6 * mixA3_A_6)
-            g_mixA2_A_9_1 = 0.2 * (g_p_t12_0_0_0 * mixA3_A_1 + g_p_t12_0_0_3 * mixA3_A_2) + 0.3333333333333333 * (g_p_t12_0_0_1 * mixA3_A_0 + g_p_t12_0_0_2 * mixA3_A_3 + g_p_t12_0_0_5 * mixA3_A_4 + g_p_t12_0_0_5 * mixA3_A_6) + 0.4 * (g_p_t12_0_0_1 * mixA3_A_2 + g_p_t12_0_0_2 * mixA3_A_1 + g_p_t12_0_0_4 * mixA3_A_5 + g_p_t12_0_0_6 * mixA3_A_5)
-            g_mixA2_A_9_2 = (-0.4 * (g_p_t12_0_0_0 * mixA3_A_0 - g_p_t12_0_0_2 * mixA3_A_2 + g_p_t12_0_0_3 * mixA3_A_1) - 0.8 * g_p_t12_0_0_0 * mixA3_A_2 + 0.2 * (g_p_t12_0_0_1 * mixA3_A_1 + g_p_t12_0_0_3 * mixA3_A_3) - 0.26666666666666666 * (g_p_t12_0_0_1 * mixA3_A_3 + g_p_t12_0_0_4 * mixA3_A_6)
-                             - 0.13333333333333333 * (g_p_t12_0_0_2 * mixA3_A_0 + g_p_t12_0_0_6 * mixA3_A_4) - 0.4666666666666667 * g_p_t12_0_0_4 * mixA3_A_4 + 0.06666666666666667 * g_p_t12_0_0_6 * mixA3_A_6)
-            g_mixA2_A_9_3 = (0.2 * g_p_t12_0_0_0 * mixA3_A_4 + 0.4 * (g_p_t12_0_0_1 * mixA3_A_5 - g_p_t12_0_0_4 * mixA3_A_2) - 0.26666666666666666 * (g_p_t12_0_0_2 * mixA3_A_4 - g_p_t12_0_0_6 * mixA3_A_0) + 0.3333333333333333 * (g_p_t12_0_0_2 * mixA3_A_6 - g_p_t12_0_0_5 * mixA3_A_3)
-                             - 0.8 * g_p_t12_0_0_3 * mixA3_A_5 - 0.06666666666666667 * g_p_t12_0_0_4 * mixA3_A_0 + 0.6 * g_p_t12_0_0_6 * mixA3_A_2)
-            g_mixA2_A_9_4 = (-0.8 * g_p_t12_0_0_0 * mixA3_A_5 + 0.3333333333333333 * (g_p_t12_0_0_1 * mixA3_A_4 - g_p_t12_0_0_5 * mixA3_A_0) - 0.26666666666666666 * (g_p_t12_0_0_1 * mixA3_A_6 - g_p_t12_0_0_4 * mixA3_A_3) + 0.4 * (g_p_t12_0_0_2 * mixA3_A_5 - g_p_t12_0_0_6 * mixA3_A_1)
-                             + 0.2 * g_p_t12_0_0_3 * mixA3_A_6 + 0.6 * g_p_t12_0_0_4 * mixA3_A_1 - 0.06666666666666667 * g_p_t12_0_0_6 * mixA3_A_3)
-            # adjoint (right) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-right of 2x3->3, ranks 2, 3 -> 3, 54 nonzeros
-            g_mixA3_A_9_0 = (0.2 * mixA2_A_0 * g_p_t12_0_0_0 - 0.26666666666666666 * (mixA2_A_0 * g_p_t12_0_0_2 - mixA2_A_3 * g_p_t12_0_0_6) + 0.3333333333333333 * (mixA2_A_1 * g_p_t12_0_0_1 - mixA2_A_4 * g_p_t12_0_0_5) - 0.4 * mixA2_A_2 * g_p_t12_0_0_0
-                             - 0.13333333333333333 * mixA2_A_2 * g_p_t12_0_0_2 - 0.06666666666666667 * mixA2_A_3 * g_p_t12_0_0_4)
-            g_mixA3_A_9_1 = 0.4 * (mixA2_A_0 * g_p_t12_0_0_1 + mixA2_A_1 * g_p_t12_0_0_2 - mixA2_A_2 * g_p_t12_0_0_3 - mixA2_A_4 * g_p_t12_0_0_6) - 0.8 * mixA2_A_0 * g_p_t12_0_0_3 + 0.2 * (mixA2_A_1 * g_p_t12_0_0_0 + mixA2_A_2 * g_p_t12_0_0_1) + 0.6 * mixA2_A_4 * g_p_t12_0_0_4
-            g_mixA3_A_9_2 = -0.4 * (mixA2_A_0 * g_p_t12_0_0_0 - mixA2_A_1 * g_p_t12_0_0_1 - mixA2_A_2 * g_p_t12_0_0_2 + mixA2_A_3 * g_p_t12_0_0_4) + 0.2 * (mixA2_A_0 * g_p_t12_0_0_2 + mixA2_A_1 * g_p_t12_0_0_3) - 0.8 * mixA2_A_2 * g_p_t12_0_0_0 + 0.6 * mixA2_A_3 * g_p_t12_0_0_6
-            g_mixA3_A_9_3 = (-0.13333333333333333 * mixA2_A_0 * g_p_t12_0_0_1 - 0.4 * mixA2_A_0 * g_p_t12_0_0_3 + 0.3333333333333333 * (mixA2_A_1 * g_p_t12_0_0_2 - mixA2_A_3 * g_p_t12_0_0_5) - 0.26666666666666666 * (mixA2_A_2 * g_p_t12_0_0_1 - mixA2_A_4 * g_p_t12_0_0_4)
-                             + 0.2 * mixA2_A_2 * g_p_t12_0_0_3 - 0.06666666666666667 * mixA2_A_4 * g_p_t12_0_0_6)
-            g_mixA3_A_9_4 = (0.06666666666666667 * mixA2_A_0 * g_p_t12_0_0_4 - 0.26666666666666666 * (mixA2_A_0 * g_p_t12_0_0_6 + mixA2_A_3 * g_p_t12_0_0_2) + 0.3333333333333333 * (mixA2_A_1 * g_p_t12_0_0_5 + mixA2_A_4 * g_p_t12_0_0_1) - 0.4666666666666667 * mixA2_A_2 * g_p_t12_0_0_4
-                             - 0.13333333333333333 * mixA2_A_2 * g_p_t12_0_0_6 + 0.2 * mixA2_A_3 * g_p_t12_0_0_0)
-            g_mixA3_A_9_5 = 0.4 * (mixA2_A_1 * g_p_t12_0_0_4 + mixA2_A_1 * g_p_t12_0_0_6 + mixA2_A_3 * g_p_t12_0_0_1 + mixA2_A_4 * g_p_t12_0_0_2) - 0.8 * (mixA2_A_3 * g_p_t12_0_0_3 + mixA2_A_4 * g_p_t12_0_0_0)
-            g_mixA3_A_9_6 = (-0.13333333333333333 * mixA2_A_0 * g_p_t12_0_0_4 - 0.4666666666666667 * mixA2_A_0 * g_p_t12_0_0_6 + 0.3333333333333333 * (mixA2_A_1 * g_p_t12_0_0_5 + mixA2_A_3 * g_p_t12_0_0_2) - 0.26666666666666666 * (mixA2_A_2 * g_p_t12_0_0_4 + mixA2_A_4 * g_p_t12_0_0_1)
-                             + 0.06666666666666667 * mixA2_A_2 * g_p_t12_0_0_6 + 0.2 * mixA2_A_4 * g_p_t12_0_0_3)
-            g_p_t11_0_2_0 = g_p_t11_0_0_0 + g_p_t11_0_1_0
-            g_p_t11_0_2_1 = g_p_t11_0_0_1 + g_p_t11_0_1_1
-            g_p_t11_0_2_2 = g_p_t11_0_0_2 + g_p_t11_0_1_2
-            g_p_t11_0_2_3 = g_p_t11_0_0_3 + g_p_t11_0_1_3
-            g_p_t11_0_2_4 = g_p_t11_0_0_4 + g_p_t11_0_1_4
-            # adjoint (left) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-left of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
-            g_mixA2_A_10_0 = 0.3333333333333333 * (g_p_t11_0_2_0 * mixA2_A_0 - g_p_t11_0_2_0 * mixA2_A_2 - g_p_t11_0_2_2 * mixA2_A_2) + 0.5 * (g_p_t11_0_2_1 * mixA2_A_1 - g_p_t11_0_2_4 * mixA2_A_4) - 0.6666666666666666 * g_p_t11_0_2_2 * mixA2_A_0
-            g_mixA2_A_10_1 = 0.3333333333333333 * (g_p_t11_0_2_0 * mixA2_A_1 + g_p_t11_0_2_2 * mixA2_A_1) + 0.5 * (g_p_t11_0_2_1 * mixA2_A_0 + g_p_t11_0_2_1 * mixA2_A_2 + g_p_t11_0_2_3 * mixA2_A_4 + g_p_t11_0_2_4 * mixA2_A_3)
-            g_mixA2_A_10_2 = -0.3333333333333333 * (g_p_t11_0_2_0 * mixA2_A_0 + g_p_t11_0_2_2 * mixA2_A_0 - g_p_t11_0_2_2 * mixA2_A_2) - 0.6666666666666666 * g_p_t11_0_2_0 * mixA2_A_2 + 0.5 * (g_p_t11_0_2_1 * mixA2_A_1 - g_p_t11_0_2_3 * mixA2_A_3)
-            g_mixA2_A_10_3 = 0.3333333333333333 * g_p_t11_0_2_0 * mixA2_A_3 + 0.5 * (g_p_t11_0_2_1 * mixA2_A_4 - g_p_t11_0_2_3 * mixA2_A_2 + g_p_t11_0_2_4 * mixA2_A_1) - 0.6666666666666666 * g_p_t11_0_2_2 * mixA2_A_3
-            g_mixA2_A_10_4 = -0.6666666666666666 * g_p_t11_0_2_0 * mixA2_A_4 + 0.5 * (g_p_t11_0_2_1 * mixA2_A_3 + g_p_t11_0_2_3 * mixA2_A_1 - g_p_t11_0_2_4 * mixA2_A_0) + 0.3333333333333333 * g_p_t11_0_2_2 * mixA2_A_4
-            # adjoint (right) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-right of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
-            g_mixA2_A_11_0 = 0.3333333333333333 * (mixA2_A_0 * g_p_t11_0_2_0 - mixA2_A_2 * g_p_t11_0_2_0 - mixA2_A_2 * g_p_t11_0_2_2) - 0.6666666666666666 * mixA2_A_0 * g_p_t11_0_2_2 + 0.5 * (mixA2_A_1 * g_p_t11_0_2_1 - mixA2_A_4 * g_p_t11_0_2_4)
-            g_mixA2_A_11_1 = 0.5 * (mixA2_A_0 * g_p_t11_0_2_1 + mixA2_A_2 * g_p_t11_0_2_1 + mixA2_A_3 * g_p_t11_0_2_4 + mixA2_A_4 * g_p_t11_0_2_3) + 0.3333333333333333 * (mixA2_A_1 * g_p_t11_0_2_0 + mixA2_A_1 * g_p_t11_0_2_2)
-            g_mixA2_A_11_2 = -0.3333333333333333 * (mixA2_A_0 * g_p_t11_0_2_0 + mixA2_A_0 * g_p_t11_0_2_2 - mixA2_A_2 * g_p_t11_0_2_2) + 0.5 * (mixA2_A_1 * g_p_t11_0_2_1 - mixA2_A_3 * g_p_t11_0_2_3) - 0.6666666666666666 * mixA2_A_2 * g_p_t11_0_2_0
-            g_mixA2_A_11_3 = 0.5 * (mixA2_A_1 * g_p_t11_0_2_4 - mixA2_A_2 * g_p_t11_0_2_3 + mixA2_A_4 * g_p_t11_0_2_1) + 0.3333333333333333 * mixA2_A_3 * g_p_t11_0_2_0 - 0.6666666666666666 * mixA2_A_3 * g_p_t11_0_2_2
-            g_mixA2_A_11_4 = -0.5 * (mixA2_A_0 * g_p_t11_0_2_4 - mixA2_A_1 * g_p_t11_0_2_3 - mixA2_A_3 * g_p_t11_0_2_1) - 0.6666666666666666 * mixA2_A_4 * g_p_t11_0_2_0 + 0.3333333333333333 * mixA2_A_4 * g_p_t11_0_2_2
-            # adjoint (left) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-left of 1x2->3, ranks 3, 2 -> 1, 25 nonzeros
-            g_mixA1_A_7_0 = (0.6 * g_p_t10_0_0_0 * mixA2_A_0 + 0.5333333333333333 * (g_p_t10_0_0_1 * mixA2_A_1 + g_p_t10_0_0_4 * mixA2_A_3) - 0.13333333333333333 * (g_p_t10_0_0_2 * mixA2_A_0 + g_p_t10_0_0_6 * mixA2_A_3) + 0.3333333333333333 * (g_p_t10_0_0_2 * mixA2_A_2 + g_p_t10_0_0_5 * mixA2_A_4)
-                             - 0.4 * g_p_t10_0_0_3 * mixA2_A_1)
-            g_mixA1_A_7_1 = (-0.4 * g_p_t10_0_0_0 * mixA2_A_1 + 0.3333333333333333 * (g_p_t10_0_0_1 * mixA2_A_0 + g_p_t10_0_0_5 * mixA2_A_3) - 0.13333333333333333 * (g_p_t10_0_0_1 * mixA2_A_2 + g_p_t10_0_0_4 * mixA2_A_4) + 0.5333333333333333 * (g_p_t10_0_0_2 * mixA2_A_1 + g_p_t10_0_0_6 * mixA2_A_4)
-                             + 0.6 * g_p_t10_0_0_3 * mixA2_A_2)
-            g_mixA1_A_7_2 = -0.4 * (g_p_t10_0_0_0 * mixA2_A_3 + g_p_t10_0_0_3 * mixA2_A_4) - 0.13333333333333333 * (g_p_t10_0_0_1 * mixA2_A_4 + g_p_t10_0_0_2 * mixA2_A_3 - g_p_t10_0_0_4 * mixA2_A_2 - g_p_t10_0_0_6 * mixA2_A_0) + 0.4666666666666667 * (g_p_t10_0_0_4 * mixA2_A_0 + g_p_t10_0_0_6 * mixA2_A_2) + 0.3333333333333333 * g_p_t10_0_0_5 * mixA2_A_1
-            # adjoint (right) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-right of 1x2->3, ranks 1, 3 -> 2, 25 nonzeros
-            g_mixA2_A_12_0 = 0.6 * mixA1_A_0 * g_p_t10_0_0_0 - 0.13333333333333333 * (mixA1_A_0 * g_p_t10_0_0_2 - mixA1_A_2 * g_p_t10_0_0_6) + 0.3333333333333333 * mixA1_A_1 * g_p_t10_0_0_1 + 0.4666666666666667 * mixA1_A_2 * g_p_t10_0_0_4
-            g_mixA2_A_12_1 = 0.5333333333333333 * (mixA1_A_0 * g_p_t10_0_0_1 + mixA1_A_1 * g_p_t10_0_0_2) - 0.4 * (mixA1_A_0 * g_p_t10_0_0_3 + mixA1_A_1 * g_p_t10_0_0_0) + 0.3333333333333333 * mixA1_A_2 * g_p_t10_0_0_5
-            g_mixA2_A_12_2 = 0.3333333333333333 * mixA1_A_0 * g_p_t10_0_0_2 - 0.13333333333333333 * (mixA1_A_1 * g_p_t10_0_0_1 - mixA1_A_2 * g_p_t10_0_0_4) + 0.6 * mixA1_A_1 * g_p_t10_0_0_3 + 0.4666666666666667 * mixA1_A_2 * g_p_t10_0_0_6
-            g_mixA2_A_12_3 = 0.5333333333333333 * mixA1_A_0 * g_p_t10_0_0_4 - 0.13333333333333333 * (mixA1_A_0 * g_p_t10_0_0_6 + mixA1_A_2 * g_p_t10_0_0_2) + 0.3333333333333333 * mixA1_A_1 * g_p_t10_0_0_5 - 0.4 * mixA1_A_2 * g_p_t10_0_0_0
-            g_mixA2_A_12_4 = 0.3333333333333333 * mixA1_A_0 * g_p_t10_0_0_5 - 0.13333333333333333 * (mixA1_A_1 * g_p_t10_0_0_4 + mixA1_A_2 * g_p_t10_0_0_1) + 0.5333333333333333 * mixA1_A_1 * g_p_t10_0_0_6 - 0.4 * mixA1_A_2 * g_p_t10_0_0_3
-            g_p_t9_0_2_0 = g_p_t9_0_0_0 + g_p_t9_0_1_0
-            g_p_t9_0_2_1 = g_p_t9_0_0_1 + g_p_t9_0_1_1
-            g_p_t9_0_2_2 = g_p_t9_0_0_2 + g_p_t9_0_1_2
-            g_p_t9_0_2_3 = g_p_t9_0_0_3 + g_p_t9_0_1_3
-            g_p_t9_0_2_4 = g_p_t9_0_0_4 + g_p_t9_0_1_4
-            # adjoint (left) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
-            g_mixA1_A_8_0 = 0.6666666666666666 * g_p_t9_0_2_0 * mixA1_A_0 + 0.5 * (g_p_t9_0_2_1 * mixA1_A_1 + g_p_t9_0_2_3 * mixA1_A_2) - 0.3333333333333333 * g_p_t9_0_2_2 * mixA1_A_0
-            g_mixA1_A_8_1 = -0.3333333333333333 * g_p_t9_0_2_0 * mixA1_A_1 + 0.5 * (g_p_t9_0_2_1 * mixA1_A_0 + g_p_t9_0_2_4 * mixA1_A_2) + 0.6666666666666666 * g_p_t9_0_2_2 * mixA1_A_1
-            g_mixA1_A_8_2 = -0.3333333333333333 * (g_p_t9_0_2_0 * mixA1_A_2 + g_p_t9_0_2_2 * mixA1_A_2) + 0.5 * (g_p_t9_0_2_3 * mixA1_A_0 + g_p_t9_0_2_4 * mixA1_A_1)
-            # adjoint (right) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-right of 1x1->2, ranks 1, 2 -> 1, 12 nonzeros
-            g_mixA1_A_9_0 = 0.6666666666666666 * mixA1_A_0 * g_p_t9_0_2_0 - 0.3333333333333333 * mixA1_A_0 * g_p_t9_0_2_2 + 0.5 * (mixA1_A_1 * g_p_t9_0_2_1 + mixA1_A_2 * g_p_t9_0_2_3)
-            g_mixA1_A_9_1 = 0.5 * (mixA1_A_0 * g_p_t9_0_2_1 + mixA1_A_2 * g_p_t9_0_2_4) - 0.3333333333333333 * mixA1_A_1 * g_p_t9_0_2_0 + 0.6666666666666666 * mixA1_A_1 * g_p_t9_0_2_2
-            g_mixA1_A_9_2 = 0.5 * (mixA1_A_0 * g_p_t9_0_2_3 + mixA1_A_1 * g_p_t9_0_2_4) - 0.3333333333333333 * (mixA1_A_2 * g_p_t9_0_2_0 + mixA1_A_2 * g_p_t9_0_2_2)
-            # adjoint (left) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
-            g_mixA0_A_3_0 = (g_p_t8_0_0_0 * mixA3_A_0 + g_p_t8_0_0_1 * mixA3_A_1 + g_p_t8_0_0_2 * mixA3_A_2 + g_p_t8_0_0_3 * mixA3_A_3
-                             + g_p_t8_0_0_4 * mixA3_A_4 + g_p_t8_0_0_5 * mixA3_A_5 + g_p_t8_0_0_6 * mixA3_A_6)
-            # adjoint (right) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
-            g_mixA3_A_10_0 = mixA0_A_0 * g_p_t8_0_0_0
-            g_mixA3_A_10_1 = mixA0_A_0 * g_p_t8_0_0_1
-            g_mixA3_A_10_2 = mixA0_A_0 * g_p_t8_0_0_2
-            g_mixA3_A_10_3 = mixA0_A_0 * g_p_t8_0_0_3
-            g_mixA3_A_10_4 = mixA0_A_0 * g_p_t8_0_0_4
-            g_mixA3_A_10_5 = mixA0_A_0 * g_p_t8_0_0_5
-            g_mixA3_A_10_6 = mixA0_A_0 * g_p_t8_0_0_6
-            g_p_t7_0_2_0 = g_p_t7_0_0_0 + g_p_t7_0_1_0
-            g_p_t7_0_2_1 = g_p_t7_0_0_1 + g_p_t7_0_1_1
-            g_p_t7_0_2_2 = g_p_t7_0_0_2 + g_p_t7_0_1_2
-            g_p_t7_0_2_3 = g_p_t7_0_0_3 + g_p_t7_0_1_3
-            g_p_t7_0_2_4 = g_p_t7_0_0_4 + g_p_t7_0_1_4
-            # adjoint (left) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
-            g_mixA0_A_4_0 = (g_p_t7_0_2_0 * mixA2_A_0 + g_p_t7_0_2_1 * mixA2_A_1 + g_p_t7_0_2_2 * mixA2_A_2 + g_p_t7_0_2_3 * mixA2_A_3
-                             + g_p_t7_0_2_4 * mixA2_A_4)
-            # adjoint (right) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
-            g_mixA2_A_13_0 = mixA0_A_0 * g_p_t7_0_2_0
-            g_mixA2_A_13_1 = mixA0_A_0 * g_p_t7_0_2_1
-            g_mixA2_A_13_2 = mixA0_A_0 * g_p_t7_0_2_2
-            g_mixA2_A_13_3 = mixA0_A_0 * g_p_t7_0_2_3
-            g_mixA2_A_13_4 = mixA0_A_0 * g_p_t7_0_2_4
-            # adjoint (left) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
-            g_p_t6_0_1_0 = g_p_t6_1_0_0 * mixA1_A_0
-            g_p_t6_0_1_1 = g_p_t6_1_0_0 * mixA1_A_1
-            g_p_t6_0_1_2 = g_p_t6_1_0_0 * mixA1_A_2
-            # adjoint (right) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
-            g_mixA1_A_10_0 = p_t6_0_0 * g_p_t6_1_0_0
-            g_mixA1_A_10_1 = p_t6_0_1 * g_p_t6_1_0_0
-            g_mixA1_A_10_2 = p_t6_0_2 * g_p_t6_1_0_0
-            g_p_t6_0_2_0 = g_p_t6_0_0_0 + g_p_t6_0_1_0
-            g_p_t6_0_2_1 = g_p_t6_0_0_1 + g_p_t6_0_1_1
-            g_p_t6_0_2_2 = g_p_t6_0_0_2 + g_p_t6_0_1_2
-            # adjoint (left) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
-            g_mixA0_A_5_0 = g_p_t6_0_2_0 * mixA1_A_0 + g_p_t6_0_2_1 * mixA1_A_1 + g_p_t6_0_2_2 * mixA1_A_2
-            # adjoint (right) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
-            g_mixA1_A_11_0 = mixA0_A_0 * g_p_t6_0_2_0
-            g_mixA1_A_11_1 = mixA0_A_0 * g_p_t6_0_2_1
-            g_mixA1_A_11_2 = mixA0_A_0 * g_p_t6_0_2_2
-            g_p_t2_0_2_0 = g_p_t2_0_0_0 + g_p_t2_0_1_0
-            # adjoint (left) of p_t2_0: (1o x 1o)->0e step 1: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
-            g_mixA1_A_12_0 = g_p_t2_0_2_0 * mixA1_A_0
-            g_mixA1_A_12_1 = g_p_t2_0_2_0 * mixA1_A_1
-            g_mixA1_A_12_2 = g_p_t2_0_2_0 * mixA1_A_2
-            # adjoint (right) of p_t2_0: (1o x 1o)->0e step 1: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
-            g_mixA1_A_13_0 = mixA1_A_0 * g_p_t2_0_2_0
-            g_mixA1_A_13_1 = mixA1_A_1 * g_p_t2_0_2_0
-            g_mixA1_A_13_2 = mixA1_A_2 * g_p_t2_0_2_0
-            g_p_t1_0_2_0 = g_p_t1_0_0_0 + g_p_t1_0_1_0
-            # adjoint (left) of p_t1_0: (0e x 0e)->0e step 1: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_mixA0_A_6_0 = g_p_t1_0_2_0 * mixA0_A_0
-            # adjoint (right) of p_t1_0: (0e x 0e)->0e step 1: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_mixA0_A_7_0 = mixA0_A_0 * g_p_t1_0_2_0
-            g_mixA3_A_11_0 = (g_mixA3_A_0_0 + g_mixA3_A_1_0 + g_mixA3_A_2_0 + g_mixA3_A_3_0
-                              + g_mixA3_A_4_0 + g_mixA3_A_5_0 + g_mixA3_A_6_0 + g_mixA3_A_7_0
-                              + g_mixA3_A_8_0 + g_mixA3_A_9_0 + g_mixA3_A_10_0)
-            g_mixA3_A_11_1 = (g_mixA3_A_0_1 + g_mixA3_A_1_1 + g_mixA3_A_2_1 + g_mixA3_A_3_1
-                              + g_mixA3_A_4_1 + g_mixA3_A_5_1 + g_mixA3_A_6_1 + g_mixA3_A_7_1
-                              + g_mixA3_A_8_1 + g_mixA3_A_9_1 + g_mixA3_A_10_1)
-            g_mixA3_A_11_2 = (g_mixA3_A_0_2 + g_mixA3_A_1_2 + g_mixA3_A_2_2 + g_mixA3_A_3_2
-                              + g_mixA3_A_4_2 + g_mixA3_A_5_2 + g_mixA3_A_6_2 + g_mixA3_A_7_2
-                              + g_mixA3_A_8_2 + g_mixA3_A_9_2 + g_mixA3_A_10_2)
-            g_mixA3_A_11_3 = (g_mixA3_A_0_3 + g_mixA3_A_1_3 + g_mixA3_A_2_3 + g_mixA3_A_3_3
-                              + g_mixA3_A_4_3 + g_mixA3_A_5_3 + g_mixA3_A_6_3 + g_mixA3_A_7_3
-                              + g_mixA3_A_8_3 + g_mixA3_A_9_3 + g_mixA3_A_10_3)
-            g_mixA3_A_11_4 = (g_mixA3_A_0_4 + g_mixA3_A_1_4 + g_mixA3_A_2_4 + g_mixA3_A_3_4
-                              + g_mixA3_A_4_4 + g_mixA3_A_5_4 + g_mixA3_A_6_4 + g_mixA3_A_7_4
-                              + g_mixA3_A_8_4 + g_mixA3_A_9_4 + g_mixA3_A_10_4)
-            g_mixA3_A_11_5 = (g_mixA3_A_0_5 + g_mixA3_A_1_5 + g_mixA3_A_2_5 + g_mixA3_A_3_5
-                              + g_mixA3_A_4_5 + g_mixA3_A_5_5 + g_mixA3_A_6_5 + g_mixA3_A_7_5
-                              + g_mixA3_A_8_5 + g_mixA3_A_9_5 + g_mixA3_A_10_5)
-            g_mixA3_A_11_6 = (g_mixA3_A_0_6 + g_mixA3_A_1_6 + g_mixA3_A_2_6 + g_mixA3_A_3_6
-                              + g_mixA3_A_4_6 + g_mixA3_A_5_6 + g_mixA3_A_6_6 + g_mixA3_A_7_6
-                              + g_mixA3_A_8_6 + g_mixA3_A_9_6 + g_mixA3_A_10_6)
-            g_mixA2_A_14_0 = (g_mixA2_A_0_0 + g_mixA2_A_1_0 + g_mixA2_A_2_0 + g_mixA2_A_3_0
-                              + g_mixA2_A_4_0 + g_mixA2_A_5_0 + g_mixA2_A_6_0 + g_mixA2_A_7_0
-                              + g_mixA2_A_8_0 + g_mixA2_A_9_0 + g_mixA2_A_10_0 + g_mixA2_A_11_0
-                              + g_mixA2_A_12_0 + g_mixA2_A_13_0)
-            g_mixA2_A_14_1 = (g_mixA2_A_0_1 + g_mixA2_A_1_1 + g_mixA2_A_2_1 + g_mixA2_A_3_1
-                              + g_mixA2_A_4_1 + g_mixA2_A_5_1 + g_mixA2_A_6_1 + g_mixA2_A_7_1
-                              + g_mixA2_A_8_1 + g_mixA2_A_9_1 + g_mixA2_A_10_1 + g_mixA2_A_11_1
-                              + g_mixA2_A_12_1 + g_mixA2_A_13_1)
-            g_mixA2_A_14_2 = (g_mixA2_A_0_2 + g_mixA2_A_1_2 + g_mixA2_A_2_2 + g_mixA2_A_3_2
-                              + g_mixA2_A_4_2 + g_mixA2_A_5_2 + g_mixA2_A_6_2 + g_mixA2_A_7_2
-                              + g_mixA2_A_8_2 + g_mixA2_A_9_2 + g_mixA2_A_10_2 + g_mixA2_A_11_2
-                              + g_mixA2_A_12_2 + g_mixA2_A_13_2)
-            g_mixA2_A_14_3 = (g_mixA2_A_0_3 + g_mixA2_A_1_3 + g_mixA2_A_2_3 + g_mixA2_A_3_3
-                              + g_mixA2_A_4_3 + g_mixA2_A_5_3 + g_mixA2_A_6_3 + g_mixA2_A_7_3
-                              + g_mixA2_A_8_3 + g_mixA2_A_9_3 + g_mixA2_A_10_3 + g_mixA2_A_11_3
-                              + g_mixA2_A_12_3 + g_mixA2_A_13_3)
-            g_mixA2_A_14_4 = (g_mixA2_A_0_4 + g_mixA2_A_1_4 + g_mixA2_A_2_4 + g_mixA2_A_3_4
-                              + g_mixA2_A_4_4 + g_mixA2_A_5_4 + g_mixA2_A_6_4 + g_mixA2_A_7_4
-                              + g_mixA2_A_8_4 + g_mixA2_A_9_4 + g_mixA2_A_10_4 + g_mixA2_A_11_4
-                              + g_mixA2_A_12_4 + g_mixA2_A_13_4)
-            g_mixA1_A_14_0 = (g_mixA1_A_0_0 + g_mixA1_A_1_0 + g_mixA1_A_2_0 + g_mixA1_A_3_0
-                              + g_mixA1_A_4_0 + g_mixA1_A_5_0 + g_mixA1_A_6_0 + g_mixA1_A_7_0
-                              + g_mixA1_A_8_0 + g_mixA1_A_9_0 + g_mixA1_A_10_0 + g_mixA1_A_11_0
-                              + g_mixA1_A_12_0 + g_mixA1_A_13_0)
-            g_mixA1_A_14_1 = (g_mixA1_A_0_1 + g_mixA1_A_1_1 + g_mixA1_A_2_1 + g_mixA1_A_3_1
-                              + g_mixA1_A_4_1 + g_mixA1_A_5_1 + g_mixA1_A_6_1 + g_mixA1_A_7_1
-                              + g_mixA1_A_8_1 + g_mixA1_A_9_1 + g_mixA1_A_10_1 + g_mixA1_A_11_1
-                              + g_mixA1_A_12_1 + g_mixA1_A_13_1)
-            g_mixA1_A_14_2 = (g_mixA1_A_0_2 + g_mixA1_A_1_2 + g_mixA1_A_2_2 + g_mixA1_A_3_2
-                              + g_mixA1_A_4_2 + g_mixA1_A_5_2 + g_mixA1_A_6_2 + g_mixA1_A_7_2
-                              + g_mixA1_A_8_2 + g_mixA1_A_9_2 + g_mixA1_A_10_2 + g_mixA1_A_11_2
-                              + g_mixA1_A_12_2 + g_mixA1_A_13_2)
-            g_mixA0_A_9_0 = (g_mixA0_A_0_0 + g_mixA0_A_1_0 + g_mixA0_A_2_0 + g_mixA0_A_3_0
-                             + g_mixA0_A_4_0 + g_mixA0_A_5_0 + g_mixA0_A_6_0 + g_mixA0_A_7_0
-                             + g_mixA0_A_8_0)
-            g_mixA3_A_11[n, c, 0] = g_mixA3_A_11_0
-            g_mixA3_A_11[n, c, 1] = g_mixA3_A_11_1
-            g_mixA3_A_11[n, c, 2] = g_mixA3_A_11_2
-            g_mixA3_A_11[n, c, 3] = g_mixA3_A_11_3
-            g_mixA3_A_11[n, c, 4] = g_mixA3_A_11_4
-            g_mixA3_A_11[n, c, 5] = g_mixA3_A_11_5
-            g_mixA3_A_11[n, c, 6] = g_mixA3_A_11_6
-            g_mixA2_A_14[n, c, 0] = g_mixA2_A_14_0
-            g_mixA2_A_14[n, c, 1] = g_mixA2_A_14_1
-            g_mixA2_A_14[n, c, 2] = g_mixA2_A_14_2
-            g_mixA2_A_14[n, c, 3] = g_mixA2_A_14_3
-            g_mixA2_A_14[n, c, 4] = g_mixA2_A_14_4
-            g_mixA1_A_14[n, c, 0] = g_mixA1_A_14_0
-            g_mixA1_A_14[n, c, 1] = g_mixA1_A_14_1
-            g_mixA1_A_14[n, c, 2] = g_mixA1_A_14_2
-            g_mixA0_A_9[n, c, 0] = g_mixA0_A_9_0
-
+    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 125 ops; stores g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9
+        _kernel_2ae74df0d4(np.int64(block), channels, g_mixA0_A_8, g_mixA0_A_9, g_mixA1_A_14, g_mixA1_A_6, g_mixA2_A_14, g_mixA3_A_11, g_p_B0_0, g_p_B1_0, g_p_t23_1_0, g_p_t25_1_0, g_p_t27_1_0, g_p_t2_0_1, g_p_t6_1_0, mixA0_A, mixA1_A, mixA2_A, mixA3_A, num_nodes, product)
     return (g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=False)
 def layer_0_01_reverse_k5(g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9, mixA3, mixA2, mixA1, mixA0):
-    """Part of layer_0_01_reverse.
-
-    IR program layer_0_01_reverse_k5, printed as 4 kernel(s).
-    mixA3: weights with channels rows x channels columns.
-    mixA2: weights with channels rows x channels columns.
-    mixA1: weights with channels rows x channels columns.
-    mixA0: weights with channels rows x channels columns.
-    """
+    """Part of layer_0_01_reverse. IR program layer_0_01_reverse_k5, printed as 4 kernel(s); weights: mixA3 (channels rows x channels columns), mixA2 (channels rows x channels columns), mixA1 (channels rows x channels columns), mixA0 (channels rows x channels columns)."""
     dtype = g_mixA3_A_11.dtype
     num_nodes = g_mixA3_A_11.shape[0]
-    if g_mixA3_A_11.shape[2] != 7:
-        raise ValueError("g_mixA3_A_11 must have shape (nodes, channels, 7)")
-    if g_mixA2_A_14.shape[0] != num_nodes or g_mixA2_A_14.shape[2] != 5:
-        raise ValueError("g_mixA2_A_14 must have shape (nodes, channels, 5)")
-    if g_mixA1_A_14.shape[0] != num_nodes or g_mixA1_A_14.shape[2] != 3:
-        raise ValueError("g_mixA1_A_14 must have shape (nodes, channels, 3)")
-    if g_mixA0_A_9.shape[0] != num_nodes or g_mixA0_A_9.shape[2] != 1:
-        raise ValueError("g_mixA0_A_9 must have shape (nodes, channels, 1)")
-
-    # ChannelMixTransposed -> g_i_A3_0 (nodes, channels, 7): einsum("nkd,ck->ncd", g_mixA3_A_11, mixA3)
-    if g_mixA3_A_11.shape[1] != mixA3.shape[1]:
-        raise ValueError("g_mixA3_A_11 has the wrong number of channels for mixA3")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    g_i_A3_0_in = np.empty((num_nodes, 7, mixA3.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[1]):
-                g_i_A3_0_in[n, m, a] = g_mixA3_A_11[n, a, m]
-    g_i_A3_0_gemm = np.dot(g_i_A3_0_in.reshape((num_nodes * 7, mixA3.shape[1])), np.asarray(mixA3, dtype).T).reshape((num_nodes, 7, mixA3.shape[0]))
-    g_i_A3_0 = np.empty((num_nodes, mixA3.shape[0], 7), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[0]):
-                g_i_A3_0[n, a, m] = g_i_A3_0_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_i_A2_0 (nodes, channels, 5): einsum("nkd,ck->ncd", g_mixA2_A_14, mixA2)
-    if g_mixA2_A_14.shape[1] != mixA2.shape[1]:
-        raise ValueError("g_mixA2_A_14 has the wrong number of channels for mixA2")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    g_i_A2_0_in = np.empty((num_nodes, 5, mixA2.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[1]):
-                g_i_A2_0_in[n, m, a] = g_mixA2_A_14[n, a, m]
-    g_i_A2_0_gemm = np.dot(g_i_A2_0_in.reshape((num_nodes * 5, mixA2.shape[1])), np.asarray(mixA2, dtype).T).reshape((num_nodes, 5, mixA2.shape[0]))
-    g_i_A2_0 = np.empty((num_nodes, mixA2.shape[0], 5), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[0]):
-                g_i_A2_0[n, a, m] = g_i_A2_0_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_i_A1_0 (nodes, channels, 3): einsum("nkd,ck->ncd", g_mixA1_A_14, mixA1)
-    if g_mixA1_A_14.shape[1] != mixA1.shape[1]:
-        raise ValueError("g_mixA1_A_14 has the wrong number of channels for mixA1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    g_i_A1_0_in = np.empty((num_nodes, 3, mixA1.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[1]):
-                g_i_A1_0_in[n, m, a] = g_mixA1_A_14[n, a, m]
-    g_i_A1_0_gemm = np.dot(g_i_A1_0_in.reshape((num_nodes * 3, mixA1.shape[1])), np.asarray(mixA1, dtype).T).reshape((num_nodes, 3, mixA1.shape[0]))
-    g_i_A1_0 = np.empty((num_nodes, mixA1.shape[0], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[0]):
-                g_i_A1_0[n, a, m] = g_i_A1_0_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_i_A0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", g_mixA0_A_9, mixA0)
-    if g_mixA0_A_9.shape[1] != mixA0.shape[1]:
-        raise ValueError("g_mixA0_A_9 has the wrong number of channels for mixA0")
-    g_i_A0_0 = np.dot(np.ascontiguousarray(g_mixA0_A_9).reshape((num_nodes, mixA0.shape[1])), np.asarray(mixA0, dtype).T).reshape((num_nodes, mixA0.shape[0], 1))
-
+    _fail_if(g_mixA3_A_11.shape[2] != 7, "g_mixA3_A_11 must have shape (nodes, channels, 7)")
+    _fail_if(g_mixA2_A_14.shape[0] != num_nodes or g_mixA2_A_14.shape[2] != 5, "g_mixA2_A_14 must have shape (nodes, channels, 5)")
+    _fail_if(g_mixA1_A_14.shape[0] != num_nodes or g_mixA1_A_14.shape[2] != 3, "g_mixA1_A_14 must have shape (nodes, channels, 3)")
+    _fail_if(g_mixA0_A_9.shape[0] != num_nodes or g_mixA0_A_9.shape[2] != 1, "g_mixA0_A_9 must have shape (nodes, channels, 1)")
+    g_i_A3_0 = _channel_mix(g_mixA3_A_11, np.asarray(mixA3, dtype).T)  # ChannelMixTransposed -> g_i_A3_0 (nodes, channels, 7): einsum("nkd,ck->ncd", g_mixA3_A_11, mixA3)
+    g_i_A2_0 = _channel_mix(g_mixA2_A_14, np.asarray(mixA2, dtype).T)  # ChannelMixTransposed -> g_i_A2_0 (nodes, channels, 5): einsum("nkd,ck->ncd", g_mixA2_A_14, mixA2)
+    g_i_A1_0 = _channel_mix(g_mixA1_A_14, np.asarray(mixA1, dtype).T)  # ChannelMixTransposed -> g_i_A1_0 (nodes, channels, 3): einsum("nkd,ck->ncd", g_mixA1_A_14, mixA1)
+    g_i_A0_0 = _channel_mix(g_mixA0_A_9, np.asarray(mixA0, dtype).T)  # ChannelMixTransposed -> g_i_A0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", g_mixA0_A_9, mixA0)
     return (g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_0_01_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, i_s_0_2_2_in, g_i_A1_0, Y1, i_s_0_1_1_in, g_i_A0_0, i_c_0_0_0, radial, senders, receivers, receiver_offsets, num_nodes):
-    """Part of layer_0_01_reverse.
-
-    IR program layer_0_01_reverse_k6, printed as 1 kernel(s).
-    radial: weights with 4 columns.
-    """
-    dtype = g_i_A3_0.dtype
-    num_edges = senders.shape[0]
-    channels = g_i_A3_0.shape[1]
-    if g_i_A3_0.shape[0] != num_nodes or g_i_A3_0.shape[1] != channels or g_i_A3_0.shape[2] != 7:
-        raise ValueError("g_i_A3_0 must have shape (nodes, channels, 7)")
-    if Y3.shape[0] != num_edges or Y3.shape[1] != 7:
-        raise ValueError("Y3 must have shape (edges, 7)")
-    if i_s_0_3_3_in.shape[0] != num_edges or i_s_0_3_3_in.shape[1] != channels or i_s_0_3_3_in.shape[2] != 1:
-        raise ValueError("i_s_0_3_3_in must have shape (edges, channels, 1)")
-    if i_hj_0_0_0.shape[0] != num_edges or i_hj_0_0_0.shape[1] != channels or i_hj_0_0_0.shape[2] != 1:
-        raise ValueError("i_hj_0_0_0 must have shape (edges, channels, 1)")
-    if g_i_A2_0.shape[0] != num_nodes or g_i_A2_0.shape[1] != channels or g_i_A2_0.shape[2] != 5:
-        raise ValueError("g_i_A2_0 must have shape (nodes, channels, 5)")
-    if Y2.shape[0] != num_edges or Y2.shape[1] != 5:
-        raise ValueError("Y2 must have shape (edges, 5)")
-    if i_s_0_2_2_in.shape[0] != num_edges or i_s_0_2_2_in.shape[1] != channels or i_s_0_2_2_in.shape[2] != 1:
-        raise ValueError("i_s_0_2_2_in must have shape (edges, channels, 1)")
-    if g_i_A1_0.shape[0] != num_nodes or g_i_A1_0.shape[1] != channels or g_i_A1_0.shape[2] != 3:
-        raise ValueError("g_i_A1_0 must have shape (nodes, channels, 3)")
-    if Y1.shape[0] != num_edges or Y1.shape[1] != 3:
-        raise ValueError("Y1 must have shape (edges, 3)")
-    if i_s_0_1_1_in.shape[0] != num_edges or i_s_0_1_1_in.shape[1] != channels or i_s_0_1_1_in.shape[2] != 1:
-        raise ValueError("i_s_0_1_1_in must have shape (edges, channels, 1)")
-    if g_i_A0_0.shape[0] != num_nodes or g_i_A0_0.shape[1] != channels or g_i_A0_0.shape[2] != 1:
-        raise ValueError("g_i_A0_0 must have shape (nodes, channels, 1)")
-    if i_c_0_0_0.shape[0] != num_edges or i_c_0_0_0.shape[1] != channels or i_c_0_0_0.shape[2] != 1:
-        raise ValueError("i_c_0_0_0 must have shape (edges, channels, 1)")
-    if radial.shape[0] != num_edges or radial.shape[1] != channels or radial.shape[2] != 4:
-        raise ValueError("radial must have shape (edges, channels, 4)")
-    _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
-
-    d_Y3 = np.zeros((num_edges, 7), dtype)
-    d_Y2 = np.zeros((num_edges, 5), dtype)
-    d_Y1 = np.zeros((num_edges, 3), dtype)
-    d_Y0 = np.zeros((num_edges, 1), dtype)
-    d_radial = np.empty((num_edges, channels, 4), dtype)
-    # kernel 1 (per channel, phase 0): 21 ops; stores d_Y3, d_Y2, d_Y1, d_Y0, d_radial
-    for e in prange(num_edges):
-        for c in range(channels):
-            i = receivers[e]
-            Y3_0 = Y3[e, 0]
-            Y3_1 = Y3[e, 1]
-            Y3_2 = Y3[e, 2]
-            Y3_3 = Y3[e, 3]
-            Y3_4 = Y3[e, 4]
-            Y3_5 = Y3[e, 5]
-            Y3_6 = Y3[e, 6]
-            i_s_0_3_3_in_0 = i_s_0_3_3_in[e, c, 0]
-            i_hj_0_0_0_0 = i_hj_0_0_0[e, c, 0]
-            Y2_0 = Y2[e, 0]
-            Y2_1 = Y2[e, 1]
-            Y2_2 = Y2[e, 2]
-            Y2_3 = Y2[e, 3]
-            Y2_4 = Y2[e, 4]
-            i_s_0_2_2_in_0 = i_s_0_2_2_in[e, c, 0]
-            Y1_0 = Y1[e, 0]
-            Y1_1 = Y1[e, 1]
-            Y1_2 = Y1[e, 2]
-            i_s_0_1_1_in_0 = i_s_0_1_1_in[e, c, 0]
-            radial_0 = radial[e, c, 0]
-            i_c_0_0_0_0 = i_c_0_0_0[e, c, 0]
-            g_i_s_0_3_3_0_0 = g_i_A3_0[i, c, 0]
-            g_i_s_0_3_3_0_1 = g_i_A3_0[i, c, 1]
-            g_i_s_0_3_3_0_2 = g_i_A3_0[i, c, 2]
-            g_i_s_0_3_3_0_3 = g_i_A3_0[i, c, 3]
-            g_i_s_0_3_3_0_4 = g_i_A3_0[i, c, 4]
-            g_i_s_0_3_3_0_5 = g_i_A3_0[i, c, 5]
-            g_i_s_0_3_3_0_6 = g_i_A3_0[i, c, 6]
-            # adjoint (left) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
-            g_i_s_0_3_3_in_0_0 = (g_i_s_0_3_3_0_0 * Y3_0 + g_i_s_0_3_3_0_1 * Y3_1 + g_i_s_0_3_3_0_2 * Y3_2 + g_i_s_0_3_3_0_3 * Y3_3
-                                  + g_i_s_0_3_3_0_4 * Y3_4 + g_i_s_0_3_3_0_5 * Y3_5 + g_i_s_0_3_3_0_6 * Y3_6)
-            # adjoint (right) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
-            g_Y3_0_0 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_0
-            g_Y3_0_1 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_1
-            g_Y3_0_2 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_2
-            g_Y3_0_3 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_3
-            g_Y3_0_4 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_4
-            g_Y3_0_5 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_5
-            g_Y3_0_6 = i_s_0_3_3_in_0 * g_i_s_0_3_3_0_6
-            d_Y3[e, 0] += g_Y3_0_0  # sum over channels
-            d_Y3[e, 1] += g_Y3_0_1
-            d_Y3[e, 2] += g_Y3_0_2
-            d_Y3[e, 3] += g_Y3_0_3
-            d_Y3[e, 4] += g_Y3_0_4
-            d_Y3[e, 5] += g_Y3_0_5
-            d_Y3[e, 6] += g_Y3_0_6
-            # d radial[3] from i_s_0_3_3_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial3_0_0 = g_i_s_0_3_3_in_0_0 * i_hj_0_0_0_0
-            g_i_s_0_2_2_0_0 = g_i_A2_0[i, c, 0]
-            g_i_s_0_2_2_0_1 = g_i_A2_0[i, c, 1]
-            g_i_s_0_2_2_0_2 = g_i_A2_0[i, c, 2]
-            g_i_s_0_2_2_0_3 = g_i_A2_0[i, c, 3]
-            g_i_s_0_2_2_0_4 = g_i_A2_0[i, c, 4]
-            # adjoint (left) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
-            g_i_s_0_2_2_in_0_0 = (g_i_s_0_2_2_0_0 * Y2_0 + g_i_s_0_2_2_0_1 * Y2_1 + g_i_s_0_2_2_0_2 * Y2_2 + g_i_s_0_2_2_0_3 * Y2_3
-                                  + g_i_s_0_2_2_0_4 * Y2_4)
-            # adjoint (right) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
-            g_Y2_0_0 = i_s_0_2_2_in_0 * g_i_s_0_2_2_0_0
-            g_Y2_0_1 = i_s_0_2_2_in_0 * g_i_s_0_2_2_0_1
-            g_Y2_0_2 = i_s_0_2_2_in_0 * g_i_s_0_2_2_0_2
-            g_Y2_0_3 = i_s_0_2_2_in_0 * g_i_s_0_2_2_0_3
-            g_Y2_0_4 = i_s_0_2_2_in_0 * g_i_s_0_2_2_0_4
-            d_Y2[e, 0] += g_Y2_0_0  # sum over channels
-            d_Y2[e, 1] += g_Y2_0_1
-            d_Y2[e, 2] += g_Y2_0_2
-            d_Y2[e, 3] += g_Y2_0_3
-            d_Y2[e, 4] += g_Y2_0_4
-            # d radial[2] from i_s_0_2_2_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial2_0_0 = g_i_s_0_2_2_in_0_0 * i_hj_0_0_0_0
-            g_i_s_0_1_1_0_0 = g_i_A1_0[i, c, 0]
-            g_i_s_0_1_1_0_1 = g_i_A1_0[i, c, 1]
-            g_i_s_0_1_1_0_2 = g_i_A1_0[i, c, 2]
-            # adjoint (left) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
-            g_i_s_0_1_1_in_0_0 = g_i_s_0_1_1_0_0 * Y1_0 + g_i_s_0_1_1_0_1 * Y1_1 + g_i_s_0_1_1_0_2 * Y1_2
-            # adjoint (right) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
-            g_Y1_0_0 = i_s_0_1_1_in_0 * g_i_s_0_1_1_0_0
-            g_Y1_0_1 = i_s_0_1_1_in_0 * g_i_s_0_1_1_0_1
-            g_Y1_0_2 = i_s_0_1_1_in_0 * g_i_s_0_1_1_0_2
-            d_Y1[e, 0] += g_Y1_0_0  # sum over channels
-            d_Y1[e, 1] += g_Y1_0_1
-            d_Y1[e, 2] += g_Y1_0_2
-            # d radial[1] from i_s_0_1_1_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial1_0_0 = g_i_s_0_1_1_in_0_0 * i_hj_0_0_0_0
-            g_i_s_0_0_0_0_0 = g_i_A0_0[i, c, 0]
-            g_i_c_0_0_0_0_0 = g_i_s_0_0_0_0_0 * radial_0  # adjoint of i_s_0_0_0
-            # d radial[0] from i_s_0_0_0: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial0_0_0 = g_i_s_0_0_0_0_0 * i_c_0_0_0_0
-            # adjoint (right) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_Y0_0_0 = i_hj_0_0_0_0 * g_i_c_0_0_0_0_0
-            d_Y0[e, 0] += g_Y0_0_0  # sum over channels
-            # d_radial: weight-shaped adjoint of radial
-            d_radial_0 = g_radial0_0_0
-            d_radial_1 = g_radial1_0_0
-            d_radial_2 = g_radial2_0_0
-            d_radial_3 = g_radial3_0_0
-            d_radial[e, c, 0] = d_radial_0
-            d_radial[e, c, 1] = d_radial_1
-            d_radial[e, c, 2] = d_radial_2
-            d_radial[e, c, 3] = d_radial_3
-
-    return (d_Y3, d_Y2, d_Y1, d_Y0, d_radial)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=False)
 def layer_01_0_k1(h0, h1, up0, up1, skip0):
-    """Part of layer_01_0.
-
-    IR program layer_01_0_k1, printed as 3 kernel(s).
-    up0: weights with channels rows x channels columns.
-    up1: weights with channels rows x channels columns.
-    skip0: weights with channels rows x channels columns.
-    """
+    """Part of layer_01_0. IR program layer_01_0_k1, printed as 3 kernel(s); weights: up0 (channels rows x channels columns), up1 (channels rows x channels columns), skip0 (channels rows x channels columns)."""
     dtype = h0.dtype
     num_nodes = h0.shape[0]
-    if h0.shape[2] != 1:
-        raise ValueError("h0 must have shape (nodes, channels, 1)")
-    if h1.shape[0] != num_nodes or h1.shape[2] != 3:
-        raise ValueError("h1 must have shape (nodes, channels, 3)")
-
-    # ChannelMix -> up0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, up0)
-    if h0.shape[1] != up0.shape[0]:
-        raise ValueError("h0 has the wrong number of channels for up0")
-    up0_h = np.dot(np.ascontiguousarray(h0).reshape((num_nodes, up0.shape[0])), np.asarray(up0, dtype)).reshape((num_nodes, up0.shape[1], 1))
-
-    # ChannelMix -> up1_h (nodes, channels, 3): einsum("ncd,ck->nkd", h1, up1)
-    if h1.shape[1] != up1.shape[0]:
-        raise ValueError("h1 has the wrong number of channels for up1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    up1_h_in = np.empty((num_nodes, 3, up1.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(up1.shape[0]):
-                up1_h_in[n, m, a] = h1[n, a, m]
-    up1_h_gemm = np.dot(up1_h_in.reshape((num_nodes * 3, up1.shape[0])), np.asarray(up1, dtype)).reshape((num_nodes, 3, up1.shape[1]))
-    up1_h = np.empty((num_nodes, up1.shape[1], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(up1.shape[1]):
-                up1_h[n, a, m] = up1_h_gemm[n, m, a]
-
-    # ChannelMix -> skip0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, skip0)
-    if h0.shape[1] != skip0.shape[0]:
-        raise ValueError("h0 has the wrong number of channels for skip0")
-    skip0_h = np.dot(np.ascontiguousarray(h0).reshape((num_nodes, skip0.shape[0])), np.asarray(skip0, dtype)).reshape((num_nodes, skip0.shape[1], 1))
-
+    _fail_if(h0.shape[2] != 1, "h0 must have shape (nodes, channels, 1)")
+    _fail_if(h1.shape[0] != num_nodes or h1.shape[2] != 3, "h1 must have shape (nodes, channels, 3)")
+    up0_h = _channel_mix(h0, np.asarray(up0, dtype))  # ChannelMix -> up0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, up0)
+    up1_h = _channel_mix(h1, np.asarray(up1, dtype))  # ChannelMix -> up1_h (nodes, channels, 3): einsum("ncd,ck->nkd", h1, up1)
+    skip0_h = _channel_mix(h0, np.asarray(skip0, dtype))  # ChannelMix -> skip0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, skip0)
     return (up0_h, up1_h, skip0_h)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def layer_01_0_k2(up0_h, Y0, Y1, Y2, Y3, up1_h, radial, senders, receivers, receiver_offsets, num_nodes):
-    """Part of layer_01_0.
-
-    IR program layer_01_0_k2, printed as 1 kernel(s).
-    radial: weights with 10 columns.
-    """
+    """Part of layer_01_0. IR program layer_01_0_k2, printed as 1 kernel(s); weights: radial (10 columns)."""
     dtype = up0_h.dtype
     num_edges = senders.shape[0]
     channels = up0_h.shape[1]
-    if up0_h.shape[0] != num_nodes or up0_h.shape[1] != channels or up0_h.shape[2] != 1:
-        raise ValueError("up0_h must have shape (nodes, channels, 1)")
-    if Y0.shape[0] != num_edges or Y0.shape[1] != 1:
-        raise ValueError("Y0 must have shape (edges, 1)")
-    if Y1.shape[0] != num_edges or Y1.shape[1] != 3:
-        raise ValueError("Y1 must have shape (edges, 3)")
-    if Y2.shape[0] != num_edges or Y2.shape[1] != 5:
-        raise ValueError("Y2 must have shape (edges, 5)")
-    if Y3.shape[0] != num_edges or Y3.shape[1] != 7:
-        raise ValueError("Y3 must have shape (edges, 7)")
-    if up1_h.shape[0] != num_nodes or up1_h.shape[1] != channels or up1_h.shape[2] != 3:
-        raise ValueError("up1_h must have shape (nodes, channels, 3)")
-    if radial.shape[0] != num_edges or radial.shape[1] != channels or radial.shape[2] != 10:
-        raise ValueError("radial must have shape (edges, channels, 10)")
+    _check_shape(Y0, (num_edges, 1), "Y0 must have shape (edges, 1)")
+    _check_shape(Y1, (num_edges, 3), "Y1 must have shape (edges, 3)")
+    _check_shape(Y2, (num_edges, 5), "Y2 must have shape (edges, 5)")
+    _check_shape(Y3, (num_edges, 7), "Y3 must have shape (edges, 7)")
+    _check_shape(radial, (num_edges, channels, 10), "radial must have shape (edges, channels, 10)")
     _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
-
     i_A0 = np.empty((num_nodes, channels, 1), dtype)
     i_A1 = np.empty((num_nodes, channels, 3), dtype)
     i_A2 = np.empty((num_nodes, channels, 5), dtype)
     i_A3 = np.empty((num_nodes, channels, 7), dtype)
-    # kernel 1 (per channel, phase 0): 30 ops; stores i_A0, i_A1, i_A2, i_A3
-    for n in prange(num_nodes):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
-        for c in range(channels):
-            i_A0_0 = 0.0
-            i_A1_0 = 0.0
-            i_A1_1 = 0.0
-            i_A1_2 = 0.0
-            i_A2_0 = 0.0
-            i_A2_1 = 0.0
-            i_A2_2 = 0.0
-            i_A2_3 = 0.0
-            i_A2_4 = 0.0
-            i_A3_0 = 0.0
-            i_A3_1 = 0.0
-            i_A3_2 = 0.0
-            i_A3_3 = 0.0
-            i_A3_4 = 0.0
-            i_A3_5 = 0.0
-            i_A3_6 = 0.0
-            for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
-                j = senders[e]
-                Y0_0 = Y0[e, 0]
-                radial_0 = radial[e, c, 0]
-                radial_1 = radial[e, c, 1]
-                Y1_0 = Y1[e, 0]
-                Y1_1 = Y1[e, 1]
-                Y1_2 = Y1[e, 2]
-                radial_2 = radial[e, c, 2]
-                Y2_0 = Y2[e, 0]
-                Y2_1 = Y2[e, 1]
-                Y2_2 = Y2[e, 2]
-                Y2_3 = Y2[e, 3]
-                Y2_4 = Y2[e, 4]
-                radial_3 = radial[e, c, 3]
-                Y3_0 = Y3[e, 0]
-                Y3_1 = Y3[e, 1]
-                Y3_2 = Y3[e, 2]
-                Y3_3 = Y3[e, 3]
-                Y3_4 = Y3[e, 4]
-                Y3_5 = Y3[e, 5]
-                Y3_6 = Y3[e, 6]
-                radial_4 = radial[e, c, 4]
-                radial_5 = radial[e, c, 5]
-                radial_6 = radial[e, c, 6]
-                radial_7 = radial[e, c, 7]
-                radial_8 = radial[e, c, 8]
-                radial_9 = radial[e, c, 9]
-                i_hj_0_0_0_0 = up0_h[j, c, 0]
-                # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
-                i_c_0_0_0_0 = i_hj_0_0_0_0 * Y0_0
-                i_s_0_0_0_0 = i_c_0_0_0_0 * radial_0  # R[h0 x Y0 -> A0]
-                i_s_0_1_1_in_0 = i_hj_0_0_0_0 * radial_1  # R[h0 x Y1 -> A1]
-                # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
-                i_s_0_1_1_0 = i_s_0_1_1_in_0 * Y1_0
-                i_s_0_1_1_1 = i_s_0_1_1_in_0 * Y1_1
-                i_s_0_1_1_2 = i_s_0_1_1_in_0 * Y1_2
-                i_s_0_2_2_in_0 = i_hj_0_0_0_0 * radial_2  # R[h0 x Y2 -> A2]
-                # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
-                i_s_0_2_2_0 = i_s_0_2_2_in_0 * Y2_0
-                i_s_0_2_2_1 = i_s_0_2_2_in_0 * Y2_1
-                i_s_0_2_2_2 = i_s_0_2_2_in_0 * Y2_2
-                i_s_0_2_2_3 = i_s_0_2_2_in_0 * Y2_3
-                i_s_0_2_2_4 = i_s_0_2_2_in_0 * Y2_4
-                i_s_0_3_3_in_0 = i_hj_0_0_0_0 * radial_3  # R[h0 x Y3 -> A3]
-                # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
-                i_s_0_3_3_0 = i_s_0_3_3_in_0 * Y3_0
-                i_s_0_3_3_1 = i_s_0_3_3_in_0 * Y3_1
-                i_s_0_3_3_2 = i_s_0_3_3_in_0 * Y3_2
-                i_s_0_3_3_3 = i_s_0_3_3_in_0 * Y3_3
-                i_s_0_3_3_4 = i_s_0_3_3_in_0 * Y3_4
-                i_s_0_3_3_5 = i_s_0_3_3_in_0 * Y3_5
-                i_s_0_3_3_6 = i_s_0_3_3_in_0 * Y3_6
-                i_hj_1_0_1_0 = up1_h[j, c, 0]
-                i_hj_1_0_1_1 = up1_h[j, c, 1]
-                i_hj_1_0_1_2 = up1_h[j, c, 2]
-                # h1 x Y0 -> A1: 1 x 0 -> 1, even path, 3 nonzeros
-                i_c_1_0_1_0 = i_hj_1_0_1_0 * Y0_0
-                i_c_1_0_1_1 = i_hj_1_0_1_1 * Y0_0
-                i_c_1_0_1_2 = i_hj_1_0_1_2 * Y0_0
-                i_s_1_0_1_0 = i_c_1_0_1_0 * radial_4  # R[h1 x Y0 -> A1]
-                i_s_1_0_1_1 = i_c_1_0_1_1 * radial_4
-                i_s_1_0_1_2 = i_c_1_0_1_2 * radial_4
-                # h1 x Y1 -> A0: 1 x 1 -> 0, even path, 3 nonzeros
-                i_c_1_1_0_0 = i_hj_1_0_1_0 * Y1_0 + i_hj_1_0_1_1 * Y1_1 + i_hj_1_0_1_2 * Y1_2
-                i_s_1_1_0_0 = i_c_1_1_0_0 * radial_5  # R[h1 x Y1 -> A0]
-                i_s_1_1_2_in_0 = i_hj_1_0_1_0 * radial_6  # R[h1 x Y1 -> A2]
-                i_s_1_1_2_in_1 = i_hj_1_0_1_1 * radial_6
-                i_s_1_1_2_in_2 = i_hj_1_0_1_2 * radial_6
-                # h1 x Y1 -> A2: 1 x 1 -> 2, even path, 12 nonzeros
-                i_s_1_1_2_0 = 0.6666666666666666 * i_s_1_1_2_in_0 * Y1_0 - 0.3333333333333333 * (i_s_1_1_2_in_1 * Y1_1 + i_s_1_1_2_in_2 * Y1_2)
-                i_s_1_1_2_1 = 0.5 * (i_s_1_1_2_in_0 * Y1_1 + i_s_1_1_2_in_1 * Y1_0)
-                i_s_1_1_2_2 = -0.3333333333333333 * (i_s_1_1_2_in_0 * Y1_0 + i_s_1_1_2_in_2 * Y1_2) + 0.6666666666666666 * i_s_1_1_2_in_1 * Y1_1
-                i_s_1_1_2_3 = 0.5 * (i_s_1_1_2_in_0 * Y1_2 + i_s_1_1_2_in_2 * Y1_0)
-                i_s_1_1_2_4 = 0.5 * (i_s_1_1_2_in_1 * Y1_2 + i_s_1_1_2_in_2 * Y1_1)
-                # h1 x Y2 -> A1: 1 x 2 -> 1, even path, 10 nonzeros
-                i_c_1_2_1_0 = i_hj_1_0_1_0 * Y2_0 + i_hj_1_0_1_1 * Y2_1 + i_hj_1_0_1_2 * Y2_3
-                i_c_1_2_1_1 = i_hj_1_0_1_0 * Y2_1 + i_hj_1_0_1_1 * Y2_2 + i_hj_1_0_1_2 * Y2_4
-                i_c_1_2_1_2 = i_hj_1_0_1_0 * Y2_3 + i_hj_1_0_1_1 * Y2_4 - i_hj_1_0_1_2 * Y2_0 - i_hj_1_0_1_2 * Y2_2
-                i_s_1_2_1_0 = i_c_1_2_1_0 * radial_7  # R[h1 x Y2 -> A1]
-                i_s_1_2_1_1 = i_c_1_2_1_1 * radial_7
-                i_s_1_2_1_2 = i_c_1_2_1_2 * radial_7
-                i_s_1_2_3_in_0 = i_hj_1_0_1_0 * radial_8  # R[h1 x Y2 -> A3]
-                i_s_1_2_3_in_1 = i_hj_1_0_1_1 * radial_8
-                i_s_1_2_3_in_2 = i_hj_1_0_1_2 * radial_8
-                # h1 x Y2 -> A3: 1 x 2 -> 3, even path, 25 nonzeros
-                i_s_1_2_3_0 = 0.6 * i_s_1_2_3_in_0 * Y2_0 - 0.4 * (i_s_1_2_3_in_1 * Y2_1 + i_s_1_2_3_in_2 * Y2_3)
-                i_s_1_2_3_1 = 0.5333333333333333 * i_s_1_2_3_in_0 * Y2_1 + 0.3333333333333333 * i_s_1_2_3_in_1 * Y2_0 - 0.13333333333333333 * (i_s_1_2_3_in_1 * Y2_2 + i_s_1_2_3_in_2 * Y2_4)
-                i_s_1_2_3_2 = -0.13333333333333333 * (i_s_1_2_3_in_0 * Y2_0 + i_s_1_2_3_in_2 * Y2_3) + 0.3333333333333333 * i_s_1_2_3_in_0 * Y2_2 + 0.5333333333333333 * i_s_1_2_3_in_1 * Y2_1
-                i_s_1_2_3_3 = -0.4 * (i_s_1_2_3_in_0 * Y2_1 + i_s_1_2_3_in_2 * Y2_4) + 0.6 * i_s_1_2_3_in_1 * Y2_2
-                i_s_1_2_3_4 = 0.5333333333333333 * i_s_1_2_3_in_0 * Y2_3 - 0.13333333333333333 * (i_s_1_2_3_in_1 * Y2_4 - i_s_1_2_3_in_2 * Y2_2) + 0.4666666666666667 * i_s_1_2_3_in_2 * Y2_0
-                i_s_1_2_3_5 = 0.3333333333333333 * (i_s_1_2_3_in_0 * Y2_4 + i_s_1_2_3_in_1 * Y2_3 + i_s_1_2_3_in_2 * Y2_1)
-                i_s_1_2_3_6 = -0.13333333333333333 * (i_s_1_2_3_in_0 * Y2_3 - i_s_1_2_3_in_2 * Y2_0) + 0.5333333333333333 * i_s_1_2_3_in_1 * Y2_4 + 0.4666666666666667 * i_s_1_2_3_in_2 * Y2_2
-                i_s_1_3_2_in_0 = i_hj_1_0_1_0 * radial_9  # R[h1 x Y3 -> A2]
-                i_s_1_3_2_in_1 = i_hj_1_0_1_1 * radial_9
-                i_s_1_3_2_in_2 = i_hj_1_0_1_2 * radial_9
-                # h1 x Y3 -> A2: 1 x 3 -> 2, even path, 17 nonzeros
-                i_s_1_3_2_0 = i_s_1_3_2_in_0 * Y3_0 + i_s_1_3_2_in_1 * Y3_1 + i_s_1_3_2_in_2 * Y3_4
-                i_s_1_3_2_1 = i_s_1_3_2_in_0 * Y3_1 + i_s_1_3_2_in_1 * Y3_2 + i_s_1_3_2_in_2 * Y3_5
-                i_s_1_3_2_2 = i_s_1_3_2_in_0 * Y3_2 + i_s_1_3_2_in_1 * Y3_3 + i_s_1_3_2_in_2 * Y3_6
-                i_s_1_3_2_3 = i_s_1_3_2_in_0 * Y3_4 + i_s_1_3_2_in_1 * Y3_5 - i_s_1_3_2_in_2 * Y3_0 - i_s_1_3_2_in_2 * Y3_2
-                i_s_1_3_2_4 = i_s_1_3_2_in_0 * Y3_5 + i_s_1_3_2_in_1 * Y3_6 - i_s_1_3_2_in_2 * Y3_1 - i_s_1_3_2_in_2 * Y3_3
-                i_A0_edges_0 = i_s_0_0_0_0 + i_s_1_1_0_0
-                i_A0_0 += i_A0_edges_0
-                i_A1_edges_0 = i_s_0_1_1_0 + i_s_1_0_1_0 + i_s_1_2_1_0
-                i_A1_edges_1 = i_s_0_1_1_1 + i_s_1_0_1_1 + i_s_1_2_1_1
-                i_A1_edges_2 = i_s_0_1_1_2 + i_s_1_0_1_2 + i_s_1_2_1_2
-                i_A1_0 += i_A1_edges_0
-                i_A1_1 += i_A1_edges_1
-                i_A1_2 += i_A1_edges_2
-                i_A2_edges_0 = i_s_0_2_2_0 + i_s_1_1_2_0 + i_s_1_3_2_0
-                i_A2_edges_1 = i_s_0_2_2_1 + i_s_1_1_2_1 + i_s_1_3_2_1
-                i_A2_edges_2 = i_s_0_2_2_2 + i_s_1_1_2_2 + i_s_1_3_2_2
-                i_A2_edges_3 = i_s_0_2_2_3 + i_s_1_1_2_3 + i_s_1_3_2_3
-                i_A2_edges_4 = i_s_0_2_2_4 + i_s_1_1_2_4 + i_s_1_3_2_4
-                i_A2_0 += i_A2_edges_0
-                i_A2_1 += i_A2_edges_1
-                i_A2_2 += i_A2_edges_2
-                i_A2_3 += i_A2_edges_3
-                i_A2_4 += i_A2_edges_4
-                i_A3_edges_0 = i_s_0_3_3_0 + i_s_1_2_3_0
-                i_A3_edges_1 = i_s_0_3_3_1 + i_s_1_2_3_1
-                i_A3_edges_2 = i_s_0_3_3_2 + i_s_1_2_3_2
-                i_A3_edges_3 = i_s_0_3_3_3 + i_s_1_2_3_3
-                i_A3_edges_4 = i_s_0_3_3_4 + i_s_1_2_3_4
-                i_A3_edges_5 = i_s_0_3_3_5 + i_s_1_2_3_5
-                i_A3_edges_6 = i_s_0_3_3_6 + i_s_1_2_3_6
-                i_A3_0 += i_A3_edges_0
-                i_A3_1 += i_A3_edges_1
-                i_A3_2 += i_A3_edges_2
-                i_A3_3 += i_A3_edges_3
-                i_A3_4 += i_A3_edges_4
-                i_A3_5 += i_A3_edges_5
-                i_A3_6 += i_A3_edges_6
-            i_A0[n, c, 0] = i_A0_0
-            i_A1[n, c, 0] = i_A1_0
-            i_A1[n, c, 1] = i_A1_1
-            i_A1[n, c, 2] = i_A1_2
-            i_A2[n, c, 0] = i_A2_0
-            i_A2[n, c, 1] = i_A2_1
-            i_A2[n, c, 2] = i_A2_2
-            i_A2[n, c, 3] = i_A2_3
-            i_A2[n, c, 4] = i_A2_4
-            i_A3[n, c, 0] = i_A3_0
-            i_A3[n, c, 1] = i_A3_1
-            i_A3[n, c, 2] = i_A3_2
-            i_A3[n, c, 3] = i_A3_3
-            i_A3[n, c, 4] = i_A3_4
-            i_A3[n, c, 5] = i_A3_5
-            i_A3[n, c, 6] = i_A3_6
-
+    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 30 ops; stores i_A0, i_A1, i_A2, i_A3
+        _kernel_40602f8aec(np.int64(block), Y0, Y1, Y2, Y3, channels, i_A0, i_A1, i_A2, i_A3, num_nodes, radial, receiver_offsets, senders, up0_h, up1_h)
     return (i_A0, i_A1, i_A2, i_A3)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_01_0_k3(i_A0, i_A1, i_A2, i_A3, mixA0, mixA1, mixA2, mixA3):
-    """Part of layer_01_0.
-
-    IR program layer_01_0_k3, printed as 4 kernel(s).
-    mixA0: weights with channels rows x channels columns.
-    mixA1: weights with channels rows x channels columns.
-    mixA2: weights with channels rows x channels columns.
-    mixA3: weights with channels rows x channels columns.
-    """
-    dtype = i_A0.dtype
-    num_nodes = i_A0.shape[0]
-    if i_A0.shape[2] != 1:
-        raise ValueError("i_A0 must have shape (nodes, channels, 1)")
-    if i_A1.shape[0] != num_nodes or i_A1.shape[2] != 3:
-        raise ValueError("i_A1 must have shape (nodes, channels, 3)")
-    if i_A2.shape[0] != num_nodes or i_A2.shape[2] != 5:
-        raise ValueError("i_A2 must have shape (nodes, channels, 5)")
-    if i_A3.shape[0] != num_nodes or i_A3.shape[2] != 7:
-        raise ValueError("i_A3 must have shape (nodes, channels, 7)")
-
-    # ChannelMix -> mixA0_A (nodes, channels, 1): einsum("ncd,ck->nkd", i_A0, mixA0)
-    if i_A0.shape[1] != mixA0.shape[0]:
-        raise ValueError("i_A0 has the wrong number of channels for mixA0")
-    mixA0_A = np.dot(np.ascontiguousarray(i_A0).reshape((num_nodes, mixA0.shape[0])), np.asarray(mixA0, dtype)).reshape((num_nodes, mixA0.shape[1], 1))
-
-    # ChannelMix -> mixA1_A (nodes, channels, 3): einsum("ncd,ck->nkd", i_A1, mixA1)
-    if i_A1.shape[1] != mixA1.shape[0]:
-        raise ValueError("i_A1 has the wrong number of channels for mixA1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA1_A_in = np.empty((num_nodes, 3, mixA1.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[0]):
-                mixA1_A_in[n, m, a] = i_A1[n, a, m]
-    mixA1_A_gemm = np.dot(mixA1_A_in.reshape((num_nodes * 3, mixA1.shape[0])), np.asarray(mixA1, dtype)).reshape((num_nodes, 3, mixA1.shape[1]))
-    mixA1_A = np.empty((num_nodes, mixA1.shape[1], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[1]):
-                mixA1_A[n, a, m] = mixA1_A_gemm[n, m, a]
-
-    # ChannelMix -> mixA2_A (nodes, channels, 5): einsum("ncd,ck->nkd", i_A2, mixA2)
-    if i_A2.shape[1] != mixA2.shape[0]:
-        raise ValueError("i_A2 has the wrong number of channels for mixA2")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA2_A_in = np.empty((num_nodes, 5, mixA2.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[0]):
-                mixA2_A_in[n, m, a] = i_A2[n, a, m]
-    mixA2_A_gemm = np.dot(mixA2_A_in.reshape((num_nodes * 5, mixA2.shape[0])), np.asarray(mixA2, dtype)).reshape((num_nodes, 5, mixA2.shape[1]))
-    mixA2_A = np.empty((num_nodes, mixA2.shape[1], 5), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[1]):
-                mixA2_A[n, a, m] = mixA2_A_gemm[n, m, a]
-
-    # ChannelMix -> mixA3_A (nodes, channels, 7): einsum("ncd,ck->nkd", i_A3, mixA3)
-    if i_A3.shape[1] != mixA3.shape[0]:
-        raise ValueError("i_A3 has the wrong number of channels for mixA3")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA3_A_in = np.empty((num_nodes, 7, mixA3.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[0]):
-                mixA3_A_in[n, m, a] = i_A3[n, a, m]
-    mixA3_A_gemm = np.dot(mixA3_A_in.reshape((num_nodes * 7, mixA3.shape[0])), np.asarray(mixA3, dtype)).reshape((num_nodes, 7, mixA3.shape[1]))
-    mixA3_A = np.empty((num_nodes, mixA3.shape[1], 7), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[1]):
-                mixA3_A[n, a, m] = mixA3_A_gemm[n, m, a]
-
-    return (mixA0_A, mixA1_A, mixA2_A, mixA3_A)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_01_0_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, product):
-    """Part of layer_01_0.
-
-    IR program layer_01_0_k4, printed as 1 kernel(s).
-    product: weights with 13 columns.
-    """
-    dtype = mixA0_A.dtype
-    num_nodes = mixA0_A.shape[0]
-    channels = mixA0_A.shape[1]
-    if mixA0_A.shape[0] != num_nodes or mixA0_A.shape[1] != channels or mixA0_A.shape[2] != 1:
-        raise ValueError("mixA0_A must have shape (nodes, channels, 1)")
-    if mixA1_A.shape[0] != num_nodes or mixA1_A.shape[1] != channels or mixA1_A.shape[2] != 3:
-        raise ValueError("mixA1_A must have shape (nodes, channels, 3)")
-    if mixA2_A.shape[0] != num_nodes or mixA2_A.shape[1] != channels or mixA2_A.shape[2] != 5:
-        raise ValueError("mixA2_A must have shape (nodes, channels, 5)")
-    if mixA3_A.shape[0] != num_nodes or mixA3_A.shape[1] != channels or mixA3_A.shape[2] != 7:
-        raise ValueError("mixA3_A must have shape (nodes, channels, 7)")
-    if product.shape[0] != num_nodes or product.shape[1] != channels or product.shape[2] != 13:
-        raise ValueError("product must have shape (nodes, channels, 13)")
-
-    p_B0 = np.empty((num_nodes, channels, 1), dtype)
-    # kernel 1 (per channel, phase 0): 30 ops; stores p_B0
-    for n in prange(num_nodes):
-        for c in range(channels):
-            product_0 = product[n, c, 0]
-            mixA0_A_0 = mixA0_A[n, c, 0]
-            mixA1_A_0 = mixA1_A[n, c, 0]
-            mixA1_A_1 = mixA1_A[n, c, 1]
-            mixA1_A_2 = mixA1_A[n, c, 2]
-            product_2 = product[n, c, 2]
-            product_6 = product[n, c, 6]
-            mixA2_A_0 = mixA2_A[n, c, 0]
-            mixA2_A_1 = mixA2_A[n, c, 1]
-            mixA2_A_2 = mixA2_A[n, c, 2]
-            mixA2_A_3 = mixA2_A[n, c, 3]
-            mixA2_A_4 = mixA2_A[n, c, 4]
-            mixA3_A_0 = mixA3_A[n, c, 0]
-            mixA3_A_1 = mixA3_A[n, c, 1]
-            mixA3_A_2 = mixA3_A[n, c, 2]
-            mixA3_A_3 = mixA3_A[n, c, 3]
-            mixA3_A_4 = mixA3_A[n, c, 4]
-            mixA3_A_5 = mixA3_A[n, c, 5]
-            mixA3_A_6 = mixA3_A[n, c, 6]
-            product_1 = product[n, c, 1]
-            product_5 = product[n, c, 5]
-            product_3 = product[n, c, 3]
-            product_7 = product[n, c, 7]
-            product_9 = product[n, c, 9]
-            product_11 = product[n, c, 11]
-            product_4 = product[n, c, 4]
-            product_8 = product[n, c, 8]
-            product_10 = product[n, c, 10]
-            product_12 = product[n, c, 12]
-            p_w0_0 = mixA0_A_0 * product_0  # 0e
-            # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
-            p_t1_0_0 = mixA0_A_0 * mixA0_A_0
-            # (1o x 1o)->0e step 1: 1 x 1 -> 0, even path, 3 nonzeros
-            p_t2_0_0 = mixA1_A_0 * mixA1_A_0 + mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2
-            p_w2_0 = p_t2_0_0 * product_2  # (1o x 1o)->0e
-            # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
-            p_t6_0_0 = mixA0_A_0 * mixA1_A_0
-            p_t6_0_1 = mixA0_A_0 * mixA1_A_1
-            p_t6_0_2 = mixA0_A_0 * mixA1_A_2
-            # ((0e x 1o)->1o x 1o)->0e step 2: 1 x 1 -> 0, even path, 3 nonzeros
-            p_t6_1_0 = p_t6_0_0 * mixA1_A_0 + p_t6_0_1 * mixA1_A_1 + p_t6_0_2 * mixA1_A_2
-            p_w6_0 = p_t6_1_0 * product_6  # ((0e x 1o)->1o x 1o)->0e
-            # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
-            p_t7_0_0 = mixA0_A_0 * mixA2_A_0
-            p_t7_0_1 = mixA0_A_0 * mixA2_A_1
-            p_t7_0_2 = mixA0_A_0 * mixA2_A_2
-            p_t7_0_3 = mixA0_A_0 * mixA2_A_3
-            p_t7_0_4 = mixA0_A_0 * mixA2_A_4
-            # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
-            p_t8_0_0 = mixA0_A_0 * mixA3_A_0
-            p_t8_0_1 = mixA0_A_0 * mixA3_A_1
-            p_t8_0_2 = mixA0_A_0 * mixA3_A_2
-            p_t8_0_3 = mixA0_A_0 * mixA3_A_3
-            p_t8_0_4 = mixA0_A_0 * mixA3_A_4
-            p_t8_0_5 = mixA0_A_0 * mixA3_A_5
-            p_t8_0_6 = mixA0_A_0 * mixA3_A_6
-            # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
-            p_t9_0_0 = 0.6666666666666666 * mixA1_A_0 * mixA1_A_0 - 0.3333333333333333 * (mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2)
-            p_t9_0_1 = 0.5 * (mixA1_A_0 * mixA1_A_1 + mixA1_A_1 * mixA1_A_0)
-            p_t9_0_2 = -0.3333333333333333 * (mixA1_A_0 * mixA1_A_0 + mixA1_A_2 * mixA1_A_2) + 0.6666666666666666 * mixA1_A_1 * mixA1_A_1
-            p_t9_0_3 = 0.5 * (mixA1_A_0 * mixA1_A_2 + mixA1_A_2 * mixA1_A_0)
-            p_t9_0_4 = 0.5 * (mixA1_A_1 * mixA1_A_2 + mixA1_A_2 * mixA1_A_1)
-            # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
-            p_t10_0_0 = 0.6 * mixA1_A_0 * mixA2_A_0 - 0.4 * (mixA1_A_1 * mixA2_A_1 + mixA1_A_2 * mixA2_A_3)
-            p_t10_0_1 = 0.5333333333333333 * mixA1_A_0 * mixA2_A_1 + 0.3333333333333333 * mixA1_A_1 * mixA2_A_0 - 0.13333333333333333 * (mixA1_A_1 * mixA2_A_2 + mixA1_A_2 * mixA2_A_4)
-            p_t10_0_2 = -0.13333333333333333 * (mixA1_A_0 * mixA2_A_0 + mixA1_A_2 * mixA2_A_3) + 0.3333333333333333 * mixA1_A_0 * mixA2_A_2 + 0.5333333333333333 * mixA1_A_1 * mixA2_A_1
-            p_t10_0_3 = -0.4 * (mixA1_A_0 * mixA2_A_1 + mixA1_A_2 * mixA2_A_4) + 0.6 * mixA1_A_1 * mixA2_A_2
-            p_t10_0_4 = 0.5333333333333333 * mixA1_A_0 * mixA2_A_3 - 0.13333333333333333 * (mixA1_A_1 * mixA2_A_4 - mixA1_A_2 * mixA2_A_2) + 0.4666666666666667 * mixA1_A_2 * mixA2_A_0
-            p_t10_0_5 = 0.3333333333333333 * (mixA1_A_0 * mixA2_A_4 + mixA1_A_1 * mixA2_A_3 + mixA1_A_2 * mixA2_A_1)
-            p_t10_0_6 = -0.13333333333333333 * (mixA1_A_0 * mixA2_A_3 - mixA1_A_2 * mixA2_A_0) + 0.5333333333333333 * mixA1_A_1 * mixA2_A_4 + 0.4666666666666667 * mixA1_A_2 * mixA2_A_2
-            # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
-            p_t11_0_0 = 0.3333333333333333 * (mixA2_A_0 * mixA2_A_0 - mixA2_A_0 * mixA2_A_2 + mixA2_A_1 * mixA2_A_1 - mixA2_A_2 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) - 0.6666666666666666 * (mixA2_A_2 * mixA2_A_2 + mixA2_A_4 * mixA2_A_4)
-            p_t11_0_1 = 0.5 * (mixA2_A_0 * mixA2_A_1 + mixA2_A_1 * mixA2_A_0 + mixA2_A_1 * mixA2_A_2 + mixA2_A_2 * mixA2_A_1 + mixA2_A_3 * mixA2_A_4 + mixA2_A_4 * mixA2_A_3)
-            p_t11_0_2 = -0.6666666666666666 * (mixA2_A_0 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) - 0.3333333333333333 * (mixA2_A_0 * mixA2_A_2 - mixA2_A_1 * mixA2_A_1 + mixA2_A_2 * mixA2_A_0 - mixA2_A_2 * mixA2_A_2 - mixA2_A_4 * mixA2_A_4)
-            p_t11_0_3 = 0.5 * (mixA2_A_1 * mixA2_A_4 - mixA2_A_2 * mixA2_A_3 - mixA2_A_3 * mixA2_A_2 + mixA2_A_4 * mixA2_A_1)
-            p_t11_0_4 = -0.5 * (mixA2_A_0 * mixA2_A_4 - mixA2_A_1 * mixA2_A_3 - mixA2_A_3 * mixA2_A_1 + mixA2_A_4 * mixA2_A_0)
-            # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
-            p_t12_0_0 = 0.2 * (mixA2_A_0 * mixA3_A_0 + mixA2_A_1 * mixA3_A_1 + mixA2_A_3 * mixA3_A_4) - 0.4 * (mixA2_A_0 * mixA3_A_2 + mixA2_A_2 * mixA3_A_0) - 0.8 * (mixA2_A_2 * mixA3_A_2 + mixA2_A_4 * mixA3_A_5)
-            p_t12_0_1 = (0.4 * (mixA2_A_0 * mixA3_A_1 + mixA2_A_1 * mixA3_A_2 + mixA2_A_3 * mixA3_A_5) - 0.13333333333333333 * mixA2_A_0 * mixA3_A_3 + 0.3333333333333333 * (mixA2_A_1 * mixA3_A_0 + mixA2_A_4 * mixA3_A_4) + 0.2 * mixA2_A_2 * mixA3_A_1
-                         - 0.26666666666666666 * (mixA2_A_2 * mixA3_A_3 + mixA2_A_4 * mixA3_A_6))
-            p_t12_0_2 = (-0.26666666666666666 * (mixA2_A_0 * mixA3_A_0 + mixA2_A_3 * mixA3_A_4) + 0.2 * mixA2_A_0 * mixA3_A_2 + 0.4 * (mixA2_A_1 * mixA3_A_1 + mixA2_A_2 * mixA3_A_2 + mixA2_A_4 * mixA3_A_5) + 0.3333333333333333 * (mixA2_A_1 * mixA3_A_3 + mixA2_A_3 * mixA3_A_6)
-                         - 0.13333333333333333 * mixA2_A_2 * mixA3_A_0)
-            p_t12_0_3 = -0.8 * (mixA2_A_0 * mixA3_A_1 + mixA2_A_3 * mixA3_A_5) - 0.4 * (mixA2_A_0 * mixA3_A_3 + mixA2_A_2 * mixA3_A_1) + 0.2 * (mixA2_A_1 * mixA3_A_2 + mixA2_A_2 * mixA3_A_3 + mixA2_A_4 * mixA3_A_6)
-            p_t12_0_4 = (0.06666666666666667 * (mixA2_A_0 * mixA3_A_4 - mixA2_A_3 * mixA3_A_0) - 0.13333333333333333 * mixA2_A_0 * mixA3_A_6 + 0.4 * (mixA2_A_1 * mixA3_A_5 - mixA2_A_3 * mixA3_A_2) - 0.4666666666666667 * mixA2_A_2 * mixA3_A_4
-                         - 0.26666666666666666 * (mixA2_A_2 * mixA3_A_6 - mixA2_A_4 * mixA3_A_3) + 0.6 * mixA2_A_4 * mixA3_A_1)
-            p_t12_0_5 = 0.3333333333333333 * (mixA2_A_1 * mixA3_A_4 + mixA2_A_1 * mixA3_A_6 - mixA2_A_3 * mixA3_A_3 - mixA2_A_4 * mixA3_A_0)
-            p_t12_0_6 = (-0.26666666666666666 * (mixA2_A_0 * mixA3_A_4 - mixA2_A_3 * mixA3_A_0) - 0.4666666666666667 * mixA2_A_0 * mixA3_A_6 + 0.4 * (mixA2_A_1 * mixA3_A_5 - mixA2_A_4 * mixA3_A_1) - 0.13333333333333333 * mixA2_A_2 * mixA3_A_4
-                         + 0.06666666666666667 * (mixA2_A_2 * mixA3_A_6 - mixA2_A_4 * mixA3_A_3) + 0.6 * mixA2_A_3 * mixA3_A_2)
-            p_B0_f0_0_A0_0_0 = mixA0_A_0 * product_1  # (0e x 0e)->0e
-            p_B0_f0_0_A0_1_0 = p_t1_0_0 * product_5  # ((0e x 0e)->0e x 0e)->0e
-            p_B0_f0_0_A0_sum_0 = p_B0_f0_0_A0_0_0 + p_B0_f0_0_A0_1_0
-            # factored: 2 weighted 0x0->0 couplings as one: 0 x 0 -> 0, even path, 1 nonzeros
-            p_B0_f0_0_A0_out_0 = p_B0_f0_0_A0_sum_0 * mixA0_A_0
-            p_B0_f2_2_A2_0_0 = mixA2_A_0 * product_3  # (2e x 2e)->0e
-            p_B0_f2_2_A2_0_1 = mixA2_A_1 * product_3
-            p_B0_f2_2_A2_0_2 = mixA2_A_2 * product_3
-            p_B0_f2_2_A2_0_3 = mixA2_A_3 * product_3
-            p_B0_f2_2_A2_0_4 = mixA2_A_4 * product_3
-            p_B0_f2_2_A2_1_0 = p_t7_0_0 * product_7  # ((0e x 2e)->2e x 2e)->0e
-            p_B0_f2_2_A2_1_1 = p_t7_0_1 * product_7
-            p_B0_f2_2_A2_1_2 = p_t7_0_2 * product_7
-            p_B0_f2_2_A2_1_3 = p_t7_0_3 * product_7
-            p_B0_f2_2_A2_1_4 = p_t7_0_4 * product_7
-            p_B0_f2_2_A2_2_0 = p_t9_0_0 * product_9  # ((1o x 1o)->2e x 2e)->0e
-            p_B0_f2_2_A2_2_1 = p_t9_0_1 * product_9
-            p_B0_f2_2_A2_2_2 = p_t9_0_2 * product_9
-            p_B0_f2_2_A2_2_3 = p_t9_0_3 * product_9
-            p_B0_f2_2_A2_2_4 = p_t9_0_4 * product_9
-            p_B0_f2_2_A2_3_0 = p_t11_0_0 * product_11  # ((2e x 2e)->2e x 2e)->0e
-            p_B0_f2_2_A2_3_1 = p_t11_0_1 * product_11
-            p_B0_f2_2_A2_3_2 = p_t11_0_2 * product_11
-            p_B0_f2_2_A2_3_3 = p_t11_0_3 * product_11
-            p_B0_f2_2_A2_3_4 = p_t11_0_4 * product_11
-            p_B0_f2_2_A2_sum_0 = p_B0_f2_2_A2_0_0 + p_B0_f2_2_A2_1_0 + p_B0_f2_2_A2_2_0 + p_B0_f2_2_A2_3_0
-            p_B0_f2_2_A2_sum_1 = p_B0_f2_2_A2_0_1 + p_B0_f2_2_A2_1_1 + p_B0_f2_2_A2_2_1 + p_B0_f2_2_A2_3_1
-            p_B0_f2_2_A2_sum_2 = p_B0_f2_2_A2_0_2 + p_B0_f2_2_A2_1_2 + p_B0_f2_2_A2_2_2 + p_B0_f2_2_A2_3_2
-            p_B0_f2_2_A2_sum_3 = p_B0_f2_2_A2_0_3 + p_B0_f2_2_A2_1_3 + p_B0_f2_2_A2_2_3 + p_B0_f2_2_A2_3_3
-            p_B0_f2_2_A2_sum_4 = p_B0_f2_2_A2_0_4 + p_B0_f2_2_A2_1_4 + p_B0_f2_2_A2_2_4 + p_B0_f2_2_A2_3_4
-            # factored: 4 weighted 2x2->0 couplings as one: 2 x 2 -> 0, even path, 7 nonzeros
-            p_B0_f2_2_A2_out_0 = 2.0 * (p_B0_f2_2_A2_sum_0 * mixA2_A_0 + p_B0_f2_2_A2_sum_1 * mixA2_A_1 + p_B0_f2_2_A2_sum_2 * mixA2_A_2 + p_B0_f2_2_A2_sum_3 * mixA2_A_3 + p_B0_f2_2_A2_sum_4 * mixA2_A_4) + p_B0_f2_2_A2_sum_0 * mixA2_A_2 + p_B0_f2_2_A2_sum_2 * mixA2_A_0
-            p_B0_f3_3_A3_0_0 = mixA3_A_0 * product_4  # (3o x 3o)->0e
-            p_B0_f3_3_A3_0_1 = mixA3_A_1 * product_4
-            p_B0_f3_3_A3_0_2 = mixA3_A_2 * product_4
-            p_B0_f3_3_A3_0_3 = mixA3_A_3 * product_4
-            p_B0_f3_3_A3_0_4 = mixA3_A_4 * product_4
-            p_B0_f3_3_A3_0_5 = mixA3_A_5 * product_4
-            p_B0_f3_3_A3_0_6 = mixA3_A_6 * product_4
-            p_B0_f3_3_A3_1_0 = p_t8_0_0 * product_8  # ((0e x 3o)->3o x 3o)->0e
-            p_B0_f3_3_A3_1_1 = p_t8_0_1 * product_8
-            p_B0_f3_3_A3_1_2 = p_t8_0_2 * product_8
-            p_B0_f3_3_A3_1_3 = p_t8_0_3 * product_8
-            p_B0_f3_3_A3_1_4 = p_t8_0_4 * product_8
-            p_B0_f3_3_A3_1_5 = p_t8_0_5 * product_8
-            p_B0_f3_3_A3_1_6 = p_t8_0_6 * product_8
-            p_B0_f3_3_A3_2_0 = p_t10_0_0 * product_10  # ((1o x 2e)->3o x 3o)->0e
-            p_B0_f3_3_A3_2_1 = p_t10_0_1 * product_10
-            p_B0_f3_3_A3_2_2 = p_t10_0_2 * product_10
-            p_B0_f3_3_A3_2_3 = p_t10_0_3 * product_10
-            p_B0_f3_3_A3_2_4 = p_t10_0_4 * product_10
-            p_B0_f3_3_A3_2_5 = p_t10_0_5 * product_10
-            p_B0_f3_3_A3_2_6 = p_t10_0_6 * product_10
-            p_B0_f3_3_A3_3_0 = p_t12_0_0 * product_12  # ((2e x 3o)->3o x 3o)->0e
-            p_B0_f3_3_A3_3_1 = p_t12_0_1 * product_12
-            p_B0_f3_3_A3_3_2 = p_t12_0_2 * product_12
-            p_B0_f3_3_A3_3_3 = p_t12_0_3 * product_12
-            p_B0_f3_3_A3_3_4 = p_t12_0_4 * product_12
-            p_B0_f3_3_A3_3_5 = p_t12_0_5 * product_12
-            p_B0_f3_3_A3_3_6 = p_t12_0_6 * product_12
-            p_B0_f3_3_A3_sum_0 = p_B0_f3_3_A3_0_0 + p_B0_f3_3_A3_1_0 + p_B0_f3_3_A3_2_0 + p_B0_f3_3_A3_3_0
-            p_B0_f3_3_A3_sum_1 = p_B0_f3_3_A3_0_1 + p_B0_f3_3_A3_1_1 + p_B0_f3_3_A3_2_1 + p_B0_f3_3_A3_3_1
-            p_B0_f3_3_A3_sum_2 = p_B0_f3_3_A3_0_2 + p_B0_f3_3_A3_1_2 + p_B0_f3_3_A3_2_2 + p_B0_f3_3_A3_3_2
-            p_B0_f3_3_A3_sum_3 = p_B0_f3_3_A3_0_3 + p_B0_f3_3_A3_1_3 + p_B0_f3_3_A3_2_3 + p_B0_f3_3_A3_3_3
-            p_B0_f3_3_A3_sum_4 = p_B0_f3_3_A3_0_4 + p_B0_f3_3_A3_1_4 + p_B0_f3_3_A3_2_4 + p_B0_f3_3_A3_3_4
-            p_B0_f3_3_A3_sum_5 = p_B0_f3_3_A3_0_5 + p_B0_f3_3_A3_1_5 + p_B0_f3_3_A3_2_5 + p_B0_f3_3_A3_3_5
-            p_B0_f3_3_A3_sum_6 = p_B0_f3_3_A3_0_6 + p_B0_f3_3_A3_1_6 + p_B0_f3_3_A3_2_6 + p_B0_f3_3_A3_3_6
-            # factored: 4 weighted 3x3->0 couplings as one: 3 x 3 -> 0, even path, 13 nonzeros
-            p_B0_f3_3_A3_out_0 = (4.0 * (p_B0_f3_3_A3_sum_0 * mixA3_A_0 + p_B0_f3_3_A3_sum_3 * mixA3_A_3 + p_B0_f3_3_A3_sum_4 * mixA3_A_4 + p_B0_f3_3_A3_sum_6 * mixA3_A_6) + 3.0 * (p_B0_f3_3_A3_sum_0 * mixA3_A_2 + p_B0_f3_3_A3_sum_1 * mixA3_A_3 + p_B0_f3_3_A3_sum_2 * mixA3_A_0 + p_B0_f3_3_A3_sum_3 * mixA3_A_1) + 6.0 * (p_B0_f3_3_A3_sum_1 * mixA3_A_1 + p_B0_f3_3_A3_sum_2 * mixA3_A_2 + p_B0_f3_3_A3_sum_5 * mixA3_A_5) + p_B0_f3_3_A3_sum_4 * mixA3_A_6
-                                  + p_B0_f3_3_A3_sum_6 * mixA3_A_4)
-            p_B0_0 = (p_w0_0 + p_B0_f0_0_A0_out_0 + p_w2_0 + p_w6_0
-                      + p_B0_f2_2_A2_out_0 + p_B0_f3_3_A3_out_0)
-            p_B0[n, c, 0] = p_B0_0
-
-    return (p_B0,)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
 def layer_01_0_k5(p_B0, skip0_h, mixB0):
-    """Part of layer_01_0.
-
-    IR program layer_01_0_k5, printed as 2 kernel(s).
-    mixB0: weights with channels rows x channels columns.
-    """
+    """Part of layer_01_0. IR program layer_01_0_k5, printed as 2 kernel(s); weights: mixB0 (channels rows x channels columns)."""
     dtype = p_B0.dtype
     num_nodes = p_B0.shape[0]
-    if p_B0.shape[2] != 1:
-        raise ValueError("p_B0 must have shape (nodes, channels, 1)")
-    if skip0_h.shape[0] != num_nodes or skip0_h.shape[2] != 1:
-        raise ValueError("skip0_h must have shape (nodes, channels, 1)")
-
-    # ChannelMix -> mixB0_B (nodes, channels, 1): einsum("ncd,ck->nkd", p_B0, mixB0)
-    if p_B0.shape[1] != mixB0.shape[0]:
-        raise ValueError("p_B0 has the wrong number of channels for mixB0")
-    mixB0_B = np.dot(np.ascontiguousarray(p_B0).reshape((num_nodes, mixB0.shape[0])), np.asarray(mixB0, dtype)).reshape((num_nodes, mixB0.shape[1], 1))
-
+    _fail_if(p_B0.shape[2] != 1, "p_B0 must have shape (nodes, channels, 1)")
+    _fail_if(skip0_h.shape[0] != num_nodes or skip0_h.shape[2] != 1, "skip0_h must have shape (nodes, channels, 1)")
+    mixB0_B = _channel_mix(p_B0, np.asarray(mixB0, dtype))  # ChannelMix -> mixB0_B (nodes, channels, 1): einsum("ncd,ck->nkd", p_B0, mixB0)
     # Sum -> h_out0 (nodes, channels, 1): mixB0_B + skip0_h
-    if skip0_h.shape != mixB0_B.shape:
-        raise ValueError("h_out0: skip0_h and mixB0_B must have the same shape")
+    _fail_if(skip0_h.shape != mixB0_B.shape, "h_out0: skip0_h and mixB0_B must have the same shape")
     mixB0_B_flat = mixB0_B.reshape(mixB0_B.size)
     skip0_h_flat = np.ascontiguousarray(skip0_h).reshape(skip0_h.size)
     h_out0 = np.empty(mixB0_B.shape, dtype)
     h_out0_flat = h_out0.reshape(h_out0.size)
     for k in prange(h_out0_flat.shape[0]):
         h_out0_flat[k] = mixB0_B_flat[k] + skip0_h_flat[k]
-
     return (h_out0,)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=False)
 def layer_01_0_reverse_k1(h0, h1, d_h_out0, up0, up1, skip0, mixB0):
-    """Part of layer_01_0_reverse.
-
-    IR program layer_01_0_reverse_k1, printed as 4 kernel(s).
-    up0: weights with channels rows x channels columns.
-    up1: weights with channels rows x channels columns.
-    skip0: weights with channels rows x channels columns.
-    mixB0: weights with channels rows x channels columns.
-    """
+    """Part of layer_01_0_reverse. IR program layer_01_0_reverse_k1, printed as 4 kernel(s); weights: up0 (channels rows x channels columns), up1 (channels rows x channels columns), skip0 (channels rows x channels columns), mixB0 (channels rows x channels columns)."""
     dtype = h0.dtype
     num_nodes = h0.shape[0]
-    if h0.shape[2] != 1:
-        raise ValueError("h0 must have shape (nodes, channels, 1)")
-    if h1.shape[0] != num_nodes or h1.shape[2] != 3:
-        raise ValueError("h1 must have shape (nodes, channels, 3)")
-    if d_h_out0.shape[0] != num_nodes or d_h_out0.shape[2] != 1:
-        raise ValueError("d_h_out0 must have shape (nodes, channels, 1)")
-
-    # ChannelMix -> up0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, up0)
-    if h0.shape[1] != up0.shape[0]:
-        raise ValueError("h0 has the wrong number of channels for up0")
-    up0_h = np.dot(np.ascontiguousarray(h0).reshape((num_nodes, up0.shape[0])), np.asarray(up0, dtype)).reshape((num_nodes, up0.shape[1], 1))
-
-    # ChannelMix -> up1_h (nodes, channels, 3): einsum("ncd,ck->nkd", h1, up1)
-    if h1.shape[1] != up1.shape[0]:
-        raise ValueError("h1 has the wrong number of channels for up1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    up1_h_in = np.empty((num_nodes, 3, up1.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(up1.shape[0]):
-                up1_h_in[n, m, a] = h1[n, a, m]
-    up1_h_gemm = np.dot(up1_h_in.reshape((num_nodes * 3, up1.shape[0])), np.asarray(up1, dtype)).reshape((num_nodes, 3, up1.shape[1]))
-    up1_h = np.empty((num_nodes, up1.shape[1], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(up1.shape[1]):
-                up1_h[n, a, m] = up1_h_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_h0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", d_h_out0, skip0)
-    if d_h_out0.shape[1] != skip0.shape[1]:
-        raise ValueError("d_h_out0 has the wrong number of channels for skip0")
-    g_h0_0 = np.dot(np.ascontiguousarray(d_h_out0).reshape((num_nodes, skip0.shape[1])), np.asarray(skip0, dtype).T).reshape((num_nodes, skip0.shape[0], 1))
-
-    # ChannelMixTransposed -> g_p_B0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", d_h_out0, mixB0)
-    if d_h_out0.shape[1] != mixB0.shape[1]:
-        raise ValueError("d_h_out0 has the wrong number of channels for mixB0")
-    g_p_B0_0 = np.dot(np.ascontiguousarray(d_h_out0).reshape((num_nodes, mixB0.shape[1])), np.asarray(mixB0, dtype).T).reshape((num_nodes, mixB0.shape[0], 1))
-
+    _fail_if(h0.shape[2] != 1, "h0 must have shape (nodes, channels, 1)")
+    _fail_if(h1.shape[0] != num_nodes or h1.shape[2] != 3, "h1 must have shape (nodes, channels, 3)")
+    _fail_if(d_h_out0.shape[0] != num_nodes or d_h_out0.shape[2] != 1, "d_h_out0 must have shape (nodes, channels, 1)")
+    up0_h = _channel_mix(h0, np.asarray(up0, dtype))  # ChannelMix -> up0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, up0)
+    up1_h = _channel_mix(h1, np.asarray(up1, dtype))  # ChannelMix -> up1_h (nodes, channels, 3): einsum("ncd,ck->nkd", h1, up1)
+    g_h0_0 = _channel_mix(d_h_out0, np.asarray(skip0, dtype).T)  # ChannelMixTransposed -> g_h0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", d_h_out0, skip0)
+    g_p_B0_0 = _channel_mix(d_h_out0, np.asarray(mixB0, dtype).T)  # ChannelMixTransposed -> g_p_B0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", d_h_out0, mixB0)
     return (up0_h, up1_h, g_h0_0, g_p_B0_0)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def layer_01_0_reverse_k2(up0_h, Y0, Y1, Y2, Y3, up1_h, g_p_B0_0, radial, product, senders, receivers, receiver_offsets, num_nodes):
-    """Part of layer_01_0_reverse.
-
-    IR program layer_01_0_reverse_k2, printed as 1 kernel(s).
-    radial: weights with 10 columns.
-    product: weights with 13 columns.
-    """
+    """Part of layer_01_0_reverse. IR program layer_01_0_reverse_k2, printed as 1 kernel(s); weights: radial (10 columns), product (13 columns)."""
     dtype = up0_h.dtype
     num_edges = senders.shape[0]
     channels = up0_h.shape[1]
-    if up0_h.shape[0] != num_nodes or up0_h.shape[1] != channels or up0_h.shape[2] != 1:
-        raise ValueError("up0_h must have shape (nodes, channels, 1)")
-    if Y0.shape[0] != num_edges or Y0.shape[1] != 1:
-        raise ValueError("Y0 must have shape (edges, 1)")
-    if Y1.shape[0] != num_edges or Y1.shape[1] != 3:
-        raise ValueError("Y1 must have shape (edges, 3)")
-    if Y2.shape[0] != num_edges or Y2.shape[1] != 5:
-        raise ValueError("Y2 must have shape (edges, 5)")
-    if Y3.shape[0] != num_edges or Y3.shape[1] != 7:
-        raise ValueError("Y3 must have shape (edges, 7)")
-    if up1_h.shape[0] != num_nodes or up1_h.shape[1] != channels or up1_h.shape[2] != 3:
-        raise ValueError("up1_h must have shape (nodes, channels, 3)")
-    if g_p_B0_0.shape[0] != num_nodes or g_p_B0_0.shape[1] != channels or g_p_B0_0.shape[2] != 1:
-        raise ValueError("g_p_B0_0 must have shape (nodes, channels, 1)")
-    if radial.shape[0] != num_edges or radial.shape[1] != channels or radial.shape[2] != 10:
-        raise ValueError("radial must have shape (edges, channels, 10)")
-    if product.shape[0] != num_nodes or product.shape[1] != channels or product.shape[2] != 13:
-        raise ValueError("product must have shape (nodes, channels, 13)")
+    _check_shape(Y0, (num_edges, 1), "Y0 must have shape (edges, 1)")
+    _check_shape(Y1, (num_edges, 3), "Y1 must have shape (edges, 3)")
+    _check_shape(Y2, (num_edges, 5), "Y2 must have shape (edges, 5)")
+    _check_shape(Y3, (num_edges, 7), "Y3 must have shape (edges, 7)")
+    _check_shape(radial, (num_edges, channels, 10), "radial must have shape (edges, channels, 10)")
+    _check_shape(product, (num_nodes, channels, 13), "product must have shape (nodes, channels, 13)")
     _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
-
     i_hj_0_0_0 = np.empty((num_edges, channels, 1), dtype)
     i_c_0_0_0 = np.empty((num_edges, channels, 1), dtype)
     i_s_0_1_1_in = np.empty((num_edges, channels, 1), dtype)
@@ -4505,830 +1737,24 @@ def layer_01_0_reverse_k2(up0_h, Y0, Y1, Y2, Y3, up1_h, g_p_B0_0, radial, produc
     g_p_t6_1_0 = np.empty((num_nodes, channels, 1), dtype)
     g_p_t2_0_0 = np.empty((num_nodes, channels, 1), dtype)
     g_mixA0_A_7 = np.empty((num_nodes, channels, 1), dtype)
-    # kernel 1 (per channel, phase 0): 33 ops; stores i_hj_0_0_0, i_c_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_hj_1_0_1, i_c_1_0_1, i_c_1_1_0, i_s_1_1_2_in, i_c_1_2_1, i_s_1_2_3_in, i_s_1_3_2_in, i_A0, i_A1, i_A2, i_A3, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7
-    for n in prange(num_nodes):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
-        for c in range(channels):
-            i_A0_0 = 0.0
-            i_A1_0 = 0.0
-            i_A1_1 = 0.0
-            i_A1_2 = 0.0
-            i_A2_0 = 0.0
-            i_A2_1 = 0.0
-            i_A2_2 = 0.0
-            i_A2_3 = 0.0
-            i_A2_4 = 0.0
-            i_A3_0 = 0.0
-            i_A3_1 = 0.0
-            i_A3_2 = 0.0
-            i_A3_3 = 0.0
-            i_A3_4 = 0.0
-            i_A3_5 = 0.0
-            i_A3_6 = 0.0
-            for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
-                j = senders[e]
-                Y0_0 = Y0[e, 0]
-                radial_0 = radial[e, c, 0]
-                radial_1 = radial[e, c, 1]
-                Y1_0 = Y1[e, 0]
-                Y1_1 = Y1[e, 1]
-                Y1_2 = Y1[e, 2]
-                radial_2 = radial[e, c, 2]
-                Y2_0 = Y2[e, 0]
-                Y2_1 = Y2[e, 1]
-                Y2_2 = Y2[e, 2]
-                Y2_3 = Y2[e, 3]
-                Y2_4 = Y2[e, 4]
-                radial_3 = radial[e, c, 3]
-                Y3_0 = Y3[e, 0]
-                Y3_1 = Y3[e, 1]
-                Y3_2 = Y3[e, 2]
-                Y3_3 = Y3[e, 3]
-                Y3_4 = Y3[e, 4]
-                Y3_5 = Y3[e, 5]
-                Y3_6 = Y3[e, 6]
-                radial_4 = radial[e, c, 4]
-                radial_5 = radial[e, c, 5]
-                radial_6 = radial[e, c, 6]
-                radial_7 = radial[e, c, 7]
-                radial_8 = radial[e, c, 8]
-                radial_9 = radial[e, c, 9]
-                i_hj_0_0_0_0 = up0_h[j, c, 0]
-                # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
-                i_c_0_0_0_0 = i_hj_0_0_0_0 * Y0_0
-                i_s_0_0_0_0 = i_c_0_0_0_0 * radial_0  # R[h0 x Y0 -> A0]
-                i_s_0_1_1_in_0 = i_hj_0_0_0_0 * radial_1  # R[h0 x Y1 -> A1]
-                # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
-                i_s_0_1_1_0 = i_s_0_1_1_in_0 * Y1_0
-                i_s_0_1_1_1 = i_s_0_1_1_in_0 * Y1_1
-                i_s_0_1_1_2 = i_s_0_1_1_in_0 * Y1_2
-                i_s_0_2_2_in_0 = i_hj_0_0_0_0 * radial_2  # R[h0 x Y2 -> A2]
-                # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
-                i_s_0_2_2_0 = i_s_0_2_2_in_0 * Y2_0
-                i_s_0_2_2_1 = i_s_0_2_2_in_0 * Y2_1
-                i_s_0_2_2_2 = i_s_0_2_2_in_0 * Y2_2
-                i_s_0_2_2_3 = i_s_0_2_2_in_0 * Y2_3
-                i_s_0_2_2_4 = i_s_0_2_2_in_0 * Y2_4
-                i_s_0_3_3_in_0 = i_hj_0_0_0_0 * radial_3  # R[h0 x Y3 -> A3]
-                # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
-                i_s_0_3_3_0 = i_s_0_3_3_in_0 * Y3_0
-                i_s_0_3_3_1 = i_s_0_3_3_in_0 * Y3_1
-                i_s_0_3_3_2 = i_s_0_3_3_in_0 * Y3_2
-                i_s_0_3_3_3 = i_s_0_3_3_in_0 * Y3_3
-                i_s_0_3_3_4 = i_s_0_3_3_in_0 * Y3_4
-                i_s_0_3_3_5 = i_s_0_3_3_in_0 * Y3_5
-                i_s_0_3_3_6 = i_s_0_3_3_in_0 * Y3_6
-                i_hj_1_0_1_0 = up1_h[j, c, 0]
-                i_hj_1_0_1_1 = up1_h[j, c, 1]
-                i_hj_1_0_1_2 = up1_h[j, c, 2]
-                # h1 x Y0 -> A1: 1 x 0 -> 1, even path, 3 nonzeros
-                i_c_1_0_1_0 = i_hj_1_0_1_0 * Y0_0
-                i_c_1_0_1_1 = i_hj_1_0_1_1 * Y0_0
-                i_c_1_0_1_2 = i_hj_1_0_1_2 * Y0_0
-                i_s_1_0_1_0 = i_c_1_0_1_0 * radial_4  # R[h1 x Y0 -> A1]
-                i_s_1_0_1_1 = i_c_1_0_1_1 * radial_4
-                i_s_1_0_1_2 = i_c_1_0_1_2 * radial_4
-                # h1 x Y1 -> A0: 1 x 1 -> 0, even path, 3 nonzeros
-                i_c_1_1_0_0 = i_hj_1_0_1_0 * Y1_0 + i_hj_1_0_1_1 * Y1_1 + i_hj_1_0_1_2 * Y1_2
-                i_s_1_1_0_0 = i_c_1_1_0_0 * radial_5  # R[h1 x Y1 -> A0]
-                i_s_1_1_2_in_0 = i_hj_1_0_1_0 * radial_6  # R[h1 x Y1 -> A2]
-                i_s_1_1_2_in_1 = i_hj_1_0_1_1 * radial_6
-                i_s_1_1_2_in_2 = i_hj_1_0_1_2 * radial_6
-                # h1 x Y1 -> A2: 1 x 1 -> 2, even path, 12 nonzeros
-                i_s_1_1_2_0 = 0.6666666666666666 * i_s_1_1_2_in_0 * Y1_0 - 0.3333333333333333 * (i_s_1_1_2_in_1 * Y1_1 + i_s_1_1_2_in_2 * Y1_2)
-                i_s_1_1_2_1 = 0.5 * (i_s_1_1_2_in_0 * Y1_1 + i_s_1_1_2_in_1 * Y1_0)
-                i_s_1_1_2_2 = -0.3333333333333333 * (i_s_1_1_2_in_0 * Y1_0 + i_s_1_1_2_in_2 * Y1_2) + 0.6666666666666666 * i_s_1_1_2_in_1 * Y1_1
-                i_s_1_1_2_3 = 0.5 * (i_s_1_1_2_in_0 * Y1_2 + i_s_1_1_2_in_2 * Y1_0)
-                i_s_1_1_2_4 = 0.5 * (i_s_1_1_2_in_1 * Y1_2 + i_s_1_1_2_in_2 * Y1_1)
-                # h1 x Y2 -> A1: 1 x 2 -> 1, even path, 10 nonzeros
-                i_c_1_2_1_0 = i_hj_1_0_1_0 * Y2_0 + i_hj_1_0_1_1 * Y2_1 + i_hj_1_0_1_2 * Y2_3
-                i_c_1_2_1_1 = i_hj_1_0_1_0 * Y2_1 + i_hj_1_0_1_1 * Y2_2 + i_hj_1_0_1_2 * Y2_4
-                i_c_1_2_1_2 = i_hj_1_0_1_0 * Y2_3 + i_hj_1_0_1_1 * Y2_4 - i_hj_1_0_1_2 * Y2_0 - i_hj_1_0_1_2 * Y2_2
-                i_s_1_2_1_0 = i_c_1_2_1_0 * radial_7  # R[h1 x Y2 -> A1]
-                i_s_1_2_1_1 = i_c_1_2_1_1 * radial_7
-                i_s_1_2_1_2 = i_c_1_2_1_2 * radial_7
-                i_s_1_2_3_in_0 = i_hj_1_0_1_0 * radial_8  # R[h1 x Y2 -> A3]
-                i_s_1_2_3_in_1 = i_hj_1_0_1_1 * radial_8
-                i_s_1_2_3_in_2 = i_hj_1_0_1_2 * radial_8
-                # h1 x Y2 -> A3: 1 x 2 -> 3, even path, 25 nonzeros
-                i_s_1_2_3_0 = 0.6 * i_s_1_2_3_in_0 * Y2_0 - 0.4 * (i_s_1_2_3_in_1 * Y2_1 + i_s_1_2_3_in_2 * Y2_3)
-                i_s_1_2_3_1 = 0.5333333333333333 * i_s_1_2_3_in_0 * Y2_1 + 0.3333333333333333 * i_s_1_2_3_in_1 * Y2_0 - 0.13333333333333333 * (i_s_1_2_3_in_1 * Y2_2 + i_s_1_2_3_in_2 * Y2_4)
-                i_s_1_2_3_2 = -0.13333333333333333 * (i_s_1_2_3_in_0 * Y2_0 + i_s_1_2_3_in_2 * Y2_3) + 0.3333333333333333 * i_s_1_2_3_in_0 * Y2_2 + 0.5333333333333333 * i_s_1_2_3_in_1 * Y2_1
-                i_s_1_2_3_3 = -0.4 * (i_s_1_2_3_in_0 * Y2_1 + i_s_1_2_3_in_2 * Y2_4) + 0.6 * i_s_1_2_3_in_1 * Y2_2
-                i_s_1_2_3_4 = 0.5333333333333333 * i_s_1_2_3_in_0 * Y2_3 - 0.13333333333333333 * (i_s_1_2_3_in_1 * Y2_4 - i_s_1_2_3_in_2 * Y2_2) + 0.4666666666666667 * i_s_1_2_3_in_2 * Y2_0
-                i_s_1_2_3_5 = 0.3333333333333333 * (i_s_1_2_3_in_0 * Y2_4 + i_s_1_2_3_in_1 * Y2_3 + i_s_1_2_3_in_2 * Y2_1)
-                i_s_1_2_3_6 = -0.13333333333333333 * (i_s_1_2_3_in_0 * Y2_3 - i_s_1_2_3_in_2 * Y2_0) + 0.5333333333333333 * i_s_1_2_3_in_1 * Y2_4 + 0.4666666666666667 * i_s_1_2_3_in_2 * Y2_2
-                i_s_1_3_2_in_0 = i_hj_1_0_1_0 * radial_9  # R[h1 x Y3 -> A2]
-                i_s_1_3_2_in_1 = i_hj_1_0_1_1 * radial_9
-                i_s_1_3_2_in_2 = i_hj_1_0_1_2 * radial_9
-                # h1 x Y3 -> A2: 1 x 3 -> 2, even path, 17 nonzeros
-                i_s_1_3_2_0 = i_s_1_3_2_in_0 * Y3_0 + i_s_1_3_2_in_1 * Y3_1 + i_s_1_3_2_in_2 * Y3_4
-                i_s_1_3_2_1 = i_s_1_3_2_in_0 * Y3_1 + i_s_1_3_2_in_1 * Y3_2 + i_s_1_3_2_in_2 * Y3_5
-                i_s_1_3_2_2 = i_s_1_3_2_in_0 * Y3_2 + i_s_1_3_2_in_1 * Y3_3 + i_s_1_3_2_in_2 * Y3_6
-                i_s_1_3_2_3 = i_s_1_3_2_in_0 * Y3_4 + i_s_1_3_2_in_1 * Y3_5 - i_s_1_3_2_in_2 * Y3_0 - i_s_1_3_2_in_2 * Y3_2
-                i_s_1_3_2_4 = i_s_1_3_2_in_0 * Y3_5 + i_s_1_3_2_in_1 * Y3_6 - i_s_1_3_2_in_2 * Y3_1 - i_s_1_3_2_in_2 * Y3_3
-                i_A0_edges_0 = i_s_0_0_0_0 + i_s_1_1_0_0
-                i_A0_0 += i_A0_edges_0
-                i_A1_edges_0 = i_s_0_1_1_0 + i_s_1_0_1_0 + i_s_1_2_1_0
-                i_A1_edges_1 = i_s_0_1_1_1 + i_s_1_0_1_1 + i_s_1_2_1_1
-                i_A1_edges_2 = i_s_0_1_1_2 + i_s_1_0_1_2 + i_s_1_2_1_2
-                i_A1_0 += i_A1_edges_0
-                i_A1_1 += i_A1_edges_1
-                i_A1_2 += i_A1_edges_2
-                i_A2_edges_0 = i_s_0_2_2_0 + i_s_1_1_2_0 + i_s_1_3_2_0
-                i_A2_edges_1 = i_s_0_2_2_1 + i_s_1_1_2_1 + i_s_1_3_2_1
-                i_A2_edges_2 = i_s_0_2_2_2 + i_s_1_1_2_2 + i_s_1_3_2_2
-                i_A2_edges_3 = i_s_0_2_2_3 + i_s_1_1_2_3 + i_s_1_3_2_3
-                i_A2_edges_4 = i_s_0_2_2_4 + i_s_1_1_2_4 + i_s_1_3_2_4
-                i_A2_0 += i_A2_edges_0
-                i_A2_1 += i_A2_edges_1
-                i_A2_2 += i_A2_edges_2
-                i_A2_3 += i_A2_edges_3
-                i_A2_4 += i_A2_edges_4
-                i_A3_edges_0 = i_s_0_3_3_0 + i_s_1_2_3_0
-                i_A3_edges_1 = i_s_0_3_3_1 + i_s_1_2_3_1
-                i_A3_edges_2 = i_s_0_3_3_2 + i_s_1_2_3_2
-                i_A3_edges_3 = i_s_0_3_3_3 + i_s_1_2_3_3
-                i_A3_edges_4 = i_s_0_3_3_4 + i_s_1_2_3_4
-                i_A3_edges_5 = i_s_0_3_3_5 + i_s_1_2_3_5
-                i_A3_edges_6 = i_s_0_3_3_6 + i_s_1_2_3_6
-                i_A3_0 += i_A3_edges_0
-                i_A3_1 += i_A3_edges_1
-                i_A3_2 += i_A3_edges_2
-                i_A3_3 += i_A3_edges_3
-                i_A3_4 += i_A3_edges_4
-                i_A3_5 += i_A3_edges_5
-                i_A3_6 += i_A3_edges_6
-                i_hj_0_0_0[e, c, 0] = i_hj_0_0_0_0
-                i_c_0_0_0[e, c, 0] = i_c_0_0_0_0
-                i_s_0_1_1_in[e, c, 0] = i_s_0_1_1_in_0
-                i_s_0_2_2_in[e, c, 0] = i_s_0_2_2_in_0
-                i_s_0_3_3_in[e, c, 0] = i_s_0_3_3_in_0
-                i_hj_1_0_1[e, c, 0] = i_hj_1_0_1_0
-                i_hj_1_0_1[e, c, 1] = i_hj_1_0_1_1
-                i_hj_1_0_1[e, c, 2] = i_hj_1_0_1_2
-                i_c_1_0_1[e, c, 0] = i_c_1_0_1_0
-                i_c_1_0_1[e, c, 1] = i_c_1_0_1_1
-                i_c_1_0_1[e, c, 2] = i_c_1_0_1_2
-                i_c_1_1_0[e, c, 0] = i_c_1_1_0_0
-                i_s_1_1_2_in[e, c, 0] = i_s_1_1_2_in_0
-                i_s_1_1_2_in[e, c, 1] = i_s_1_1_2_in_1
-                i_s_1_1_2_in[e, c, 2] = i_s_1_1_2_in_2
-                i_c_1_2_1[e, c, 0] = i_c_1_2_1_0
-                i_c_1_2_1[e, c, 1] = i_c_1_2_1_1
-                i_c_1_2_1[e, c, 2] = i_c_1_2_1_2
-                i_s_1_2_3_in[e, c, 0] = i_s_1_2_3_in_0
-                i_s_1_2_3_in[e, c, 1] = i_s_1_2_3_in_1
-                i_s_1_2_3_in[e, c, 2] = i_s_1_2_3_in_2
-                i_s_1_3_2_in[e, c, 0] = i_s_1_3_2_in_0
-                i_s_1_3_2_in[e, c, 1] = i_s_1_3_2_in_1
-                i_s_1_3_2_in[e, c, 2] = i_s_1_3_2_in_2
-            product_6 = product[n, c, 6]
-            g_p_B0_0_0 = g_p_B0_0[n, c, 0]
-            product_2 = product[n, c, 2]
-            product_0 = product[n, c, 0]
-            g_p_t6_1_0_0 = g_p_B0_0_0 * product_6  # adjoint of p_w6
-            g_p_t2_0_0_0 = g_p_B0_0_0 * product_2  # adjoint of p_w2
-            g_mixA0_A_7_0 = g_p_B0_0_0 * product_0  # adjoint of p_w0
-            i_A0[n, c, 0] = i_A0_0
-            i_A1[n, c, 0] = i_A1_0
-            i_A1[n, c, 1] = i_A1_1
-            i_A1[n, c, 2] = i_A1_2
-            i_A2[n, c, 0] = i_A2_0
-            i_A2[n, c, 1] = i_A2_1
-            i_A2[n, c, 2] = i_A2_2
-            i_A2[n, c, 3] = i_A2_3
-            i_A2[n, c, 4] = i_A2_4
-            i_A3[n, c, 0] = i_A3_0
-            i_A3[n, c, 1] = i_A3_1
-            i_A3[n, c, 2] = i_A3_2
-            i_A3[n, c, 3] = i_A3_3
-            i_A3[n, c, 4] = i_A3_4
-            i_A3[n, c, 5] = i_A3_5
-            i_A3[n, c, 6] = i_A3_6
-            g_p_t6_1_0[n, c, 0] = g_p_t6_1_0_0
-            g_p_t2_0_0[n, c, 0] = g_p_t2_0_0_0
-            g_mixA0_A_7[n, c, 0] = g_mixA0_A_7_0
-
+    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 33 ops; stores i_hj_0_0_0, i_c_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_hj_1_0_1, i_c_1_0_1, i_c_1_1_0, i_s_1_1_2_in, i_c_1_2_1, i_s_1_2_3_in, i_s_1_3_2_in, i_A0, i_A1, i_A2, i_A3, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7
+        _kernel_9163b156c2(np.int64(block), Y0, Y1, Y2, Y3, channels, g_mixA0_A_7, g_p_B0_0, g_p_t2_0_0, g_p_t6_1_0, i_A0, i_A1, i_A2, i_A3, i_c_0_0_0, i_c_1_0_1, i_c_1_1_0, i_c_1_2_1, i_hj_0_0_0, i_hj_1_0_1, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_s_1_1_2_in, i_s_1_2_3_in, i_s_1_3_2_in, num_nodes, product, radial, receiver_offsets, senders, up0_h, up1_h)
     return (i_hj_0_0_0, i_c_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_hj_1_0_1, i_c_1_0_1, i_c_1_1_0, i_s_1_1_2_in, i_c_1_2_1, i_s_1_2_3_in, i_s_1_3_2_in, i_A0, i_A1, i_A2, i_A3, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_01_0_reverse_k3(i_A0, i_A1, i_A2, i_A3, mixA0, mixA1, mixA2, mixA3):
-    """Part of layer_01_0_reverse.
-
-    IR program layer_01_0_reverse_k3, printed as 4 kernel(s).
-    mixA0: weights with channels rows x channels columns.
-    mixA1: weights with channels rows x channels columns.
-    mixA2: weights with channels rows x channels columns.
-    mixA3: weights with channels rows x channels columns.
-    """
-    dtype = i_A0.dtype
-    num_nodes = i_A0.shape[0]
-    if i_A0.shape[2] != 1:
-        raise ValueError("i_A0 must have shape (nodes, channels, 1)")
-    if i_A1.shape[0] != num_nodes or i_A1.shape[2] != 3:
-        raise ValueError("i_A1 must have shape (nodes, channels, 3)")
-    if i_A2.shape[0] != num_nodes or i_A2.shape[2] != 5:
-        raise ValueError("i_A2 must have shape (nodes, channels, 5)")
-    if i_A3.shape[0] != num_nodes or i_A3.shape[2] != 7:
-        raise ValueError("i_A3 must have shape (nodes, channels, 7)")
-
-    # ChannelMix -> mixA0_A (nodes, channels, 1): einsum("ncd,ck->nkd", i_A0, mixA0)
-    if i_A0.shape[1] != mixA0.shape[0]:
-        raise ValueError("i_A0 has the wrong number of channels for mixA0")
-    mixA0_A = np.dot(np.ascontiguousarray(i_A0).reshape((num_nodes, mixA0.shape[0])), np.asarray(mixA0, dtype)).reshape((num_nodes, mixA0.shape[1], 1))
-
-    # ChannelMix -> mixA1_A (nodes, channels, 3): einsum("ncd,ck->nkd", i_A1, mixA1)
-    if i_A1.shape[1] != mixA1.shape[0]:
-        raise ValueError("i_A1 has the wrong number of channels for mixA1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA1_A_in = np.empty((num_nodes, 3, mixA1.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[0]):
-                mixA1_A_in[n, m, a] = i_A1[n, a, m]
-    mixA1_A_gemm = np.dot(mixA1_A_in.reshape((num_nodes * 3, mixA1.shape[0])), np.asarray(mixA1, dtype)).reshape((num_nodes, 3, mixA1.shape[1]))
-    mixA1_A = np.empty((num_nodes, mixA1.shape[1], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[1]):
-                mixA1_A[n, a, m] = mixA1_A_gemm[n, m, a]
-
-    # ChannelMix -> mixA2_A (nodes, channels, 5): einsum("ncd,ck->nkd", i_A2, mixA2)
-    if i_A2.shape[1] != mixA2.shape[0]:
-        raise ValueError("i_A2 has the wrong number of channels for mixA2")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA2_A_in = np.empty((num_nodes, 5, mixA2.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[0]):
-                mixA2_A_in[n, m, a] = i_A2[n, a, m]
-    mixA2_A_gemm = np.dot(mixA2_A_in.reshape((num_nodes * 5, mixA2.shape[0])), np.asarray(mixA2, dtype)).reshape((num_nodes, 5, mixA2.shape[1]))
-    mixA2_A = np.empty((num_nodes, mixA2.shape[1], 5), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[1]):
-                mixA2_A[n, a, m] = mixA2_A_gemm[n, m, a]
-
-    # ChannelMix -> mixA3_A (nodes, channels, 7): einsum("ncd,ck->nkd", i_A3, mixA3)
-    if i_A3.shape[1] != mixA3.shape[0]:
-        raise ValueError("i_A3 has the wrong number of channels for mixA3")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA3_A_in = np.empty((num_nodes, 7, mixA3.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[0]):
-                mixA3_A_in[n, m, a] = i_A3[n, a, m]
-    mixA3_A_gemm = np.dot(mixA3_A_in.reshape((num_nodes * 7, mixA3.shape[0])), np.asarray(mixA3, dtype)).reshape((num_nodes, 7, mixA3.shape[1]))
-    mixA3_A = np.empty((num_nodes, mixA3.shape[1], 7), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[1]):
-                mixA3_A[n, a, m] = mixA3_A_gemm[n, m, a]
-
-    return (mixA0_A, mixA1_A, mixA2_A, mixA3_A)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_01_0_reverse_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, g_p_B0_0, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7, product):
-    """Part of layer_01_0_reverse.
-
-    IR program layer_01_0_reverse_k4, printed as 1 kernel(s).
-    product: weights with 13 columns.
-    """
-    dtype = mixA0_A.dtype
-    num_nodes = mixA0_A.shape[0]
-    channels = mixA0_A.shape[1]
-    if mixA0_A.shape[0] != num_nodes or mixA0_A.shape[1] != channels or mixA0_A.shape[2] != 1:
-        raise ValueError("mixA0_A must have shape (nodes, channels, 1)")
-    if mixA1_A.shape[0] != num_nodes or mixA1_A.shape[1] != channels or mixA1_A.shape[2] != 3:
-        raise ValueError("mixA1_A must have shape (nodes, channels, 3)")
-    if mixA2_A.shape[0] != num_nodes or mixA2_A.shape[1] != channels or mixA2_A.shape[2] != 5:
-        raise ValueError("mixA2_A must have shape (nodes, channels, 5)")
-    if mixA3_A.shape[0] != num_nodes or mixA3_A.shape[1] != channels or mixA3_A.shape[2] != 7:
-        raise ValueError("mixA3_A must have shape (nodes, channels, 7)")
-    if g_p_B0_0.shape[0] != num_nodes or g_p_B0_0.shape[1] != channels or g_p_B0_0.shape[2] != 1:
-        raise ValueError("g_p_B0_0 must have shape (nodes, channels, 1)")
-    if g_p_t6_1_0.shape[0] != num_nodes or g_p_t6_1_0.shape[1] != channels or g_p_t6_1_0.shape[2] != 1:
-        raise ValueError("g_p_t6_1_0 must have shape (nodes, channels, 1)")
-    if g_p_t2_0_0.shape[0] != num_nodes or g_p_t2_0_0.shape[1] != channels or g_p_t2_0_0.shape[2] != 1:
-        raise ValueError("g_p_t2_0_0 must have shape (nodes, channels, 1)")
-    if g_mixA0_A_7.shape[0] != num_nodes or g_mixA0_A_7.shape[1] != channels or g_mixA0_A_7.shape[2] != 1:
-        raise ValueError("g_mixA0_A_7 must have shape (nodes, channels, 1)")
-    if product.shape[0] != num_nodes or product.shape[1] != channels or product.shape[2] != 13:
-        raise ValueError("product must have shape (nodes, channels, 13)")
-
-    g_mixA3_A_4 = np.empty((num_nodes, channels, 7), dtype)
-    g_mixA2_A_7 = np.empty((num_nodes, channels, 5), dtype)
-    g_mixA1_A_7 = np.empty((num_nodes, channels, 3), dtype)
-    g_mixA0_A_8 = np.empty((num_nodes, channels, 1), dtype)
-    # kernel 1 (per channel, phase 0): 61 ops; stores g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8
-    for n in prange(num_nodes):
-        for c in range(channels):
-            mixA0_A_0 = mixA0_A[n, c, 0]
-            mixA1_A_0 = mixA1_A[n, c, 0]
-            mixA1_A_1 = mixA1_A[n, c, 1]
-            mixA1_A_2 = mixA1_A[n, c, 2]
-            mixA2_A_0 = mixA2_A[n, c, 0]
-            mixA2_A_1 = mixA2_A[n, c, 1]
-            mixA2_A_2 = mixA2_A[n, c, 2]
-            mixA2_A_3 = mixA2_A[n, c, 3]
-            mixA2_A_4 = mixA2_A[n, c, 4]
-            mixA3_A_0 = mixA3_A[n, c, 0]
-            mixA3_A_1 = mixA3_A[n, c, 1]
-            mixA3_A_2 = mixA3_A[n, c, 2]
-            mixA3_A_3 = mixA3_A[n, c, 3]
-            mixA3_A_4 = mixA3_A[n, c, 4]
-            mixA3_A_5 = mixA3_A[n, c, 5]
-            mixA3_A_6 = mixA3_A[n, c, 6]
-            product_1 = product[n, c, 1]
-            product_5 = product[n, c, 5]
-            product_3 = product[n, c, 3]
-            product_7 = product[n, c, 7]
-            product_9 = product[n, c, 9]
-            product_11 = product[n, c, 11]
-            product_4 = product[n, c, 4]
-            product_8 = product[n, c, 8]
-            product_10 = product[n, c, 10]
-            product_12 = product[n, c, 12]
-            g_p_B0_0_0 = g_p_B0_0[n, c, 0]
-            g_p_t6_1_0_0 = g_p_t6_1_0[n, c, 0]
-            g_p_t2_0_0_0 = g_p_t2_0_0[n, c, 0]
-            g_mixA0_A_7_0 = g_mixA0_A_7[n, c, 0]
-            # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
-            p_t1_0_0 = mixA0_A_0 * mixA0_A_0
-            # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
-            p_t6_0_0 = mixA0_A_0 * mixA1_A_0
-            p_t6_0_1 = mixA0_A_0 * mixA1_A_1
-            p_t6_0_2 = mixA0_A_0 * mixA1_A_2
-            # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
-            p_t7_0_0 = mixA0_A_0 * mixA2_A_0
-            p_t7_0_1 = mixA0_A_0 * mixA2_A_1
-            p_t7_0_2 = mixA0_A_0 * mixA2_A_2
-            p_t7_0_3 = mixA0_A_0 * mixA2_A_3
-            p_t7_0_4 = mixA0_A_0 * mixA2_A_4
-            # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
-            p_t8_0_0 = mixA0_A_0 * mixA3_A_0
-            p_t8_0_1 = mixA0_A_0 * mixA3_A_1
-            p_t8_0_2 = mixA0_A_0 * mixA3_A_2
-            p_t8_0_3 = mixA0_A_0 * mixA3_A_3
-            p_t8_0_4 = mixA0_A_0 * mixA3_A_4
-            p_t8_0_5 = mixA0_A_0 * mixA3_A_5
-            p_t8_0_6 = mixA0_A_0 * mixA3_A_6
-            # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
-            p_t9_0_0 = 0.6666666666666666 * mixA1_A_0 * mixA1_A_0 - 0.3333333333333333 * (mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2)
-            p_t9_0_1 = 0.5 * (mixA1_A_0 * mixA1_A_1 + mixA1_A_1 * mixA1_A_0)
-            p_t9_0_2 = -0.3333333333333333 * (mixA1_A_0 * mixA1_A_0 + mixA1_A_2 * mixA1_A_2) + 0.6666666666666666 * mixA1_A_1 * mixA1_A_1
-            p_t9_0_3 = 0.5 * (mixA1_A_0 * mixA1_A_2 + mixA1_A_2 * mixA1_A_0)
-            p_t9_0_4 = 0.5 * (mixA1_A_1 * mixA1_A_2 + mixA1_A_2 * mixA1_A_1)
-            # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
-            p_t10_0_0 = 0.6 * mixA1_A_0 * mixA2_A_0 - 0.4 * (mixA1_A_1 * mixA2_A_1 + mixA1_A_2 * mixA2_A_3)
-            p_t10_0_1 = 0.5333333333333333 * mixA1_A_0 * mixA2_A_1 + 0.3333333333333333 * mixA1_A_1 * mixA2_A_0 - 0.13333333333333333 * (mixA1_A_1 * mixA2_A_2 + mixA1_A_2 * mixA2_A_4)
-            p_t10_0_2 = -0.13333333333333333 * (mixA1_A_0 * mixA2_A_0 + mixA1_A_2 * mixA2_A_3) + 0.3333333333333333 * mixA1_A_0 * mixA2_A_2 + 0.5333333333333333 * mixA1_A_1 * mixA2_A_1
-            p_t10_0_3 = -0.4 * (mixA1_A_0 * mixA2_A_1 + mixA1_A_2 * mixA2_A_4) + 0.6 * mixA1_A_1 * mixA2_A_2
-            p_t10_0_4 = 0.5333333333333333 * mixA1_A_0 * mixA2_A_3 - 0.13333333333333333 * (mixA1_A_1 * mixA2_A_4 - mixA1_A_2 * mixA2_A_2) + 0.4666666666666667 * mixA1_A_2 * mixA2_A_0
-            p_t10_0_5 = 0.3333333333333333 * (mixA1_A_0 * mixA2_A_4 + mixA1_A_1 * mixA2_A_3 + mixA1_A_2 * mixA2_A_1)
-            p_t10_0_6 = -0.13333333333333333 * (mixA1_A_0 * mixA2_A_3 - mixA1_A_2 * mixA2_A_0) + 0.5333333333333333 * mixA1_A_1 * mixA2_A_4 + 0.4666666666666667 * mixA1_A_2 * mixA2_A_2
-            # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
-            p_t11_0_0 = 0.3333333333333333 * (mixA2_A_0 * mixA2_A_0 - mixA2_A_0 * mixA2_A_2 + mixA2_A_1 * mixA2_A_1 - mixA2_A_2 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) - 0.6666666666666666 * (mixA2_A_2 * mixA2_A_2 + mixA2_A_4 * mixA2_A_4)
-            p_t11_0_1 = 0.5 * (mixA2_A_0 * mixA2_A_1 + mixA2_A_1 * mixA2_A_0 + mixA2_A_1 * mixA2_A_2 + mixA2_A_2 * mixA2_A_1 + mixA2_A_3 * mixA2_A_4 + mixA2_A_4 * mixA2_A_3)
-            p_t11_0_2 = -0.6666666666666666 * (mixA2_A_0 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) - 0.3333333333333333 * (mixA2_A_0 * mixA2_A_2 - mixA2_A_1 * mixA2_A_1 + mixA2_A_2 * mixA2_A_0 - mixA2_A_2 * mixA2_A_2 - mixA2_A_4 * mixA2_A_4)
-            p_t11_0_3 = 0.5 * (mixA2_A_1 * mixA2_A_4 - mixA2_A_2 * mixA2_A_3 - mixA2_A_3 * mixA2_A_2 + mixA2_A_4 * mixA2_A_1)
-            p_t11_0_4 = -0.5 * (mixA2_A_0 * mixA2_A_4 - mixA2_A_1 * mixA2_A_3 - mixA2_A_3 * mixA2_A_1 + mixA2_A_4 * mixA2_A_0)
-            # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
-            p_t12_0_0 = 0.2 * (mixA2_A_0 * mixA3_A_0 + mixA2_A_1 * mixA3_A_1 + mixA2_A_3 * mixA3_A_4) - 0.4 * (mixA2_A_0 * mixA3_A_2 + mixA2_A_2 * mixA3_A_0) - 0.8 * (mixA2_A_2 * mixA3_A_2 + mixA2_A_4 * mixA3_A_5)
-            p_t12_0_1 = (0.4 * (mixA2_A_0 * mixA3_A_1 + mixA2_A_1 * mixA3_A_2 + mixA2_A_3 * mixA3_A_5) - 0.13333333333333333 * mixA2_A_0 * mixA3_A_3 + 0.3333333333333333 * (mixA2_A_1 * mixA3_A_0 + mixA2_A_4 * mixA3_A_4) + 0.2 * mixA2_A_2 * mixA3_A_1
-                         - 0.26666666666666666 * (mixA2_A_2 * mixA3_A_3 + mixA2_A_4 * mixA3_A_6))
-            p_t12_0_2 = (-0.26666666666666666 * (mixA2_A_0 * mixA3_A_0 + mixA2_A_3 * mixA3_A_4) + 0.2 * mixA2_A_0 * mixA3_A_2 + 0.4 * (mixA2_A_1 * mixA3_A_1 + mixA2_A_2 * mixA3_A_2 + mixA2_A_4 * mixA3_A_5) + 0.3333333333333333 * (mixA2_A_1 * mixA3_A_3 + mixA2_A_3 * mixA3_A_6)
-                         - 0.13333333333333333 * mixA2_A_2 * mixA3_A_0)
-            p_t12_0_3 = -0.8 * (mixA2_A_0 * mixA3_A_1 + mixA2_A_3 * mixA3_A_5) - 0.4 * (mixA2_A_0 * mixA3_A_3 + mixA2_A_2 * mixA3_A_1) + 0.2 * (mixA2_A_1 * mixA3_A_2 + mixA2_A_2 * mixA3_A_3 + mixA2_A_4 * mixA3_A_6)
-            p_t12_0_4 = (0.06666666666666667 * (mixA2_A_0 * mixA3_A_4 - mixA2_A_3 * mixA3_A_0) - 0.13333333333333333 * mixA2_A_0 * mixA3_A_6 + 0.4 * (mixA2_A_1 * mixA3_A_5 - mixA2_A_3 * mixA3_A_2) - 0.4666666666666667 * mixA2_A_2 * mixA3_A_4
-                         - 0.26666666666666666 * (mixA2_A_2 * mixA3_A_6 - mixA2_A_4 * mixA3_A_3) + 0.6 * mixA2_A_4 * mixA3_A_1)
-            p_t12_0_5 = 0.3333333333333333 * (mixA2_A_1 * mixA3_A_4 + mixA2_A_1 * mixA3_A_6 - mixA2_A_3 * mixA3_A_3 - mixA2_A_4 * mixA3_A_0)
-            p_t12_0_6 = (-0.26666666666666666 * (mixA2_A_0 * mixA3_A_4 - mixA2_A_3 * mixA3_A_0) - 0.4666666666666667 * mixA2_A_0 * mixA3_A_6 + 0.4 * (mixA2_A_1 * mixA3_A_5 - mixA2_A_4 * mixA3_A_1) - 0.13333333333333333 * mixA2_A_2 * mixA3_A_4
-                         + 0.06666666666666667 * (mixA2_A_2 * mixA3_A_6 - mixA2_A_4 * mixA3_A_3) + 0.6 * mixA2_A_3 * mixA3_A_2)
-            p_B0_f0_0_A0_0_0 = mixA0_A_0 * product_1  # (0e x 0e)->0e
-            p_B0_f0_0_A0_1_0 = p_t1_0_0 * product_5  # ((0e x 0e)->0e x 0e)->0e
-            p_B0_f0_0_A0_sum_0 = p_B0_f0_0_A0_0_0 + p_B0_f0_0_A0_1_0
-            p_B0_f2_2_A2_0_0 = mixA2_A_0 * product_3  # (2e x 2e)->0e
-            p_B0_f2_2_A2_0_1 = mixA2_A_1 * product_3
-            p_B0_f2_2_A2_0_2 = mixA2_A_2 * product_3
-            p_B0_f2_2_A2_0_3 = mixA2_A_3 * product_3
-            p_B0_f2_2_A2_0_4 = mixA2_A_4 * product_3
-            p_B0_f2_2_A2_1_0 = p_t7_0_0 * product_7  # ((0e x 2e)->2e x 2e)->0e
-            p_B0_f2_2_A2_1_1 = p_t7_0_1 * product_7
-            p_B0_f2_2_A2_1_2 = p_t7_0_2 * product_7
-            p_B0_f2_2_A2_1_3 = p_t7_0_3 * product_7
-            p_B0_f2_2_A2_1_4 = p_t7_0_4 * product_7
-            p_B0_f2_2_A2_2_0 = p_t9_0_0 * product_9  # ((1o x 1o)->2e x 2e)->0e
-            p_B0_f2_2_A2_2_1 = p_t9_0_1 * product_9
-            p_B0_f2_2_A2_2_2 = p_t9_0_2 * product_9
-            p_B0_f2_2_A2_2_3 = p_t9_0_3 * product_9
-            p_B0_f2_2_A2_2_4 = p_t9_0_4 * product_9
-            p_B0_f2_2_A2_3_0 = p_t11_0_0 * product_11  # ((2e x 2e)->2e x 2e)->0e
-            p_B0_f2_2_A2_3_1 = p_t11_0_1 * product_11
-            p_B0_f2_2_A2_3_2 = p_t11_0_2 * product_11
-            p_B0_f2_2_A2_3_3 = p_t11_0_3 * product_11
-            p_B0_f2_2_A2_3_4 = p_t11_0_4 * product_11
-            p_B0_f2_2_A2_sum_0 = p_B0_f2_2_A2_0_0 + p_B0_f2_2_A2_1_0 + p_B0_f2_2_A2_2_0 + p_B0_f2_2_A2_3_0
-            p_B0_f2_2_A2_sum_1 = p_B0_f2_2_A2_0_1 + p_B0_f2_2_A2_1_1 + p_B0_f2_2_A2_2_1 + p_B0_f2_2_A2_3_1
-            p_B0_f2_2_A2_sum_2 = p_B0_f2_2_A2_0_2 + p_B0_f2_2_A2_1_2 + p_B0_f2_2_A2_2_2 + p_B0_f2_2_A2_3_2
-            p_B0_f2_2_A2_sum_3 = p_B0_f2_2_A2_0_3 + p_B0_f2_2_A2_1_3 + p_B0_f2_2_A2_2_3 + p_B0_f2_2_A2_3_3
-            p_B0_f2_2_A2_sum_4 = p_B0_f2_2_A2_0_4 + p_B0_f2_2_A2_1_4 + p_B0_f2_2_A2_2_4 + p_B0_f2_2_A2_3_4
-            p_B0_f3_3_A3_0_0 = mixA3_A_0 * product_4  # (3o x 3o)->0e
-            p_B0_f3_3_A3_0_1 = mixA3_A_1 * product_4
-            p_B0_f3_3_A3_0_2 = mixA3_A_2 * product_4
-            p_B0_f3_3_A3_0_3 = mixA3_A_3 * product_4
-            p_B0_f3_3_A3_0_4 = mixA3_A_4 * product_4
-            p_B0_f3_3_A3_0_5 = mixA3_A_5 * product_4
-            p_B0_f3_3_A3_0_6 = mixA3_A_6 * product_4
-            p_B0_f3_3_A3_1_0 = p_t8_0_0 * product_8  # ((0e x 3o)->3o x 3o)->0e
-            p_B0_f3_3_A3_1_1 = p_t8_0_1 * product_8
-            p_B0_f3_3_A3_1_2 = p_t8_0_2 * product_8
-            p_B0_f3_3_A3_1_3 = p_t8_0_3 * product_8
-            p_B0_f3_3_A3_1_4 = p_t8_0_4 * product_8
-            p_B0_f3_3_A3_1_5 = p_t8_0_5 * product_8
-            p_B0_f3_3_A3_1_6 = p_t8_0_6 * product_8
-            p_B0_f3_3_A3_2_0 = p_t10_0_0 * product_10  # ((1o x 2e)->3o x 3o)->0e
-            p_B0_f3_3_A3_2_1 = p_t10_0_1 * product_10
-            p_B0_f3_3_A3_2_2 = p_t10_0_2 * product_10
-            p_B0_f3_3_A3_2_3 = p_t10_0_3 * product_10
-            p_B0_f3_3_A3_2_4 = p_t10_0_4 * product_10
-            p_B0_f3_3_A3_2_5 = p_t10_0_5 * product_10
-            p_B0_f3_3_A3_2_6 = p_t10_0_6 * product_10
-            p_B0_f3_3_A3_3_0 = p_t12_0_0 * product_12  # ((2e x 3o)->3o x 3o)->0e
-            p_B0_f3_3_A3_3_1 = p_t12_0_1 * product_12
-            p_B0_f3_3_A3_3_2 = p_t12_0_2 * product_12
-            p_B0_f3_3_A3_3_3 = p_t12_0_3 * product_12
-            p_B0_f3_3_A3_3_4 = p_t12_0_4 * product_12
-            p_B0_f3_3_A3_3_5 = p_t12_0_5 * product_12
-            p_B0_f3_3_A3_3_6 = p_t12_0_6 * product_12
-            p_B0_f3_3_A3_sum_0 = p_B0_f3_3_A3_0_0 + p_B0_f3_3_A3_1_0 + p_B0_f3_3_A3_2_0 + p_B0_f3_3_A3_3_0
-            p_B0_f3_3_A3_sum_1 = p_B0_f3_3_A3_0_1 + p_B0_f3_3_A3_1_1 + p_B0_f3_3_A3_2_1 + p_B0_f3_3_A3_3_1
-            p_B0_f3_3_A3_sum_2 = p_B0_f3_3_A3_0_2 + p_B0_f3_3_A3_1_2 + p_B0_f3_3_A3_2_2 + p_B0_f3_3_A3_3_2
-            p_B0_f3_3_A3_sum_3 = p_B0_f3_3_A3_0_3 + p_B0_f3_3_A3_1_3 + p_B0_f3_3_A3_2_3 + p_B0_f3_3_A3_3_3
-            p_B0_f3_3_A3_sum_4 = p_B0_f3_3_A3_0_4 + p_B0_f3_3_A3_1_4 + p_B0_f3_3_A3_2_4 + p_B0_f3_3_A3_3_4
-            p_B0_f3_3_A3_sum_5 = p_B0_f3_3_A3_0_5 + p_B0_f3_3_A3_1_5 + p_B0_f3_3_A3_2_5 + p_B0_f3_3_A3_3_5
-            p_B0_f3_3_A3_sum_6 = p_B0_f3_3_A3_0_6 + p_B0_f3_3_A3_1_6 + p_B0_f3_3_A3_2_6 + p_B0_f3_3_A3_3_6
-            # adjoint (left) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-left of 3x3->0, ranks 0, 3 -> 3, 13 nonzeros
-            g_p_B0_f3_3_A3_sum_0_0 = 4.0 * g_p_B0_0_0 * mixA3_A_0 + 3.0 * g_p_B0_0_0 * mixA3_A_2
-            g_p_B0_f3_3_A3_sum_0_1 = 6.0 * g_p_B0_0_0 * mixA3_A_1 + 3.0 * g_p_B0_0_0 * mixA3_A_3
-            g_p_B0_f3_3_A3_sum_0_2 = 3.0 * g_p_B0_0_0 * mixA3_A_0 + 6.0 * g_p_B0_0_0 * mixA3_A_2
-            g_p_B0_f3_3_A3_sum_0_3 = 3.0 * g_p_B0_0_0 * mixA3_A_1 + 4.0 * g_p_B0_0_0 * mixA3_A_3
-            g_p_B0_f3_3_A3_sum_0_4 = 4.0 * g_p_B0_0_0 * mixA3_A_4 + g_p_B0_0_0 * mixA3_A_6
-            g_p_B0_f3_3_A3_sum_0_5 = 6.0 * g_p_B0_0_0 * mixA3_A_5
-            g_p_B0_f3_3_A3_sum_0_6 = g_p_B0_0_0 * mixA3_A_4 + 4.0 * g_p_B0_0_0 * mixA3_A_6
-            # adjoint (right) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-right of 3x3->0, ranks 3, 0 -> 3, 13 nonzeros
-            g_mixA3_A_0_0 = 4.0 * p_B0_f3_3_A3_sum_0 * g_p_B0_0_0 + 3.0 * p_B0_f3_3_A3_sum_2 * g_p_B0_0_0
-            g_mixA3_A_0_1 = 6.0 * p_B0_f3_3_A3_sum_1 * g_p_B0_0_0 + 3.0 * p_B0_f3_3_A3_sum_3 * g_p_B0_0_0
-            g_mixA3_A_0_2 = 3.0 * p_B0_f3_3_A3_sum_0 * g_p_B0_0_0 + 6.0 * p_B0_f3_3_A3_sum_2 * g_p_B0_0_0
-            g_mixA3_A_0_3 = 3.0 * p_B0_f3_3_A3_sum_1 * g_p_B0_0_0 + 4.0 * p_B0_f3_3_A3_sum_3 * g_p_B0_0_0
-            g_mixA3_A_0_4 = 4.0 * p_B0_f3_3_A3_sum_4 * g_p_B0_0_0 + p_B0_f3_3_A3_sum_6 * g_p_B0_0_0
-            g_mixA3_A_0_5 = 6.0 * p_B0_f3_3_A3_sum_5 * g_p_B0_0_0
-            g_mixA3_A_0_6 = p_B0_f3_3_A3_sum_4 * g_p_B0_0_0 + 4.0 * p_B0_f3_3_A3_sum_6 * g_p_B0_0_0
-            g_p_t12_0_0_0 = g_p_B0_f3_3_A3_sum_0_0 * product_12  # adjoint of p_B0_f3_3_A3_3
-            g_p_t12_0_0_1 = g_p_B0_f3_3_A3_sum_0_1 * product_12
-            g_p_t12_0_0_2 = g_p_B0_f3_3_A3_sum_0_2 * product_12
-            g_p_t12_0_0_3 = g_p_B0_f3_3_A3_sum_0_3 * product_12
-            g_p_t12_0_0_4 = g_p_B0_f3_3_A3_sum_0_4 * product_12
-            g_p_t12_0_0_5 = g_p_B0_f3_3_A3_sum_0_5 * product_12
-            g_p_t12_0_0_6 = g_p_B0_f3_3_A3_sum_0_6 * product_12
-            g_p_t10_0_0_0 = g_p_B0_f3_3_A3_sum_0_0 * product_10  # adjoint of p_B0_f3_3_A3_2
-            g_p_t10_0_0_1 = g_p_B0_f3_3_A3_sum_0_1 * product_10
-            g_p_t10_0_0_2 = g_p_B0_f3_3_A3_sum_0_2 * product_10
-            g_p_t10_0_0_3 = g_p_B0_f3_3_A3_sum_0_3 * product_10
-            g_p_t10_0_0_4 = g_p_B0_f3_3_A3_sum_0_4 * product_10
-            g_p_t10_0_0_5 = g_p_B0_f3_3_A3_sum_0_5 * product_10
-            g_p_t10_0_0_6 = g_p_B0_f3_3_A3_sum_0_6 * product_10
-            g_p_t8_0_0_0 = g_p_B0_f3_3_A3_sum_0_0 * product_8  # adjoint of p_B0_f3_3_A3_1
-            g_p_t8_0_0_1 = g_p_B0_f3_3_A3_sum_0_1 * product_8
-            g_p_t8_0_0_2 = g_p_B0_f3_3_A3_sum_0_2 * product_8
-            g_p_t8_0_0_3 = g_p_B0_f3_3_A3_sum_0_3 * product_8
-            g_p_t8_0_0_4 = g_p_B0_f3_3_A3_sum_0_4 * product_8
-            g_p_t8_0_0_5 = g_p_B0_f3_3_A3_sum_0_5 * product_8
-            g_p_t8_0_0_6 = g_p_B0_f3_3_A3_sum_0_6 * product_8
-            g_mixA3_A_1_0 = g_p_B0_f3_3_A3_sum_0_0 * product_4  # adjoint of p_B0_f3_3_A3_0
-            g_mixA3_A_1_1 = g_p_B0_f3_3_A3_sum_0_1 * product_4
-            g_mixA3_A_1_2 = g_p_B0_f3_3_A3_sum_0_2 * product_4
-            g_mixA3_A_1_3 = g_p_B0_f3_3_A3_sum_0_3 * product_4
-            g_mixA3_A_1_4 = g_p_B0_f3_3_A3_sum_0_4 * product_4
-            g_mixA3_A_1_5 = g_p_B0_f3_3_A3_sum_0_5 * product_4
-            g_mixA3_A_1_6 = g_p_B0_f3_3_A3_sum_0_6 * product_4
-            # adjoint (left) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-left of 2x2->0, ranks 0, 2 -> 2, 7 nonzeros
-            g_p_B0_f2_2_A2_sum_0_0 = 2.0 * g_p_B0_0_0 * mixA2_A_0 + g_p_B0_0_0 * mixA2_A_2
-            g_p_B0_f2_2_A2_sum_0_1 = 2.0 * g_p_B0_0_0 * mixA2_A_1
-            g_p_B0_f2_2_A2_sum_0_2 = g_p_B0_0_0 * mixA2_A_0 + 2.0 * g_p_B0_0_0 * mixA2_A_2
-            g_p_B0_f2_2_A2_sum_0_3 = 2.0 * g_p_B0_0_0 * mixA2_A_3
-            g_p_B0_f2_2_A2_sum_0_4 = 2.0 * g_p_B0_0_0 * mixA2_A_4
-            # adjoint (right) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-right of 2x2->0, ranks 2, 0 -> 2, 7 nonzeros
-            g_mixA2_A_0_0 = 2.0 * p_B0_f2_2_A2_sum_0 * g_p_B0_0_0 + p_B0_f2_2_A2_sum_2 * g_p_B0_0_0
-            g_mixA2_A_0_1 = 2.0 * p_B0_f2_2_A2_sum_1 * g_p_B0_0_0
-            g_mixA2_A_0_2 = p_B0_f2_2_A2_sum_0 * g_p_B0_0_0 + 2.0 * p_B0_f2_2_A2_sum_2 * g_p_B0_0_0
-            g_mixA2_A_0_3 = 2.0 * p_B0_f2_2_A2_sum_3 * g_p_B0_0_0
-            g_mixA2_A_0_4 = 2.0 * p_B0_f2_2_A2_sum_4 * g_p_B0_0_0
-            g_p_t11_0_0_0 = g_p_B0_f2_2_A2_sum_0_0 * product_11  # adjoint of p_B0_f2_2_A2_3
-            g_p_t11_0_0_1 = g_p_B0_f2_2_A2_sum_0_1 * product_11
-            g_p_t11_0_0_2 = g_p_B0_f2_2_A2_sum_0_2 * product_11
-            g_p_t11_0_0_3 = g_p_B0_f2_2_A2_sum_0_3 * product_11
-            g_p_t11_0_0_4 = g_p_B0_f2_2_A2_sum_0_4 * product_11
-            g_p_t9_0_0_0 = g_p_B0_f2_2_A2_sum_0_0 * product_9  # adjoint of p_B0_f2_2_A2_2
-            g_p_t9_0_0_1 = g_p_B0_f2_2_A2_sum_0_1 * product_9
-            g_p_t9_0_0_2 = g_p_B0_f2_2_A2_sum_0_2 * product_9
-            g_p_t9_0_0_3 = g_p_B0_f2_2_A2_sum_0_3 * product_9
-            g_p_t9_0_0_4 = g_p_B0_f2_2_A2_sum_0_4 * product_9
-            g_p_t7_0_0_0 = g_p_B0_f2_2_A2_sum_0_0 * product_7  # adjoint of p_B0_f2_2_A2_1
-            g_p_t7_0_0_1 = g_p_B0_f2_2_A2_sum_0_1 * product_7
-            g_p_t7_0_0_2 = g_p_B0_f2_2_A2_sum_0_2 * product_7
-            g_p_t7_0_0_3 = g_p_B0_f2_2_A2_sum_0_3 * product_7
-            g_p_t7_0_0_4 = g_p_B0_f2_2_A2_sum_0_4 * product_7
-            g_mixA2_A_1_0 = g_p_B0_f2_2_A2_sum_0_0 * product_3  # adjoint of p_B0_f2_2_A2_0
-            g_mixA2_A_1_1 = g_p_B0_f2_2_A2_sum_0_1 * product_3
-            g_mixA2_A_1_2 = g_p_B0_f2_2_A2_sum_0_2 * product_3
-            g_mixA2_A_1_3 = g_p_B0_f2_2_A2_sum_0_3 * product_3
-            g_mixA2_A_1_4 = g_p_B0_f2_2_A2_sum_0_4 * product_3
-            # adjoint (left) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_p_B0_f0_0_A0_sum_0_0 = g_p_B0_0_0 * mixA0_A_0
-            # adjoint (right) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_mixA0_A_0_0 = p_B0_f0_0_A0_sum_0 * g_p_B0_0_0
-            g_p_t1_0_0_0 = g_p_B0_f0_0_A0_sum_0_0 * product_5  # adjoint of p_B0_f0_0_A0_1
-            g_mixA0_A_1_0 = g_p_B0_f0_0_A0_sum_0_0 * product_1  # adjoint of p_B0_f0_0_A0_0
-            # adjoint (left) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-left of 2x3->3, ranks 3, 3 -> 2, 54 nonzeros
-            g_mixA2_A_2_0 = (0.2 * (g_p_t12_0_0_0 * mixA3_A_0 + g_p_t12_0_0_2 * mixA3_A_2) - 0.4 * (g_p_t12_0_0_0 * mixA3_A_2 - g_p_t12_0_0_1 * mixA3_A_1 + g_p_t12_0_0_3 * mixA3_A_3) - 0.13333333333333333 * (g_p_t12_0_0_1 * mixA3_A_3 + g_p_t12_0_0_4 * mixA3_A_6) - 0.26666666666666666 * (g_p_t12_0_0_2 * mixA3_A_0 + g_p_t12_0_0_6 * mixA3_A_4)
-                             - 0.8 * g_p_t12_0_0_3 * mixA3_A_1 + 0.06666666666666667 * g_p_t12_0_0_4 * mixA3_A_4 - 0.4666666666666667 * g_p_t12_0_0_6 * mixA3_A_6)
-            g_mixA2_A_2_1 = 0.2 * (g_p_t12_0_0_0 * mixA3_A_1 + g_p_t12_0_0_3 * mixA3_A_2) + 0.3333333333333333 * (g_p_t12_0_0_1 * mixA3_A_0 + g_p_t12_0_0_2 * mixA3_A_3 + g_p_t12_0_0_5 * mixA3_A_4 + g_p_t12_0_0_5 * mixA3_A_6) + 0.4 * (g_p_t12_0_0_1 * mixA3_A_2 + g_p_t12_0_0_2 * mixA3_A_1 + g_p_t12_0_0_4 * mixA3_A_5 + g_p_t12_0_0_6 * mixA3_A_5)
-            g_mixA2_A_2_2 = (-0.4 * (g_p_t12_0_0_0 * mixA3_A_0 - g_p_t12_0_0_2 * mixA3_A_2 + g_p_t12_0_0_3 * mixA3_A_1) - 0.8 * g_p_t12_0_0_0 * mixA3_A_2 + 0.2 * (g_p_t12_0_0_1 * mixA3_A_1 + g_p_t12_0_0_3 * mixA3_A_3) - 0.26666666666666666 * (g_p_t12_0_0_1 * mixA3_A_3 + g_p_t12_0_0_4 * mixA3_A_6)
-                             - 0.13333333333333333 * (g_p_t12_0_0_2 * mixA3_A_0 + g_p_t12_0_0_6 * mixA3_A_4) - 0.4666666666666667 * g_p_t12_0_0_4 * mixA3_A_4 + 0.06666666666666667 * g_p_t12_0_0_6 * mixA3_A_6)
-            g_mixA2_A_2_3 = (0.2 * g_p_t12_0_0_0 * mixA3_A_4 + 0.4 * (g_p_t12_0_0_1 * mixA3_A_5 - g_p_t12_0_0_4 * mixA3_A_2) - 0.26666666666666666 * (g_p_t12_0_0_2 * mixA3_A_4 - g_p_t12_0_0_6 * mixA3_A_0) + 0.3333333333333333 * (g_p_t12_0_0_2 * mixA3_A_6 - g_p_t12_0_0_5 * mixA3_A_3)
-                             - 0.8 * g_p_t12_0_0_3 * mixA3_A_5 - 0.06666666666666667 * g_p_t12_0_0_4 * mixA3_A_0 + 0.6 * g_p_t12_0_0_6 * mixA3_A_2)
-            g_mixA2_A_2_4 = (-0.8 * g_p_t12_0_0_0 * mixA3_A_5 + 0.3333333333333333 * (g_p_t12_0_0_1 * mixA3_A_4 - g_p_t12_0_0_5 * mixA3_A_0) - 0.26666666666666666 * (g_p_t12_0_0_1 * mixA3_A_6 - g_p_t12_0_0_4 * mixA3_A_3) + 0.4 * (g_p_t12_0_0_2 * mixA3_A_5 - g_p_t12_0_0_6 * mixA3_A_1)
-                             + 0.2 * g_p_t12_0_0_3 * mixA3_A_6 + 0.6 * g_p_t12_0_0_4 * mixA3_A_1 - 0.06666666666666667 * g_p_t12_0_0_6 * mixA3_A_3)
-            # adjoint (right) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-right of 2x3->3, ranks 2, 3 -> 3, 54 nonzeros
-            g_mixA3_A_2_0 = (0.2 * mixA2_A_0 * g_p_t12_0_0_0 - 0.26666666666666666 * (mixA2_A_0 * g_p_t12_0_0_2 - mixA2_A_3 * g_p_t12_0_0_6) + 0.3333333333333333 * (mixA2_A_1 * g_p_t12_0_0_1 - mixA2_A_4 * g_p_t12_0_0_5) - 0.4 * mixA2_A_2 * g_p_t12_0_0_0
-                             - 0.13333333333333333 * mixA2_A_2 * g_p_t12_0_0_2 - 0.06666666666666667 * mixA2_A_3 * g_p_t12_0_0_4)
-            g_mixA3_A_2_1 = 0.4 * (mixA2_A_0 * g_p_t12_0_0_1 + mixA2_A_1 * g_p_t12_0_0_2 - mixA2_A_2 * g_p_t12_0_0_3 - mixA2_A_4 * g_p_t12_0_0_6) - 0.8 * mixA2_A_0 * g_p_t12_0_0_3 + 0.2 * (mixA2_A_1 * g_p_t12_0_0_0 + mixA2_A_2 * g_p_t12_0_0_1) + 0.6 * mixA2_A_4 * g_p_t12_0_0_4
-            g_mixA3_A_2_2 = -0.4 * (mixA2_A_0 * g_p_t12_0_0_0 - mixA2_A_1 * g_p_t12_0_0_1 - mixA2_A_2 * g_p_t12_0_0_2 + mixA2_A_3 * g_p_t12_0_0_4) + 0.2 * (mixA2_A_0 * g_p_t12_0_0_2 + mixA2_A_1 * g_p_t12_0_0_3) - 0.8 * mixA2_A_2 * g_p_t12_0_0_0 + 0.6 * mixA2_A_3 * g_p_t12_0_0_6
-            g_mixA3_A_2_3 = (-0.13333333333333333 * mixA2_A_0 * g_p_t12_0_0_1 - 0.4 * mixA2_A_0 * g_p_t12_0_0_3 + 0.3333333333333333 * (mixA2_A_1 * g_p_t12_0_0_2 - mixA2_A_3 * g_p_t12_0_0_5) - 0.26666666666666666 * (mixA2_A_2 * g_p_t12_0_0_1 - mixA2_A_4 * g_p_t12_0_0_4)
-                             + 0.2 * mixA2_A_2 * g_p_t12_0_0_3 - 0.06666666666666667 * mixA2_A_4 * g_p_t12_0_0_6)
-            g_mixA3_A_2_4 = (0.06666666666666667 * mixA2_A_0 * g_p_t12_0_0_4 - 0.26666666666666666 * (mixA2_A_0 * g_p_t12_0_0_6 + mixA2_A_3 * g_p_t12_0_0_2) + 0.3333333333333333 * (mixA2_A_1 * g_p_t12_0_0_5 + mixA2_A_4 * g_p_t12_0_0_1) - 0.4666666666666667 * mixA2_A_2 * g_p_t12_0_0_4
-                             - 0.13333333333333333 * mixA2_A_2 * g_p_t12_0_0_6 + 0.2 * mixA2_A_3 * g_p_t12_0_0_0)
-            g_mixA3_A_2_5 = 0.4 * (mixA2_A_1 * g_p_t12_0_0_4 + mixA2_A_1 * g_p_t12_0_0_6 + mixA2_A_3 * g_p_t12_0_0_1 + mixA2_A_4 * g_p_t12_0_0_2) - 0.8 * (mixA2_A_3 * g_p_t12_0_0_3 + mixA2_A_4 * g_p_t12_0_0_0)
-            g_mixA3_A_2_6 = (-0.13333333333333333 * mixA2_A_0 * g_p_t12_0_0_4 - 0.4666666666666667 * mixA2_A_0 * g_p_t12_0_0_6 + 0.3333333333333333 * (mixA2_A_1 * g_p_t12_0_0_5 + mixA2_A_3 * g_p_t12_0_0_2) - 0.26666666666666666 * (mixA2_A_2 * g_p_t12_0_0_4 + mixA2_A_4 * g_p_t12_0_0_1)
-                             + 0.06666666666666667 * mixA2_A_2 * g_p_t12_0_0_6 + 0.2 * mixA2_A_4 * g_p_t12_0_0_3)
-            # adjoint (left) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-left of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
-            g_mixA2_A_3_0 = 0.3333333333333333 * (g_p_t11_0_0_0 * mixA2_A_0 - g_p_t11_0_0_0 * mixA2_A_2 - g_p_t11_0_0_2 * mixA2_A_2) + 0.5 * (g_p_t11_0_0_1 * mixA2_A_1 - g_p_t11_0_0_4 * mixA2_A_4) - 0.6666666666666666 * g_p_t11_0_0_2 * mixA2_A_0
-            g_mixA2_A_3_1 = 0.3333333333333333 * (g_p_t11_0_0_0 * mixA2_A_1 + g_p_t11_0_0_2 * mixA2_A_1) + 0.5 * (g_p_t11_0_0_1 * mixA2_A_0 + g_p_t11_0_0_1 * mixA2_A_2 + g_p_t11_0_0_3 * mixA2_A_4 + g_p_t11_0_0_4 * mixA2_A_3)
-            g_mixA2_A_3_2 = -0.3333333333333333 * (g_p_t11_0_0_0 * mixA2_A_0 + g_p_t11_0_0_2 * mixA2_A_0 - g_p_t11_0_0_2 * mixA2_A_2) - 0.6666666666666666 * g_p_t11_0_0_0 * mixA2_A_2 + 0.5 * (g_p_t11_0_0_1 * mixA2_A_1 - g_p_t11_0_0_3 * mixA2_A_3)
-            g_mixA2_A_3_3 = 0.3333333333333333 * g_p_t11_0_0_0 * mixA2_A_3 + 0.5 * (g_p_t11_0_0_1 * mixA2_A_4 - g_p_t11_0_0_3 * mixA2_A_2 + g_p_t11_0_0_4 * mixA2_A_1) - 0.6666666666666666 * g_p_t11_0_0_2 * mixA2_A_3
-            g_mixA2_A_3_4 = -0.6666666666666666 * g_p_t11_0_0_0 * mixA2_A_4 + 0.5 * (g_p_t11_0_0_1 * mixA2_A_3 + g_p_t11_0_0_3 * mixA2_A_1 - g_p_t11_0_0_4 * mixA2_A_0) + 0.3333333333333333 * g_p_t11_0_0_2 * mixA2_A_4
-            # adjoint (right) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-right of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
-            g_mixA2_A_4_0 = 0.3333333333333333 * (mixA2_A_0 * g_p_t11_0_0_0 - mixA2_A_2 * g_p_t11_0_0_0 - mixA2_A_2 * g_p_t11_0_0_2) - 0.6666666666666666 * mixA2_A_0 * g_p_t11_0_0_2 + 0.5 * (mixA2_A_1 * g_p_t11_0_0_1 - mixA2_A_4 * g_p_t11_0_0_4)
-            g_mixA2_A_4_1 = 0.5 * (mixA2_A_0 * g_p_t11_0_0_1 + mixA2_A_2 * g_p_t11_0_0_1 + mixA2_A_3 * g_p_t11_0_0_4 + mixA2_A_4 * g_p_t11_0_0_3) + 0.3333333333333333 * (mixA2_A_1 * g_p_t11_0_0_0 + mixA2_A_1 * g_p_t11_0_0_2)
-            g_mixA2_A_4_2 = -0.3333333333333333 * (mixA2_A_0 * g_p_t11_0_0_0 + mixA2_A_0 * g_p_t11_0_0_2 - mixA2_A_2 * g_p_t11_0_0_2) + 0.5 * (mixA2_A_1 * g_p_t11_0_0_1 - mixA2_A_3 * g_p_t11_0_0_3) - 0.6666666666666666 * mixA2_A_2 * g_p_t11_0_0_0
-            g_mixA2_A_4_3 = 0.5 * (mixA2_A_1 * g_p_t11_0_0_4 - mixA2_A_2 * g_p_t11_0_0_3 + mixA2_A_4 * g_p_t11_0_0_1) + 0.3333333333333333 * mixA2_A_3 * g_p_t11_0_0_0 - 0.6666666666666666 * mixA2_A_3 * g_p_t11_0_0_2
-            g_mixA2_A_4_4 = -0.5 * (mixA2_A_0 * g_p_t11_0_0_4 - mixA2_A_1 * g_p_t11_0_0_3 - mixA2_A_3 * g_p_t11_0_0_1) - 0.6666666666666666 * mixA2_A_4 * g_p_t11_0_0_0 + 0.3333333333333333 * mixA2_A_4 * g_p_t11_0_0_2
-            # adjoint (left) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-left of 1x2->3, ranks 3, 2 -> 1, 25 nonzeros
-            g_mixA1_A_0_0 = (0.6 * g_p_t10_0_0_0 * mixA2_A_0 + 0.5333333333333333 * (g_p_t10_0_0_1 * mixA2_A_1 + g_p_t10_0_0_4 * mixA2_A_3) - 0.13333333333333333 * (g_p_t10_0_0_2 * mixA2_A_0 + g_p_t10_0_0_6 * mixA2_A_3) + 0.3333333333333333 * (g_p_t10_0_0_2 * mixA2_A_2 + g_p_t10_0_0_5 * mixA2_A_4)
-                             - 0.4 * g_p_t10_0_0_3 * mixA2_A_1)
-            g_mixA1_A_0_1 = (-0.4 * g_p_t10_0_0_0 * mixA2_A_1 + 0.3333333333333333 * (g_p_t10_0_0_1 * mixA2_A_0 + g_p_t10_0_0_5 * mixA2_A_3) - 0.13333333333333333 * (g_p_t10_0_0_1 * mixA2_A_2 + g_p_t10_0_0_4 * mixA2_A_4) + 0.5333333333333333 * (g_p_t10_0_0_2 * mixA2_A_1 + g_p_t10_0_0_6 * mixA2_A_4)
-                             + 0.6 * g_p_t10_0_0_3 * mixA2_A_2)
-            g_mixA1_A_0_2 = -0.4 * (g_p_t10_0_0_0 * mixA2_A_3 + g_p_t10_0_0_3 * mixA2_A_4) - 0.13333333333333333 * (g_p_t10_0_0_1 * mixA2_A_4 + g_p_t10_0_0_2 * mixA2_A_3 - g_p_t10_0_0_4 * mixA2_A_2 - g_p_t10_0_0_6 * mixA2_A_0) + 0.4666666666666667 * (g_p_t10_0_0_4 * mixA2_A_0 + g_p_t10_0_0_6 * mixA2_A_2) + 0.3333333333333333 * g_p_t10_0_0_5 * mixA2_A_1
-            # adjoint (right) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-right of 1x2->3, ranks 1, 3 -> 2, 25 nonzeros
-            g_mixA2_A_5_0 = 0.6 * mixA1_A_0 * g_p_t10_0_0_0 - 0.13333333333333333 * (mixA1_A_0 * g_p_t10_0_0_2 - mixA1_A_2 * g_p_t10_0_0_6) + 0.3333333333333333 * mixA1_A_1 * g_p_t10_0_0_1 + 0.4666666666666667 * mixA1_A_2 * g_p_t10_0_0_4
-            g_mixA2_A_5_1 = 0.5333333333333333 * (mixA1_A_0 * g_p_t10_0_0_1 + mixA1_A_1 * g_p_t10_0_0_2) - 0.4 * (mixA1_A_0 * g_p_t10_0_0_3 + mixA1_A_1 * g_p_t10_0_0_0) + 0.3333333333333333 * mixA1_A_2 * g_p_t10_0_0_5
-            g_mixA2_A_5_2 = 0.3333333333333333 * mixA1_A_0 * g_p_t10_0_0_2 - 0.13333333333333333 * (mixA1_A_1 * g_p_t10_0_0_1 - mixA1_A_2 * g_p_t10_0_0_4) + 0.6 * mixA1_A_1 * g_p_t10_0_0_3 + 0.4666666666666667 * mixA1_A_2 * g_p_t10_0_0_6
-            g_mixA2_A_5_3 = 0.5333333333333333 * mixA1_A_0 * g_p_t10_0_0_4 - 0.13333333333333333 * (mixA1_A_0 * g_p_t10_0_0_6 + mixA1_A_2 * g_p_t10_0_0_2) + 0.3333333333333333 * mixA1_A_1 * g_p_t10_0_0_5 - 0.4 * mixA1_A_2 * g_p_t10_0_0_0
-            g_mixA2_A_5_4 = 0.3333333333333333 * mixA1_A_0 * g_p_t10_0_0_5 - 0.13333333333333333 * (mixA1_A_1 * g_p_t10_0_0_4 + mixA1_A_2 * g_p_t10_0_0_1) + 0.5333333333333333 * mixA1_A_1 * g_p_t10_0_0_6 - 0.4 * mixA1_A_2 * g_p_t10_0_0_3
-            # adjoint (left) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
-            g_mixA1_A_1_0 = 0.6666666666666666 * g_p_t9_0_0_0 * mixA1_A_0 + 0.5 * (g_p_t9_0_0_1 * mixA1_A_1 + g_p_t9_0_0_3 * mixA1_A_2) - 0.3333333333333333 * g_p_t9_0_0_2 * mixA1_A_0
-            g_mixA1_A_1_1 = -0.3333333333333333 * g_p_t9_0_0_0 * mixA1_A_1 + 0.5 * (g_p_t9_0_0_1 * mixA1_A_0 + g_p_t9_0_0_4 * mixA1_A_2) + 0.6666666666666666 * g_p_t9_0_0_2 * mixA1_A_1
-            g_mixA1_A_1_2 = -0.3333333333333333 * (g_p_t9_0_0_0 * mixA1_A_2 + g_p_t9_0_0_2 * mixA1_A_2) + 0.5 * (g_p_t9_0_0_3 * mixA1_A_0 + g_p_t9_0_0_4 * mixA1_A_1)
-            # adjoint (right) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-right of 1x1->2, ranks 1, 2 -> 1, 12 nonzeros
-            g_mixA1_A_2_0 = 0.6666666666666666 * mixA1_A_0 * g_p_t9_0_0_0 - 0.3333333333333333 * mixA1_A_0 * g_p_t9_0_0_2 + 0.5 * (mixA1_A_1 * g_p_t9_0_0_1 + mixA1_A_2 * g_p_t9_0_0_3)
-            g_mixA1_A_2_1 = 0.5 * (mixA1_A_0 * g_p_t9_0_0_1 + mixA1_A_2 * g_p_t9_0_0_4) - 0.3333333333333333 * mixA1_A_1 * g_p_t9_0_0_0 + 0.6666666666666666 * mixA1_A_1 * g_p_t9_0_0_2
-            g_mixA1_A_2_2 = 0.5 * (mixA1_A_0 * g_p_t9_0_0_3 + mixA1_A_1 * g_p_t9_0_0_4) - 0.3333333333333333 * (mixA1_A_2 * g_p_t9_0_0_0 + mixA1_A_2 * g_p_t9_0_0_2)
-            # adjoint (left) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
-            g_mixA0_A_2_0 = (g_p_t8_0_0_0 * mixA3_A_0 + g_p_t8_0_0_1 * mixA3_A_1 + g_p_t8_0_0_2 * mixA3_A_2 + g_p_t8_0_0_3 * mixA3_A_3
-                             + g_p_t8_0_0_4 * mixA3_A_4 + g_p_t8_0_0_5 * mixA3_A_5 + g_p_t8_0_0_6 * mixA3_A_6)
-            # adjoint (right) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
-            g_mixA3_A_3_0 = mixA0_A_0 * g_p_t8_0_0_0
-            g_mixA3_A_3_1 = mixA0_A_0 * g_p_t8_0_0_1
-            g_mixA3_A_3_2 = mixA0_A_0 * g_p_t8_0_0_2
-            g_mixA3_A_3_3 = mixA0_A_0 * g_p_t8_0_0_3
-            g_mixA3_A_3_4 = mixA0_A_0 * g_p_t8_0_0_4
-            g_mixA3_A_3_5 = mixA0_A_0 * g_p_t8_0_0_5
-            g_mixA3_A_3_6 = mixA0_A_0 * g_p_t8_0_0_6
-            # adjoint (left) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
-            g_mixA0_A_3_0 = (g_p_t7_0_0_0 * mixA2_A_0 + g_p_t7_0_0_1 * mixA2_A_1 + g_p_t7_0_0_2 * mixA2_A_2 + g_p_t7_0_0_3 * mixA2_A_3
-                             + g_p_t7_0_0_4 * mixA2_A_4)
-            # adjoint (right) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
-            g_mixA2_A_6_0 = mixA0_A_0 * g_p_t7_0_0_0
-            g_mixA2_A_6_1 = mixA0_A_0 * g_p_t7_0_0_1
-            g_mixA2_A_6_2 = mixA0_A_0 * g_p_t7_0_0_2
-            g_mixA2_A_6_3 = mixA0_A_0 * g_p_t7_0_0_3
-            g_mixA2_A_6_4 = mixA0_A_0 * g_p_t7_0_0_4
-            # adjoint (left) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
-            g_p_t6_0_0_0 = g_p_t6_1_0_0 * mixA1_A_0
-            g_p_t6_0_0_1 = g_p_t6_1_0_0 * mixA1_A_1
-            g_p_t6_0_0_2 = g_p_t6_1_0_0 * mixA1_A_2
-            # adjoint (right) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
-            g_mixA1_A_3_0 = p_t6_0_0 * g_p_t6_1_0_0
-            g_mixA1_A_3_1 = p_t6_0_1 * g_p_t6_1_0_0
-            g_mixA1_A_3_2 = p_t6_0_2 * g_p_t6_1_0_0
-            # adjoint (left) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
-            g_mixA0_A_4_0 = g_p_t6_0_0_0 * mixA1_A_0 + g_p_t6_0_0_1 * mixA1_A_1 + g_p_t6_0_0_2 * mixA1_A_2
-            # adjoint (right) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
-            g_mixA1_A_4_0 = mixA0_A_0 * g_p_t6_0_0_0
-            g_mixA1_A_4_1 = mixA0_A_0 * g_p_t6_0_0_1
-            g_mixA1_A_4_2 = mixA0_A_0 * g_p_t6_0_0_2
-            # adjoint (left) of p_t2_0: (1o x 1o)->0e step 1: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
-            g_mixA1_A_5_0 = g_p_t2_0_0_0 * mixA1_A_0
-            g_mixA1_A_5_1 = g_p_t2_0_0_0 * mixA1_A_1
-            g_mixA1_A_5_2 = g_p_t2_0_0_0 * mixA1_A_2
-            # adjoint (right) of p_t2_0: (1o x 1o)->0e step 1: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
-            g_mixA1_A_6_0 = mixA1_A_0 * g_p_t2_0_0_0
-            g_mixA1_A_6_1 = mixA1_A_1 * g_p_t2_0_0_0
-            g_mixA1_A_6_2 = mixA1_A_2 * g_p_t2_0_0_0
-            # adjoint (left) of p_t1_0: (0e x 0e)->0e step 1: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_mixA0_A_5_0 = g_p_t1_0_0_0 * mixA0_A_0
-            # adjoint (right) of p_t1_0: (0e x 0e)->0e step 1: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_mixA0_A_6_0 = mixA0_A_0 * g_p_t1_0_0_0
-            g_mixA3_A_4_0 = g_mixA3_A_0_0 + g_mixA3_A_1_0 + g_mixA3_A_2_0 + g_mixA3_A_3_0
-            g_mixA3_A_4_1 = g_mixA3_A_0_1 + g_mixA3_A_1_1 + g_mixA3_A_2_1 + g_mixA3_A_3_1
-            g_mixA3_A_4_2 = g_mixA3_A_0_2 + g_mixA3_A_1_2 + g_mixA3_A_2_2 + g_mixA3_A_3_2
-            g_mixA3_A_4_3 = g_mixA3_A_0_3 + g_mixA3_A_1_3 + g_mixA3_A_2_3 + g_mixA3_A_3_3
-            g_mixA3_A_4_4 = g_mixA3_A_0_4 + g_mixA3_A_1_4 + g_mixA3_A_2_4 + g_mixA3_A_3_4
-            g_mixA3_A_4_5 = g_mixA3_A_0_5 + g_mixA3_A_1_5 + g_mixA3_A_2_5 + g_mixA3_A_3_5
-            g_mixA3_A_4_6 = g_mixA3_A_0_6 + g_mixA3_A_1_6 + g_mixA3_A_2_6 + g_mixA3_A_3_6
-            g_mixA2_A_7_0 = (g_mixA2_A_0_0 + g_mixA2_A_1_0 + g_mixA2_A_2_0 + g_mixA2_A_3_0
-                             + g_mixA2_A_4_0 + g_mixA2_A_5_0 + g_mixA2_A_6_0)
-            g_mixA2_A_7_1 = (g_mixA2_A_0_1 + g_mixA2_A_1_1 + g_mixA2_A_2_1 + g_mixA2_A_3_1
-                             + g_mixA2_A_4_1 + g_mixA2_A_5_1 + g_mixA2_A_6_1)
-            g_mixA2_A_7_2 = (g_mixA2_A_0_2 + g_mixA2_A_1_2 + g_mixA2_A_2_2 + g_mixA2_A_3_2
-                             + g_mixA2_A_4_2 + g_mixA2_A_5_2 + g_mixA2_A_6_2)
-            g_mixA2_A_7_3 = (g_mixA2_A_0_3 + g_mixA2_A_1_3 + g_mixA2_A_2_3 + g_mixA2_A_3_3
-                             + g_mixA2_A_4_3 + g_mixA2_A_5_3 + g_mixA2_A_6_3)
-            g_mixA2_A_7_4 = (g_mixA2_A_0_4 + g_mixA2_A_1_4 + g_mixA2_A_2_4 + g_mixA2_A_3_4
-                             + g_mixA2_A_4_4 + g_mixA2_A_5_4 + g_mixA2_A_6_4)
-            g_mixA1_A_7_0 = (g_mixA1_A_0_0 + g_mixA1_A_1_0 + g_mixA1_A_2_0 + g_mixA1_A_3_0
-                             + g_mixA1_A_4_0 + g_mixA1_A_5_0 + g_mixA1_A_6_0)
-            g_mixA1_A_7_1 = (g_mixA1_A_0_1 + g_mixA1_A_1_1 + g_mixA1_A_2_1 + g_mixA1_A_3_1
-                             + g_mixA1_A_4_1 + g_mixA1_A_5_1 + g_mixA1_A_6_1)
-            g_mixA1_A_7_2 = (g_mixA1_A_0_2 + g_mixA1_A_1_2 + g_mixA1_A_2_2 + g_mixA1_A_3_2
-                             + g_mixA1_A_4_2 + g_mixA1_A_5_2 + g_mixA1_A_6_2)
-            g_mixA0_A_8_0 = (g_mixA0_A_0_0 + g_mixA0_A_1_0 + g_mixA0_A_2_0 + g_mixA0_A_3_0
-                             + g_mixA0_A_4_0 + g_mixA0_A_5_0 + g_mixA0_A_6_0 + g_mixA0_A_7_0)
-            g_mixA3_A_4[n, c, 0] = g_mixA3_A_4_0
-            g_mixA3_A_4[n, c, 1] = g_mixA3_A_4_1
-            g_mixA3_A_4[n, c, 2] = g_mixA3_A_4_2
-            g_mixA3_A_4[n, c, 3] = g_mixA3_A_4_3
-            g_mixA3_A_4[n, c, 4] = g_mixA3_A_4_4
-            g_mixA3_A_4[n, c, 5] = g_mixA3_A_4_5
-            g_mixA3_A_4[n, c, 6] = g_mixA3_A_4_6
-            g_mixA2_A_7[n, c, 0] = g_mixA2_A_7_0
-            g_mixA2_A_7[n, c, 1] = g_mixA2_A_7_1
-            g_mixA2_A_7[n, c, 2] = g_mixA2_A_7_2
-            g_mixA2_A_7[n, c, 3] = g_mixA2_A_7_3
-            g_mixA2_A_7[n, c, 4] = g_mixA2_A_7_4
-            g_mixA1_A_7[n, c, 0] = g_mixA1_A_7_0
-            g_mixA1_A_7[n, c, 1] = g_mixA1_A_7_1
-            g_mixA1_A_7[n, c, 2] = g_mixA1_A_7_2
-            g_mixA0_A_8[n, c, 0] = g_mixA0_A_8_0
-
-    return (g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_01_0_reverse_k5(g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8, mixA3, mixA2, mixA1, mixA0):
-    """Part of layer_01_0_reverse.
-
-    IR program layer_01_0_reverse_k5, printed as 4 kernel(s).
-    mixA3: weights with channels rows x channels columns.
-    mixA2: weights with channels rows x channels columns.
-    mixA1: weights with channels rows x channels columns.
-    mixA0: weights with channels rows x channels columns.
-    """
-    dtype = g_mixA3_A_4.dtype
-    num_nodes = g_mixA3_A_4.shape[0]
-    if g_mixA3_A_4.shape[2] != 7:
-        raise ValueError("g_mixA3_A_4 must have shape (nodes, channels, 7)")
-    if g_mixA2_A_7.shape[0] != num_nodes or g_mixA2_A_7.shape[2] != 5:
-        raise ValueError("g_mixA2_A_7 must have shape (nodes, channels, 5)")
-    if g_mixA1_A_7.shape[0] != num_nodes or g_mixA1_A_7.shape[2] != 3:
-        raise ValueError("g_mixA1_A_7 must have shape (nodes, channels, 3)")
-    if g_mixA0_A_8.shape[0] != num_nodes or g_mixA0_A_8.shape[2] != 1:
-        raise ValueError("g_mixA0_A_8 must have shape (nodes, channels, 1)")
-
-    # ChannelMixTransposed -> g_i_A3_0 (nodes, channels, 7): einsum("nkd,ck->ncd", g_mixA3_A_4, mixA3)
-    if g_mixA3_A_4.shape[1] != mixA3.shape[1]:
-        raise ValueError("g_mixA3_A_4 has the wrong number of channels for mixA3")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    g_i_A3_0_in = np.empty((num_nodes, 7, mixA3.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[1]):
-                g_i_A3_0_in[n, m, a] = g_mixA3_A_4[n, a, m]
-    g_i_A3_0_gemm = np.dot(g_i_A3_0_in.reshape((num_nodes * 7, mixA3.shape[1])), np.asarray(mixA3, dtype).T).reshape((num_nodes, 7, mixA3.shape[0]))
-    g_i_A3_0 = np.empty((num_nodes, mixA3.shape[0], 7), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[0]):
-                g_i_A3_0[n, a, m] = g_i_A3_0_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_i_A2_0 (nodes, channels, 5): einsum("nkd,ck->ncd", g_mixA2_A_7, mixA2)
-    if g_mixA2_A_7.shape[1] != mixA2.shape[1]:
-        raise ValueError("g_mixA2_A_7 has the wrong number of channels for mixA2")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    g_i_A2_0_in = np.empty((num_nodes, 5, mixA2.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[1]):
-                g_i_A2_0_in[n, m, a] = g_mixA2_A_7[n, a, m]
-    g_i_A2_0_gemm = np.dot(g_i_A2_0_in.reshape((num_nodes * 5, mixA2.shape[1])), np.asarray(mixA2, dtype).T).reshape((num_nodes, 5, mixA2.shape[0]))
-    g_i_A2_0 = np.empty((num_nodes, mixA2.shape[0], 5), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[0]):
-                g_i_A2_0[n, a, m] = g_i_A2_0_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_i_A1_0 (nodes, channels, 3): einsum("nkd,ck->ncd", g_mixA1_A_7, mixA1)
-    if g_mixA1_A_7.shape[1] != mixA1.shape[1]:
-        raise ValueError("g_mixA1_A_7 has the wrong number of channels for mixA1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    g_i_A1_0_in = np.empty((num_nodes, 3, mixA1.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[1]):
-                g_i_A1_0_in[n, m, a] = g_mixA1_A_7[n, a, m]
-    g_i_A1_0_gemm = np.dot(g_i_A1_0_in.reshape((num_nodes * 3, mixA1.shape[1])), np.asarray(mixA1, dtype).T).reshape((num_nodes, 3, mixA1.shape[0]))
-    g_i_A1_0 = np.empty((num_nodes, mixA1.shape[0], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[0]):
-                g_i_A1_0[n, a, m] = g_i_A1_0_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_i_A0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", g_mixA0_A_8, mixA0)
-    if g_mixA0_A_8.shape[1] != mixA0.shape[1]:
-        raise ValueError("g_mixA0_A_8 has the wrong number of channels for mixA0")
-    g_i_A0_0 = np.dot(np.ascontiguousarray(g_mixA0_A_8).reshape((num_nodes, mixA0.shape[1])), np.asarray(mixA0, dtype).T).reshape((num_nodes, mixA0.shape[0], 1))
-
-    return (g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
 def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_in, i_hj_1_0_1, Y2, i_s_1_2_3_in, i_c_1_2_1, Y1, i_s_1_1_2_in, i_c_1_1_0, i_c_1_0_1, Y0, i_s_0_3_3_in, i_hj_0_0_0, i_s_0_2_2_in, i_s_0_1_1_in, i_c_0_0_0, radial, senders, receivers, receiver_offsets, num_nodes, sender_order, sender_offsets):
-    """Part of layer_01_0_reverse.
-
-    IR program layer_01_0_reverse_k6, printed as 3 kernel(s).
-    radial: weights with 10 columns.
-    """
+    """Part of layer_01_0_reverse. IR program layer_01_0_reverse_k6, printed as 3 kernel(s); weights: radial (10 columns)."""
     dtype = g_i_A3_0.dtype
     num_edges = senders.shape[0]
     channels = g_i_A3_0.shape[1]
-    if g_i_A3_0.shape[0] != num_nodes or g_i_A3_0.shape[1] != channels or g_i_A3_0.shape[2] != 7:
-        raise ValueError("g_i_A3_0 must have shape (nodes, channels, 7)")
-    if g_i_A2_0.shape[0] != num_nodes or g_i_A2_0.shape[1] != channels or g_i_A2_0.shape[2] != 5:
-        raise ValueError("g_i_A2_0 must have shape (nodes, channels, 5)")
-    if g_i_A1_0.shape[0] != num_nodes or g_i_A1_0.shape[1] != channels or g_i_A1_0.shape[2] != 3:
-        raise ValueError("g_i_A1_0 must have shape (nodes, channels, 3)")
-    if g_i_A0_0.shape[0] != num_nodes or g_i_A0_0.shape[1] != channels or g_i_A0_0.shape[2] != 1:
-        raise ValueError("g_i_A0_0 must have shape (nodes, channels, 1)")
-    if Y3.shape[0] != num_edges or Y3.shape[1] != 7:
-        raise ValueError("Y3 must have shape (edges, 7)")
-    if i_s_1_3_2_in.shape[0] != num_edges or i_s_1_3_2_in.shape[1] != channels or i_s_1_3_2_in.shape[2] != 3:
-        raise ValueError("i_s_1_3_2_in must have shape (edges, channels, 3)")
-    if i_hj_1_0_1.shape[0] != num_edges or i_hj_1_0_1.shape[1] != channels or i_hj_1_0_1.shape[2] != 3:
-        raise ValueError("i_hj_1_0_1 must have shape (edges, channels, 3)")
-    if Y2.shape[0] != num_edges or Y2.shape[1] != 5:
-        raise ValueError("Y2 must have shape (edges, 5)")
-    if i_s_1_2_3_in.shape[0] != num_edges or i_s_1_2_3_in.shape[1] != channels or i_s_1_2_3_in.shape[2] != 3:
-        raise ValueError("i_s_1_2_3_in must have shape (edges, channels, 3)")
-    if i_c_1_2_1.shape[0] != num_edges or i_c_1_2_1.shape[1] != channels or i_c_1_2_1.shape[2] != 3:
-        raise ValueError("i_c_1_2_1 must have shape (edges, channels, 3)")
-    if Y1.shape[0] != num_edges or Y1.shape[1] != 3:
-        raise ValueError("Y1 must have shape (edges, 3)")
-    if i_s_1_1_2_in.shape[0] != num_edges or i_s_1_1_2_in.shape[1] != channels or i_s_1_1_2_in.shape[2] != 3:
-        raise ValueError("i_s_1_1_2_in must have shape (edges, channels, 3)")
-    if i_c_1_1_0.shape[0] != num_edges or i_c_1_1_0.shape[1] != channels or i_c_1_1_0.shape[2] != 1:
-        raise ValueError("i_c_1_1_0 must have shape (edges, channels, 1)")
-    if i_c_1_0_1.shape[0] != num_edges or i_c_1_0_1.shape[1] != channels or i_c_1_0_1.shape[2] != 3:
-        raise ValueError("i_c_1_0_1 must have shape (edges, channels, 3)")
-    if Y0.shape[0] != num_edges or Y0.shape[1] != 1:
-        raise ValueError("Y0 must have shape (edges, 1)")
-    if i_s_0_3_3_in.shape[0] != num_edges or i_s_0_3_3_in.shape[1] != channels or i_s_0_3_3_in.shape[2] != 1:
-        raise ValueError("i_s_0_3_3_in must have shape (edges, channels, 1)")
-    if i_hj_0_0_0.shape[0] != num_edges or i_hj_0_0_0.shape[1] != channels or i_hj_0_0_0.shape[2] != 1:
-        raise ValueError("i_hj_0_0_0 must have shape (edges, channels, 1)")
-    if i_s_0_2_2_in.shape[0] != num_edges or i_s_0_2_2_in.shape[1] != channels or i_s_0_2_2_in.shape[2] != 1:
-        raise ValueError("i_s_0_2_2_in must have shape (edges, channels, 1)")
-    if i_s_0_1_1_in.shape[0] != num_edges or i_s_0_1_1_in.shape[1] != channels or i_s_0_1_1_in.shape[2] != 1:
-        raise ValueError("i_s_0_1_1_in must have shape (edges, channels, 1)")
-    if i_c_0_0_0.shape[0] != num_edges or i_c_0_0_0.shape[1] != channels or i_c_0_0_0.shape[2] != 1:
-        raise ValueError("i_c_0_0_0 must have shape (edges, channels, 1)")
-    if radial.shape[0] != num_edges or radial.shape[1] != channels or radial.shape[2] != 10:
-        raise ValueError("radial must have shape (edges, channels, 10)")
+    _check_shape(Y3, (num_edges, 7), "Y3 must have shape (edges, 7)")
+    _check_shape(Y2, (num_edges, 5), "Y2 must have shape (edges, 5)")
+    _check_shape(Y1, (num_edges, 3), "Y1 must have shape (edges, 3)")
+    _check_shape(Y0, (num_edges, 1), "Y0 must have shape (edges, 1)")
+    _check_shape(radial, (num_edges, channels, 10), "radial must have shape (edges, channels, 10)")
     _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
     _check_senders(senders, sender_order, sender_offsets, num_nodes)  # CSR by sender
-
     g_Y3_1 = np.zeros((num_edges, 7), dtype)
     g_Y2_1 = np.zeros((num_edges, 5), dtype)
     g_Y2_3 = np.zeros((num_edges, 5), dtype)
@@ -5342,278 +1768,8 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
     g_Y0_3 = np.zeros((num_edges, 1), dtype)
     g_i_hj_0_0_0_4 = np.empty((num_edges, channels, 1), dtype)
     d_radial = np.empty((num_edges, channels, 10), dtype)
-    # kernel 1 (per channel, phase 0): 57 ops; stores g_Y3_1, g_Y2_1, g_Y2_3, g_Y1_1, g_Y1_3, g_Y0_1, g_i_hj_1_0_1_6, g_Y3_3, g_Y2_5, g_Y1_5, g_Y0_3, g_i_hj_0_0_0_4, d_radial
-    for e in prange(num_edges):
-        for c in range(channels):
-            i = receivers[e]
-            Y3_0 = Y3[e, 0]
-            Y3_1 = Y3[e, 1]
-            Y3_4 = Y3[e, 4]
-            Y3_2 = Y3[e, 2]
-            Y3_5 = Y3[e, 5]
-            Y3_3 = Y3[e, 3]
-            Y3_6 = Y3[e, 6]
-            i_s_1_3_2_in_0 = i_s_1_3_2_in[e, c, 0]
-            i_s_1_3_2_in_1 = i_s_1_3_2_in[e, c, 1]
-            i_s_1_3_2_in_2 = i_s_1_3_2_in[e, c, 2]
-            radial_9 = radial[e, c, 9]
-            i_hj_1_0_1_0 = i_hj_1_0_1[e, c, 0]
-            i_hj_1_0_1_1 = i_hj_1_0_1[e, c, 1]
-            i_hj_1_0_1_2 = i_hj_1_0_1[e, c, 2]
-            Y2_0 = Y2[e, 0]
-            Y2_1 = Y2[e, 1]
-            Y2_3 = Y2[e, 3]
-            Y2_2 = Y2[e, 2]
-            Y2_4 = Y2[e, 4]
-            i_s_1_2_3_in_0 = i_s_1_2_3_in[e, c, 0]
-            i_s_1_2_3_in_1 = i_s_1_2_3_in[e, c, 1]
-            i_s_1_2_3_in_2 = i_s_1_2_3_in[e, c, 2]
-            radial_8 = radial[e, c, 8]
-            radial_7 = radial[e, c, 7]
-            i_c_1_2_1_0 = i_c_1_2_1[e, c, 0]
-            i_c_1_2_1_1 = i_c_1_2_1[e, c, 1]
-            i_c_1_2_1_2 = i_c_1_2_1[e, c, 2]
-            Y1_0 = Y1[e, 0]
-            Y1_1 = Y1[e, 1]
-            Y1_2 = Y1[e, 2]
-            i_s_1_1_2_in_0 = i_s_1_1_2_in[e, c, 0]
-            i_s_1_1_2_in_1 = i_s_1_1_2_in[e, c, 1]
-            i_s_1_1_2_in_2 = i_s_1_1_2_in[e, c, 2]
-            radial_6 = radial[e, c, 6]
-            radial_5 = radial[e, c, 5]
-            i_c_1_1_0_0 = i_c_1_1_0[e, c, 0]
-            radial_4 = radial[e, c, 4]
-            i_c_1_0_1_0 = i_c_1_0_1[e, c, 0]
-            i_c_1_0_1_1 = i_c_1_0_1[e, c, 1]
-            i_c_1_0_1_2 = i_c_1_0_1[e, c, 2]
-            Y0_0 = Y0[e, 0]
-            i_s_0_3_3_in_0 = i_s_0_3_3_in[e, c, 0]
-            radial_3 = radial[e, c, 3]
-            i_hj_0_0_0_0 = i_hj_0_0_0[e, c, 0]
-            i_s_0_2_2_in_0 = i_s_0_2_2_in[e, c, 0]
-            radial_2 = radial[e, c, 2]
-            i_s_0_1_1_in_0 = i_s_0_1_1_in[e, c, 0]
-            radial_1 = radial[e, c, 1]
-            radial_0 = radial[e, c, 0]
-            i_c_0_0_0_0 = i_c_0_0_0[e, c, 0]
-            g_i_A3_edges_0_0 = g_i_A3_0[i, c, 0]
-            g_i_A3_edges_0_1 = g_i_A3_0[i, c, 1]
-            g_i_A3_edges_0_2 = g_i_A3_0[i, c, 2]
-            g_i_A3_edges_0_3 = g_i_A3_0[i, c, 3]
-            g_i_A3_edges_0_4 = g_i_A3_0[i, c, 4]
-            g_i_A3_edges_0_5 = g_i_A3_0[i, c, 5]
-            g_i_A3_edges_0_6 = g_i_A3_0[i, c, 6]
-            g_i_A2_edges_0_0 = g_i_A2_0[i, c, 0]
-            g_i_A2_edges_0_1 = g_i_A2_0[i, c, 1]
-            g_i_A2_edges_0_2 = g_i_A2_0[i, c, 2]
-            g_i_A2_edges_0_3 = g_i_A2_0[i, c, 3]
-            g_i_A2_edges_0_4 = g_i_A2_0[i, c, 4]
-            g_i_A1_edges_0_0 = g_i_A1_0[i, c, 0]
-            g_i_A1_edges_0_1 = g_i_A1_0[i, c, 1]
-            g_i_A1_edges_0_2 = g_i_A1_0[i, c, 2]
-            g_i_A0_edges_0_0 = g_i_A0_0[i, c, 0]
-            # adjoint (left) of i_s_1_3_2: h1 x Y3 -> A2: table transpose-left of 1x3->2, ranks 2, 3 -> 1, 17 nonzeros
-            g_i_s_1_3_2_in_0_0 = (g_i_A2_edges_0_0 * Y3_0 + g_i_A2_edges_0_1 * Y3_1 + g_i_A2_edges_0_2 * Y3_2 + g_i_A2_edges_0_3 * Y3_4
-                                  + g_i_A2_edges_0_4 * Y3_5)
-            g_i_s_1_3_2_in_0_1 = (g_i_A2_edges_0_0 * Y3_1 + g_i_A2_edges_0_1 * Y3_2 + g_i_A2_edges_0_2 * Y3_3 + g_i_A2_edges_0_3 * Y3_5
-                                  + g_i_A2_edges_0_4 * Y3_6)
-            g_i_s_1_3_2_in_0_2 = (g_i_A2_edges_0_0 * Y3_4 + g_i_A2_edges_0_1 * Y3_5 + g_i_A2_edges_0_2 * Y3_6 - g_i_A2_edges_0_3 * Y3_0
-                                  - g_i_A2_edges_0_3 * Y3_2 - g_i_A2_edges_0_4 * Y3_1 - g_i_A2_edges_0_4 * Y3_3)
-            # adjoint (right) of i_s_1_3_2: h1 x Y3 -> A2: table transpose-right of 1x3->2, ranks 1, 2 -> 3, 17 nonzeros
-            g_Y3_0_0 = i_s_1_3_2_in_0 * g_i_A2_edges_0_0 - i_s_1_3_2_in_2 * g_i_A2_edges_0_3
-            g_Y3_0_1 = i_s_1_3_2_in_0 * g_i_A2_edges_0_1 + i_s_1_3_2_in_1 * g_i_A2_edges_0_0 - i_s_1_3_2_in_2 * g_i_A2_edges_0_4
-            g_Y3_0_2 = i_s_1_3_2_in_0 * g_i_A2_edges_0_2 + i_s_1_3_2_in_1 * g_i_A2_edges_0_1 - i_s_1_3_2_in_2 * g_i_A2_edges_0_3
-            g_Y3_0_3 = i_s_1_3_2_in_1 * g_i_A2_edges_0_2 - i_s_1_3_2_in_2 * g_i_A2_edges_0_4
-            g_Y3_0_4 = i_s_1_3_2_in_0 * g_i_A2_edges_0_3 + i_s_1_3_2_in_2 * g_i_A2_edges_0_0
-            g_Y3_0_5 = i_s_1_3_2_in_0 * g_i_A2_edges_0_4 + i_s_1_3_2_in_1 * g_i_A2_edges_0_3 + i_s_1_3_2_in_2 * g_i_A2_edges_0_1
-            g_Y3_0_6 = i_s_1_3_2_in_1 * g_i_A2_edges_0_4 + i_s_1_3_2_in_2 * g_i_A2_edges_0_2
-            g_Y3_1[e, 0] += g_Y3_0_0  # sum over channels
-            g_Y3_1[e, 1] += g_Y3_0_1
-            g_Y3_1[e, 2] += g_Y3_0_2
-            g_Y3_1[e, 3] += g_Y3_0_3
-            g_Y3_1[e, 4] += g_Y3_0_4
-            g_Y3_1[e, 5] += g_Y3_0_5
-            g_Y3_1[e, 6] += g_Y3_0_6
-            g_i_hj_1_0_1_0_0 = g_i_s_1_3_2_in_0_0 * radial_9  # adjoint of i_s_1_3_2_in
-            g_i_hj_1_0_1_0_1 = g_i_s_1_3_2_in_0_1 * radial_9
-            g_i_hj_1_0_1_0_2 = g_i_s_1_3_2_in_0_2 * radial_9
-            # d radial[9] from i_s_1_3_2_in: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
-            g_radial9_0_0 = g_i_s_1_3_2_in_0_0 * i_hj_1_0_1_0 + g_i_s_1_3_2_in_0_1 * i_hj_1_0_1_1 + g_i_s_1_3_2_in_0_2 * i_hj_1_0_1_2
-            # adjoint (left) of i_s_1_2_3: h1 x Y2 -> A3: table transpose-left of 1x2->3, ranks 3, 2 -> 1, 25 nonzeros
-            g_i_s_1_2_3_in_0_0 = (0.6 * g_i_A3_edges_0_0 * Y2_0 + 0.5333333333333333 * (g_i_A3_edges_0_1 * Y2_1 + g_i_A3_edges_0_4 * Y2_3) - 0.13333333333333333 * (g_i_A3_edges_0_2 * Y2_0 + g_i_A3_edges_0_6 * Y2_3) + 0.3333333333333333 * (g_i_A3_edges_0_2 * Y2_2 + g_i_A3_edges_0_5 * Y2_4)
-                                  - 0.4 * g_i_A3_edges_0_3 * Y2_1)
-            g_i_s_1_2_3_in_0_1 = (-0.4 * g_i_A3_edges_0_0 * Y2_1 + 0.3333333333333333 * (g_i_A3_edges_0_1 * Y2_0 + g_i_A3_edges_0_5 * Y2_3) - 0.13333333333333333 * (g_i_A3_edges_0_1 * Y2_2 + g_i_A3_edges_0_4 * Y2_4) + 0.5333333333333333 * (g_i_A3_edges_0_2 * Y2_1 + g_i_A3_edges_0_6 * Y2_4)
-                                  + 0.6 * g_i_A3_edges_0_3 * Y2_2)
-            g_i_s_1_2_3_in_0_2 = -0.4 * (g_i_A3_edges_0_0 * Y2_3 + g_i_A3_edges_0_3 * Y2_4) - 0.13333333333333333 * (g_i_A3_edges_0_1 * Y2_4 + g_i_A3_edges_0_2 * Y2_3 - g_i_A3_edges_0_4 * Y2_2 - g_i_A3_edges_0_6 * Y2_0) + 0.4666666666666667 * (g_i_A3_edges_0_4 * Y2_0 + g_i_A3_edges_0_6 * Y2_2) + 0.3333333333333333 * g_i_A3_edges_0_5 * Y2_1
-            # adjoint (right) of i_s_1_2_3: h1 x Y2 -> A3: table transpose-right of 1x2->3, ranks 1, 3 -> 2, 25 nonzeros
-            g_Y2_0_0 = 0.6 * i_s_1_2_3_in_0 * g_i_A3_edges_0_0 - 0.13333333333333333 * (i_s_1_2_3_in_0 * g_i_A3_edges_0_2 - i_s_1_2_3_in_2 * g_i_A3_edges_0_6) + 0.3333333333333333 * i_s_1_2_3_in_1 * g_i_A3_edges_0_1 + 0.4666666666666667 * i_s_1_2_3_in_2 * g_i_A3_edges_0_4
-            g_Y2_0_1 = 0.5333333333333333 * (i_s_1_2_3_in_0 * g_i_A3_edges_0_1 + i_s_1_2_3_in_1 * g_i_A3_edges_0_2) - 0.4 * (i_s_1_2_3_in_0 * g_i_A3_edges_0_3 + i_s_1_2_3_in_1 * g_i_A3_edges_0_0) + 0.3333333333333333 * i_s_1_2_3_in_2 * g_i_A3_edges_0_5
-            g_Y2_0_2 = 0.3333333333333333 * i_s_1_2_3_in_0 * g_i_A3_edges_0_2 - 0.13333333333333333 * (i_s_1_2_3_in_1 * g_i_A3_edges_0_1 - i_s_1_2_3_in_2 * g_i_A3_edges_0_4) + 0.6 * i_s_1_2_3_in_1 * g_i_A3_edges_0_3 + 0.4666666666666667 * i_s_1_2_3_in_2 * g_i_A3_edges_0_6
-            g_Y2_0_3 = 0.5333333333333333 * i_s_1_2_3_in_0 * g_i_A3_edges_0_4 - 0.13333333333333333 * (i_s_1_2_3_in_0 * g_i_A3_edges_0_6 + i_s_1_2_3_in_2 * g_i_A3_edges_0_2) + 0.3333333333333333 * i_s_1_2_3_in_1 * g_i_A3_edges_0_5 - 0.4 * i_s_1_2_3_in_2 * g_i_A3_edges_0_0
-            g_Y2_0_4 = 0.3333333333333333 * i_s_1_2_3_in_0 * g_i_A3_edges_0_5 - 0.13333333333333333 * (i_s_1_2_3_in_1 * g_i_A3_edges_0_4 + i_s_1_2_3_in_2 * g_i_A3_edges_0_1) + 0.5333333333333333 * i_s_1_2_3_in_1 * g_i_A3_edges_0_6 - 0.4 * i_s_1_2_3_in_2 * g_i_A3_edges_0_3
-            g_Y2_1[e, 0] += g_Y2_0_0  # sum over channels
-            g_Y2_1[e, 1] += g_Y2_0_1
-            g_Y2_1[e, 2] += g_Y2_0_2
-            g_Y2_1[e, 3] += g_Y2_0_3
-            g_Y2_1[e, 4] += g_Y2_0_4
-            g_i_hj_1_0_1_1_0 = g_i_s_1_2_3_in_0_0 * radial_8  # adjoint of i_s_1_2_3_in
-            g_i_hj_1_0_1_1_1 = g_i_s_1_2_3_in_0_1 * radial_8
-            g_i_hj_1_0_1_1_2 = g_i_s_1_2_3_in_0_2 * radial_8
-            # d radial[8] from i_s_1_2_3_in: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
-            g_radial8_0_0 = g_i_s_1_2_3_in_0_0 * i_hj_1_0_1_0 + g_i_s_1_2_3_in_0_1 * i_hj_1_0_1_1 + g_i_s_1_2_3_in_0_2 * i_hj_1_0_1_2
-            g_i_c_1_2_1_0_0 = g_i_A1_edges_0_0 * radial_7  # adjoint of i_s_1_2_1
-            g_i_c_1_2_1_0_1 = g_i_A1_edges_0_1 * radial_7
-            g_i_c_1_2_1_0_2 = g_i_A1_edges_0_2 * radial_7
-            # d radial[7] from i_s_1_2_1: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
-            g_radial7_0_0 = g_i_A1_edges_0_0 * i_c_1_2_1_0 + g_i_A1_edges_0_1 * i_c_1_2_1_1 + g_i_A1_edges_0_2 * i_c_1_2_1_2
-            # adjoint (left) of i_c_1_2_1: h1 x Y2 -> A1: table transpose-left of 1x2->1, ranks 1, 2 -> 1, 10 nonzeros
-            g_i_hj_1_0_1_2_0 = g_i_c_1_2_1_0_0 * Y2_0 + g_i_c_1_2_1_0_1 * Y2_1 + g_i_c_1_2_1_0_2 * Y2_3
-            g_i_hj_1_0_1_2_1 = g_i_c_1_2_1_0_0 * Y2_1 + g_i_c_1_2_1_0_1 * Y2_2 + g_i_c_1_2_1_0_2 * Y2_4
-            g_i_hj_1_0_1_2_2 = g_i_c_1_2_1_0_0 * Y2_3 + g_i_c_1_2_1_0_1 * Y2_4 - g_i_c_1_2_1_0_2 * Y2_0 - g_i_c_1_2_1_0_2 * Y2_2
-            # adjoint (right) of i_c_1_2_1: h1 x Y2 -> A1: table transpose-right of 1x2->1, ranks 1, 1 -> 2, 10 nonzeros
-            g_Y2_2_0 = i_hj_1_0_1_0 * g_i_c_1_2_1_0_0 - i_hj_1_0_1_2 * g_i_c_1_2_1_0_2
-            g_Y2_2_1 = i_hj_1_0_1_0 * g_i_c_1_2_1_0_1 + i_hj_1_0_1_1 * g_i_c_1_2_1_0_0
-            g_Y2_2_2 = i_hj_1_0_1_1 * g_i_c_1_2_1_0_1 - i_hj_1_0_1_2 * g_i_c_1_2_1_0_2
-            g_Y2_2_3 = i_hj_1_0_1_0 * g_i_c_1_2_1_0_2 + i_hj_1_0_1_2 * g_i_c_1_2_1_0_0
-            g_Y2_2_4 = i_hj_1_0_1_1 * g_i_c_1_2_1_0_2 + i_hj_1_0_1_2 * g_i_c_1_2_1_0_1
-            g_Y2_3[e, 0] += g_Y2_2_0  # sum over channels
-            g_Y2_3[e, 1] += g_Y2_2_1
-            g_Y2_3[e, 2] += g_Y2_2_2
-            g_Y2_3[e, 3] += g_Y2_2_3
-            g_Y2_3[e, 4] += g_Y2_2_4
-            # adjoint (left) of i_s_1_1_2: h1 x Y1 -> A2: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
-            g_i_s_1_1_2_in_0_0 = 0.6666666666666666 * g_i_A2_edges_0_0 * Y1_0 + 0.5 * (g_i_A2_edges_0_1 * Y1_1 + g_i_A2_edges_0_3 * Y1_2) - 0.3333333333333333 * g_i_A2_edges_0_2 * Y1_0
-            g_i_s_1_1_2_in_0_1 = -0.3333333333333333 * g_i_A2_edges_0_0 * Y1_1 + 0.5 * (g_i_A2_edges_0_1 * Y1_0 + g_i_A2_edges_0_4 * Y1_2) + 0.6666666666666666 * g_i_A2_edges_0_2 * Y1_1
-            g_i_s_1_1_2_in_0_2 = -0.3333333333333333 * (g_i_A2_edges_0_0 * Y1_2 + g_i_A2_edges_0_2 * Y1_2) + 0.5 * (g_i_A2_edges_0_3 * Y1_0 + g_i_A2_edges_0_4 * Y1_1)
-            # adjoint (right) of i_s_1_1_2: h1 x Y1 -> A2: table transpose-right of 1x1->2, ranks 1, 2 -> 1, 12 nonzeros
-            g_Y1_0_0 = 0.6666666666666666 * i_s_1_1_2_in_0 * g_i_A2_edges_0_0 - 0.3333333333333333 * i_s_1_1_2_in_0 * g_i_A2_edges_0_2 + 0.5 * (i_s_1_1_2_in_1 * g_i_A2_edges_0_1 + i_s_1_1_2_in_2 * g_i_A2_edges_0_3)
-            g_Y1_0_1 = 0.5 * (i_s_1_1_2_in_0 * g_i_A2_edges_0_1 + i_s_1_1_2_in_2 * g_i_A2_edges_0_4) - 0.3333333333333333 * i_s_1_1_2_in_1 * g_i_A2_edges_0_0 + 0.6666666666666666 * i_s_1_1_2_in_1 * g_i_A2_edges_0_2
-            g_Y1_0_2 = 0.5 * (i_s_1_1_2_in_0 * g_i_A2_edges_0_3 + i_s_1_1_2_in_1 * g_i_A2_edges_0_4) - 0.3333333333333333 * (i_s_1_1_2_in_2 * g_i_A2_edges_0_0 + i_s_1_1_2_in_2 * g_i_A2_edges_0_2)
-            g_Y1_1[e, 0] += g_Y1_0_0  # sum over channels
-            g_Y1_1[e, 1] += g_Y1_0_1
-            g_Y1_1[e, 2] += g_Y1_0_2
-            g_i_hj_1_0_1_3_0 = g_i_s_1_1_2_in_0_0 * radial_6  # adjoint of i_s_1_1_2_in
-            g_i_hj_1_0_1_3_1 = g_i_s_1_1_2_in_0_1 * radial_6
-            g_i_hj_1_0_1_3_2 = g_i_s_1_1_2_in_0_2 * radial_6
-            # d radial[6] from i_s_1_1_2_in: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
-            g_radial6_0_0 = g_i_s_1_1_2_in_0_0 * i_hj_1_0_1_0 + g_i_s_1_1_2_in_0_1 * i_hj_1_0_1_1 + g_i_s_1_1_2_in_0_2 * i_hj_1_0_1_2
-            g_i_c_1_1_0_0_0 = g_i_A0_edges_0_0 * radial_5  # adjoint of i_s_1_1_0
-            # d radial[5] from i_s_1_1_0: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial5_0_0 = g_i_A0_edges_0_0 * i_c_1_1_0_0
-            # adjoint (left) of i_c_1_1_0: h1 x Y1 -> A0: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
-            g_i_hj_1_0_1_4_0 = g_i_c_1_1_0_0_0 * Y1_0
-            g_i_hj_1_0_1_4_1 = g_i_c_1_1_0_0_0 * Y1_1
-            g_i_hj_1_0_1_4_2 = g_i_c_1_1_0_0_0 * Y1_2
-            # adjoint (right) of i_c_1_1_0: h1 x Y1 -> A0: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
-            g_Y1_2_0 = i_hj_1_0_1_0 * g_i_c_1_1_0_0_0
-            g_Y1_2_1 = i_hj_1_0_1_1 * g_i_c_1_1_0_0_0
-            g_Y1_2_2 = i_hj_1_0_1_2 * g_i_c_1_1_0_0_0
-            g_Y1_3[e, 0] += g_Y1_2_0  # sum over channels
-            g_Y1_3[e, 1] += g_Y1_2_1
-            g_Y1_3[e, 2] += g_Y1_2_2
-            g_i_c_1_0_1_0_0 = g_i_A1_edges_0_0 * radial_4  # adjoint of i_s_1_0_1
-            g_i_c_1_0_1_0_1 = g_i_A1_edges_0_1 * radial_4
-            g_i_c_1_0_1_0_2 = g_i_A1_edges_0_2 * radial_4
-            # d radial[4] from i_s_1_0_1: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
-            g_radial4_0_0 = g_i_A1_edges_0_0 * i_c_1_0_1_0 + g_i_A1_edges_0_1 * i_c_1_0_1_1 + g_i_A1_edges_0_2 * i_c_1_0_1_2
-            # adjoint (left) of i_c_1_0_1: h1 x Y0 -> A1: table transpose-left of 1x0->1, ranks 1, 0 -> 1, 3 nonzeros
-            g_i_hj_1_0_1_5_0 = g_i_c_1_0_1_0_0 * Y0_0
-            g_i_hj_1_0_1_5_1 = g_i_c_1_0_1_0_1 * Y0_0
-            g_i_hj_1_0_1_5_2 = g_i_c_1_0_1_0_2 * Y0_0
-            # adjoint (right) of i_c_1_0_1: h1 x Y0 -> A1: table transpose-right of 1x0->1, ranks 1, 1 -> 0, 3 nonzeros
-            g_Y0_0_0 = i_hj_1_0_1_0 * g_i_c_1_0_1_0_0 + i_hj_1_0_1_1 * g_i_c_1_0_1_0_1 + i_hj_1_0_1_2 * g_i_c_1_0_1_0_2
-            g_Y0_1[e, 0] += g_Y0_0_0  # sum over channels
-            g_i_hj_1_0_1_6_0 = (g_i_hj_1_0_1_0_0 + g_i_hj_1_0_1_1_0 + g_i_hj_1_0_1_2_0 + g_i_hj_1_0_1_3_0
-                                + g_i_hj_1_0_1_4_0 + g_i_hj_1_0_1_5_0)
-            g_i_hj_1_0_1_6_1 = (g_i_hj_1_0_1_0_1 + g_i_hj_1_0_1_1_1 + g_i_hj_1_0_1_2_1 + g_i_hj_1_0_1_3_1
-                                + g_i_hj_1_0_1_4_1 + g_i_hj_1_0_1_5_1)
-            g_i_hj_1_0_1_6_2 = (g_i_hj_1_0_1_0_2 + g_i_hj_1_0_1_1_2 + g_i_hj_1_0_1_2_2 + g_i_hj_1_0_1_3_2
-                                + g_i_hj_1_0_1_4_2 + g_i_hj_1_0_1_5_2)
-            # adjoint (left) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
-            g_i_s_0_3_3_in_0_0 = (g_i_A3_edges_0_0 * Y3_0 + g_i_A3_edges_0_1 * Y3_1 + g_i_A3_edges_0_2 * Y3_2 + g_i_A3_edges_0_3 * Y3_3
-                                  + g_i_A3_edges_0_4 * Y3_4 + g_i_A3_edges_0_5 * Y3_5 + g_i_A3_edges_0_6 * Y3_6)
-            # adjoint (right) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
-            g_Y3_2_0 = i_s_0_3_3_in_0 * g_i_A3_edges_0_0
-            g_Y3_2_1 = i_s_0_3_3_in_0 * g_i_A3_edges_0_1
-            g_Y3_2_2 = i_s_0_3_3_in_0 * g_i_A3_edges_0_2
-            g_Y3_2_3 = i_s_0_3_3_in_0 * g_i_A3_edges_0_3
-            g_Y3_2_4 = i_s_0_3_3_in_0 * g_i_A3_edges_0_4
-            g_Y3_2_5 = i_s_0_3_3_in_0 * g_i_A3_edges_0_5
-            g_Y3_2_6 = i_s_0_3_3_in_0 * g_i_A3_edges_0_6
-            g_Y3_3[e, 0] += g_Y3_2_0  # sum over channels
-            g_Y3_3[e, 1] += g_Y3_2_1
-            g_Y3_3[e, 2] += g_Y3_2_2
-            g_Y3_3[e, 3] += g_Y3_2_3
-            g_Y3_3[e, 4] += g_Y3_2_4
-            g_Y3_3[e, 5] += g_Y3_2_5
-            g_Y3_3[e, 6] += g_Y3_2_6
-            g_i_hj_0_0_0_0_0 = g_i_s_0_3_3_in_0_0 * radial_3  # adjoint of i_s_0_3_3_in
-            # d radial[3] from i_s_0_3_3_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial3_0_0 = g_i_s_0_3_3_in_0_0 * i_hj_0_0_0_0
-            # adjoint (left) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
-            g_i_s_0_2_2_in_0_0 = (g_i_A2_edges_0_0 * Y2_0 + g_i_A2_edges_0_1 * Y2_1 + g_i_A2_edges_0_2 * Y2_2 + g_i_A2_edges_0_3 * Y2_3
-                                  + g_i_A2_edges_0_4 * Y2_4)
-            # adjoint (right) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
-            g_Y2_4_0 = i_s_0_2_2_in_0 * g_i_A2_edges_0_0
-            g_Y2_4_1 = i_s_0_2_2_in_0 * g_i_A2_edges_0_1
-            g_Y2_4_2 = i_s_0_2_2_in_0 * g_i_A2_edges_0_2
-            g_Y2_4_3 = i_s_0_2_2_in_0 * g_i_A2_edges_0_3
-            g_Y2_4_4 = i_s_0_2_2_in_0 * g_i_A2_edges_0_4
-            g_Y2_5[e, 0] += g_Y2_4_0  # sum over channels
-            g_Y2_5[e, 1] += g_Y2_4_1
-            g_Y2_5[e, 2] += g_Y2_4_2
-            g_Y2_5[e, 3] += g_Y2_4_3
-            g_Y2_5[e, 4] += g_Y2_4_4
-            g_i_hj_0_0_0_1_0 = g_i_s_0_2_2_in_0_0 * radial_2  # adjoint of i_s_0_2_2_in
-            # d radial[2] from i_s_0_2_2_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial2_0_0 = g_i_s_0_2_2_in_0_0 * i_hj_0_0_0_0
-            # adjoint (left) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
-            g_i_s_0_1_1_in_0_0 = g_i_A1_edges_0_0 * Y1_0 + g_i_A1_edges_0_1 * Y1_1 + g_i_A1_edges_0_2 * Y1_2
-            # adjoint (right) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
-            g_Y1_4_0 = i_s_0_1_1_in_0 * g_i_A1_edges_0_0
-            g_Y1_4_1 = i_s_0_1_1_in_0 * g_i_A1_edges_0_1
-            g_Y1_4_2 = i_s_0_1_1_in_0 * g_i_A1_edges_0_2
-            g_Y1_5[e, 0] += g_Y1_4_0  # sum over channels
-            g_Y1_5[e, 1] += g_Y1_4_1
-            g_Y1_5[e, 2] += g_Y1_4_2
-            g_i_hj_0_0_0_2_0 = g_i_s_0_1_1_in_0_0 * radial_1  # adjoint of i_s_0_1_1_in
-            # d radial[1] from i_s_0_1_1_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial1_0_0 = g_i_s_0_1_1_in_0_0 * i_hj_0_0_0_0
-            g_i_c_0_0_0_0_0 = g_i_A0_edges_0_0 * radial_0  # adjoint of i_s_0_0_0
-            # d radial[0] from i_s_0_0_0: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial0_0_0 = g_i_A0_edges_0_0 * i_c_0_0_0_0
-            # adjoint (left) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_i_hj_0_0_0_3_0 = g_i_c_0_0_0_0_0 * Y0_0
-            # adjoint (right) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_Y0_2_0 = i_hj_0_0_0_0 * g_i_c_0_0_0_0_0
-            g_Y0_3[e, 0] += g_Y0_2_0  # sum over channels
-            g_i_hj_0_0_0_4_0 = g_i_hj_0_0_0_0_0 + g_i_hj_0_0_0_1_0 + g_i_hj_0_0_0_2_0 + g_i_hj_0_0_0_3_0
-            # d_radial: weight-shaped adjoint of radial
-            d_radial_0 = g_radial0_0_0
-            d_radial_1 = g_radial1_0_0
-            d_radial_2 = g_radial2_0_0
-            d_radial_3 = g_radial3_0_0
-            d_radial_4 = g_radial4_0_0
-            d_radial_5 = g_radial5_0_0
-            d_radial_6 = g_radial6_0_0
-            d_radial_7 = g_radial7_0_0
-            d_radial_8 = g_radial8_0_0
-            d_radial_9 = g_radial9_0_0
-            g_i_hj_1_0_1_6[e, c, 0] = g_i_hj_1_0_1_6_0
-            g_i_hj_1_0_1_6[e, c, 1] = g_i_hj_1_0_1_6_1
-            g_i_hj_1_0_1_6[e, c, 2] = g_i_hj_1_0_1_6_2
-            g_i_hj_0_0_0_4[e, c, 0] = g_i_hj_0_0_0_4_0
-            d_radial[e, c, 0] = d_radial_0
-            d_radial[e, c, 1] = d_radial_1
-            d_radial[e, c, 2] = d_radial_2
-            d_radial[e, c, 3] = d_radial_3
-            d_radial[e, c, 4] = d_radial_4
-            d_radial[e, c, 5] = d_radial_5
-            d_radial[e, c, 6] = d_radial_6
-            d_radial[e, c, 7] = d_radial_7
-            d_radial[e, c, 8] = d_radial_8
-            d_radial[e, c, 9] = d_radial_9
-
+    for block in prange((num_edges + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 57 ops; stores g_Y3_1, g_Y2_1, g_Y2_3, g_Y1_1, g_Y1_3, g_Y0_1, g_i_hj_1_0_1_6, g_Y3_3, g_Y2_5, g_Y1_5, g_Y0_3, g_i_hj_0_0_0_4, d_radial
+        _kernel_5da0ce1a09(np.int64(block), Y0, Y1, Y2, Y3, channels, d_radial, g_Y0_1, g_Y0_3, g_Y1_1, g_Y1_3, g_Y1_5, g_Y2_1, g_Y2_3, g_Y2_5, g_Y3_1, g_Y3_3, g_i_A0_0, g_i_A1_0, g_i_A2_0, g_i_A3_0, g_i_hj_0_0_0_4, g_i_hj_1_0_1_6, i_c_0_0_0, i_c_1_0_1, i_c_1_1_0, i_c_1_2_1, i_hj_0_0_0, i_hj_1_0_1, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_s_1_1_2_in, i_s_1_2_3_in, i_s_1_3_2_in, num_edges, radial, receivers)
     d_Y0 = np.empty((num_edges, 1), dtype)
     d_Y1 = np.empty((num_edges, 3), dtype)
     d_Y2 = np.empty((num_edges, 5), dtype)
@@ -5661,1004 +1817,116 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
         g_Y3_1_6 = g_Y3_1[e, 6]
         g_Y3_3_6 = g_Y3_3[e, 6]
         d_Y0_0 = g_Y0_1_0 + g_Y0_3_0
-        d_Y1_0 = g_Y1_1_0 + g_Y1_3_0 + g_Y1_5_0
-        d_Y1_1 = g_Y1_1_1 + g_Y1_3_1 + g_Y1_5_1
-        d_Y1_2 = g_Y1_1_2 + g_Y1_3_2 + g_Y1_5_2
-        d_Y2_0 = g_Y2_1_0 + g_Y2_3_0 + g_Y2_5_0
-        d_Y2_1 = g_Y2_1_1 + g_Y2_3_1 + g_Y2_5_1
-        d_Y2_2 = g_Y2_1_2 + g_Y2_3_2 + g_Y2_5_2
-        d_Y2_3 = g_Y2_1_3 + g_Y2_3_3 + g_Y2_5_3
-        d_Y2_4 = g_Y2_1_4 + g_Y2_3_4 + g_Y2_5_4
-        d_Y3_0 = g_Y3_1_0 + g_Y3_3_0
-        d_Y3_1 = g_Y3_1_1 + g_Y3_3_1
-        d_Y3_2 = g_Y3_1_2 + g_Y3_3_2
-        d_Y3_3 = g_Y3_1_3 + g_Y3_3_3
-        d_Y3_4 = g_Y3_1_4 + g_Y3_3_4
-        d_Y3_5 = g_Y3_1_5 + g_Y3_3_5
-        d_Y3_6 = g_Y3_1_6 + g_Y3_3_6
+        d_Y1_0, d_Y1_1, d_Y1_2 = g_Y1_1_0 + g_Y1_3_0 + g_Y1_5_0, g_Y1_1_1 + g_Y1_3_1 + g_Y1_5_1, g_Y1_1_2 + g_Y1_3_2 + g_Y1_5_2
+        d_Y2_0, d_Y2_1, d_Y2_2, d_Y2_3, d_Y2_4 = g_Y2_1_0 + g_Y2_3_0 + g_Y2_5_0, g_Y2_1_1 + g_Y2_3_1 + g_Y2_5_1, g_Y2_1_2 + g_Y2_3_2 + g_Y2_5_2, g_Y2_1_3 + g_Y2_3_3 + g_Y2_5_3, g_Y2_1_4 + g_Y2_3_4 + g_Y2_5_4
+        d_Y3_0, d_Y3_1, d_Y3_2, d_Y3_3, d_Y3_4, d_Y3_5, d_Y3_6 = g_Y3_1_0 + g_Y3_3_0, g_Y3_1_1 + g_Y3_3_1, g_Y3_1_2 + g_Y3_3_2, g_Y3_1_3 + g_Y3_3_3, g_Y3_1_4 + g_Y3_3_4, g_Y3_1_5 + g_Y3_3_5, g_Y3_1_6 + g_Y3_3_6
         d_Y0[e, 0] = d_Y0_0
-        d_Y1[e, 0] = d_Y1_0
-        d_Y1[e, 1] = d_Y1_1
-        d_Y1[e, 2] = d_Y1_2
-        d_Y2[e, 0] = d_Y2_0
-        d_Y2[e, 1] = d_Y2_1
-        d_Y2[e, 2] = d_Y2_2
-        d_Y2[e, 3] = d_Y2_3
-        d_Y2[e, 4] = d_Y2_4
-        d_Y3[e, 0] = d_Y3_0
-        d_Y3[e, 1] = d_Y3_1
-        d_Y3[e, 2] = d_Y3_2
-        d_Y3[e, 3] = d_Y3_3
-        d_Y3[e, 4] = d_Y3_4
-        d_Y3[e, 5] = d_Y3_5
-        d_Y3[e, 6] = d_Y3_6
-
+        d_Y1[e, 0], d_Y1[e, 1], d_Y1[e, 2] = d_Y1_0, d_Y1_1, d_Y1_2
+        d_Y2[e, 0], d_Y2[e, 1], d_Y2[e, 2], d_Y2[e, 3], d_Y2[e, 4] = d_Y2_0, d_Y2_1, d_Y2_2, d_Y2_3, d_Y2_4
+        d_Y3[e, 0], d_Y3[e, 1], d_Y3[e, 2], d_Y3[e, 3], d_Y3[e, 4], d_Y3[e, 5], d_Y3[e, 6] = d_Y3_0, d_Y3_1, d_Y3_2, d_Y3_3, d_Y3_4, d_Y3_5, d_Y3_6
     g_up1_h_0 = np.empty((num_nodes, channels, 3), dtype)
     g_up0_h_0 = np.empty((num_nodes, channels, 1), dtype)
-    # kernel 3 (per channel, phase 1): 2 ops; stores g_up1_h_0, g_up0_h_0
-    for n in prange(num_nodes):
-        for c in range(channels):
-            g_up1_h_0_0 = 0.0
-            g_up1_h_0_1 = 0.0
-            g_up1_h_0_2 = 0.0
-            for k in range(sender_offsets[n], sender_offsets[n + 1]):  # edges sent by n
-                es = sender_order[k]
-                g_up1_h_0_0 += g_i_hj_1_0_1_6[es, c, 0]
-                g_up1_h_0_1 += g_i_hj_1_0_1_6[es, c, 1]
-                g_up1_h_0_2 += g_i_hj_1_0_1_6[es, c, 2]
-            g_up0_h_0_0 = 0.0
-            for k_1 in range(sender_offsets[n], sender_offsets[n + 1]):  # edges sent by n
-                es_1 = sender_order[k_1]
-                g_up0_h_0_0 += g_i_hj_0_0_0_4[es_1, c, 0]
-            g_up1_h_0[n, c, 0] = g_up1_h_0_0
-            g_up1_h_0[n, c, 1] = g_up1_h_0_1
-            g_up1_h_0[n, c, 2] = g_up1_h_0_2
-            g_up0_h_0[n, c, 0] = g_up0_h_0_0
-
+    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 3 (per channel, phase 1): 2 ops; stores g_up1_h_0, g_up0_h_0
+        _kernel_64b475a4a4(np.int64(block), g_i_hj_0_0_0_4, g_i_hj_1_0_1_6, g_up0_h_0, g_up1_h_0, num_nodes, sender_offsets, sender_order)
     return (g_up1_h_0, g_up0_h_0, d_Y0, d_Y1, d_Y2, d_Y3, d_radial)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def layer_01_0_reverse_k7(g_up1_h_0, g_up0_h_0, g_h0_0, up1, up0):
-    """Part of layer_01_0_reverse.
-
-    IR program layer_01_0_reverse_k7, printed as 3 kernel(s).
-    up1: weights with channels rows x channels columns.
-    up0: weights with channels rows x channels columns.
-    """
+    """Part of layer_01_0_reverse. IR program layer_01_0_reverse_k7, printed as 3 kernel(s); weights: up1 (channels rows x channels columns), up0 (channels rows x channels columns)."""
     dtype = g_up1_h_0.dtype
     num_nodes = g_up1_h_0.shape[0]
-    if g_up1_h_0.shape[2] != 3:
-        raise ValueError("g_up1_h_0 must have shape (nodes, channels, 3)")
-    if g_up0_h_0.shape[0] != num_nodes or g_up0_h_0.shape[2] != 1:
-        raise ValueError("g_up0_h_0 must have shape (nodes, channels, 1)")
-    if g_h0_0.shape[0] != num_nodes or g_h0_0.shape[2] != 1:
-        raise ValueError("g_h0_0 must have shape (nodes, channels, 1)")
-
-    # ChannelMixTransposed -> d_h1 (nodes, channels, 3): einsum("nkd,ck->ncd", g_up1_h_0, up1)
-    if g_up1_h_0.shape[1] != up1.shape[1]:
-        raise ValueError("g_up1_h_0 has the wrong number of channels for up1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    d_h1_in = np.empty((num_nodes, 3, up1.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(up1.shape[1]):
-                d_h1_in[n, m, a] = g_up1_h_0[n, a, m]
-    d_h1_gemm = np.dot(d_h1_in.reshape((num_nodes * 3, up1.shape[1])), np.asarray(up1, dtype).T).reshape((num_nodes, 3, up1.shape[0]))
-    d_h1 = np.empty((num_nodes, up1.shape[0], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(up1.shape[0]):
-                d_h1[n, a, m] = d_h1_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_h0_1 (nodes, channels, 1): einsum("nkd,ck->ncd", g_up0_h_0, up0)
-    if g_up0_h_0.shape[1] != up0.shape[1]:
-        raise ValueError("g_up0_h_0 has the wrong number of channels for up0")
-    g_h0_1 = np.dot(np.ascontiguousarray(g_up0_h_0).reshape((num_nodes, up0.shape[1])), np.asarray(up0, dtype).T).reshape((num_nodes, up0.shape[0], 1))
-
+    _fail_if(g_up1_h_0.shape[2] != 3, "g_up1_h_0 must have shape (nodes, channels, 3)")
+    _fail_if(g_up0_h_0.shape[0] != num_nodes or g_up0_h_0.shape[2] != 1, "g_up0_h_0 must have shape (nodes, channels, 1)")
+    _fail_if(g_h0_0.shape[0] != num_nodes or g_h0_0.shape[2] != 1, "g_h0_0 must have shape (nodes, channels, 1)")
+    d_h1 = _channel_mix(g_up1_h_0, np.asarray(up1, dtype).T)  # ChannelMixTransposed -> d_h1 (nodes, channels, 3): einsum("nkd,ck->ncd", g_up1_h_0, up1)
+    g_h0_1 = _channel_mix(g_up0_h_0, np.asarray(up0, dtype).T)  # ChannelMixTransposed -> g_h0_1 (nodes, channels, 1): einsum("nkd,ck->ncd", g_up0_h_0, up0)
     # Sum -> d_h0 (nodes, channels, 1): g_h0_0 + g_h0_1
-    if g_h0_1.shape != g_h0_0.shape:
-        raise ValueError("d_h0: g_h0_1 and g_h0_0 must have the same shape")
+    _fail_if(g_h0_1.shape != g_h0_0.shape, "d_h0: g_h0_1 and g_h0_0 must have the same shape")
     g_h0_0_flat = np.ascontiguousarray(g_h0_0).reshape(g_h0_0.size)
     g_h0_1_flat = g_h0_1.reshape(g_h0_1.size)
     d_h0 = np.empty(g_h0_0.shape, dtype)
     d_h0_flat = d_h0.reshape(d_h0.size)
     for k in prange(d_h0_flat.shape[0]):
         d_h0_flat[k] = g_h0_0_flat[k] + g_h0_1_flat[k]
-
     return (d_h1, d_h0)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=False)
 def layer_01_01_k1(h0, h1, up0, up1, skip0, skip1):
-    """Part of layer_01_01.
-
-    IR program layer_01_01_k1, printed as 4 kernel(s).
-    up0: weights with channels rows x channels columns.
-    up1: weights with channels rows x channels columns.
-    skip0: weights with channels rows x channels columns.
-    skip1: weights with channels rows x channels columns.
-    """
+    """Part of layer_01_01. IR program layer_01_01_k1, printed as 4 kernel(s); weights: up0 (channels rows x channels columns), up1 (channels rows x channels columns), skip0 (channels rows x channels columns), skip1 (channels rows x channels columns)."""
     dtype = h0.dtype
     num_nodes = h0.shape[0]
-    if h0.shape[2] != 1:
-        raise ValueError("h0 must have shape (nodes, channels, 1)")
-    if h1.shape[0] != num_nodes or h1.shape[2] != 3:
-        raise ValueError("h1 must have shape (nodes, channels, 3)")
-
-    # ChannelMix -> up0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, up0)
-    if h0.shape[1] != up0.shape[0]:
-        raise ValueError("h0 has the wrong number of channels for up0")
-    up0_h = np.dot(np.ascontiguousarray(h0).reshape((num_nodes, up0.shape[0])), np.asarray(up0, dtype)).reshape((num_nodes, up0.shape[1], 1))
-
-    # ChannelMix -> up1_h (nodes, channels, 3): einsum("ncd,ck->nkd", h1, up1)
-    if h1.shape[1] != up1.shape[0]:
-        raise ValueError("h1 has the wrong number of channels for up1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    up1_h_in = np.empty((num_nodes, 3, up1.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(up1.shape[0]):
-                up1_h_in[n, m, a] = h1[n, a, m]
-    up1_h_gemm = np.dot(up1_h_in.reshape((num_nodes * 3, up1.shape[0])), np.asarray(up1, dtype)).reshape((num_nodes, 3, up1.shape[1]))
-    up1_h = np.empty((num_nodes, up1.shape[1], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(up1.shape[1]):
-                up1_h[n, a, m] = up1_h_gemm[n, m, a]
-
-    # ChannelMix -> skip0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, skip0)
-    if h0.shape[1] != skip0.shape[0]:
-        raise ValueError("h0 has the wrong number of channels for skip0")
-    skip0_h = np.dot(np.ascontiguousarray(h0).reshape((num_nodes, skip0.shape[0])), np.asarray(skip0, dtype)).reshape((num_nodes, skip0.shape[1], 1))
-
-    # ChannelMix -> skip1_h (nodes, channels, 3): einsum("ncd,ck->nkd", h1, skip1)
-    if h1.shape[1] != skip1.shape[0]:
-        raise ValueError("h1 has the wrong number of channels for skip1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    skip1_h_in = np.empty((num_nodes, 3, skip1.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(skip1.shape[0]):
-                skip1_h_in[n, m, a] = h1[n, a, m]
-    skip1_h_gemm = np.dot(skip1_h_in.reshape((num_nodes * 3, skip1.shape[0])), np.asarray(skip1, dtype)).reshape((num_nodes, 3, skip1.shape[1]))
-    skip1_h = np.empty((num_nodes, skip1.shape[1], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(skip1.shape[1]):
-                skip1_h[n, a, m] = skip1_h_gemm[n, m, a]
-
+    _fail_if(h0.shape[2] != 1, "h0 must have shape (nodes, channels, 1)")
+    _fail_if(h1.shape[0] != num_nodes or h1.shape[2] != 3, "h1 must have shape (nodes, channels, 3)")
+    up0_h = _channel_mix(h0, np.asarray(up0, dtype))  # ChannelMix -> up0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, up0)
+    up1_h = _channel_mix(h1, np.asarray(up1, dtype))  # ChannelMix -> up1_h (nodes, channels, 3): einsum("ncd,ck->nkd", h1, up1)
+    skip0_h = _channel_mix(h0, np.asarray(skip0, dtype))  # ChannelMix -> skip0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, skip0)
+    skip1_h = _channel_mix(h1, np.asarray(skip1, dtype))  # ChannelMix -> skip1_h (nodes, channels, 3): einsum("ncd,ck->nkd", h1, skip1)
     return (up0_h, up1_h, skip0_h, skip1_h)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_01_01_k2(up0_h, Y0, Y1, Y2, Y3, up1_h, radial, senders, receivers, receiver_offsets, num_nodes):
-    """Part of layer_01_01.
-
-    IR program layer_01_01_k2, printed as 1 kernel(s).
-    radial: weights with 10 columns.
-    """
-    dtype = up0_h.dtype
-    num_edges = senders.shape[0]
-    channels = up0_h.shape[1]
-    if up0_h.shape[0] != num_nodes or up0_h.shape[1] != channels or up0_h.shape[2] != 1:
-        raise ValueError("up0_h must have shape (nodes, channels, 1)")
-    if Y0.shape[0] != num_edges or Y0.shape[1] != 1:
-        raise ValueError("Y0 must have shape (edges, 1)")
-    if Y1.shape[0] != num_edges or Y1.shape[1] != 3:
-        raise ValueError("Y1 must have shape (edges, 3)")
-    if Y2.shape[0] != num_edges or Y2.shape[1] != 5:
-        raise ValueError("Y2 must have shape (edges, 5)")
-    if Y3.shape[0] != num_edges or Y3.shape[1] != 7:
-        raise ValueError("Y3 must have shape (edges, 7)")
-    if up1_h.shape[0] != num_nodes or up1_h.shape[1] != channels or up1_h.shape[2] != 3:
-        raise ValueError("up1_h must have shape (nodes, channels, 3)")
-    if radial.shape[0] != num_edges or radial.shape[1] != channels or radial.shape[2] != 10:
-        raise ValueError("radial must have shape (edges, channels, 10)")
-    _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
-
-    i_A0 = np.empty((num_nodes, channels, 1), dtype)
-    i_A1 = np.empty((num_nodes, channels, 3), dtype)
-    i_A2 = np.empty((num_nodes, channels, 5), dtype)
-    i_A3 = np.empty((num_nodes, channels, 7), dtype)
-    # kernel 1 (per channel, phase 0): 30 ops; stores i_A0, i_A1, i_A2, i_A3
-    for n in prange(num_nodes):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
-        for c in range(channels):
-            i_A0_0 = 0.0
-            i_A1_0 = 0.0
-            i_A1_1 = 0.0
-            i_A1_2 = 0.0
-            i_A2_0 = 0.0
-            i_A2_1 = 0.0
-            i_A2_2 = 0.0
-            i_A2_3 = 0.0
-            i_A2_4 = 0.0
-            i_A3_0 = 0.0
-            i_A3_1 = 0.0
-            i_A3_2 = 0.0
-            i_A3_3 = 0.0
-            i_A3_4 = 0.0
-            i_A3_5 = 0.0
-            i_A3_6 = 0.0
-            for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
-                j = senders[e]
-                Y0_0 = Y0[e, 0]
-                radial_0 = radial[e, c, 0]
-                radial_1 = radial[e, c, 1]
-                Y1_0 = Y1[e, 0]
-                Y1_1 = Y1[e, 1]
-                Y1_2 = Y1[e, 2]
-                radial_2 = radial[e, c, 2]
-                Y2_0 = Y2[e, 0]
-                Y2_1 = Y2[e, 1]
-                Y2_2 = Y2[e, 2]
-                Y2_3 = Y2[e, 3]
-                Y2_4 = Y2[e, 4]
-                radial_3 = radial[e, c, 3]
-                Y3_0 = Y3[e, 0]
-                Y3_1 = Y3[e, 1]
-                Y3_2 = Y3[e, 2]
-                Y3_3 = Y3[e, 3]
-                Y3_4 = Y3[e, 4]
-                Y3_5 = Y3[e, 5]
-                Y3_6 = Y3[e, 6]
-                radial_4 = radial[e, c, 4]
-                radial_5 = radial[e, c, 5]
-                radial_6 = radial[e, c, 6]
-                radial_7 = radial[e, c, 7]
-                radial_8 = radial[e, c, 8]
-                radial_9 = radial[e, c, 9]
-                i_hj_0_0_0_0 = up0_h[j, c, 0]
-                # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
-                i_c_0_0_0_0 = i_hj_0_0_0_0 * Y0_0
-                i_s_0_0_0_0 = i_c_0_0_0_0 * radial_0  # R[h0 x Y0 -> A0]
-                i_s_0_1_1_in_0 = i_hj_0_0_0_0 * radial_1  # R[h0 x Y1 -> A1]
-                # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
-                i_s_0_1_1_0 = i_s_0_1_1_in_0 * Y1_0
-                i_s_0_1_1_1 = i_s_0_1_1_in_0 * Y1_1
-                i_s_0_1_1_2 = i_s_0_1_1_in_0 * Y1_2
-                i_s_0_2_2_in_0 = i_hj_0_0_0_0 * radial_2  # R[h0 x Y2 -> A2]
-                # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
-                i_s_0_2_2_0 = i_s_0_2_2_in_0 * Y2_0
-                i_s_0_2_2_1 = i_s_0_2_2_in_0 * Y2_1
-                i_s_0_2_2_2 = i_s_0_2_2_in_0 * Y2_2
-                i_s_0_2_2_3 = i_s_0_2_2_in_0 * Y2_3
-                i_s_0_2_2_4 = i_s_0_2_2_in_0 * Y2_4
-                i_s_0_3_3_in_0 = i_hj_0_0_0_0 * radial_3  # R[h0 x Y3 -> A3]
-                # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
-                i_s_0_3_3_0 = i_s_0_3_3_in_0 * Y3_0
-                i_s_0_3_3_1 = i_s_0_3_3_in_0 * Y3_1
-                i_s_0_3_3_2 = i_s_0_3_3_in_0 * Y3_2
-                i_s_0_3_3_3 = i_s_0_3_3_in_0 * Y3_3
-                i_s_0_3_3_4 = i_s_0_3_3_in_0 * Y3_4
-                i_s_0_3_3_5 = i_s_0_3_3_in_0 * Y3_5
-                i_s_0_3_3_6 = i_s_0_3_3_in_0 * Y3_6
-                i_hj_1_0_1_0 = up1_h[j, c, 0]
-                i_hj_1_0_1_1 = up1_h[j, c, 1]
-                i_hj_1_0_1_2 = up1_h[j, c, 2]
-                # h1 x Y0 -> A1: 1 x 0 -> 1, even path, 3 nonzeros
-                i_c_1_0_1_0 = i_hj_1_0_1_0 * Y0_0
-                i_c_1_0_1_1 = i_hj_1_0_1_1 * Y0_0
-                i_c_1_0_1_2 = i_hj_1_0_1_2 * Y0_0
-                i_s_1_0_1_0 = i_c_1_0_1_0 * radial_4  # R[h1 x Y0 -> A1]
-                i_s_1_0_1_1 = i_c_1_0_1_1 * radial_4
-                i_s_1_0_1_2 = i_c_1_0_1_2 * radial_4
-                # h1 x Y1 -> A0: 1 x 1 -> 0, even path, 3 nonzeros
-                i_c_1_1_0_0 = i_hj_1_0_1_0 * Y1_0 + i_hj_1_0_1_1 * Y1_1 + i_hj_1_0_1_2 * Y1_2
-                i_s_1_1_0_0 = i_c_1_1_0_0 * radial_5  # R[h1 x Y1 -> A0]
-                i_s_1_1_2_in_0 = i_hj_1_0_1_0 * radial_6  # R[h1 x Y1 -> A2]
-                i_s_1_1_2_in_1 = i_hj_1_0_1_1 * radial_6
-                i_s_1_1_2_in_2 = i_hj_1_0_1_2 * radial_6
-                # h1 x Y1 -> A2: 1 x 1 -> 2, even path, 12 nonzeros
-                i_s_1_1_2_0 = 0.6666666666666666 * i_s_1_1_2_in_0 * Y1_0 - 0.3333333333333333 * (i_s_1_1_2_in_1 * Y1_1 + i_s_1_1_2_in_2 * Y1_2)
-                i_s_1_1_2_1 = 0.5 * (i_s_1_1_2_in_0 * Y1_1 + i_s_1_1_2_in_1 * Y1_0)
-                i_s_1_1_2_2 = -0.3333333333333333 * (i_s_1_1_2_in_0 * Y1_0 + i_s_1_1_2_in_2 * Y1_2) + 0.6666666666666666 * i_s_1_1_2_in_1 * Y1_1
-                i_s_1_1_2_3 = 0.5 * (i_s_1_1_2_in_0 * Y1_2 + i_s_1_1_2_in_2 * Y1_0)
-                i_s_1_1_2_4 = 0.5 * (i_s_1_1_2_in_1 * Y1_2 + i_s_1_1_2_in_2 * Y1_1)
-                # h1 x Y2 -> A1: 1 x 2 -> 1, even path, 10 nonzeros
-                i_c_1_2_1_0 = i_hj_1_0_1_0 * Y2_0 + i_hj_1_0_1_1 * Y2_1 + i_hj_1_0_1_2 * Y2_3
-                i_c_1_2_1_1 = i_hj_1_0_1_0 * Y2_1 + i_hj_1_0_1_1 * Y2_2 + i_hj_1_0_1_2 * Y2_4
-                i_c_1_2_1_2 = i_hj_1_0_1_0 * Y2_3 + i_hj_1_0_1_1 * Y2_4 - i_hj_1_0_1_2 * Y2_0 - i_hj_1_0_1_2 * Y2_2
-                i_s_1_2_1_0 = i_c_1_2_1_0 * radial_7  # R[h1 x Y2 -> A1]
-                i_s_1_2_1_1 = i_c_1_2_1_1 * radial_7
-                i_s_1_2_1_2 = i_c_1_2_1_2 * radial_7
-                i_s_1_2_3_in_0 = i_hj_1_0_1_0 * radial_8  # R[h1 x Y2 -> A3]
-                i_s_1_2_3_in_1 = i_hj_1_0_1_1 * radial_8
-                i_s_1_2_3_in_2 = i_hj_1_0_1_2 * radial_8
-                # h1 x Y2 -> A3: 1 x 2 -> 3, even path, 25 nonzeros
-                i_s_1_2_3_0 = 0.6 * i_s_1_2_3_in_0 * Y2_0 - 0.4 * (i_s_1_2_3_in_1 * Y2_1 + i_s_1_2_3_in_2 * Y2_3)
-                i_s_1_2_3_1 = 0.5333333333333333 * i_s_1_2_3_in_0 * Y2_1 + 0.3333333333333333 * i_s_1_2_3_in_1 * Y2_0 - 0.13333333333333333 * (i_s_1_2_3_in_1 * Y2_2 + i_s_1_2_3_in_2 * Y2_4)
-                i_s_1_2_3_2 = -0.13333333333333333 * (i_s_1_2_3_in_0 * Y2_0 + i_s_1_2_3_in_2 * Y2_3) + 0.3333333333333333 * i_s_1_2_3_in_0 * Y2_2 + 0.5333333333333333 * i_s_1_2_3_in_1 * Y2_1
-                i_s_1_2_3_3 = -0.4 * (i_s_1_2_3_in_0 * Y2_1 + i_s_1_2_3_in_2 * Y2_4) + 0.6 * i_s_1_2_3_in_1 * Y2_2
-                i_s_1_2_3_4 = 0.5333333333333333 * i_s_1_2_3_in_0 * Y2_3 - 0.13333333333333333 * (i_s_1_2_3_in_1 * Y2_4 - i_s_1_2_3_in_2 * Y2_2) + 0.4666666666666667 * i_s_1_2_3_in_2 * Y2_0
-                i_s_1_2_3_5 = 0.3333333333333333 * (i_s_1_2_3_in_0 * Y2_4 + i_s_1_2_3_in_1 * Y2_3 + i_s_1_2_3_in_2 * Y2_1)
-                i_s_1_2_3_6 = -0.13333333333333333 * (i_s_1_2_3_in_0 * Y2_3 - i_s_1_2_3_in_2 * Y2_0) + 0.5333333333333333 * i_s_1_2_3_in_1 * Y2_4 + 0.4666666666666667 * i_s_1_2_3_in_2 * Y2_2
-                i_s_1_3_2_in_0 = i_hj_1_0_1_0 * radial_9  # R[h1 x Y3 -> A2]
-                i_s_1_3_2_in_1 = i_hj_1_0_1_1 * radial_9
-                i_s_1_3_2_in_2 = i_hj_1_0_1_2 * radial_9
-                # h1 x Y3 -> A2: 1 x 3 -> 2, even path, 17 nonzeros
-                i_s_1_3_2_0 = i_s_1_3_2_in_0 * Y3_0 + i_s_1_3_2_in_1 * Y3_1 + i_s_1_3_2_in_2 * Y3_4
-                i_s_1_3_2_1 = i_s_1_3_2_in_0 * Y3_1 + i_s_1_3_2_in_1 * Y3_2 + i_s_1_3_2_in_2 * Y3_5
-                i_s_1_3_2_2 = i_s_1_3_2_in_0 * Y3_2 + i_s_1_3_2_in_1 * Y3_3 + i_s_1_3_2_in_2 * Y3_6
-                i_s_1_3_2_3 = i_s_1_3_2_in_0 * Y3_4 + i_s_1_3_2_in_1 * Y3_5 - i_s_1_3_2_in_2 * Y3_0 - i_s_1_3_2_in_2 * Y3_2
-                i_s_1_3_2_4 = i_s_1_3_2_in_0 * Y3_5 + i_s_1_3_2_in_1 * Y3_6 - i_s_1_3_2_in_2 * Y3_1 - i_s_1_3_2_in_2 * Y3_3
-                i_A0_edges_0 = i_s_0_0_0_0 + i_s_1_1_0_0
-                i_A0_0 += i_A0_edges_0
-                i_A1_edges_0 = i_s_0_1_1_0 + i_s_1_0_1_0 + i_s_1_2_1_0
-                i_A1_edges_1 = i_s_0_1_1_1 + i_s_1_0_1_1 + i_s_1_2_1_1
-                i_A1_edges_2 = i_s_0_1_1_2 + i_s_1_0_1_2 + i_s_1_2_1_2
-                i_A1_0 += i_A1_edges_0
-                i_A1_1 += i_A1_edges_1
-                i_A1_2 += i_A1_edges_2
-                i_A2_edges_0 = i_s_0_2_2_0 + i_s_1_1_2_0 + i_s_1_3_2_0
-                i_A2_edges_1 = i_s_0_2_2_1 + i_s_1_1_2_1 + i_s_1_3_2_1
-                i_A2_edges_2 = i_s_0_2_2_2 + i_s_1_1_2_2 + i_s_1_3_2_2
-                i_A2_edges_3 = i_s_0_2_2_3 + i_s_1_1_2_3 + i_s_1_3_2_3
-                i_A2_edges_4 = i_s_0_2_2_4 + i_s_1_1_2_4 + i_s_1_3_2_4
-                i_A2_0 += i_A2_edges_0
-                i_A2_1 += i_A2_edges_1
-                i_A2_2 += i_A2_edges_2
-                i_A2_3 += i_A2_edges_3
-                i_A2_4 += i_A2_edges_4
-                i_A3_edges_0 = i_s_0_3_3_0 + i_s_1_2_3_0
-                i_A3_edges_1 = i_s_0_3_3_1 + i_s_1_2_3_1
-                i_A3_edges_2 = i_s_0_3_3_2 + i_s_1_2_3_2
-                i_A3_edges_3 = i_s_0_3_3_3 + i_s_1_2_3_3
-                i_A3_edges_4 = i_s_0_3_3_4 + i_s_1_2_3_4
-                i_A3_edges_5 = i_s_0_3_3_5 + i_s_1_2_3_5
-                i_A3_edges_6 = i_s_0_3_3_6 + i_s_1_2_3_6
-                i_A3_0 += i_A3_edges_0
-                i_A3_1 += i_A3_edges_1
-                i_A3_2 += i_A3_edges_2
-                i_A3_3 += i_A3_edges_3
-                i_A3_4 += i_A3_edges_4
-                i_A3_5 += i_A3_edges_5
-                i_A3_6 += i_A3_edges_6
-            i_A0[n, c, 0] = i_A0_0
-            i_A1[n, c, 0] = i_A1_0
-            i_A1[n, c, 1] = i_A1_1
-            i_A1[n, c, 2] = i_A1_2
-            i_A2[n, c, 0] = i_A2_0
-            i_A2[n, c, 1] = i_A2_1
-            i_A2[n, c, 2] = i_A2_2
-            i_A2[n, c, 3] = i_A2_3
-            i_A2[n, c, 4] = i_A2_4
-            i_A3[n, c, 0] = i_A3_0
-            i_A3[n, c, 1] = i_A3_1
-            i_A3[n, c, 2] = i_A3_2
-            i_A3[n, c, 3] = i_A3_3
-            i_A3[n, c, 4] = i_A3_4
-            i_A3[n, c, 5] = i_A3_5
-            i_A3[n, c, 6] = i_A3_6
-
-    return (i_A0, i_A1, i_A2, i_A3)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_01_01_k3(i_A0, i_A1, i_A2, i_A3, mixA0, mixA1, mixA2, mixA3):
-    """Part of layer_01_01.
-
-    IR program layer_01_01_k3, printed as 4 kernel(s).
-    mixA0: weights with channels rows x channels columns.
-    mixA1: weights with channels rows x channels columns.
-    mixA2: weights with channels rows x channels columns.
-    mixA3: weights with channels rows x channels columns.
-    """
-    dtype = i_A0.dtype
-    num_nodes = i_A0.shape[0]
-    if i_A0.shape[2] != 1:
-        raise ValueError("i_A0 must have shape (nodes, channels, 1)")
-    if i_A1.shape[0] != num_nodes or i_A1.shape[2] != 3:
-        raise ValueError("i_A1 must have shape (nodes, channels, 3)")
-    if i_A2.shape[0] != num_nodes or i_A2.shape[2] != 5:
-        raise ValueError("i_A2 must have shape (nodes, channels, 5)")
-    if i_A3.shape[0] != num_nodes or i_A3.shape[2] != 7:
-        raise ValueError("i_A3 must have shape (nodes, channels, 7)")
-
-    # ChannelMix -> mixA0_A (nodes, channels, 1): einsum("ncd,ck->nkd", i_A0, mixA0)
-    if i_A0.shape[1] != mixA0.shape[0]:
-        raise ValueError("i_A0 has the wrong number of channels for mixA0")
-    mixA0_A = np.dot(np.ascontiguousarray(i_A0).reshape((num_nodes, mixA0.shape[0])), np.asarray(mixA0, dtype)).reshape((num_nodes, mixA0.shape[1], 1))
-
-    # ChannelMix -> mixA1_A (nodes, channels, 3): einsum("ncd,ck->nkd", i_A1, mixA1)
-    if i_A1.shape[1] != mixA1.shape[0]:
-        raise ValueError("i_A1 has the wrong number of channels for mixA1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA1_A_in = np.empty((num_nodes, 3, mixA1.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[0]):
-                mixA1_A_in[n, m, a] = i_A1[n, a, m]
-    mixA1_A_gemm = np.dot(mixA1_A_in.reshape((num_nodes * 3, mixA1.shape[0])), np.asarray(mixA1, dtype)).reshape((num_nodes, 3, mixA1.shape[1]))
-    mixA1_A = np.empty((num_nodes, mixA1.shape[1], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[1]):
-                mixA1_A[n, a, m] = mixA1_A_gemm[n, m, a]
-
-    # ChannelMix -> mixA2_A (nodes, channels, 5): einsum("ncd,ck->nkd", i_A2, mixA2)
-    if i_A2.shape[1] != mixA2.shape[0]:
-        raise ValueError("i_A2 has the wrong number of channels for mixA2")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA2_A_in = np.empty((num_nodes, 5, mixA2.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[0]):
-                mixA2_A_in[n, m, a] = i_A2[n, a, m]
-    mixA2_A_gemm = np.dot(mixA2_A_in.reshape((num_nodes * 5, mixA2.shape[0])), np.asarray(mixA2, dtype)).reshape((num_nodes, 5, mixA2.shape[1]))
-    mixA2_A = np.empty((num_nodes, mixA2.shape[1], 5), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[1]):
-                mixA2_A[n, a, m] = mixA2_A_gemm[n, m, a]
-
-    # ChannelMix -> mixA3_A (nodes, channels, 7): einsum("ncd,ck->nkd", i_A3, mixA3)
-    if i_A3.shape[1] != mixA3.shape[0]:
-        raise ValueError("i_A3 has the wrong number of channels for mixA3")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA3_A_in = np.empty((num_nodes, 7, mixA3.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[0]):
-                mixA3_A_in[n, m, a] = i_A3[n, a, m]
-    mixA3_A_gemm = np.dot(mixA3_A_in.reshape((num_nodes * 7, mixA3.shape[0])), np.asarray(mixA3, dtype)).reshape((num_nodes, 7, mixA3.shape[1]))
-    mixA3_A = np.empty((num_nodes, mixA3.shape[1], 7), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[1]):
-                mixA3_A[n, a, m] = mixA3_A_gemm[n, m, a]
-
-    return (mixA0_A, mixA1_A, mixA2_A, mixA3_A)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_01_01_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, product):
-    """Part of layer_01_01.
-
-    IR program layer_01_01_k4, printed as 1 kernel(s).
-    product: weights with 29 columns.
-    """
-    dtype = mixA0_A.dtype
-    num_nodes = mixA0_A.shape[0]
-    channels = mixA0_A.shape[1]
-    if mixA0_A.shape[0] != num_nodes or mixA0_A.shape[1] != channels or mixA0_A.shape[2] != 1:
-        raise ValueError("mixA0_A must have shape (nodes, channels, 1)")
-    if mixA1_A.shape[0] != num_nodes or mixA1_A.shape[1] != channels or mixA1_A.shape[2] != 3:
-        raise ValueError("mixA1_A must have shape (nodes, channels, 3)")
-    if mixA2_A.shape[0] != num_nodes or mixA2_A.shape[1] != channels or mixA2_A.shape[2] != 5:
-        raise ValueError("mixA2_A must have shape (nodes, channels, 5)")
-    if mixA3_A.shape[0] != num_nodes or mixA3_A.shape[1] != channels or mixA3_A.shape[2] != 7:
-        raise ValueError("mixA3_A must have shape (nodes, channels, 7)")
-    if product.shape[0] != num_nodes or product.shape[1] != channels or product.shape[2] != 29:
-        raise ValueError("product must have shape (nodes, channels, 29)")
-
-    p_B0 = np.empty((num_nodes, channels, 1), dtype)
-    p_B1 = np.empty((num_nodes, channels, 3), dtype)
-    # kernel 1 (per channel, phase 0): 62 ops; stores p_B0, p_B1
-    for n in prange(num_nodes):
-        for c in range(channels):
-            product_0 = product[n, c, 0]
-            mixA0_A_0 = mixA0_A[n, c, 0]
-            mixA1_A_0 = mixA1_A[n, c, 0]
-            mixA1_A_1 = mixA1_A[n, c, 1]
-            mixA1_A_2 = mixA1_A[n, c, 2]
-            product_2 = product[n, c, 2]
-            product_6 = product[n, c, 6]
-            mixA2_A_0 = mixA2_A[n, c, 0]
-            mixA2_A_1 = mixA2_A[n, c, 1]
-            mixA2_A_2 = mixA2_A[n, c, 2]
-            mixA2_A_3 = mixA2_A[n, c, 3]
-            mixA2_A_4 = mixA2_A[n, c, 4]
-            mixA3_A_0 = mixA3_A[n, c, 0]
-            mixA3_A_1 = mixA3_A[n, c, 1]
-            mixA3_A_2 = mixA3_A[n, c, 2]
-            mixA3_A_3 = mixA3_A[n, c, 3]
-            mixA3_A_4 = mixA3_A[n, c, 4]
-            mixA3_A_5 = mixA3_A[n, c, 5]
-            mixA3_A_6 = mixA3_A[n, c, 6]
-            product_13 = product[n, c, 13]
-            product_23 = product[n, c, 23]
-            product_25 = product[n, c, 25]
-            product_27 = product[n, c, 27]
-            product_1 = product[n, c, 1]
-            product_5 = product[n, c, 5]
-            product_3 = product[n, c, 3]
-            product_7 = product[n, c, 7]
-            product_9 = product[n, c, 9]
-            product_11 = product[n, c, 11]
-            product_4 = product[n, c, 4]
-            product_8 = product[n, c, 8]
-            product_10 = product[n, c, 10]
-            product_12 = product[n, c, 12]
-            product_14 = product[n, c, 14]
-            product_17 = product[n, c, 17]
-            product_20 = product[n, c, 20]
-            product_15 = product[n, c, 15]
-            product_18 = product[n, c, 18]
-            product_22 = product[n, c, 22]
-            product_16 = product[n, c, 16]
-            product_19 = product[n, c, 19]
-            product_21 = product[n, c, 21]
-            product_24 = product[n, c, 24]
-            product_26 = product[n, c, 26]
-            product_28 = product[n, c, 28]
-            p_w0_0 = mixA0_A_0 * product_0  # 0e
-            # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
-            p_t1_0_0 = mixA0_A_0 * mixA0_A_0
-            # (1o x 1o)->0e step 1: 1 x 1 -> 0, even path, 3 nonzeros
-            p_t2_0_0 = mixA1_A_0 * mixA1_A_0 + mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2
-            p_w2_0 = p_t2_0_0 * product_2  # (1o x 1o)->0e
-            # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
-            p_t6_0_0 = mixA0_A_0 * mixA1_A_0
-            p_t6_0_1 = mixA0_A_0 * mixA1_A_1
-            p_t6_0_2 = mixA0_A_0 * mixA1_A_2
-            # ((0e x 1o)->1o x 1o)->0e step 2: 1 x 1 -> 0, even path, 3 nonzeros
-            p_t6_1_0 = p_t6_0_0 * mixA1_A_0 + p_t6_0_1 * mixA1_A_1 + p_t6_0_2 * mixA1_A_2
-            p_w6_0 = p_t6_1_0 * product_6  # ((0e x 1o)->1o x 1o)->0e
-            # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
-            p_t7_0_0 = mixA0_A_0 * mixA2_A_0
-            p_t7_0_1 = mixA0_A_0 * mixA2_A_1
-            p_t7_0_2 = mixA0_A_0 * mixA2_A_2
-            p_t7_0_3 = mixA0_A_0 * mixA2_A_3
-            p_t7_0_4 = mixA0_A_0 * mixA2_A_4
-            # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
-            p_t8_0_0 = mixA0_A_0 * mixA3_A_0
-            p_t8_0_1 = mixA0_A_0 * mixA3_A_1
-            p_t8_0_2 = mixA0_A_0 * mixA3_A_2
-            p_t8_0_3 = mixA0_A_0 * mixA3_A_3
-            p_t8_0_4 = mixA0_A_0 * mixA3_A_4
-            p_t8_0_5 = mixA0_A_0 * mixA3_A_5
-            p_t8_0_6 = mixA0_A_0 * mixA3_A_6
-            # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
-            p_t9_0_0 = 0.6666666666666666 * mixA1_A_0 * mixA1_A_0 - 0.3333333333333333 * (mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2)
-            p_t9_0_1 = 0.5 * (mixA1_A_0 * mixA1_A_1 + mixA1_A_1 * mixA1_A_0)
-            p_t9_0_2 = -0.3333333333333333 * (mixA1_A_0 * mixA1_A_0 + mixA1_A_2 * mixA1_A_2) + 0.6666666666666666 * mixA1_A_1 * mixA1_A_1
-            p_t9_0_3 = 0.5 * (mixA1_A_0 * mixA1_A_2 + mixA1_A_2 * mixA1_A_0)
-            p_t9_0_4 = 0.5 * (mixA1_A_1 * mixA1_A_2 + mixA1_A_2 * mixA1_A_1)
-            # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
-            p_t10_0_0 = 0.6 * mixA1_A_0 * mixA2_A_0 - 0.4 * (mixA1_A_1 * mixA2_A_1 + mixA1_A_2 * mixA2_A_3)
-            p_t10_0_1 = 0.5333333333333333 * mixA1_A_0 * mixA2_A_1 + 0.3333333333333333 * mixA1_A_1 * mixA2_A_0 - 0.13333333333333333 * (mixA1_A_1 * mixA2_A_2 + mixA1_A_2 * mixA2_A_4)
-            p_t10_0_2 = -0.13333333333333333 * (mixA1_A_0 * mixA2_A_0 + mixA1_A_2 * mixA2_A_3) + 0.3333333333333333 * mixA1_A_0 * mixA2_A_2 + 0.5333333333333333 * mixA1_A_1 * mixA2_A_1
-            p_t10_0_3 = -0.4 * (mixA1_A_0 * mixA2_A_1 + mixA1_A_2 * mixA2_A_4) + 0.6 * mixA1_A_1 * mixA2_A_2
-            p_t10_0_4 = 0.5333333333333333 * mixA1_A_0 * mixA2_A_3 - 0.13333333333333333 * (mixA1_A_1 * mixA2_A_4 - mixA1_A_2 * mixA2_A_2) + 0.4666666666666667 * mixA1_A_2 * mixA2_A_0
-            p_t10_0_5 = 0.3333333333333333 * (mixA1_A_0 * mixA2_A_4 + mixA1_A_1 * mixA2_A_3 + mixA1_A_2 * mixA2_A_1)
-            p_t10_0_6 = -0.13333333333333333 * (mixA1_A_0 * mixA2_A_3 - mixA1_A_2 * mixA2_A_0) + 0.5333333333333333 * mixA1_A_1 * mixA2_A_4 + 0.4666666666666667 * mixA1_A_2 * mixA2_A_2
-            # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
-            p_t11_0_0 = 0.3333333333333333 * (mixA2_A_0 * mixA2_A_0 - mixA2_A_0 * mixA2_A_2 + mixA2_A_1 * mixA2_A_1 - mixA2_A_2 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) - 0.6666666666666666 * (mixA2_A_2 * mixA2_A_2 + mixA2_A_4 * mixA2_A_4)
-            p_t11_0_1 = 0.5 * (mixA2_A_0 * mixA2_A_1 + mixA2_A_1 * mixA2_A_0 + mixA2_A_1 * mixA2_A_2 + mixA2_A_2 * mixA2_A_1 + mixA2_A_3 * mixA2_A_4 + mixA2_A_4 * mixA2_A_3)
-            p_t11_0_2 = -0.6666666666666666 * (mixA2_A_0 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) - 0.3333333333333333 * (mixA2_A_0 * mixA2_A_2 - mixA2_A_1 * mixA2_A_1 + mixA2_A_2 * mixA2_A_0 - mixA2_A_2 * mixA2_A_2 - mixA2_A_4 * mixA2_A_4)
-            p_t11_0_3 = 0.5 * (mixA2_A_1 * mixA2_A_4 - mixA2_A_2 * mixA2_A_3 - mixA2_A_3 * mixA2_A_2 + mixA2_A_4 * mixA2_A_1)
-            p_t11_0_4 = -0.5 * (mixA2_A_0 * mixA2_A_4 - mixA2_A_1 * mixA2_A_3 - mixA2_A_3 * mixA2_A_1 + mixA2_A_4 * mixA2_A_0)
-            # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
-            p_t12_0_0 = 0.2 * (mixA2_A_0 * mixA3_A_0 + mixA2_A_1 * mixA3_A_1 + mixA2_A_3 * mixA3_A_4) - 0.4 * (mixA2_A_0 * mixA3_A_2 + mixA2_A_2 * mixA3_A_0) - 0.8 * (mixA2_A_2 * mixA3_A_2 + mixA2_A_4 * mixA3_A_5)
-            p_t12_0_1 = (0.4 * (mixA2_A_0 * mixA3_A_1 + mixA2_A_1 * mixA3_A_2 + mixA2_A_3 * mixA3_A_5) - 0.13333333333333333 * mixA2_A_0 * mixA3_A_3 + 0.3333333333333333 * (mixA2_A_1 * mixA3_A_0 + mixA2_A_4 * mixA3_A_4) + 0.2 * mixA2_A_2 * mixA3_A_1
-                         - 0.26666666666666666 * (mixA2_A_2 * mixA3_A_3 + mixA2_A_4 * mixA3_A_6))
-            p_t12_0_2 = (-0.26666666666666666 * (mixA2_A_0 * mixA3_A_0 + mixA2_A_3 * mixA3_A_4) + 0.2 * mixA2_A_0 * mixA3_A_2 + 0.4 * (mixA2_A_1 * mixA3_A_1 + mixA2_A_2 * mixA3_A_2 + mixA2_A_4 * mixA3_A_5) + 0.3333333333333333 * (mixA2_A_1 * mixA3_A_3 + mixA2_A_3 * mixA3_A_6)
-                         - 0.13333333333333333 * mixA2_A_2 * mixA3_A_0)
-            p_t12_0_3 = -0.8 * (mixA2_A_0 * mixA3_A_1 + mixA2_A_3 * mixA3_A_5) - 0.4 * (mixA2_A_0 * mixA3_A_3 + mixA2_A_2 * mixA3_A_1) + 0.2 * (mixA2_A_1 * mixA3_A_2 + mixA2_A_2 * mixA3_A_3 + mixA2_A_4 * mixA3_A_6)
-            p_t12_0_4 = (0.06666666666666667 * (mixA2_A_0 * mixA3_A_4 - mixA2_A_3 * mixA3_A_0) - 0.13333333333333333 * mixA2_A_0 * mixA3_A_6 + 0.4 * (mixA2_A_1 * mixA3_A_5 - mixA2_A_3 * mixA3_A_2) - 0.4666666666666667 * mixA2_A_2 * mixA3_A_4
-                         - 0.26666666666666666 * (mixA2_A_2 * mixA3_A_6 - mixA2_A_4 * mixA3_A_3) + 0.6 * mixA2_A_4 * mixA3_A_1)
-            p_t12_0_5 = 0.3333333333333333 * (mixA2_A_1 * mixA3_A_4 + mixA2_A_1 * mixA3_A_6 - mixA2_A_3 * mixA3_A_3 - mixA2_A_4 * mixA3_A_0)
-            p_t12_0_6 = (-0.26666666666666666 * (mixA2_A_0 * mixA3_A_4 - mixA2_A_3 * mixA3_A_0) - 0.4666666666666667 * mixA2_A_0 * mixA3_A_6 + 0.4 * (mixA2_A_1 * mixA3_A_5 - mixA2_A_4 * mixA3_A_1) - 0.13333333333333333 * mixA2_A_2 * mixA3_A_4
-                         + 0.06666666666666667 * (mixA2_A_2 * mixA3_A_6 - mixA2_A_4 * mixA3_A_3) + 0.6 * mixA2_A_3 * mixA3_A_2)
-            p_w13_0 = mixA1_A_0 * product_13  # 1o
-            p_w13_1 = mixA1_A_1 * product_13
-            p_w13_2 = mixA1_A_2 * product_13
-            # (1o x 2e)->1o step 1: 1 x 2 -> 1, even path, 10 nonzeros
-            p_t15_0_0 = mixA1_A_0 * mixA2_A_0 + mixA1_A_1 * mixA2_A_1 + mixA1_A_2 * mixA2_A_3
-            p_t15_0_1 = mixA1_A_0 * mixA2_A_1 + mixA1_A_1 * mixA2_A_2 + mixA1_A_2 * mixA2_A_4
-            p_t15_0_2 = mixA1_A_0 * mixA2_A_3 + mixA1_A_1 * mixA2_A_4 - mixA1_A_2 * mixA2_A_0 - mixA1_A_2 * mixA2_A_2
-            # ((1o x 2e)->2o x 2e)->1o step 1: 1 x 2 -> 2, odd (Levi-Civita) path, 16 nonzeros
-            p_t23_0_0 = mixA1_A_1 * mixA2_A_3 - mixA1_A_2 * mixA2_A_1
-            p_t23_0_1 = -0.5 * (mixA1_A_0 * mixA2_A_3 - mixA1_A_1 * mixA2_A_4 - mixA1_A_2 * mixA2_A_0 + mixA1_A_2 * mixA2_A_2)
-            p_t23_0_2 = -mixA1_A_0 * mixA2_A_4 + mixA1_A_2 * mixA2_A_1
-            p_t23_0_3 = 0.5 * (mixA1_A_0 * mixA2_A_1 - mixA1_A_1 * mixA2_A_2 - mixA1_A_2 * mixA2_A_4) - mixA1_A_1 * mixA2_A_0
-            p_t23_0_4 = 0.5 * (mixA1_A_0 * mixA2_A_0 - mixA1_A_1 * mixA2_A_1 + mixA1_A_2 * mixA2_A_3) + mixA1_A_0 * mixA2_A_2
-            # ((1o x 2e)->2o x 2e)->1o step 2: 2 x 2 -> 1, odd (Levi-Civita) path, 18 nonzeros
-            p_t23_1_0 = (p_t23_0_0 * mixA2_A_4 + p_t23_0_1 * mixA2_A_3 - p_t23_0_3 * mixA2_A_1 - p_t23_0_4 * mixA2_A_0
-                         + 2.0 * (p_t23_0_2 * mixA2_A_4 - p_t23_0_4 * mixA2_A_2))
-            p_t23_1_1 = (-2.0 * (p_t23_0_0 * mixA2_A_3 - p_t23_0_3 * mixA2_A_0) - p_t23_0_1 * mixA2_A_4 - p_t23_0_2 * mixA2_A_3 + p_t23_0_3 * mixA2_A_2
-                         + p_t23_0_4 * mixA2_A_1)
-            p_t23_1_2 = (p_t23_0_0 * mixA2_A_1 - p_t23_0_1 * mixA2_A_0 + p_t23_0_1 * mixA2_A_2 - p_t23_0_2 * mixA2_A_1
-                         + p_t23_0_3 * mixA2_A_4 - p_t23_0_4 * mixA2_A_3)
-            p_w23_0 = p_t23_1_0 * product_23  # ((1o x 2e)->2o x 2e)->1o
-            p_w23_1 = p_t23_1_1 * product_23
-            p_w23_2 = p_t23_1_2 * product_23
-            # ((1o x 3o)->2e x 3o)->1o step 1: 1 x 3 -> 2, even path, 17 nonzeros
-            p_t24_0_0 = mixA1_A_0 * mixA3_A_0 + mixA1_A_1 * mixA3_A_1 + mixA1_A_2 * mixA3_A_4
-            p_t24_0_1 = mixA1_A_0 * mixA3_A_1 + mixA1_A_1 * mixA3_A_2 + mixA1_A_2 * mixA3_A_5
-            p_t24_0_2 = mixA1_A_0 * mixA3_A_2 + mixA1_A_1 * mixA3_A_3 + mixA1_A_2 * mixA3_A_6
-            p_t24_0_3 = mixA1_A_0 * mixA3_A_4 + mixA1_A_1 * mixA3_A_5 - mixA1_A_2 * mixA3_A_0 - mixA1_A_2 * mixA3_A_2
-            p_t24_0_4 = mixA1_A_0 * mixA3_A_5 + mixA1_A_1 * mixA3_A_6 - mixA1_A_2 * mixA3_A_1 - mixA1_A_2 * mixA3_A_3
-            # ((1o x 3o)->3e x 3o)->1o step 1: 1 x 3 -> 3, odd (Levi-Civita) path, 26 nonzeros
-            p_t25_0_0 = mixA1_A_1 * mixA3_A_4 - mixA1_A_2 * mixA3_A_1
-            p_t25_0_1 = -0.3333333333333333 * (mixA1_A_0 * mixA3_A_4 - mixA1_A_2 * mixA3_A_0) + 0.6666666666666666 * (mixA1_A_1 * mixA3_A_5 - mixA1_A_2 * mixA3_A_2)
-            p_t25_0_2 = -0.6666666666666666 * (mixA1_A_0 * mixA3_A_5 - mixA1_A_2 * mixA3_A_1) + 0.3333333333333333 * (mixA1_A_1 * mixA3_A_6 - mixA1_A_2 * mixA3_A_3)
-            p_t25_0_3 = -mixA1_A_0 * mixA3_A_6 + mixA1_A_2 * mixA3_A_2
-            p_t25_0_4 = 0.3333333333333333 * mixA1_A_0 * mixA3_A_1 - mixA1_A_1 * mixA3_A_0 - 0.6666666666666666 * (mixA1_A_1 * mixA3_A_2 + mixA1_A_2 * mixA3_A_5)
-            p_t25_0_5 = 0.3333333333333333 * (mixA1_A_0 * mixA3_A_0 - mixA1_A_1 * mixA3_A_3 + mixA1_A_2 * mixA3_A_4 - mixA1_A_2 * mixA3_A_6) + 0.6666666666666666 * (mixA1_A_0 * mixA3_A_2 - mixA1_A_1 * mixA3_A_1)
-            p_t25_0_6 = 0.6666666666666666 * (mixA1_A_0 * mixA3_A_1 + mixA1_A_2 * mixA3_A_5) + mixA1_A_0 * mixA3_A_3 - 0.3333333333333333 * mixA1_A_1 * mixA3_A_2
-            # ((1o x 3o)->3e x 3o)->1o step 2: 3 x 3 -> 1, odd (Levi-Civita) path, 36 nonzeros
-            p_t25_1_0 = (2.0 * (p_t25_0_0 * mixA3_A_5 + p_t25_0_1 * mixA3_A_4 - p_t25_0_4 * mixA3_A_1 - p_t25_0_5 * mixA3_A_0) + 3.0 * (p_t25_0_1 * mixA3_A_6 - p_t25_0_6 * mixA3_A_1) + 4.0 * (p_t25_0_2 * mixA3_A_5 + p_t25_0_3 * mixA3_A_6 - p_t25_0_5 * mixA3_A_2 - p_t25_0_6 * mixA3_A_3) + p_t25_0_3 * mixA3_A_4
-                         - p_t25_0_4 * mixA3_A_3)
-            p_t25_1_1 = (-4.0 * (p_t25_0_0 * mixA3_A_4 + p_t25_0_1 * mixA3_A_5 - p_t25_0_4 * mixA3_A_0 - p_t25_0_5 * mixA3_A_1) - p_t25_0_0 * mixA3_A_6 + p_t25_0_6 * mixA3_A_0 - 3.0 * (p_t25_0_2 * mixA3_A_4 - p_t25_0_4 * mixA3_A_2)
-                         - 2.0 * (p_t25_0_2 * mixA3_A_6 + p_t25_0_3 * mixA3_A_5 - p_t25_0_5 * mixA3_A_3 - p_t25_0_6 * mixA3_A_2))
-            p_t25_1_2 = (2.0 * (p_t25_0_0 * mixA3_A_1 - p_t25_0_1 * mixA3_A_0 + p_t25_0_2 * mixA3_A_3 - p_t25_0_3 * mixA3_A_2 + p_t25_0_4 * mixA3_A_5 - p_t25_0_5 * mixA3_A_4 + p_t25_0_5 * mixA3_A_6 - p_t25_0_6 * mixA3_A_5) + p_t25_0_0 * mixA3_A_3 + p_t25_0_1 * mixA3_A_2 - p_t25_0_2 * mixA3_A_1
-                         - p_t25_0_3 * mixA3_A_0)
-            p_w25_0 = p_t25_1_0 * product_25  # ((1o x 3o)->3e x 3o)->1o
-            p_w25_1 = p_t25_1_1 * product_25
-            p_w25_2 = p_t25_1_2 * product_25
-            # ((2e x 2e)->4e x 3o)->1o step 1: 2 x 2 -> 4, even path, 53 nonzeros
-            p_t27_0_0 = 0.5428571428571428 * mixA2_A_0 * mixA2_A_0 + 0.05714285714285714 * (mixA2_A_0 * mixA2_A_2 + mixA2_A_2 * mixA2_A_0) - 0.45714285714285713 * (mixA2_A_1 * mixA2_A_1 + mixA2_A_3 * mixA2_A_3) + 0.11428571428571428 * (mixA2_A_2 * mixA2_A_2 + mixA2_A_4 * mixA2_A_4)
-            p_t27_0_1 = 0.35714285714285715 * (mixA2_A_0 * mixA2_A_1 + mixA2_A_1 * mixA2_A_0) - 0.14285714285714285 * (mixA2_A_1 * mixA2_A_2 + mixA2_A_2 * mixA2_A_1 + mixA2_A_3 * mixA2_A_4 + mixA2_A_4 * mixA2_A_3)
-            p_t27_0_2 = -0.05714285714285714 * (mixA2_A_0 * mixA2_A_0 + mixA2_A_2 * mixA2_A_2 + mixA2_A_3 * mixA2_A_3 + mixA2_A_4 * mixA2_A_4) + 0.18571428571428572 * (mixA2_A_0 * mixA2_A_2 + mixA2_A_2 * mixA2_A_0) + 0.5142857142857142 * mixA2_A_1 * mixA2_A_1
-            p_t27_0_3 = -0.14285714285714285 * (mixA2_A_0 * mixA2_A_1 + mixA2_A_1 * mixA2_A_0 + mixA2_A_3 * mixA2_A_4 + mixA2_A_4 * mixA2_A_3) + 0.35714285714285715 * (mixA2_A_1 * mixA2_A_2 + mixA2_A_2 * mixA2_A_1)
-            p_t27_0_4 = 0.11428571428571428 * (mixA2_A_0 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) + 0.05714285714285714 * (mixA2_A_0 * mixA2_A_2 + mixA2_A_2 * mixA2_A_0) - 0.45714285714285713 * (mixA2_A_1 * mixA2_A_1 + mixA2_A_4 * mixA2_A_4) + 0.5428571428571428 * mixA2_A_2 * mixA2_A_2
-            p_t27_0_5 = 0.5 * (mixA2_A_0 * mixA2_A_3 + mixA2_A_3 * mixA2_A_0) - 0.14285714285714285 * (mixA2_A_1 * mixA2_A_4 - mixA2_A_2 * mixA2_A_3 - mixA2_A_3 * mixA2_A_2 + mixA2_A_4 * mixA2_A_1)
-            p_t27_0_6 = 0.21428571428571427 * (mixA2_A_0 * mixA2_A_4 + mixA2_A_4 * mixA2_A_0) + 0.2857142857142857 * (mixA2_A_1 * mixA2_A_3 + mixA2_A_3 * mixA2_A_1)
-            p_t27_0_7 = 0.2857142857142857 * (mixA2_A_1 * mixA2_A_4 + mixA2_A_4 * mixA2_A_1) + 0.21428571428571427 * (mixA2_A_2 * mixA2_A_3 + mixA2_A_3 * mixA2_A_2)
-            p_t27_0_8 = 0.14285714285714285 * (mixA2_A_0 * mixA2_A_4 - mixA2_A_1 * mixA2_A_3 - mixA2_A_3 * mixA2_A_1 + mixA2_A_4 * mixA2_A_0) + 0.5 * (mixA2_A_2 * mixA2_A_4 + mixA2_A_4 * mixA2_A_2)
-            # ((2e x 2e)->4e x 3o)->1o step 2: 4 x 3 -> 1, even path, 42 nonzeros
-            p_t27_1_0 = (4.0 * (p_t27_0_0 * mixA3_A_0 + p_t27_0_3 * mixA3_A_3 + p_t27_0_5 * mixA3_A_4 + p_t27_0_7 * mixA3_A_6) + 3.0 * (p_t27_0_0 * mixA3_A_2 + p_t27_0_1 * mixA3_A_3 + p_t27_0_2 * mixA3_A_0 + p_t27_0_3 * mixA3_A_1) + 6.0 * (p_t27_0_1 * mixA3_A_1 + p_t27_0_2 * mixA3_A_2 + p_t27_0_6 * mixA3_A_5) + p_t27_0_5 * mixA3_A_6
-                         + p_t27_0_7 * mixA3_A_4)
-            p_t27_1_1 = (4.0 * (p_t27_0_1 * mixA3_A_0 + p_t27_0_4 * mixA3_A_3 + p_t27_0_6 * mixA3_A_4 + p_t27_0_8 * mixA3_A_6) + 3.0 * (p_t27_0_1 * mixA3_A_2 + p_t27_0_2 * mixA3_A_3 + p_t27_0_3 * mixA3_A_0 + p_t27_0_4 * mixA3_A_1) + 6.0 * (p_t27_0_2 * mixA3_A_1 + p_t27_0_3 * mixA3_A_2 + p_t27_0_7 * mixA3_A_5) + p_t27_0_6 * mixA3_A_6
-                         + p_t27_0_8 * mixA3_A_4)
-            p_t27_1_2 = (-4.0 * (p_t27_0_0 * mixA3_A_4 + p_t27_0_4 * mixA3_A_6 - p_t27_0_5 * mixA3_A_0 - p_t27_0_8 * mixA3_A_3) - p_t27_0_0 * mixA3_A_6 - p_t27_0_4 * mixA3_A_4 - 6.0 * (p_t27_0_1 * mixA3_A_5 + p_t27_0_3 * mixA3_A_5 - p_t27_0_6 * mixA3_A_1 - p_t27_0_7 * mixA3_A_2)
-                         - 5.0 * (p_t27_0_2 * mixA3_A_4 + p_t27_0_2 * mixA3_A_6) + 3.0 * (p_t27_0_5 * mixA3_A_2 + p_t27_0_6 * mixA3_A_3 + p_t27_0_7 * mixA3_A_0 + p_t27_0_8 * mixA3_A_1))
-            p_w27_0 = p_t27_1_0 * product_27  # ((2e x 2e)->4e x 3o)->1o
-            p_w27_1 = p_t27_1_1 * product_27
-            p_w27_2 = p_t27_1_2 * product_27
-            # ((3o x 3o)->2e x 3o)->1o step 1: 3 x 3 -> 2, even path, 44 nonzeros
-            p_t28_0_0 = (0.6666666666666666 * (mixA3_A_0 * mixA3_A_0 + mixA3_A_4 * mixA3_A_4) - mixA3_A_1 * mixA3_A_3 - mixA3_A_3 * mixA3_A_1 - 1.3333333333333333 * (mixA3_A_3 * mixA3_A_3 + mixA3_A_6 * mixA3_A_6)
-                         - 0.3333333333333333 * (mixA3_A_4 * mixA3_A_6 + mixA3_A_6 * mixA3_A_4))
-            p_t28_0_1 = (mixA3_A_0 * mixA3_A_1 + mixA3_A_1 * mixA3_A_0 + mixA3_A_2 * mixA3_A_3 + mixA3_A_3 * mixA3_A_2
-                         + mixA3_A_4 * mixA3_A_5 + mixA3_A_5 * mixA3_A_4 + mixA3_A_5 * mixA3_A_6 + mixA3_A_6 * mixA3_A_5
-                         + 0.5 * (mixA3_A_0 * mixA3_A_3 + mixA3_A_3 * mixA3_A_0) + 1.5 * (mixA3_A_1 * mixA3_A_2 + mixA3_A_2 * mixA3_A_1))
-            p_t28_0_2 = (-1.3333333333333333 * (mixA3_A_0 * mixA3_A_0 + mixA3_A_4 * mixA3_A_4) - mixA3_A_0 * mixA3_A_2 - mixA3_A_2 * mixA3_A_0 + 0.6666666666666666 * (mixA3_A_3 * mixA3_A_3 + mixA3_A_6 * mixA3_A_6)
-                         - 0.3333333333333333 * (mixA3_A_4 * mixA3_A_6 + mixA3_A_6 * mixA3_A_4))
-            p_t28_0_3 = (0.5 * (mixA3_A_0 * mixA3_A_6 - mixA3_A_2 * mixA3_A_4 - mixA3_A_4 * mixA3_A_2 + mixA3_A_6 * mixA3_A_0) + mixA3_A_2 * mixA3_A_6 - mixA3_A_3 * mixA3_A_5 - mixA3_A_5 * mixA3_A_3
-                         + mixA3_A_6 * mixA3_A_2)
-            p_t28_0_4 = (-mixA3_A_0 * mixA3_A_5 + mixA3_A_1 * mixA3_A_4 + mixA3_A_4 * mixA3_A_1 - mixA3_A_5 * mixA3_A_0
-                         - 0.5 * (mixA3_A_1 * mixA3_A_6 - mixA3_A_3 * mixA3_A_4 - mixA3_A_4 * mixA3_A_3 + mixA3_A_6 * mixA3_A_1))
-            p_B0_f0_0_A0_0_0 = mixA0_A_0 * product_1  # (0e x 0e)->0e
-            p_B0_f0_0_A0_1_0 = p_t1_0_0 * product_5  # ((0e x 0e)->0e x 0e)->0e
-            p_B0_f0_0_A0_sum_0 = p_B0_f0_0_A0_0_0 + p_B0_f0_0_A0_1_0
-            # factored: 2 weighted 0x0->0 couplings as one: 0 x 0 -> 0, even path, 1 nonzeros
-            p_B0_f0_0_A0_out_0 = p_B0_f0_0_A0_sum_0 * mixA0_A_0
-            p_B0_f2_2_A2_0_0 = mixA2_A_0 * product_3  # (2e x 2e)->0e
-            p_B0_f2_2_A2_0_1 = mixA2_A_1 * product_3
-            p_B0_f2_2_A2_0_2 = mixA2_A_2 * product_3
-            p_B0_f2_2_A2_0_3 = mixA2_A_3 * product_3
-            p_B0_f2_2_A2_0_4 = mixA2_A_4 * product_3
-            p_B0_f2_2_A2_1_0 = p_t7_0_0 * product_7  # ((0e x 2e)->2e x 2e)->0e
-            p_B0_f2_2_A2_1_1 = p_t7_0_1 * product_7
-            p_B0_f2_2_A2_1_2 = p_t7_0_2 * product_7
-            p_B0_f2_2_A2_1_3 = p_t7_0_3 * product_7
-            p_B0_f2_2_A2_1_4 = p_t7_0_4 * product_7
-            p_B0_f2_2_A2_2_0 = p_t9_0_0 * product_9  # ((1o x 1o)->2e x 2e)->0e
-            p_B0_f2_2_A2_2_1 = p_t9_0_1 * product_9
-            p_B0_f2_2_A2_2_2 = p_t9_0_2 * product_9
-            p_B0_f2_2_A2_2_3 = p_t9_0_3 * product_9
-            p_B0_f2_2_A2_2_4 = p_t9_0_4 * product_9
-            p_B0_f2_2_A2_3_0 = p_t11_0_0 * product_11  # ((2e x 2e)->2e x 2e)->0e
-            p_B0_f2_2_A2_3_1 = p_t11_0_1 * product_11
-            p_B0_f2_2_A2_3_2 = p_t11_0_2 * product_11
-            p_B0_f2_2_A2_3_3 = p_t11_0_3 * product_11
-            p_B0_f2_2_A2_3_4 = p_t11_0_4 * product_11
-            p_B0_f2_2_A2_sum_0 = p_B0_f2_2_A2_0_0 + p_B0_f2_2_A2_1_0 + p_B0_f2_2_A2_2_0 + p_B0_f2_2_A2_3_0
-            p_B0_f2_2_A2_sum_1 = p_B0_f2_2_A2_0_1 + p_B0_f2_2_A2_1_1 + p_B0_f2_2_A2_2_1 + p_B0_f2_2_A2_3_1
-            p_B0_f2_2_A2_sum_2 = p_B0_f2_2_A2_0_2 + p_B0_f2_2_A2_1_2 + p_B0_f2_2_A2_2_2 + p_B0_f2_2_A2_3_2
-            p_B0_f2_2_A2_sum_3 = p_B0_f2_2_A2_0_3 + p_B0_f2_2_A2_1_3 + p_B0_f2_2_A2_2_3 + p_B0_f2_2_A2_3_3
-            p_B0_f2_2_A2_sum_4 = p_B0_f2_2_A2_0_4 + p_B0_f2_2_A2_1_4 + p_B0_f2_2_A2_2_4 + p_B0_f2_2_A2_3_4
-            # factored: 4 weighted 2x2->0 couplings as one: 2 x 2 -> 0, even path, 7 nonzeros
-            p_B0_f2_2_A2_out_0 = 2.0 * (p_B0_f2_2_A2_sum_0 * mixA2_A_0 + p_B0_f2_2_A2_sum_1 * mixA2_A_1 + p_B0_f2_2_A2_sum_2 * mixA2_A_2 + p_B0_f2_2_A2_sum_3 * mixA2_A_3 + p_B0_f2_2_A2_sum_4 * mixA2_A_4) + p_B0_f2_2_A2_sum_0 * mixA2_A_2 + p_B0_f2_2_A2_sum_2 * mixA2_A_0
-            p_B0_f3_3_A3_0_0 = mixA3_A_0 * product_4  # (3o x 3o)->0e
-            p_B0_f3_3_A3_0_1 = mixA3_A_1 * product_4
-            p_B0_f3_3_A3_0_2 = mixA3_A_2 * product_4
-            p_B0_f3_3_A3_0_3 = mixA3_A_3 * product_4
-            p_B0_f3_3_A3_0_4 = mixA3_A_4 * product_4
-            p_B0_f3_3_A3_0_5 = mixA3_A_5 * product_4
-            p_B0_f3_3_A3_0_6 = mixA3_A_6 * product_4
-            p_B0_f3_3_A3_1_0 = p_t8_0_0 * product_8  # ((0e x 3o)->3o x 3o)->0e
-            p_B0_f3_3_A3_1_1 = p_t8_0_1 * product_8
-            p_B0_f3_3_A3_1_2 = p_t8_0_2 * product_8
-            p_B0_f3_3_A3_1_3 = p_t8_0_3 * product_8
-            p_B0_f3_3_A3_1_4 = p_t8_0_4 * product_8
-            p_B0_f3_3_A3_1_5 = p_t8_0_5 * product_8
-            p_B0_f3_3_A3_1_6 = p_t8_0_6 * product_8
-            p_B0_f3_3_A3_2_0 = p_t10_0_0 * product_10  # ((1o x 2e)->3o x 3o)->0e
-            p_B0_f3_3_A3_2_1 = p_t10_0_1 * product_10
-            p_B0_f3_3_A3_2_2 = p_t10_0_2 * product_10
-            p_B0_f3_3_A3_2_3 = p_t10_0_3 * product_10
-            p_B0_f3_3_A3_2_4 = p_t10_0_4 * product_10
-            p_B0_f3_3_A3_2_5 = p_t10_0_5 * product_10
-            p_B0_f3_3_A3_2_6 = p_t10_0_6 * product_10
-            p_B0_f3_3_A3_3_0 = p_t12_0_0 * product_12  # ((2e x 3o)->3o x 3o)->0e
-            p_B0_f3_3_A3_3_1 = p_t12_0_1 * product_12
-            p_B0_f3_3_A3_3_2 = p_t12_0_2 * product_12
-            p_B0_f3_3_A3_3_3 = p_t12_0_3 * product_12
-            p_B0_f3_3_A3_3_4 = p_t12_0_4 * product_12
-            p_B0_f3_3_A3_3_5 = p_t12_0_5 * product_12
-            p_B0_f3_3_A3_3_6 = p_t12_0_6 * product_12
-            p_B0_f3_3_A3_sum_0 = p_B0_f3_3_A3_0_0 + p_B0_f3_3_A3_1_0 + p_B0_f3_3_A3_2_0 + p_B0_f3_3_A3_3_0
-            p_B0_f3_3_A3_sum_1 = p_B0_f3_3_A3_0_1 + p_B0_f3_3_A3_1_1 + p_B0_f3_3_A3_2_1 + p_B0_f3_3_A3_3_1
-            p_B0_f3_3_A3_sum_2 = p_B0_f3_3_A3_0_2 + p_B0_f3_3_A3_1_2 + p_B0_f3_3_A3_2_2 + p_B0_f3_3_A3_3_2
-            p_B0_f3_3_A3_sum_3 = p_B0_f3_3_A3_0_3 + p_B0_f3_3_A3_1_3 + p_B0_f3_3_A3_2_3 + p_B0_f3_3_A3_3_3
-            p_B0_f3_3_A3_sum_4 = p_B0_f3_3_A3_0_4 + p_B0_f3_3_A3_1_4 + p_B0_f3_3_A3_2_4 + p_B0_f3_3_A3_3_4
-            p_B0_f3_3_A3_sum_5 = p_B0_f3_3_A3_0_5 + p_B0_f3_3_A3_1_5 + p_B0_f3_3_A3_2_5 + p_B0_f3_3_A3_3_5
-            p_B0_f3_3_A3_sum_6 = p_B0_f3_3_A3_0_6 + p_B0_f3_3_A3_1_6 + p_B0_f3_3_A3_2_6 + p_B0_f3_3_A3_3_6
-            # factored: 4 weighted 3x3->0 couplings as one: 3 x 3 -> 0, even path, 13 nonzeros
-            p_B0_f3_3_A3_out_0 = (4.0 * (p_B0_f3_3_A3_sum_0 * mixA3_A_0 + p_B0_f3_3_A3_sum_3 * mixA3_A_3 + p_B0_f3_3_A3_sum_4 * mixA3_A_4 + p_B0_f3_3_A3_sum_6 * mixA3_A_6) + 3.0 * (p_B0_f3_3_A3_sum_0 * mixA3_A_2 + p_B0_f3_3_A3_sum_1 * mixA3_A_3 + p_B0_f3_3_A3_sum_2 * mixA3_A_0 + p_B0_f3_3_A3_sum_3 * mixA3_A_1) + 6.0 * (p_B0_f3_3_A3_sum_1 * mixA3_A_1 + p_B0_f3_3_A3_sum_2 * mixA3_A_2 + p_B0_f3_3_A3_sum_5 * mixA3_A_5) + p_B0_f3_3_A3_sum_4 * mixA3_A_6
-                                  + p_B0_f3_3_A3_sum_6 * mixA3_A_4)
-            p_B0_0 = (p_w0_0 + p_B0_f0_0_A0_out_0 + p_w2_0 + p_w6_0
-                      + p_B0_f2_2_A2_out_0 + p_B0_f3_3_A3_out_0)
-            p_B1_f0_1_A1_0_0 = mixA0_A_0 * product_14  # (0e x 1o)->1o
-            p_B1_f0_1_A1_1_0 = p_t1_0_0 * product_17  # ((0e x 0e)->0e x 1o)->1o
-            p_B1_f0_1_A1_2_0 = p_t2_0_0 * product_20  # ((1o x 1o)->0e x 1o)->1o
-            p_B1_f0_1_A1_sum_0 = p_B1_f0_1_A1_0_0 + p_B1_f0_1_A1_1_0 + p_B1_f0_1_A1_2_0
-            # factored: 3 weighted 0x1->1 couplings as one: 0 x 1 -> 1, even path, 3 nonzeros
-            p_B1_f0_1_A1_out_0 = p_B1_f0_1_A1_sum_0 * mixA1_A_0
-            p_B1_f0_1_A1_out_1 = p_B1_f0_1_A1_sum_0 * mixA1_A_1
-            p_B1_f0_1_A1_out_2 = p_B1_f0_1_A1_sum_0 * mixA1_A_2
-            p_B1_f1_2_A2_0_0 = mixA1_A_0 * product_15  # (1o x 2e)->1o
-            p_B1_f1_2_A2_0_1 = mixA1_A_1 * product_15
-            p_B1_f1_2_A2_0_2 = mixA1_A_2 * product_15
-            p_B1_f1_2_A2_1_0 = p_t6_0_0 * product_18  # ((0e x 1o)->1o x 2e)->1o
-            p_B1_f1_2_A2_1_1 = p_t6_0_1 * product_18
-            p_B1_f1_2_A2_1_2 = p_t6_0_2 * product_18
-            p_B1_f1_2_A2_2_0 = p_t15_0_0 * product_22  # ((1o x 2e)->1o x 2e)->1o
-            p_B1_f1_2_A2_2_1 = p_t15_0_1 * product_22
-            p_B1_f1_2_A2_2_2 = p_t15_0_2 * product_22
-            p_B1_f1_2_A2_sum_0 = p_B1_f1_2_A2_0_0 + p_B1_f1_2_A2_1_0 + p_B1_f1_2_A2_2_0
-            p_B1_f1_2_A2_sum_1 = p_B1_f1_2_A2_0_1 + p_B1_f1_2_A2_1_1 + p_B1_f1_2_A2_2_1
-            p_B1_f1_2_A2_sum_2 = p_B1_f1_2_A2_0_2 + p_B1_f1_2_A2_1_2 + p_B1_f1_2_A2_2_2
-            # factored: 3 weighted 1x2->1 couplings as one: 1 x 2 -> 1, even path, 10 nonzeros
-            p_B1_f1_2_A2_out_0 = p_B1_f1_2_A2_sum_0 * mixA2_A_0 + p_B1_f1_2_A2_sum_1 * mixA2_A_1 + p_B1_f1_2_A2_sum_2 * mixA2_A_3
-            p_B1_f1_2_A2_out_1 = p_B1_f1_2_A2_sum_0 * mixA2_A_1 + p_B1_f1_2_A2_sum_1 * mixA2_A_2 + p_B1_f1_2_A2_sum_2 * mixA2_A_4
-            p_B1_f1_2_A2_out_2 = p_B1_f1_2_A2_sum_0 * mixA2_A_3 + p_B1_f1_2_A2_sum_1 * mixA2_A_4 - p_B1_f1_2_A2_sum_2 * mixA2_A_0 - p_B1_f1_2_A2_sum_2 * mixA2_A_2
-            p_B1_f2_3_A3_0_0 = mixA2_A_0 * product_16  # (2e x 3o)->1o
-            p_B1_f2_3_A3_0_1 = mixA2_A_1 * product_16
-            p_B1_f2_3_A3_0_2 = mixA2_A_2 * product_16
-            p_B1_f2_3_A3_0_3 = mixA2_A_3 * product_16
-            p_B1_f2_3_A3_0_4 = mixA2_A_4 * product_16
-            p_B1_f2_3_A3_1_0 = p_t7_0_0 * product_19  # ((0e x 2e)->2e x 3o)->1o
-            p_B1_f2_3_A3_1_1 = p_t7_0_1 * product_19
-            p_B1_f2_3_A3_1_2 = p_t7_0_2 * product_19
-            p_B1_f2_3_A3_1_3 = p_t7_0_3 * product_19
-            p_B1_f2_3_A3_1_4 = p_t7_0_4 * product_19
-            p_B1_f2_3_A3_2_0 = p_t9_0_0 * product_21  # ((1o x 1o)->2e x 3o)->1o
-            p_B1_f2_3_A3_2_1 = p_t9_0_1 * product_21
-            p_B1_f2_3_A3_2_2 = p_t9_0_2 * product_21
-            p_B1_f2_3_A3_2_3 = p_t9_0_3 * product_21
-            p_B1_f2_3_A3_2_4 = p_t9_0_4 * product_21
-            p_B1_f2_3_A3_3_0 = p_t24_0_0 * product_24  # ((1o x 3o)->2e x 3o)->1o
-            p_B1_f2_3_A3_3_1 = p_t24_0_1 * product_24
-            p_B1_f2_3_A3_3_2 = p_t24_0_2 * product_24
-            p_B1_f2_3_A3_3_3 = p_t24_0_3 * product_24
-            p_B1_f2_3_A3_3_4 = p_t24_0_4 * product_24
-            p_B1_f2_3_A3_4_0 = p_t11_0_0 * product_26  # ((2e x 2e)->2e x 3o)->1o
-            p_B1_f2_3_A3_4_1 = p_t11_0_1 * product_26
-            p_B1_f2_3_A3_4_2 = p_t11_0_2 * product_26
-            p_B1_f2_3_A3_4_3 = p_t11_0_3 * product_26
-            p_B1_f2_3_A3_4_4 = p_t11_0_4 * product_26
-            p_B1_f2_3_A3_5_0 = p_t28_0_0 * product_28  # ((3o x 3o)->2e x 3o)->1o
-            p_B1_f2_3_A3_5_1 = p_t28_0_1 * product_28
-            p_B1_f2_3_A3_5_2 = p_t28_0_2 * product_28
-            p_B1_f2_3_A3_5_3 = p_t28_0_3 * product_28
-            p_B1_f2_3_A3_5_4 = p_t28_0_4 * product_28
-            p_B1_f2_3_A3_sum_0 = (p_B1_f2_3_A3_0_0 + p_B1_f2_3_A3_1_0 + p_B1_f2_3_A3_2_0 + p_B1_f2_3_A3_3_0
-                                  + p_B1_f2_3_A3_4_0 + p_B1_f2_3_A3_5_0)
-            p_B1_f2_3_A3_sum_1 = (p_B1_f2_3_A3_0_1 + p_B1_f2_3_A3_1_1 + p_B1_f2_3_A3_2_1 + p_B1_f2_3_A3_3_1
-                                  + p_B1_f2_3_A3_4_1 + p_B1_f2_3_A3_5_1)
-            p_B1_f2_3_A3_sum_2 = (p_B1_f2_3_A3_0_2 + p_B1_f2_3_A3_1_2 + p_B1_f2_3_A3_2_2 + p_B1_f2_3_A3_3_2
-                                  + p_B1_f2_3_A3_4_2 + p_B1_f2_3_A3_5_2)
-            p_B1_f2_3_A3_sum_3 = (p_B1_f2_3_A3_0_3 + p_B1_f2_3_A3_1_3 + p_B1_f2_3_A3_2_3 + p_B1_f2_3_A3_3_3
-                                  + p_B1_f2_3_A3_4_3 + p_B1_f2_3_A3_5_3)
-            p_B1_f2_3_A3_sum_4 = (p_B1_f2_3_A3_0_4 + p_B1_f2_3_A3_1_4 + p_B1_f2_3_A3_2_4 + p_B1_f2_3_A3_3_4
-                                  + p_B1_f2_3_A3_4_4 + p_B1_f2_3_A3_5_4)
-            # factored: 6 weighted 2x3->1 couplings as one: 2 x 3 -> 1, even path, 23 nonzeros
-            p_B1_f2_3_A3_out_0 = 2.0 * (p_B1_f2_3_A3_sum_0 * mixA3_A_0 + p_B1_f2_3_A3_sum_1 * mixA3_A_1 + p_B1_f2_3_A3_sum_2 * mixA3_A_2 + p_B1_f2_3_A3_sum_3 * mixA3_A_4 + p_B1_f2_3_A3_sum_4 * mixA3_A_5) + p_B1_f2_3_A3_sum_0 * mixA3_A_2 + p_B1_f2_3_A3_sum_2 * mixA3_A_0
-            p_B1_f2_3_A3_out_1 = 2.0 * (p_B1_f2_3_A3_sum_0 * mixA3_A_1 + p_B1_f2_3_A3_sum_1 * mixA3_A_2 + p_B1_f2_3_A3_sum_2 * mixA3_A_3 + p_B1_f2_3_A3_sum_3 * mixA3_A_5 + p_B1_f2_3_A3_sum_4 * mixA3_A_6) + p_B1_f2_3_A3_sum_0 * mixA3_A_3 + p_B1_f2_3_A3_sum_2 * mixA3_A_1
-            p_B1_f2_3_A3_out_2 = 2.0 * (p_B1_f2_3_A3_sum_0 * mixA3_A_4 + p_B1_f2_3_A3_sum_1 * mixA3_A_5 + p_B1_f2_3_A3_sum_2 * mixA3_A_6 - p_B1_f2_3_A3_sum_3 * mixA3_A_0 - p_B1_f2_3_A3_sum_3 * mixA3_A_2 - p_B1_f2_3_A3_sum_4 * mixA3_A_1 - p_B1_f2_3_A3_sum_4 * mixA3_A_3) + p_B1_f2_3_A3_sum_0 * mixA3_A_6 + p_B1_f2_3_A3_sum_2 * mixA3_A_4
-            p_B1_0 = (p_w13_0 + p_B1_f0_1_A1_out_0 + p_B1_f1_2_A2_out_0 + p_B1_f2_3_A3_out_0
-                      + p_w23_0 + p_w25_0 + p_w27_0)
-            p_B1_1 = (p_w13_1 + p_B1_f0_1_A1_out_1 + p_B1_f1_2_A2_out_1 + p_B1_f2_3_A3_out_1
-                      + p_w23_1 + p_w25_1 + p_w27_1)
-            p_B1_2 = (p_w13_2 + p_B1_f0_1_A1_out_2 + p_B1_f1_2_A2_out_2 + p_B1_f2_3_A3_out_2
-                      + p_w23_2 + p_w25_2 + p_w27_2)
-            p_B0[n, c, 0] = p_B0_0
-            p_B1[n, c, 0] = p_B1_0
-            p_B1[n, c, 1] = p_B1_1
-            p_B1[n, c, 2] = p_B1_2
-
-    return (p_B0, p_B1)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
 def layer_01_01_k5(p_B0, skip0_h, p_B1, skip1_h, mixB0, mixB1):
-    """Part of layer_01_01.
-
-    IR program layer_01_01_k5, printed as 4 kernel(s).
-    mixB0: weights with channels rows x channels columns.
-    mixB1: weights with channels rows x channels columns.
-    """
+    """Part of layer_01_01. IR program layer_01_01_k5, printed as 4 kernel(s); weights: mixB0 (channels rows x channels columns), mixB1 (channels rows x channels columns)."""
     dtype = p_B0.dtype
     num_nodes = p_B0.shape[0]
-    if p_B0.shape[2] != 1:
-        raise ValueError("p_B0 must have shape (nodes, channels, 1)")
-    if skip0_h.shape[0] != num_nodes or skip0_h.shape[2] != 1:
-        raise ValueError("skip0_h must have shape (nodes, channels, 1)")
-    if p_B1.shape[0] != num_nodes or p_B1.shape[2] != 3:
-        raise ValueError("p_B1 must have shape (nodes, channels, 3)")
-    if skip1_h.shape[0] != num_nodes or skip1_h.shape[2] != 3:
-        raise ValueError("skip1_h must have shape (nodes, channels, 3)")
-
-    # ChannelMix -> mixB0_B (nodes, channels, 1): einsum("ncd,ck->nkd", p_B0, mixB0)
-    if p_B0.shape[1] != mixB0.shape[0]:
-        raise ValueError("p_B0 has the wrong number of channels for mixB0")
-    mixB0_B = np.dot(np.ascontiguousarray(p_B0).reshape((num_nodes, mixB0.shape[0])), np.asarray(mixB0, dtype)).reshape((num_nodes, mixB0.shape[1], 1))
-
+    _fail_if(p_B0.shape[2] != 1, "p_B0 must have shape (nodes, channels, 1)")
+    _fail_if(skip0_h.shape[0] != num_nodes or skip0_h.shape[2] != 1, "skip0_h must have shape (nodes, channels, 1)")
+    _fail_if(p_B1.shape[0] != num_nodes or p_B1.shape[2] != 3, "p_B1 must have shape (nodes, channels, 3)")
+    _fail_if(skip1_h.shape[0] != num_nodes or skip1_h.shape[2] != 3, "skip1_h must have shape (nodes, channels, 3)")
+    mixB0_B = _channel_mix(p_B0, np.asarray(mixB0, dtype))  # ChannelMix -> mixB0_B (nodes, channels, 1): einsum("ncd,ck->nkd", p_B0, mixB0)
     # Sum -> h_out0 (nodes, channels, 1): mixB0_B + skip0_h
-    if skip0_h.shape != mixB0_B.shape:
-        raise ValueError("h_out0: skip0_h and mixB0_B must have the same shape")
+    _fail_if(skip0_h.shape != mixB0_B.shape, "h_out0: skip0_h and mixB0_B must have the same shape")
     mixB0_B_flat = mixB0_B.reshape(mixB0_B.size)
     skip0_h_flat = np.ascontiguousarray(skip0_h).reshape(skip0_h.size)
     h_out0 = np.empty(mixB0_B.shape, dtype)
     h_out0_flat = h_out0.reshape(h_out0.size)
     for k in prange(h_out0_flat.shape[0]):
         h_out0_flat[k] = mixB0_B_flat[k] + skip0_h_flat[k]
-
-    # ChannelMix -> mixB1_B (nodes, channels, 3): einsum("ncd,ck->nkd", p_B1, mixB1)
-    if p_B1.shape[1] != mixB1.shape[0]:
-        raise ValueError("p_B1 has the wrong number of channels for mixB1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixB1_B_in = np.empty((num_nodes, 3, mixB1.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixB1.shape[0]):
-                mixB1_B_in[n, m, a] = p_B1[n, a, m]
-    mixB1_B_gemm = np.dot(mixB1_B_in.reshape((num_nodes * 3, mixB1.shape[0])), np.asarray(mixB1, dtype)).reshape((num_nodes, 3, mixB1.shape[1]))
-    mixB1_B = np.empty((num_nodes, mixB1.shape[1], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixB1.shape[1]):
-                mixB1_B[n, a, m] = mixB1_B_gemm[n, m, a]
-
+    mixB1_B = _channel_mix(p_B1, np.asarray(mixB1, dtype))  # ChannelMix -> mixB1_B (nodes, channels, 3): einsum("ncd,ck->nkd", p_B1, mixB1)
     # Sum -> h_out1 (nodes, channels, 3): mixB1_B + skip1_h
-    if skip1_h.shape != mixB1_B.shape:
-        raise ValueError("h_out1: skip1_h and mixB1_B must have the same shape")
+    _fail_if(skip1_h.shape != mixB1_B.shape, "h_out1: skip1_h and mixB1_B must have the same shape")
     mixB1_B_flat = mixB1_B.reshape(mixB1_B.size)
     skip1_h_flat = np.ascontiguousarray(skip1_h).reshape(skip1_h.size)
     h_out1 = np.empty(mixB1_B.shape, dtype)
     h_out1_flat = h_out1.reshape(h_out1.size)
     for k in prange(h_out1_flat.shape[0]):
         h_out1_flat[k] = mixB1_B_flat[k] + skip1_h_flat[k]
-
     return (h_out0, h_out1)
 
 
-@numba.njit(parallel=True, cache=True, fastmath=False)
+@numba.njit(cache=True, fastmath=False)
 def layer_01_01_reverse_k1(h0, h1, d_h_out1, d_h_out0, up0, up1, skip1, mixB1, skip0, mixB0):
-    """Part of layer_01_01_reverse.
-
-    IR program layer_01_01_reverse_k1, printed as 6 kernel(s).
-    up0: weights with channels rows x channels columns.
-    up1: weights with channels rows x channels columns.
-    skip1: weights with channels rows x channels columns.
-    mixB1: weights with channels rows x channels columns.
-    skip0: weights with channels rows x channels columns.
-    mixB0: weights with channels rows x channels columns.
-    """
+    """Part of layer_01_01_reverse. IR program layer_01_01_reverse_k1, printed as 6 kernel(s); weights: up0 (channels rows x channels columns), up1 (channels rows x channels columns), skip1 (channels rows x channels columns), mixB1 (channels rows x channels columns), skip0 (channels rows x channels columns), mixB0 (channels rows x channels columns)."""
     dtype = h0.dtype
     num_nodes = h0.shape[0]
-    if h0.shape[2] != 1:
-        raise ValueError("h0 must have shape (nodes, channels, 1)")
-    if h1.shape[0] != num_nodes or h1.shape[2] != 3:
-        raise ValueError("h1 must have shape (nodes, channels, 3)")
-    if d_h_out1.shape[0] != num_nodes or d_h_out1.shape[2] != 3:
-        raise ValueError("d_h_out1 must have shape (nodes, channels, 3)")
-    if d_h_out0.shape[0] != num_nodes or d_h_out0.shape[2] != 1:
-        raise ValueError("d_h_out0 must have shape (nodes, channels, 1)")
-
-    # ChannelMix -> up0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, up0)
-    if h0.shape[1] != up0.shape[0]:
-        raise ValueError("h0 has the wrong number of channels for up0")
-    up0_h = np.dot(np.ascontiguousarray(h0).reshape((num_nodes, up0.shape[0])), np.asarray(up0, dtype)).reshape((num_nodes, up0.shape[1], 1))
-
-    # ChannelMix -> up1_h (nodes, channels, 3): einsum("ncd,ck->nkd", h1, up1)
-    if h1.shape[1] != up1.shape[0]:
-        raise ValueError("h1 has the wrong number of channels for up1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    up1_h_in = np.empty((num_nodes, 3, up1.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(up1.shape[0]):
-                up1_h_in[n, m, a] = h1[n, a, m]
-    up1_h_gemm = np.dot(up1_h_in.reshape((num_nodes * 3, up1.shape[0])), np.asarray(up1, dtype)).reshape((num_nodes, 3, up1.shape[1]))
-    up1_h = np.empty((num_nodes, up1.shape[1], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(up1.shape[1]):
-                up1_h[n, a, m] = up1_h_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_h1_0 (nodes, channels, 3): einsum("nkd,ck->ncd", d_h_out1, skip1)
-    if d_h_out1.shape[1] != skip1.shape[1]:
-        raise ValueError("d_h_out1 has the wrong number of channels for skip1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    g_h1_0_in = np.empty((num_nodes, 3, skip1.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(skip1.shape[1]):
-                g_h1_0_in[n, m, a] = d_h_out1[n, a, m]
-    g_h1_0_gemm = np.dot(g_h1_0_in.reshape((num_nodes * 3, skip1.shape[1])), np.asarray(skip1, dtype).T).reshape((num_nodes, 3, skip1.shape[0]))
-    g_h1_0 = np.empty((num_nodes, skip1.shape[0], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(skip1.shape[0]):
-                g_h1_0[n, a, m] = g_h1_0_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_p_B1_0 (nodes, channels, 3): einsum("nkd,ck->ncd", d_h_out1, mixB1)
-    if d_h_out1.shape[1] != mixB1.shape[1]:
-        raise ValueError("d_h_out1 has the wrong number of channels for mixB1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    g_p_B1_0_in = np.empty((num_nodes, 3, mixB1.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixB1.shape[1]):
-                g_p_B1_0_in[n, m, a] = d_h_out1[n, a, m]
-    g_p_B1_0_gemm = np.dot(g_p_B1_0_in.reshape((num_nodes * 3, mixB1.shape[1])), np.asarray(mixB1, dtype).T).reshape((num_nodes, 3, mixB1.shape[0]))
-    g_p_B1_0 = np.empty((num_nodes, mixB1.shape[0], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixB1.shape[0]):
-                g_p_B1_0[n, a, m] = g_p_B1_0_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_h0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", d_h_out0, skip0)
-    if d_h_out0.shape[1] != skip0.shape[1]:
-        raise ValueError("d_h_out0 has the wrong number of channels for skip0")
-    g_h0_0 = np.dot(np.ascontiguousarray(d_h_out0).reshape((num_nodes, skip0.shape[1])), np.asarray(skip0, dtype).T).reshape((num_nodes, skip0.shape[0], 1))
-
-    # ChannelMixTransposed -> g_p_B0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", d_h_out0, mixB0)
-    if d_h_out0.shape[1] != mixB0.shape[1]:
-        raise ValueError("d_h_out0 has the wrong number of channels for mixB0")
-    g_p_B0_0 = np.dot(np.ascontiguousarray(d_h_out0).reshape((num_nodes, mixB0.shape[1])), np.asarray(mixB0, dtype).T).reshape((num_nodes, mixB0.shape[0], 1))
-
+    _fail_if(h0.shape[2] != 1, "h0 must have shape (nodes, channels, 1)")
+    _fail_if(h1.shape[0] != num_nodes or h1.shape[2] != 3, "h1 must have shape (nodes, channels, 3)")
+    _fail_if(d_h_out1.shape[0] != num_nodes or d_h_out1.shape[2] != 3, "d_h_out1 must have shape (nodes, channels, 3)")
+    _fail_if(d_h_out0.shape[0] != num_nodes or d_h_out0.shape[2] != 1, "d_h_out0 must have shape (nodes, channels, 1)")
+    up0_h = _channel_mix(h0, np.asarray(up0, dtype))  # ChannelMix -> up0_h (nodes, channels, 1): einsum("ncd,ck->nkd", h0, up0)
+    up1_h = _channel_mix(h1, np.asarray(up1, dtype))  # ChannelMix -> up1_h (nodes, channels, 3): einsum("ncd,ck->nkd", h1, up1)
+    g_h1_0 = _channel_mix(d_h_out1, np.asarray(skip1, dtype).T)  # ChannelMixTransposed -> g_h1_0 (nodes, channels, 3): einsum("nkd,ck->ncd", d_h_out1, skip1)
+    g_p_B1_0 = _channel_mix(d_h_out1, np.asarray(mixB1, dtype).T)  # ChannelMixTransposed -> g_p_B1_0 (nodes, channels, 3): einsum("nkd,ck->ncd", d_h_out1, mixB1)
+    g_h0_0 = _channel_mix(d_h_out0, np.asarray(skip0, dtype).T)  # ChannelMixTransposed -> g_h0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", d_h_out0, skip0)
+    g_p_B0_0 = _channel_mix(d_h_out0, np.asarray(mixB0, dtype).T)  # ChannelMixTransposed -> g_p_B0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", d_h_out0, mixB0)
     return (up0_h, up1_h, g_h1_0, g_p_B1_0, g_h0_0, g_p_B0_0)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def layer_01_01_reverse_k2(up0_h, Y0, Y1, Y2, Y3, up1_h, g_p_B1_0, g_p_B0_0, radial, product, senders, receivers, receiver_offsets, num_nodes):
-    """Part of layer_01_01_reverse.
-
-    IR program layer_01_01_reverse_k2, printed as 1 kernel(s).
-    radial: weights with 10 columns.
-    product: weights with 29 columns.
-    """
+    """Part of layer_01_01_reverse. IR program layer_01_01_reverse_k2, printed as 1 kernel(s); weights: radial (10 columns), product (29 columns)."""
     dtype = up0_h.dtype
     num_edges = senders.shape[0]
     channels = up0_h.shape[1]
-    if up0_h.shape[0] != num_nodes or up0_h.shape[1] != channels or up0_h.shape[2] != 1:
-        raise ValueError("up0_h must have shape (nodes, channels, 1)")
-    if Y0.shape[0] != num_edges or Y0.shape[1] != 1:
-        raise ValueError("Y0 must have shape (edges, 1)")
-    if Y1.shape[0] != num_edges or Y1.shape[1] != 3:
-        raise ValueError("Y1 must have shape (edges, 3)")
-    if Y2.shape[0] != num_edges or Y2.shape[1] != 5:
-        raise ValueError("Y2 must have shape (edges, 5)")
-    if Y3.shape[0] != num_edges or Y3.shape[1] != 7:
-        raise ValueError("Y3 must have shape (edges, 7)")
-    if up1_h.shape[0] != num_nodes or up1_h.shape[1] != channels or up1_h.shape[2] != 3:
-        raise ValueError("up1_h must have shape (nodes, channels, 3)")
-    if g_p_B1_0.shape[0] != num_nodes or g_p_B1_0.shape[1] != channels or g_p_B1_0.shape[2] != 3:
-        raise ValueError("g_p_B1_0 must have shape (nodes, channels, 3)")
-    if g_p_B0_0.shape[0] != num_nodes or g_p_B0_0.shape[1] != channels or g_p_B0_0.shape[2] != 1:
-        raise ValueError("g_p_B0_0 must have shape (nodes, channels, 1)")
-    if radial.shape[0] != num_edges or radial.shape[1] != channels or radial.shape[2] != 10:
-        raise ValueError("radial must have shape (edges, channels, 10)")
-    if product.shape[0] != num_nodes or product.shape[1] != channels or product.shape[2] != 29:
-        raise ValueError("product must have shape (nodes, channels, 29)")
+    _check_shape(Y0, (num_edges, 1), "Y0 must have shape (edges, 1)")
+    _check_shape(Y1, (num_edges, 3), "Y1 must have shape (edges, 3)")
+    _check_shape(Y2, (num_edges, 5), "Y2 must have shape (edges, 5)")
+    _check_shape(Y3, (num_edges, 7), "Y3 must have shape (edges, 7)")
+    _check_shape(radial, (num_edges, channels, 10), "radial must have shape (edges, channels, 10)")
+    _check_shape(product, (num_nodes, channels, 29), "product must have shape (nodes, channels, 29)")
     _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
-
     i_hj_0_0_0 = np.empty((num_edges, channels, 1), dtype)
     i_c_0_0_0 = np.empty((num_edges, channels, 1), dtype)
     i_s_0_1_1_in = np.empty((num_edges, channels, 1), dtype)
@@ -6682,1731 +1950,46 @@ def layer_01_01_reverse_k2(up0_h, Y0, Y1, Y2, Y3, up1_h, g_p_B1_0, g_p_B0_0, rad
     g_p_t6_1_0 = np.empty((num_nodes, channels, 1), dtype)
     g_p_t2_0_1 = np.empty((num_nodes, channels, 1), dtype)
     g_mixA0_A_8 = np.empty((num_nodes, channels, 1), dtype)
-    # kernel 1 (per channel, phase 0): 37 ops; stores i_hj_0_0_0, i_c_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_hj_1_0_1, i_c_1_0_1, i_c_1_1_0, i_s_1_1_2_in, i_c_1_2_1, i_s_1_2_3_in, i_s_1_3_2_in, i_A0, i_A1, i_A2, i_A3, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_mixA1_A_6, g_p_t6_1_0, g_p_t2_0_1, g_mixA0_A_8
-    for n in prange(num_nodes):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
-        for c in range(channels):
-            i_A0_0 = 0.0
-            i_A1_0 = 0.0
-            i_A1_1 = 0.0
-            i_A1_2 = 0.0
-            i_A2_0 = 0.0
-            i_A2_1 = 0.0
-            i_A2_2 = 0.0
-            i_A2_3 = 0.0
-            i_A2_4 = 0.0
-            i_A3_0 = 0.0
-            i_A3_1 = 0.0
-            i_A3_2 = 0.0
-            i_A3_3 = 0.0
-            i_A3_4 = 0.0
-            i_A3_5 = 0.0
-            i_A3_6 = 0.0
-            for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
-                j = senders[e]
-                Y0_0 = Y0[e, 0]
-                radial_0 = radial[e, c, 0]
-                radial_1 = radial[e, c, 1]
-                Y1_0 = Y1[e, 0]
-                Y1_1 = Y1[e, 1]
-                Y1_2 = Y1[e, 2]
-                radial_2 = radial[e, c, 2]
-                Y2_0 = Y2[e, 0]
-                Y2_1 = Y2[e, 1]
-                Y2_2 = Y2[e, 2]
-                Y2_3 = Y2[e, 3]
-                Y2_4 = Y2[e, 4]
-                radial_3 = radial[e, c, 3]
-                Y3_0 = Y3[e, 0]
-                Y3_1 = Y3[e, 1]
-                Y3_2 = Y3[e, 2]
-                Y3_3 = Y3[e, 3]
-                Y3_4 = Y3[e, 4]
-                Y3_5 = Y3[e, 5]
-                Y3_6 = Y3[e, 6]
-                radial_4 = radial[e, c, 4]
-                radial_5 = radial[e, c, 5]
-                radial_6 = radial[e, c, 6]
-                radial_7 = radial[e, c, 7]
-                radial_8 = radial[e, c, 8]
-                radial_9 = radial[e, c, 9]
-                i_hj_0_0_0_0 = up0_h[j, c, 0]
-                # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
-                i_c_0_0_0_0 = i_hj_0_0_0_0 * Y0_0
-                i_s_0_0_0_0 = i_c_0_0_0_0 * radial_0  # R[h0 x Y0 -> A0]
-                i_s_0_1_1_in_0 = i_hj_0_0_0_0 * radial_1  # R[h0 x Y1 -> A1]
-                # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
-                i_s_0_1_1_0 = i_s_0_1_1_in_0 * Y1_0
-                i_s_0_1_1_1 = i_s_0_1_1_in_0 * Y1_1
-                i_s_0_1_1_2 = i_s_0_1_1_in_0 * Y1_2
-                i_s_0_2_2_in_0 = i_hj_0_0_0_0 * radial_2  # R[h0 x Y2 -> A2]
-                # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
-                i_s_0_2_2_0 = i_s_0_2_2_in_0 * Y2_0
-                i_s_0_2_2_1 = i_s_0_2_2_in_0 * Y2_1
-                i_s_0_2_2_2 = i_s_0_2_2_in_0 * Y2_2
-                i_s_0_2_2_3 = i_s_0_2_2_in_0 * Y2_3
-                i_s_0_2_2_4 = i_s_0_2_2_in_0 * Y2_4
-                i_s_0_3_3_in_0 = i_hj_0_0_0_0 * radial_3  # R[h0 x Y3 -> A3]
-                # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
-                i_s_0_3_3_0 = i_s_0_3_3_in_0 * Y3_0
-                i_s_0_3_3_1 = i_s_0_3_3_in_0 * Y3_1
-                i_s_0_3_3_2 = i_s_0_3_3_in_0 * Y3_2
-                i_s_0_3_3_3 = i_s_0_3_3_in_0 * Y3_3
-                i_s_0_3_3_4 = i_s_0_3_3_in_0 * Y3_4
-                i_s_0_3_3_5 = i_s_0_3_3_in_0 * Y3_5
-                i_s_0_3_3_6 = i_s_0_3_3_in_0 * Y3_6
-                i_hj_1_0_1_0 = up1_h[j, c, 0]
-                i_hj_1_0_1_1 = up1_h[j, c, 1]
-                i_hj_1_0_1_2 = up1_h[j, c, 2]
-                # h1 x Y0 -> A1: 1 x 0 -> 1, even path, 3 nonzeros
-                i_c_1_0_1_0 = i_hj_1_0_1_0 * Y0_0
-                i_c_1_0_1_1 = i_hj_1_0_1_1 * Y0_0
-                i_c_1_0_1_2 = i_hj_1_0_1_2 * Y0_0
-                i_s_1_0_1_0 = i_c_1_0_1_0 * radial_4  # R[h1 x Y0 -> A1]
-                i_s_1_0_1_1 = i_c_1_0_1_1 * radial_4
-                i_s_1_0_1_2 = i_c_1_0_1_2 * radial_4
-                # h1 x Y1 -> A0: 1 x 1 -> 0, even path, 3 nonzeros
-                i_c_1_1_0_0 = i_hj_1_0_1_0 * Y1_0 + i_hj_1_0_1_1 * Y1_1 + i_hj_1_0_1_2 * Y1_2
-                i_s_1_1_0_0 = i_c_1_1_0_0 * radial_5  # R[h1 x Y1 -> A0]
-                i_s_1_1_2_in_0 = i_hj_1_0_1_0 * radial_6  # R[h1 x Y1 -> A2]
-                i_s_1_1_2_in_1 = i_hj_1_0_1_1 * radial_6
-                i_s_1_1_2_in_2 = i_hj_1_0_1_2 * radial_6
-                # h1 x Y1 -> A2: 1 x 1 -> 2, even path, 12 nonzeros
-                i_s_1_1_2_0 = 0.6666666666666666 * i_s_1_1_2_in_0 * Y1_0 - 0.3333333333333333 * (i_s_1_1_2_in_1 * Y1_1 + i_s_1_1_2_in_2 * Y1_2)
-                i_s_1_1_2_1 = 0.5 * (i_s_1_1_2_in_0 * Y1_1 + i_s_1_1_2_in_1 * Y1_0)
-                i_s_1_1_2_2 = -0.3333333333333333 * (i_s_1_1_2_in_0 * Y1_0 + i_s_1_1_2_in_2 * Y1_2) + 0.6666666666666666 * i_s_1_1_2_in_1 * Y1_1
-                i_s_1_1_2_3 = 0.5 * (i_s_1_1_2_in_0 * Y1_2 + i_s_1_1_2_in_2 * Y1_0)
-                i_s_1_1_2_4 = 0.5 * (i_s_1_1_2_in_1 * Y1_2 + i_s_1_1_2_in_2 * Y1_1)
-                # h1 x Y2 -> A1: 1 x 2 -> 1, even path, 10 nonzeros
-                i_c_1_2_1_0 = i_hj_1_0_1_0 * Y2_0 + i_hj_1_0_1_1 * Y2_1 + i_hj_1_0_1_2 * Y2_3
-                i_c_1_2_1_1 = i_hj_1_0_1_0 * Y2_1 + i_hj_1_0_1_1 * Y2_2 + i_hj_1_0_1_2 * Y2_4
-                i_c_1_2_1_2 = i_hj_1_0_1_0 * Y2_3 + i_hj_1_0_1_1 * Y2_4 - i_hj_1_0_1_2 * Y2_0 - i_hj_1_0_1_2 * Y2_2
-                i_s_1_2_1_0 = i_c_1_2_1_0 * radial_7  # R[h1 x Y2 -> A1]
-                i_s_1_2_1_1 = i_c_1_2_1_1 * radial_7
-                i_s_1_2_1_2 = i_c_1_2_1_2 * radial_7
-                i_s_1_2_3_in_0 = i_hj_1_0_1_0 * radial_8  # R[h1 x Y2 -> A3]
-                i_s_1_2_3_in_1 = i_hj_1_0_1_1 * radial_8
-                i_s_1_2_3_in_2 = i_hj_1_0_1_2 * radial_8
-                # h1 x Y2 -> A3: 1 x 2 -> 3, even path, 25 nonzeros
-                i_s_1_2_3_0 = 0.6 * i_s_1_2_3_in_0 * Y2_0 - 0.4 * (i_s_1_2_3_in_1 * Y2_1 + i_s_1_2_3_in_2 * Y2_3)
-                i_s_1_2_3_1 = 0.5333333333333333 * i_s_1_2_3_in_0 * Y2_1 + 0.3333333333333333 * i_s_1_2_3_in_1 * Y2_0 - 0.13333333333333333 * (i_s_1_2_3_in_1 * Y2_2 + i_s_1_2_3_in_2 * Y2_4)
-                i_s_1_2_3_2 = -0.13333333333333333 * (i_s_1_2_3_in_0 * Y2_0 + i_s_1_2_3_in_2 * Y2_3) + 0.3333333333333333 * i_s_1_2_3_in_0 * Y2_2 + 0.5333333333333333 * i_s_1_2_3_in_1 * Y2_1
-                i_s_1_2_3_3 = -0.4 * (i_s_1_2_3_in_0 * Y2_1 + i_s_1_2_3_in_2 * Y2_4) + 0.6 * i_s_1_2_3_in_1 * Y2_2
-                i_s_1_2_3_4 = 0.5333333333333333 * i_s_1_2_3_in_0 * Y2_3 - 0.13333333333333333 * (i_s_1_2_3_in_1 * Y2_4 - i_s_1_2_3_in_2 * Y2_2) + 0.4666666666666667 * i_s_1_2_3_in_2 * Y2_0
-                i_s_1_2_3_5 = 0.3333333333333333 * (i_s_1_2_3_in_0 * Y2_4 + i_s_1_2_3_in_1 * Y2_3 + i_s_1_2_3_in_2 * Y2_1)
-                i_s_1_2_3_6 = -0.13333333333333333 * (i_s_1_2_3_in_0 * Y2_3 - i_s_1_2_3_in_2 * Y2_0) + 0.5333333333333333 * i_s_1_2_3_in_1 * Y2_4 + 0.4666666666666667 * i_s_1_2_3_in_2 * Y2_2
-                i_s_1_3_2_in_0 = i_hj_1_0_1_0 * radial_9  # R[h1 x Y3 -> A2]
-                i_s_1_3_2_in_1 = i_hj_1_0_1_1 * radial_9
-                i_s_1_3_2_in_2 = i_hj_1_0_1_2 * radial_9
-                # h1 x Y3 -> A2: 1 x 3 -> 2, even path, 17 nonzeros
-                i_s_1_3_2_0 = i_s_1_3_2_in_0 * Y3_0 + i_s_1_3_2_in_1 * Y3_1 + i_s_1_3_2_in_2 * Y3_4
-                i_s_1_3_2_1 = i_s_1_3_2_in_0 * Y3_1 + i_s_1_3_2_in_1 * Y3_2 + i_s_1_3_2_in_2 * Y3_5
-                i_s_1_3_2_2 = i_s_1_3_2_in_0 * Y3_2 + i_s_1_3_2_in_1 * Y3_3 + i_s_1_3_2_in_2 * Y3_6
-                i_s_1_3_2_3 = i_s_1_3_2_in_0 * Y3_4 + i_s_1_3_2_in_1 * Y3_5 - i_s_1_3_2_in_2 * Y3_0 - i_s_1_3_2_in_2 * Y3_2
-                i_s_1_3_2_4 = i_s_1_3_2_in_0 * Y3_5 + i_s_1_3_2_in_1 * Y3_6 - i_s_1_3_2_in_2 * Y3_1 - i_s_1_3_2_in_2 * Y3_3
-                i_A0_edges_0 = i_s_0_0_0_0 + i_s_1_1_0_0
-                i_A0_0 += i_A0_edges_0
-                i_A1_edges_0 = i_s_0_1_1_0 + i_s_1_0_1_0 + i_s_1_2_1_0
-                i_A1_edges_1 = i_s_0_1_1_1 + i_s_1_0_1_1 + i_s_1_2_1_1
-                i_A1_edges_2 = i_s_0_1_1_2 + i_s_1_0_1_2 + i_s_1_2_1_2
-                i_A1_0 += i_A1_edges_0
-                i_A1_1 += i_A1_edges_1
-                i_A1_2 += i_A1_edges_2
-                i_A2_edges_0 = i_s_0_2_2_0 + i_s_1_1_2_0 + i_s_1_3_2_0
-                i_A2_edges_1 = i_s_0_2_2_1 + i_s_1_1_2_1 + i_s_1_3_2_1
-                i_A2_edges_2 = i_s_0_2_2_2 + i_s_1_1_2_2 + i_s_1_3_2_2
-                i_A2_edges_3 = i_s_0_2_2_3 + i_s_1_1_2_3 + i_s_1_3_2_3
-                i_A2_edges_4 = i_s_0_2_2_4 + i_s_1_1_2_4 + i_s_1_3_2_4
-                i_A2_0 += i_A2_edges_0
-                i_A2_1 += i_A2_edges_1
-                i_A2_2 += i_A2_edges_2
-                i_A2_3 += i_A2_edges_3
-                i_A2_4 += i_A2_edges_4
-                i_A3_edges_0 = i_s_0_3_3_0 + i_s_1_2_3_0
-                i_A3_edges_1 = i_s_0_3_3_1 + i_s_1_2_3_1
-                i_A3_edges_2 = i_s_0_3_3_2 + i_s_1_2_3_2
-                i_A3_edges_3 = i_s_0_3_3_3 + i_s_1_2_3_3
-                i_A3_edges_4 = i_s_0_3_3_4 + i_s_1_2_3_4
-                i_A3_edges_5 = i_s_0_3_3_5 + i_s_1_2_3_5
-                i_A3_edges_6 = i_s_0_3_3_6 + i_s_1_2_3_6
-                i_A3_0 += i_A3_edges_0
-                i_A3_1 += i_A3_edges_1
-                i_A3_2 += i_A3_edges_2
-                i_A3_3 += i_A3_edges_3
-                i_A3_4 += i_A3_edges_4
-                i_A3_5 += i_A3_edges_5
-                i_A3_6 += i_A3_edges_6
-                i_hj_0_0_0[e, c, 0] = i_hj_0_0_0_0
-                i_c_0_0_0[e, c, 0] = i_c_0_0_0_0
-                i_s_0_1_1_in[e, c, 0] = i_s_0_1_1_in_0
-                i_s_0_2_2_in[e, c, 0] = i_s_0_2_2_in_0
-                i_s_0_3_3_in[e, c, 0] = i_s_0_3_3_in_0
-                i_hj_1_0_1[e, c, 0] = i_hj_1_0_1_0
-                i_hj_1_0_1[e, c, 1] = i_hj_1_0_1_1
-                i_hj_1_0_1[e, c, 2] = i_hj_1_0_1_2
-                i_c_1_0_1[e, c, 0] = i_c_1_0_1_0
-                i_c_1_0_1[e, c, 1] = i_c_1_0_1_1
-                i_c_1_0_1[e, c, 2] = i_c_1_0_1_2
-                i_c_1_1_0[e, c, 0] = i_c_1_1_0_0
-                i_s_1_1_2_in[e, c, 0] = i_s_1_1_2_in_0
-                i_s_1_1_2_in[e, c, 1] = i_s_1_1_2_in_1
-                i_s_1_1_2_in[e, c, 2] = i_s_1_1_2_in_2
-                i_c_1_2_1[e, c, 0] = i_c_1_2_1_0
-                i_c_1_2_1[e, c, 1] = i_c_1_2_1_1
-                i_c_1_2_1[e, c, 2] = i_c_1_2_1_2
-                i_s_1_2_3_in[e, c, 0] = i_s_1_2_3_in_0
-                i_s_1_2_3_in[e, c, 1] = i_s_1_2_3_in_1
-                i_s_1_2_3_in[e, c, 2] = i_s_1_2_3_in_2
-                i_s_1_3_2_in[e, c, 0] = i_s_1_3_2_in_0
-                i_s_1_3_2_in[e, c, 1] = i_s_1_3_2_in_1
-                i_s_1_3_2_in[e, c, 2] = i_s_1_3_2_in_2
-            product_27 = product[n, c, 27]
-            g_p_B1_0_0 = g_p_B1_0[n, c, 0]
-            g_p_B1_0_1 = g_p_B1_0[n, c, 1]
-            g_p_B1_0_2 = g_p_B1_0[n, c, 2]
-            product_25 = product[n, c, 25]
-            product_23 = product[n, c, 23]
-            product_13 = product[n, c, 13]
-            product_6 = product[n, c, 6]
-            g_p_B0_0_0 = g_p_B0_0[n, c, 0]
-            product_2 = product[n, c, 2]
-            product_0 = product[n, c, 0]
-            g_p_t27_1_0_0 = g_p_B1_0_0 * product_27  # adjoint of p_w27
-            g_p_t27_1_0_1 = g_p_B1_0_1 * product_27
-            g_p_t27_1_0_2 = g_p_B1_0_2 * product_27
-            g_p_t25_1_0_0 = g_p_B1_0_0 * product_25  # adjoint of p_w25
-            g_p_t25_1_0_1 = g_p_B1_0_1 * product_25
-            g_p_t25_1_0_2 = g_p_B1_0_2 * product_25
-            g_p_t23_1_0_0 = g_p_B1_0_0 * product_23  # adjoint of p_w23
-            g_p_t23_1_0_1 = g_p_B1_0_1 * product_23
-            g_p_t23_1_0_2 = g_p_B1_0_2 * product_23
-            g_mixA1_A_6_0 = g_p_B1_0_0 * product_13  # adjoint of p_w13
-            g_mixA1_A_6_1 = g_p_B1_0_1 * product_13
-            g_mixA1_A_6_2 = g_p_B1_0_2 * product_13
-            g_p_t6_1_0_0 = g_p_B0_0_0 * product_6  # adjoint of p_w6
-            g_p_t2_0_1_0 = g_p_B0_0_0 * product_2  # adjoint of p_w2
-            g_mixA0_A_8_0 = g_p_B0_0_0 * product_0  # adjoint of p_w0
-            i_A0[n, c, 0] = i_A0_0
-            i_A1[n, c, 0] = i_A1_0
-            i_A1[n, c, 1] = i_A1_1
-            i_A1[n, c, 2] = i_A1_2
-            i_A2[n, c, 0] = i_A2_0
-            i_A2[n, c, 1] = i_A2_1
-            i_A2[n, c, 2] = i_A2_2
-            i_A2[n, c, 3] = i_A2_3
-            i_A2[n, c, 4] = i_A2_4
-            i_A3[n, c, 0] = i_A3_0
-            i_A3[n, c, 1] = i_A3_1
-            i_A3[n, c, 2] = i_A3_2
-            i_A3[n, c, 3] = i_A3_3
-            i_A3[n, c, 4] = i_A3_4
-            i_A3[n, c, 5] = i_A3_5
-            i_A3[n, c, 6] = i_A3_6
-            g_p_t27_1_0[n, c, 0] = g_p_t27_1_0_0
-            g_p_t27_1_0[n, c, 1] = g_p_t27_1_0_1
-            g_p_t27_1_0[n, c, 2] = g_p_t27_1_0_2
-            g_p_t25_1_0[n, c, 0] = g_p_t25_1_0_0
-            g_p_t25_1_0[n, c, 1] = g_p_t25_1_0_1
-            g_p_t25_1_0[n, c, 2] = g_p_t25_1_0_2
-            g_p_t23_1_0[n, c, 0] = g_p_t23_1_0_0
-            g_p_t23_1_0[n, c, 1] = g_p_t23_1_0_1
-            g_p_t23_1_0[n, c, 2] = g_p_t23_1_0_2
-            g_mixA1_A_6[n, c, 0] = g_mixA1_A_6_0
-            g_mixA1_A_6[n, c, 1] = g_mixA1_A_6_1
-            g_mixA1_A_6[n, c, 2] = g_mixA1_A_6_2
-            g_p_t6_1_0[n, c, 0] = g_p_t6_1_0_0
-            g_p_t2_0_1[n, c, 0] = g_p_t2_0_1_0
-            g_mixA0_A_8[n, c, 0] = g_mixA0_A_8_0
-
+    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 37 ops; stores i_hj_0_0_0, i_c_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_hj_1_0_1, i_c_1_0_1, i_c_1_1_0, i_s_1_1_2_in, i_c_1_2_1, i_s_1_2_3_in, i_s_1_3_2_in, i_A0, i_A1, i_A2, i_A3, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_mixA1_A_6, g_p_t6_1_0, g_p_t2_0_1, g_mixA0_A_8
+        _kernel_8e97ce2650(np.int64(block), Y0, Y1, Y2, Y3, channels, g_mixA0_A_8, g_mixA1_A_6, g_p_B0_0, g_p_B1_0, g_p_t23_1_0, g_p_t25_1_0, g_p_t27_1_0, g_p_t2_0_1, g_p_t6_1_0, i_A0, i_A1, i_A2, i_A3, i_c_0_0_0, i_c_1_0_1, i_c_1_1_0, i_c_1_2_1, i_hj_0_0_0, i_hj_1_0_1, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_s_1_1_2_in, i_s_1_2_3_in, i_s_1_3_2_in, num_nodes, product, radial, receiver_offsets, senders, up0_h, up1_h)
     return (i_hj_0_0_0, i_c_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_hj_1_0_1, i_c_1_0_1, i_c_1_1_0, i_s_1_1_2_in, i_c_1_2_1, i_s_1_2_3_in, i_s_1_3_2_in, i_A0, i_A1, i_A2, i_A3, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_mixA1_A_6, g_p_t6_1_0, g_p_t2_0_1, g_mixA0_A_8)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_01_01_reverse_k3(i_A0, i_A1, i_A2, i_A3, mixA0, mixA1, mixA2, mixA3):
-    """Part of layer_01_01_reverse.
-
-    IR program layer_01_01_reverse_k3, printed as 4 kernel(s).
-    mixA0: weights with channels rows x channels columns.
-    mixA1: weights with channels rows x channels columns.
-    mixA2: weights with channels rows x channels columns.
-    mixA3: weights with channels rows x channels columns.
-    """
-    dtype = i_A0.dtype
-    num_nodes = i_A0.shape[0]
-    if i_A0.shape[2] != 1:
-        raise ValueError("i_A0 must have shape (nodes, channels, 1)")
-    if i_A1.shape[0] != num_nodes or i_A1.shape[2] != 3:
-        raise ValueError("i_A1 must have shape (nodes, channels, 3)")
-    if i_A2.shape[0] != num_nodes or i_A2.shape[2] != 5:
-        raise ValueError("i_A2 must have shape (nodes, channels, 5)")
-    if i_A3.shape[0] != num_nodes or i_A3.shape[2] != 7:
-        raise ValueError("i_A3 must have shape (nodes, channels, 7)")
-
-    # ChannelMix -> mixA0_A (nodes, channels, 1): einsum("ncd,ck->nkd", i_A0, mixA0)
-    if i_A0.shape[1] != mixA0.shape[0]:
-        raise ValueError("i_A0 has the wrong number of channels for mixA0")
-    mixA0_A = np.dot(np.ascontiguousarray(i_A0).reshape((num_nodes, mixA0.shape[0])), np.asarray(mixA0, dtype)).reshape((num_nodes, mixA0.shape[1], 1))
-
-    # ChannelMix -> mixA1_A (nodes, channels, 3): einsum("ncd,ck->nkd", i_A1, mixA1)
-    if i_A1.shape[1] != mixA1.shape[0]:
-        raise ValueError("i_A1 has the wrong number of channels for mixA1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA1_A_in = np.empty((num_nodes, 3, mixA1.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[0]):
-                mixA1_A_in[n, m, a] = i_A1[n, a, m]
-    mixA1_A_gemm = np.dot(mixA1_A_in.reshape((num_nodes * 3, mixA1.shape[0])), np.asarray(mixA1, dtype)).reshape((num_nodes, 3, mixA1.shape[1]))
-    mixA1_A = np.empty((num_nodes, mixA1.shape[1], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[1]):
-                mixA1_A[n, a, m] = mixA1_A_gemm[n, m, a]
-
-    # ChannelMix -> mixA2_A (nodes, channels, 5): einsum("ncd,ck->nkd", i_A2, mixA2)
-    if i_A2.shape[1] != mixA2.shape[0]:
-        raise ValueError("i_A2 has the wrong number of channels for mixA2")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA2_A_in = np.empty((num_nodes, 5, mixA2.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[0]):
-                mixA2_A_in[n, m, a] = i_A2[n, a, m]
-    mixA2_A_gemm = np.dot(mixA2_A_in.reshape((num_nodes * 5, mixA2.shape[0])), np.asarray(mixA2, dtype)).reshape((num_nodes, 5, mixA2.shape[1]))
-    mixA2_A = np.empty((num_nodes, mixA2.shape[1], 5), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[1]):
-                mixA2_A[n, a, m] = mixA2_A_gemm[n, m, a]
-
-    # ChannelMix -> mixA3_A (nodes, channels, 7): einsum("ncd,ck->nkd", i_A3, mixA3)
-    if i_A3.shape[1] != mixA3.shape[0]:
-        raise ValueError("i_A3 has the wrong number of channels for mixA3")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    mixA3_A_in = np.empty((num_nodes, 7, mixA3.shape[0]), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[0]):
-                mixA3_A_in[n, m, a] = i_A3[n, a, m]
-    mixA3_A_gemm = np.dot(mixA3_A_in.reshape((num_nodes * 7, mixA3.shape[0])), np.asarray(mixA3, dtype)).reshape((num_nodes, 7, mixA3.shape[1]))
-    mixA3_A = np.empty((num_nodes, mixA3.shape[1], 7), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[1]):
-                mixA3_A[n, a, m] = mixA3_A_gemm[n, m, a]
-
-    return (mixA0_A, mixA1_A, mixA2_A, mixA3_A)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_01_01_reverse_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, g_p_B1_0, g_p_B0_0, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_p_t6_1_0, g_p_t2_0_1, g_mixA1_A_6, g_mixA0_A_8, product):
-    """Part of layer_01_01_reverse.
-
-    IR program layer_01_01_reverse_k4, printed as 1 kernel(s).
-    product: weights with 29 columns.
-    """
-    dtype = mixA0_A.dtype
-    num_nodes = mixA0_A.shape[0]
-    channels = mixA0_A.shape[1]
-    if mixA0_A.shape[0] != num_nodes or mixA0_A.shape[1] != channels or mixA0_A.shape[2] != 1:
-        raise ValueError("mixA0_A must have shape (nodes, channels, 1)")
-    if mixA1_A.shape[0] != num_nodes or mixA1_A.shape[1] != channels or mixA1_A.shape[2] != 3:
-        raise ValueError("mixA1_A must have shape (nodes, channels, 3)")
-    if mixA2_A.shape[0] != num_nodes or mixA2_A.shape[1] != channels or mixA2_A.shape[2] != 5:
-        raise ValueError("mixA2_A must have shape (nodes, channels, 5)")
-    if mixA3_A.shape[0] != num_nodes or mixA3_A.shape[1] != channels or mixA3_A.shape[2] != 7:
-        raise ValueError("mixA3_A must have shape (nodes, channels, 7)")
-    if g_p_B1_0.shape[0] != num_nodes or g_p_B1_0.shape[1] != channels or g_p_B1_0.shape[2] != 3:
-        raise ValueError("g_p_B1_0 must have shape (nodes, channels, 3)")
-    if g_p_B0_0.shape[0] != num_nodes or g_p_B0_0.shape[1] != channels or g_p_B0_0.shape[2] != 1:
-        raise ValueError("g_p_B0_0 must have shape (nodes, channels, 1)")
-    if g_p_t27_1_0.shape[0] != num_nodes or g_p_t27_1_0.shape[1] != channels or g_p_t27_1_0.shape[2] != 3:
-        raise ValueError("g_p_t27_1_0 must have shape (nodes, channels, 3)")
-    if g_p_t25_1_0.shape[0] != num_nodes or g_p_t25_1_0.shape[1] != channels or g_p_t25_1_0.shape[2] != 3:
-        raise ValueError("g_p_t25_1_0 must have shape (nodes, channels, 3)")
-    if g_p_t23_1_0.shape[0] != num_nodes or g_p_t23_1_0.shape[1] != channels or g_p_t23_1_0.shape[2] != 3:
-        raise ValueError("g_p_t23_1_0 must have shape (nodes, channels, 3)")
-    if g_p_t6_1_0.shape[0] != num_nodes or g_p_t6_1_0.shape[1] != channels or g_p_t6_1_0.shape[2] != 1:
-        raise ValueError("g_p_t6_1_0 must have shape (nodes, channels, 1)")
-    if g_p_t2_0_1.shape[0] != num_nodes or g_p_t2_0_1.shape[1] != channels or g_p_t2_0_1.shape[2] != 1:
-        raise ValueError("g_p_t2_0_1 must have shape (nodes, channels, 1)")
-    if g_mixA1_A_6.shape[0] != num_nodes or g_mixA1_A_6.shape[1] != channels or g_mixA1_A_6.shape[2] != 3:
-        raise ValueError("g_mixA1_A_6 must have shape (nodes, channels, 3)")
-    if g_mixA0_A_8.shape[0] != num_nodes or g_mixA0_A_8.shape[1] != channels or g_mixA0_A_8.shape[2] != 1:
-        raise ValueError("g_mixA0_A_8 must have shape (nodes, channels, 1)")
-    if product.shape[0] != num_nodes or product.shape[1] != channels or product.shape[2] != 29:
-        raise ValueError("product must have shape (nodes, channels, 29)")
-
-    g_mixA3_A_11 = np.empty((num_nodes, channels, 7), dtype)
-    g_mixA2_A_14 = np.empty((num_nodes, channels, 5), dtype)
-    g_mixA1_A_14 = np.empty((num_nodes, channels, 3), dtype)
-    g_mixA0_A_9 = np.empty((num_nodes, channels, 1), dtype)
-    # kernel 1 (per channel, phase 0): 125 ops; stores g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9
-    for n in prange(num_nodes):
-        for c in range(channels):
-            mixA0_A_0 = mixA0_A[n, c, 0]
-            mixA1_A_0 = mixA1_A[n, c, 0]
-            mixA1_A_1 = mixA1_A[n, c, 1]
-            mixA1_A_2 = mixA1_A[n, c, 2]
-            mixA2_A_0 = mixA2_A[n, c, 0]
-            mixA2_A_1 = mixA2_A[n, c, 1]
-            mixA2_A_2 = mixA2_A[n, c, 2]
-            mixA2_A_3 = mixA2_A[n, c, 3]
-            mixA2_A_4 = mixA2_A[n, c, 4]
-            mixA3_A_0 = mixA3_A[n, c, 0]
-            mixA3_A_1 = mixA3_A[n, c, 1]
-            mixA3_A_2 = mixA3_A[n, c, 2]
-            mixA3_A_3 = mixA3_A[n, c, 3]
-            mixA3_A_4 = mixA3_A[n, c, 4]
-            mixA3_A_5 = mixA3_A[n, c, 5]
-            mixA3_A_6 = mixA3_A[n, c, 6]
-            product_1 = product[n, c, 1]
-            product_5 = product[n, c, 5]
-            product_3 = product[n, c, 3]
-            product_7 = product[n, c, 7]
-            product_9 = product[n, c, 9]
-            product_11 = product[n, c, 11]
-            product_4 = product[n, c, 4]
-            product_8 = product[n, c, 8]
-            product_10 = product[n, c, 10]
-            product_12 = product[n, c, 12]
-            product_14 = product[n, c, 14]
-            product_17 = product[n, c, 17]
-            product_20 = product[n, c, 20]
-            product_15 = product[n, c, 15]
-            product_18 = product[n, c, 18]
-            product_22 = product[n, c, 22]
-            product_16 = product[n, c, 16]
-            product_19 = product[n, c, 19]
-            product_21 = product[n, c, 21]
-            product_24 = product[n, c, 24]
-            product_26 = product[n, c, 26]
-            product_28 = product[n, c, 28]
-            g_p_B1_0_0 = g_p_B1_0[n, c, 0]
-            g_p_B1_0_1 = g_p_B1_0[n, c, 1]
-            g_p_B1_0_2 = g_p_B1_0[n, c, 2]
-            g_p_B0_0_0 = g_p_B0_0[n, c, 0]
-            g_p_t27_1_0_0 = g_p_t27_1_0[n, c, 0]
-            g_p_t27_1_0_1 = g_p_t27_1_0[n, c, 1]
-            g_p_t27_1_0_2 = g_p_t27_1_0[n, c, 2]
-            g_p_t25_1_0_0 = g_p_t25_1_0[n, c, 0]
-            g_p_t25_1_0_1 = g_p_t25_1_0[n, c, 1]
-            g_p_t25_1_0_2 = g_p_t25_1_0[n, c, 2]
-            g_p_t23_1_0_0 = g_p_t23_1_0[n, c, 0]
-            g_p_t23_1_0_1 = g_p_t23_1_0[n, c, 1]
-            g_p_t23_1_0_2 = g_p_t23_1_0[n, c, 2]
-            g_p_t6_1_0_0 = g_p_t6_1_0[n, c, 0]
-            g_p_t2_0_1_0 = g_p_t2_0_1[n, c, 0]
-            g_mixA1_A_6_0 = g_mixA1_A_6[n, c, 0]
-            g_mixA1_A_6_1 = g_mixA1_A_6[n, c, 1]
-            g_mixA1_A_6_2 = g_mixA1_A_6[n, c, 2]
-            g_mixA0_A_8_0 = g_mixA0_A_8[n, c, 0]
-            # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
-            p_t1_0_0 = mixA0_A_0 * mixA0_A_0
-            # (1o x 1o)->0e step 1: 1 x 1 -> 0, even path, 3 nonzeros
-            p_t2_0_0 = mixA1_A_0 * mixA1_A_0 + mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2
-            # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
-            p_t6_0_0 = mixA0_A_0 * mixA1_A_0
-            p_t6_0_1 = mixA0_A_0 * mixA1_A_1
-            p_t6_0_2 = mixA0_A_0 * mixA1_A_2
-            # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
-            p_t7_0_0 = mixA0_A_0 * mixA2_A_0
-            p_t7_0_1 = mixA0_A_0 * mixA2_A_1
-            p_t7_0_2 = mixA0_A_0 * mixA2_A_2
-            p_t7_0_3 = mixA0_A_0 * mixA2_A_3
-            p_t7_0_4 = mixA0_A_0 * mixA2_A_4
-            # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
-            p_t8_0_0 = mixA0_A_0 * mixA3_A_0
-            p_t8_0_1 = mixA0_A_0 * mixA3_A_1
-            p_t8_0_2 = mixA0_A_0 * mixA3_A_2
-            p_t8_0_3 = mixA0_A_0 * mixA3_A_3
-            p_t8_0_4 = mixA0_A_0 * mixA3_A_4
-            p_t8_0_5 = mixA0_A_0 * mixA3_A_5
-            p_t8_0_6 = mixA0_A_0 * mixA3_A_6
-            # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
-            p_t9_0_0 = 0.6666666666666666 * mixA1_A_0 * mixA1_A_0 - 0.3333333333333333 * (mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2)
-            p_t9_0_1 = 0.5 * (mixA1_A_0 * mixA1_A_1 + mixA1_A_1 * mixA1_A_0)
-            p_t9_0_2 = -0.3333333333333333 * (mixA1_A_0 * mixA1_A_0 + mixA1_A_2 * mixA1_A_2) + 0.6666666666666666 * mixA1_A_1 * mixA1_A_1
-            p_t9_0_3 = 0.5 * (mixA1_A_0 * mixA1_A_2 + mixA1_A_2 * mixA1_A_0)
-            p_t9_0_4 = 0.5 * (mixA1_A_1 * mixA1_A_2 + mixA1_A_2 * mixA1_A_1)
-            # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
-            p_t10_0_0 = 0.6 * mixA1_A_0 * mixA2_A_0 - 0.4 * (mixA1_A_1 * mixA2_A_1 + mixA1_A_2 * mixA2_A_3)
-            p_t10_0_1 = 0.5333333333333333 * mixA1_A_0 * mixA2_A_1 + 0.3333333333333333 * mixA1_A_1 * mixA2_A_0 - 0.13333333333333333 * (mixA1_A_1 * mixA2_A_2 + mixA1_A_2 * mixA2_A_4)
-            p_t10_0_2 = -0.13333333333333333 * (mixA1_A_0 * mixA2_A_0 + mixA1_A_2 * mixA2_A_3) + 0.3333333333333333 * mixA1_A_0 * mixA2_A_2 + 0.5333333333333333 * mixA1_A_1 * mixA2_A_1
-            p_t10_0_3 = -0.4 * (mixA1_A_0 * mixA2_A_1 + mixA1_A_2 * mixA2_A_4) + 0.6 * mixA1_A_1 * mixA2_A_2
-            p_t10_0_4 = 0.5333333333333333 * mixA1_A_0 * mixA2_A_3 - 0.13333333333333333 * (mixA1_A_1 * mixA2_A_4 - mixA1_A_2 * mixA2_A_2) + 0.4666666666666667 * mixA1_A_2 * mixA2_A_0
-            p_t10_0_5 = 0.3333333333333333 * (mixA1_A_0 * mixA2_A_4 + mixA1_A_1 * mixA2_A_3 + mixA1_A_2 * mixA2_A_1)
-            p_t10_0_6 = -0.13333333333333333 * (mixA1_A_0 * mixA2_A_3 - mixA1_A_2 * mixA2_A_0) + 0.5333333333333333 * mixA1_A_1 * mixA2_A_4 + 0.4666666666666667 * mixA1_A_2 * mixA2_A_2
-            # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
-            p_t11_0_0 = 0.3333333333333333 * (mixA2_A_0 * mixA2_A_0 - mixA2_A_0 * mixA2_A_2 + mixA2_A_1 * mixA2_A_1 - mixA2_A_2 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) - 0.6666666666666666 * (mixA2_A_2 * mixA2_A_2 + mixA2_A_4 * mixA2_A_4)
-            p_t11_0_1 = 0.5 * (mixA2_A_0 * mixA2_A_1 + mixA2_A_1 * mixA2_A_0 + mixA2_A_1 * mixA2_A_2 + mixA2_A_2 * mixA2_A_1 + mixA2_A_3 * mixA2_A_4 + mixA2_A_4 * mixA2_A_3)
-            p_t11_0_2 = -0.6666666666666666 * (mixA2_A_0 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) - 0.3333333333333333 * (mixA2_A_0 * mixA2_A_2 - mixA2_A_1 * mixA2_A_1 + mixA2_A_2 * mixA2_A_0 - mixA2_A_2 * mixA2_A_2 - mixA2_A_4 * mixA2_A_4)
-            p_t11_0_3 = 0.5 * (mixA2_A_1 * mixA2_A_4 - mixA2_A_2 * mixA2_A_3 - mixA2_A_3 * mixA2_A_2 + mixA2_A_4 * mixA2_A_1)
-            p_t11_0_4 = -0.5 * (mixA2_A_0 * mixA2_A_4 - mixA2_A_1 * mixA2_A_3 - mixA2_A_3 * mixA2_A_1 + mixA2_A_4 * mixA2_A_0)
-            # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
-            p_t12_0_0 = 0.2 * (mixA2_A_0 * mixA3_A_0 + mixA2_A_1 * mixA3_A_1 + mixA2_A_3 * mixA3_A_4) - 0.4 * (mixA2_A_0 * mixA3_A_2 + mixA2_A_2 * mixA3_A_0) - 0.8 * (mixA2_A_2 * mixA3_A_2 + mixA2_A_4 * mixA3_A_5)
-            p_t12_0_1 = (0.4 * (mixA2_A_0 * mixA3_A_1 + mixA2_A_1 * mixA3_A_2 + mixA2_A_3 * mixA3_A_5) - 0.13333333333333333 * mixA2_A_0 * mixA3_A_3 + 0.3333333333333333 * (mixA2_A_1 * mixA3_A_0 + mixA2_A_4 * mixA3_A_4) + 0.2 * mixA2_A_2 * mixA3_A_1
-                         - 0.26666666666666666 * (mixA2_A_2 * mixA3_A_3 + mixA2_A_4 * mixA3_A_6))
-            p_t12_0_2 = (-0.26666666666666666 * (mixA2_A_0 * mixA3_A_0 + mixA2_A_3 * mixA3_A_4) + 0.2 * mixA2_A_0 * mixA3_A_2 + 0.4 * (mixA2_A_1 * mixA3_A_1 + mixA2_A_2 * mixA3_A_2 + mixA2_A_4 * mixA3_A_5) + 0.3333333333333333 * (mixA2_A_1 * mixA3_A_3 + mixA2_A_3 * mixA3_A_6)
-                         - 0.13333333333333333 * mixA2_A_2 * mixA3_A_0)
-            p_t12_0_3 = -0.8 * (mixA2_A_0 * mixA3_A_1 + mixA2_A_3 * mixA3_A_5) - 0.4 * (mixA2_A_0 * mixA3_A_3 + mixA2_A_2 * mixA3_A_1) + 0.2 * (mixA2_A_1 * mixA3_A_2 + mixA2_A_2 * mixA3_A_3 + mixA2_A_4 * mixA3_A_6)
-            p_t12_0_4 = (0.06666666666666667 * (mixA2_A_0 * mixA3_A_4 - mixA2_A_3 * mixA3_A_0) - 0.13333333333333333 * mixA2_A_0 * mixA3_A_6 + 0.4 * (mixA2_A_1 * mixA3_A_5 - mixA2_A_3 * mixA3_A_2) - 0.4666666666666667 * mixA2_A_2 * mixA3_A_4
-                         - 0.26666666666666666 * (mixA2_A_2 * mixA3_A_6 - mixA2_A_4 * mixA3_A_3) + 0.6 * mixA2_A_4 * mixA3_A_1)
-            p_t12_0_5 = 0.3333333333333333 * (mixA2_A_1 * mixA3_A_4 + mixA2_A_1 * mixA3_A_6 - mixA2_A_3 * mixA3_A_3 - mixA2_A_4 * mixA3_A_0)
-            p_t12_0_6 = (-0.26666666666666666 * (mixA2_A_0 * mixA3_A_4 - mixA2_A_3 * mixA3_A_0) - 0.4666666666666667 * mixA2_A_0 * mixA3_A_6 + 0.4 * (mixA2_A_1 * mixA3_A_5 - mixA2_A_4 * mixA3_A_1) - 0.13333333333333333 * mixA2_A_2 * mixA3_A_4
-                         + 0.06666666666666667 * (mixA2_A_2 * mixA3_A_6 - mixA2_A_4 * mixA3_A_3) + 0.6 * mixA2_A_3 * mixA3_A_2)
-            # (1o x 2e)->1o step 1: 1 x 2 -> 1, even path, 10 nonzeros
-            p_t15_0_0 = mixA1_A_0 * mixA2_A_0 + mixA1_A_1 * mixA2_A_1 + mixA1_A_2 * mixA2_A_3
-            p_t15_0_1 = mixA1_A_0 * mixA2_A_1 + mixA1_A_1 * mixA2_A_2 + mixA1_A_2 * mixA2_A_4
-            p_t15_0_2 = mixA1_A_0 * mixA2_A_3 + mixA1_A_1 * mixA2_A_4 - mixA1_A_2 * mixA2_A_0 - mixA1_A_2 * mixA2_A_2
-            # ((1o x 2e)->2o x 2e)->1o step 1: 1 x 2 -> 2, odd (Levi-Civita) path, 16 nonzeros
-            p_t23_0_0 = mixA1_A_1 * mixA2_A_3 - mixA1_A_2 * mixA2_A_1
-            p_t23_0_1 = -0.5 * (mixA1_A_0 * mixA2_A_3 - mixA1_A_1 * mixA2_A_4 - mixA1_A_2 * mixA2_A_0 + mixA1_A_2 * mixA2_A_2)
-            p_t23_0_2 = -mixA1_A_0 * mixA2_A_4 + mixA1_A_2 * mixA2_A_1
-            p_t23_0_3 = 0.5 * (mixA1_A_0 * mixA2_A_1 - mixA1_A_1 * mixA2_A_2 - mixA1_A_2 * mixA2_A_4) - mixA1_A_1 * mixA2_A_0
-            p_t23_0_4 = 0.5 * (mixA1_A_0 * mixA2_A_0 - mixA1_A_1 * mixA2_A_1 + mixA1_A_2 * mixA2_A_3) + mixA1_A_0 * mixA2_A_2
-            # ((1o x 3o)->2e x 3o)->1o step 1: 1 x 3 -> 2, even path, 17 nonzeros
-            p_t24_0_0 = mixA1_A_0 * mixA3_A_0 + mixA1_A_1 * mixA3_A_1 + mixA1_A_2 * mixA3_A_4
-            p_t24_0_1 = mixA1_A_0 * mixA3_A_1 + mixA1_A_1 * mixA3_A_2 + mixA1_A_2 * mixA3_A_5
-            p_t24_0_2 = mixA1_A_0 * mixA3_A_2 + mixA1_A_1 * mixA3_A_3 + mixA1_A_2 * mixA3_A_6
-            p_t24_0_3 = mixA1_A_0 * mixA3_A_4 + mixA1_A_1 * mixA3_A_5 - mixA1_A_2 * mixA3_A_0 - mixA1_A_2 * mixA3_A_2
-            p_t24_0_4 = mixA1_A_0 * mixA3_A_5 + mixA1_A_1 * mixA3_A_6 - mixA1_A_2 * mixA3_A_1 - mixA1_A_2 * mixA3_A_3
-            # ((1o x 3o)->3e x 3o)->1o step 1: 1 x 3 -> 3, odd (Levi-Civita) path, 26 nonzeros
-            p_t25_0_0 = mixA1_A_1 * mixA3_A_4 - mixA1_A_2 * mixA3_A_1
-            p_t25_0_1 = -0.3333333333333333 * (mixA1_A_0 * mixA3_A_4 - mixA1_A_2 * mixA3_A_0) + 0.6666666666666666 * (mixA1_A_1 * mixA3_A_5 - mixA1_A_2 * mixA3_A_2)
-            p_t25_0_2 = -0.6666666666666666 * (mixA1_A_0 * mixA3_A_5 - mixA1_A_2 * mixA3_A_1) + 0.3333333333333333 * (mixA1_A_1 * mixA3_A_6 - mixA1_A_2 * mixA3_A_3)
-            p_t25_0_3 = -mixA1_A_0 * mixA3_A_6 + mixA1_A_2 * mixA3_A_2
-            p_t25_0_4 = 0.3333333333333333 * mixA1_A_0 * mixA3_A_1 - mixA1_A_1 * mixA3_A_0 - 0.6666666666666666 * (mixA1_A_1 * mixA3_A_2 + mixA1_A_2 * mixA3_A_5)
-            p_t25_0_5 = 0.3333333333333333 * (mixA1_A_0 * mixA3_A_0 - mixA1_A_1 * mixA3_A_3 + mixA1_A_2 * mixA3_A_4 - mixA1_A_2 * mixA3_A_6) + 0.6666666666666666 * (mixA1_A_0 * mixA3_A_2 - mixA1_A_1 * mixA3_A_1)
-            p_t25_0_6 = 0.6666666666666666 * (mixA1_A_0 * mixA3_A_1 + mixA1_A_2 * mixA3_A_5) + mixA1_A_0 * mixA3_A_3 - 0.3333333333333333 * mixA1_A_1 * mixA3_A_2
-            # ((2e x 2e)->4e x 3o)->1o step 1: 2 x 2 -> 4, even path, 53 nonzeros
-            p_t27_0_0 = 0.5428571428571428 * mixA2_A_0 * mixA2_A_0 + 0.05714285714285714 * (mixA2_A_0 * mixA2_A_2 + mixA2_A_2 * mixA2_A_0) - 0.45714285714285713 * (mixA2_A_1 * mixA2_A_1 + mixA2_A_3 * mixA2_A_3) + 0.11428571428571428 * (mixA2_A_2 * mixA2_A_2 + mixA2_A_4 * mixA2_A_4)
-            p_t27_0_1 = 0.35714285714285715 * (mixA2_A_0 * mixA2_A_1 + mixA2_A_1 * mixA2_A_0) - 0.14285714285714285 * (mixA2_A_1 * mixA2_A_2 + mixA2_A_2 * mixA2_A_1 + mixA2_A_3 * mixA2_A_4 + mixA2_A_4 * mixA2_A_3)
-            p_t27_0_2 = -0.05714285714285714 * (mixA2_A_0 * mixA2_A_0 + mixA2_A_2 * mixA2_A_2 + mixA2_A_3 * mixA2_A_3 + mixA2_A_4 * mixA2_A_4) + 0.18571428571428572 * (mixA2_A_0 * mixA2_A_2 + mixA2_A_2 * mixA2_A_0) + 0.5142857142857142 * mixA2_A_1 * mixA2_A_1
-            p_t27_0_3 = -0.14285714285714285 * (mixA2_A_0 * mixA2_A_1 + mixA2_A_1 * mixA2_A_0 + mixA2_A_3 * mixA2_A_4 + mixA2_A_4 * mixA2_A_3) + 0.35714285714285715 * (mixA2_A_1 * mixA2_A_2 + mixA2_A_2 * mixA2_A_1)
-            p_t27_0_4 = 0.11428571428571428 * (mixA2_A_0 * mixA2_A_0 + mixA2_A_3 * mixA2_A_3) + 0.05714285714285714 * (mixA2_A_0 * mixA2_A_2 + mixA2_A_2 * mixA2_A_0) - 0.45714285714285713 * (mixA2_A_1 * mixA2_A_1 + mixA2_A_4 * mixA2_A_4) + 0.5428571428571428 * mixA2_A_2 * mixA2_A_2
-            p_t27_0_5 = 0.5 * (mixA2_A_0 * mixA2_A_3 + mixA2_A_3 * mixA2_A_0) - 0.14285714285714285 * (mixA2_A_1 * mixA2_A_4 - mixA2_A_2 * mixA2_A_3 - mixA2_A_3 * mixA2_A_2 + mixA2_A_4 * mixA2_A_1)
-            p_t27_0_6 = 0.21428571428571427 * (mixA2_A_0 * mixA2_A_4 + mixA2_A_4 * mixA2_A_0) + 0.2857142857142857 * (mixA2_A_1 * mixA2_A_3 + mixA2_A_3 * mixA2_A_1)
-            p_t27_0_7 = 0.2857142857142857 * (mixA2_A_1 * mixA2_A_4 + mixA2_A_4 * mixA2_A_1) + 0.21428571428571427 * (mixA2_A_2 * mixA2_A_3 + mixA2_A_3 * mixA2_A_2)
-            p_t27_0_8 = 0.14285714285714285 * (mixA2_A_0 * mixA2_A_4 - mixA2_A_1 * mixA2_A_3 - mixA2_A_3 * mixA2_A_1 + mixA2_A_4 * mixA2_A_0) + 0.5 * (mixA2_A_2 * mixA2_A_4 + mixA2_A_4 * mixA2_A_2)
-            # ((3o x 3o)->2e x 3o)->1o step 1: 3 x 3 -> 2, even path, 44 nonzeros
-            p_t28_0_0 = (0.6666666666666666 * (mixA3_A_0 * mixA3_A_0 + mixA3_A_4 * mixA3_A_4) - mixA3_A_1 * mixA3_A_3 - mixA3_A_3 * mixA3_A_1 - 1.3333333333333333 * (mixA3_A_3 * mixA3_A_3 + mixA3_A_6 * mixA3_A_6)
-                         - 0.3333333333333333 * (mixA3_A_4 * mixA3_A_6 + mixA3_A_6 * mixA3_A_4))
-            p_t28_0_1 = (mixA3_A_0 * mixA3_A_1 + mixA3_A_1 * mixA3_A_0 + mixA3_A_2 * mixA3_A_3 + mixA3_A_3 * mixA3_A_2
-                         + mixA3_A_4 * mixA3_A_5 + mixA3_A_5 * mixA3_A_4 + mixA3_A_5 * mixA3_A_6 + mixA3_A_6 * mixA3_A_5
-                         + 0.5 * (mixA3_A_0 * mixA3_A_3 + mixA3_A_3 * mixA3_A_0) + 1.5 * (mixA3_A_1 * mixA3_A_2 + mixA3_A_2 * mixA3_A_1))
-            p_t28_0_2 = (-1.3333333333333333 * (mixA3_A_0 * mixA3_A_0 + mixA3_A_4 * mixA3_A_4) - mixA3_A_0 * mixA3_A_2 - mixA3_A_2 * mixA3_A_0 + 0.6666666666666666 * (mixA3_A_3 * mixA3_A_3 + mixA3_A_6 * mixA3_A_6)
-                         - 0.3333333333333333 * (mixA3_A_4 * mixA3_A_6 + mixA3_A_6 * mixA3_A_4))
-            p_t28_0_3 = (0.5 * (mixA3_A_0 * mixA3_A_6 - mixA3_A_2 * mixA3_A_4 - mixA3_A_4 * mixA3_A_2 + mixA3_A_6 * mixA3_A_0) + mixA3_A_2 * mixA3_A_6 - mixA3_A_3 * mixA3_A_5 - mixA3_A_5 * mixA3_A_3
-                         + mixA3_A_6 * mixA3_A_2)
-            p_t28_0_4 = (-mixA3_A_0 * mixA3_A_5 + mixA3_A_1 * mixA3_A_4 + mixA3_A_4 * mixA3_A_1 - mixA3_A_5 * mixA3_A_0
-                         - 0.5 * (mixA3_A_1 * mixA3_A_6 - mixA3_A_3 * mixA3_A_4 - mixA3_A_4 * mixA3_A_3 + mixA3_A_6 * mixA3_A_1))
-            p_B0_f0_0_A0_0_0 = mixA0_A_0 * product_1  # (0e x 0e)->0e
-            p_B0_f0_0_A0_1_0 = p_t1_0_0 * product_5  # ((0e x 0e)->0e x 0e)->0e
-            p_B0_f0_0_A0_sum_0 = p_B0_f0_0_A0_0_0 + p_B0_f0_0_A0_1_0
-            p_B0_f2_2_A2_0_0 = mixA2_A_0 * product_3  # (2e x 2e)->0e
-            p_B0_f2_2_A2_0_1 = mixA2_A_1 * product_3
-            p_B0_f2_2_A2_0_2 = mixA2_A_2 * product_3
-            p_B0_f2_2_A2_0_3 = mixA2_A_3 * product_3
-            p_B0_f2_2_A2_0_4 = mixA2_A_4 * product_3
-            p_B0_f2_2_A2_1_0 = p_t7_0_0 * product_7  # ((0e x 2e)->2e x 2e)->0e
-            p_B0_f2_2_A2_1_1 = p_t7_0_1 * product_7
-            p_B0_f2_2_A2_1_2 = p_t7_0_2 * product_7
-            p_B0_f2_2_A2_1_3 = p_t7_0_3 * product_7
-            p_B0_f2_2_A2_1_4 = p_t7_0_4 * product_7
-            p_B0_f2_2_A2_2_0 = p_t9_0_0 * product_9  # ((1o x 1o)->2e x 2e)->0e
-            p_B0_f2_2_A2_2_1 = p_t9_0_1 * product_9
-            p_B0_f2_2_A2_2_2 = p_t9_0_2 * product_9
-            p_B0_f2_2_A2_2_3 = p_t9_0_3 * product_9
-            p_B0_f2_2_A2_2_4 = p_t9_0_4 * product_9
-            p_B0_f2_2_A2_3_0 = p_t11_0_0 * product_11  # ((2e x 2e)->2e x 2e)->0e
-            p_B0_f2_2_A2_3_1 = p_t11_0_1 * product_11
-            p_B0_f2_2_A2_3_2 = p_t11_0_2 * product_11
-            p_B0_f2_2_A2_3_3 = p_t11_0_3 * product_11
-            p_B0_f2_2_A2_3_4 = p_t11_0_4 * product_11
-            p_B0_f2_2_A2_sum_0 = p_B0_f2_2_A2_0_0 + p_B0_f2_2_A2_1_0 + p_B0_f2_2_A2_2_0 + p_B0_f2_2_A2_3_0
-            p_B0_f2_2_A2_sum_1 = p_B0_f2_2_A2_0_1 + p_B0_f2_2_A2_1_1 + p_B0_f2_2_A2_2_1 + p_B0_f2_2_A2_3_1
-            p_B0_f2_2_A2_sum_2 = p_B0_f2_2_A2_0_2 + p_B0_f2_2_A2_1_2 + p_B0_f2_2_A2_2_2 + p_B0_f2_2_A2_3_2
-            p_B0_f2_2_A2_sum_3 = p_B0_f2_2_A2_0_3 + p_B0_f2_2_A2_1_3 + p_B0_f2_2_A2_2_3 + p_B0_f2_2_A2_3_3
-            p_B0_f2_2_A2_sum_4 = p_B0_f2_2_A2_0_4 + p_B0_f2_2_A2_1_4 + p_B0_f2_2_A2_2_4 + p_B0_f2_2_A2_3_4
-            p_B0_f3_3_A3_0_0 = mixA3_A_0 * product_4  # (3o x 3o)->0e
-            p_B0_f3_3_A3_0_1 = mixA3_A_1 * product_4
-            p_B0_f3_3_A3_0_2 = mixA3_A_2 * product_4
-            p_B0_f3_3_A3_0_3 = mixA3_A_3 * product_4
-            p_B0_f3_3_A3_0_4 = mixA3_A_4 * product_4
-            p_B0_f3_3_A3_0_5 = mixA3_A_5 * product_4
-            p_B0_f3_3_A3_0_6 = mixA3_A_6 * product_4
-            p_B0_f3_3_A3_1_0 = p_t8_0_0 * product_8  # ((0e x 3o)->3o x 3o)->0e
-            p_B0_f3_3_A3_1_1 = p_t8_0_1 * product_8
-            p_B0_f3_3_A3_1_2 = p_t8_0_2 * product_8
-            p_B0_f3_3_A3_1_3 = p_t8_0_3 * product_8
-            p_B0_f3_3_A3_1_4 = p_t8_0_4 * product_8
-            p_B0_f3_3_A3_1_5 = p_t8_0_5 * product_8
-            p_B0_f3_3_A3_1_6 = p_t8_0_6 * product_8
-            p_B0_f3_3_A3_2_0 = p_t10_0_0 * product_10  # ((1o x 2e)->3o x 3o)->0e
-            p_B0_f3_3_A3_2_1 = p_t10_0_1 * product_10
-            p_B0_f3_3_A3_2_2 = p_t10_0_2 * product_10
-            p_B0_f3_3_A3_2_3 = p_t10_0_3 * product_10
-            p_B0_f3_3_A3_2_4 = p_t10_0_4 * product_10
-            p_B0_f3_3_A3_2_5 = p_t10_0_5 * product_10
-            p_B0_f3_3_A3_2_6 = p_t10_0_6 * product_10
-            p_B0_f3_3_A3_3_0 = p_t12_0_0 * product_12  # ((2e x 3o)->3o x 3o)->0e
-            p_B0_f3_3_A3_3_1 = p_t12_0_1 * product_12
-            p_B0_f3_3_A3_3_2 = p_t12_0_2 * product_12
-            p_B0_f3_3_A3_3_3 = p_t12_0_3 * product_12
-            p_B0_f3_3_A3_3_4 = p_t12_0_4 * product_12
-            p_B0_f3_3_A3_3_5 = p_t12_0_5 * product_12
-            p_B0_f3_3_A3_3_6 = p_t12_0_6 * product_12
-            p_B0_f3_3_A3_sum_0 = p_B0_f3_3_A3_0_0 + p_B0_f3_3_A3_1_0 + p_B0_f3_3_A3_2_0 + p_B0_f3_3_A3_3_0
-            p_B0_f3_3_A3_sum_1 = p_B0_f3_3_A3_0_1 + p_B0_f3_3_A3_1_1 + p_B0_f3_3_A3_2_1 + p_B0_f3_3_A3_3_1
-            p_B0_f3_3_A3_sum_2 = p_B0_f3_3_A3_0_2 + p_B0_f3_3_A3_1_2 + p_B0_f3_3_A3_2_2 + p_B0_f3_3_A3_3_2
-            p_B0_f3_3_A3_sum_3 = p_B0_f3_3_A3_0_3 + p_B0_f3_3_A3_1_3 + p_B0_f3_3_A3_2_3 + p_B0_f3_3_A3_3_3
-            p_B0_f3_3_A3_sum_4 = p_B0_f3_3_A3_0_4 + p_B0_f3_3_A3_1_4 + p_B0_f3_3_A3_2_4 + p_B0_f3_3_A3_3_4
-            p_B0_f3_3_A3_sum_5 = p_B0_f3_3_A3_0_5 + p_B0_f3_3_A3_1_5 + p_B0_f3_3_A3_2_5 + p_B0_f3_3_A3_3_5
-            p_B0_f3_3_A3_sum_6 = p_B0_f3_3_A3_0_6 + p_B0_f3_3_A3_1_6 + p_B0_f3_3_A3_2_6 + p_B0_f3_3_A3_3_6
-            p_B1_f0_1_A1_0_0 = mixA0_A_0 * product_14  # (0e x 1o)->1o
-            p_B1_f0_1_A1_1_0 = p_t1_0_0 * product_17  # ((0e x 0e)->0e x 1o)->1o
-            p_B1_f0_1_A1_2_0 = p_t2_0_0 * product_20  # ((1o x 1o)->0e x 1o)->1o
-            p_B1_f0_1_A1_sum_0 = p_B1_f0_1_A1_0_0 + p_B1_f0_1_A1_1_0 + p_B1_f0_1_A1_2_0
-            p_B1_f1_2_A2_0_0 = mixA1_A_0 * product_15  # (1o x 2e)->1o
-            p_B1_f1_2_A2_0_1 = mixA1_A_1 * product_15
-            p_B1_f1_2_A2_0_2 = mixA1_A_2 * product_15
-            p_B1_f1_2_A2_1_0 = p_t6_0_0 * product_18  # ((0e x 1o)->1o x 2e)->1o
-            p_B1_f1_2_A2_1_1 = p_t6_0_1 * product_18
-            p_B1_f1_2_A2_1_2 = p_t6_0_2 * product_18
-            p_B1_f1_2_A2_2_0 = p_t15_0_0 * product_22  # ((1o x 2e)->1o x 2e)->1o
-            p_B1_f1_2_A2_2_1 = p_t15_0_1 * product_22
-            p_B1_f1_2_A2_2_2 = p_t15_0_2 * product_22
-            p_B1_f1_2_A2_sum_0 = p_B1_f1_2_A2_0_0 + p_B1_f1_2_A2_1_0 + p_B1_f1_2_A2_2_0
-            p_B1_f1_2_A2_sum_1 = p_B1_f1_2_A2_0_1 + p_B1_f1_2_A2_1_1 + p_B1_f1_2_A2_2_1
-            p_B1_f1_2_A2_sum_2 = p_B1_f1_2_A2_0_2 + p_B1_f1_2_A2_1_2 + p_B1_f1_2_A2_2_2
-            p_B1_f2_3_A3_0_0 = mixA2_A_0 * product_16  # (2e x 3o)->1o
-            p_B1_f2_3_A3_0_1 = mixA2_A_1 * product_16
-            p_B1_f2_3_A3_0_2 = mixA2_A_2 * product_16
-            p_B1_f2_3_A3_0_3 = mixA2_A_3 * product_16
-            p_B1_f2_3_A3_0_4 = mixA2_A_4 * product_16
-            p_B1_f2_3_A3_1_0 = p_t7_0_0 * product_19  # ((0e x 2e)->2e x 3o)->1o
-            p_B1_f2_3_A3_1_1 = p_t7_0_1 * product_19
-            p_B1_f2_3_A3_1_2 = p_t7_0_2 * product_19
-            p_B1_f2_3_A3_1_3 = p_t7_0_3 * product_19
-            p_B1_f2_3_A3_1_4 = p_t7_0_4 * product_19
-            p_B1_f2_3_A3_2_0 = p_t9_0_0 * product_21  # ((1o x 1o)->2e x 3o)->1o
-            p_B1_f2_3_A3_2_1 = p_t9_0_1 * product_21
-            p_B1_f2_3_A3_2_2 = p_t9_0_2 * product_21
-            p_B1_f2_3_A3_2_3 = p_t9_0_3 * product_21
-            p_B1_f2_3_A3_2_4 = p_t9_0_4 * product_21
-            p_B1_f2_3_A3_3_0 = p_t24_0_0 * product_24  # ((1o x 3o)->2e x 3o)->1o
-            p_B1_f2_3_A3_3_1 = p_t24_0_1 * product_24
-            p_B1_f2_3_A3_3_2 = p_t24_0_2 * product_24
-            p_B1_f2_3_A3_3_3 = p_t24_0_3 * product_24
-            p_B1_f2_3_A3_3_4 = p_t24_0_4 * product_24
-            p_B1_f2_3_A3_4_0 = p_t11_0_0 * product_26  # ((2e x 2e)->2e x 3o)->1o
-            p_B1_f2_3_A3_4_1 = p_t11_0_1 * product_26
-            p_B1_f2_3_A3_4_2 = p_t11_0_2 * product_26
-            p_B1_f2_3_A3_4_3 = p_t11_0_3 * product_26
-            p_B1_f2_3_A3_4_4 = p_t11_0_4 * product_26
-            p_B1_f2_3_A3_5_0 = p_t28_0_0 * product_28  # ((3o x 3o)->2e x 3o)->1o
-            p_B1_f2_3_A3_5_1 = p_t28_0_1 * product_28
-            p_B1_f2_3_A3_5_2 = p_t28_0_2 * product_28
-            p_B1_f2_3_A3_5_3 = p_t28_0_3 * product_28
-            p_B1_f2_3_A3_5_4 = p_t28_0_4 * product_28
-            p_B1_f2_3_A3_sum_0 = (p_B1_f2_3_A3_0_0 + p_B1_f2_3_A3_1_0 + p_B1_f2_3_A3_2_0 + p_B1_f2_3_A3_3_0
-                                  + p_B1_f2_3_A3_4_0 + p_B1_f2_3_A3_5_0)
-            p_B1_f2_3_A3_sum_1 = (p_B1_f2_3_A3_0_1 + p_B1_f2_3_A3_1_1 + p_B1_f2_3_A3_2_1 + p_B1_f2_3_A3_3_1
-                                  + p_B1_f2_3_A3_4_1 + p_B1_f2_3_A3_5_1)
-            p_B1_f2_3_A3_sum_2 = (p_B1_f2_3_A3_0_2 + p_B1_f2_3_A3_1_2 + p_B1_f2_3_A3_2_2 + p_B1_f2_3_A3_3_2
-                                  + p_B1_f2_3_A3_4_2 + p_B1_f2_3_A3_5_2)
-            p_B1_f2_3_A3_sum_3 = (p_B1_f2_3_A3_0_3 + p_B1_f2_3_A3_1_3 + p_B1_f2_3_A3_2_3 + p_B1_f2_3_A3_3_3
-                                  + p_B1_f2_3_A3_4_3 + p_B1_f2_3_A3_5_3)
-            p_B1_f2_3_A3_sum_4 = (p_B1_f2_3_A3_0_4 + p_B1_f2_3_A3_1_4 + p_B1_f2_3_A3_2_4 + p_B1_f2_3_A3_3_4
-                                  + p_B1_f2_3_A3_4_4 + p_B1_f2_3_A3_5_4)
-            # adjoint (left) of p_B1_f2_3_A3_out: factored: 6 weighted 2x3->1 couplings as one: table transpose-left of 2x3->1, ranks 1, 3 -> 2, 23 nonzeros
-            g_p_B1_f2_3_A3_sum_0_0 = 2.0 * (g_p_B1_0_0 * mixA3_A_0 + g_p_B1_0_1 * mixA3_A_1 + g_p_B1_0_2 * mixA3_A_4) + g_p_B1_0_0 * mixA3_A_2 + g_p_B1_0_1 * mixA3_A_3 + g_p_B1_0_2 * mixA3_A_6
-            g_p_B1_f2_3_A3_sum_0_1 = 2.0 * (g_p_B1_0_0 * mixA3_A_1 + g_p_B1_0_1 * mixA3_A_2 + g_p_B1_0_2 * mixA3_A_5)
-            g_p_B1_f2_3_A3_sum_0_2 = g_p_B1_0_0 * mixA3_A_0 + g_p_B1_0_1 * mixA3_A_1 + g_p_B1_0_2 * mixA3_A_4 + 2.0 * (g_p_B1_0_0 * mixA3_A_2 + g_p_B1_0_1 * mixA3_A_3 + g_p_B1_0_2 * mixA3_A_6)
-            g_p_B1_f2_3_A3_sum_0_3 = 2.0 * (g_p_B1_0_0 * mixA3_A_4 + g_p_B1_0_1 * mixA3_A_5 - g_p_B1_0_2 * mixA3_A_0 - g_p_B1_0_2 * mixA3_A_2)
-            g_p_B1_f2_3_A3_sum_0_4 = 2.0 * (g_p_B1_0_0 * mixA3_A_5 + g_p_B1_0_1 * mixA3_A_6 - g_p_B1_0_2 * mixA3_A_1 - g_p_B1_0_2 * mixA3_A_3)
-            # adjoint (right) of p_B1_f2_3_A3_out: factored: 6 weighted 2x3->1 couplings as one: table transpose-right of 2x3->1, ranks 2, 1 -> 3, 23 nonzeros
-            g_mixA3_A_0_0 = 2.0 * (p_B1_f2_3_A3_sum_0 * g_p_B1_0_0 - p_B1_f2_3_A3_sum_3 * g_p_B1_0_2) + p_B1_f2_3_A3_sum_2 * g_p_B1_0_0
-            g_mixA3_A_0_1 = 2.0 * (p_B1_f2_3_A3_sum_0 * g_p_B1_0_1 + p_B1_f2_3_A3_sum_1 * g_p_B1_0_0 - p_B1_f2_3_A3_sum_4 * g_p_B1_0_2) + p_B1_f2_3_A3_sum_2 * g_p_B1_0_1
-            g_mixA3_A_0_2 = p_B1_f2_3_A3_sum_0 * g_p_B1_0_0 + 2.0 * (p_B1_f2_3_A3_sum_1 * g_p_B1_0_1 + p_B1_f2_3_A3_sum_2 * g_p_B1_0_0 - p_B1_f2_3_A3_sum_3 * g_p_B1_0_2)
-            g_mixA3_A_0_3 = p_B1_f2_3_A3_sum_0 * g_p_B1_0_1 + 2.0 * (p_B1_f2_3_A3_sum_2 * g_p_B1_0_1 - p_B1_f2_3_A3_sum_4 * g_p_B1_0_2)
-            g_mixA3_A_0_4 = 2.0 * (p_B1_f2_3_A3_sum_0 * g_p_B1_0_2 + p_B1_f2_3_A3_sum_3 * g_p_B1_0_0) + p_B1_f2_3_A3_sum_2 * g_p_B1_0_2
-            g_mixA3_A_0_5 = 2.0 * (p_B1_f2_3_A3_sum_1 * g_p_B1_0_2 + p_B1_f2_3_A3_sum_3 * g_p_B1_0_1 + p_B1_f2_3_A3_sum_4 * g_p_B1_0_0)
-            g_mixA3_A_0_6 = p_B1_f2_3_A3_sum_0 * g_p_B1_0_2 + 2.0 * (p_B1_f2_3_A3_sum_2 * g_p_B1_0_2 + p_B1_f2_3_A3_sum_4 * g_p_B1_0_1)
-            g_p_t28_0_0_0 = g_p_B1_f2_3_A3_sum_0_0 * product_28  # adjoint of p_B1_f2_3_A3_5
-            g_p_t28_0_0_1 = g_p_B1_f2_3_A3_sum_0_1 * product_28
-            g_p_t28_0_0_2 = g_p_B1_f2_3_A3_sum_0_2 * product_28
-            g_p_t28_0_0_3 = g_p_B1_f2_3_A3_sum_0_3 * product_28
-            g_p_t28_0_0_4 = g_p_B1_f2_3_A3_sum_0_4 * product_28
-            g_p_t11_0_0_0 = g_p_B1_f2_3_A3_sum_0_0 * product_26  # adjoint of p_B1_f2_3_A3_4
-            g_p_t11_0_0_1 = g_p_B1_f2_3_A3_sum_0_1 * product_26
-            g_p_t11_0_0_2 = g_p_B1_f2_3_A3_sum_0_2 * product_26
-            g_p_t11_0_0_3 = g_p_B1_f2_3_A3_sum_0_3 * product_26
-            g_p_t11_0_0_4 = g_p_B1_f2_3_A3_sum_0_4 * product_26
-            g_p_t24_0_0_0 = g_p_B1_f2_3_A3_sum_0_0 * product_24  # adjoint of p_B1_f2_3_A3_3
-            g_p_t24_0_0_1 = g_p_B1_f2_3_A3_sum_0_1 * product_24
-            g_p_t24_0_0_2 = g_p_B1_f2_3_A3_sum_0_2 * product_24
-            g_p_t24_0_0_3 = g_p_B1_f2_3_A3_sum_0_3 * product_24
-            g_p_t24_0_0_4 = g_p_B1_f2_3_A3_sum_0_4 * product_24
-            g_p_t9_0_0_0 = g_p_B1_f2_3_A3_sum_0_0 * product_21  # adjoint of p_B1_f2_3_A3_2
-            g_p_t9_0_0_1 = g_p_B1_f2_3_A3_sum_0_1 * product_21
-            g_p_t9_0_0_2 = g_p_B1_f2_3_A3_sum_0_2 * product_21
-            g_p_t9_0_0_3 = g_p_B1_f2_3_A3_sum_0_3 * product_21
-            g_p_t9_0_0_4 = g_p_B1_f2_3_A3_sum_0_4 * product_21
-            g_p_t7_0_0_0 = g_p_B1_f2_3_A3_sum_0_0 * product_19  # adjoint of p_B1_f2_3_A3_1
-            g_p_t7_0_0_1 = g_p_B1_f2_3_A3_sum_0_1 * product_19
-            g_p_t7_0_0_2 = g_p_B1_f2_3_A3_sum_0_2 * product_19
-            g_p_t7_0_0_3 = g_p_B1_f2_3_A3_sum_0_3 * product_19
-            g_p_t7_0_0_4 = g_p_B1_f2_3_A3_sum_0_4 * product_19
-            g_mixA2_A_0_0 = g_p_B1_f2_3_A3_sum_0_0 * product_16  # adjoint of p_B1_f2_3_A3_0
-            g_mixA2_A_0_1 = g_p_B1_f2_3_A3_sum_0_1 * product_16
-            g_mixA2_A_0_2 = g_p_B1_f2_3_A3_sum_0_2 * product_16
-            g_mixA2_A_0_3 = g_p_B1_f2_3_A3_sum_0_3 * product_16
-            g_mixA2_A_0_4 = g_p_B1_f2_3_A3_sum_0_4 * product_16
-            # adjoint (left) of p_B1_f1_2_A2_out: factored: 3 weighted 1x2->1 couplings as one: table transpose-left of 1x2->1, ranks 1, 2 -> 1, 10 nonzeros
-            g_p_B1_f1_2_A2_sum_0_0 = g_p_B1_0_0 * mixA2_A_0 + g_p_B1_0_1 * mixA2_A_1 + g_p_B1_0_2 * mixA2_A_3
-            g_p_B1_f1_2_A2_sum_0_1 = g_p_B1_0_0 * mixA2_A_1 + g_p_B1_0_1 * mixA2_A_2 + g_p_B1_0_2 * mixA2_A_4
-            g_p_B1_f1_2_A2_sum_0_2 = g_p_B1_0_0 * mixA2_A_3 + g_p_B1_0_1 * mixA2_A_4 - g_p_B1_0_2 * mixA2_A_0 - g_p_B1_0_2 * mixA2_A_2
-            # adjoint (right) of p_B1_f1_2_A2_out: factored: 3 weighted 1x2->1 couplings as one: table transpose-right of 1x2->1, ranks 1, 1 -> 2, 10 nonzeros
-            g_mixA2_A_1_0 = p_B1_f1_2_A2_sum_0 * g_p_B1_0_0 - p_B1_f1_2_A2_sum_2 * g_p_B1_0_2
-            g_mixA2_A_1_1 = p_B1_f1_2_A2_sum_0 * g_p_B1_0_1 + p_B1_f1_2_A2_sum_1 * g_p_B1_0_0
-            g_mixA2_A_1_2 = p_B1_f1_2_A2_sum_1 * g_p_B1_0_1 - p_B1_f1_2_A2_sum_2 * g_p_B1_0_2
-            g_mixA2_A_1_3 = p_B1_f1_2_A2_sum_0 * g_p_B1_0_2 + p_B1_f1_2_A2_sum_2 * g_p_B1_0_0
-            g_mixA2_A_1_4 = p_B1_f1_2_A2_sum_1 * g_p_B1_0_2 + p_B1_f1_2_A2_sum_2 * g_p_B1_0_1
-            g_p_t15_0_0_0 = g_p_B1_f1_2_A2_sum_0_0 * product_22  # adjoint of p_B1_f1_2_A2_2
-            g_p_t15_0_0_1 = g_p_B1_f1_2_A2_sum_0_1 * product_22
-            g_p_t15_0_0_2 = g_p_B1_f1_2_A2_sum_0_2 * product_22
-            g_p_t6_0_0_0 = g_p_B1_f1_2_A2_sum_0_0 * product_18  # adjoint of p_B1_f1_2_A2_1
-            g_p_t6_0_0_1 = g_p_B1_f1_2_A2_sum_0_1 * product_18
-            g_p_t6_0_0_2 = g_p_B1_f1_2_A2_sum_0_2 * product_18
-            g_mixA1_A_0_0 = g_p_B1_f1_2_A2_sum_0_0 * product_15  # adjoint of p_B1_f1_2_A2_0
-            g_mixA1_A_0_1 = g_p_B1_f1_2_A2_sum_0_1 * product_15
-            g_mixA1_A_0_2 = g_p_B1_f1_2_A2_sum_0_2 * product_15
-            # adjoint (left) of p_B1_f0_1_A1_out: factored: 3 weighted 0x1->1 couplings as one: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
-            g_p_B1_f0_1_A1_sum_0_0 = g_p_B1_0_0 * mixA1_A_0 + g_p_B1_0_1 * mixA1_A_1 + g_p_B1_0_2 * mixA1_A_2
-            # adjoint (right) of p_B1_f0_1_A1_out: factored: 3 weighted 0x1->1 couplings as one: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
-            g_mixA1_A_1_0 = p_B1_f0_1_A1_sum_0 * g_p_B1_0_0
-            g_mixA1_A_1_1 = p_B1_f0_1_A1_sum_0 * g_p_B1_0_1
-            g_mixA1_A_1_2 = p_B1_f0_1_A1_sum_0 * g_p_B1_0_2
-            g_p_t2_0_0_0 = g_p_B1_f0_1_A1_sum_0_0 * product_20  # adjoint of p_B1_f0_1_A1_2
-            g_p_t1_0_0_0 = g_p_B1_f0_1_A1_sum_0_0 * product_17  # adjoint of p_B1_f0_1_A1_1
-            g_mixA0_A_0_0 = g_p_B1_f0_1_A1_sum_0_0 * product_14  # adjoint of p_B1_f0_1_A1_0
-            # adjoint (left) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-left of 3x3->0, ranks 0, 3 -> 3, 13 nonzeros
-            g_p_B0_f3_3_A3_sum_0_0 = 4.0 * g_p_B0_0_0 * mixA3_A_0 + 3.0 * g_p_B0_0_0 * mixA3_A_2
-            g_p_B0_f3_3_A3_sum_0_1 = 6.0 * g_p_B0_0_0 * mixA3_A_1 + 3.0 * g_p_B0_0_0 * mixA3_A_3
-            g_p_B0_f3_3_A3_sum_0_2 = 3.0 * g_p_B0_0_0 * mixA3_A_0 + 6.0 * g_p_B0_0_0 * mixA3_A_2
-            g_p_B0_f3_3_A3_sum_0_3 = 3.0 * g_p_B0_0_0 * mixA3_A_1 + 4.0 * g_p_B0_0_0 * mixA3_A_3
-            g_p_B0_f3_3_A3_sum_0_4 = 4.0 * g_p_B0_0_0 * mixA3_A_4 + g_p_B0_0_0 * mixA3_A_6
-            g_p_B0_f3_3_A3_sum_0_5 = 6.0 * g_p_B0_0_0 * mixA3_A_5
-            g_p_B0_f3_3_A3_sum_0_6 = g_p_B0_0_0 * mixA3_A_4 + 4.0 * g_p_B0_0_0 * mixA3_A_6
-            # adjoint (right) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-right of 3x3->0, ranks 3, 0 -> 3, 13 nonzeros
-            g_mixA3_A_1_0 = 4.0 * p_B0_f3_3_A3_sum_0 * g_p_B0_0_0 + 3.0 * p_B0_f3_3_A3_sum_2 * g_p_B0_0_0
-            g_mixA3_A_1_1 = 6.0 * p_B0_f3_3_A3_sum_1 * g_p_B0_0_0 + 3.0 * p_B0_f3_3_A3_sum_3 * g_p_B0_0_0
-            g_mixA3_A_1_2 = 3.0 * p_B0_f3_3_A3_sum_0 * g_p_B0_0_0 + 6.0 * p_B0_f3_3_A3_sum_2 * g_p_B0_0_0
-            g_mixA3_A_1_3 = 3.0 * p_B0_f3_3_A3_sum_1 * g_p_B0_0_0 + 4.0 * p_B0_f3_3_A3_sum_3 * g_p_B0_0_0
-            g_mixA3_A_1_4 = 4.0 * p_B0_f3_3_A3_sum_4 * g_p_B0_0_0 + p_B0_f3_3_A3_sum_6 * g_p_B0_0_0
-            g_mixA3_A_1_5 = 6.0 * p_B0_f3_3_A3_sum_5 * g_p_B0_0_0
-            g_mixA3_A_1_6 = p_B0_f3_3_A3_sum_4 * g_p_B0_0_0 + 4.0 * p_B0_f3_3_A3_sum_6 * g_p_B0_0_0
-            g_p_t12_0_0_0 = g_p_B0_f3_3_A3_sum_0_0 * product_12  # adjoint of p_B0_f3_3_A3_3
-            g_p_t12_0_0_1 = g_p_B0_f3_3_A3_sum_0_1 * product_12
-            g_p_t12_0_0_2 = g_p_B0_f3_3_A3_sum_0_2 * product_12
-            g_p_t12_0_0_3 = g_p_B0_f3_3_A3_sum_0_3 * product_12
-            g_p_t12_0_0_4 = g_p_B0_f3_3_A3_sum_0_4 * product_12
-            g_p_t12_0_0_5 = g_p_B0_f3_3_A3_sum_0_5 * product_12
-            g_p_t12_0_0_6 = g_p_B0_f3_3_A3_sum_0_6 * product_12
-            g_p_t10_0_0_0 = g_p_B0_f3_3_A3_sum_0_0 * product_10  # adjoint of p_B0_f3_3_A3_2
-            g_p_t10_0_0_1 = g_p_B0_f3_3_A3_sum_0_1 * product_10
-            g_p_t10_0_0_2 = g_p_B0_f3_3_A3_sum_0_2 * product_10
-            g_p_t10_0_0_3 = g_p_B0_f3_3_A3_sum_0_3 * product_10
-            g_p_t10_0_0_4 = g_p_B0_f3_3_A3_sum_0_4 * product_10
-            g_p_t10_0_0_5 = g_p_B0_f3_3_A3_sum_0_5 * product_10
-            g_p_t10_0_0_6 = g_p_B0_f3_3_A3_sum_0_6 * product_10
-            g_p_t8_0_0_0 = g_p_B0_f3_3_A3_sum_0_0 * product_8  # adjoint of p_B0_f3_3_A3_1
-            g_p_t8_0_0_1 = g_p_B0_f3_3_A3_sum_0_1 * product_8
-            g_p_t8_0_0_2 = g_p_B0_f3_3_A3_sum_0_2 * product_8
-            g_p_t8_0_0_3 = g_p_B0_f3_3_A3_sum_0_3 * product_8
-            g_p_t8_0_0_4 = g_p_B0_f3_3_A3_sum_0_4 * product_8
-            g_p_t8_0_0_5 = g_p_B0_f3_3_A3_sum_0_5 * product_8
-            g_p_t8_0_0_6 = g_p_B0_f3_3_A3_sum_0_6 * product_8
-            g_mixA3_A_2_0 = g_p_B0_f3_3_A3_sum_0_0 * product_4  # adjoint of p_B0_f3_3_A3_0
-            g_mixA3_A_2_1 = g_p_B0_f3_3_A3_sum_0_1 * product_4
-            g_mixA3_A_2_2 = g_p_B0_f3_3_A3_sum_0_2 * product_4
-            g_mixA3_A_2_3 = g_p_B0_f3_3_A3_sum_0_3 * product_4
-            g_mixA3_A_2_4 = g_p_B0_f3_3_A3_sum_0_4 * product_4
-            g_mixA3_A_2_5 = g_p_B0_f3_3_A3_sum_0_5 * product_4
-            g_mixA3_A_2_6 = g_p_B0_f3_3_A3_sum_0_6 * product_4
-            # adjoint (left) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-left of 2x2->0, ranks 0, 2 -> 2, 7 nonzeros
-            g_p_B0_f2_2_A2_sum_0_0 = 2.0 * g_p_B0_0_0 * mixA2_A_0 + g_p_B0_0_0 * mixA2_A_2
-            g_p_B0_f2_2_A2_sum_0_1 = 2.0 * g_p_B0_0_0 * mixA2_A_1
-            g_p_B0_f2_2_A2_sum_0_2 = g_p_B0_0_0 * mixA2_A_0 + 2.0 * g_p_B0_0_0 * mixA2_A_2
-            g_p_B0_f2_2_A2_sum_0_3 = 2.0 * g_p_B0_0_0 * mixA2_A_3
-            g_p_B0_f2_2_A2_sum_0_4 = 2.0 * g_p_B0_0_0 * mixA2_A_4
-            # adjoint (right) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-right of 2x2->0, ranks 2, 0 -> 2, 7 nonzeros
-            g_mixA2_A_2_0 = 2.0 * p_B0_f2_2_A2_sum_0 * g_p_B0_0_0 + p_B0_f2_2_A2_sum_2 * g_p_B0_0_0
-            g_mixA2_A_2_1 = 2.0 * p_B0_f2_2_A2_sum_1 * g_p_B0_0_0
-            g_mixA2_A_2_2 = p_B0_f2_2_A2_sum_0 * g_p_B0_0_0 + 2.0 * p_B0_f2_2_A2_sum_2 * g_p_B0_0_0
-            g_mixA2_A_2_3 = 2.0 * p_B0_f2_2_A2_sum_3 * g_p_B0_0_0
-            g_mixA2_A_2_4 = 2.0 * p_B0_f2_2_A2_sum_4 * g_p_B0_0_0
-            g_p_t11_0_1_0 = g_p_B0_f2_2_A2_sum_0_0 * product_11  # adjoint of p_B0_f2_2_A2_3
-            g_p_t11_0_1_1 = g_p_B0_f2_2_A2_sum_0_1 * product_11
-            g_p_t11_0_1_2 = g_p_B0_f2_2_A2_sum_0_2 * product_11
-            g_p_t11_0_1_3 = g_p_B0_f2_2_A2_sum_0_3 * product_11
-            g_p_t11_0_1_4 = g_p_B0_f2_2_A2_sum_0_4 * product_11
-            g_p_t9_0_1_0 = g_p_B0_f2_2_A2_sum_0_0 * product_9  # adjoint of p_B0_f2_2_A2_2
-            g_p_t9_0_1_1 = g_p_B0_f2_2_A2_sum_0_1 * product_9
-            g_p_t9_0_1_2 = g_p_B0_f2_2_A2_sum_0_2 * product_9
-            g_p_t9_0_1_3 = g_p_B0_f2_2_A2_sum_0_3 * product_9
-            g_p_t9_0_1_4 = g_p_B0_f2_2_A2_sum_0_4 * product_9
-            g_p_t7_0_1_0 = g_p_B0_f2_2_A2_sum_0_0 * product_7  # adjoint of p_B0_f2_2_A2_1
-            g_p_t7_0_1_1 = g_p_B0_f2_2_A2_sum_0_1 * product_7
-            g_p_t7_0_1_2 = g_p_B0_f2_2_A2_sum_0_2 * product_7
-            g_p_t7_0_1_3 = g_p_B0_f2_2_A2_sum_0_3 * product_7
-            g_p_t7_0_1_4 = g_p_B0_f2_2_A2_sum_0_4 * product_7
-            g_mixA2_A_3_0 = g_p_B0_f2_2_A2_sum_0_0 * product_3  # adjoint of p_B0_f2_2_A2_0
-            g_mixA2_A_3_1 = g_p_B0_f2_2_A2_sum_0_1 * product_3
-            g_mixA2_A_3_2 = g_p_B0_f2_2_A2_sum_0_2 * product_3
-            g_mixA2_A_3_3 = g_p_B0_f2_2_A2_sum_0_3 * product_3
-            g_mixA2_A_3_4 = g_p_B0_f2_2_A2_sum_0_4 * product_3
-            # adjoint (left) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_p_B0_f0_0_A0_sum_0_0 = g_p_B0_0_0 * mixA0_A_0
-            # adjoint (right) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_mixA0_A_1_0 = p_B0_f0_0_A0_sum_0 * g_p_B0_0_0
-            g_p_t1_0_1_0 = g_p_B0_f0_0_A0_sum_0_0 * product_5  # adjoint of p_B0_f0_0_A0_1
-            g_mixA0_A_2_0 = g_p_B0_f0_0_A0_sum_0_0 * product_1  # adjoint of p_B0_f0_0_A0_0
-            # adjoint (left) of p_t28_0: ((3o x 3o)->2e x 3o)->1o step 1: table transpose-left of 3x3->2, ranks 2, 3 -> 3, 44 nonzeros
-            g_mixA3_A_3_0 = (0.6666666666666666 * g_p_t28_0_0_0 * mixA3_A_0 + g_p_t28_0_0_1 * mixA3_A_1 - g_p_t28_0_0_2 * mixA3_A_2 - g_p_t28_0_0_4 * mixA3_A_5
-                             + 0.5 * (g_p_t28_0_0_1 * mixA3_A_3 + g_p_t28_0_0_3 * mixA3_A_6) - 1.3333333333333333 * g_p_t28_0_0_2 * mixA3_A_0)
-            g_mixA3_A_3_1 = (-g_p_t28_0_0_0 * mixA3_A_3 + g_p_t28_0_0_1 * mixA3_A_0 + g_p_t28_0_0_4 * mixA3_A_4 + 1.5 * g_p_t28_0_0_1 * mixA3_A_2
-                             - 0.5 * g_p_t28_0_0_4 * mixA3_A_6)
-            g_mixA3_A_3_2 = (1.5 * g_p_t28_0_0_1 * mixA3_A_1 + g_p_t28_0_0_1 * mixA3_A_3 - g_p_t28_0_0_2 * mixA3_A_0 + g_p_t28_0_0_3 * mixA3_A_6
-                             - 0.5 * g_p_t28_0_0_3 * mixA3_A_4)
-            g_mixA3_A_3_3 = (-g_p_t28_0_0_0 * mixA3_A_1 + g_p_t28_0_0_1 * mixA3_A_2 - g_p_t28_0_0_3 * mixA3_A_5 - 1.3333333333333333 * g_p_t28_0_0_0 * mixA3_A_3
-                             + 0.5 * (g_p_t28_0_0_1 * mixA3_A_0 + g_p_t28_0_0_4 * mixA3_A_4) + 0.6666666666666666 * g_p_t28_0_0_2 * mixA3_A_3)
-            g_mixA3_A_3_4 = (0.6666666666666666 * g_p_t28_0_0_0 * mixA3_A_4 - 0.3333333333333333 * (g_p_t28_0_0_0 * mixA3_A_6 + g_p_t28_0_0_2 * mixA3_A_6) + g_p_t28_0_0_1 * mixA3_A_5 + g_p_t28_0_0_4 * mixA3_A_1
-                             - 1.3333333333333333 * g_p_t28_0_0_2 * mixA3_A_4 - 0.5 * (g_p_t28_0_0_3 * mixA3_A_2 - g_p_t28_0_0_4 * mixA3_A_3))
-            g_mixA3_A_3_5 = g_p_t28_0_0_1 * mixA3_A_4 + g_p_t28_0_0_1 * mixA3_A_6 - g_p_t28_0_0_3 * mixA3_A_3 - g_p_t28_0_0_4 * mixA3_A_0
-            g_mixA3_A_3_6 = (-0.3333333333333333 * (g_p_t28_0_0_0 * mixA3_A_4 + g_p_t28_0_0_2 * mixA3_A_4) - 1.3333333333333333 * g_p_t28_0_0_0 * mixA3_A_6 + g_p_t28_0_0_1 * mixA3_A_5 + g_p_t28_0_0_3 * mixA3_A_2
-                             + 0.6666666666666666 * g_p_t28_0_0_2 * mixA3_A_6 + 0.5 * (g_p_t28_0_0_3 * mixA3_A_0 - g_p_t28_0_0_4 * mixA3_A_1))
-            # adjoint (right) of p_t28_0: ((3o x 3o)->2e x 3o)->1o step 1: table transpose-right of 3x3->2, ranks 3, 2 -> 3, 44 nonzeros
-            g_mixA3_A_4_0 = (0.6666666666666666 * mixA3_A_0 * g_p_t28_0_0_0 - 1.3333333333333333 * mixA3_A_0 * g_p_t28_0_0_2 + mixA3_A_1 * g_p_t28_0_0_1 - mixA3_A_2 * g_p_t28_0_0_2
-                             - mixA3_A_5 * g_p_t28_0_0_4 + 0.5 * (mixA3_A_3 * g_p_t28_0_0_1 + mixA3_A_6 * g_p_t28_0_0_3))
-            g_mixA3_A_4_1 = (mixA3_A_0 * g_p_t28_0_0_1 - mixA3_A_3 * g_p_t28_0_0_0 + mixA3_A_4 * g_p_t28_0_0_4 + 1.5 * mixA3_A_2 * g_p_t28_0_0_1
-                             - 0.5 * mixA3_A_6 * g_p_t28_0_0_4)
-            g_mixA3_A_4_2 = (-mixA3_A_0 * g_p_t28_0_0_2 + mixA3_A_3 * g_p_t28_0_0_1 + mixA3_A_6 * g_p_t28_0_0_3 + 1.5 * mixA3_A_1 * g_p_t28_0_0_1
-                             - 0.5 * mixA3_A_4 * g_p_t28_0_0_3)
-            g_mixA3_A_4_3 = (0.5 * (mixA3_A_0 * g_p_t28_0_0_1 + mixA3_A_4 * g_p_t28_0_0_4) - mixA3_A_1 * g_p_t28_0_0_0 + mixA3_A_2 * g_p_t28_0_0_1 - mixA3_A_5 * g_p_t28_0_0_3
-                             - 1.3333333333333333 * mixA3_A_3 * g_p_t28_0_0_0 + 0.6666666666666666 * mixA3_A_3 * g_p_t28_0_0_2)
-            g_mixA3_A_4_4 = (mixA3_A_1 * g_p_t28_0_0_4 + mixA3_A_5 * g_p_t28_0_0_1 - 0.5 * (mixA3_A_2 * g_p_t28_0_0_3 - mixA3_A_3 * g_p_t28_0_0_4) + 0.6666666666666666 * mixA3_A_4 * g_p_t28_0_0_0
-                             - 1.3333333333333333 * mixA3_A_4 * g_p_t28_0_0_2 - 0.3333333333333333 * (mixA3_A_6 * g_p_t28_0_0_0 + mixA3_A_6 * g_p_t28_0_0_2))
-            g_mixA3_A_4_5 = -mixA3_A_0 * g_p_t28_0_0_4 - mixA3_A_3 * g_p_t28_0_0_3 + mixA3_A_4 * g_p_t28_0_0_1 + mixA3_A_6 * g_p_t28_0_0_1
-            g_mixA3_A_4_6 = (0.5 * (mixA3_A_0 * g_p_t28_0_0_3 - mixA3_A_1 * g_p_t28_0_0_4) + mixA3_A_2 * g_p_t28_0_0_3 + mixA3_A_5 * g_p_t28_0_0_1 - 0.3333333333333333 * (mixA3_A_4 * g_p_t28_0_0_0 + mixA3_A_4 * g_p_t28_0_0_2)
-                             - 1.3333333333333333 * mixA3_A_6 * g_p_t28_0_0_0 + 0.6666666666666666 * mixA3_A_6 * g_p_t28_0_0_2)
-            # adjoint (left) of p_t27_1: ((2e x 2e)->4e x 3o)->1o step 2: table transpose-left of 4x3->1, ranks 1, 3 -> 4, 42 nonzeros
-            g_p_t27_0_0_0 = 4.0 * (g_p_t27_1_0_0 * mixA3_A_0 - g_p_t27_1_0_2 * mixA3_A_4) + 3.0 * g_p_t27_1_0_0 * mixA3_A_2 - g_p_t27_1_0_2 * mixA3_A_6
-            g_p_t27_0_0_1 = 6.0 * (g_p_t27_1_0_0 * mixA3_A_1 - g_p_t27_1_0_2 * mixA3_A_5) + 3.0 * (g_p_t27_1_0_0 * mixA3_A_3 + g_p_t27_1_0_1 * mixA3_A_2) + 4.0 * g_p_t27_1_0_1 * mixA3_A_0
-            g_p_t27_0_0_2 = 3.0 * (g_p_t27_1_0_0 * mixA3_A_0 + g_p_t27_1_0_1 * mixA3_A_3) + 6.0 * (g_p_t27_1_0_0 * mixA3_A_2 + g_p_t27_1_0_1 * mixA3_A_1) - 5.0 * (g_p_t27_1_0_2 * mixA3_A_4 + g_p_t27_1_0_2 * mixA3_A_6)
-            g_p_t27_0_0_3 = 3.0 * (g_p_t27_1_0_0 * mixA3_A_1 + g_p_t27_1_0_1 * mixA3_A_0) + 4.0 * g_p_t27_1_0_0 * mixA3_A_3 + 6.0 * (g_p_t27_1_0_1 * mixA3_A_2 - g_p_t27_1_0_2 * mixA3_A_5)
-            g_p_t27_0_0_4 = 3.0 * g_p_t27_1_0_1 * mixA3_A_1 + 4.0 * (g_p_t27_1_0_1 * mixA3_A_3 - g_p_t27_1_0_2 * mixA3_A_6) - g_p_t27_1_0_2 * mixA3_A_4
-            g_p_t27_0_0_5 = 4.0 * (g_p_t27_1_0_0 * mixA3_A_4 + g_p_t27_1_0_2 * mixA3_A_0) + g_p_t27_1_0_0 * mixA3_A_6 + 3.0 * g_p_t27_1_0_2 * mixA3_A_2
-            g_p_t27_0_0_6 = 6.0 * (g_p_t27_1_0_0 * mixA3_A_5 + g_p_t27_1_0_2 * mixA3_A_1) + 4.0 * g_p_t27_1_0_1 * mixA3_A_4 + g_p_t27_1_0_1 * mixA3_A_6 + 3.0 * g_p_t27_1_0_2 * mixA3_A_3
-            g_p_t27_0_0_7 = g_p_t27_1_0_0 * mixA3_A_4 + 4.0 * g_p_t27_1_0_0 * mixA3_A_6 + 6.0 * (g_p_t27_1_0_1 * mixA3_A_5 + g_p_t27_1_0_2 * mixA3_A_2) + 3.0 * g_p_t27_1_0_2 * mixA3_A_0
-            g_p_t27_0_0_8 = g_p_t27_1_0_1 * mixA3_A_4 + 4.0 * (g_p_t27_1_0_1 * mixA3_A_6 + g_p_t27_1_0_2 * mixA3_A_3) + 3.0 * g_p_t27_1_0_2 * mixA3_A_1
-            # adjoint (right) of p_t27_1: ((2e x 2e)->4e x 3o)->1o step 2: table transpose-right of 4x3->1, ranks 4, 1 -> 3, 42 nonzeros
-            g_mixA3_A_5_0 = 4.0 * (p_t27_0_0 * g_p_t27_1_0_0 + p_t27_0_1 * g_p_t27_1_0_1 + p_t27_0_5 * g_p_t27_1_0_2) + 3.0 * (p_t27_0_2 * g_p_t27_1_0_0 + p_t27_0_3 * g_p_t27_1_0_1 + p_t27_0_7 * g_p_t27_1_0_2)
-            g_mixA3_A_5_1 = 6.0 * (p_t27_0_1 * g_p_t27_1_0_0 + p_t27_0_2 * g_p_t27_1_0_1 + p_t27_0_6 * g_p_t27_1_0_2) + 3.0 * (p_t27_0_3 * g_p_t27_1_0_0 + p_t27_0_4 * g_p_t27_1_0_1 + p_t27_0_8 * g_p_t27_1_0_2)
-            g_mixA3_A_5_2 = 3.0 * (p_t27_0_0 * g_p_t27_1_0_0 + p_t27_0_1 * g_p_t27_1_0_1 + p_t27_0_5 * g_p_t27_1_0_2) + 6.0 * (p_t27_0_2 * g_p_t27_1_0_0 + p_t27_0_3 * g_p_t27_1_0_1 + p_t27_0_7 * g_p_t27_1_0_2)
-            g_mixA3_A_5_3 = 3.0 * (p_t27_0_1 * g_p_t27_1_0_0 + p_t27_0_2 * g_p_t27_1_0_1 + p_t27_0_6 * g_p_t27_1_0_2) + 4.0 * (p_t27_0_3 * g_p_t27_1_0_0 + p_t27_0_4 * g_p_t27_1_0_1 + p_t27_0_8 * g_p_t27_1_0_2)
-            g_mixA3_A_5_4 = (-4.0 * (p_t27_0_0 * g_p_t27_1_0_2 - p_t27_0_5 * g_p_t27_1_0_0 - p_t27_0_6 * g_p_t27_1_0_1) - 5.0 * p_t27_0_2 * g_p_t27_1_0_2 - p_t27_0_4 * g_p_t27_1_0_2 + p_t27_0_7 * g_p_t27_1_0_0
-                             + p_t27_0_8 * g_p_t27_1_0_1)
-            g_mixA3_A_5_5 = -6.0 * (p_t27_0_1 * g_p_t27_1_0_2 + p_t27_0_3 * g_p_t27_1_0_2 - p_t27_0_6 * g_p_t27_1_0_0 - p_t27_0_7 * g_p_t27_1_0_1)
-            g_mixA3_A_5_6 = (-p_t27_0_0 * g_p_t27_1_0_2 + p_t27_0_5 * g_p_t27_1_0_0 + p_t27_0_6 * g_p_t27_1_0_1 - 5.0 * p_t27_0_2 * g_p_t27_1_0_2
-                             - 4.0 * (p_t27_0_4 * g_p_t27_1_0_2 - p_t27_0_7 * g_p_t27_1_0_0 - p_t27_0_8 * g_p_t27_1_0_1))
-            # adjoint (left) of p_t27_0: ((2e x 2e)->4e x 3o)->1o step 1: table transpose-left of 2x2->4, ranks 4, 2 -> 2, 53 nonzeros
-            g_mixA2_A_4_0 = (0.5428571428571428 * g_p_t27_0_0_0 * mixA2_A_0 + 0.05714285714285714 * (g_p_t27_0_0_0 * mixA2_A_2 - g_p_t27_0_0_2 * mixA2_A_0 + g_p_t27_0_0_4 * mixA2_A_2) + 0.35714285714285715 * g_p_t27_0_0_1 * mixA2_A_1 + 0.18571428571428572 * g_p_t27_0_0_2 * mixA2_A_2
-                             - 0.14285714285714285 * (g_p_t27_0_0_3 * mixA2_A_1 - g_p_t27_0_0_8 * mixA2_A_4) + 0.11428571428571428 * g_p_t27_0_0_4 * mixA2_A_0 + 0.5 * g_p_t27_0_0_5 * mixA2_A_3 + 0.21428571428571427 * g_p_t27_0_0_6 * mixA2_A_4)
-            g_mixA2_A_4_1 = (-0.45714285714285713 * (g_p_t27_0_0_0 * mixA2_A_1 + g_p_t27_0_0_4 * mixA2_A_1) + 0.35714285714285715 * (g_p_t27_0_0_1 * mixA2_A_0 + g_p_t27_0_0_3 * mixA2_A_2) - 0.14285714285714285 * (g_p_t27_0_0_1 * mixA2_A_2 + g_p_t27_0_0_3 * mixA2_A_0 + g_p_t27_0_0_5 * mixA2_A_4 + g_p_t27_0_0_8 * mixA2_A_3) + 0.5142857142857142 * g_p_t27_0_0_2 * mixA2_A_1
-                             + 0.2857142857142857 * (g_p_t27_0_0_6 * mixA2_A_3 + g_p_t27_0_0_7 * mixA2_A_4))
-            g_mixA2_A_4_2 = (0.05714285714285714 * (g_p_t27_0_0_0 * mixA2_A_0 - g_p_t27_0_0_2 * mixA2_A_2 + g_p_t27_0_0_4 * mixA2_A_0) + 0.11428571428571428 * g_p_t27_0_0_0 * mixA2_A_2 - 0.14285714285714285 * (g_p_t27_0_0_1 * mixA2_A_1 - g_p_t27_0_0_5 * mixA2_A_3) + 0.18571428571428572 * g_p_t27_0_0_2 * mixA2_A_0
-                             + 0.35714285714285715 * g_p_t27_0_0_3 * mixA2_A_1 + 0.5428571428571428 * g_p_t27_0_0_4 * mixA2_A_2 + 0.21428571428571427 * g_p_t27_0_0_7 * mixA2_A_3 + 0.5 * g_p_t27_0_0_8 * mixA2_A_4)
-            g_mixA2_A_4_3 = (-0.45714285714285713 * g_p_t27_0_0_0 * mixA2_A_3 - 0.14285714285714285 * (g_p_t27_0_0_1 * mixA2_A_4 + g_p_t27_0_0_3 * mixA2_A_4 - g_p_t27_0_0_5 * mixA2_A_2 + g_p_t27_0_0_8 * mixA2_A_1) - 0.05714285714285714 * g_p_t27_0_0_2 * mixA2_A_3 + 0.11428571428571428 * g_p_t27_0_0_4 * mixA2_A_3
-                             + 0.5 * g_p_t27_0_0_5 * mixA2_A_0 + 0.2857142857142857 * g_p_t27_0_0_6 * mixA2_A_1 + 0.21428571428571427 * g_p_t27_0_0_7 * mixA2_A_2)
-            g_mixA2_A_4_4 = (0.11428571428571428 * g_p_t27_0_0_0 * mixA2_A_4 - 0.14285714285714285 * (g_p_t27_0_0_1 * mixA2_A_3 + g_p_t27_0_0_3 * mixA2_A_3 + g_p_t27_0_0_5 * mixA2_A_1 - g_p_t27_0_0_8 * mixA2_A_0) - 0.05714285714285714 * g_p_t27_0_0_2 * mixA2_A_4 - 0.45714285714285713 * g_p_t27_0_0_4 * mixA2_A_4
-                             + 0.21428571428571427 * g_p_t27_0_0_6 * mixA2_A_0 + 0.2857142857142857 * g_p_t27_0_0_7 * mixA2_A_1 + 0.5 * g_p_t27_0_0_8 * mixA2_A_2)
-            # adjoint (right) of p_t27_0: ((2e x 2e)->4e x 3o)->1o step 1: table transpose-right of 2x2->4, ranks 2, 4 -> 2, 53 nonzeros
-            g_mixA2_A_5_0 = (0.5428571428571428 * mixA2_A_0 * g_p_t27_0_0_0 - 0.05714285714285714 * (mixA2_A_0 * g_p_t27_0_0_2 - mixA2_A_2 * g_p_t27_0_0_0 - mixA2_A_2 * g_p_t27_0_0_4) + 0.11428571428571428 * mixA2_A_0 * g_p_t27_0_0_4 + 0.35714285714285715 * mixA2_A_1 * g_p_t27_0_0_1
-                             - 0.14285714285714285 * (mixA2_A_1 * g_p_t27_0_0_3 - mixA2_A_4 * g_p_t27_0_0_8) + 0.18571428571428572 * mixA2_A_2 * g_p_t27_0_0_2 + 0.5 * mixA2_A_3 * g_p_t27_0_0_5 + 0.21428571428571427 * mixA2_A_4 * g_p_t27_0_0_6)
-            g_mixA2_A_5_1 = (0.35714285714285715 * (mixA2_A_0 * g_p_t27_0_0_1 + mixA2_A_2 * g_p_t27_0_0_3) - 0.14285714285714285 * (mixA2_A_0 * g_p_t27_0_0_3 + mixA2_A_2 * g_p_t27_0_0_1 + mixA2_A_3 * g_p_t27_0_0_8 + mixA2_A_4 * g_p_t27_0_0_5) - 0.45714285714285713 * (mixA2_A_1 * g_p_t27_0_0_0 + mixA2_A_1 * g_p_t27_0_0_4) + 0.5142857142857142 * mixA2_A_1 * g_p_t27_0_0_2
-                             + 0.2857142857142857 * (mixA2_A_3 * g_p_t27_0_0_6 + mixA2_A_4 * g_p_t27_0_0_7))
-            g_mixA2_A_5_2 = (0.05714285714285714 * (mixA2_A_0 * g_p_t27_0_0_0 + mixA2_A_0 * g_p_t27_0_0_4 - mixA2_A_2 * g_p_t27_0_0_2) + 0.18571428571428572 * mixA2_A_0 * g_p_t27_0_0_2 - 0.14285714285714285 * (mixA2_A_1 * g_p_t27_0_0_1 - mixA2_A_3 * g_p_t27_0_0_5) + 0.35714285714285715 * mixA2_A_1 * g_p_t27_0_0_3
-                             + 0.11428571428571428 * mixA2_A_2 * g_p_t27_0_0_0 + 0.5428571428571428 * mixA2_A_2 * g_p_t27_0_0_4 + 0.21428571428571427 * mixA2_A_3 * g_p_t27_0_0_7 + 0.5 * mixA2_A_4 * g_p_t27_0_0_8)
-            g_mixA2_A_5_3 = (0.5 * mixA2_A_0 * g_p_t27_0_0_5 + 0.2857142857142857 * mixA2_A_1 * g_p_t27_0_0_6 - 0.14285714285714285 * (mixA2_A_1 * g_p_t27_0_0_8 - mixA2_A_2 * g_p_t27_0_0_5 + mixA2_A_4 * g_p_t27_0_0_1 + mixA2_A_4 * g_p_t27_0_0_3) + 0.21428571428571427 * mixA2_A_2 * g_p_t27_0_0_7
-                             - 0.45714285714285713 * mixA2_A_3 * g_p_t27_0_0_0 - 0.05714285714285714 * mixA2_A_3 * g_p_t27_0_0_2 + 0.11428571428571428 * mixA2_A_3 * g_p_t27_0_0_4)
-            g_mixA2_A_5_4 = (0.21428571428571427 * mixA2_A_0 * g_p_t27_0_0_6 + 0.14285714285714285 * (mixA2_A_0 * g_p_t27_0_0_8 - mixA2_A_1 * g_p_t27_0_0_5 - mixA2_A_3 * g_p_t27_0_0_1 - mixA2_A_3 * g_p_t27_0_0_3) + 0.2857142857142857 * mixA2_A_1 * g_p_t27_0_0_7 + 0.5 * mixA2_A_2 * g_p_t27_0_0_8
-                             + 0.11428571428571428 * mixA2_A_4 * g_p_t27_0_0_0 - 0.05714285714285714 * mixA2_A_4 * g_p_t27_0_0_2 - 0.45714285714285713 * mixA2_A_4 * g_p_t27_0_0_4)
-            # adjoint (left) of p_t25_1: ((1o x 3o)->3e x 3o)->1o step 2: table transpose-left of 3x3->1, ranks 1, 3 -> 3, 36 nonzeros
-            g_p_t25_0_0_0 = 2.0 * (g_p_t25_1_0_0 * mixA3_A_5 + g_p_t25_1_0_2 * mixA3_A_1) - 4.0 * g_p_t25_1_0_1 * mixA3_A_4 - g_p_t25_1_0_1 * mixA3_A_6 + g_p_t25_1_0_2 * mixA3_A_3
-            g_p_t25_0_0_1 = 2.0 * (g_p_t25_1_0_0 * mixA3_A_4 - g_p_t25_1_0_2 * mixA3_A_0) + 3.0 * g_p_t25_1_0_0 * mixA3_A_6 - 4.0 * g_p_t25_1_0_1 * mixA3_A_5 + g_p_t25_1_0_2 * mixA3_A_2
-            g_p_t25_0_0_2 = 4.0 * g_p_t25_1_0_0 * mixA3_A_5 - 3.0 * g_p_t25_1_0_1 * mixA3_A_4 - 2.0 * (g_p_t25_1_0_1 * mixA3_A_6 - g_p_t25_1_0_2 * mixA3_A_3) - g_p_t25_1_0_2 * mixA3_A_1
-            g_p_t25_0_0_3 = g_p_t25_1_0_0 * mixA3_A_4 - g_p_t25_1_0_2 * mixA3_A_0 + 4.0 * g_p_t25_1_0_0 * mixA3_A_6 - 2.0 * (g_p_t25_1_0_1 * mixA3_A_5 + g_p_t25_1_0_2 * mixA3_A_2)
-            g_p_t25_0_0_4 = -2.0 * (g_p_t25_1_0_0 * mixA3_A_1 - g_p_t25_1_0_2 * mixA3_A_5) - g_p_t25_1_0_0 * mixA3_A_3 + 4.0 * g_p_t25_1_0_1 * mixA3_A_0 + 3.0 * g_p_t25_1_0_1 * mixA3_A_2
-            g_p_t25_0_0_5 = -2.0 * (g_p_t25_1_0_0 * mixA3_A_0 - g_p_t25_1_0_1 * mixA3_A_3 + g_p_t25_1_0_2 * mixA3_A_4 - g_p_t25_1_0_2 * mixA3_A_6) - 4.0 * (g_p_t25_1_0_0 * mixA3_A_2 - g_p_t25_1_0_1 * mixA3_A_1)
-            g_p_t25_0_0_6 = -3.0 * g_p_t25_1_0_0 * mixA3_A_1 - 4.0 * g_p_t25_1_0_0 * mixA3_A_3 + g_p_t25_1_0_1 * mixA3_A_0 + 2.0 * (g_p_t25_1_0_1 * mixA3_A_2 - g_p_t25_1_0_2 * mixA3_A_5)
-            # adjoint (right) of p_t25_1: ((1o x 3o)->3e x 3o)->1o step 2: table transpose-right of 3x3->1, ranks 3, 1 -> 3, 36 nonzeros
-            g_mixA3_A_6_0 = -2.0 * (p_t25_0_1 * g_p_t25_1_0_2 + p_t25_0_5 * g_p_t25_1_0_0) - p_t25_0_3 * g_p_t25_1_0_2 + p_t25_0_6 * g_p_t25_1_0_1 + 4.0 * p_t25_0_4 * g_p_t25_1_0_1
-            g_mixA3_A_6_1 = 2.0 * (p_t25_0_0 * g_p_t25_1_0_2 - p_t25_0_4 * g_p_t25_1_0_0) - p_t25_0_2 * g_p_t25_1_0_2 + 4.0 * p_t25_0_5 * g_p_t25_1_0_1 - 3.0 * p_t25_0_6 * g_p_t25_1_0_0
-            g_mixA3_A_6_2 = p_t25_0_1 * g_p_t25_1_0_2 - 2.0 * (p_t25_0_3 * g_p_t25_1_0_2 - p_t25_0_6 * g_p_t25_1_0_1) + 3.0 * p_t25_0_4 * g_p_t25_1_0_1 - 4.0 * p_t25_0_5 * g_p_t25_1_0_0
-            g_mixA3_A_6_3 = p_t25_0_0 * g_p_t25_1_0_2 - p_t25_0_4 * g_p_t25_1_0_0 + 2.0 * (p_t25_0_2 * g_p_t25_1_0_2 + p_t25_0_5 * g_p_t25_1_0_1) - 4.0 * p_t25_0_6 * g_p_t25_1_0_0
-            g_mixA3_A_6_4 = -4.0 * p_t25_0_0 * g_p_t25_1_0_1 + 2.0 * (p_t25_0_1 * g_p_t25_1_0_0 - p_t25_0_5 * g_p_t25_1_0_2) - 3.0 * p_t25_0_2 * g_p_t25_1_0_1 + p_t25_0_3 * g_p_t25_1_0_0
-            g_mixA3_A_6_5 = 2.0 * (p_t25_0_0 * g_p_t25_1_0_0 - p_t25_0_3 * g_p_t25_1_0_1 + p_t25_0_4 * g_p_t25_1_0_2 - p_t25_0_6 * g_p_t25_1_0_2) - 4.0 * (p_t25_0_1 * g_p_t25_1_0_1 - p_t25_0_2 * g_p_t25_1_0_0)
-            g_mixA3_A_6_6 = -p_t25_0_0 * g_p_t25_1_0_1 + 3.0 * p_t25_0_1 * g_p_t25_1_0_0 - 2.0 * (p_t25_0_2 * g_p_t25_1_0_1 - p_t25_0_5 * g_p_t25_1_0_2) + 4.0 * p_t25_0_3 * g_p_t25_1_0_0
-            # adjoint (left) of p_t25_0: ((1o x 3o)->3e x 3o)->1o step 1: table transpose-left of 1x3->3, ranks 3, 3 -> 1, 26 nonzeros
-            g_mixA1_A_2_0 = -0.3333333333333333 * (g_p_t25_0_0_1 * mixA3_A_4 - g_p_t25_0_0_4 * mixA3_A_1 - g_p_t25_0_0_5 * mixA3_A_0) - 0.6666666666666666 * (g_p_t25_0_0_2 * mixA3_A_5 - g_p_t25_0_0_5 * mixA3_A_2 - g_p_t25_0_0_6 * mixA3_A_1) - g_p_t25_0_0_3 * mixA3_A_6 + g_p_t25_0_0_6 * mixA3_A_3
-            g_mixA1_A_2_1 = g_p_t25_0_0_0 * mixA3_A_4 - g_p_t25_0_0_4 * mixA3_A_0 + 0.6666666666666666 * (g_p_t25_0_0_1 * mixA3_A_5 - g_p_t25_0_0_4 * mixA3_A_2 - g_p_t25_0_0_5 * mixA3_A_1) + 0.3333333333333333 * (g_p_t25_0_0_2 * mixA3_A_6 - g_p_t25_0_0_5 * mixA3_A_3 - g_p_t25_0_0_6 * mixA3_A_2)
-            g_mixA1_A_2_2 = -g_p_t25_0_0_0 * mixA3_A_1 + g_p_t25_0_0_3 * mixA3_A_2 + 0.3333333333333333 * (g_p_t25_0_0_1 * mixA3_A_0 - g_p_t25_0_0_2 * mixA3_A_3 + g_p_t25_0_0_5 * mixA3_A_4 - g_p_t25_0_0_5 * mixA3_A_6) - 0.6666666666666666 * (g_p_t25_0_0_1 * mixA3_A_2 - g_p_t25_0_0_2 * mixA3_A_1 + g_p_t25_0_0_4 * mixA3_A_5 - g_p_t25_0_0_6 * mixA3_A_5)
-            # adjoint (right) of p_t25_0: ((1o x 3o)->3e x 3o)->1o step 1: table transpose-right of 1x3->3, ranks 1, 3 -> 3, 26 nonzeros
-            g_mixA3_A_7_0 = 0.3333333333333333 * (mixA1_A_0 * g_p_t25_0_0_5 + mixA1_A_2 * g_p_t25_0_0_1) - mixA1_A_1 * g_p_t25_0_0_4
-            g_mixA3_A_7_1 = 0.3333333333333333 * mixA1_A_0 * g_p_t25_0_0_4 + 0.6666666666666666 * (mixA1_A_0 * g_p_t25_0_0_6 - mixA1_A_1 * g_p_t25_0_0_5 + mixA1_A_2 * g_p_t25_0_0_2) - mixA1_A_2 * g_p_t25_0_0_0
-            g_mixA3_A_7_2 = 0.6666666666666666 * (mixA1_A_0 * g_p_t25_0_0_5 - mixA1_A_1 * g_p_t25_0_0_4 - mixA1_A_2 * g_p_t25_0_0_1) - 0.3333333333333333 * mixA1_A_1 * g_p_t25_0_0_6 + mixA1_A_2 * g_p_t25_0_0_3
-            g_mixA3_A_7_3 = mixA1_A_0 * g_p_t25_0_0_6 - 0.3333333333333333 * (mixA1_A_1 * g_p_t25_0_0_5 + mixA1_A_2 * g_p_t25_0_0_2)
-            g_mixA3_A_7_4 = -0.3333333333333333 * (mixA1_A_0 * g_p_t25_0_0_1 - mixA1_A_2 * g_p_t25_0_0_5) + mixA1_A_1 * g_p_t25_0_0_0
-            g_mixA3_A_7_5 = -0.6666666666666666 * (mixA1_A_0 * g_p_t25_0_0_2 - mixA1_A_1 * g_p_t25_0_0_1 + mixA1_A_2 * g_p_t25_0_0_4 - mixA1_A_2 * g_p_t25_0_0_6)
-            g_mixA3_A_7_6 = -mixA1_A_0 * g_p_t25_0_0_3 + 0.3333333333333333 * (mixA1_A_1 * g_p_t25_0_0_2 - mixA1_A_2 * g_p_t25_0_0_5)
-            # adjoint (left) of p_t24_0: ((1o x 3o)->2e x 3o)->1o step 1: table transpose-left of 1x3->2, ranks 2, 3 -> 1, 17 nonzeros
-            g_mixA1_A_3_0 = (g_p_t24_0_0_0 * mixA3_A_0 + g_p_t24_0_0_1 * mixA3_A_1 + g_p_t24_0_0_2 * mixA3_A_2 + g_p_t24_0_0_3 * mixA3_A_4
-                             + g_p_t24_0_0_4 * mixA3_A_5)
-            g_mixA1_A_3_1 = (g_p_t24_0_0_0 * mixA3_A_1 + g_p_t24_0_0_1 * mixA3_A_2 + g_p_t24_0_0_2 * mixA3_A_3 + g_p_t24_0_0_3 * mixA3_A_5
-                             + g_p_t24_0_0_4 * mixA3_A_6)
-            g_mixA1_A_3_2 = (g_p_t24_0_0_0 * mixA3_A_4 + g_p_t24_0_0_1 * mixA3_A_5 + g_p_t24_0_0_2 * mixA3_A_6 - g_p_t24_0_0_3 * mixA3_A_0
-                             - g_p_t24_0_0_3 * mixA3_A_2 - g_p_t24_0_0_4 * mixA3_A_1 - g_p_t24_0_0_4 * mixA3_A_3)
-            # adjoint (right) of p_t24_0: ((1o x 3o)->2e x 3o)->1o step 1: table transpose-right of 1x3->2, ranks 1, 2 -> 3, 17 nonzeros
-            g_mixA3_A_8_0 = mixA1_A_0 * g_p_t24_0_0_0 - mixA1_A_2 * g_p_t24_0_0_3
-            g_mixA3_A_8_1 = mixA1_A_0 * g_p_t24_0_0_1 + mixA1_A_1 * g_p_t24_0_0_0 - mixA1_A_2 * g_p_t24_0_0_4
-            g_mixA3_A_8_2 = mixA1_A_0 * g_p_t24_0_0_2 + mixA1_A_1 * g_p_t24_0_0_1 - mixA1_A_2 * g_p_t24_0_0_3
-            g_mixA3_A_8_3 = mixA1_A_1 * g_p_t24_0_0_2 - mixA1_A_2 * g_p_t24_0_0_4
-            g_mixA3_A_8_4 = mixA1_A_0 * g_p_t24_0_0_3 + mixA1_A_2 * g_p_t24_0_0_0
-            g_mixA3_A_8_5 = mixA1_A_0 * g_p_t24_0_0_4 + mixA1_A_1 * g_p_t24_0_0_3 + mixA1_A_2 * g_p_t24_0_0_1
-            g_mixA3_A_8_6 = mixA1_A_1 * g_p_t24_0_0_4 + mixA1_A_2 * g_p_t24_0_0_2
-            # adjoint (left) of p_t23_1: ((1o x 2e)->2o x 2e)->1o step 2: table transpose-left of 2x2->1, ranks 1, 2 -> 2, 18 nonzeros
-            g_p_t23_0_0_0 = g_p_t23_1_0_0 * mixA2_A_4 + g_p_t23_1_0_2 * mixA2_A_1 - 2.0 * g_p_t23_1_0_1 * mixA2_A_3
-            g_p_t23_0_0_1 = g_p_t23_1_0_0 * mixA2_A_3 - g_p_t23_1_0_1 * mixA2_A_4 - g_p_t23_1_0_2 * mixA2_A_0 + g_p_t23_1_0_2 * mixA2_A_2
-            g_p_t23_0_0_2 = 2.0 * g_p_t23_1_0_0 * mixA2_A_4 - g_p_t23_1_0_1 * mixA2_A_3 - g_p_t23_1_0_2 * mixA2_A_1
-            g_p_t23_0_0_3 = -g_p_t23_1_0_0 * mixA2_A_1 + g_p_t23_1_0_1 * mixA2_A_2 + g_p_t23_1_0_2 * mixA2_A_4 + 2.0 * g_p_t23_1_0_1 * mixA2_A_0
-            g_p_t23_0_0_4 = -g_p_t23_1_0_0 * mixA2_A_0 + g_p_t23_1_0_1 * mixA2_A_1 - g_p_t23_1_0_2 * mixA2_A_3 - 2.0 * g_p_t23_1_0_0 * mixA2_A_2
-            # adjoint (right) of p_t23_1: ((1o x 2e)->2o x 2e)->1o step 2: table transpose-right of 2x2->1, ranks 2, 1 -> 2, 18 nonzeros
-            g_mixA2_A_6_0 = -p_t23_0_1 * g_p_t23_1_0_2 - p_t23_0_4 * g_p_t23_1_0_0 + 2.0 * p_t23_0_3 * g_p_t23_1_0_1
-            g_mixA2_A_6_1 = p_t23_0_0 * g_p_t23_1_0_2 - p_t23_0_2 * g_p_t23_1_0_2 - p_t23_0_3 * g_p_t23_1_0_0 + p_t23_0_4 * g_p_t23_1_0_1
-            g_mixA2_A_6_2 = p_t23_0_1 * g_p_t23_1_0_2 + p_t23_0_3 * g_p_t23_1_0_1 - 2.0 * p_t23_0_4 * g_p_t23_1_0_0
-            g_mixA2_A_6_3 = -2.0 * p_t23_0_0 * g_p_t23_1_0_1 + p_t23_0_1 * g_p_t23_1_0_0 - p_t23_0_2 * g_p_t23_1_0_1 - p_t23_0_4 * g_p_t23_1_0_2
-            g_mixA2_A_6_4 = p_t23_0_0 * g_p_t23_1_0_0 - p_t23_0_1 * g_p_t23_1_0_1 + p_t23_0_3 * g_p_t23_1_0_2 + 2.0 * p_t23_0_2 * g_p_t23_1_0_0
-            # adjoint (left) of p_t23_0: ((1o x 2e)->2o x 2e)->1o step 1: table transpose-left of 1x2->2, ranks 2, 2 -> 1, 16 nonzeros
-            g_mixA1_A_4_0 = -0.5 * (g_p_t23_0_0_1 * mixA2_A_3 - g_p_t23_0_0_3 * mixA2_A_1 - g_p_t23_0_0_4 * mixA2_A_0) - g_p_t23_0_0_2 * mixA2_A_4 + g_p_t23_0_0_4 * mixA2_A_2
-            g_mixA1_A_4_1 = g_p_t23_0_0_0 * mixA2_A_3 - g_p_t23_0_0_3 * mixA2_A_0 + 0.5 * (g_p_t23_0_0_1 * mixA2_A_4 - g_p_t23_0_0_3 * mixA2_A_2 - g_p_t23_0_0_4 * mixA2_A_1)
-            g_mixA1_A_4_2 = -g_p_t23_0_0_0 * mixA2_A_1 + g_p_t23_0_0_2 * mixA2_A_1 + 0.5 * (g_p_t23_0_0_1 * mixA2_A_0 - g_p_t23_0_0_1 * mixA2_A_2 - g_p_t23_0_0_3 * mixA2_A_4 + g_p_t23_0_0_4 * mixA2_A_3)
-            # adjoint (right) of p_t23_0: ((1o x 2e)->2o x 2e)->1o step 1: table transpose-right of 1x2->2, ranks 1, 2 -> 2, 16 nonzeros
-            g_mixA2_A_7_0 = 0.5 * (mixA1_A_0 * g_p_t23_0_0_4 + mixA1_A_2 * g_p_t23_0_0_1) - mixA1_A_1 * g_p_t23_0_0_3
-            g_mixA2_A_7_1 = 0.5 * (mixA1_A_0 * g_p_t23_0_0_3 - mixA1_A_1 * g_p_t23_0_0_4) - mixA1_A_2 * g_p_t23_0_0_0 + mixA1_A_2 * g_p_t23_0_0_2
-            g_mixA2_A_7_2 = mixA1_A_0 * g_p_t23_0_0_4 - 0.5 * (mixA1_A_1 * g_p_t23_0_0_3 + mixA1_A_2 * g_p_t23_0_0_1)
-            g_mixA2_A_7_3 = -0.5 * (mixA1_A_0 * g_p_t23_0_0_1 - mixA1_A_2 * g_p_t23_0_0_4) + mixA1_A_1 * g_p_t23_0_0_0
-            g_mixA2_A_7_4 = -mixA1_A_0 * g_p_t23_0_0_2 + 0.5 * (mixA1_A_1 * g_p_t23_0_0_1 - mixA1_A_2 * g_p_t23_0_0_3)
-            # adjoint (left) of p_t15_0: (1o x 2e)->1o step 1: table transpose-left of 1x2->1, ranks 1, 2 -> 1, 10 nonzeros
-            g_mixA1_A_5_0 = g_p_t15_0_0_0 * mixA2_A_0 + g_p_t15_0_0_1 * mixA2_A_1 + g_p_t15_0_0_2 * mixA2_A_3
-            g_mixA1_A_5_1 = g_p_t15_0_0_0 * mixA2_A_1 + g_p_t15_0_0_1 * mixA2_A_2 + g_p_t15_0_0_2 * mixA2_A_4
-            g_mixA1_A_5_2 = g_p_t15_0_0_0 * mixA2_A_3 + g_p_t15_0_0_1 * mixA2_A_4 - g_p_t15_0_0_2 * mixA2_A_0 - g_p_t15_0_0_2 * mixA2_A_2
-            # adjoint (right) of p_t15_0: (1o x 2e)->1o step 1: table transpose-right of 1x2->1, ranks 1, 1 -> 2, 10 nonzeros
-            g_mixA2_A_8_0 = mixA1_A_0 * g_p_t15_0_0_0 - mixA1_A_2 * g_p_t15_0_0_2
-            g_mixA2_A_8_1 = mixA1_A_0 * g_p_t15_0_0_1 + mixA1_A_1 * g_p_t15_0_0_0
-            g_mixA2_A_8_2 = mixA1_A_1 * g_p_t15_0_0_1 - mixA1_A_2 * g_p_t15_0_0_2
-            g_mixA2_A_8_3 = mixA1_A_0 * g_p_t15_0_0_2 + mixA1_A_2 * g_p_t15_0_0_0
-            g_mixA2_A_8_4 = mixA1_A_1 * g_p_t15_0_0_2 + mixA1_A_2 * g_p_t15_0_0_1
-            # adjoint (left) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-left of 2x3->3, ranks 3, 3 -> 2, 54 nonzeros
-            g_mixA2_A_9_0 = (0.2 * (g_p_t12_0_0_0 * mixA3_A_0 + g_p_t12_0_0_2 * mixA3_A_2) - 0.4 * (g_p_t12_0_0_0 * mixA3_A_2 - g_p_t12_0_0_1 * mixA3_A_1 + g_p_t12_0_0_3 * mixA3_A_3) - 0.13333333333333333 * (g_p_t12_0_0_1 * mixA3_A_3 + g_p_t12_0_0_4 * mixA3_A_6) - 0.26666666666666666 * (g_p_t12_0_0_2 * mixA3_A_0 + g_p_t12_0_0_6 * mixA3_A_4)
-                             - 0.8 * g_p_t12_0_0_3 * mixA3_A_1 + 0.06666666666666667 * g_p_t12_0_0_4 * mixA3_A_4 - 0.4666666666666667 * g_p_t12_0_0_6 * mixA3_A_6)
-            g_mixA2_A_9_1 = 0.2 * (g_p_t12_0_0_0 * mixA3_A_1 + g_p_t12_0_0_3 * mixA3_A_2) + 0.3333333333333333 * (g_p_t12_0_0_1 * mixA3_A_0 + g_p_t12_0_0_2 * mixA3_A_3 + g_p_t12_0_0_5 * mixA3_A_4 + g_p_t12_0_0_5 * mixA3_A_6) + 0.4 * (g_p_t12_0_0_1 * mixA3_A_2 + g_p_t12_0_0_2 * mixA3_A_1 + g_p_t12_0_0_4 * mixA3_A_5 + g_p_t12_0_0_6 * mixA3_A_5)
-            g_mixA2_A_9_2 = (-0.4 * (g_p_t12_0_0_0 * mixA3_A_0 - g_p_t12_0_0_2 * mixA3_A_2 + g_p_t12_0_0_3 * mixA3_A_1) - 0.8 * g_p_t12_0_0_0 * mixA3_A_2 + 0.2 * (g_p_t12_0_0_1 * mixA3_A_1 + g_p_t12_0_0_3 * mixA3_A_3) - 0.26666666666666666 * (g_p_t12_0_0_1 * mixA3_A_3 + g_p_t12_0_0_4 * mixA3_A_6)
-                             - 0.13333333333333333 * (g_p_t12_0_0_2 * mixA3_A_0 + g_p_t12_0_0_6 * mixA3_A_4) - 0.4666666666666667 * g_p_t12_0_0_4 * mixA3_A_4 + 0.06666666666666667 * g_p_t12_0_0_6 * mixA3_A_6)
-            g_mixA2_A_9_3 = (0.2 * g_p_t12_0_0_0 * mixA3_A_4 + 0.4 * (g_p_t12_0_0_1 * mixA3_A_5 - g_p_t12_0_0_4 * mixA3_A_2) - 0.26666666666666666 * (g_p_t12_0_0_2 * mixA3_A_4 - g_p_t12_0_0_6 * mixA3_A_0) + 0.3333333333333333 * (g_p_t12_0_0_2 * mixA3_A_6 - g_p_t12_0_0_5 * mixA3_A_3)
-                             - 0.8 * g_p_t12_0_0_3 * mixA3_A_5 - 0.06666666666666667 * g_p_t12_0_0_4 * mixA3_A_0 + 0.6 * g_p_t12_0_0_6 * mixA3_A_2)
-            g_mixA2_A_9_4 = (-0.8 * g_p_t12_0_0_0 * mixA3_A_5 + 0.3333333333333333 * (g_p_t12_0_0_1 * mixA3_A_4 - g_p_t12_0_0_5 * mixA3_A_0) - 0.26666666666666666 * (g_p_t12_0_0_1 * mixA3_A_6 - g_p_t12_0_0_4 * mixA3_A_3) + 0.4 * (g_p_t12_0_0_2 * mixA3_A_5 - g_p_t12_0_0_6 * mixA3_A_1)
-                             + 0.2 * g_p_t12_0_0_3 * mixA3_A_6 + 0.6 * g_p_t12_0_0_4 * mixA3_A_1 - 0.06666666666666667 * g_p_t12_0_0_6 * mixA3_A_3)
-            # adjoint (right) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-right of 2x3->3, ranks 2, 3 -> 3, 54 nonzeros
-            g_mixA3_A_9_0 = (0.2 * mixA2_A_0 * g_p_t12_0_0_0 - 0.26666666666666666 * (mixA2_A_0 * g_p_t12_0_0_2 - mixA2_A_3 * g_p_t12_0_0_6) + 0.3333333333333333 * (mixA2_A_1 * g_p_t12_0_0_1 - mixA2_A_4 * g_p_t12_0_0_5) - 0.4 * mixA2_A_2 * g_p_t12_0_0_0
-                             - 0.13333333333333333 * mixA2_A_2 * g_p_t12_0_0_2 - 0.06666666666666667 * mixA2_A_3 * g_p_t12_0_0_4)
-            g_mixA3_A_9_1 = 0.4 * (mixA2_A_0 * g_p_t12_0_0_1 + mixA2_A_1 * g_p_t12_0_0_2 - mixA2_A_2 * g_p_t12_0_0_3 - mixA2_A_4 * g_p_t12_0_0_6) - 0.8 * mixA2_A_0 * g_p_t12_0_0_3 + 0.2 * (mixA2_A_1 * g_p_t12_0_0_0 + mixA2_A_2 * g_p_t12_0_0_1) + 0.6 * mixA2_A_4 * g_p_t12_0_0_4
-            g_mixA3_A_9_2 = -0.4 * (mixA2_A_0 * g_p_t12_0_0_0 - mixA2_A_1 * g_p_t12_0_0_1 - mixA2_A_2 * g_p_t12_0_0_2 + mixA2_A_3 * g_p_t12_0_0_4) + 0.2 * (mixA2_A_0 * g_p_t12_0_0_2 + mixA2_A_1 * g_p_t12_0_0_3) - 0.8 * mixA2_A_2 * g_p_t12_0_0_0 + 0.6 * mixA2_A_3 * g_p_t12_0_0_6
-            g_mixA3_A_9_3 = (-0.13333333333333333 * mixA2_A_0 * g_p_t12_0_0_1 - 0.4 * mixA2_A_0 * g_p_t12_0_0_3 + 0.3333333333333333 * (mixA2_A_1 * g_p_t12_0_0_2 - mixA2_A_3 * g_p_t12_0_0_5) - 0.26666666666666666 * (mixA2_A_2 * g_p_t12_0_0_1 - mixA2_A_4 * g_p_t12_0_0_4)
-                             + 0.2 * mixA2_A_2 * g_p_t12_0_0_3 - 0.06666666666666667 * mixA2_A_4 * g_p_t12_0_0_6)
-            g_mixA3_A_9_4 = (0.06666666666666667 * mixA2_A_0 * g_p_t12_0_0_4 - 0.26666666666666666 * (mixA2_A_0 * g_p_t12_0_0_6 + mixA2_A_3 * g_p_t12_0_0_2) + 0.3333333333333333 * (mixA2_A_1 * g_p_t12_0_0_5 + mixA2_A_4 * g_p_t12_0_0_1) - 0.4666666666666667 * mixA2_A_2 * g_p_t12_0_0_4
-                             - 0.13333333333333333 * mixA2_A_2 * g_p_t12_0_0_6 + 0.2 * mixA2_A_3 * g_p_t12_0_0_0)
-            g_mixA3_A_9_5 = 0.4 * (mixA2_A_1 * g_p_t12_0_0_4 + mixA2_A_1 * g_p_t12_0_0_6 + mixA2_A_3 * g_p_t12_0_0_1 + mixA2_A_4 * g_p_t12_0_0_2) - 0.8 * (mixA2_A_3 * g_p_t12_0_0_3 + mixA2_A_4 * g_p_t12_0_0_0)
-            g_mixA3_A_9_6 = (-0.13333333333333333 * mixA2_A_0 * g_p_t12_0_0_4 - 0.4666666666666667 * mixA2_A_0 * g_p_t12_0_0_6 + 0.3333333333333333 * (mixA2_A_1 * g_p_t12_0_0_5 + mixA2_A_3 * g_p_t12_0_0_2) - 0.26666666666666666 * (mixA2_A_2 * g_p_t12_0_0_4 + mixA2_A_4 * g_p_t12_0_0_1)
-                             + 0.06666666666666667 * mixA2_A_2 * g_p_t12_0_0_6 + 0.2 * mixA2_A_4 * g_p_t12_0_0_3)
-            g_p_t11_0_2_0 = g_p_t11_0_0_0 + g_p_t11_0_1_0
-            g_p_t11_0_2_1 = g_p_t11_0_0_1 + g_p_t11_0_1_1
-            g_p_t11_0_2_2 = g_p_t11_0_0_2 + g_p_t11_0_1_2
-            g_p_t11_0_2_3 = g_p_t11_0_0_3 + g_p_t11_0_1_3
-            g_p_t11_0_2_4 = g_p_t11_0_0_4 + g_p_t11_0_1_4
-            # adjoint (left) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-left of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
-            g_mixA2_A_10_0 = 0.3333333333333333 * (g_p_t11_0_2_0 * mixA2_A_0 - g_p_t11_0_2_0 * mixA2_A_2 - g_p_t11_0_2_2 * mixA2_A_2) + 0.5 * (g_p_t11_0_2_1 * mixA2_A_1 - g_p_t11_0_2_4 * mixA2_A_4) - 0.6666666666666666 * g_p_t11_0_2_2 * mixA2_A_0
-            g_mixA2_A_10_1 = 0.3333333333333333 * (g_p_t11_0_2_0 * mixA2_A_1 + g_p_t11_0_2_2 * mixA2_A_1) + 0.5 * (g_p_t11_0_2_1 * mixA2_A_0 + g_p_t11_0_2_1 * mixA2_A_2 + g_p_t11_0_2_3 * mixA2_A_4 + g_p_t11_0_2_4 * mixA2_A_3)
-            g_mixA2_A_10_2 = -0.3333333333333333 * (g_p_t11_0_2_0 * mixA2_A_0 + g_p_t11_0_2_2 * mixA2_A_0 - g_p_t11_0_2_2 * mixA2_A_2) - 0.6666666666666666 * g_p_t11_0_2_0 * mixA2_A_2 + 0.5 * (g_p_t11_0_2_1 * mixA2_A_1 - g_p_t11_0_2_3 * mixA2_A_3)
-            g_mixA2_A_10_3 = 0.3333333333333333 * g_p_t11_0_2_0 * mixA2_A_3 + 0.5 * (g_p_t11_0_2_1 * mixA2_A_4 - g_p_t11_0_2_3 * mixA2_A_2 + g_p_t11_0_2_4 * mixA2_A_1) - 0.6666666666666666 * g_p_t11_0_2_2 * mixA2_A_3
-            g_mixA2_A_10_4 = -0.6666666666666666 * g_p_t11_0_2_0 * mixA2_A_4 + 0.5 * (g_p_t11_0_2_1 * mixA2_A_3 + g_p_t11_0_2_3 * mixA2_A_1 - g_p_t11_0_2_4 * mixA2_A_0) + 0.3333333333333333 * g_p_t11_0_2_2 * mixA2_A_4
-            # adjoint (right) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-right of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
-            g_mixA2_A_11_0 = 0.3333333333333333 * (mixA2_A_0 * g_p_t11_0_2_0 - mixA2_A_2 * g_p_t11_0_2_0 - mixA2_A_2 * g_p_t11_0_2_2) - 0.6666666666666666 * mixA2_A_0 * g_p_t11_0_2_2 + 0.5 * (mixA2_A_1 * g_p_t11_0_2_1 - mixA2_A_4 * g_p_t11_0_2_4)
-            g_mixA2_A_11_1 = 0.5 * (mixA2_A_0 * g_p_t11_0_2_1 + mixA2_A_2 * g_p_t11_0_2_1 + mixA2_A_3 * g_p_t11_0_2_4 + mixA2_A_4 * g_p_t11_0_2_3) + 0.3333333333333333 * (mixA2_A_1 * g_p_t11_0_2_0 + mixA2_A_1 * g_p_t11_0_2_2)
-            g_mixA2_A_11_2 = -0.3333333333333333 * (mixA2_A_0 * g_p_t11_0_2_0 + mixA2_A_0 * g_p_t11_0_2_2 - mixA2_A_2 * g_p_t11_0_2_2) + 0.5 * (mixA2_A_1 * g_p_t11_0_2_1 - mixA2_A_3 * g_p_t11_0_2_3) - 0.6666666666666666 * mixA2_A_2 * g_p_t11_0_2_0
-            g_mixA2_A_11_3 = 0.5 * (mixA2_A_1 * g_p_t11_0_2_4 - mixA2_A_2 * g_p_t11_0_2_3 + mixA2_A_4 * g_p_t11_0_2_1) + 0.3333333333333333 * mixA2_A_3 * g_p_t11_0_2_0 - 0.6666666666666666 * mixA2_A_3 * g_p_t11_0_2_2
-            g_mixA2_A_11_4 = -0.5 * (mixA2_A_0 * g_p_t11_0_2_4 - mixA2_A_1 * g_p_t11_0_2_3 - mixA2_A_3 * g_p_t11_0_2_1) - 0.6666666666666666 * mixA2_A_4 * g_p_t11_0_2_0 + 0.3333333333333333 * mixA2_A_4 * g_p_t11_0_2_2
-            # adjoint (left) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-left of 1x2->3, ranks 3, 2 -> 1, 25 nonzeros
-            g_mixA1_A_7_0 = (0.6 * g_p_t10_0_0_0 * mixA2_A_0 + 0.5333333333333333 * (g_p_t10_0_0_1 * mixA2_A_1 + g_p_t10_0_0_4 * mixA2_A_3) - 0.13333333333333333 * (g_p_t10_0_0_2 * mixA2_A_0 + g_p_t10_0_0_6 * mixA2_A_3) + 0.3333333333333333 * (g_p_t10_0_0_2 * mixA2_A_2 + g_p_t10_0_0_5 * mixA2_A_4)
-                             - 0.4 * g_p_t10_0_0_3 * mixA2_A_1)
-            g_mixA1_A_7_1 = (-0.4 * g_p_t10_0_0_0 * mixA2_A_1 + 0.3333333333333333 * (g_p_t10_0_0_1 * mixA2_A_0 + g_p_t10_0_0_5 * mixA2_A_3) - 0.13333333333333333 * (g_p_t10_0_0_1 * mixA2_A_2 + g_p_t10_0_0_4 * mixA2_A_4) + 0.5333333333333333 * (g_p_t10_0_0_2 * mixA2_A_1 + g_p_t10_0_0_6 * mixA2_A_4)
-                             + 0.6 * g_p_t10_0_0_3 * mixA2_A_2)
-            g_mixA1_A_7_2 = -0.4 * (g_p_t10_0_0_0 * mixA2_A_3 + g_p_t10_0_0_3 * mixA2_A_4) - 0.13333333333333333 * (g_p_t10_0_0_1 * mixA2_A_4 + g_p_t10_0_0_2 * mixA2_A_3 - g_p_t10_0_0_4 * mixA2_A_2 - g_p_t10_0_0_6 * mixA2_A_0) + 0.4666666666666667 * (g_p_t10_0_0_4 * mixA2_A_0 + g_p_t10_0_0_6 * mixA2_A_2) + 0.3333333333333333 * g_p_t10_0_0_5 * mixA2_A_1
-            # adjoint (right) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-right of 1x2->3, ranks 1, 3 -> 2, 25 nonzeros
-            g_mixA2_A_12_0 = 0.6 * mixA1_A_0 * g_p_t10_0_0_0 - 0.13333333333333333 * (mixA1_A_0 * g_p_t10_0_0_2 - mixA1_A_2 * g_p_t10_0_0_6) + 0.3333333333333333 * mixA1_A_1 * g_p_t10_0_0_1 + 0.4666666666666667 * mixA1_A_2 * g_p_t10_0_0_4
-            g_mixA2_A_12_1 = 0.5333333333333333 * (mixA1_A_0 * g_p_t10_0_0_1 + mixA1_A_1 * g_p_t10_0_0_2) - 0.4 * (mixA1_A_0 * g_p_t10_0_0_3 + mixA1_A_1 * g_p_t10_0_0_0) + 0.3333333333333333 * mixA1_A_2 * g_p_t10_0_0_5
-            g_mixA2_A_12_2 = 0.3333333333333333 * mixA1_A_0 * g_p_t10_0_0_2 - 0.13333333333333333 * (mixA1_A_1 * g_p_t10_0_0_1 - mixA1_A_2 * g_p_t10_0_0_4) + 0.6 * mixA1_A_1 * g_p_t10_0_0_3 + 0.4666666666666667 * mixA1_A_2 * g_p_t10_0_0_6
-            g_mixA2_A_12_3 = 0.5333333333333333 * mixA1_A_0 * g_p_t10_0_0_4 - 0.13333333333333333 * (mixA1_A_0 * g_p_t10_0_0_6 + mixA1_A_2 * g_p_t10_0_0_2) + 0.3333333333333333 * mixA1_A_1 * g_p_t10_0_0_5 - 0.4 * mixA1_A_2 * g_p_t10_0_0_0
-            g_mixA2_A_12_4 = 0.3333333333333333 * mixA1_A_0 * g_p_t10_0_0_5 - 0.13333333333333333 * (mixA1_A_1 * g_p_t10_0_0_4 + mixA1_A_2 * g_p_t10_0_0_1) + 0.5333333333333333 * mixA1_A_1 * g_p_t10_0_0_6 - 0.4 * mixA1_A_2 * g_p_t10_0_0_3
-            g_p_t9_0_2_0 = g_p_t9_0_0_0 + g_p_t9_0_1_0
-            g_p_t9_0_2_1 = g_p_t9_0_0_1 + g_p_t9_0_1_1
-            g_p_t9_0_2_2 = g_p_t9_0_0_2 + g_p_t9_0_1_2
-            g_p_t9_0_2_3 = g_p_t9_0_0_3 + g_p_t9_0_1_3
-            g_p_t9_0_2_4 = g_p_t9_0_0_4 + g_p_t9_0_1_4
-            # adjoint (left) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
-            g_mixA1_A_8_0 = 0.6666666666666666 * g_p_t9_0_2_0 * mixA1_A_0 + 0.5 * (g_p_t9_0_2_1 * mixA1_A_1 + g_p_t9_0_2_3 * mixA1_A_2) - 0.3333333333333333 * g_p_t9_0_2_2 * mixA1_A_0
-            g_mixA1_A_8_1 = -0.3333333333333333 * g_p_t9_0_2_0 * mixA1_A_1 + 0.5 * (g_p_t9_0_2_1 * mixA1_A_0 + g_p_t9_0_2_4 * mixA1_A_2) + 0.6666666666666666 * g_p_t9_0_2_2 * mixA1_A_1
-            g_mixA1_A_8_2 = -0.3333333333333333 * (g_p_t9_0_2_0 * mixA1_A_2 + g_p_t9_0_2_2 * mixA1_A_2) + 0.5 * (g_p_t9_0_2_3 * mixA1_A_0 + g_p_t9_0_2_4 * mixA1_A_1)
-            # adjoint (right) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-right of 1x1->2, ranks 1, 2 -> 1, 12 nonzeros
-            g_mixA1_A_9_0 = 0.6666666666666666 * mixA1_A_0 * g_p_t9_0_2_0 - 0.3333333333333333 * mixA1_A_0 * g_p_t9_0_2_2 + 0.5 * (mixA1_A_1 * g_p_t9_0_2_1 + mixA1_A_2 * g_p_t9_0_2_3)
-            g_mixA1_A_9_1 = 0.5 * (mixA1_A_0 * g_p_t9_0_2_1 + mixA1_A_2 * g_p_t9_0_2_4) - 0.3333333333333333 * mixA1_A_1 * g_p_t9_0_2_0 + 0.6666666666666666 * mixA1_A_1 * g_p_t9_0_2_2
-            g_mixA1_A_9_2 = 0.5 * (mixA1_A_0 * g_p_t9_0_2_3 + mixA1_A_1 * g_p_t9_0_2_4) - 0.3333333333333333 * (mixA1_A_2 * g_p_t9_0_2_0 + mixA1_A_2 * g_p_t9_0_2_2)
-            # adjoint (left) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
-            g_mixA0_A_3_0 = (g_p_t8_0_0_0 * mixA3_A_0 + g_p_t8_0_0_1 * mixA3_A_1 + g_p_t8_0_0_2 * mixA3_A_2 + g_p_t8_0_0_3 * mixA3_A_3
-                             + g_p_t8_0_0_4 * mixA3_A_4 + g_p_t8_0_0_5 * mixA3_A_5 + g_p_t8_0_0_6 * mixA3_A_6)
-            # adjoint (right) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
-            g_mixA3_A_10_0 = mixA0_A_0 * g_p_t8_0_0_0
-            g_mixA3_A_10_1 = mixA0_A_0 * g_p_t8_0_0_1
-            g_mixA3_A_10_2 = mixA0_A_0 * g_p_t8_0_0_2
-            g_mixA3_A_10_3 = mixA0_A_0 * g_p_t8_0_0_3
-            g_mixA3_A_10_4 = mixA0_A_0 * g_p_t8_0_0_4
-            g_mixA3_A_10_5 = mixA0_A_0 * g_p_t8_0_0_5
-            g_mixA3_A_10_6 = mixA0_A_0 * g_p_t8_0_0_6
-            g_p_t7_0_2_0 = g_p_t7_0_0_0 + g_p_t7_0_1_0
-            g_p_t7_0_2_1 = g_p_t7_0_0_1 + g_p_t7_0_1_1
-            g_p_t7_0_2_2 = g_p_t7_0_0_2 + g_p_t7_0_1_2
-            g_p_t7_0_2_3 = g_p_t7_0_0_3 + g_p_t7_0_1_3
-            g_p_t7_0_2_4 = g_p_t7_0_0_4 + g_p_t7_0_1_4
-            # adjoint (left) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
-            g_mixA0_A_4_0 = (g_p_t7_0_2_0 * mixA2_A_0 + g_p_t7_0_2_1 * mixA2_A_1 + g_p_t7_0_2_2 * mixA2_A_2 + g_p_t7_0_2_3 * mixA2_A_3
-                             + g_p_t7_0_2_4 * mixA2_A_4)
-            # adjoint (right) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
-            g_mixA2_A_13_0 = mixA0_A_0 * g_p_t7_0_2_0
-            g_mixA2_A_13_1 = mixA0_A_0 * g_p_t7_0_2_1
-            g_mixA2_A_13_2 = mixA0_A_0 * g_p_t7_0_2_2
-            g_mixA2_A_13_3 = mixA0_A_0 * g_p_t7_0_2_3
-            g_mixA2_A_13_4 = mixA0_A_0 * g_p_t7_0_2_4
-            # adjoint (left) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
-            g_p_t6_0_1_0 = g_p_t6_1_0_0 * mixA1_A_0
-            g_p_t6_0_1_1 = g_p_t6_1_0_0 * mixA1_A_1
-            g_p_t6_0_1_2 = g_p_t6_1_0_0 * mixA1_A_2
-            # adjoint (right) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
-            g_mixA1_A_10_0 = p_t6_0_0 * g_p_t6_1_0_0
-            g_mixA1_A_10_1 = p_t6_0_1 * g_p_t6_1_0_0
-            g_mixA1_A_10_2 = p_t6_0_2 * g_p_t6_1_0_0
-            g_p_t6_0_2_0 = g_p_t6_0_0_0 + g_p_t6_0_1_0
-            g_p_t6_0_2_1 = g_p_t6_0_0_1 + g_p_t6_0_1_1
-            g_p_t6_0_2_2 = g_p_t6_0_0_2 + g_p_t6_0_1_2
-            # adjoint (left) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
-            g_mixA0_A_5_0 = g_p_t6_0_2_0 * mixA1_A_0 + g_p_t6_0_2_1 * mixA1_A_1 + g_p_t6_0_2_2 * mixA1_A_2
-            # adjoint (right) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
-            g_mixA1_A_11_0 = mixA0_A_0 * g_p_t6_0_2_0
-            g_mixA1_A_11_1 = mixA0_A_0 * g_p_t6_0_2_1
-            g_mixA1_A_11_2 = mixA0_A_0 * g_p_t6_0_2_2
-            g_p_t2_0_2_0 = g_p_t2_0_0_0 + g_p_t2_0_1_0
-            # adjoint (left) of p_t2_0: (1o x 1o)->0e step 1: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
-            g_mixA1_A_12_0 = g_p_t2_0_2_0 * mixA1_A_0
-            g_mixA1_A_12_1 = g_p_t2_0_2_0 * mixA1_A_1
-            g_mixA1_A_12_2 = g_p_t2_0_2_0 * mixA1_A_2
-            # adjoint (right) of p_t2_0: (1o x 1o)->0e step 1: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
-            g_mixA1_A_13_0 = mixA1_A_0 * g_p_t2_0_2_0
-            g_mixA1_A_13_1 = mixA1_A_1 * g_p_t2_0_2_0
-            g_mixA1_A_13_2 = mixA1_A_2 * g_p_t2_0_2_0
-            g_p_t1_0_2_0 = g_p_t1_0_0_0 + g_p_t1_0_1_0
-            # adjoint (left) of p_t1_0: (0e x 0e)->0e step 1: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_mixA0_A_6_0 = g_p_t1_0_2_0 * mixA0_A_0
-            # adjoint (right) of p_t1_0: (0e x 0e)->0e step 1: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_mixA0_A_7_0 = mixA0_A_0 * g_p_t1_0_2_0
-            g_mixA3_A_11_0 = (g_mixA3_A_0_0 + g_mixA3_A_1_0 + g_mixA3_A_2_0 + g_mixA3_A_3_0
-                              + g_mixA3_A_4_0 + g_mixA3_A_5_0 + g_mixA3_A_6_0 + g_mixA3_A_7_0
-                              + g_mixA3_A_8_0 + g_mixA3_A_9_0 + g_mixA3_A_10_0)
-            g_mixA3_A_11_1 = (g_mixA3_A_0_1 + g_mixA3_A_1_1 + g_mixA3_A_2_1 + g_mixA3_A_3_1
-                              + g_mixA3_A_4_1 + g_mixA3_A_5_1 + g_mixA3_A_6_1 + g_mixA3_A_7_1
-                              + g_mixA3_A_8_1 + g_mixA3_A_9_1 + g_mixA3_A_10_1)
-            g_mixA3_A_11_2 = (g_mixA3_A_0_2 + g_mixA3_A_1_2 + g_mixA3_A_2_2 + g_mixA3_A_3_2
-                              + g_mixA3_A_4_2 + g_mixA3_A_5_2 + g_mixA3_A_6_2 + g_mixA3_A_7_2
-                              + g_mixA3_A_8_2 + g_mixA3_A_9_2 + g_mixA3_A_10_2)
-            g_mixA3_A_11_3 = (g_mixA3_A_0_3 + g_mixA3_A_1_3 + g_mixA3_A_2_3 + g_mixA3_A_3_3
-                              + g_mixA3_A_4_3 + g_mixA3_A_5_3 + g_mixA3_A_6_3 + g_mixA3_A_7_3
-                              + g_mixA3_A_8_3 + g_mixA3_A_9_3 + g_mixA3_A_10_3)
-            g_mixA3_A_11_4 = (g_mixA3_A_0_4 + g_mixA3_A_1_4 + g_mixA3_A_2_4 + g_mixA3_A_3_4
-                              + g_mixA3_A_4_4 + g_mixA3_A_5_4 + g_mixA3_A_6_4 + g_mixA3_A_7_4
-                              + g_mixA3_A_8_4 + g_mixA3_A_9_4 + g_mixA3_A_10_4)
-            g_mixA3_A_11_5 = (g_mixA3_A_0_5 + g_mixA3_A_1_5 + g_mixA3_A_2_5 + g_mixA3_A_3_5
-                              + g_mixA3_A_4_5 + g_mixA3_A_5_5 + g_mixA3_A_6_5 + g_mixA3_A_7_5
-                              + g_mixA3_A_8_5 + g_mixA3_A_9_5 + g_mixA3_A_10_5)
-            g_mixA3_A_11_6 = (g_mixA3_A_0_6 + g_mixA3_A_1_6 + g_mixA3_A_2_6 + g_mixA3_A_3_6
-                              + g_mixA3_A_4_6 + g_mixA3_A_5_6 + g_mixA3_A_6_6 + g_mixA3_A_7_6
-                              + g_mixA3_A_8_6 + g_mixA3_A_9_6 + g_mixA3_A_10_6)
-            g_mixA2_A_14_0 = (g_mixA2_A_0_0 + g_mixA2_A_1_0 + g_mixA2_A_2_0 + g_mixA2_A_3_0
-                              + g_mixA2_A_4_0 + g_mixA2_A_5_0 + g_mixA2_A_6_0 + g_mixA2_A_7_0
-                              + g_mixA2_A_8_0 + g_mixA2_A_9_0 + g_mixA2_A_10_0 + g_mixA2_A_11_0
-                              + g_mixA2_A_12_0 + g_mixA2_A_13_0)
-            g_mixA2_A_14_1 = (g_mixA2_A_0_1 + g_mixA2_A_1_1 + g_mixA2_A_2_1 + g_mixA2_A_3_1
-                              + g_mixA2_A_4_1 + g_mixA2_A_5_1 + g_mixA2_A_6_1 + g_mixA2_A_7_1
-                              + g_mixA2_A_8_1 + g_mixA2_A_9_1 + g_mixA2_A_10_1 + g_mixA2_A_11_1
-                              + g_mixA2_A_12_1 + g_mixA2_A_13_1)
-            g_mixA2_A_14_2 = (g_mixA2_A_0_2 + g_mixA2_A_1_2 + g_mixA2_A_2_2 + g_mixA2_A_3_2
-                              + g_mixA2_A_4_2 + g_mixA2_A_5_2 + g_mixA2_A_6_2 + g_mixA2_A_7_2
-                              + g_mixA2_A_8_2 + g_mixA2_A_9_2 + g_mixA2_A_10_2 + g_mixA2_A_11_2
-                              + g_mixA2_A_12_2 + g_mixA2_A_13_2)
-            g_mixA2_A_14_3 = (g_mixA2_A_0_3 + g_mixA2_A_1_3 + g_mixA2_A_2_3 + g_mixA2_A_3_3
-                              + g_mixA2_A_4_3 + g_mixA2_A_5_3 + g_mixA2_A_6_3 + g_mixA2_A_7_3
-                              + g_mixA2_A_8_3 + g_mixA2_A_9_3 + g_mixA2_A_10_3 + g_mixA2_A_11_3
-                              + g_mixA2_A_12_3 + g_mixA2_A_13_3)
-            g_mixA2_A_14_4 = (g_mixA2_A_0_4 + g_mixA2_A_1_4 + g_mixA2_A_2_4 + g_mixA2_A_3_4
-                              + g_mixA2_A_4_4 + g_mixA2_A_5_4 + g_mixA2_A_6_4 + g_mixA2_A_7_4
-                              + g_mixA2_A_8_4 + g_mixA2_A_9_4 + g_mixA2_A_10_4 + g_mixA2_A_11_4
-                              + g_mixA2_A_12_4 + g_mixA2_A_13_4)
-            g_mixA1_A_14_0 = (g_mixA1_A_0_0 + g_mixA1_A_1_0 + g_mixA1_A_2_0 + g_mixA1_A_3_0
-                              + g_mixA1_A_4_0 + g_mixA1_A_5_0 + g_mixA1_A_6_0 + g_mixA1_A_7_0
-                              + g_mixA1_A_8_0 + g_mixA1_A_9_0 + g_mixA1_A_10_0 + g_mixA1_A_11_0
-                              + g_mixA1_A_12_0 + g_mixA1_A_13_0)
-            g_mixA1_A_14_1 = (g_mixA1_A_0_1 + g_mixA1_A_1_1 + g_mixA1_A_2_1 + g_mixA1_A_3_1
-                              + g_mixA1_A_4_1 + g_mixA1_A_5_1 + g_mixA1_A_6_1 + g_mixA1_A_7_1
-                              + g_mixA1_A_8_1 + g_mixA1_A_9_1 + g_mixA1_A_10_1 + g_mixA1_A_11_1
-                              + g_mixA1_A_12_1 + g_mixA1_A_13_1)
-            g_mixA1_A_14_2 = (g_mixA1_A_0_2 + g_mixA1_A_1_2 + g_mixA1_A_2_2 + g_mixA1_A_3_2
-                              + g_mixA1_A_4_2 + g_mixA1_A_5_2 + g_mixA1_A_6_2 + g_mixA1_A_7_2
-                              + g_mixA1_A_8_2 + g_mixA1_A_9_2 + g_mixA1_A_10_2 + g_mixA1_A_11_2
-                              + g_mixA1_A_12_2 + g_mixA1_A_13_2)
-            g_mixA0_A_9_0 = (g_mixA0_A_0_0 + g_mixA0_A_1_0 + g_mixA0_A_2_0 + g_mixA0_A_3_0
-                             + g_mixA0_A_4_0 + g_mixA0_A_5_0 + g_mixA0_A_6_0 + g_mixA0_A_7_0
-                             + g_mixA0_A_8_0)
-            g_mixA3_A_11[n, c, 0] = g_mixA3_A_11_0
-            g_mixA3_A_11[n, c, 1] = g_mixA3_A_11_1
-            g_mixA3_A_11[n, c, 2] = g_mixA3_A_11_2
-            g_mixA3_A_11[n, c, 3] = g_mixA3_A_11_3
-            g_mixA3_A_11[n, c, 4] = g_mixA3_A_11_4
-            g_mixA3_A_11[n, c, 5] = g_mixA3_A_11_5
-            g_mixA3_A_11[n, c, 6] = g_mixA3_A_11_6
-            g_mixA2_A_14[n, c, 0] = g_mixA2_A_14_0
-            g_mixA2_A_14[n, c, 1] = g_mixA2_A_14_1
-            g_mixA2_A_14[n, c, 2] = g_mixA2_A_14_2
-            g_mixA2_A_14[n, c, 3] = g_mixA2_A_14_3
-            g_mixA2_A_14[n, c, 4] = g_mixA2_A_14_4
-            g_mixA1_A_14[n, c, 0] = g_mixA1_A_14_0
-            g_mixA1_A_14[n, c, 1] = g_mixA1_A_14_1
-            g_mixA1_A_14[n, c, 2] = g_mixA1_A_14_2
-            g_mixA0_A_9[n, c, 0] = g_mixA0_A_9_0
-
-    return (g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_01_01_reverse_k5(g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9, mixA3, mixA2, mixA1, mixA0):
-    """Part of layer_01_01_reverse.
-
-    IR program layer_01_01_reverse_k5, printed as 4 kernel(s).
-    mixA3: weights with channels rows x channels columns.
-    mixA2: weights with channels rows x channels columns.
-    mixA1: weights with channels rows x channels columns.
-    mixA0: weights with channels rows x channels columns.
-    """
-    dtype = g_mixA3_A_11.dtype
-    num_nodes = g_mixA3_A_11.shape[0]
-    if g_mixA3_A_11.shape[2] != 7:
-        raise ValueError("g_mixA3_A_11 must have shape (nodes, channels, 7)")
-    if g_mixA2_A_14.shape[0] != num_nodes or g_mixA2_A_14.shape[2] != 5:
-        raise ValueError("g_mixA2_A_14 must have shape (nodes, channels, 5)")
-    if g_mixA1_A_14.shape[0] != num_nodes or g_mixA1_A_14.shape[2] != 3:
-        raise ValueError("g_mixA1_A_14 must have shape (nodes, channels, 3)")
-    if g_mixA0_A_9.shape[0] != num_nodes or g_mixA0_A_9.shape[2] != 1:
-        raise ValueError("g_mixA0_A_9 must have shape (nodes, channels, 1)")
-
-    # ChannelMixTransposed -> g_i_A3_0 (nodes, channels, 7): einsum("nkd,ck->ncd", g_mixA3_A_11, mixA3)
-    if g_mixA3_A_11.shape[1] != mixA3.shape[1]:
-        raise ValueError("g_mixA3_A_11 has the wrong number of channels for mixA3")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    g_i_A3_0_in = np.empty((num_nodes, 7, mixA3.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[1]):
-                g_i_A3_0_in[n, m, a] = g_mixA3_A_11[n, a, m]
-    g_i_A3_0_gemm = np.dot(g_i_A3_0_in.reshape((num_nodes * 7, mixA3.shape[1])), np.asarray(mixA3, dtype).T).reshape((num_nodes, 7, mixA3.shape[0]))
-    g_i_A3_0 = np.empty((num_nodes, mixA3.shape[0], 7), dtype)
-    for n in prange(num_nodes):
-        for m in range(7):
-            for a in range(mixA3.shape[0]):
-                g_i_A3_0[n, a, m] = g_i_A3_0_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_i_A2_0 (nodes, channels, 5): einsum("nkd,ck->ncd", g_mixA2_A_14, mixA2)
-    if g_mixA2_A_14.shape[1] != mixA2.shape[1]:
-        raise ValueError("g_mixA2_A_14 has the wrong number of channels for mixA2")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    g_i_A2_0_in = np.empty((num_nodes, 5, mixA2.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[1]):
-                g_i_A2_0_in[n, m, a] = g_mixA2_A_14[n, a, m]
-    g_i_A2_0_gemm = np.dot(g_i_A2_0_in.reshape((num_nodes * 5, mixA2.shape[1])), np.asarray(mixA2, dtype).T).reshape((num_nodes, 5, mixA2.shape[0]))
-    g_i_A2_0 = np.empty((num_nodes, mixA2.shape[0], 5), dtype)
-    for n in prange(num_nodes):
-        for m in range(5):
-            for a in range(mixA2.shape[0]):
-                g_i_A2_0[n, a, m] = g_i_A2_0_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_i_A1_0 (nodes, channels, 3): einsum("nkd,ck->ncd", g_mixA1_A_14, mixA1)
-    if g_mixA1_A_14.shape[1] != mixA1.shape[1]:
-        raise ValueError("g_mixA1_A_14 has the wrong number of channels for mixA1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    g_i_A1_0_in = np.empty((num_nodes, 3, mixA1.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[1]):
-                g_i_A1_0_in[n, m, a] = g_mixA1_A_14[n, a, m]
-    g_i_A1_0_gemm = np.dot(g_i_A1_0_in.reshape((num_nodes * 3, mixA1.shape[1])), np.asarray(mixA1, dtype).T).reshape((num_nodes, 3, mixA1.shape[0]))
-    g_i_A1_0 = np.empty((num_nodes, mixA1.shape[0], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(mixA1.shape[0]):
-                g_i_A1_0[n, a, m] = g_i_A1_0_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_i_A0_0 (nodes, channels, 1): einsum("nkd,ck->ncd", g_mixA0_A_9, mixA0)
-    if g_mixA0_A_9.shape[1] != mixA0.shape[1]:
-        raise ValueError("g_mixA0_A_9 has the wrong number of channels for mixA0")
-    g_i_A0_0 = np.dot(np.ascontiguousarray(g_mixA0_A_9).reshape((num_nodes, mixA0.shape[1])), np.asarray(mixA0, dtype).T).reshape((num_nodes, mixA0.shape[0], 1))
-
-    return (g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
-def layer_01_01_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_in, i_hj_1_0_1, Y2, i_s_1_2_3_in, i_c_1_2_1, Y1, i_s_1_1_2_in, i_c_1_1_0, i_c_1_0_1, Y0, i_s_0_3_3_in, i_hj_0_0_0, i_s_0_2_2_in, i_s_0_1_1_in, i_c_0_0_0, radial, senders, receivers, receiver_offsets, num_nodes, sender_order, sender_offsets):
-    """Part of layer_01_01_reverse.
-
-    IR program layer_01_01_reverse_k6, printed as 3 kernel(s).
-    radial: weights with 10 columns.
-    """
-    dtype = g_i_A3_0.dtype
-    num_edges = senders.shape[0]
-    channels = g_i_A3_0.shape[1]
-    if g_i_A3_0.shape[0] != num_nodes or g_i_A3_0.shape[1] != channels or g_i_A3_0.shape[2] != 7:
-        raise ValueError("g_i_A3_0 must have shape (nodes, channels, 7)")
-    if g_i_A2_0.shape[0] != num_nodes or g_i_A2_0.shape[1] != channels or g_i_A2_0.shape[2] != 5:
-        raise ValueError("g_i_A2_0 must have shape (nodes, channels, 5)")
-    if g_i_A1_0.shape[0] != num_nodes or g_i_A1_0.shape[1] != channels or g_i_A1_0.shape[2] != 3:
-        raise ValueError("g_i_A1_0 must have shape (nodes, channels, 3)")
-    if g_i_A0_0.shape[0] != num_nodes or g_i_A0_0.shape[1] != channels or g_i_A0_0.shape[2] != 1:
-        raise ValueError("g_i_A0_0 must have shape (nodes, channels, 1)")
-    if Y3.shape[0] != num_edges or Y3.shape[1] != 7:
-        raise ValueError("Y3 must have shape (edges, 7)")
-    if i_s_1_3_2_in.shape[0] != num_edges or i_s_1_3_2_in.shape[1] != channels or i_s_1_3_2_in.shape[2] != 3:
-        raise ValueError("i_s_1_3_2_in must have shape (edges, channels, 3)")
-    if i_hj_1_0_1.shape[0] != num_edges or i_hj_1_0_1.shape[1] != channels or i_hj_1_0_1.shape[2] != 3:
-        raise ValueError("i_hj_1_0_1 must have shape (edges, channels, 3)")
-    if Y2.shape[0] != num_edges or Y2.shape[1] != 5:
-        raise ValueError("Y2 must have shape (edges, 5)")
-    if i_s_1_2_3_in.shape[0] != num_edges or i_s_1_2_3_in.shape[1] != channels or i_s_1_2_3_in.shape[2] != 3:
-        raise ValueError("i_s_1_2_3_in must have shape (edges, channels, 3)")
-    if i_c_1_2_1.shape[0] != num_edges or i_c_1_2_1.shape[1] != channels or i_c_1_2_1.shape[2] != 3:
-        raise ValueError("i_c_1_2_1 must have shape (edges, channels, 3)")
-    if Y1.shape[0] != num_edges or Y1.shape[1] != 3:
-        raise ValueError("Y1 must have shape (edges, 3)")
-    if i_s_1_1_2_in.shape[0] != num_edges or i_s_1_1_2_in.shape[1] != channels or i_s_1_1_2_in.shape[2] != 3:
-        raise ValueError("i_s_1_1_2_in must have shape (edges, channels, 3)")
-    if i_c_1_1_0.shape[0] != num_edges or i_c_1_1_0.shape[1] != channels or i_c_1_1_0.shape[2] != 1:
-        raise ValueError("i_c_1_1_0 must have shape (edges, channels, 1)")
-    if i_c_1_0_1.shape[0] != num_edges or i_c_1_0_1.shape[1] != channels or i_c_1_0_1.shape[2] != 3:
-        raise ValueError("i_c_1_0_1 must have shape (edges, channels, 3)")
-    if Y0.shape[0] != num_edges or Y0.shape[1] != 1:
-        raise ValueError("Y0 must have shape (edges, 1)")
-    if i_s_0_3_3_in.shape[0] != num_edges or i_s_0_3_3_in.shape[1] != channels or i_s_0_3_3_in.shape[2] != 1:
-        raise ValueError("i_s_0_3_3_in must have shape (edges, channels, 1)")
-    if i_hj_0_0_0.shape[0] != num_edges or i_hj_0_0_0.shape[1] != channels or i_hj_0_0_0.shape[2] != 1:
-        raise ValueError("i_hj_0_0_0 must have shape (edges, channels, 1)")
-    if i_s_0_2_2_in.shape[0] != num_edges or i_s_0_2_2_in.shape[1] != channels or i_s_0_2_2_in.shape[2] != 1:
-        raise ValueError("i_s_0_2_2_in must have shape (edges, channels, 1)")
-    if i_s_0_1_1_in.shape[0] != num_edges or i_s_0_1_1_in.shape[1] != channels or i_s_0_1_1_in.shape[2] != 1:
-        raise ValueError("i_s_0_1_1_in must have shape (edges, channels, 1)")
-    if i_c_0_0_0.shape[0] != num_edges or i_c_0_0_0.shape[1] != channels or i_c_0_0_0.shape[2] != 1:
-        raise ValueError("i_c_0_0_0 must have shape (edges, channels, 1)")
-    if radial.shape[0] != num_edges or radial.shape[1] != channels or radial.shape[2] != 10:
-        raise ValueError("radial must have shape (edges, channels, 10)")
-    _check_graph(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR
-    _check_senders(senders, sender_order, sender_offsets, num_nodes)  # CSR by sender
-
-    g_Y3_1 = np.zeros((num_edges, 7), dtype)
-    g_Y2_1 = np.zeros((num_edges, 5), dtype)
-    g_Y2_3 = np.zeros((num_edges, 5), dtype)
-    g_Y1_1 = np.zeros((num_edges, 3), dtype)
-    g_Y1_3 = np.zeros((num_edges, 3), dtype)
-    g_Y0_1 = np.zeros((num_edges, 1), dtype)
-    g_i_hj_1_0_1_6 = np.empty((num_edges, channels, 3), dtype)
-    g_Y3_3 = np.zeros((num_edges, 7), dtype)
-    g_Y2_5 = np.zeros((num_edges, 5), dtype)
-    g_Y1_5 = np.zeros((num_edges, 3), dtype)
-    g_Y0_3 = np.zeros((num_edges, 1), dtype)
-    g_i_hj_0_0_0_4 = np.empty((num_edges, channels, 1), dtype)
-    d_radial = np.empty((num_edges, channels, 10), dtype)
-    # kernel 1 (per channel, phase 0): 57 ops; stores g_Y3_1, g_Y2_1, g_Y2_3, g_Y1_1, g_Y1_3, g_Y0_1, g_i_hj_1_0_1_6, g_Y3_3, g_Y2_5, g_Y1_5, g_Y0_3, g_i_hj_0_0_0_4, d_radial
-    for e in prange(num_edges):
-        for c in range(channels):
-            i = receivers[e]
-            Y3_0 = Y3[e, 0]
-            Y3_1 = Y3[e, 1]
-            Y3_4 = Y3[e, 4]
-            Y3_2 = Y3[e, 2]
-            Y3_5 = Y3[e, 5]
-            Y3_3 = Y3[e, 3]
-            Y3_6 = Y3[e, 6]
-            i_s_1_3_2_in_0 = i_s_1_3_2_in[e, c, 0]
-            i_s_1_3_2_in_1 = i_s_1_3_2_in[e, c, 1]
-            i_s_1_3_2_in_2 = i_s_1_3_2_in[e, c, 2]
-            radial_9 = radial[e, c, 9]
-            i_hj_1_0_1_0 = i_hj_1_0_1[e, c, 0]
-            i_hj_1_0_1_1 = i_hj_1_0_1[e, c, 1]
-            i_hj_1_0_1_2 = i_hj_1_0_1[e, c, 2]
-            Y2_0 = Y2[e, 0]
-            Y2_1 = Y2[e, 1]
-            Y2_3 = Y2[e, 3]
-            Y2_2 = Y2[e, 2]
-            Y2_4 = Y2[e, 4]
-            i_s_1_2_3_in_0 = i_s_1_2_3_in[e, c, 0]
-            i_s_1_2_3_in_1 = i_s_1_2_3_in[e, c, 1]
-            i_s_1_2_3_in_2 = i_s_1_2_3_in[e, c, 2]
-            radial_8 = radial[e, c, 8]
-            radial_7 = radial[e, c, 7]
-            i_c_1_2_1_0 = i_c_1_2_1[e, c, 0]
-            i_c_1_2_1_1 = i_c_1_2_1[e, c, 1]
-            i_c_1_2_1_2 = i_c_1_2_1[e, c, 2]
-            Y1_0 = Y1[e, 0]
-            Y1_1 = Y1[e, 1]
-            Y1_2 = Y1[e, 2]
-            i_s_1_1_2_in_0 = i_s_1_1_2_in[e, c, 0]
-            i_s_1_1_2_in_1 = i_s_1_1_2_in[e, c, 1]
-            i_s_1_1_2_in_2 = i_s_1_1_2_in[e, c, 2]
-            radial_6 = radial[e, c, 6]
-            radial_5 = radial[e, c, 5]
-            i_c_1_1_0_0 = i_c_1_1_0[e, c, 0]
-            radial_4 = radial[e, c, 4]
-            i_c_1_0_1_0 = i_c_1_0_1[e, c, 0]
-            i_c_1_0_1_1 = i_c_1_0_1[e, c, 1]
-            i_c_1_0_1_2 = i_c_1_0_1[e, c, 2]
-            Y0_0 = Y0[e, 0]
-            i_s_0_3_3_in_0 = i_s_0_3_3_in[e, c, 0]
-            radial_3 = radial[e, c, 3]
-            i_hj_0_0_0_0 = i_hj_0_0_0[e, c, 0]
-            i_s_0_2_2_in_0 = i_s_0_2_2_in[e, c, 0]
-            radial_2 = radial[e, c, 2]
-            i_s_0_1_1_in_0 = i_s_0_1_1_in[e, c, 0]
-            radial_1 = radial[e, c, 1]
-            radial_0 = radial[e, c, 0]
-            i_c_0_0_0_0 = i_c_0_0_0[e, c, 0]
-            g_i_A3_edges_0_0 = g_i_A3_0[i, c, 0]
-            g_i_A3_edges_0_1 = g_i_A3_0[i, c, 1]
-            g_i_A3_edges_0_2 = g_i_A3_0[i, c, 2]
-            g_i_A3_edges_0_3 = g_i_A3_0[i, c, 3]
-            g_i_A3_edges_0_4 = g_i_A3_0[i, c, 4]
-            g_i_A3_edges_0_5 = g_i_A3_0[i, c, 5]
-            g_i_A3_edges_0_6 = g_i_A3_0[i, c, 6]
-            g_i_A2_edges_0_0 = g_i_A2_0[i, c, 0]
-            g_i_A2_edges_0_1 = g_i_A2_0[i, c, 1]
-            g_i_A2_edges_0_2 = g_i_A2_0[i, c, 2]
-            g_i_A2_edges_0_3 = g_i_A2_0[i, c, 3]
-            g_i_A2_edges_0_4 = g_i_A2_0[i, c, 4]
-            g_i_A1_edges_0_0 = g_i_A1_0[i, c, 0]
-            g_i_A1_edges_0_1 = g_i_A1_0[i, c, 1]
-            g_i_A1_edges_0_2 = g_i_A1_0[i, c, 2]
-            g_i_A0_edges_0_0 = g_i_A0_0[i, c, 0]
-            # adjoint (left) of i_s_1_3_2: h1 x Y3 -> A2: table transpose-left of 1x3->2, ranks 2, 3 -> 1, 17 nonzeros
-            g_i_s_1_3_2_in_0_0 = (g_i_A2_edges_0_0 * Y3_0 + g_i_A2_edges_0_1 * Y3_1 + g_i_A2_edges_0_2 * Y3_2 + g_i_A2_edges_0_3 * Y3_4
-                                  + g_i_A2_edges_0_4 * Y3_5)
-            g_i_s_1_3_2_in_0_1 = (g_i_A2_edges_0_0 * Y3_1 + g_i_A2_edges_0_1 * Y3_2 + g_i_A2_edges_0_2 * Y3_3 + g_i_A2_edges_0_3 * Y3_5
-                                  + g_i_A2_edges_0_4 * Y3_6)
-            g_i_s_1_3_2_in_0_2 = (g_i_A2_edges_0_0 * Y3_4 + g_i_A2_edges_0_1 * Y3_5 + g_i_A2_edges_0_2 * Y3_6 - g_i_A2_edges_0_3 * Y3_0
-                                  - g_i_A2_edges_0_3 * Y3_2 - g_i_A2_edges_0_4 * Y3_1 - g_i_A2_edges_0_4 * Y3_3)
-            # adjoint (right) of i_s_1_3_2: h1 x Y3 -> A2: table transpose-right of 1x3->2, ranks 1, 2 -> 3, 17 nonzeros
-            g_Y3_0_0 = i_s_1_3_2_in_0 * g_i_A2_edges_0_0 - i_s_1_3_2_in_2 * g_i_A2_edges_0_3
-            g_Y3_0_1 = i_s_1_3_2_in_0 * g_i_A2_edges_0_1 + i_s_1_3_2_in_1 * g_i_A2_edges_0_0 - i_s_1_3_2_in_2 * g_i_A2_edges_0_4
-            g_Y3_0_2 = i_s_1_3_2_in_0 * g_i_A2_edges_0_2 + i_s_1_3_2_in_1 * g_i_A2_edges_0_1 - i_s_1_3_2_in_2 * g_i_A2_edges_0_3
-            g_Y3_0_3 = i_s_1_3_2_in_1 * g_i_A2_edges_0_2 - i_s_1_3_2_in_2 * g_i_A2_edges_0_4
-            g_Y3_0_4 = i_s_1_3_2_in_0 * g_i_A2_edges_0_3 + i_s_1_3_2_in_2 * g_i_A2_edges_0_0
-            g_Y3_0_5 = i_s_1_3_2_in_0 * g_i_A2_edges_0_4 + i_s_1_3_2_in_1 * g_i_A2_edges_0_3 + i_s_1_3_2_in_2 * g_i_A2_edges_0_1
-            g_Y3_0_6 = i_s_1_3_2_in_1 * g_i_A2_edges_0_4 + i_s_1_3_2_in_2 * g_i_A2_edges_0_2
-            g_Y3_1[e, 0] += g_Y3_0_0  # sum over channels
-            g_Y3_1[e, 1] += g_Y3_0_1
-            g_Y3_1[e, 2] += g_Y3_0_2
-            g_Y3_1[e, 3] += g_Y3_0_3
-            g_Y3_1[e, 4] += g_Y3_0_4
-            g_Y3_1[e, 5] += g_Y3_0_5
-            g_Y3_1[e, 6] += g_Y3_0_6
-            g_i_hj_1_0_1_0_0 = g_i_s_1_3_2_in_0_0 * radial_9  # adjoint of i_s_1_3_2_in
-            g_i_hj_1_0_1_0_1 = g_i_s_1_3_2_in_0_1 * radial_9
-            g_i_hj_1_0_1_0_2 = g_i_s_1_3_2_in_0_2 * radial_9
-            # d radial[9] from i_s_1_3_2_in: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
-            g_radial9_0_0 = g_i_s_1_3_2_in_0_0 * i_hj_1_0_1_0 + g_i_s_1_3_2_in_0_1 * i_hj_1_0_1_1 + g_i_s_1_3_2_in_0_2 * i_hj_1_0_1_2
-            # adjoint (left) of i_s_1_2_3: h1 x Y2 -> A3: table transpose-left of 1x2->3, ranks 3, 2 -> 1, 25 nonzeros
-            g_i_s_1_2_3_in_0_0 = (0.6 * g_i_A3_edges_0_0 * Y2_0 + 0.5333333333333333 * (g_i_A3_edges_0_1 * Y2_1 + g_i_A3_edges_0_4 * Y2_3) - 0.13333333333333333 * (g_i_A3_edges_0_2 * Y2_0 + g_i_A3_edges_0_6 * Y2_3) + 0.3333333333333333 * (g_i_A3_edges_0_2 * Y2_2 + g_i_A3_edges_0_5 * Y2_4)
-                                  - 0.4 * g_i_A3_edges_0_3 * Y2_1)
-            g_i_s_1_2_3_in_0_1 = (-0.4 * g_i_A3_edges_0_0 * Y2_1 + 0.3333333333333333 * (g_i_A3_edges_0_1 * Y2_0 + g_i_A3_edges_0_5 * Y2_3) - 0.13333333333333333 * (g_i_A3_edges_0_1 * Y2_2 + g_i_A3_edges_0_4 * Y2_4) + 0.5333333333333333 * (g_i_A3_edges_0_2 * Y2_1 + g_i_A3_edges_0_6 * Y2_4)
-                                  + 0.6 * g_i_A3_edges_0_3 * Y2_2)
-            g_i_s_1_2_3_in_0_2 = -0.4 * (g_i_A3_edges_0_0 * Y2_3 + g_i_A3_edges_0_3 * Y2_4) - 0.13333333333333333 * (g_i_A3_edges_0_1 * Y2_4 + g_i_A3_edges_0_2 * Y2_3 - g_i_A3_edges_0_4 * Y2_2 - g_i_A3_edges_0_6 * Y2_0) + 0.4666666666666667 * (g_i_A3_edges_0_4 * Y2_0 + g_i_A3_edges_0_6 * Y2_2) + 0.3333333333333333 * g_i_A3_edges_0_5 * Y2_1
-            # adjoint (right) of i_s_1_2_3: h1 x Y2 -> A3: table transpose-right of 1x2->3, ranks 1, 3 -> 2, 25 nonzeros
-            g_Y2_0_0 = 0.6 * i_s_1_2_3_in_0 * g_i_A3_edges_0_0 - 0.13333333333333333 * (i_s_1_2_3_in_0 * g_i_A3_edges_0_2 - i_s_1_2_3_in_2 * g_i_A3_edges_0_6) + 0.3333333333333333 * i_s_1_2_3_in_1 * g_i_A3_edges_0_1 + 0.4666666666666667 * i_s_1_2_3_in_2 * g_i_A3_edges_0_4
-            g_Y2_0_1 = 0.5333333333333333 * (i_s_1_2_3_in_0 * g_i_A3_edges_0_1 + i_s_1_2_3_in_1 * g_i_A3_edges_0_2) - 0.4 * (i_s_1_2_3_in_0 * g_i_A3_edges_0_3 + i_s_1_2_3_in_1 * g_i_A3_edges_0_0) + 0.3333333333333333 * i_s_1_2_3_in_2 * g_i_A3_edges_0_5
-            g_Y2_0_2 = 0.3333333333333333 * i_s_1_2_3_in_0 * g_i_A3_edges_0_2 - 0.13333333333333333 * (i_s_1_2_3_in_1 * g_i_A3_edges_0_1 - i_s_1_2_3_in_2 * g_i_A3_edges_0_4) + 0.6 * i_s_1_2_3_in_1 * g_i_A3_edges_0_3 + 0.4666666666666667 * i_s_1_2_3_in_2 * g_i_A3_edges_0_6
-            g_Y2_0_3 = 0.5333333333333333 * i_s_1_2_3_in_0 * g_i_A3_edges_0_4 - 0.13333333333333333 * (i_s_1_2_3_in_0 * g_i_A3_edges_0_6 + i_s_1_2_3_in_2 * g_i_A3_edges_0_2) + 0.3333333333333333 * i_s_1_2_3_in_1 * g_i_A3_edges_0_5 - 0.4 * i_s_1_2_3_in_2 * g_i_A3_edges_0_0
-            g_Y2_0_4 = 0.3333333333333333 * i_s_1_2_3_in_0 * g_i_A3_edges_0_5 - 0.13333333333333333 * (i_s_1_2_3_in_1 * g_i_A3_edges_0_4 + i_s_1_2_3_in_2 * g_i_A3_edges_0_1) + 0.5333333333333333 * i_s_1_2_3_in_1 * g_i_A3_edges_0_6 - 0.4 * i_s_1_2_3_in_2 * g_i_A3_edges_0_3
-            g_Y2_1[e, 0] += g_Y2_0_0  # sum over channels
-            g_Y2_1[e, 1] += g_Y2_0_1
-            g_Y2_1[e, 2] += g_Y2_0_2
-            g_Y2_1[e, 3] += g_Y2_0_3
-            g_Y2_1[e, 4] += g_Y2_0_4
-            g_i_hj_1_0_1_1_0 = g_i_s_1_2_3_in_0_0 * radial_8  # adjoint of i_s_1_2_3_in
-            g_i_hj_1_0_1_1_1 = g_i_s_1_2_3_in_0_1 * radial_8
-            g_i_hj_1_0_1_1_2 = g_i_s_1_2_3_in_0_2 * radial_8
-            # d radial[8] from i_s_1_2_3_in: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
-            g_radial8_0_0 = g_i_s_1_2_3_in_0_0 * i_hj_1_0_1_0 + g_i_s_1_2_3_in_0_1 * i_hj_1_0_1_1 + g_i_s_1_2_3_in_0_2 * i_hj_1_0_1_2
-            g_i_c_1_2_1_0_0 = g_i_A1_edges_0_0 * radial_7  # adjoint of i_s_1_2_1
-            g_i_c_1_2_1_0_1 = g_i_A1_edges_0_1 * radial_7
-            g_i_c_1_2_1_0_2 = g_i_A1_edges_0_2 * radial_7
-            # d radial[7] from i_s_1_2_1: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
-            g_radial7_0_0 = g_i_A1_edges_0_0 * i_c_1_2_1_0 + g_i_A1_edges_0_1 * i_c_1_2_1_1 + g_i_A1_edges_0_2 * i_c_1_2_1_2
-            # adjoint (left) of i_c_1_2_1: h1 x Y2 -> A1: table transpose-left of 1x2->1, ranks 1, 2 -> 1, 10 nonzeros
-            g_i_hj_1_0_1_2_0 = g_i_c_1_2_1_0_0 * Y2_0 + g_i_c_1_2_1_0_1 * Y2_1 + g_i_c_1_2_1_0_2 * Y2_3
-            g_i_hj_1_0_1_2_1 = g_i_c_1_2_1_0_0 * Y2_1 + g_i_c_1_2_1_0_1 * Y2_2 + g_i_c_1_2_1_0_2 * Y2_4
-            g_i_hj_1_0_1_2_2 = g_i_c_1_2_1_0_0 * Y2_3 + g_i_c_1_2_1_0_1 * Y2_4 - g_i_c_1_2_1_0_2 * Y2_0 - g_i_c_1_2_1_0_2 * Y2_2
-            # adjoint (right) of i_c_1_2_1: h1 x Y2 -> A1: table transpose-right of 1x2->1, ranks 1, 1 -> 2, 10 nonzeros
-            g_Y2_2_0 = i_hj_1_0_1_0 * g_i_c_1_2_1_0_0 - i_hj_1_0_1_2 * g_i_c_1_2_1_0_2
-            g_Y2_2_1 = i_hj_1_0_1_0 * g_i_c_1_2_1_0_1 + i_hj_1_0_1_1 * g_i_c_1_2_1_0_0
-            g_Y2_2_2 = i_hj_1_0_1_1 * g_i_c_1_2_1_0_1 - i_hj_1_0_1_2 * g_i_c_1_2_1_0_2
-            g_Y2_2_3 = i_hj_1_0_1_0 * g_i_c_1_2_1_0_2 + i_hj_1_0_1_2 * g_i_c_1_2_1_0_0
-            g_Y2_2_4 = i_hj_1_0_1_1 * g_i_c_1_2_1_0_2 + i_hj_1_0_1_2 * g_i_c_1_2_1_0_1
-            g_Y2_3[e, 0] += g_Y2_2_0  # sum over channels
-            g_Y2_3[e, 1] += g_Y2_2_1
-            g_Y2_3[e, 2] += g_Y2_2_2
-            g_Y2_3[e, 3] += g_Y2_2_3
-            g_Y2_3[e, 4] += g_Y2_2_4
-            # adjoint (left) of i_s_1_1_2: h1 x Y1 -> A2: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
-            g_i_s_1_1_2_in_0_0 = 0.6666666666666666 * g_i_A2_edges_0_0 * Y1_0 + 0.5 * (g_i_A2_edges_0_1 * Y1_1 + g_i_A2_edges_0_3 * Y1_2) - 0.3333333333333333 * g_i_A2_edges_0_2 * Y1_0
-            g_i_s_1_1_2_in_0_1 = -0.3333333333333333 * g_i_A2_edges_0_0 * Y1_1 + 0.5 * (g_i_A2_edges_0_1 * Y1_0 + g_i_A2_edges_0_4 * Y1_2) + 0.6666666666666666 * g_i_A2_edges_0_2 * Y1_1
-            g_i_s_1_1_2_in_0_2 = -0.3333333333333333 * (g_i_A2_edges_0_0 * Y1_2 + g_i_A2_edges_0_2 * Y1_2) + 0.5 * (g_i_A2_edges_0_3 * Y1_0 + g_i_A2_edges_0_4 * Y1_1)
-            # adjoint (right) of i_s_1_1_2: h1 x Y1 -> A2: table transpose-right of 1x1->2, ranks 1, 2 -> 1, 12 nonzeros
-            g_Y1_0_0 = 0.6666666666666666 * i_s_1_1_2_in_0 * g_i_A2_edges_0_0 - 0.3333333333333333 * i_s_1_1_2_in_0 * g_i_A2_edges_0_2 + 0.5 * (i_s_1_1_2_in_1 * g_i_A2_edges_0_1 + i_s_1_1_2_in_2 * g_i_A2_edges_0_3)
-            g_Y1_0_1 = 0.5 * (i_s_1_1_2_in_0 * g_i_A2_edges_0_1 + i_s_1_1_2_in_2 * g_i_A2_edges_0_4) - 0.3333333333333333 * i_s_1_1_2_in_1 * g_i_A2_edges_0_0 + 0.6666666666666666 * i_s_1_1_2_in_1 * g_i_A2_edges_0_2
-            g_Y1_0_2 = 0.5 * (i_s_1_1_2_in_0 * g_i_A2_edges_0_3 + i_s_1_1_2_in_1 * g_i_A2_edges_0_4) - 0.3333333333333333 * (i_s_1_1_2_in_2 * g_i_A2_edges_0_0 + i_s_1_1_2_in_2 * g_i_A2_edges_0_2)
-            g_Y1_1[e, 0] += g_Y1_0_0  # sum over channels
-            g_Y1_1[e, 1] += g_Y1_0_1
-            g_Y1_1[e, 2] += g_Y1_0_2
-            g_i_hj_1_0_1_3_0 = g_i_s_1_1_2_in_0_0 * radial_6  # adjoint of i_s_1_1_2_in
-            g_i_hj_1_0_1_3_1 = g_i_s_1_1_2_in_0_1 * radial_6
-            g_i_hj_1_0_1_3_2 = g_i_s_1_1_2_in_0_2 * radial_6
-            # d radial[6] from i_s_1_1_2_in: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
-            g_radial6_0_0 = g_i_s_1_1_2_in_0_0 * i_hj_1_0_1_0 + g_i_s_1_1_2_in_0_1 * i_hj_1_0_1_1 + g_i_s_1_1_2_in_0_2 * i_hj_1_0_1_2
-            g_i_c_1_1_0_0_0 = g_i_A0_edges_0_0 * radial_5  # adjoint of i_s_1_1_0
-            # d radial[5] from i_s_1_1_0: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial5_0_0 = g_i_A0_edges_0_0 * i_c_1_1_0_0
-            # adjoint (left) of i_c_1_1_0: h1 x Y1 -> A0: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
-            g_i_hj_1_0_1_4_0 = g_i_c_1_1_0_0_0 * Y1_0
-            g_i_hj_1_0_1_4_1 = g_i_c_1_1_0_0_0 * Y1_1
-            g_i_hj_1_0_1_4_2 = g_i_c_1_1_0_0_0 * Y1_2
-            # adjoint (right) of i_c_1_1_0: h1 x Y1 -> A0: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
-            g_Y1_2_0 = i_hj_1_0_1_0 * g_i_c_1_1_0_0_0
-            g_Y1_2_1 = i_hj_1_0_1_1 * g_i_c_1_1_0_0_0
-            g_Y1_2_2 = i_hj_1_0_1_2 * g_i_c_1_1_0_0_0
-            g_Y1_3[e, 0] += g_Y1_2_0  # sum over channels
-            g_Y1_3[e, 1] += g_Y1_2_1
-            g_Y1_3[e, 2] += g_Y1_2_2
-            g_i_c_1_0_1_0_0 = g_i_A1_edges_0_0 * radial_4  # adjoint of i_s_1_0_1
-            g_i_c_1_0_1_0_1 = g_i_A1_edges_0_1 * radial_4
-            g_i_c_1_0_1_0_2 = g_i_A1_edges_0_2 * radial_4
-            # d radial[4] from i_s_1_0_1: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
-            g_radial4_0_0 = g_i_A1_edges_0_0 * i_c_1_0_1_0 + g_i_A1_edges_0_1 * i_c_1_0_1_1 + g_i_A1_edges_0_2 * i_c_1_0_1_2
-            # adjoint (left) of i_c_1_0_1: h1 x Y0 -> A1: table transpose-left of 1x0->1, ranks 1, 0 -> 1, 3 nonzeros
-            g_i_hj_1_0_1_5_0 = g_i_c_1_0_1_0_0 * Y0_0
-            g_i_hj_1_0_1_5_1 = g_i_c_1_0_1_0_1 * Y0_0
-            g_i_hj_1_0_1_5_2 = g_i_c_1_0_1_0_2 * Y0_0
-            # adjoint (right) of i_c_1_0_1: h1 x Y0 -> A1: table transpose-right of 1x0->1, ranks 1, 1 -> 0, 3 nonzeros
-            g_Y0_0_0 = i_hj_1_0_1_0 * g_i_c_1_0_1_0_0 + i_hj_1_0_1_1 * g_i_c_1_0_1_0_1 + i_hj_1_0_1_2 * g_i_c_1_0_1_0_2
-            g_Y0_1[e, 0] += g_Y0_0_0  # sum over channels
-            g_i_hj_1_0_1_6_0 = (g_i_hj_1_0_1_0_0 + g_i_hj_1_0_1_1_0 + g_i_hj_1_0_1_2_0 + g_i_hj_1_0_1_3_0
-                                + g_i_hj_1_0_1_4_0 + g_i_hj_1_0_1_5_0)
-            g_i_hj_1_0_1_6_1 = (g_i_hj_1_0_1_0_1 + g_i_hj_1_0_1_1_1 + g_i_hj_1_0_1_2_1 + g_i_hj_1_0_1_3_1
-                                + g_i_hj_1_0_1_4_1 + g_i_hj_1_0_1_5_1)
-            g_i_hj_1_0_1_6_2 = (g_i_hj_1_0_1_0_2 + g_i_hj_1_0_1_1_2 + g_i_hj_1_0_1_2_2 + g_i_hj_1_0_1_3_2
-                                + g_i_hj_1_0_1_4_2 + g_i_hj_1_0_1_5_2)
-            # adjoint (left) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
-            g_i_s_0_3_3_in_0_0 = (g_i_A3_edges_0_0 * Y3_0 + g_i_A3_edges_0_1 * Y3_1 + g_i_A3_edges_0_2 * Y3_2 + g_i_A3_edges_0_3 * Y3_3
-                                  + g_i_A3_edges_0_4 * Y3_4 + g_i_A3_edges_0_5 * Y3_5 + g_i_A3_edges_0_6 * Y3_6)
-            # adjoint (right) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
-            g_Y3_2_0 = i_s_0_3_3_in_0 * g_i_A3_edges_0_0
-            g_Y3_2_1 = i_s_0_3_3_in_0 * g_i_A3_edges_0_1
-            g_Y3_2_2 = i_s_0_3_3_in_0 * g_i_A3_edges_0_2
-            g_Y3_2_3 = i_s_0_3_3_in_0 * g_i_A3_edges_0_3
-            g_Y3_2_4 = i_s_0_3_3_in_0 * g_i_A3_edges_0_4
-            g_Y3_2_5 = i_s_0_3_3_in_0 * g_i_A3_edges_0_5
-            g_Y3_2_6 = i_s_0_3_3_in_0 * g_i_A3_edges_0_6
-            g_Y3_3[e, 0] += g_Y3_2_0  # sum over channels
-            g_Y3_3[e, 1] += g_Y3_2_1
-            g_Y3_3[e, 2] += g_Y3_2_2
-            g_Y3_3[e, 3] += g_Y3_2_3
-            g_Y3_3[e, 4] += g_Y3_2_4
-            g_Y3_3[e, 5] += g_Y3_2_5
-            g_Y3_3[e, 6] += g_Y3_2_6
-            g_i_hj_0_0_0_0_0 = g_i_s_0_3_3_in_0_0 * radial_3  # adjoint of i_s_0_3_3_in
-            # d radial[3] from i_s_0_3_3_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial3_0_0 = g_i_s_0_3_3_in_0_0 * i_hj_0_0_0_0
-            # adjoint (left) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
-            g_i_s_0_2_2_in_0_0 = (g_i_A2_edges_0_0 * Y2_0 + g_i_A2_edges_0_1 * Y2_1 + g_i_A2_edges_0_2 * Y2_2 + g_i_A2_edges_0_3 * Y2_3
-                                  + g_i_A2_edges_0_4 * Y2_4)
-            # adjoint (right) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
-            g_Y2_4_0 = i_s_0_2_2_in_0 * g_i_A2_edges_0_0
-            g_Y2_4_1 = i_s_0_2_2_in_0 * g_i_A2_edges_0_1
-            g_Y2_4_2 = i_s_0_2_2_in_0 * g_i_A2_edges_0_2
-            g_Y2_4_3 = i_s_0_2_2_in_0 * g_i_A2_edges_0_3
-            g_Y2_4_4 = i_s_0_2_2_in_0 * g_i_A2_edges_0_4
-            g_Y2_5[e, 0] += g_Y2_4_0  # sum over channels
-            g_Y2_5[e, 1] += g_Y2_4_1
-            g_Y2_5[e, 2] += g_Y2_4_2
-            g_Y2_5[e, 3] += g_Y2_4_3
-            g_Y2_5[e, 4] += g_Y2_4_4
-            g_i_hj_0_0_0_1_0 = g_i_s_0_2_2_in_0_0 * radial_2  # adjoint of i_s_0_2_2_in
-            # d radial[2] from i_s_0_2_2_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial2_0_0 = g_i_s_0_2_2_in_0_0 * i_hj_0_0_0_0
-            # adjoint (left) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
-            g_i_s_0_1_1_in_0_0 = g_i_A1_edges_0_0 * Y1_0 + g_i_A1_edges_0_1 * Y1_1 + g_i_A1_edges_0_2 * Y1_2
-            # adjoint (right) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
-            g_Y1_4_0 = i_s_0_1_1_in_0 * g_i_A1_edges_0_0
-            g_Y1_4_1 = i_s_0_1_1_in_0 * g_i_A1_edges_0_1
-            g_Y1_4_2 = i_s_0_1_1_in_0 * g_i_A1_edges_0_2
-            g_Y1_5[e, 0] += g_Y1_4_0  # sum over channels
-            g_Y1_5[e, 1] += g_Y1_4_1
-            g_Y1_5[e, 2] += g_Y1_4_2
-            g_i_hj_0_0_0_2_0 = g_i_s_0_1_1_in_0_0 * radial_1  # adjoint of i_s_0_1_1_in
-            # d radial[1] from i_s_0_1_1_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial1_0_0 = g_i_s_0_1_1_in_0_0 * i_hj_0_0_0_0
-            g_i_c_0_0_0_0_0 = g_i_A0_edges_0_0 * radial_0  # adjoint of i_s_0_0_0
-            # d radial[0] from i_s_0_0_0: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-            g_radial0_0_0 = g_i_A0_edges_0_0 * i_c_0_0_0_0
-            # adjoint (left) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_i_hj_0_0_0_3_0 = g_i_c_0_0_0_0_0 * Y0_0
-            # adjoint (right) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-            g_Y0_2_0 = i_hj_0_0_0_0 * g_i_c_0_0_0_0_0
-            g_Y0_3[e, 0] += g_Y0_2_0  # sum over channels
-            g_i_hj_0_0_0_4_0 = g_i_hj_0_0_0_0_0 + g_i_hj_0_0_0_1_0 + g_i_hj_0_0_0_2_0 + g_i_hj_0_0_0_3_0
-            # d_radial: weight-shaped adjoint of radial
-            d_radial_0 = g_radial0_0_0
-            d_radial_1 = g_radial1_0_0
-            d_radial_2 = g_radial2_0_0
-            d_radial_3 = g_radial3_0_0
-            d_radial_4 = g_radial4_0_0
-            d_radial_5 = g_radial5_0_0
-            d_radial_6 = g_radial6_0_0
-            d_radial_7 = g_radial7_0_0
-            d_radial_8 = g_radial8_0_0
-            d_radial_9 = g_radial9_0_0
-            g_i_hj_1_0_1_6[e, c, 0] = g_i_hj_1_0_1_6_0
-            g_i_hj_1_0_1_6[e, c, 1] = g_i_hj_1_0_1_6_1
-            g_i_hj_1_0_1_6[e, c, 2] = g_i_hj_1_0_1_6_2
-            g_i_hj_0_0_0_4[e, c, 0] = g_i_hj_0_0_0_4_0
-            d_radial[e, c, 0] = d_radial_0
-            d_radial[e, c, 1] = d_radial_1
-            d_radial[e, c, 2] = d_radial_2
-            d_radial[e, c, 3] = d_radial_3
-            d_radial[e, c, 4] = d_radial_4
-            d_radial[e, c, 5] = d_radial_5
-            d_radial[e, c, 6] = d_radial_6
-            d_radial[e, c, 7] = d_radial_7
-            d_radial[e, c, 8] = d_radial_8
-            d_radial[e, c, 9] = d_radial_9
-
-    d_Y0 = np.empty((num_edges, 1), dtype)
-    d_Y1 = np.empty((num_edges, 3), dtype)
-    d_Y2 = np.empty((num_edges, 5), dtype)
-    d_Y3 = np.empty((num_edges, 7), dtype)
-    # kernel 2 (channel-free, phase 1): 4 ops; stores d_Y0, d_Y1, d_Y2, d_Y3
-    for e in prange(num_edges):
-        g_Y0_1_0 = g_Y0_1[e, 0]
-        g_Y0_3_0 = g_Y0_3[e, 0]
-        g_Y1_1_0 = g_Y1_1[e, 0]
-        g_Y1_3_0 = g_Y1_3[e, 0]
-        g_Y1_5_0 = g_Y1_5[e, 0]
-        g_Y1_1_1 = g_Y1_1[e, 1]
-        g_Y1_3_1 = g_Y1_3[e, 1]
-        g_Y1_5_1 = g_Y1_5[e, 1]
-        g_Y1_1_2 = g_Y1_1[e, 2]
-        g_Y1_3_2 = g_Y1_3[e, 2]
-        g_Y1_5_2 = g_Y1_5[e, 2]
-        g_Y2_1_0 = g_Y2_1[e, 0]
-        g_Y2_3_0 = g_Y2_3[e, 0]
-        g_Y2_5_0 = g_Y2_5[e, 0]
-        g_Y2_1_1 = g_Y2_1[e, 1]
-        g_Y2_3_1 = g_Y2_3[e, 1]
-        g_Y2_5_1 = g_Y2_5[e, 1]
-        g_Y2_1_2 = g_Y2_1[e, 2]
-        g_Y2_3_2 = g_Y2_3[e, 2]
-        g_Y2_5_2 = g_Y2_5[e, 2]
-        g_Y2_1_3 = g_Y2_1[e, 3]
-        g_Y2_3_3 = g_Y2_3[e, 3]
-        g_Y2_5_3 = g_Y2_5[e, 3]
-        g_Y2_1_4 = g_Y2_1[e, 4]
-        g_Y2_3_4 = g_Y2_3[e, 4]
-        g_Y2_5_4 = g_Y2_5[e, 4]
-        g_Y3_1_0 = g_Y3_1[e, 0]
-        g_Y3_3_0 = g_Y3_3[e, 0]
-        g_Y3_1_1 = g_Y3_1[e, 1]
-        g_Y3_3_1 = g_Y3_3[e, 1]
-        g_Y3_1_2 = g_Y3_1[e, 2]
-        g_Y3_3_2 = g_Y3_3[e, 2]
-        g_Y3_1_3 = g_Y3_1[e, 3]
-        g_Y3_3_3 = g_Y3_3[e, 3]
-        g_Y3_1_4 = g_Y3_1[e, 4]
-        g_Y3_3_4 = g_Y3_3[e, 4]
-        g_Y3_1_5 = g_Y3_1[e, 5]
-        g_Y3_3_5 = g_Y3_3[e, 5]
-        g_Y3_1_6 = g_Y3_1[e, 6]
-        g_Y3_3_6 = g_Y3_3[e, 6]
-        d_Y0_0 = g_Y0_1_0 + g_Y0_3_0
-        d_Y1_0 = g_Y1_1_0 + g_Y1_3_0 + g_Y1_5_0
-        d_Y1_1 = g_Y1_1_1 + g_Y1_3_1 + g_Y1_5_1
-        d_Y1_2 = g_Y1_1_2 + g_Y1_3_2 + g_Y1_5_2
-        d_Y2_0 = g_Y2_1_0 + g_Y2_3_0 + g_Y2_5_0
-        d_Y2_1 = g_Y2_1_1 + g_Y2_3_1 + g_Y2_5_1
-        d_Y2_2 = g_Y2_1_2 + g_Y2_3_2 + g_Y2_5_2
-        d_Y2_3 = g_Y2_1_3 + g_Y2_3_3 + g_Y2_5_3
-        d_Y2_4 = g_Y2_1_4 + g_Y2_3_4 + g_Y2_5_4
-        d_Y3_0 = g_Y3_1_0 + g_Y3_3_0
-        d_Y3_1 = g_Y3_1_1 + g_Y3_3_1
-        d_Y3_2 = g_Y3_1_2 + g_Y3_3_2
-        d_Y3_3 = g_Y3_1_3 + g_Y3_3_3
-        d_Y3_4 = g_Y3_1_4 + g_Y3_3_4
-        d_Y3_5 = g_Y3_1_5 + g_Y3_3_5
-        d_Y3_6 = g_Y3_1_6 + g_Y3_3_6
-        d_Y0[e, 0] = d_Y0_0
-        d_Y1[e, 0] = d_Y1_0
-        d_Y1[e, 1] = d_Y1_1
-        d_Y1[e, 2] = d_Y1_2
-        d_Y2[e, 0] = d_Y2_0
-        d_Y2[e, 1] = d_Y2_1
-        d_Y2[e, 2] = d_Y2_2
-        d_Y2[e, 3] = d_Y2_3
-        d_Y2[e, 4] = d_Y2_4
-        d_Y3[e, 0] = d_Y3_0
-        d_Y3[e, 1] = d_Y3_1
-        d_Y3[e, 2] = d_Y3_2
-        d_Y3[e, 3] = d_Y3_3
-        d_Y3[e, 4] = d_Y3_4
-        d_Y3[e, 5] = d_Y3_5
-        d_Y3[e, 6] = d_Y3_6
-
-    g_up1_h_0 = np.empty((num_nodes, channels, 3), dtype)
-    g_up0_h_0 = np.empty((num_nodes, channels, 1), dtype)
-    # kernel 3 (per channel, phase 1): 2 ops; stores g_up1_h_0, g_up0_h_0
-    for n in prange(num_nodes):
-        for c in range(channels):
-            g_up1_h_0_0 = 0.0
-            g_up1_h_0_1 = 0.0
-            g_up1_h_0_2 = 0.0
-            for k in range(sender_offsets[n], sender_offsets[n + 1]):  # edges sent by n
-                es = sender_order[k]
-                g_up1_h_0_0 += g_i_hj_1_0_1_6[es, c, 0]
-                g_up1_h_0_1 += g_i_hj_1_0_1_6[es, c, 1]
-                g_up1_h_0_2 += g_i_hj_1_0_1_6[es, c, 2]
-            g_up0_h_0_0 = 0.0
-            for k_1 in range(sender_offsets[n], sender_offsets[n + 1]):  # edges sent by n
-                es_1 = sender_order[k_1]
-                g_up0_h_0_0 += g_i_hj_0_0_0_4[es_1, c, 0]
-            g_up1_h_0[n, c, 0] = g_up1_h_0_0
-            g_up1_h_0[n, c, 1] = g_up1_h_0_1
-            g_up1_h_0[n, c, 2] = g_up1_h_0_2
-            g_up0_h_0[n, c, 0] = g_up0_h_0_0
-
-    return (g_up1_h_0, g_up0_h_0, d_Y0, d_Y1, d_Y2, d_Y3, d_radial)
-
-
-@numba.njit(parallel=True, cache=True, fastmath=False)
 def layer_01_01_reverse_k7(g_up1_h_0, g_up0_h_0, g_h0_0, g_h1_0, up1, up0):
-    """Part of layer_01_01_reverse.
-
-    IR program layer_01_01_reverse_k7, printed as 4 kernel(s).
-    up1: weights with channels rows x channels columns.
-    up0: weights with channels rows x channels columns.
-    """
+    """Part of layer_01_01_reverse. IR program layer_01_01_reverse_k7, printed as 4 kernel(s); weights: up1 (channels rows x channels columns), up0 (channels rows x channels columns)."""
     dtype = g_up1_h_0.dtype
     num_nodes = g_up1_h_0.shape[0]
-    if g_up1_h_0.shape[2] != 3:
-        raise ValueError("g_up1_h_0 must have shape (nodes, channels, 3)")
-    if g_up0_h_0.shape[0] != num_nodes or g_up0_h_0.shape[2] != 1:
-        raise ValueError("g_up0_h_0 must have shape (nodes, channels, 1)")
-    if g_h0_0.shape[0] != num_nodes or g_h0_0.shape[2] != 1:
-        raise ValueError("g_h0_0 must have shape (nodes, channels, 1)")
-    if g_h1_0.shape[0] != num_nodes or g_h1_0.shape[2] != 3:
-        raise ValueError("g_h1_0 must have shape (nodes, channels, 3)")
-
-    # ChannelMixTransposed -> g_h1_1 (nodes, channels, 3): einsum("nkd,ck->ncd", g_up1_h_0, up1)
-    if g_up1_h_0.shape[1] != up1.shape[1]:
-        raise ValueError("g_up1_h_0 has the wrong number of channels for up1")
-    # transposed copy (items, 2l+1, channels), one gemm, transposed back
-    g_h1_1_in = np.empty((num_nodes, 3, up1.shape[1]), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(up1.shape[1]):
-                g_h1_1_in[n, m, a] = g_up1_h_0[n, a, m]
-    g_h1_1_gemm = np.dot(g_h1_1_in.reshape((num_nodes * 3, up1.shape[1])), np.asarray(up1, dtype).T).reshape((num_nodes, 3, up1.shape[0]))
-    g_h1_1 = np.empty((num_nodes, up1.shape[0], 3), dtype)
-    for n in prange(num_nodes):
-        for m in range(3):
-            for a in range(up1.shape[0]):
-                g_h1_1[n, a, m] = g_h1_1_gemm[n, m, a]
-
-    # ChannelMixTransposed -> g_h0_1 (nodes, channels, 1): einsum("nkd,ck->ncd", g_up0_h_0, up0)
-    if g_up0_h_0.shape[1] != up0.shape[1]:
-        raise ValueError("g_up0_h_0 has the wrong number of channels for up0")
-    g_h0_1 = np.dot(np.ascontiguousarray(g_up0_h_0).reshape((num_nodes, up0.shape[1])), np.asarray(up0, dtype).T).reshape((num_nodes, up0.shape[0], 1))
-
+    _fail_if(g_up1_h_0.shape[2] != 3, "g_up1_h_0 must have shape (nodes, channels, 3)")
+    _fail_if(g_up0_h_0.shape[0] != num_nodes or g_up0_h_0.shape[2] != 1, "g_up0_h_0 must have shape (nodes, channels, 1)")
+    _fail_if(g_h0_0.shape[0] != num_nodes or g_h0_0.shape[2] != 1, "g_h0_0 must have shape (nodes, channels, 1)")
+    _fail_if(g_h1_0.shape[0] != num_nodes or g_h1_0.shape[2] != 3, "g_h1_0 must have shape (nodes, channels, 3)")
+    g_h1_1 = _channel_mix(g_up1_h_0, np.asarray(up1, dtype).T)  # ChannelMixTransposed -> g_h1_1 (nodes, channels, 3): einsum("nkd,ck->ncd", g_up1_h_0, up1)
+    g_h0_1 = _channel_mix(g_up0_h_0, np.asarray(up0, dtype).T)  # ChannelMixTransposed -> g_h0_1 (nodes, channels, 1): einsum("nkd,ck->ncd", g_up0_h_0, up0)
     # Sum -> d_h0 (nodes, channels, 1): g_h0_0 + g_h0_1
-    if g_h0_1.shape != g_h0_0.shape:
-        raise ValueError("d_h0: g_h0_1 and g_h0_0 must have the same shape")
+    _fail_if(g_h0_1.shape != g_h0_0.shape, "d_h0: g_h0_1 and g_h0_0 must have the same shape")
     g_h0_0_flat = np.ascontiguousarray(g_h0_0).reshape(g_h0_0.size)
     g_h0_1_flat = g_h0_1.reshape(g_h0_1.size)
     d_h0 = np.empty(g_h0_0.shape, dtype)
     d_h0_flat = d_h0.reshape(d_h0.size)
     for k in prange(d_h0_flat.shape[0]):
         d_h0_flat[k] = g_h0_0_flat[k] + g_h0_1_flat[k]
-
     # Sum -> d_h1 (nodes, channels, 3): g_h1_0 + g_h1_1
-    if g_h1_1.shape != g_h1_0.shape:
-        raise ValueError("d_h1: g_h1_1 and g_h1_0 must have the same shape")
+    _fail_if(g_h1_1.shape != g_h1_0.shape, "d_h1: g_h1_1 and g_h1_0 must have the same shape")
     g_h1_0_flat = np.ascontiguousarray(g_h1_0).reshape(g_h1_0.size)
     g_h1_1_flat = g_h1_1.reshape(g_h1_1.size)
     d_h1 = np.empty(g_h1_0.shape, dtype)
     d_h1_flat = d_h1.reshape(d_h1.size)
     for k in prange(d_h1_flat.shape[0]):
         d_h1_flat[k] = g_h1_0_flat[k] + g_h1_1_flat[k]
-
     return (d_h0, d_h1)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def radial_basis_k1(lengths, r_cut, num_basis, cutoff_p):
-    """Part of radial_basis.
-
-    IR program radial_basis_k1, printed as 1 kernel(s).
-    """
+    """Part of radial_basis. IR program radial_basis_k1, printed as 1 kernel(s)."""
     dtype = lengths.dtype
     num_edges = lengths.shape[0]
-
     # RadialBasis -> features (edges, width): sqrt(2/r_cut) sin(n pi r/r_cut) / r x cutoff, r_cut = r_cut, p = cutoff_p
     rc = r_cut
     pf = float(cutoff_p)
@@ -8425,21 +2008,15 @@ def radial_basis_k1(lengths, r_cut, num_basis, cutoff_p):
             y = 3.141592653589793 * (x * h)
             sinc = np.sin(y) / y if y != 0.0 else 1.0
             features[e, k] = pref * h * sinc * f
-
     return (features,)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def radial_basis_reverse_k1(lengths, d_features, r_cut, num_basis, cutoff_p):
-    """Part of radial_basis_reverse.
-
-    IR program radial_basis_reverse_k1, printed as 1 kernel(s).
-    """
+    """Part of radial_basis_reverse. IR program radial_basis_reverse_k1, printed as 1 kernel(s)."""
     dtype = lengths.dtype
     num_edges = lengths.shape[0]
-    if d_features.shape[0] != num_edges:
-        raise ValueError("d_features must have shape (edges, width)")
-
+    _fail_if(d_features.shape[0] != num_edges, "d_features must have shape (edges, width)")
     # RadialBasisGrad -> d_lengths (edges,): sum_n d_features[e, n] d/dr (B_n f), r_cut = r_cut, p = cutoff_p
     rc = r_cut
     pf = float(cutoff_p)
@@ -8470,23 +2047,16 @@ def radial_basis_reverse_k1(lengths, d_features, r_cut, num_basis, cutoff_p):
                 db = sq * ((wr * np.cos(wr) - np.sin(wr)) / (r * r))
             acc += d_features[e, k] * (db * f + pref * h * sinc * df)
         d_lengths[e] = acc
-
     return (d_lengths,)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def radial_hidden_k1(x, weight):
-    """Part of radial_hidden.
-
-    IR program radial_hidden_k1, printed as 2 kernel(s).
-    weight: weights with channels rows x channels columns.
-    """
+    """Part of radial_hidden. IR program radial_hidden_k1, printed as 2 kernel(s); weights: weight (channels rows x channels columns)."""
     dtype = x.dtype
     num_edges = x.shape[0]
-
     # Dense -> z (edges, width): x @ weight (BLAS gemm)
     z = np.dot(np.ascontiguousarray(x), np.asarray(weight, dtype))
-
     # Activation -> y (edges, width): normalised SiLU, 1.6765324703310913 * x * sigmoid(x)
     z_flat = z.reshape(z.size)
     y = np.empty(z.shape, dtype)
@@ -8494,25 +2064,17 @@ def radial_hidden_k1(x, weight):
     for k in prange(y_flat.shape[0]):
         x_t1 = z_flat[k]
         y_flat[k] = 1.6765324703310913 * (x_t1 * (0.5 * (1.0 + np.tanh(0.5 * x_t1))))
-
     return (y,)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def radial_hidden_reverse_k1(x, d_y, weight):
-    """Part of radial_hidden_reverse.
-
-    IR program radial_hidden_reverse_k1, printed as 3 kernel(s).
-    weight: weights with channels rows x channels columns.
-    """
+    """Part of radial_hidden_reverse. IR program radial_hidden_reverse_k1, printed as 3 kernel(s); weights: weight (channels rows x channels columns)."""
     dtype = x.dtype
     num_edges = x.shape[0]
-    if d_y.shape[0] != num_edges:
-        raise ValueError("d_y must have shape (edges, width)")
-
+    _fail_if(d_y.shape[0] != num_edges, "d_y must have shape (edges, width)")
     # Dense -> z (edges, width): x @ weight (BLAS gemm)
     z = np.dot(np.ascontiguousarray(x), np.asarray(weight, dtype))
-
     # ActivationGrad -> g_z_0 (edges, width): d_y * 1.6765324703310913 * silu'(z), silu' = s + x s (1 - s)
     z_flat = z.reshape(z.size)
     d_y_flat = np.ascontiguousarray(d_y).reshape(d_y.size)
@@ -8522,180 +2084,113 @@ def radial_hidden_reverse_k1(x, d_y, weight):
         x_t1 = z_flat[k]
         s = 0.5 * (1.0 + np.tanh(0.5 * x_t1))
         g_z_0_flat[k] = d_y_flat[k] * 1.6765324703310913 * (s + x_t1 * s * (1.0 - s))
-
     # DenseTransposed -> d_x (edges, width): g_z_0 @ weight.T (BLAS gemm)
     d_x = np.dot(g_z_0, np.asarray(weight, dtype).T)
-
     return (d_x,)
 
 
 @numba.njit(cache=True, fastmath=False)
 def radial_out_4_k1(x, weight):
-    """Part of radial_out_4.
-
-    IR program radial_out_4_k1, printed as 2 kernel(s).
-    weight: weights with channels rows x channels columns.
-    """
+    """Part of radial_out_4. IR program radial_out_4_k1, printed as 2 kernel(s); weights: weight (channels rows x channels columns)."""
     dtype = x.dtype
     num_edges = x.shape[0]
-
     # Dense -> z (edges, width): x @ weight (BLAS gemm)
     z = np.dot(np.ascontiguousarray(x), np.asarray(weight, dtype))
-
     # Reshape -> radial (edges, width, 4): a view of z
     radial = z.reshape((z.shape[0], (z.shape[1]) // 4, 4))
-
     return (radial,)
 
 
 @numba.njit(cache=True, fastmath=False)
 def radial_out_4_reverse_k1(x, d_radial, weight):
-    """Part of radial_out_4_reverse.
-
-    IR program radial_out_4_reverse_k1, printed as 3 kernel(s).
-    weight: weights with channels rows x channels columns.
-    """
+    """Part of radial_out_4_reverse. IR program radial_out_4_reverse_k1, printed as 3 kernel(s); weights: weight (channels rows x channels columns)."""
     dtype = x.dtype
     num_edges = x.shape[0]
-    if d_radial.shape[0] != num_edges or d_radial.shape[2] != 4:
-        raise ValueError("d_radial must have shape (edges, width, 4)")
-
+    _fail_if(d_radial.shape[0] != num_edges or d_radial.shape[2] != 4, "d_radial must have shape (edges, width, 4)")
     # Dense -> z (edges, width): x @ weight (BLAS gemm)
     z = np.dot(np.ascontiguousarray(x), np.asarray(weight, dtype))
-
     # ReshapeLike -> g_z_0 (edges, width): a view of d_radial shaped like z
     g_z_0 = np.ascontiguousarray(d_radial).reshape(z.shape)
-
     # DenseTransposed -> d_x (edges, width): g_z_0 @ weight.T (BLAS gemm)
     d_x = np.dot(g_z_0, np.asarray(weight, dtype).T)
-
     return (d_x,)
 
 
 @numba.njit(cache=True, fastmath=False)
 def radial_out_10_k1(x, weight):
-    """Part of radial_out_10.
-
-    IR program radial_out_10_k1, printed as 2 kernel(s).
-    weight: weights with channels rows x channels columns.
-    """
+    """Part of radial_out_10. IR program radial_out_10_k1, printed as 2 kernel(s); weights: weight (channels rows x channels columns)."""
     dtype = x.dtype
     num_edges = x.shape[0]
-
     # Dense -> z (edges, width): x @ weight (BLAS gemm)
     z = np.dot(np.ascontiguousarray(x), np.asarray(weight, dtype))
-
     # Reshape -> radial (edges, width, 10): a view of z
     radial = z.reshape((z.shape[0], (z.shape[1]) // 10, 10))
-
     return (radial,)
 
 
 @numba.njit(cache=True, fastmath=False)
 def radial_out_10_reverse_k1(x, d_radial, weight):
-    """Part of radial_out_10_reverse.
-
-    IR program radial_out_10_reverse_k1, printed as 3 kernel(s).
-    weight: weights with channels rows x channels columns.
-    """
+    """Part of radial_out_10_reverse. IR program radial_out_10_reverse_k1, printed as 3 kernel(s); weights: weight (channels rows x channels columns)."""
     dtype = x.dtype
     num_edges = x.shape[0]
-    if d_radial.shape[0] != num_edges or d_radial.shape[2] != 10:
-        raise ValueError("d_radial must have shape (edges, width, 10)")
-
+    _fail_if(d_radial.shape[0] != num_edges or d_radial.shape[2] != 10, "d_radial must have shape (edges, width, 10)")
     # Dense -> z (edges, width): x @ weight (BLAS gemm)
     z = np.dot(np.ascontiguousarray(x), np.asarray(weight, dtype))
-
     # ReshapeLike -> g_z_0 (edges, width): a view of d_radial shaped like z
     g_z_0 = np.ascontiguousarray(d_radial).reshape(z.shape)
-
     # DenseTransposed -> d_x (edges, width): g_z_0 @ weight.T (BLAS gemm)
     d_x = np.dot(g_z_0, np.asarray(weight, dtype).T)
-
     return (d_x,)
 
 
 @numba.njit(cache=True, fastmath=False)
 def readout_linear_k1(h_out0, readout0):
-    """Part of readout_linear.
-
-    IR program readout_linear_k1, printed as 3 kernel(s).
-    readout0: weights with channels rows x 1 columns.
-    """
+    """Part of readout_linear. IR program readout_linear_k1, printed as 3 kernel(s); weights: readout0 (channels rows x 1 columns)."""
     dtype = h_out0.dtype
     num_nodes = h_out0.shape[0]
-    if h_out0.shape[2] != 1:
-        raise ValueError("h_out0 must have shape (nodes, channels, 1)")
-    if readout0.shape[1] != 1:
-        raise ValueError("readout0 must have shape ('width', 1)")
-
+    _fail_if(h_out0.shape[2] != 1, "h_out0 must have shape (nodes, channels, 1)")
+    _fail_if(readout0.shape[1] != 1, "readout0 must have shape ('width', 1)")
     # Reshape -> features (nodes, width): a view of h_out0
     features = np.ascontiguousarray(h_out0).reshape((h_out0.shape[0], h_out0.shape[1] * h_out0.shape[2]))
-
     # Dense -> readout0_z (nodes, 1): features @ readout0 (BLAS gemm)
     readout0_z = np.dot(features, np.asarray(readout0, dtype))
-
     # Reshape -> node_readout (nodes,): a view of readout0_z
     node_readout = readout0_z.reshape((readout0_z.shape[0],))
-
     return (node_readout,)
 
 
 @numba.njit(cache=True, fastmath=False)
 def readout_linear_reverse_k1(h_out0, d_node_readout, readout0):
-    """Part of readout_linear_reverse.
-
-    IR program readout_linear_reverse_k1, printed as 5 kernel(s).
-    readout0: weights with channels rows x 1 columns.
-    """
+    """Part of readout_linear_reverse. IR program readout_linear_reverse_k1, printed as 5 kernel(s); weights: readout0 (channels rows x 1 columns)."""
     dtype = h_out0.dtype
     num_nodes = h_out0.shape[0]
-    if h_out0.shape[2] != 1:
-        raise ValueError("h_out0 must have shape (nodes, channels, 1)")
-    if d_node_readout.shape[0] != num_nodes:
-        raise ValueError("d_node_readout must have shape (nodes,)")
-    if readout0.shape[1] != 1:
-        raise ValueError("readout0 must have shape ('width', 1)")
-
+    _fail_if(h_out0.shape[2] != 1, "h_out0 must have shape (nodes, channels, 1)")
+    _fail_if(d_node_readout.shape[0] != num_nodes, "d_node_readout must have shape (nodes,)")
+    _fail_if(readout0.shape[1] != 1, "readout0 must have shape ('width', 1)")
     # Reshape -> features (nodes, width): a view of h_out0
     features = np.ascontiguousarray(h_out0).reshape((h_out0.shape[0], h_out0.shape[1] * h_out0.shape[2]))
-
     # Dense -> readout0_z (nodes, 1): features @ readout0 (BLAS gemm)
     readout0_z = np.dot(features, np.asarray(readout0, dtype))
-
     # ReshapeLike -> g_readout0_z_0 (nodes, 1): a view of d_node_readout shaped like readout0_z
     g_readout0_z_0 = np.ascontiguousarray(d_node_readout).reshape(readout0_z.shape)
-
     # DenseTransposed -> g_features_0 (nodes, width): g_readout0_z_0 @ readout0.T (BLAS gemm)
     g_features_0 = np.dot(g_readout0_z_0, np.asarray(readout0, dtype).T)
-
     # ReshapeLike -> d_h_out0 (nodes, channels, 1): a view of g_features_0 shaped like h_out0
     d_h_out0 = g_features_0.reshape(h_out0.shape)
-
     return (d_h_out0,)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def readout_mlp_k1(h_out0, readout0, readout1):
-    """Part of readout_mlp.
-
-    IR program readout_mlp_k1, printed as 5 kernel(s).
-    readout0: weights with channels rows x channels columns.
-    readout1: weights with channels rows x 1 columns.
-    """
+    """Part of readout_mlp. IR program readout_mlp_k1, printed as 5 kernel(s); weights: readout0 (channels rows x channels columns), readout1 (channels rows x 1 columns)."""
     dtype = h_out0.dtype
     num_nodes = h_out0.shape[0]
-    if h_out0.shape[2] != 1:
-        raise ValueError("h_out0 must have shape (nodes, channels, 1)")
-    if readout1.shape[1] != 1:
-        raise ValueError("readout1 must have shape ('width', 1)")
-
+    _fail_if(h_out0.shape[2] != 1, "h_out0 must have shape (nodes, channels, 1)")
+    _fail_if(readout1.shape[1] != 1, "readout1 must have shape ('width', 1)")
     # Reshape -> features (nodes, width): a view of h_out0
     features = np.ascontiguousarray(h_out0).reshape((h_out0.shape[0], h_out0.shape[1] * h_out0.shape[2]))
-
     # Dense -> readout0_z (nodes, width): features @ readout0 (BLAS gemm)
     readout0_z = np.dot(features, np.asarray(readout0, dtype))
-
     # Activation -> readout0_a (nodes, width): SiLU, x * sigmoid(x)
     readout0_z_flat = readout0_z.reshape(readout0_z.size)
     readout0_a = np.empty(readout0_z.shape, dtype)
@@ -8703,39 +2198,25 @@ def readout_mlp_k1(h_out0, readout0, readout1):
     for k in prange(readout0_a_flat.shape[0]):
         x = readout0_z_flat[k]
         readout0_a_flat[k] = x * (0.5 * (1.0 + np.tanh(0.5 * x)))
-
     # Dense -> readout1_z (nodes, 1): readout0_a @ readout1 (BLAS gemm)
     readout1_z = np.dot(readout0_a, np.asarray(readout1, dtype))
-
     # Reshape -> node_readout (nodes,): a view of readout1_z
     node_readout = readout1_z.reshape((readout1_z.shape[0],))
-
     return (node_readout,)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def readout_mlp_reverse_k1(h_out0, d_node_readout, readout0, readout1):
-    """Part of readout_mlp_reverse.
-
-    IR program readout_mlp_reverse_k1, printed as 9 kernel(s).
-    readout0: weights with channels rows x channels columns.
-    readout1: weights with channels rows x 1 columns.
-    """
+    """Part of readout_mlp_reverse. IR program readout_mlp_reverse_k1, printed as 9 kernel(s); weights: readout0 (channels rows x channels columns), readout1 (channels rows x 1 columns)."""
     dtype = h_out0.dtype
     num_nodes = h_out0.shape[0]
-    if h_out0.shape[2] != 1:
-        raise ValueError("h_out0 must have shape (nodes, channels, 1)")
-    if d_node_readout.shape[0] != num_nodes:
-        raise ValueError("d_node_readout must have shape (nodes,)")
-    if readout1.shape[1] != 1:
-        raise ValueError("readout1 must have shape ('width', 1)")
-
+    _fail_if(h_out0.shape[2] != 1, "h_out0 must have shape (nodes, channels, 1)")
+    _fail_if(d_node_readout.shape[0] != num_nodes, "d_node_readout must have shape (nodes,)")
+    _fail_if(readout1.shape[1] != 1, "readout1 must have shape ('width', 1)")
     # Reshape -> features (nodes, width): a view of h_out0
     features = np.ascontiguousarray(h_out0).reshape((h_out0.shape[0], h_out0.shape[1] * h_out0.shape[2]))
-
     # Dense -> readout0_z (nodes, width): features @ readout0 (BLAS gemm)
     readout0_z = np.dot(features, np.asarray(readout0, dtype))
-
     # Activation -> readout0_a (nodes, width): SiLU, x * sigmoid(x)
     readout0_z_flat = readout0_z.reshape(readout0_z.size)
     readout0_a = np.empty(readout0_z.shape, dtype)
@@ -8743,16 +2224,12 @@ def readout_mlp_reverse_k1(h_out0, d_node_readout, readout0, readout1):
     for k in prange(readout0_a_flat.shape[0]):
         x = readout0_z_flat[k]
         readout0_a_flat[k] = x * (0.5 * (1.0 + np.tanh(0.5 * x)))
-
     # Dense -> readout1_z (nodes, 1): readout0_a @ readout1 (BLAS gemm)
     readout1_z = np.dot(readout0_a, np.asarray(readout1, dtype))
-
     # ReshapeLike -> g_readout1_z_0 (nodes, 1): a view of d_node_readout shaped like readout1_z
     g_readout1_z_0 = np.ascontiguousarray(d_node_readout).reshape(readout1_z.shape)
-
     # DenseTransposed -> g_readout0_a_0 (nodes, width): g_readout1_z_0 @ readout1.T (BLAS gemm)
     g_readout0_a_0 = np.dot(g_readout1_z_0, np.asarray(readout1, dtype).T)
-
     # ActivationGrad -> g_readout0_z_0 (nodes, width): g_readout0_a_0 * silu'(readout0_z), silu' = s + x s (1 - s)
     g_readout0_a_0_flat = g_readout0_a_0.reshape(g_readout0_a_0.size)
     g_readout0_z_0 = np.empty(readout0_z.shape, dtype)
@@ -8761,13 +2238,10 @@ def readout_mlp_reverse_k1(h_out0, d_node_readout, readout0, readout1):
         x = readout0_z_flat[k]
         s = 0.5 * (1.0 + np.tanh(0.5 * x))
         g_readout0_z_0_flat[k] = g_readout0_a_0_flat[k] * (s + x * s * (1.0 - s))
-
     # DenseTransposed -> g_features_0 (nodes, width): g_readout0_z_0 @ readout0.T (BLAS gemm)
     g_features_0 = np.dot(g_readout0_z_0, np.asarray(readout0, dtype).T)
-
     # ReshapeLike -> d_h_out0 (nodes, channels, 1): a view of g_features_0 shaped like h_out0
     d_h_out0 = g_features_0.reshape(h_out0.shape)
-
     return (d_h_out0,)
 
 
@@ -8775,46 +2249,31 @@ def readout_mlp_reverse_k1(h_out0, d_node_readout, readout0, readout1):
 
 
 def geometry(positions, cell, shifts, strain, params, graph):
-    """Edge vectors r_j - r_i + S cell under a homogeneous strain; their lengths and directions.
-
-    IR program geometry: 3 ops in 1 jitted segment(s).
-    """
+    """Edge vectors r_j - r_i + S cell under a homogeneous strain; their lengths and directions. IR program geometry: 3 ops in 1 jitted segment(s)."""
     lengths, direction = geometry_k1(positions, cell, shifts, strain, graph["senders"], graph["receivers"], graph["batch"], graph["num_nodes"], graph["num_structures"])  # dense: 3 ops
     return (direction, lengths)
 
 
 def geometry_reverse(positions, cell, shifts, strain, d_direction, d_lengths, params, graph):
-    """Vector-Jacobian products of geometry with respect to positions, strain, for cotangents d_direction, d_lengths.
-
-    IR program geometry_reverse: 6 ops in 1 jitted segment(s).
-    """
+    """Vector-Jacobian products of geometry with respect to positions, strain, for cotangents d_direction, d_lengths. IR program geometry_reverse: 6 ops in 1 jitted segment(s)."""
     d_positions, d_strain = geometry_reverse_k1(positions, cell, shifts, strain, d_direction, d_lengths, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["sender_order"], graph["sender_offsets"], graph["batch"], graph["num_nodes"], graph["num_structures"])  # dense: 6 ops
     return (d_positions, d_strain)
 
 
 def edge_basis(direction, params, graph):
-    """T_l(r_ij / |r_ij|) for l = 0..3, reduced storage.
-
-    IR program edge_basis: 4 ops in 1 jitted segment(s).
-    """
+    """T_l(r_ij / |r_ij|) for l = 0..3, reduced storage. IR program edge_basis: 4 ops in 1 jitted segment(s)."""
     Y0, Y1, Y2, Y3 = edge_basis_k1(direction)  # core: 4 ops
     return (Y0, Y1, Y2, Y3)
 
 
 def edge_basis_reverse(direction, d_Y0, d_Y1, d_Y2, d_Y3, params, graph):
-    """Vector-Jacobian products of edge_basis with respect to direction, for cotangents d_Y0, d_Y1, d_Y2, d_Y3.
-
-    IR program edge_basis_reverse: 4 ops in 1 jitted segment(s).
-    """
+    """Vector-Jacobian products of edge_basis with respect to direction, for cotangents d_Y0, d_Y1, d_Y2, d_Y3. IR program edge_basis_reverse: 4 ops in 1 jitted segment(s)."""
     d_direction, = edge_basis_reverse_k1(direction, d_Y3, d_Y2, d_Y1)  # core: 4 ops
     return (d_direction,)
 
 
 def layer_0_0(h0, Y0, Y1, Y2, Y3, radial, product, params, graph):
-    """Layer with node ranks (0,) in and (0,) out: channel mixing, interaction_0, channel mixing, product_0, channel mixing.
-
-    IR program layer_0_0: 53 ops in 5 jitted segment(s).
-    """
+    """Layer with node ranks (0,) in and (0,) out: channel mixing, interaction_0, channel mixing, product_0, channel mixing. IR program layer_0_0: 53 ops in 5 jitted segment(s)."""
     up0_h, = layer_0_0_k1(h0, params["up0"])  # dense: 1 ops
     i_A0, i_A1, i_A2, i_A3 = layer_0_0_k2(up0_h, Y0, Y1, Y2, Y3, radial, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["num_nodes"])  # core: 17 ops
     mixA0_A, mixA1_A, mixA2_A, mixA3_A = layer_0_0_k3(i_A0, i_A1, i_A2, i_A3, params["mixA0"], params["mixA1"], params["mixA2"], params["mixA3"])  # dense: 4 ops
@@ -8824,13 +2283,10 @@ def layer_0_0(h0, Y0, Y1, Y2, Y3, radial, product, params, graph):
 
 
 def layer_0_0_reverse(h0, Y0, Y1, Y2, Y3, d_h_out0, radial, product, params, graph):
-    """Vector-Jacobian products of layer_0_0 with respect to Y0, Y1, Y2, Y3, radial, for cotangents d_h_out0.
-
-    IR program layer_0_0_reverse: 108 ops in 6 jitted segment(s).
-    """
+    """Vector-Jacobian products of layer_0_0 with respect to Y0, Y1, Y2, Y3, radial, for cotangents d_h_out0. IR program layer_0_0_reverse: 108 ops in 6 jitted segment(s)."""
     up0_h, g_p_B0_0 = layer_0_0_reverse_k1(h0, d_h_out0, params["up0"], params["mixB0"])  # dense: 2 ops
     i_hj_0_0_0, i_c_0_0_0, i_A0, i_s_0_1_1_in, i_A1, i_s_0_2_2_in, i_A2, i_s_0_3_3_in, i_A3, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7 = layer_0_0_reverse_k2(up0_h, Y0, Y1, Y2, Y3, g_p_B0_0, radial, product, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["num_nodes"])  # core: 16 ops
-    mixA0_A, mixA1_A, mixA2_A, mixA3_A = layer_0_0_reverse_k3(i_A0, i_A1, i_A2, i_A3, params["mixA0"], params["mixA1"], params["mixA2"], params["mixA3"])  # dense: 4 ops
+    mixA0_A, mixA1_A, mixA2_A, mixA3_A = layer_0_0_k3(i_A0, i_A1, i_A2, i_A3, params["mixA0"], params["mixA1"], params["mixA2"], params["mixA3"])  # dense: 4 ops
     g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8 = layer_0_0_reverse_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, g_p_B0_0, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7, product)  # core: 61 ops
     g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0 = layer_0_0_reverse_k5(g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8, params["mixA3"], params["mixA2"], params["mixA1"], params["mixA0"])  # dense: 4 ops
     d_Y3, d_Y2, d_Y1, d_Y0, d_radial = layer_0_0_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, i_s_0_2_2_in, g_i_A1_0, Y1, i_s_0_1_1_in, g_i_A0_0, i_c_0_0_0, radial, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["num_nodes"])  # core: 21 ops
@@ -8838,192 +2294,138 @@ def layer_0_0_reverse(h0, Y0, Y1, Y2, Y3, d_h_out0, radial, product, params, gra
 
 
 def layer_0_01(h0, Y0, Y1, Y2, Y3, radial, product, params, graph):
-    """Layer with node ranks (0,) in and (0, 1) out: channel mixing, interaction_0, channel mixing, product_01, channel mixing.
-
-    IR program layer_0_01: 86 ops in 5 jitted segment(s).
-    """
-    up0_h, = layer_0_01_k1(h0, params["up0"])  # dense: 1 ops
-    i_A0, i_A1, i_A2, i_A3 = layer_0_01_k2(up0_h, Y0, Y1, Y2, Y3, radial, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["num_nodes"])  # core: 17 ops
-    mixA0_A, mixA1_A, mixA2_A, mixA3_A = layer_0_01_k3(i_A0, i_A1, i_A2, i_A3, params["mixA0"], params["mixA1"], params["mixA2"], params["mixA3"])  # dense: 4 ops
+    """Layer with node ranks (0,) in and (0, 1) out: channel mixing, interaction_0, channel mixing, product_01, channel mixing. IR program layer_0_01: 86 ops in 5 jitted segment(s)."""
+    up0_h, = layer_0_0_k1(h0, params["up0"])  # dense: 1 ops
+    i_A0, i_A1, i_A2, i_A3 = layer_0_0_k2(up0_h, Y0, Y1, Y2, Y3, radial, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["num_nodes"])  # core: 17 ops
+    mixA0_A, mixA1_A, mixA2_A, mixA3_A = layer_0_0_k3(i_A0, i_A1, i_A2, i_A3, params["mixA0"], params["mixA1"], params["mixA2"], params["mixA3"])  # dense: 4 ops
     p_B0, p_B1 = layer_0_01_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, product)  # core: 62 ops
     h_out0, h_out1 = layer_0_01_k5(p_B0, p_B1, params["mixB0"], params["mixB1"])  # dense: 2 ops
     return (h_out0, h_out1)
 
 
 def layer_0_01_reverse(h0, Y0, Y1, Y2, Y3, d_h_out0, d_h_out1, radial, product, params, graph):
-    """Vector-Jacobian products of layer_0_01 with respect to Y0, Y1, Y2, Y3, radial, for cotangents d_h_out0, d_h_out1.
-
-    IR program layer_0_01_reverse: 177 ops in 6 jitted segment(s).
-    """
+    """Vector-Jacobian products of layer_0_01 with respect to Y0, Y1, Y2, Y3, radial, for cotangents d_h_out0, d_h_out1. IR program layer_0_01_reverse: 177 ops in 6 jitted segment(s)."""
     up0_h, g_p_B1_0, g_p_B0_0 = layer_0_01_reverse_k1(h0, d_h_out1, d_h_out0, params["up0"], params["mixB1"], params["mixB0"])  # dense: 3 ops
     i_hj_0_0_0, i_c_0_0_0, i_A0, i_s_0_1_1_in, i_A1, i_s_0_2_2_in, i_A2, i_s_0_3_3_in, i_A3, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_mixA1_A_6, g_p_t6_1_0, g_p_t2_0_1, g_mixA0_A_8 = layer_0_01_reverse_k2(up0_h, Y0, Y1, Y2, Y3, g_p_B1_0, g_p_B0_0, radial, product, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["num_nodes"])  # core: 20 ops
-    mixA0_A, mixA1_A, mixA2_A, mixA3_A = layer_0_01_reverse_k3(i_A0, i_A1, i_A2, i_A3, params["mixA0"], params["mixA1"], params["mixA2"], params["mixA3"])  # dense: 4 ops
+    mixA0_A, mixA1_A, mixA2_A, mixA3_A = layer_0_0_k3(i_A0, i_A1, i_A2, i_A3, params["mixA0"], params["mixA1"], params["mixA2"], params["mixA3"])  # dense: 4 ops
     g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9 = layer_0_01_reverse_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, g_p_B1_0, g_p_B0_0, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_p_t6_1_0, g_p_t2_0_1, g_mixA1_A_6, g_mixA0_A_8, product)  # core: 125 ops
     g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0 = layer_0_01_reverse_k5(g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9, params["mixA3"], params["mixA2"], params["mixA1"], params["mixA0"])  # dense: 4 ops
-    d_Y3, d_Y2, d_Y1, d_Y0, d_radial = layer_0_01_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, i_s_0_2_2_in, g_i_A1_0, Y1, i_s_0_1_1_in, g_i_A0_0, i_c_0_0_0, radial, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["num_nodes"])  # core: 21 ops
+    d_Y3, d_Y2, d_Y1, d_Y0, d_radial = layer_0_0_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, i_s_0_2_2_in, g_i_A1_0, Y1, i_s_0_1_1_in, g_i_A0_0, i_c_0_0_0, radial, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["num_nodes"])  # core: 21 ops
     return (d_Y0, d_Y1, d_Y2, d_Y3, d_radial)
 
 
 def layer_01_0(h0, h1, Y0, Y1, Y2, Y3, radial, product, params, graph):
-    """Layer with node ranks (0, 1) in and (0,) out: channel mixing, interaction_01, channel mixing, product_0, channel mixing, residual ranks (0,).
-
-    IR program layer_01_0: 69 ops in 5 jitted segment(s).
-    """
+    """Layer with node ranks (0, 1) in and (0,) out: channel mixing, interaction_01, channel mixing, product_0, channel mixing, residual ranks (0,). IR program layer_01_0: 69 ops in 5 jitted segment(s)."""
     up0_h, up1_h, skip0_h = layer_01_0_k1(h0, h1, params["up0"], params["up1"], params["skip0"])  # dense: 3 ops
     i_A0, i_A1, i_A2, i_A3 = layer_01_0_k2(up0_h, Y0, Y1, Y2, Y3, up1_h, radial, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["num_nodes"])  # core: 30 ops
-    mixA0_A, mixA1_A, mixA2_A, mixA3_A = layer_01_0_k3(i_A0, i_A1, i_A2, i_A3, params["mixA0"], params["mixA1"], params["mixA2"], params["mixA3"])  # dense: 4 ops
-    p_B0, = layer_01_0_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, product)  # core: 30 ops
+    mixA0_A, mixA1_A, mixA2_A, mixA3_A = layer_0_0_k3(i_A0, i_A1, i_A2, i_A3, params["mixA0"], params["mixA1"], params["mixA2"], params["mixA3"])  # dense: 4 ops
+    p_B0, = layer_0_0_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, product)  # core: 30 ops
     h_out0, = layer_01_0_k5(p_B0, skip0_h, params["mixB0"])  # dense: 2 ops
     return (h_out0,)
 
 
 def layer_01_0_reverse(h0, h1, Y0, Y1, Y2, Y3, d_h_out0, radial, product, params, graph):
-    """Vector-Jacobian products of layer_01_0 with respect to h0, h1, Y0, Y1, Y2, Y3, radial, for cotangents d_h_out0.
-
-    IR program layer_01_0_reverse: 172 ops in 7 jitted segment(s).
-    """
+    """Vector-Jacobian products of layer_01_0 with respect to h0, h1, Y0, Y1, Y2, Y3, radial, for cotangents d_h_out0. IR program layer_01_0_reverse: 172 ops in 7 jitted segment(s)."""
     up0_h, up1_h, g_h0_0, g_p_B0_0 = layer_01_0_reverse_k1(h0, h1, d_h_out0, params["up0"], params["up1"], params["skip0"], params["mixB0"])  # dense: 4 ops
     i_hj_0_0_0, i_c_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_hj_1_0_1, i_c_1_0_1, i_c_1_1_0, i_s_1_1_2_in, i_c_1_2_1, i_s_1_2_3_in, i_s_1_3_2_in, i_A0, i_A1, i_A2, i_A3, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7 = layer_01_0_reverse_k2(up0_h, Y0, Y1, Y2, Y3, up1_h, g_p_B0_0, radial, product, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["num_nodes"])  # core: 33 ops
-    mixA0_A, mixA1_A, mixA2_A, mixA3_A = layer_01_0_reverse_k3(i_A0, i_A1, i_A2, i_A3, params["mixA0"], params["mixA1"], params["mixA2"], params["mixA3"])  # dense: 4 ops
-    g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8 = layer_01_0_reverse_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, g_p_B0_0, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7, product)  # core: 61 ops
-    g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0 = layer_01_0_reverse_k5(g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8, params["mixA3"], params["mixA2"], params["mixA1"], params["mixA0"])  # dense: 4 ops
+    mixA0_A, mixA1_A, mixA2_A, mixA3_A = layer_0_0_k3(i_A0, i_A1, i_A2, i_A3, params["mixA0"], params["mixA1"], params["mixA2"], params["mixA3"])  # dense: 4 ops
+    g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8 = layer_0_0_reverse_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, g_p_B0_0, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7, product)  # core: 61 ops
+    g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0 = layer_0_0_reverse_k5(g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8, params["mixA3"], params["mixA2"], params["mixA1"], params["mixA0"])  # dense: 4 ops
     g_up1_h_0, g_up0_h_0, d_Y0, d_Y1, d_Y2, d_Y3, d_radial = layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_in, i_hj_1_0_1, Y2, i_s_1_2_3_in, i_c_1_2_1, Y1, i_s_1_1_2_in, i_c_1_1_0, i_c_1_0_1, Y0, i_s_0_3_3_in, i_hj_0_0_0, i_s_0_2_2_in, i_s_0_1_1_in, i_c_0_0_0, radial, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["num_nodes"], graph["sender_order"], graph["sender_offsets"])  # core: 63 ops
     d_h1, d_h0 = layer_01_0_reverse_k7(g_up1_h_0, g_up0_h_0, g_h0_0, params["up1"], params["up0"])  # dense: 3 ops
     return (d_h0, d_h1, d_Y0, d_Y1, d_Y2, d_Y3, d_radial)
 
 
 def layer_01_01(h0, h1, Y0, Y1, Y2, Y3, radial, product, params, graph):
-    """Layer with node ranks (0, 1) in and (0, 1) out: channel mixing, interaction_01, channel mixing, product_01, channel mixing, residual ranks (0, 1).
-
-    IR program layer_01_01: 104 ops in 5 jitted segment(s).
-    """
+    """Layer with node ranks (0, 1) in and (0, 1) out: channel mixing, interaction_01, channel mixing, product_01, channel mixing, residual ranks (0, 1). IR program layer_01_01: 104 ops in 5 jitted segment(s)."""
     up0_h, up1_h, skip0_h, skip1_h = layer_01_01_k1(h0, h1, params["up0"], params["up1"], params["skip0"], params["skip1"])  # dense: 4 ops
-    i_A0, i_A1, i_A2, i_A3 = layer_01_01_k2(up0_h, Y0, Y1, Y2, Y3, up1_h, radial, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["num_nodes"])  # core: 30 ops
-    mixA0_A, mixA1_A, mixA2_A, mixA3_A = layer_01_01_k3(i_A0, i_A1, i_A2, i_A3, params["mixA0"], params["mixA1"], params["mixA2"], params["mixA3"])  # dense: 4 ops
-    p_B0, p_B1 = layer_01_01_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, product)  # core: 62 ops
+    i_A0, i_A1, i_A2, i_A3 = layer_01_0_k2(up0_h, Y0, Y1, Y2, Y3, up1_h, radial, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["num_nodes"])  # core: 30 ops
+    mixA0_A, mixA1_A, mixA2_A, mixA3_A = layer_0_0_k3(i_A0, i_A1, i_A2, i_A3, params["mixA0"], params["mixA1"], params["mixA2"], params["mixA3"])  # dense: 4 ops
+    p_B0, p_B1 = layer_0_01_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, product)  # core: 62 ops
     h_out0, h_out1 = layer_01_01_k5(p_B0, skip0_h, p_B1, skip1_h, params["mixB0"], params["mixB1"])  # dense: 4 ops
     return (h_out0, h_out1)
 
 
 def layer_01_01_reverse(h0, h1, Y0, Y1, Y2, Y3, d_h_out0, d_h_out1, radial, product, params, graph):
-    """Vector-Jacobian products of layer_01_01 with respect to h0, h1, Y0, Y1, Y2, Y3, radial, for cotangents d_h_out0, d_h_out1.
-
-    IR program layer_01_01_reverse: 243 ops in 7 jitted segment(s).
-    """
+    """Vector-Jacobian products of layer_01_01 with respect to h0, h1, Y0, Y1, Y2, Y3, radial, for cotangents d_h_out0, d_h_out1. IR program layer_01_01_reverse: 243 ops in 7 jitted segment(s)."""
     up0_h, up1_h, g_h1_0, g_p_B1_0, g_h0_0, g_p_B0_0 = layer_01_01_reverse_k1(h0, h1, d_h_out1, d_h_out0, params["up0"], params["up1"], params["skip1"], params["mixB1"], params["skip0"], params["mixB0"])  # dense: 6 ops
     i_hj_0_0_0, i_c_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_hj_1_0_1, i_c_1_0_1, i_c_1_1_0, i_s_1_1_2_in, i_c_1_2_1, i_s_1_2_3_in, i_s_1_3_2_in, i_A0, i_A1, i_A2, i_A3, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_mixA1_A_6, g_p_t6_1_0, g_p_t2_0_1, g_mixA0_A_8 = layer_01_01_reverse_k2(up0_h, Y0, Y1, Y2, Y3, up1_h, g_p_B1_0, g_p_B0_0, radial, product, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["num_nodes"])  # core: 37 ops
-    mixA0_A, mixA1_A, mixA2_A, mixA3_A = layer_01_01_reverse_k3(i_A0, i_A1, i_A2, i_A3, params["mixA0"], params["mixA1"], params["mixA2"], params["mixA3"])  # dense: 4 ops
-    g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9 = layer_01_01_reverse_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, g_p_B1_0, g_p_B0_0, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_p_t6_1_0, g_p_t2_0_1, g_mixA1_A_6, g_mixA0_A_8, product)  # core: 125 ops
-    g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0 = layer_01_01_reverse_k5(g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9, params["mixA3"], params["mixA2"], params["mixA1"], params["mixA0"])  # dense: 4 ops
-    g_up1_h_0, g_up0_h_0, d_Y0, d_Y1, d_Y2, d_Y3, d_radial = layer_01_01_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_in, i_hj_1_0_1, Y2, i_s_1_2_3_in, i_c_1_2_1, Y1, i_s_1_1_2_in, i_c_1_1_0, i_c_1_0_1, Y0, i_s_0_3_3_in, i_hj_0_0_0, i_s_0_2_2_in, i_s_0_1_1_in, i_c_0_0_0, radial, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["num_nodes"], graph["sender_order"], graph["sender_offsets"])  # core: 63 ops
+    mixA0_A, mixA1_A, mixA2_A, mixA3_A = layer_0_0_k3(i_A0, i_A1, i_A2, i_A3, params["mixA0"], params["mixA1"], params["mixA2"], params["mixA3"])  # dense: 4 ops
+    g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9 = layer_0_01_reverse_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, g_p_B1_0, g_p_B0_0, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_p_t6_1_0, g_p_t2_0_1, g_mixA1_A_6, g_mixA0_A_8, product)  # core: 125 ops
+    g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0 = layer_0_01_reverse_k5(g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9, params["mixA3"], params["mixA2"], params["mixA1"], params["mixA0"])  # dense: 4 ops
+    g_up1_h_0, g_up0_h_0, d_Y0, d_Y1, d_Y2, d_Y3, d_radial = layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_in, i_hj_1_0_1, Y2, i_s_1_2_3_in, i_c_1_2_1, Y1, i_s_1_1_2_in, i_c_1_1_0, i_c_1_0_1, Y0, i_s_0_3_3_in, i_hj_0_0_0, i_s_0_2_2_in, i_s_0_1_1_in, i_c_0_0_0, radial, graph["senders"], graph["receivers"], graph["receiver_offsets"], graph["num_nodes"], graph["sender_order"], graph["sender_offsets"])  # core: 63 ops
     d_h0, d_h1 = layer_01_01_reverse_k7(g_up1_h_0, g_up0_h_0, g_h0_0, g_h1_0, params["up1"], params["up0"])  # dense: 4 ops
     return (d_h0, d_h1, d_Y0, d_Y1, d_Y2, d_Y3, d_radial)
 
 
 def radial_basis(lengths, params, graph):
-    """num_basis Bessel functions times the polynomial cutoff of order cutoff_p at r_cut (Å); all three are run-time scalars.
-
-    IR program radial_basis: 1 ops in 1 jitted segment(s).
-    """
+    """num_basis Bessel functions times the polynomial cutoff of order cutoff_p at r_cut (Å); all three are run-time scalars. IR program radial_basis: 1 ops in 1 jitted segment(s)."""
     features, = radial_basis_k1(lengths, params["r_cut"], params["num_basis"], params["cutoff_p"])  # dense: 1 ops
     return (features,)
 
 
 def radial_basis_reverse(lengths, d_features, params, graph):
-    """Vector-Jacobian products of radial_basis with respect to lengths, for cotangents d_features.
-
-    IR program radial_basis_reverse: 1 ops in 1 jitted segment(s).
-    """
+    """Vector-Jacobian products of radial_basis with respect to lengths, for cotangents d_features. IR program radial_basis_reverse: 1 ops in 1 jitted segment(s)."""
     d_lengths, = radial_basis_reverse_k1(lengths, d_features, params["r_cut"], params["num_basis"], params["cutoff_p"])  # dense: 1 ops
     return (d_lengths,)
 
 
 def radial_hidden(x, params, graph):
-    """Radial MLP hidden layer: normalised SiLU(x @ weight).
-
-    IR program radial_hidden: 2 ops in 1 jitted segment(s).
-    """
+    """Radial MLP hidden layer: normalised SiLU(x @ weight). IR program radial_hidden: 2 ops in 1 jitted segment(s)."""
     y, = radial_hidden_k1(x, params["weight"])  # dense: 2 ops
     return (y,)
 
 
 def radial_hidden_reverse(x, d_y, params, graph):
-    """Vector-Jacobian products of radial_hidden with respect to x, for cotangents d_y.
-
-    IR program radial_hidden_reverse: 3 ops in 1 jitted segment(s).
-    """
+    """Vector-Jacobian products of radial_hidden with respect to x, for cotangents d_y. IR program radial_hidden_reverse: 3 ops in 1 jitted segment(s)."""
     d_x, = radial_hidden_reverse_k1(x, d_y, params["weight"])  # dense: 3 ops
     return (d_x,)
 
 
 def radial_out_4(x, params, graph):
-    """Radial MLP output layer x @ weight -> (edges, channels, 4).
-
-    IR program radial_out_4: 2 ops in 1 jitted segment(s).
-    """
+    """Radial MLP output layer x @ weight -> (edges, channels, 4). IR program radial_out_4: 2 ops in 1 jitted segment(s)."""
     radial, = radial_out_4_k1(x, params["weight"])  # dense: 2 ops
     return (radial,)
 
 
 def radial_out_4_reverse(x, d_radial, params, graph):
-    """Vector-Jacobian products of radial_out_4 with respect to x, for cotangents d_radial.
-
-    IR program radial_out_4_reverse: 3 ops in 1 jitted segment(s).
-    """
+    """Vector-Jacobian products of radial_out_4 with respect to x, for cotangents d_radial. IR program radial_out_4_reverse: 3 ops in 1 jitted segment(s)."""
     d_x, = radial_out_4_reverse_k1(x, d_radial, params["weight"])  # dense: 3 ops
     return (d_x,)
 
 
 def radial_out_10(x, params, graph):
-    """Radial MLP output layer x @ weight -> (edges, channels, 10).
-
-    IR program radial_out_10: 2 ops in 1 jitted segment(s).
-    """
+    """Radial MLP output layer x @ weight -> (edges, channels, 10). IR program radial_out_10: 2 ops in 1 jitted segment(s)."""
     radial, = radial_out_10_k1(x, params["weight"])  # dense: 2 ops
     return (radial,)
 
 
 def radial_out_10_reverse(x, d_radial, params, graph):
-    """Vector-Jacobian products of radial_out_10 with respect to x, for cotangents d_radial.
-
-    IR program radial_out_10_reverse: 3 ops in 1 jitted segment(s).
-    """
+    """Vector-Jacobian products of radial_out_10 with respect to x, for cotangents d_radial. IR program radial_out_10_reverse: 3 ops in 1 jitted segment(s)."""
     d_x, = radial_out_10_reverse_k1(x, d_radial, params["weight"])  # dense: 3 ops
     return (d_x,)
 
 
 def readout_linear(h_out0, params, graph):
-    """Readout Linear of the invariant channels.
-
-    IR program readout_linear: 3 ops in 1 jitted segment(s).
-    """
+    """Readout Linear of the invariant channels. IR program readout_linear: 3 ops in 1 jitted segment(s)."""
     node_readout, = readout_linear_k1(h_out0, params["readout0"])  # dense: 3 ops
     return (node_readout,)
 
 
 def readout_linear_reverse(h_out0, d_node_readout, params, graph):
-    """Vector-Jacobian products of readout_linear with respect to h_out0, for cotangents d_node_readout.
-
-    IR program readout_linear_reverse: 5 ops in 1 jitted segment(s).
-    """
+    """Vector-Jacobian products of readout_linear with respect to h_out0, for cotangents d_node_readout. IR program readout_linear_reverse: 5 ops in 1 jitted segment(s)."""
     d_h_out0, = readout_linear_reverse_k1(h_out0, d_node_readout, params["readout0"])  # dense: 5 ops
     return (d_h_out0,)
 
 
 def readout_mlp(h_out0, params, graph):
-    """Readout Linear -> SiLU -> Linear of the invariant channels.
-
-    IR program readout_mlp: 5 ops in 1 jitted segment(s).
-    """
+    """Readout Linear -> SiLU -> Linear of the invariant channels. IR program readout_mlp: 5 ops in 1 jitted segment(s)."""
     node_readout, = readout_mlp_k1(h_out0, params["readout0"], params["readout1"])  # dense: 5 ops
     return (node_readout,)
 
 
 def readout_mlp_reverse(h_out0, d_node_readout, params, graph):
-    """Vector-Jacobian products of readout_mlp with respect to h_out0, for cotangents d_node_readout.
-
-    IR program readout_mlp_reverse: 9 ops in 1 jitted segment(s).
-    """
+    """Vector-Jacobian products of readout_mlp with respect to h_out0, for cotangents d_node_readout. IR program readout_mlp_reverse: 9 ops in 1 jitted segment(s)."""
     d_h_out0, = readout_mlp_reverse_k1(h_out0, d_node_readout, params["readout0"], params["readout1"])  # dense: 9 ops
     return (d_h_out0,)
 

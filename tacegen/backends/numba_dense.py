@@ -49,7 +49,7 @@ import re
 from ..ir import dense_ops as d
 from ..ir.dense_interpret import normalised_silu_gain
 from ..ir.nodes import EDGE, NODE, Param, Program, Sum, Value, Zeros
-from .numba_printer import GRAPH_CHECK, SENDER_CHECK, receiver_offsets, sender_csr
+from .numba_printer import GRAPH_CHECK, SENDER_CHECK, collect_helpers, receiver_offsets, sender_csr
 from .printer import Printer, register
 
 STRUCTURE = d.STRUCTURE
@@ -58,8 +58,13 @@ GRAPH_ORDER = ("senders", "receivers", "receiver_offsets", "sender_order", "send
 COUNTS = {EDGE: "num_edges", NODE: "num_nodes", STRUCTURE: "num_structures"}
 LABELS = {EDGE: "edges", NODE: "nodes", STRUCTURE: "structures"}
 # names the printed code uses besides the program's own: never allowed as value names
+MIX = "_channel_mix"  # defined once per module by the template (numba_macros.j2)
+FAIL_IF = "_fail_if"  # likewise: (condition, message) -> raise ValueError(message) if condition
+EDGE_CHECK = "_check_edges"  # likewise: senders and receivers are node indices
+BATCH_CHECK = "_check_batch"  # likewise: batch holds structure indices
 RESERVED = frozenset(GRAPH_ORDER) | frozenset(COUNTS.values()) | {
-    "np", "numba", "prange", "dtype", "abs", "range", "ValueError", GRAPH_CHECK, SENDER_CHECK}
+    "np", "numba", "prange", "dtype", "abs", "range", "ValueError", GRAPH_CHECK, SENDER_CHECK, MIX, FAIL_IF,
+    EDGE_CHECK, BATCH_CHECK}
 PI = repr(math.pi)
 
 
@@ -111,6 +116,7 @@ class DensePrinter(Printer):
         self._body: list[str] | None = None
         self._counted: set[str] = set()  # inputs that define an item count (not checked against it)
         self._views: dict[tuple, str] = {}  # (kind, value) -> name of a flat / 2-D view already printed
+        self.uses_mix = False  # calls the template's channel-mix kernel
 
     # -- analysis --------------------------------------------------------------------------
     def _check_names(self) -> None:
@@ -542,37 +548,16 @@ class DensePrinter(Printer):
         return self._gemm(op, True)
 
     def _mix(self, op, transposed: bool) -> list[str]:
-        rows, cols = self.param(op.weight)
-        c, k = (cols, rows) if transposed else (rows, cols)
+        self.param(op.weight)  # declared, 2-D
         src, out = op.src, op.out
         if not (src.channels and out.channels) or isinstance(src, d.Array) or isinstance(out, d.Array) \
                 or src.size != out.size or src.domain != out.domain:
             raise NotImplementedError(f"{out.name}: {type(op).__name__} maps ICT values with channels, same rank")
-        m, items = src.size, self.count(src)
         w = f"np.asarray({op.weight}, dtype){'.T' if transposed else ''}"  # no copy in the input dtype
         formula = '"nkd,ck->ncd"' if transposed else '"ncd,ck->nkd"'
-        lines = [self.head(op, f"einsum({formula}, {src.name}, {op.weight})"),
-                 f"if {src.name}.shape[1] != {c}:",
-                 f'    raise ValueError("{src.name} has the wrong number of channels for {op.weight}")']
-        if m == 1:  # (items, c, 1) is (items, c): one gemm
-            lines.append(f"{out.name} = np.dot({self.contiguous(src)}.reshape(({items}, {c})), {w})"
-                         f".reshape(({items}, {k}, 1))")
-            return lines
-        t, y = self.array(f"{out.name}_in"), self.array(f"{out.name}_gemm")
-        n, a, q = self.tmp("n"), self.tmp("a"), self.tmp("m")
-        lines += ["# transposed copy (items, 2l+1, channels), one gemm, transposed back",
-                  f"{t} = np.empty(({items}, {m}, {c}), dtype)",
-                  f"for {n} in prange({items}):",
-                  f"    for {q} in range({m}):",
-                  f"        for {a} in range({c}):",
-                  f"            {t}[{n}, {q}, {a}] = {src.name}[{n}, {a}, {q}]",
-                  f"{y} = np.dot({t}.reshape(({items} * {m}, {c})), {w}).reshape(({items}, {m}, {k}))",
-                  f"{out.name} = np.empty(({items}, {k}, {m}), dtype)",
-                  f"for {n} in prange({items}):",
-                  f"    for {q} in range({m}):",
-                  f"        for {a} in range({k}):",
-                  f"            {out.name}[{n}, {a}, {q}] = {y}[{n}, {q}, {a}]"]
-        return lines
+        head = self.head(op, f"einsum({formula}, {src.name}, {op.weight})")
+        self.uses_mix = True  # the template's kernel: transposed copy, one gemm, transposed back; checks c
+        return [f"{out.name} = {MIX}({src.name}, {w})  {head}"]
 
     def _print_ChannelMix(self, op: d.ChannelMix) -> list[str]:
         return self._mix(op, False)
@@ -632,8 +617,8 @@ class DensePrinter(Printer):
         lines = self._elementwise(op, " + ".join(t.name for t in terms), terms, lambda *xs: ([], " + ".join(xs)))
         checks = []
         for t in terms[1:]:
-            checks += [f"if {t.name}.shape != {first}.shape:",
-                       f'    raise ValueError("{op.out.name}: {t.name} and {first} must have the same shape")']
+            checks.append(_fail_if(f"{t.name}.shape != {first}.shape",
+                                   f"{op.out.name}: {t.name} and {first} must have the same shape"))
         return lines[:1] + checks + lines[1:]
 
     # layout -------------------------------------------------------------------------------------
@@ -733,35 +718,21 @@ class DensePrinter(Printer):
             dims = self.trailing(v)
             conds += [f"{v.name}.shape[{1 + k}] != {s}" for k, s in enumerate(dims) if s.isdigit()]
             if conds:
-                lines += [f"if {' or '.join(conds)}:",
-                          f'    raise ValueError("{v.name} must have shape {self.describe(v)}")']
+                lines.append(_fail_if(" or ".join(conds), f"{v.name} must have shape {self.describe(v)}"))
         for w, shape in self.params.items():
             conds = [f"{w}.shape[{k}] != {s}" for k, s in enumerate(shape) if s >= 0]
             if conds:
                 dims = tuple(s if s >= 0 else "width" for s in shape)
-                lines += [f"if {' or '.join(conds)}:", f'    raise ValueError("{w} must have shape {dims}")']
+                lines.append(_fail_if(" or ".join(conds), f"{w} must have shape {dims}"))
         args = self.graph_args
         if "receiver_offsets" in args:
             lines.append(f"{GRAPH_CHECK}(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR")
         elif "senders" in args:  # serial index checks: cheap, and cheaper to compile than a prange
-            self._scope = set()
-            e = self.tmp("e")
-            lines += ["if receivers.shape[0] != num_edges:",
-                      '    raise ValueError("senders and receivers must have shape (edges,)")',
-                      f"for {e} in range(num_edges):",
-                      f"    if senders[{e}] < 0 or senders[{e}] >= num_nodes or receivers[{e}] < 0 "
-                      f"or receivers[{e}] >= num_nodes:",
-                      '        raise ValueError("senders and receivers must be node indices in [0, num_nodes)")']
+            lines.append(f"{EDGE_CHECK}(senders, receivers, num_nodes)  # node indices in [0, num_nodes)")
         if "sender_order" in args:
             lines.append(f"{SENDER_CHECK}(senders, sender_order, sender_offsets, num_nodes)  # CSR by sender")
         if "batch" in args:
-            self._scope = set()
-            n = self.tmp("n")
-            lines += ["if batch.shape[0] != num_nodes:",
-                      '    raise ValueError("batch must have shape (nodes,)")',
-                      f"for {n} in range(num_nodes):",
-                      f"    if batch[{n}] < 0 or batch[{n}] >= num_structures:",
-                      '        raise ValueError("batch must hold structure indices in [0, num_structures)")']
+            lines.append(f"{BATCH_CHECK}(batch, num_nodes, num_structures)  # structure indices")
         return lines
 
     def body(self) -> list[str]:
@@ -769,11 +740,16 @@ class DensePrinter(Printer):
         if self._body is None:
             lines = self._sizes() + self._checks()
             for op in self.program.ops:
-                lines += [""] + self.print_op(op)
+                lines += self.print_op(op)
             outs = [v.name for v in self.program.outputs]
-            lines += ["", "return (" + ", ".join(outs) + ("," if len(outs) == 1 else "") + ")"]
+            lines += ["return (" + ", ".join(outs) + ("," if len(outs) == 1 else "") + ")"]
             self._body = lines
         return self._body
+
+
+def _fail_if(condition: str, message: str) -> str:
+    """One line raising ``ValueError(message)`` when ``condition`` holds (the template's helper)."""
+    return f'{FAIL_IF}({condition}, "{message}")'
 
 
 def _indent(lines: list[str]) -> list[str]:
@@ -805,6 +781,7 @@ def render_dense_program(program: Program, function_name: str | None = None) -> 
         "by_sender": "sender_order" in printer.graph_args,  # ... and _check_senders
         "outputs": [v.name for v in program.outputs],
         "kernels": len(program.ops),
+        "mix": printer.uses_mix,
     }
 
 
@@ -833,7 +810,9 @@ def render_dense_module(functions, names=None, title: str = "IR programs") -> st
     if len(set(fnames)) != len(fnames):
         raise ValueError("function names must be unique within a module")
     return _environment().get_template("numba_program.py.j2").render(
-        version=__version__, title=title, functions=rendered, graph_check=GRAPH_CHECK,
+        version=__version__, title=title, functions=rendered, helpers=collect_helpers(rendered),
+        any_channels=any(f.get("channels") for f in rendered), any_mix=any(f.get("mix") for f in rendered),
+        graph_check=GRAPH_CHECK,
         any_graph=any(f["graph"] for f in rendered), sender_check=SENDER_CHECK,
         any_sender=any(f["by_sender"] for f in rendered))
 

@@ -77,17 +77,17 @@ def render_numba_module(programs: dict[str, Program], title: str, description: s
     from ..spec import command_line
     from .templates import environment as _environment
     from ..ir.nodes import WeightSpec
-    from .numba_printer import GRAPH_CHECK, SENDER_CHECK
+    from .numba_printer import GRAPH_CHECK, SENDER_CHECK, collect_helpers
     from .numba_segments import render_chain
 
     from ..ir.long_range import LongRangeOp  # noqa: F401  (registers the long-range ops)
     from .long_range_printer import NUMBA_METHODS, render_numba_long_range
 
-    functions, rendered = [], []
+    functions, rendered, printed = [], [], {}
     long_range = long_range or any(type(op) in NUMBA_METHODS for p in programs.values() for op in p.ops)
     for name in programs:
         p = programs[name]
-        kernels, lines = render_chain(p)
+        kernels, lines = render_chain(p, printed)
         functions += kernels
         specs = [w.name for w in p.weights if isinstance(w, WeightSpec)]
         rendered.append({"name": p.name, "lines": lines, "inputs": repr(tuple(v.name for v in p.inputs)),
@@ -98,7 +98,8 @@ def render_numba_module(programs: dict[str, Program], title: str, description: s
         version=__version__, spec_hash=spec.hash if spec else "", title=title, description=description,
         command=command_line(spec) if spec else "tacegen (instance-specific programs, rebuilt on demand)",
         spec_json=json.dumps(spec.to_dict(), sort_keys=True) if spec else "",
-        programs=rendered, functions=functions, layer_kinds=kinds or [],
+        programs=rendered, functions=functions, helpers=collect_helpers(functions), layer_kinds=kinds or [],
+        any_channels=any(f.get("channels") for f in functions), any_mix=any(f.get("mix") for f in functions),
         any_graph=any(f["graph"] for f in functions), any_sender=any(f["by_sender"] for f in functions),
         graph_check=GRAPH_CHECK, sender_check=SENDER_CHECK, bind=bind,
         long_range_source=render_numba_long_range() if long_range else "")

@@ -9,8 +9,16 @@ weights ``(items, channels, count)``. The printed function is dtype-generic (num
 specialises on the input dtype; arrays are allocated with the first input's dtype;
 scalar temporaries are float64 because the coefficients are float64 literals).
 
-Couplings are unrolled from the exact sparse table: one expression per output component,
-coefficients printed as ``repr(float(Fraction))``, structural zeros never printed.
+Two emissions, chosen per kernel by what pays: a *per-channel* kernel (ops with channels)
+is printed by :mod:`tacegen.backends.numba_channels` as, per item, one call per op of a
+small loop kernel over the channels (a Couple loops over its coupling table, a
+module-level constant printed once per module); a *channel-free* kernel (edge ICTs and
+their derivatives, a few scalars per edge) is printed below as straight-line scalar code,
+its couplings unrolled from the exact sparse table when that is one short line
+(:meth:`NumbaPrinter.unrolled`), else one call of the table's module-level function
+(:func:`coupling_helper`). Coefficients are printed as ``repr(float(Fraction))``;
+structural zeros never printed. The rest of this docstring describes the schedule both
+share and the scalar emission.
 
 Loops ("kernels"). Ops are grouped by *phase* and channel dependence:
 
@@ -103,10 +111,12 @@ GRAPH_ARGS = ("senders", "receivers", "receiver_offsets", "num_nodes")
 SENDER_ARGS = ("sender_order", "sender_offsets")  # only for programs with a ScatterSenders
 GRAPH_CHECK = "_check_graph"  # defined once per module by the template
 SENDER_CHECK = "_check_senders"  # likewise, when some program has a ScatterSenders
+SHAPE_CHECK = "_check_shape"  # defined once per module by the template: (array, shape, message)
 # names the printed code uses besides the program's own: never allowed as value names
 RESERVED = frozenset(GRAPH_ARGS) | frozenset(SENDER_ARGS) | {
     "np", "numba", "prange", "num_edges", "channels", "dtype", "n", "e", "c", "range", "ValueError",
-    GRAPH_CHECK, SENDER_CHECK}
+    "t", "k", "block", "i", "j", "min",  # per-channel kernels (numba_channels)
+    GRAPH_CHECK, SENDER_CHECK, SHAPE_CHECK}
 WRAP_TERMS = 4  # terms per printed line in long sums
 
 
@@ -144,6 +154,51 @@ def _factored_terms(terms: list[tuple[Fraction, str]]) -> list[str]:
             inner = _join_signed([(neg != first, product) for neg, product in members])
             parts.append((first, f"{float(magnitude)!r} * ({' '.join(inner)})"))
     return _join_signed(parts)
+
+
+def coupling_helper(c) -> dict:
+    """The module-level function of one coupling table: ``name(a0, .., b0, ..)`` returns the
+    stored components ``out[m3] = sum c * a[m1] * b[m2]`` (2l3+1 for ICT tables, (l+1)(l+2)/2
+    for symmetric moment storage; one scalar when that is 1).
+
+    Named by the table's content (ranks and a digest of its exact entries), so every use of
+    the same table in a module calls one function, printed once (:func:`collect_helpers`)."""
+    entries = tuple((m1, m2, m3, Fraction(coef)) for m1, m2, m3, coef in c.entries if coef)
+    storages = getattr(c, "storages", ("reduced",) * 3)
+    key = (c.l1, c.l2, c.l3, entries) if storages == ("reduced",) * 3 else (c.l1, c.l2, c.l3, storages, entries)
+    digest = hashlib.sha256(repr(key).encode()).hexdigest()[:8]
+    name = f"couple_{c.l1}_{c.l2}_{c.l3}_{digest}"
+    left = [f"a{m}" for m in range(c.dims[0])]
+    right = [f"b{m}" for m in range(c.dims[1])]
+    rows: dict[int, list] = {m3: [] for m3 in range(c.dims[2])}
+    for m1, m2, m3, coef in entries:
+        rows[m3].append((coef, f"{left[m1]} * {right[m2]}"))
+    exprs = [" ".join(_factored_terms(t)) if t else "0.0" for t in rows.values()]
+    if len(exprs) == 1:
+        body = [f"return {exprs[0]}"]
+    else:
+        body = [f"return ({exprs[0]},"] + [f"        {e}," for e in exprs[1:-1]] + [f"        {exprs[-1]})"]
+    kind = "odd (Levi-Civita)" if c.odd else "even"
+    doc = (f"Coupling {c.l1} x {c.l2} -> {c.l3}, {kind} path, {len(entries)} nonzeros: "
+           f"out[m3] = sum of c * a[m1] * b[m2] over the table's entries.")
+    lines = ["@numba.njit(cache=True, fastmath=False)", f"def {name}({', '.join(left + right)}):",
+             f'    """{doc}"""'] + ["    " + line for line in body]
+    return {"name": name, "lines": lines}
+
+
+def collect_helpers(functions: list[dict]) -> list[dict]:
+    """The helpers (coupling tables) the rendered ``functions`` call, each once, in order of
+    first use."""
+    seen: dict[str, dict] = {}
+    for f in functions:
+        for h in f.get("helpers", ()):
+            seen.setdefault(h["name"], h)
+    return list(seen.values())
+
+
+def _parallel_assign(targets: list[str], values: list[str]) -> str:
+    """One statement for the components of one value: ``a0, a1 = x0, x1`` (``a0 = x0``)."""
+    return f"{', '.join(targets)} = {', '.join(values)}"
 
 
 def _size(v) -> int:
@@ -193,7 +248,22 @@ class _Section:
 
     @property
     def lines(self) -> list[str]:
-        return self.head + self.body + self.stores
+        return _grouped_loads(self.head) + self.body + self.stores
+
+
+def _grouped_loads(head: list[str]) -> list[str]:
+    """Hoisted loads of consecutive components of one array row as one statement:
+    ``a_0 = a[n, c, 0]`` and ``a_1 = a[n, c, 1]`` -> ``a_0, a_1 = a[n, c, 0], a[n, c, 1]``."""
+    out: list[tuple[str, list, list]] = []  # (row, targets, values)
+    for line in head:
+        target, _, value = line.partition(" = ")
+        row = value.rsplit(",", 1)[0] if value.endswith("]") and "," in value else None
+        if row is not None and out and out[-1][0] == row:
+            out[-1][1].append(target)
+            out[-1][2].append(value)
+        else:
+            out.append((row, [target], [value]))
+    return [_parallel_assign(targets, values) for _, targets, values in out]
 
 
 @dataclass
@@ -211,9 +281,10 @@ class NumbaPrinter(Printer):
     ACCESS = {"Gather": "complete", "Scatter": "reduce", "GatherReceivers": "complete",
               "ScatterSenders": "complete", "ChannelSum": "channels"}
 
-    def __init__(self, program: Program, function_name: str | None = None):
+    def __init__(self, program: Program, function_name: str | None = None, trusted: frozenset = frozenset()):
         self.program = program
         self.name = function_name or program.name
+        self.trusted = frozenset(trusted)  # inputs whose shapes are right by construction: not checked
         self.graph = any(self.access(op) in ("complete", "reduce") for op in program.ops)
         self.by_sender = any(isinstance(op, ScatterSenders) for op in program.ops)
         self.namer = _Namer()
@@ -222,6 +293,7 @@ class NumbaPrinter(Printer):
         self._init: list[str] = []  # per-node lines before the edge sub-loop
         self._section: _Section | None = None
         self._body: list[str] | None = None
+        self.helpers: dict[str, dict] = {}  # coupling tables called by the printed code
         self._check_names()
         self.kernels = self.schedule()
         self.kernel_of = {op.out.name: k for k, kern in enumerate(self.kernels) for op in kern.ops}
@@ -372,6 +444,12 @@ class NumbaPrinter(Printer):
             lines = [f"# {label}table {c.origin}, ranks {c.l1}, {c.l2} -> {c.l3}, {c.nnz} nonzeros"]
         else:
             lines = [f"# {label}{c.l1} x {c.l2} -> {c.l3}, {kind} path, {c.nnz} nonzeros"]
+        if not self.unrolled(c):  # one call of the table's module-level function
+            helper = coupling_helper(c)
+            self.helpers.setdefault(helper["name"], helper)
+            args = [self.read(op.left, m) for m in range(c.dims[0])]
+            args += [self.read(op.right, m) for m in range(c.dims[1])]
+            return [f"{', '.join(out)} = {helper['name']}({', '.join(args)})  {lines[0]}"]
         by_m3: dict[int, list] = {m3: [] for m3 in range(c.dims[2])}
         for m1, m2, m3, coef in c.entries:
             if coef:
@@ -380,30 +458,37 @@ class NumbaPrinter(Printer):
             lines.append(_assign(out[m3], _factored_terms(terms) if terms else ["0.0"]))
         return lines
 
+    @staticmethod
+    def unrolled(c) -> bool:
+        """Cost model of a coupling's printed form: unrolled in place when that is one short
+        line (a scalar output of at most WRAP_TERMS products), else a call of the table's
+        module-level function (:func:`coupling_helper`: 1 line per use, the table printed
+        once per module)."""
+        return c.dims[2] == 1 and sum(1 for e in c.entries if e[3]) <= WRAP_TERMS
+
     def _print_Scale(self, op: Scale) -> list[str]:
         if not op.out.channels:
             raise NotImplementedError("weights are per channel: a Scale output has channels")
         out = self.define(op.out)
         w = self.hoist(f"{op.weight}_{op.index}", self.element(Value(op.weight, 0, op.src.domain), op.index))
         note = f"  # {op.comment}" if op.comment else ""
-        return [f"{o} = {self.read(op.src, m)} * {w}{note if m == 0 else ''}" for m, o in enumerate(out)]
+        return [_parallel_assign(out, [f"{self.read(op.src, m)} * {w}" for m in range(len(out))]) + note]
 
     def _print_Sum(self, op: Sum) -> list[str]:
         if any(t.channels != op.out.channels for t in op.terms):
             raise NotImplementedError(f"{op.out.name}: a sum of values with and without channels")
         out = self.define(op.out)
-        return [_assign(o, [self.read(op.terms[0], m)] + [f"+ {self.read(t, m)}" for t in op.terms[1:]])
-                for m, o in enumerate(out)]
+        return [_parallel_assign(out, [" + ".join(self.read(t, m) for t in op.terms) for m in range(len(out))])]
 
     def _print_Gather(self, op: Gather) -> list[str]:
         out = self.define(op.out)
         j = self.hoist("j", "senders[e]")
-        return [f"{o} = {self.element(op.src, m, j)}" for m, o in enumerate(out)]
+        return [_parallel_assign(out, [self.element(op.src, m, j) for m in range(len(out))])]
 
     def _print_Scatter(self, op: Scatter) -> list[str]:
         out = self.define(op.out)
-        self.before_edges([f"{o} = 0.0" for o in out])
-        return [f"{o} += {self.read(op.src, m)}" for m, o in enumerate(out)]
+        self.before_edges([" = ".join(out) + " = 0.0"])
+        return [_parallel_assign(out, [f"{o} + {self.read(op.src, m)}" for m, o in enumerate(out)])]
 
     # -- reverse-pass ops ---------------------------------------------------------------------
     def _print_EdgeICTGrad(self, op: EdgeICTGrad) -> list[str]:
@@ -436,7 +521,7 @@ class NumbaPrinter(Printer):
     def _print_GatherReceivers(self, op: GatherReceivers) -> list[str]:
         out = self.define(op.out)
         i = self.hoist("i", "receivers[e]")
-        return [f"{o} = {self.element(op.src, m, i)}" for m, o in enumerate(out)]
+        return [_parallel_assign(out, [self.element(op.src, m, i) for m in range(len(out))])]
 
     def _print_ScatterSenders(self, op: ScatterSenders) -> list[str]:
         if op.out.domain != NODE or op.src.domain != EDGE:
@@ -476,7 +561,8 @@ class NumbaPrinter(Printer):
         self._section = section
         for v in self._defined:
             if v.domain == section.domain and v.name in self.stored:
-                section.stores += [f"{self.element(v, m)} = {s}" for m, s in enumerate(self._local[v.name])]
+                local = self._local[v.name]
+                section.stores.append(_parallel_assign([self.element(v, m) for m in range(len(local))], local))
 
     def kernel_lines(self, k: int, kernel: Kernel) -> list[str]:
         self._local: dict[str, list[str]] = {}
@@ -486,6 +572,13 @@ class NumbaPrinter(Printer):
         what = "per channel" if kernel.channels else "channel-free"
         head = [f"# kernel {k + 1} ({what}, phase {kernel.phase}): {len(kernel.ops)} ops; "
                 f"stores {', '.join(stored) if stored else 'nothing'}"]
+        if kernel.channels:  # loops over channels and coupling tables
+            from .numba_channels import kernel_lines
+
+            lines, helpers = kernel_lines(self, kernel, head, self._alloc(kernel))
+            for name, helper in helpers.items():
+                self.helpers.setdefault(name, helper)
+            return lines
         edge_ops = [op for op in kernel.ops if op.out.domain == EDGE]
         node_ops = [op for op in kernel.ops if op.out.domain == NODE]
         fused = bool(node_ops) and (bool(edge_ops) or any(self.access(op) == "reduce" for op in node_ops))
@@ -514,6 +607,11 @@ class NumbaPrinter(Printer):
             lines.append(f"for {var} in prange({'num_edges' if domain == EDGE else 'num_nodes'}):")
             lines += _indent(self._channel_loop(kernel, section.lines))
         return lines
+
+    def outer_names(self) -> set:
+        """Names of the function body a kernel's loop may read: the arguments, the arrays
+        the kernels store, the sizes."""
+        return set(self.arguments()) | set(self.stored) | {"num_nodes", "num_edges", "channels"}
 
     def _channel_loop(self, kernel: Kernel, body: list[str]) -> list[str]:
         return ["for c in range(channels):"] + _indent(body) if kernel.channels else body
@@ -570,12 +668,12 @@ class NumbaPrinter(Printer):
         arrays = [(v.name, v.domain, v.channels, v.size) for v in prog.inputs]
         arrays += [(w.name, w.domain, True, w.count) for w in prog.weights]
         for name, domain, channels, size in arrays:
+            if name in self.trusted:
+                continue
             count, label = items[domain]
-            conds = [f"{name}.shape[0] != {count}"]
-            conds += [f"{name}.shape[1] != channels"] if channels else []
-            conds.append(f"{name}.shape[{2 if channels else 1}] != {size}")
+            expected = f"({count}, channels, {size})" if channels else f"({count}, {size})"
             shape = f"({label}, channels, {size})" if channels else f"({label}, {size})"
-            lines += [f"if {' or '.join(conds)}:", f'    raise ValueError("{name} must have shape {shape}")']
+            lines.append(f'{SHAPE_CHECK}({name}, {expected}, "{name} must have shape {shape}")')
         if self.graph:
             lines.append(f"{GRAPH_CHECK}(senders, receivers, receiver_offsets, num_nodes)  # sorted by receiver, CSR")
         if self.by_sender:
@@ -591,9 +689,9 @@ class NumbaPrinter(Printer):
     def _print_body(self) -> list[str]:
         lines = self._sizes() + self._checks()
         for k, kernel in enumerate(self.kernels):
-            lines += [""] + self.kernel_lines(k, kernel)
+            lines += self.kernel_lines(k, kernel)
         outs = [v.name for v in self.program.outputs]
-        lines += ["", "return (" + ", ".join(outs) + ("," if len(outs) == 1 else "") + ")"]
+        lines += ["return (" + ", ".join(outs) + ("," if len(outs) == 1 else "") + ")"]
         return lines
 
 
@@ -601,9 +699,10 @@ def _indent(lines: list[str]) -> list[str]:
     return ["    " + line.replace("\n", "\n    ") if line else line for line in lines]
 
 
-def render_program(program: Program, function_name: str | None = None) -> dict:
-    """Pieces the template needs for one program."""
-    printer = NumbaPrinter(program, function_name)
+def render_program(program: Program, function_name: str | None = None, trusted: frozenset = frozenset()) -> dict:
+    """Pieces the template needs for one program. ``trusted``: inputs whose shapes are right
+    by construction (arrays an earlier segment of the same program allocated), not checked."""
+    printer = NumbaPrinter(program, function_name, trusted)
     body = printer.body()
     lines = [row for line in body for row in line.split("\n")]
     return {
@@ -618,6 +717,8 @@ def render_program(program: Program, function_name: str | None = None) -> dict:
         "by_sender": printer.by_sender,
         "outputs": [v.name for v in program.outputs],
         "kernels": len(printer.kernels),
+        "helpers": list(printer.helpers.values()),
+        "channels": any(k.channels for k in printer.kernels),  # calls the template's rows kernels
     }
 
 
@@ -631,7 +732,9 @@ def render_module(programs, names=None, title: str = "IR programs") -> str:
         raise ValueError("function names must be unique within a module")
     functions = [render_program(p, n) for p, n in zip(programs, names)]
     return _environment().get_template("numba_program.py.j2").render(
-        version=__version__, title=title, functions=functions, graph_check=GRAPH_CHECK,
+        version=__version__, title=title, functions=functions, helpers=collect_helpers(functions),
+        any_channels=any(f.get("channels") for f in functions), any_mix=any(f.get("mix") for f in functions),
+        graph_check=GRAPH_CHECK,
         any_graph=any(f["graph"] for f in functions), sender_check=SENDER_CHECK,
         any_sender=any(f["by_sender"] for f in functions))
 

@@ -132,22 +132,34 @@ def _segment_program(program: Program, name: str, ops: list, later: list) -> Pro
                    outputs).check()
 
 
-def render_chain(program: Program) -> tuple[list[dict], list[str]]:
-    """(rendered kernels for the template, lines of the Python function ``program.name``)."""
+def render_chain(program: Program, printed: dict | None = None) -> tuple[list[dict], list[str]]:
+    """(rendered kernels for the template, lines of the Python function ``program.name``).
+
+    ``printed`` (shared by the programs of one module): printed segment (signature, body) ->
+    function name. A segment printed identically before is not printed again: the program
+    calls the function printed first (identical kernels are emitted once per module)."""
+    printed = {} if printed is None else printed
     kernels = []
     weight_specs = [w.name for w in program.weights if isinstance(w, WeightSpec)]
     params = {w.name for w in program.weights if isinstance(w, ParamSpec)}
     args = [v.name for v in program.inputs] + weight_specs + ["params", "graph"]
-    lines = [f"def {program.name}({', '.join(args)}):",
-             f'    """{program.doc}', "",
-             f"    IR program {program.name}: {len(program.ops)} ops in "
-             f"{{segments}} jitted segment(s).", '    """']
     segments = split(program)
-    lines[3] = lines[3].replace("{segments}", str(len(segments)))
-    scope = set(v.name for v in program.inputs) | set(weight_specs)
+    lines = [f"def {program.name}({', '.join(args)}):",
+             f'    """{program.doc} IR program {program.name}: {len(program.ops)} ops in {len(segments)} jitted '
+             'segment(s)."""']
+    program_inputs = set(v.name for v in program.inputs) | set(weight_specs)
+    scope = set(program_inputs)
     for seg in segments:
-        rendered = RENDERERS[seg.kind](seg.program)
-        kernels.append(rendered)
+        if seg.kind == CORE:  # arrays of earlier segments have their shapes by construction
+            rendered = render_program(seg.program, trusted=frozenset(scope - set(program_inputs)))
+        else:
+            rendered = RENDERERS[seg.kind](seg.program)
+        key = (rendered.get("jit", True), rendered["signature"], tuple(rendered["body"]))
+        if key in printed:
+            rendered = {**rendered, "name": printed[key]}
+        else:
+            printed[key] = rendered["name"]
+            kernels.append(rendered)
         call = []
         for name in (a.strip() for a in rendered["signature"].split(",") if a.strip()):
             if name in scope:

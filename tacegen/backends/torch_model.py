@@ -10,8 +10,10 @@ parameters (:class:`~tacegen.ir.nodes.Param`) are float arguments.
 from __future__ import annotations
 
 import json
+import pprint
 
 from .. import __version__
+from ..ir.embeddings import first_layer_ranks, io_plan
 from ..ir.dense_ops import STRUCTURE, array, scalar, vector
 from ..ir.model import ALPHA, GAMMA, K_CUT, REAL_CUT, SELF_COEFFICIENT
 from ..ir.nodes import EDGE, NODE, Program, Sum
@@ -101,6 +103,7 @@ def render_torch(compiled, optimised: bool = True) -> str:
     progs = compiled.optimised if optimised else compiled.naive
     rendered = {p.name: render_program(p) for p in compiled.programs(optimised)}
     hidden = list(spec.hidden_ranks)
+    first_ranks = first_layer_ranks(spec)
     inter_first, inter_rest = progs.interactions[0], progs.interactions[-1]
     prod_inner, prod_last = progs.products[0], progs.products[-1]
     layer_classes: dict[str, dict] = {}
@@ -109,7 +112,7 @@ def render_torch(compiled, optimised: bool = True) -> str:
         for last in (True, False):
             inter = inter_first if first else inter_rest
             prod = prod_last if last else prod_inner
-            in_ranks = [0] if first else hidden
+            in_ranks = list(first_ranks) if first else hidden
             out_ranks = [0] if last else hidden
             cls = f"Layer_{inter.name.split('_')[1]}_{prod.name.split('_')[1]}"
             if cls not in layer_classes:
@@ -142,4 +145,9 @@ def render_torch(compiled, optimised: bool = True) -> str:
         layer_choices=choices,
         long_range=spec.long_range,
         long_range_block=render_torch_long_range_block(spec.long_range) if spec.long_range != "none" else "",
+        io=bool(spec.inputs or spec.outputs),
+        io_names=", ".join(item.name for item in spec.inputs + spec.outputs),
+        io_inputs=spec.inputs,
+        io_outputs=spec.outputs,
+        io_plan=pprint.pformat(io_plan(spec), width=116, sort_dicts=True) if spec.inputs or spec.outputs else "",
     )

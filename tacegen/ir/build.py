@@ -145,14 +145,17 @@ class LayerPrograms:
 def build_programs(spec: ModelSpec) -> LayerPrograms:
     """The naive programs of ``spec``: TACE (this module) or, for ``basis="moment"``, TMP
     (:mod:`tacegen.ir.build_moment`, same program names and interfaces)."""
+    from .embeddings import first_layer_ranks
+
     edge, interaction, product = edge_basis_program, interaction_program, product_program
     if spec.basis == "moment":
         from .build_moment import edge_moment_program, interaction_moment_program, product_moment_program
 
         edge, interaction, product = edge_moment_program, interaction_moment_program, product_moment_program
     hidden = spec.hidden_ranks
-    interactions = (interaction((0,), spec.lmax),)
-    if hidden != (0,):
+    first = first_layer_ranks(spec)  # (0,) unless equivariant inputs add node ranks
+    interactions = (interaction(first, spec.lmax),)
+    if hidden != first:
         interactions += (interaction(hidden, spec.lmax),)
     products = (product(spec.lmax, spec.nu, hidden),)
     if hidden != (0,):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from .. import __version__
 from .build import edge_paths
 from .cost import DEFAULT_ITEMS, count_ops, program_cost
+from .embeddings import report_lines
 
 
 def report(compiled: Compiled, items_per_atom: dict | None = None, channels: int = 64) -> str:
@@ -48,6 +49,7 @@ def report(compiled: Compiled, items_per_atom: dict | None = None, channels: int
         w = prog.weights[0]
         lines.append(f"- `{prog.name}`: {w.count} trees")
         lines += [f"  - {label}" for label in w.labels]
+    lines += report_lines(spec)
     return "\n".join(lines) + "\n"
 
 

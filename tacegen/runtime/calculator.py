@@ -53,6 +53,7 @@ from ase.calculators.calculator import Calculator as _AseCalculator
 from ase.calculators.calculator import PropertyNotImplementedError, all_changes
 
 from tacegen.runtime.data import batch_atoms
+from tacegen.runtime.inputs import input_specs_of
 
 BACKENDS = ("torch", "numba")
 
@@ -163,6 +164,9 @@ class Calculator(_AseCalculator):
         model_tensors_dtype_device(model)  # refuse mixed dtypes or devices now, not at the first call
         self.backend = backend
         self.model = model
+        # declared tensor outputs (tacegen.io_spec) are properties under their names
+        self.outputs = {o["name"]: o["per"] for o in getattr(getattr(model, "outputs", None), "outputs", [])}
+        self.implemented_properties = list(type(self).implemented_properties) + list(self.outputs)
         self._evaluate: Callable[..., Dict[str, torch.Tensor]]
         if backend == "numba":
             hook = getattr(model, "numba_backend", None)
@@ -186,6 +190,20 @@ class Calculator(_AseCalculator):
         """The device of the model's tensors, where batches are built."""
         return model_tensors_dtype_device(self.model)[1]
 
+    def check_state(self, atoms, tol=1e-15):
+        """ASE's changes, plus ``atoms.info["charge"]`` (the total charge a long-range model reads),
+        which ASE does not compare: a changed total charge must not return cached results."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and atoms.info.get("charge") != self.atoms.info.get("charge"):
+            changes = list(changes) + ["info_charge"]
+        if self.atoms is not None:  # the model's external inputs (atoms.info / atoms.arrays), unseen by ASE
+            for spec in input_specs_of(self.model):
+                where = "info" if spec["per"] == "structure" else "arrays"
+                new, old = getattr(atoms, where).get(spec["name"]), getattr(self.atoms, where).get(spec["name"])
+                if (new is None) != (old is None) or (new is not None and not np.array_equal(new, old)):
+                    changes = list(changes) + [f"input_{spec['name']}"]
+        return changes
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
@@ -197,7 +215,7 @@ class Calculator(_AseCalculator):
             )
         batch = batch_atoms(
             atoms, list(self.model.elements), float(self.model.r_cut),
-            dtype=self.dtype, device=self.device,
+            dtype=self.dtype, device=self.device, inputs=input_specs_of(self.model),
         )
         out = self._evaluate(batch, compute_forces=True, compute_stress=periodic)
 
@@ -232,7 +250,10 @@ class Calculator(_AseCalculator):
         elif "charges" in properties:
             raise PropertyNotImplementedError(
                 f"charges are not available: model {type(self.model).__name__} does not return 'charges'")
-        if "dipole" in out and not periodic and not np.any(atoms.pbc):
+        for name, per in self.outputs.items():  # per structure: the (3, ...) tensor; per atom: (N, 3, ...)
+            value = out[name].detach().cpu().to(torch.float64).numpy()
+            self.results[name] = value if per == "atom" else value[0]
+        if "dipole" in out and "dipole" not in self.outputs and not periodic and not np.any(atoms.pbc):
             self.results["dipole"] = out["dipole"].detach().cpu().to(torch.float64).numpy()[0]
         elif "dipole" in properties:
             raise PropertyNotImplementedError(

@@ -103,11 +103,17 @@ def batch_atoms(
     r_cut: float,
     dtype: torch.dtype = torch.float64,
     device: Union[str, torch.device] = "cpu",
+    inputs: Sequence = (),
 ) -> Dict[str, Tensor]:
     """Turn one ``ase.Atoms`` or a list of them into a batch dict (see module docstring).
 
     Neighbour lists are computed per structure in float64 (by vesin) and then
     concatenated with global atom indices, so edges are sorted by receiver.
+
+    The external inputs named in ``inputs`` (``model.input_specs``: dicts or the spec's
+    InputSpec objects) are added as ``input_<name>`` from ``atoms.info[name]`` or
+    ``atoms.arrays[name]`` by :func:`tacegen.runtime.inputs.read_inputs` (ValueError naming
+    the structure and key for a missing or wrongly shaped value).
 
     Raises
     ------
@@ -204,7 +210,7 @@ def batch_atoms(
         return torch.as_tensor(np.asarray(x), dtype=torch.int64, device=device)
 
     counts = np.asarray(num_atoms, dtype=np.int64)
-    return {
+    batch = {
         "positions": floats(np.concatenate(positions)),
         "species": ints(np.concatenate(species)),
         "batch": ints(np.repeat(np.arange(len(structures)), counts)),
@@ -216,3 +222,8 @@ def batch_atoms(
         "charges": floats(np.concatenate(charges)),
         "total_charge": floats(np.asarray(totals, dtype=np.float64)),
     }
+    if inputs:
+        from tacegen.runtime.inputs import read_inputs
+
+        batch.update(read_inputs(structures, inputs, dtype, device))
+    return batch

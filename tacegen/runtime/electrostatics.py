@@ -3,7 +3,8 @@
 This module is the float64, autograd-differentiable *reference* that compiler-generated
 long-range kernels are tested against. It favours transparency over speed: structure
 factors are summed directly (O(N x N_k)), real-space pairs come from an explicit
-neighbour list. No mesh (PME/P3M) path is provided here.
+neighbour list. The mesh (smooth PME) evaluation of the same reciprocal sums, which
+generated models use for large periodic structures, is :mod:`tacegen.runtime.mesh`.
 
 Conventions (see docs/math.md, section 5)
 -----------------------------------------
@@ -386,15 +387,73 @@ def ewald_error_estimates(alpha: float, r_cut: float, k_cut: float, n_atoms: int
     i.e. relative to the typical magnitude of the total electrostatic energy.
     These are estimates, not bounds (crystals can exceed them by a small factor).
     """
+    return ewald_real_error(alpha, r_cut, n_atoms, volume), ewald_recip_error(alpha, k_cut, n_atoms, volume)
+
+
+def ewald_real_error(alpha: float, r_cut: float, n_atoms: int, volume: float) -> float:
+    """The real-space estimate of :func:`ewald_error_estimates` (TorchScript compatible)."""
+    a = (volume / n_atoms) ** (1.0 / 3.0)
+    return a * math.sqrt(r_cut / (2.0 * volume)) * math.exp(-((alpha * r_cut) ** 2)) / (alpha * r_cut) ** 2
+
+
+def ewald_recip_error(alpha: float, k_cut: float, n_atoms: int, volume: float) -> float:
+    """The reciprocal-space estimate of :func:`ewald_error_estimates` (TorchScript compatible)."""
     a = (volume / n_atoms) ** (1.0 / 3.0)
     big_l = volume ** (1.0 / 3.0)
-    err_r = a * math.sqrt(r_cut / (2.0 * volume)) * math.exp(-((alpha * r_cut) ** 2)) / (alpha * r_cut) ** 2
     big_k = k_cut * big_l / (2.0 * math.pi)
     x = k_cut / (2.0 * alpha)
-    err_k = a * alpha * (
-        math.erfc(x) / math.sqrt(math.pi) + big_k**-1.5 * math.exp(-x * x) / math.pi**2
-    )
-    return err_r, err_k
+    return a * alpha * (math.erfc(x) / math.sqrt(math.pi) + big_k**-1.5 * math.exp(-x * x) / math.pi**2)
+
+
+def ewald_balanced_alpha(n_atoms: int, volume: float, cost_ratio: float = DEFAULT_COST_RATIO) -> float:
+    """alpha = sqrt(pi) (cost_ratio N / V^2)^(1/6), Å^-1: the cost optimum of
+    :func:`ewald_parameters` (TorchScript compatible)."""
+    return math.sqrt(math.pi) * (cost_ratio * n_atoms / volume**2) ** (1.0 / 6.0)
+
+
+def _log_excess(cut: float, real: bool, alpha: float, n_atoms: int, volume: float, target: float) -> float:
+    err = ewald_real_error(alpha, cut, n_atoms, volume) if real else ewald_recip_error(alpha, cut, n_atoms, volume)
+    return math.log(err + 1e-300) - target
+
+
+def ewald_alpha_for_real_cutoff(r_cut: float, n_atoms: int, volume: float, accuracy: float) -> float:
+    """The alpha (Å^-1) whose real-space estimate (:func:`ewald_real_error`) at ``r_cut``
+    equals ``accuracy``: bisection in log space over [1e-6, 1e6] (as :func:`ewald_parameters`
+    with only r_cut given; TorchScript compatible)."""
+    target = math.log(accuracy)
+    lo = 1e-6
+    hi = 1e6
+    flo = math.log(ewald_real_error(lo, r_cut, n_atoms, volume) + 1e-300) - target
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        fm = math.log(ewald_real_error(mid, r_cut, n_atoms, volume) + 1e-300) - target
+        if (fm > 0) == (flo > 0):
+            lo, flo = mid, fm
+        else:
+            hi = mid
+        if hi / lo < 1 + 1e-13:
+            break
+    return hi
+
+
+def ewald_cutoff(real: bool, alpha: float, n_atoms: int, volume: float, accuracy: float) -> float:
+    """The real-space cutoff (``real=True``, Å) or reciprocal cutoff (Å^-1) whose estimate
+    (:func:`ewald_real_error`, :func:`ewald_recip_error`) equals ``accuracy`` at ``alpha``:
+    bisection in log space (TorchScript compatible; :func:`ewald_parameters` uses it)."""
+    target = math.log(accuracy)
+    lo = 1e-6 / alpha if real else 1e-6 * alpha
+    hi = 1e6 / alpha if real else 1e6 * alpha
+    flo = _log_excess(lo, real, alpha, n_atoms, volume, target)
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        fm = _log_excess(mid, real, alpha, n_atoms, volume, target)
+        if (fm > 0) == (flo > 0):
+            lo, flo = mid, fm
+        else:
+            hi = mid
+        if hi / lo < 1 + 1e-13:
+            break
+    return hi
 
 
 def _bisect_log(f, lo, hi, iters=200):
@@ -460,11 +519,11 @@ def ewald_parameters(
         elif k_cut is not None:
             alpha = _bisect_log(lambda al: math.log(err_k(al, k_cut) + 1e-300) - math.log(accuracy), 1e-6, big)
         else:
-            alpha = math.sqrt(math.pi) * (cost_ratio * n_atoms / volume**2) ** (1.0 / 6.0)
+            alpha = ewald_balanced_alpha(n_atoms, volume, cost_ratio)
     if r_cut is None:
-        r_cut = _bisect_log(lambda rc: math.log(err_r(alpha, rc) + 1e-300) - math.log(accuracy), 1e-6 / alpha, big / alpha)
+        r_cut = ewald_cutoff(True, alpha, n_atoms, volume, accuracy)
     if k_cut is None:
-        k_cut = _bisect_log(lambda kc: math.log(err_k(alpha, kc) + 1e-300) - math.log(accuracy), 1e-6 * alpha, big * alpha)
+        k_cut = ewald_cutoff(False, alpha, n_atoms, volume, accuracy)
     e_r, e_k = ewald_error_estimates(alpha, r_cut, k_cut, n_atoms, volume)
     return EwaldParameters(float(alpha), float(r_cut), float(k_cut), e_r, e_k)
 

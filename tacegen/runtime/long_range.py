@@ -26,17 +26,17 @@ code does) is wrong.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .electrostatics import ewald_parameters
+from .electrostatics import ewald_balanced_alpha, ewald_cutoff, ewald_parameters
 from .neighbours import neighbour_pairs
 
-__all__ = ["MODES", "check_long_range_batch", "long_range_graph", "ewald_batch_parameters", "les_kernel_parameters",
-           "ewald_kernel_parameters"]
+__all__ = ["MODES", "check_long_range_batch", "long_range_graph", "long_range_pairs", "ewald_batch_parameters",
+           "ewald_batch_split", "les_kernel_parameters", "ewald_kernel_parameters"]
 
 #: Long-range modes (``ModelSpec.long_range`` other than "none").
 MODES = ("les", "ewald")
@@ -50,8 +50,9 @@ def check_long_range_batch(batch: Dict[str, Tensor]) -> Tensor:
     mixed = pbc.any(dim=1) & ~periodic
     if bool(mixed.any()):
         b = int(torch.nonzero(mixed)[0, 0])
+        flags: List[bool] = pbc[b].tolist()
         raise ValueError(
-            f"structure {b} has mixed periodic boundary conditions pbc={pbc[b].tolist()}: the long-range "
+            f"structure {b} has mixed periodic boundary conditions pbc={flags}: the long-range "
             "block handles fully periodic (pbc=True) or finite (pbc=False) structures only; there is no "
             "slab correction, and treating a slab or wire as fully periodic would be wrong")
     return periodic
@@ -149,6 +150,143 @@ def ewald_batch_parameters(batch: Dict[str, Tensor], accuracy: float) -> Tuple[f
     return float(alpha), float(r_cut), float(k_cut)
 
 
+def ewald_batch_split(num_atoms: Tensor, cell: Tensor, periodic: Tensor, accuracy: float) -> Tuple[float, float, float]:
+    """:func:`ewald_batch_parameters` from tensors, TorchScript compatible: ``num_atoms`` (B,),
+    ``cell`` (B, 3, 3), ``periodic`` (B,) bool (from :func:`check_long_range_batch`).
+    Volumes come from ``torch.linalg.det`` (numpy's in ewald_batch_parameters: the two may
+    differ in the last bit)."""
+    if not (0.0 < accuracy < 1.0):
+        raise ValueError(f"ewald accuracy must be in (0, 1), got {accuracy}")
+    counts: List[int] = num_atoms.tolist()
+    flags: List[bool] = periodic.tolist()
+    volumes: List[float] = torch.linalg.det(cell.detach().double()).abs().tolist()
+    best_n = -1
+    best_v = 0.0
+    for b in range(len(counts)):
+        if flags[b] and (counts[b] > best_n or (counts[b] == best_n and volumes[b] > best_v)):
+            best_n, best_v = counts[b], volumes[b]
+    if best_n < 0:
+        return 0.0, 0.0, 0.0
+    alpha = ewald_balanced_alpha(best_n, best_v, 6.0)
+    r_cut = 0.0
+    k_cut = 0.0
+    for b in range(len(counts)):
+        if flags[b]:
+            r_cut = max(r_cut, ewald_cutoff(True, alpha, counts[b], volumes[b], accuracy))
+            k_cut = max(k_cut, ewald_cutoff(False, alpha, counts[b], volumes[b], accuracy))
+    return alpha, r_cut, k_cut
+
+
+def _finite_pairs(n: int, offset: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """(receivers, senders) of all ordered pairs i != j of n atoms, receiver-major."""
+    flat = torch.arange(n * n, dtype=torch.int64, device=device)
+    i = torch.div(flat, n, rounding_mode="floor")
+    j = flat - i * n
+    keep = i != j
+    return i[keep] + offset, j[keep] + offset
+
+
+def _periodic_pairs(positions: Tensor, cell: Tensor, r_cut: float, offset: int,
+                    chunk: int = 1 << 22) -> Tuple[Tensor, Tensor, Tensor]:
+    """(receivers, senders, shifts) of all (i, j, S) with 0 < |r_j - r_i + S cell| < r_cut by
+    brute force over atom pairs and lattice images (O(N^2 x images), chunked by receiver),
+    sorted by receiver, then sender, then shift. Positions need not be wrapped."""
+    pos = positions.detach().double()
+    c = cell.detach().double()
+    inv = torch.linalg.inv(c)
+    frac = pos @ inv
+    whole = torch.floor(frac)
+    wrapped = frac - whole
+    # |S + w_j - w_i|_c <= r_cut |b_c| with |w_j - w_i|_c < 1, b_c the columns of inv(cell)
+    nmax: List[int] = (torch.floor(r_cut * torch.linalg.norm(inv, dim=0)) + 1).to(torch.int64).tolist()
+    axes: List[Tensor] = []
+    for m in nmax:
+        axes.append(torch.arange(-m, m + 1, dtype=torch.int64, device=pos.device))
+    grids = torch.meshgrid(axes, indexing="ij")
+    images = torch.stack([grids[0].reshape(-1), grids[1].reshape(-1), grids[2].reshape(-1)], dim=1)
+    n = pos.shape[0]
+    per_receiver = max(1, chunk // max(1, n * images.shape[0]))
+    receivers: List[Tensor] = []
+    senders: List[Tensor] = []
+    shifts: List[Tensor] = []
+    for start in range(0, n, per_receiver):
+        stop = min(n, start + per_receiver)
+        d = (wrapped.unsqueeze(0) - wrapped[start:stop].unsqueeze(1)).unsqueeze(2) + images.to(pos.dtype)  # (i, j, S, 3)
+        r2 = ((d @ c) ** 2).sum(dim=-1)
+        inside = (r2 < r_cut * r_cut) & (r2 > 0.0)
+        hit = torch.nonzero(inside)
+        i = hit[:, 0] + start
+        j = hit[:, 1]
+        s = images.index_select(0, hit[:, 2])
+        # r_j - r_i + S' cell = (w_j - w_i + S) cell with S' = S + whole_i - whole_j
+        s = s + whole.index_select(0, i).to(torch.int64) - whole.index_select(0, j).to(torch.int64)
+        receivers.append(i + offset)
+        senders.append(j + offset)
+        shifts.append(s)
+    if len(receivers) == 0:
+        empty = torch.zeros(0, dtype=torch.int64, device=pos.device)
+        return empty, empty, torch.zeros((0, 3), dtype=torch.int64, device=pos.device)
+    return torch.cat(receivers), torch.cat(senders), torch.cat(shifts)
+
+
+def long_range_pairs(batch: Dict[str, Tensor], ewald: bool, r_cut: float) -> Dict[str, Tensor]:
+    """:func:`long_range_graph` in torch only, TorchScript compatible (``ewald``: mode
+    "ewald", else "les"; ``r_cut`` as there, ignored for "les"). The same pairs, except that
+    the periodic Ewald pairs come from a brute-force search over atom pairs and lattice
+    images (O(N^2 x images) time, chunked memory) instead of vesin, in another order.
+
+    A caller that has a full neighbour list of the periodic structures (an MD engine) may pass
+    it as ``batch["long_range_edge_index"]`` (2, P) (row 0 sender j, row 1 receiver i, global
+    indices), ``batch["long_range_edge_shift"]`` (P, 3) and ``batch["long_range_cutoff"]``
+    (a 0-d tensor, Å): when ``r_cut`` is at most that cutoff, the periodic Ewald pairs are
+    taken from it (pairs beyond r_cut are dropped by the pair energy) instead of searched."""
+    periodic = check_long_range_batch(batch)
+    given = False
+    if ewald and "long_range_edge_index" in batch:
+        given = r_cut <= float(batch["long_range_cutoff"])
+    structure = torch.zeros(0, dtype=torch.int64, device=batch["batch"].device)
+    if given:
+        structure = batch["batch"].index_select(0, batch["long_range_edge_index"][1])
+    flags: List[bool] = periodic.tolist()
+    counts: List[int] = batch["num_atoms"].tolist()
+    positions = batch["positions"]
+    device = positions.device
+    if ewald and any(flags) and not r_cut > 0.0:
+        raise ValueError(f"long_range_pairs: mode 'ewald' with periodic structures needs a real-space cutoff "
+                         f"r_cut > 0 Å, got {r_cut}")
+    receivers: List[Tensor] = []
+    senders: List[Tensor] = []
+    shifts: List[Tensor] = []
+    marks: List[Tensor] = []
+    offset = 0
+    for b in range(len(counts)):
+        n = counts[b]
+        if not flags[b]:
+            i, j = _finite_pairs(n, offset, device)
+            s = torch.zeros((i.shape[0], 3), dtype=torch.int64, device=device)
+        elif given:
+            mine = structure == b
+            i = batch["long_range_edge_index"][1][mine]
+            j = batch["long_range_edge_index"][0][mine]
+            s = batch["long_range_edge_shift"][mine].to(torch.int64)
+        elif ewald:
+            i, j, s = _periodic_pairs(positions[offset:offset + n], batch["cell"][b], r_cut, offset)
+        else:
+            i = torch.zeros(0, dtype=torch.int64, device=device)
+            j = i
+            s = torch.zeros((0, 3), dtype=torch.int64, device=device)
+        receivers.append(i)
+        senders.append(j)
+        shifts.append(s)
+        marks.append(torch.full((i.shape[0],), flags[b], dtype=torch.bool, device=device))
+        offset += n
+    return {
+        "edge_index": torch.stack([torch.cat(senders), torch.cat(receivers)]),
+        "edge_shift": torch.cat(shifts).to(positions.dtype),
+        "periodic": torch.cat(marks),
+    }
+
+
 def les_kernel_parameters(sigma: float, k_cut: float) -> Tuple[float, float, float, float]:
     """``(gamma, k_cut, self_coefficient, alpha)`` of the latent Ewald summation with
     Gaussian width ``sigma`` (Å) and reciprocal cutoff ``k_cut`` (Å^-1): gamma = sigma^2 / 2
@@ -166,5 +304,5 @@ def ewald_kernel_parameters(alpha: float, k_cut: float) -> Tuple[float, float]:
     alpha / sqrt(pi) (Å^-1); ``k_cut`` is only validated (positive)."""
     alpha = float(alpha)
     if not (alpha > 0.0 and float(k_cut) > 0.0):
-        raise ValueError(f"ewald_kernel_parameters: alpha and k_cut must be positive, got {alpha!r}, {k_cut!r}")
+        raise ValueError(f"ewald_kernel_parameters: alpha and k_cut must be positive, got {alpha}, {k_cut}")
     return 1.0 / (4.0 * alpha * alpha), alpha / math.sqrt(math.pi)

@@ -27,6 +27,22 @@ from .csr import receiver_offsets, sender_csr
 from .numba_weights import convert_state, state_key
 
 _NUMPY = {torch.float64: np.float64, torch.float32: np.float32}
+# edge-channel pairs per thread below which another thread costs more (waking it for each of
+# the ~50 parallel loops of a call) than it saves; measured with benchmarks/bench_numba.py
+WORK_PER_THREAD = 250_000
+
+
+def parallel_threads(num_edges: int, channels: int) -> int:
+    """Threads for one evaluation of ``num_edges`` edges with ``channels`` channels, chosen
+    without any environment variable: one thread below :data:`WORK_PER_THREAD` edge-channel
+    pairs (a small system: every parallel loop would spend its time waking threads), else
+    one per ``WORK_PER_THREAD`` pairs, at most numba's thread count and at most PyTorch's
+    (``torch.get_num_threads()``: the two pools share the cores, so numba never uses more
+    threads than the user allowed PyTorch, and never oversubscribes alongside it)."""
+    import numba
+
+    limit = max(1, min(numba.config.NUMBA_NUM_THREADS, torch.get_num_threads()))
+    return int(max(1, min(limit, (num_edges * channels) // WORK_PER_THREAD)))
 
 
 def graph_arrays(batch: dict, edge_index=None) -> dict:
@@ -59,6 +75,8 @@ class NumbaTACE:
         self.dtype = _NUMPY[model.dtype]
         self.elements = list(model.elements)
         self.r_cut = float(model.r_cut)
+        self.channels = int(model.channels)
+        self.threads: int | None = None  # None: parallel_threads chooses per batch; else exactly this many
         self.kinds = {name: LayerInfo(name, *row) for name, row in module.LAYER_KINDS.items()}
         self.model = model
         self._state = state_key(model)
@@ -101,7 +119,7 @@ class NumbaTACE:
         inputs = {"positions": positions.detach().numpy(), "cell": batch["cell"].detach().numpy(),
                   "shifts": batch["edge_shift"].detach().numpy(), "species": batch["species"].numpy()}
         calls = self._long_range_calls(batch) if self.long_range != "none" else None
-        out = self.chain.evaluate(inputs, graph, compute_forces, compute_stress, self.dtype, calls)
+        out = self._evaluate(inputs, graph, compute_forces, compute_stress, calls)
         result = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in out.items()}
         if calls is not None:
             result["dipole"] = self._dipole(batch, result["charges"])
@@ -114,6 +132,19 @@ class NumbaTACE:
             stress = torch.where(periodic.view(-1, 1, 1), stress, torch.full_like(stress, float("nan")))
             result["stress"] = stress.to(self.torch_dtype)
         return result
+
+    def _evaluate(self, inputs, graph, compute_forces, compute_stress, calls) -> dict:
+        """The chain at :attr:`threads` threads, by default :func:`parallel_threads` (numba's
+        setting of the calling thread is restored afterwards)."""
+        import numba
+
+        previous = numba.get_num_threads()
+        threads = self.threads or parallel_threads(int(graph["senders"].shape[0]), self.channels)
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            return self.chain.evaluate(inputs, graph, compute_forces, compute_stress, self.dtype, calls)
+        finally:
+            numba.set_num_threads(previous)
 
     # -- long range ------------------------------------------------------------------------
     def _long_range_calls(self, batch: dict) -> list:

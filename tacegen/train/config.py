@@ -61,6 +61,7 @@ class TrainConfig:
     virials_key: str = LabelKeys.virials
     weight_key: str = LabelKeys.weight
     config_type_key: str = LabelKeys.config_type
+    targets: List[str] = field(default_factory=list)  # NAME=KEY[:WEIGHT] tensor targets (tacegen.train.targets)
     batch_size: int = 4
     valid_batch_size: Optional[int] = None
     max_atoms_per_batch: Optional[int] = None
@@ -185,6 +186,13 @@ class TrainConfig:
         if isinstance(self.test, str):
             self.test = [self.test]
         self.test = [str(t) for t in self.test]
+        if isinstance(self.targets, str):
+            self.targets = [self.targets]
+        from tacegen.train.targets import parse_target
+
+        self.targets = [str(t) for t in self.targets]
+        for t in self.targets:
+            parse_target(t)  # ValueError naming the bad target
         if self.train is None:
             raise ValueError("no training data: give --train FILE (any format ASE reads, e.g. extxyz)")
         if self.resume and self.force:

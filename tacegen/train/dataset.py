@@ -24,6 +24,9 @@ forces          (N, 3)     eV/Å; NaN where not labelled
 stress          (S, 3, 3)  eV/Å^3; NaN where not labelled
 weight          (S,)       per-structure weight
 total_charge    (S,)       atoms.info["charge"], NaN where not given
+input_<name>    (S, ...)   external inputs of a model (per structure, or (N, ...) per
+                           atom); target_<name>: labels of a tensor output, NaN where
+                           absent (:mod:`tacegen.train.targets`)
 ==============  =========  ===================================================
 """
 
@@ -45,6 +48,7 @@ from torch import Tensor
 from tacegen.cache import default_directory
 from tacegen.runtime.data import batch_atoms
 from tacegen.train.labels import DataError, LabelKeys, labels_of, read_structures
+from tacegen.train.targets import Extras, collate_extras
 
 FORMAT_VERSION = 1
 _ARRAYS = ("numbers", "positions", "charges", "atom_ptr", "cell", "pbc", "edges", "shifts", "edge_ptr",
@@ -65,11 +69,12 @@ def _cache_root() -> Optional[Path]:
     return cache / "data" if cache is not None else None
 
 
-def preprocess(path: str, r_cut: float, keys: LabelKeys) -> Dict[str, np.ndarray]:
+def preprocess(path: str, r_cut: float, keys: LabelKeys, extras: Extras = Extras()) -> Dict[str, np.ndarray]:
     """Read ``path``, check its labels and compute neighbour lists (vesin, via batch_atoms)."""
     structures = read_structures(path)
     records = labels_of(structures, path, keys)
     columns: Dict[str, list] = {name: [] for name in _ARRAYS if not name.endswith("_ptr")}
+    columns.update({name: [] for name in extras.per()})
     atom_ptr, edge_ptr = [0], [0]
     config_types = []
     for k, rec in enumerate(records):
@@ -92,6 +97,8 @@ def preprocess(path: str, r_cut: float, keys: LabelKeys) -> Dict[str, np.ndarray
         columns["stress"].append(np.full((1, 3, 3), np.nan) if rec.stress is None else rec.stress[None])
         columns["weight"].append(np.array([rec.weight]))
         columns["total_charge"].append(b["total_charge"].numpy())
+        for name, value in extras.arrays_of(atoms, path, k).items():
+            columns[name].append(value)
         atom_ptr.append(atom_ptr[-1] + n)
         edge_ptr.append(edge_ptr[-1] + b["edge_index"].shape[1])
         config_types.append(rec.config_type)
@@ -107,8 +114,9 @@ def preprocess(path: str, r_cut: float, keys: LabelKeys) -> Dict[str, np.ndarray
 class AtomsDataset:
     """A preprocessed data file: structures, labels and neighbour lists (see module doc)."""
 
-    def __init__(self, arrays: Dict[str, np.ndarray], path: str, r_cut: float):
+    def __init__(self, arrays: Dict[str, np.ndarray], path: str, r_cut: float, extras: Extras = Extras()):
         self.arrays = arrays
+        self.extras = extras
         self.path = path
         self.r_cut = float(r_cut)
         self.config_types: List[str] = list(arrays["config_types"])
@@ -118,21 +126,25 @@ class AtomsDataset:
 
     # -------------------------------------------------------------- construction
     @classmethod
-    def from_file(cls, path: str, r_cut: float, keys: LabelKeys = LabelKeys(), cache: bool = True) -> "AtomsDataset":
+    def from_file(cls, path: str, r_cut: float, keys: LabelKeys = LabelKeys(), cache: bool = True,
+                  extras: Extras = Extras()) -> "AtomsDataset":
         root = _cache_root() if cache else None
         if root is None:
-            return cls(preprocess(path, r_cut, keys), path, r_cut)
+            return cls(preprocess(path, r_cut, keys, extras), path, r_cut, extras)
+        names = _ARRAYS + tuple(extras.per())
         if not os.path.exists(path):
             raise DataError(f"data file {path} does not exist")
-        key = hashlib.sha256(json.dumps({"file": _file_digest(path), "r_cut": float(r_cut), "keys": keys.as_dict(),
-                                         "format": FORMAT_VERSION}, sort_keys=True).encode()).hexdigest()[:32]
+        record = {"file": _file_digest(path), "r_cut": float(r_cut), "keys": keys.as_dict(), "format": FORMAT_VERSION}
+        if extras:
+            record["extras"] = extras.as_dict()
+        key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:32]
         folder = root / key
         if not (folder / "meta.json").is_file():
-            arrays = preprocess(path, r_cut, keys)
+            arrays = preprocess(path, r_cut, keys, extras)
             root.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=root))
             try:
-                for name in _ARRAYS:
+                for name in names:
                     np.save(staging / f"{name}.npy", arrays[name])
                 (staging / "meta.json").write_text(json.dumps(
                     {"source": os.path.abspath(path), "r_cut": float(r_cut), "keys": keys.as_dict(),
@@ -145,9 +157,9 @@ class AtomsDataset:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
         meta = json.loads((folder / "meta.json").read_text())
-        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in _ARRAYS}
+        arrays = {name: np.load(folder / f"{name}.npy", mmap_mode="r") for name in names}
         arrays["config_types"] = meta["config_types"]
-        return cls(arrays, path, r_cut)
+        return cls(arrays, path, r_cut, extras)
 
     def subset(self, indices: Sequence[int]) -> "AtomsDataset":
         view = AtomsDataset.__new__(AtomsDataset)
@@ -173,7 +185,15 @@ class AtomsDataset:
         """Whether the view holds any ``energy``, ``forces`` or ``stress`` label (computed once)."""
         cache = self.__dict__.setdefault("_has", {})
         if label not in cache:
-            if label == "forces":
+            per = self.extras.per().get(f"target_{label}")
+            if per is not None:  # a tensor target: labelled where not NaN
+                values = np.asarray(self.arrays[f"target_{label}"])
+                if per == "atom":
+                    values = values[np.asarray(self.arrays["atom_ptr"])[self.indices]]
+                else:
+                    values = values[self.indices]
+                cache[label] = bool(np.any(~np.isnan(values.reshape(len(values), -1)).any(axis=1)))
+            elif label == "forces":
                 first = np.asarray(self.arrays["atom_ptr"])[self.indices]
                 cache[label] = bool(len(first)) and not np.isnan(np.asarray(self.arrays["forces"])[first, 0]).all()
             else:
@@ -224,7 +244,7 @@ class AtomsDataset:
             return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.int64, device=device)
 
         edges = np.concatenate(parts["edges"]) if parts["edges"] else np.zeros((0, 2), np.int64)
-        return {
+        batch = {
             "positions": f(np.concatenate(parts["positions"])),
             "species": i(np.concatenate(parts["species"])),
             "batch": i(np.concatenate(batch_index)),
@@ -240,6 +260,9 @@ class AtomsDataset:
             "stress": f(np.asarray(a["stress"])[sel]),
             "weight": f(np.asarray(a["weight"])[sel]),
         }
+        if self.extras:
+            batch.update(collate_extras(a, self.extras, files, dtype, device))
+        return batch
 
 
 #: The keys of a collated batch that a model takes (the rest are labels).
@@ -249,7 +272,7 @@ INPUT_KEYS = ("positions", "species", "batch", "num_atoms", "cell", "pbc", "edge
 
 def model_inputs(batch: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """The model's inputs of a batch from :meth:`AtomsDataset.collate` (labels left out)."""
-    return {k: batch[k] for k in INPUT_KEYS}
+    return {k: v for k, v in batch.items() if k in INPUT_KEYS or k.startswith("input_")}
 
 
 def species_map(elements: Sequence[str]) -> np.ndarray:

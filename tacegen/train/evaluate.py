@@ -41,7 +41,8 @@ def evaluate_dataset(evaluate, dataset: AtomsDataset, elements: Sequence[str], d
     """Errors of ``evaluate(batch, compute_forces=..., compute_stress=...)`` on ``dataset``."""
     check_elements(dataset, elements)
     table = species_map(elements)
-    metrics = Metrics(keep_values=keep_values)
+    metrics = Metrics(keep_values=keep_values, extra={t[0]: t[2] for t in dataset.extras.targets},
+                      parts=part_projectors(evaluate))
     want_forces = dataset.has("forces")
     want_stress = dataset.has("stress")
     if batch_lists is None:
@@ -55,9 +56,38 @@ def evaluate_dataset(evaluate, dataset: AtomsDataset, elements: Sequence[str], d
     return metrics
 
 
+def part_projectors(model) -> Dict[str, list]:
+    """Output name -> [(``<name>_<part>``, projector (3^n, 3^n))] for the rank >= 2 outputs of a
+    model with tensor outputs (:class:`tacegen.runtime.inputs.TensorReadout`): the projector
+    onto each irreducible part along the others (from the parts' exact embeddings), so the
+    error of a rank-2 target splits into its 0e, 1e and 2e parts."""
+    readout = getattr(model, "outputs", None)
+    out: Dict[str, list] = {}
+    for o in getattr(readout, "outputs", []):
+        if int(o["rank"]) < 2:
+            continue
+        matrices = [getattr(readout, f"matrix_{o['name']}_{p}").detach().double().cpu().numpy()
+                    for p in range(len(o["parts"]))]
+        inverse = np.linalg.pinv(np.concatenate(matrices, axis=1))
+        rows, start, seen = [], 0, {}
+        for part, m in zip(o["parts"], matrices):
+            seen[part["label"]] = seen.get(part["label"], 0) + 1
+            suffix = part["label"] + (f"_{seen[part['label']]}" if seen[part["label"]] > 1 else "")
+            rows.append((f"{o['name']}_{suffix}", m @ inverse[start:start + m.shape[1]]))
+            start += m.shape[1]
+        out[o["name"]] = rows
+    return out
+
+
 def evaluate_files(model, files: Sequence[str], keys: LabelKeys = LabelKeys(), backend: str = "torch",
-                   batch_size: int = 8, keep_values: bool = False, cache: bool = True):
-    """``({"files": {path: report}}, {path: Metrics})`` for a model and data files."""
+                   batch_size: int = 8, keep_values: bool = False, cache: bool = True, targets: Sequence[str] = ()):
+    """``({"files": {path: report}}, {path: Metrics})`` for a model and data files. ``targets``:
+    ``NAME=KEY`` tensor targets (:mod:`tacegen.train.targets`) reported as ``NAME_mae``/``NAME_rmse``."""
+    from tacegen.train.targets import extras_for
+
+    spec = {"inputs": list(getattr(model, "input_specs", []) or []),
+            "outputs": list(getattr(getattr(model, "outputs", None), "outputs", []))}
+    extras = extras_for(spec, targets)
     if backend == "numba":
         evaluate = model.numba_backend()
     elif backend == "torch":
@@ -69,7 +99,7 @@ def evaluate_files(model, files: Sequence[str], keys: LabelKeys = LabelKeys(), b
     results: Dict[str, dict] = {}
     raw: Dict[str, Metrics] = {}
     for path in files:
-        dataset = AtomsDataset.from_file(path, float(model.r_cut), keys, cache=cache)
+        dataset = AtomsDataset.from_file(path, float(model.r_cut), keys, cache=cache, extras=extras)
         metrics = evaluate_dataset(evaluate, dataset, list(model.elements), dtype, batch_size, device, keep_values)
         report = {"n_structures": metrics.structures, **metrics.summary(),
                   "by_config_type": metrics.by_config_type()}
@@ -86,14 +116,20 @@ def render_table(results: dict, title: str = "Errors (E meV/atom, F meV/Å, S me
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("file", "config type", "structures", "E MAE", "E RMSE", "F MAE", "F RMSE", "S MAE", "S RMSE"):
+    extra = []  # tensor targets (milli-units of their labels)
+    for report in results["files"].values():
+        extra += [k[:-4] for k in report if k.endswith("_mae") and k[:-4] not in ("energy", "forces", "stress")
+                  and k[:-4] not in extra]
+    for col in ("file", "config type", "structures", "E MAE", "E RMSE", "F MAE", "F RMSE", "S MAE", "S RMSE",
+                *[f"{name} {m}" for name in extra for m in ("MAE", "RMSE")]):
         table.add_column(col, justify="left" if col in ("file", "config type") else "right")
     for path, report in results["files"].items():
         rows = [("all", report, report["n_structures"])]
         rows += [(name, r, "") for name, r in report["by_config_type"].items()]
         for name, r, n in rows:
             table.add_row(path if name == "all" else "", name, str(n),
-                          *[_fmt(r[f"{q}_{m}"]) for q in ("energy", "forces", "stress") for m in ("mae", "rmse")])
+                          *[_fmt(r.get(f"{q}_{m}")) for q in ("energy", "forces", "stress", *extra)
+                            for m in ("mae", "rmse")])
     return table
 
 

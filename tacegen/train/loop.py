@@ -34,6 +34,7 @@ from tacegen.train.dataset import AtomsDataset, batches, model_inputs, shard, sp
 from tacegen.train.ema import EMA
 from tacegen.train.evaluate import check_elements, evaluate_files, render_table
 from tacegen.train.labels import DataError, LabelKeys
+from tacegen.train.targets import Extras, extras_for, register_targets
 from tacegen.train.loss import Loss, counts
 from tacegen.train.metrics import Metrics
 from tacegen.train.normalise import compute as compute_normalisation
@@ -116,6 +117,7 @@ class Trainer:
         self.keys = LabelKeys(config.energy_key, config.forces_key, config.stress_key, config.virials_key,
                               config.weight_key, config.config_type_key)
         torch.manual_seed(config.seed)
+        self.extras = self._extras(payload)
         self._load_data()
         self._build_model(payload)
         self._build_optimisation()
@@ -147,12 +149,25 @@ class Trainer:
         config.validate()
         return config
 
+    def _extras(self, payload) -> Extras:
+        """Inputs and tensor targets of the model (tacegen.train.targets); empty for a plain model."""
+        c = self.config
+        spec = None
+        if payload is not None:
+            spec = payload["spec"]
+        elif c.model is not None and (Path(c.model) / "spec.json").is_file():
+            spec = json.loads((Path(c.model) / "spec.json").read_text())["spec"]
+        extras = extras_for(spec, c.targets)
+        register_targets(extras)
+        return extras
+
     def _load_data(self) -> None:
         c = self.config
-        full = AtomsDataset.from_file(c.train, c.r_cut, self.keys, cache=c.data_cache)
+        full = AtomsDataset.from_file(c.train, c.r_cut, self.keys, cache=c.data_cache, extras=self.extras)
         if c.valid is not None:
             self.train_set = full
-            self.valid_set = AtomsDataset.from_file(c.valid, c.r_cut, self.keys, cache=c.data_cache)
+            self.valid_set = AtomsDataset.from_file(c.valid, c.r_cut, self.keys, cache=c.data_cache,
+                                                    extras=self.extras)
         elif c.valid_fraction > 0 and len(full) > 1:
             order = torch.randperm(len(full), generator=torch.Generator().manual_seed(c.seed)).tolist()
             n_valid = min(len(full) - 1, max(1, round(c.valid_fraction * len(full))))
@@ -212,6 +227,7 @@ class Trainer:
                        "stress": c.stage_two_stress_weight}
         else:
             weights = {"energy": c.energy_weight, "forces": c.forces_weight, "stress": c.stress_weight}
+        weights.update(self.extras.weights())  # tensor targets keep their weight in both stages
         return {k: (w if self.train_set.has(k) else 0.0) for k, w in weights.items()}
 
     def _build_optimisation(self) -> None:
@@ -269,10 +285,12 @@ class Trainer:
         if not self.ctx.main:
             return
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+        columns = METRIC_COLUMNS[:-1] + tuple(f"valid_{t[0]}_{m}" for t in self.extras.targets
+                                              for m in ("mae", "rmse")) + METRIC_COLUMNS[-1:]
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in METRIC_COLUMNS})
+            writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
         _atomic_text(self.out / "metrics.csv", buffer.getvalue())
 
     # ------------------------------------------------------------------ steps
@@ -309,7 +327,7 @@ class Trainer:
         ctx = self.ctx
         size = self.config.valid_batch_size or self.config.batch_size
         lists = batches(range(len(self.valid_set)), self.valid_set.sizes(), size)[ctx.rank::ctx.world]
-        metrics = Metrics()
+        metrics = Metrics(extra={t[0]: t[2] for t in self.extras.targets})
         weights = {k: w for k, w in self.loss.weights.items() if w > 0}
         names = sorted(weights)
         sums = torch.zeros(2 * len(names), dtype=torch.float64)
@@ -470,7 +488,8 @@ class Trainer:
         best = self.out / "best.pt" if (self.out / "best.pt").is_file() else self.out / "last.pt"
         model = checkpoint.load_checkpoint(best, device=self.device, model_dir=self.build_dir)
         results, _ = evaluate_files(model, files, self.keys, batch_size=self.config.valid_batch_size
-                                    or self.config.batch_size, cache=self.config.data_cache)
+                                    or self.config.batch_size, cache=self.config.data_cache,
+                                    targets=self.config.targets)
         _atomic_text(self.out / "test.json", json.dumps(results, indent=1) + "\n")
         if not self.config.quiet:
             _console().print(render_table(results, title=f"Test errors of {best} (E meV/atom, F meV/Å, S meV/Å³)"))

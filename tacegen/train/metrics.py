@@ -2,7 +2,8 @@
 
 Units of the reports: energy meV/atom (error of E/N), forces meV/Å (per Cartesian
 component), stress meV/Å^3 (per component of the 3x3 tensor). A quantity without labels
-reports ``None``. Sums are kept as float64 tensors so data-parallel ranks can add them
+reports ``None``. Tensor targets (:mod:`tacegen.train.targets`, ``extra``) report
+``<name>_mae``/``<name>_rmse`` per component, in milli-units of their labels. Sums are kept as float64 tensors so data-parallel ranks can add them
 (:meth:`Metrics.vector` / :meth:`Metrics.from_vector`).
 """
 
@@ -43,14 +44,18 @@ class Errors:
 class Metrics:
     """Accumulates errors of model outputs against the labels of batches."""
 
-    def __init__(self, keep_values: bool = False):
+    def __init__(self, keep_values: bool = False, extra: Dict[str, str] = None, parts: Dict[str, list] = None):
         self.groups: Dict[str, Dict[str, Errors]] = {}
         self.keep_values = keep_values
-        self.values: Dict[str, List[np.ndarray]] = {f"{q}_{w}": [] for q in QUANTITIES for w in ("ref", "pred")}
+        self.extra = dict(extra or {})  # tensor target name -> "structure" or "atom"
+        # tensor target name -> [(quantity name, projector (3^n, 3^n) onto one irreducible part)]
+        self.parts = {name: list(p) for name, p in (parts or {}).items() if name in self.extra}
+        self.quantities = QUANTITIES + tuple(self.extra) + tuple(q for p in self.parts.values() for q, _ in p)
+        self.values: Dict[str, List[np.ndarray]] = {f"{q}_{w}": [] for q in self.quantities for w in ("ref", "pred")}
         self.structures = 0
 
     def _group(self, name: str) -> Dict[str, Errors]:
-        return self.groups.setdefault(name, {q: Errors() for q in QUANTITIES})
+        return self.groups.setdefault(name, {q: Errors() for q in self.quantities})
 
     def add(self, out: Dict[str, Tensor], batch: Dict[str, Tensor], config_types: Optional[List[str]] = None) -> None:
         """Add the errors of one batch (labels NaN where absent are skipped)."""
@@ -74,6 +79,18 @@ class Metrics:
                     pieces["forces"] = (ref.ravel(), forces[1][ptr[b]:ptr[b + 1]].ravel())
             if stress and not np.isnan(stress[0][b]).any():
                 pieces["stress"] = (stress[0][b], stress[1][b])
+            for name, per in self.extra.items():
+                if name not in out or name not in batch:
+                    continue
+                rows = slice(ptr[b], ptr[b + 1]) if per == "atom" else slice(b, b + 1)
+                ref = array(batch[name][rows]).ravel()
+                if ref.size and not np.isnan(ref).any():
+                    pred = array(out[name][rows]).ravel()
+                    pieces[name] = (ref, pred)
+                    for quantity, projector in self.parts.get(name, ()):  # error of each irreducible part
+                        width = projector.shape[0]
+                        pieces[quantity] = ((ref.reshape(-1, width) @ projector.T).ravel(),
+                                            (pred.reshape(-1, width) @ projector.T).ravel())
             for quantity, (ref, pred) in pieces.items():
                 for group in groups[b]:
                     self._group(group)[quantity].add(pred - ref)
@@ -82,10 +99,9 @@ class Metrics:
                     self.values[f"{quantity}_pred"].append(pred)
 
     # ---------------------------------------------------------------- reports
-    @staticmethod
-    def _summary(errors: Dict[str, Errors]) -> Dict[str, Optional[float]]:
+    def _summary(self, errors: Dict[str, Errors]) -> Dict[str, Optional[float]]:
         out: Dict[str, Optional[float]] = {}
-        for q in QUANTITIES:
+        for q in self.quantities:
             out[f"{q}_mae"] = errors[q].mae()
             out[f"{q}_rmse"] = errors[q].rmse()
         return out
@@ -100,10 +116,11 @@ class Metrics:
     def vector(self) -> Tensor:
         """Totals of the ``all`` group as a float64 vector (for all_reduce)."""
         e = self._group("all")
-        return torch.tensor([v for q in QUANTITIES for v in (e[q].abs, e[q].sq, float(e[q].n))], dtype=torch.float64)
+        return torch.tensor([v for q in self.quantities for v in (e[q].abs, e[q].sq, float(e[q].n))],
+                            dtype=torch.float64)
 
     def load_vector(self, vector: Tensor) -> None:
         e = self._group("all")
         values = vector.tolist()
-        for k, q in enumerate(QUANTITIES):
+        for k, q in enumerate(self.quantities):
             e[q].abs, e[q].sq, e[q].n = values[3 * k], values[3 * k + 1], int(round(values[3 * k + 2]))
