@@ -66,8 +66,7 @@ def part_projectors(model) -> Dict[str, list]:
     for o in getattr(readout, "outputs", []):
         if int(o["rank"]) < 2:
             continue
-        matrices = [getattr(readout, f"matrix_{o['name']}_{p}").detach().double().cpu().numpy()
-                    for p in range(len(o["parts"]))]
+        matrices = [m.detach().double().cpu().numpy() for m in readout.part_matrices(o["name"])]
         inverse = np.linalg.pinv(np.concatenate(matrices, axis=1))
         rows, start, seen = [], 0, {}
         for part, m in zip(o["parts"], matrices):
