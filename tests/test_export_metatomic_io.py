@@ -124,3 +124,39 @@ def test_builds_with_inputs_are_refused_clearly(tmp_path):
     with pytest.raises(NotImplementedError, match=r"external inputs \['electric_field', 'fidelity'\].*does not "
                                                    r"support"):
         atomistic_model(model)
+
+
+def test_tacegen_export_of_a_trained_checkpoint_with_a_dipole_output(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from metatomic_ase import MetatomicCalculator
+    from test_train_targets import water_like
+    from train_helpers import TINY, write
+
+    import tacegen
+    from tacegen.build import write_build
+    from tacegen.train.config import TrainConfig
+    from tacegen.train.loop import train
+
+    build = write_build(ModelSpec(lmax=1, nu=2, hidden_lmax=1, backends="torch", outputs=("dipole",)),
+                        tmp_path / "build")
+    data = write(tmp_path / "train.xyz", water_like(9, 3))
+    config = dict(TINY, hidden_lmax=1, layers=2, model=str(build), train=data, out=str(tmp_path / "run"), epochs=1,
+                  targets=["dipole=REF_dipole"], elements=["H", "O"])
+    checkpoint = train(TrainConfig.from_sources(**config)) / "best.pt"
+    result = subprocess.run([sys.executable, "-m", "tacegen", "export", str(checkpoint), "--out",
+                             str(tmp_path / "model.pt")], capture_output=True, text=True,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == 0, result.stderr
+    ours = tacegen.Calculator.from_checkpoint(checkpoint)
+    theirs = MetatomicCalculator(str(tmp_path / "model.pt"), additional_outputs=requests(("dipole",)))
+    for atoms in water_like(2, 4):
+        atoms.calc = ours
+        e, f, mu = atoms.get_potential_energy(), atoms.get_forces(), np.array(ours.results["dipole"])
+        atoms.calc = theirs
+        assert np.abs(f).max() > 1e-3 and np.abs(mu).max() > 1e-4
+        assert atoms.get_potential_energy() == pytest.approx(e, abs=1e-10)
+        np.testing.assert_allclose(atoms.get_forces(), f, atol=1e-10)
+        np.testing.assert_allclose(values(theirs.additional_outputs["tacegen::dipole"])[0], mu, atol=1e-10)

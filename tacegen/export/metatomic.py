@@ -46,6 +46,11 @@ atomic terms over a cut-off neighbourhood, so the rule is:
 
 Forces and stress follow from differentiating the returned energy with respect to the
 positions and the (strained) cell, as for short-range models.
+
+Declared outputs and external inputs (issue 14 builds)
+------------------------------------------------------
+See :mod:`tacegen.export.metatomic_io`: declared tensor outputs of a short-range build are
+exported as ``tacegen::<name>``; builds with external inputs are refused.
 """
 
 # no `from __future__ import annotations`: metatomic and TorchScript read the real annotations
