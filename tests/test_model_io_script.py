@@ -133,3 +133,24 @@ def test_state_dict_of_the_first_io_release_loads(model):
     fresh.load_state_dict(old)
     for key, value in model(batch).items():
         torch.testing.assert_close(fresh(batch)[key], value, rtol=0, atol=0, equal_nan=True, msg=key)
+
+
+def test_calculator_runs_a_scripted_io_model_with_its_inputs_and_outputs(model):
+    """A TorchScript module keeps no Python lists of dicts: the calculator finds the inputs it
+    reads and the outputs it returns through the JSON copies the scripted module keeps."""
+    from tacegen.runtime.calculator import Calculator
+
+    scripted = _save_and_load(torch.jit.script(model))
+    reference = crystal()
+    reference.calc = Calculator(model)
+    reference.get_potential_energy()
+    ref = dict(reference.calc.results)
+    atoms = crystal()
+    atoms.calc = Calculator(scripted)
+    assert set(NAMES) <= set(atoms.calc.implemented_properties)
+    atoms.get_potential_energy()
+    for key in ("energy", "forces") + NAMES:
+        assert np.abs(ref[key]).max() > 1e-4, key
+        np.testing.assert_allclose(atoms.calc.results[key], ref[key], rtol=1e-12, atol=1e-12, err_msg=key)
+    atoms.info["total_charge"] = 2.0  # an input change is seen (not a cached result)
+    assert abs(atoms.get_potential_energy() - ref["energy"]) > 1e-8 * abs(ref["energy"])

@@ -13,6 +13,7 @@ components (x, y, z), which are also the reduced coordinates of rank 1.
 Units are the user's: the model is trained on what it is given.
 """
 
+import json
 import math
 from fractions import Fraction
 from typing import Dict, List, Optional, Sequence
@@ -36,8 +37,24 @@ def _as_specs(specs) -> List[dict]:
 
 
 def input_specs_of(model) -> List[dict]:
-    """The input descriptors a model reads (``model.input_specs``), or [] for a model without inputs."""
-    return _as_specs(getattr(model, "input_specs", None) or ())
+    """The input descriptors a model reads (``model.input_specs``; for a TorchScript module, which
+    keeps no Python lists of dicts, ``model.inputs.specs_json``), or [] for a model without inputs."""
+    specs = getattr(model, "input_specs", None)
+    if not specs:
+        text = getattr(getattr(model, "inputs", None), "specs_json", None)
+        specs = json.loads(text) if isinstance(text, str) else ()
+    return _as_specs(specs)
+
+
+def output_specs_of(model) -> List[dict]:
+    """The declared tensor outputs of a model (``model.outputs.outputs``: dicts with name, per,
+    rank, ...; for a TorchScript module ``model.outputs.outputs_json``), or []."""
+    readout = getattr(model, "outputs", None)
+    outputs = getattr(readout, "outputs", None)
+    if not isinstance(outputs, list):
+        text = getattr(readout, "outputs_json", None)
+        outputs = json.loads(text) if isinstance(text, str) else []
+    return [dict(o) for o in outputs]
 
 
 def read_inputs(structures, specs, dtype: torch.dtype, device) -> Dict[str, Tensor]:
@@ -164,6 +181,7 @@ class InputEmbedding(torch.nn.Module):
     category_names: List[str]
     category_keys: List[str]
     edge_multiplier: int
+    specs_json: str
 
     def __init__(self, plan: dict, channels: int, dtype: torch.dtype, categories: Optional[dict] = None,
                  num_elements: int = 1):
@@ -177,6 +195,7 @@ class InputEmbedding(torch.nn.Module):
         self.input_keys = [_key(name) for name in self.input_names]
         self.float_inputs = [k for k, s in enumerate(self.specs) if s.get("kind") != "category"]
         self.per_structure = [s["per"] == "structure" for s in self.specs]
+        self.specs_json = json.dumps(self.specs)  # kept by TorchScript (see input_specs_of)
         names = [s["name"] for s in self.specs if s.get("kind") == "category"]
         categories = dict(categories or {})
         unknown = sorted(set(categories) - set(names))
@@ -379,6 +398,7 @@ class TensorReadout(torch.nn.Module):
     output_names: List[str]
     output_ranks: List[int]
     output_per_structure: List[bool]
+    outputs_json: str
 
     def __init__(self, plan: dict, channels: int, layers: int, dtype: torch.dtype):
         super().__init__()
@@ -389,6 +409,7 @@ class TensorReadout(torch.nn.Module):
         self.output_names = [str(o["name"]) for o in self.outputs]
         self.output_ranks = [int(o["rank"]) for o in self.outputs]
         self.output_per_structure = [o["per"] == "structure" for o in self.outputs]
+        self.outputs_json = json.dumps(self.outputs)  # kept by TorchScript (see output_specs_of)
         renames: Dict[str, str] = {}
         parts = []
         for index, o in enumerate(self.outputs):

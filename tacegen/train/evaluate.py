@@ -82,10 +82,10 @@ def evaluate_files(model, files: Sequence[str], keys: LabelKeys = LabelKeys(), b
                    batch_size: int = 8, keep_values: bool = False, cache: bool = True, targets: Sequence[str] = ()):
     """``({"files": {path: report}}, {path: Metrics})`` for a model and data files. ``targets``:
     ``NAME=KEY`` tensor targets (:mod:`tacegen.train.targets`) reported as ``NAME_mae``/``NAME_rmse``."""
+    from tacegen.runtime.inputs import input_specs_of, output_specs_of
     from tacegen.train.targets import extras_for
 
-    spec = {"inputs": list(getattr(model, "input_specs", []) or []),
-            "outputs": list(getattr(getattr(model, "outputs", None), "outputs", []))}
+    spec = {"inputs": input_specs_of(model), "outputs": output_specs_of(model)}
     extras = extras_for(spec, targets)
     if backend == "numba":
         evaluate = model.numba_backend()
