@@ -234,11 +234,6 @@ def test_per_atom_moment_response_matches_finite_differences(model):
     assert torque[k, c] == pytest.approx(-(energies[0] - energies[1]) / (2 * h), rel=1e-6)
 
 
-def test_torchscript_is_refused_clearly(model):
-    with pytest.raises(RuntimeError, match="inputs/outputs .* cannot be compiled with TorchScript"):
-        torch.jit.script(model)
-
-
 RANK3 = ("piezoelectric", "hyperpolarizability", "axial:structure:1:general:e:even",
          "rotation:atom:2:antisymmetric:e:even", "quadrupole")
 

@@ -46,6 +46,11 @@ atomic terms over a cut-off neighbourhood, so the rule is:
 
 Forces and stress follow from differentiating the returned energy with respect to the
 positions and the (strained) cell, as for short-range models.
+
+Declared outputs and external inputs (issue 14 builds)
+------------------------------------------------------
+See :mod:`tacegen.export.metatomic_io`: declared tensor outputs of a short-range build are
+exported as ``tacegen::<name>``; builds with external inputs are refused.
 """
 
 # no `from __future__ import annotations`: metatomic and TorchScript read the real annotations
@@ -278,13 +283,17 @@ def atomistic_model(model: torch.nn.Module, spec: Optional[dict] = None, name: s
         raise ValueError(f"the spec says long_range={spec.get('long_range', 'none')!r} but the model's block is "
                          f"{long_range!r}")
 
+    from tacegen.export import metatomic_io
+
+    metatomic_io.check_exportable(model)  # external inputs: NotImplementedError naming them
     dtype = next(model.parameters()).dtype
     model = model.eval()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     # short range: per atom or, summed, per system; long range: per system (the long-range
     # energy is not split over atoms) and an infinite interaction range
     capabilities = ModelCapabilities(
-        outputs={"energy": ModelOutput(unit="eV", sample_kind="system" if long_range != "none" else "atom")},
+        outputs={"energy": ModelOutput(unit="eV", sample_kind="system" if long_range != "none" else "atom"),
+                 **metatomic_io.output_capabilities(model)},  # declared tensor outputs: tacegen::<name>
         atomic_types=sorted(atomic_numbers[s] for s in model.elements),
         interaction_range=math.inf if long_range != "none" else float(model.num_layers) * float(model.r_cut),
         length_unit="angstrom", supported_devices=devices,
@@ -293,6 +302,8 @@ def atomistic_model(model: torch.nn.Module, spec: Optional[dict] = None, name: s
         f"TACE potential compiled by tacegen (spec {spec}); elements {list(model.elements)}, "
         f"r_cut {model.r_cut} Å, {model.num_layers} layers"))
     wrapper = MetatomicTACE(model) if long_range == "none" else MetatomicLongRangeTACE(model)
+    if metatomic_io.declared_outputs(model):
+        wrapper = metatomic_io.MetatomicOutputsTACE(model)
     return AtomisticModel(wrapper.eval(), metadata, capabilities)
 
 

@@ -53,7 +53,7 @@ from ase.calculators.calculator import Calculator as _AseCalculator
 from ase.calculators.calculator import PropertyNotImplementedError, all_changes
 
 from tacegen.runtime.data import batch_atoms
-from tacegen.runtime.inputs import input_specs_of
+from tacegen.runtime.inputs import input_specs_of, output_specs_of
 
 BACKENDS = ("torch", "numba")
 
@@ -165,7 +165,7 @@ class Calculator(_AseCalculator):
         self.backend = backend
         self.model = model
         # declared tensor outputs (tacegen.io_spec) are properties under their names
-        self.outputs = {o["name"]: o["per"] for o in getattr(getattr(model, "outputs", None), "outputs", [])}
+        self.outputs = {o["name"]: o["per"] for o in output_specs_of(model)}
         self.implemented_properties = list(type(self).implemented_properties) + list(self.outputs)
         self._evaluate: Callable[..., Dict[str, torch.Tensor]]
         if backend == "numba":

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from tacegen.runtime.inputs import output_specs_of
+
 
 def _one_structure(batch: Dict[str, Tensor]) -> None:
     if batch["num_atoms"].shape[0] != 1:
@@ -55,7 +57,7 @@ def output_derivatives(model, batch: Dict[str, Tensor], name: str = "dipole") ->
     """d out_a / d r_ib (N, 3, 3) of the per-structure rank-1 output ``name`` (for the dipole:
     the Born effective charges)."""
     _one_structure(batch)
-    outputs = {o["name"]: o for o in getattr(getattr(model, "outputs", None), "outputs", [])}
+    outputs = {o["name"]: o for o in output_specs_of(model)}
     if name not in outputs or outputs[name]["per"] != "structure" or int(outputs[name]["rank"]) != 1:
         raise ValueError(f"output {name!r} is not a per-structure rank-1 output of the model; its outputs: "
                          f"{sorted(outputs)}")
@@ -115,7 +117,7 @@ def vibrations(model, atoms, dipole: str = "dipole") -> Tuple[np.ndarray, np.nda
     scale = units._hbar * 1e10 / np.sqrt(units._e * units._amu)  # sqrt(eV/Å^2/amu) -> eV
     energies = scale * np.sign(eigenvalues) * np.sqrt(np.abs(eigenvalues))
     frequencies = energies / units.invcm
-    outputs = {o["name"] for o in getattr(getattr(model, "outputs", None), "outputs", [])}
+    outputs = {o["name"] for o in output_specs_of(model)}
     if dipole not in outputs:
         return frequencies, np.full(len(frequencies), np.nan)
     z = output_derivatives(model, batch, dipole).double().cpu().numpy()  # (N, 3a, 3b)

@@ -66,8 +66,7 @@ def part_projectors(model) -> Dict[str, list]:
     for o in getattr(readout, "outputs", []):
         if int(o["rank"]) < 2:
             continue
-        matrices = [getattr(readout, f"matrix_{o['name']}_{p}").detach().double().cpu().numpy()
-                    for p in range(len(o["parts"]))]
+        matrices = [m.detach().double().cpu().numpy() for m in readout.part_matrices(o["name"])]
         inverse = np.linalg.pinv(np.concatenate(matrices, axis=1))
         rows, start, seen = [], 0, {}
         for part, m in zip(o["parts"], matrices):
@@ -83,10 +82,10 @@ def evaluate_files(model, files: Sequence[str], keys: LabelKeys = LabelKeys(), b
                    batch_size: int = 8, keep_values: bool = False, cache: bool = True, targets: Sequence[str] = ()):
     """``({"files": {path: report}}, {path: Metrics})`` for a model and data files. ``targets``:
     ``NAME=KEY`` tensor targets (:mod:`tacegen.train.targets`) reported as ``NAME_mae``/``NAME_rmse``."""
+    from tacegen.runtime.inputs import input_specs_of, output_specs_of
     from tacegen.train.targets import extras_for
 
-    spec = {"inputs": list(getattr(model, "input_specs", []) or []),
-            "outputs": list(getattr(getattr(model, "outputs", None), "outputs", []))}
+    spec = {"inputs": input_specs_of(model), "outputs": output_specs_of(model)}
     extras = extras_for(spec, targets)
     if backend == "numba":
         evaluate = model.numba_backend()
