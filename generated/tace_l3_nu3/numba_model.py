@@ -279,817 +279,584 @@ def _channel_mix(x, w):
 
 # ------------------------------------------------------------------------------- coupling tables (module-level constants and functions)
 
-TABLE_0_0_0_8b90d7c6 = np.array([(0, 0, 0, 1.0)])  # coupling 0 x 0 -> 0, even path, 1 nonzeros: rows (m1, m2, m3, coefficient)
 
-TABLE_0_1_1_ee2e90d0 = np.array([(0, 0, 0, 1.0), (0, 1, 1, 1.0), (0, 2, 2, 1.0)])  # coupling 0 x 1 -> 1, even path, 3 nonzeros: rows (m1, m2, m3, coefficient)
 
-TABLE_0_2_2_e48b51bf = np.array([(0, 0, 0, 1.0), (0, 1, 1, 1.0), (0, 2, 2, 1.0), (0, 3, 3, 1.0), (0, 4, 4, 1.0)])  # coupling 0 x 2 -> 2, even path, 5 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_0_3_3_562e87e3 = np.array([(0, 0, 0, 1.0), (0, 1, 1, 1.0), (0, 2, 2, 1.0), (0, 3, 3, 1.0), (0, 4, 4, 1.0), (0, 5, 5, 1.0), (0, 6, 6, 1.0)])  # coupling 0 x 3 -> 3, even path, 7 nonzeros: rows (m1, m2, m3, coefficient)
+@numba.njit(cache=True, fastmath=False)
+def couple_0_1_1_868d3aee(a0, b0, b1, b2):
+    """Coupling 0 x 1 -> 1, even path, 3 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (a0 * b0,
+            a0 * b1,
+            a0 * b2)
 
 
 
 @numba.njit(cache=True, fastmath=False)
-def _kernel_ee1d2430a2(block, Y0, Y1, Y2, Y3, channels, i_A0, i_A1, i_A2, i_A3, num_nodes, radial, receiver_offsets, senders, up0_h):
-    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
-    t = np.empty((33, channels), np.float64)  # rows of the values this kernel keeps to itself
-    for n in range(block * 16, min(num_nodes, block * 16 + 16)):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
-        t[0:1] = 0.0
-        t[1:4] = 0.0
-        t[4:9] = 0.0
-        t[9:16] = 0.0
-        for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
-            j = senders[e]
-            _couple_right_free(t[16:17], up0_h[j].T, Y0[e], TABLE_0_0_0_8b90d7c6)  # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
-            _scale(t[17:18], t[16:17], radial[e, :, 0])  # R[h0 x Y0 -> A0]
-            _add(t[0:1], t[17:18])
-            _scale(t[17:18], up0_h[j].T, radial[e, :, 1])  # R[h0 x Y1 -> A1]
-            _couple_right_free(t[18:21], t[17:18], Y1[e], TABLE_0_1_1_ee2e90d0)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
-            _add(t[1:4], t[18:21])
-            _scale(t[17:18], up0_h[j].T, radial[e, :, 2])  # R[h0 x Y2 -> A2]
-            _couple_right_free(t[21:26], t[17:18], Y2[e], TABLE_0_2_2_e48b51bf)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
-            _add(t[4:9], t[21:26])
-            _scale(t[17:18], up0_h[j].T, radial[e, :, 3])  # R[h0 x Y3 -> A3]
-            _couple_right_free(t[26:33], t[17:18], Y3[e], TABLE_0_3_3_562e87e3)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
-            _add(t[9:16], t[26:33])
-        _copy(i_A0[n].T, t[0:1])
-        _copy(i_A1[n].T, t[1:4])
-        _copy(i_A2[n].T, t[4:9])
-        _copy(i_A3[n].T, t[9:16])
-
-TABLE_1_1_0_85459927 = np.array([(0, 0, 0, 1.0), (1, 1, 0, 1.0), (2, 2, 0, 1.0)])  # coupling 1 x 1 -> 0, even path, 3 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_1_1_2_e4201477 = np.array([(0, 0, 0, 0.6666666666666666), (0, 0, 2, -0.3333333333333333), (0, 1, 1, 0.5), (0, 2, 3, 0.5), (1, 0, 1, 0.5), (1, 1, 0, -0.3333333333333333), (1, 1, 2, 0.6666666666666666), (1, 2, 4, 0.5), (2, 0, 3, 0.5), (2, 1, 4, 0.5), (2, 2, 0, -0.3333333333333333), (2, 2, 2, -0.3333333333333333)])  # coupling 1 x 1 -> 2, even path, 12 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_1_2_3_07710818 = np.array([(0, 0, 0, 0.6), (0, 0, 2, -0.13333333333333333), (0, 1, 1, 0.5333333333333333), (0, 1, 3, -0.4), (0, 2, 2, 0.3333333333333333), (0, 3, 4, 0.5333333333333333), (0, 3, 6, -0.13333333333333333), (0, 4, 5, 0.3333333333333333), (1, 0, 1, 0.3333333333333333), (1, 1, 0, -0.4), (1, 1, 2, 0.5333333333333333), (1, 2, 1, -0.13333333333333333), (1, 2, 3, 0.6), (1, 3, 5, 0.3333333333333333), (1, 4, 4, -0.13333333333333333), (1, 4, 6, 0.5333333333333333), (2, 0, 4, 0.4666666666666667), (2, 0, 6, 0.13333333333333333), (2, 1, 5, 0.3333333333333333), (2, 2, 4, 0.13333333333333333), (2, 2, 6, 0.4666666666666667), (2, 3, 0, -0.4), (2, 3, 2, -0.13333333333333333), (2, 4, 1, -0.13333333333333333), (2, 4, 3, -0.4)])  # coupling 1 x 2 -> 3, even path, 25 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_2_2_4e85cd44 = np.array([(0, 0, 0, 0.3333333333333333), (0, 0, 2, -0.6666666666666666), (0, 1, 1, 0.5), (0, 2, 0, -0.3333333333333333), (0, 2, 2, -0.3333333333333333), (0, 4, 4, -0.5), (1, 0, 1, 0.5), (1, 1, 0, 0.3333333333333333), (1, 1, 2, 0.3333333333333333), (1, 2, 1, 0.5), (1, 3, 4, 0.5), (1, 4, 3, 0.5), (2, 0, 0, -0.3333333333333333), (2, 0, 2, -0.3333333333333333), (2, 1, 1, 0.5), (2, 2, 0, -0.6666666666666666), (2, 2, 2, 0.3333333333333333), (2, 3, 3, -0.5), (3, 1, 4, 0.5), (3, 2, 3, -0.5), (3, 3, 0, 0.3333333333333333), (3, 3, 2, -0.6666666666666666), (3, 4, 1, 0.5), (4, 0, 4, -0.5), (4, 1, 3, 0.5), (4, 3, 1, 0.5), (4, 4, 0, -0.6666666666666666), (4, 4, 2, 0.3333333333333333)])  # coupling 2 x 2 -> 2, even path, 28 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_3_3_6abb6992 = np.array([(0, 0, 0, 0.2), (0, 0, 2, -0.26666666666666666), (0, 1, 1, 0.4), (0, 1, 3, -0.8), (0, 2, 0, -0.4), (0, 2, 2, 0.2), (0, 3, 1, -0.13333333333333333), (0, 3, 3, -0.4), (0, 4, 4, 0.06666666666666667), (0, 4, 6, -0.26666666666666666), (0, 6, 4, -0.13333333333333333), (0, 6, 6, -0.4666666666666667), (1, 0, 1, 0.3333333333333333), (1, 1, 0, 0.2), (1, 1, 2, 0.4), (1, 2, 1, 0.4), (1, 2, 3, 0.2), (1, 3, 2, 0.3333333333333333), (1, 4, 5, 0.3333333333333333), (1, 5, 4, 0.4), (1, 5, 6, 0.4), (1, 6, 5, 0.3333333333333333), (2, 0, 0, -0.4), (2, 0, 2, -0.13333333333333333), (2, 1, 1, 0.2), (2, 1, 3, -0.4), (2, 2, 0, -0.8), (2, 2, 2, 0.4), (2, 3, 1, -0.26666666666666666), (2, 3, 3, 0.2), (2, 4, 4, -0.4666666666666667), (2, 4, 6, -0.13333333333333333), (2, 6, 4, -0.26666666666666666), (2, 6, 6, 0.06666666666666667), (3, 0, 4, -0.06666666666666667), (3, 0, 6, 0.26666666666666666), (3, 2, 4, -0.4), (3, 2, 6, 0.6), (3, 3, 5, -0.3333333333333333), (3, 4, 0, 0.2), (3, 4, 2, -0.26666666666666666), (3, 5, 1, 0.4), (3, 5, 3, -0.8), (3, 6, 2, 0.3333333333333333), (4, 0, 5, -0.3333333333333333), (4, 1, 4, 0.6), (4, 1, 6, -0.4), (4, 3, 4, 0.26666666666666666), (4, 3, 6, -0.06666666666666667), (4, 4, 1, 0.3333333333333333), (4, 5, 0, -0.8), (4, 5, 2, 0.4), (4, 6, 1, -0.26666666666666666), (4, 6, 3, 0.2)])  # coupling 2 x 3 -> 3, even path, 54 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_2_0_41e96d63 = np.array([(0, 0, 0, 2.0), (0, 2, 0, 1.0), (1, 1, 0, 2.0), (2, 0, 0, 1.0), (2, 2, 0, 2.0), (3, 3, 0, 2.0), (4, 4, 0, 2.0)])  # coupling 2 x 2 -> 0, even path, 7 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_3_3_0_697708af = np.array([(0, 0, 0, 4.0), (0, 2, 0, 3.0), (1, 1, 0, 6.0), (1, 3, 0, 3.0), (2, 0, 0, 3.0), (2, 2, 0, 6.0), (3, 1, 0, 3.0), (3, 3, 0, 4.0), (4, 4, 0, 4.0), (4, 6, 0, 1.0), (5, 5, 0, 6.0), (6, 4, 0, 1.0), (6, 6, 0, 4.0)])  # coupling 3 x 3 -> 0, even path, 13 nonzeros: rows (m1, m2, m3, coefficient)
+def couple_0_2_2_9fb7e40b(a0, b0, b1, b2, b3, b4):
+    """Coupling 0 x 2 -> 2, even path, 5 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (a0 * b0,
+            a0 * b1,
+            a0 * b2,
+            a0 * b3,
+            a0 * b4)
 
 
 
 @numba.njit(cache=True, fastmath=False)
-def _kernel_0b310dd0b9(block, channels, mixA0_A, mixA1_A, mixA2_A, mixA3_A, num_nodes, p_B0, product):
-    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
-    t = np.empty((69, channels), np.float64)  # rows of the values this kernel keeps to itself
-    for n in range(block * 16, min(num_nodes, block * 16 + 16)):
-        _scale(t[0:1], mixA0_A[n].T, product[n, :, 0])  # 0e
-        _couple(t[1:2], mixA0_A[n].T, mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
-        _couple(t[2:3], mixA1_A[n].T, mixA1_A[n].T, TABLE_1_1_0_85459927)  # (1o x 1o)->0e step 1: 1 x 1 -> 0, even path, 3 nonzeros
-        _scale(t[3:4], t[2:3], product[n, :, 2])  # (1o x 1o)->0e
-        _couple(t[4:7], mixA0_A[n].T, mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
-        _couple(t[2:3], t[4:7], mixA1_A[n].T, TABLE_1_1_0_85459927)  # ((0e x 1o)->1o x 1o)->0e step 2: 1 x 1 -> 0, even path, 3 nonzeros
-        _scale(t[7:8], t[2:3], product[n, :, 6])  # ((0e x 1o)->1o x 1o)->0e
-        _couple(t[8:13], mixA0_A[n].T, mixA2_A[n].T, TABLE_0_2_2_e48b51bf)  # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
-        _couple(t[13:20], mixA0_A[n].T, mixA3_A[n].T, TABLE_0_3_3_562e87e3)  # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
-        _couple(t[20:25], mixA1_A[n].T, mixA1_A[n].T, TABLE_1_1_2_e4201477)  # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
-        _couple(t[25:32], mixA1_A[n].T, mixA2_A[n].T, TABLE_1_2_3_07710818)  # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
-        _couple(t[32:37], mixA2_A[n].T, mixA2_A[n].T, TABLE_2_2_2_4e85cd44)  # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
-        _couple(t[37:44], mixA2_A[n].T, mixA3_A[n].T, TABLE_2_3_3_6abb6992)  # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
-        _scale(t[2:3], mixA0_A[n].T, product[n, :, 1])  # (0e x 0e)->0e
-        _scale(t[44:45], t[1:2], product[n, :, 5])  # ((0e x 0e)->0e x 0e)->0e
-        _sum(t[1:2], t[2:3], t[44:45])
-        _couple(t[44:45], t[1:2], mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # factored: 2 weighted 0x0->0 couplings as one: 0 x 0 -> 0, even path, 1 nonzeros
-        _scale(t[45:50], mixA2_A[n].T, product[n, :, 3])  # (2e x 2e)->0e
-        _scale(t[50:55], t[8:13], product[n, :, 7])  # ((0e x 2e)->2e x 2e)->0e
-        _scale(t[8:13], t[20:25], product[n, :, 9])  # ((1o x 1o)->2e x 2e)->0e
-        _scale(t[20:25], t[32:37], product[n, :, 11])  # ((2e x 2e)->2e x 2e)->0e
-        _sum(t[32:37], t[45:50], t[50:55], t[8:13], t[20:25])
-        _couple(t[1:2], t[32:37], mixA2_A[n].T, TABLE_2_2_0_41e96d63)  # factored: 4 weighted 2x2->0 couplings as one: 2 x 2 -> 0, even path, 7 nonzeros
-        _scale(t[55:62], mixA3_A[n].T, product[n, :, 4])  # (3o x 3o)->0e
-        _scale(t[62:69], t[13:20], product[n, :, 8])  # ((0e x 3o)->3o x 3o)->0e
-        _scale(t[13:20], t[25:32], product[n, :, 10])  # ((1o x 2e)->3o x 3o)->0e
-        _scale(t[25:32], t[37:44], product[n, :, 12])  # ((2e x 3o)->3o x 3o)->0e
-        _sum(t[37:44], t[55:62], t[62:69], t[13:20], t[25:32])
-        _couple(t[2:3], t[37:44], mixA3_A[n].T, TABLE_3_3_0_697708af)  # factored: 4 weighted 3x3->0 couplings as one: 3 x 3 -> 0, even path, 13 nonzeros
-        _sum(p_B0[n].T, t[0:1], t[44:45], t[3:4], t[7:8])
-        _sum(p_B0[n].T, p_B0[n].T, t[1:2], t[2:3])
+def couple_0_3_3_97648347(a0, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 0 x 3 -> 3, even path, 7 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (a0 * b0,
+            a0 * b1,
+            a0 * b2,
+            a0 * b3,
+            a0 * b4,
+            a0 * b5,
+            a0 * b6)
 
 
 
 @numba.njit(cache=True, fastmath=False)
-def _kernel_aacb72a7ba(block, Y0, Y1, Y2, Y3, channels, g_mixA0_A_7, g_p_B0_0, g_p_t2_0_0, g_p_t6_1_0, i_A0, i_A1, i_A2, i_A3, i_c_0_0_0, i_hj_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, num_nodes, product, radial, receiver_offsets, senders, up0_h):
-    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
-    t = np.empty((32, channels), np.float64)  # rows of the values this kernel keeps to itself
-    for n in range(block * 16, min(num_nodes, block * 16 + 16)):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
-        t[0:1] = 0.0
-        t[1:4] = 0.0
-        t[4:9] = 0.0
-        t[9:16] = 0.0
-        for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
-            j = senders[e]
-            i_hj_0_0_0[e] = up0_h[j]  # store
-            _couple_right_free(i_c_0_0_0[e].T, up0_h[j].T, Y0[e], TABLE_0_0_0_8b90d7c6)  # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
-            _scale(t[16:17], i_c_0_0_0[e].T, radial[e, :, 0])  # R[h0 x Y0 -> A0]
-            _add(t[0:1], t[16:17])
-            _scale(i_s_0_1_1_in[e].T, up0_h[j].T, radial[e, :, 1])  # R[h0 x Y1 -> A1]
-            _couple_right_free(t[17:20], i_s_0_1_1_in[e].T, Y1[e], TABLE_0_1_1_ee2e90d0)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
-            _add(t[1:4], t[17:20])
-            _scale(i_s_0_2_2_in[e].T, up0_h[j].T, radial[e, :, 2])  # R[h0 x Y2 -> A2]
-            _couple_right_free(t[20:25], i_s_0_2_2_in[e].T, Y2[e], TABLE_0_2_2_e48b51bf)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
-            _add(t[4:9], t[20:25])
-            _scale(i_s_0_3_3_in[e].T, up0_h[j].T, radial[e, :, 3])  # R[h0 x Y3 -> A3]
-            _couple_right_free(t[25:32], i_s_0_3_3_in[e].T, Y3[e], TABLE_0_3_3_562e87e3)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
-            _add(t[9:16], t[25:32])
-        i_A0[n] = t[0:1].T  # store
-        i_A1[n] = t[1:4].T  # store
-        i_A2[n] = t[4:9].T  # store
-        i_A3[n] = t[9:16].T  # store
-        _scale(g_p_t6_1_0[n].T, g_p_B0_0[n].T, product[n, :, 6])  # adjoint of p_w6
-        _scale(g_p_t2_0_0[n].T, g_p_B0_0[n].T, product[n, :, 2])  # adjoint of p_w2
-        _scale(g_mixA0_A_7[n].T, g_p_B0_0[n].T, product[n, :, 0])  # adjoint of p_w0
-
-TABLE_0_3_3_43fd0183 = np.array([(0, 0, 0, 4.0), (0, 0, 2, 3.0), (0, 1, 1, 6.0), (0, 1, 3, 3.0), (0, 2, 0, 3.0), (0, 2, 2, 6.0), (0, 3, 1, 3.0), (0, 3, 3, 4.0), (0, 4, 4, 4.0), (0, 4, 6, 1.0), (0, 5, 5, 6.0), (0, 6, 4, 1.0), (0, 6, 6, 4.0)])  # coupling 0 x 3 -> 3, even path, 13 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_3_0_3_e4111719 = np.array([(0, 0, 0, 4.0), (0, 0, 2, 3.0), (1, 0, 1, 6.0), (1, 0, 3, 3.0), (2, 0, 0, 3.0), (2, 0, 2, 6.0), (3, 0, 1, 3.0), (3, 0, 3, 4.0), (4, 0, 4, 4.0), (4, 0, 6, 1.0), (5, 0, 5, 6.0), (6, 0, 4, 1.0), (6, 0, 6, 4.0)])  # coupling 3 x 0 -> 3, even path, 13 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_0_2_2_b6ffe7ef = np.array([(0, 0, 0, 2.0), (0, 0, 2, 1.0), (0, 1, 1, 2.0), (0, 2, 0, 1.0), (0, 2, 2, 2.0), (0, 3, 3, 2.0), (0, 4, 4, 2.0)])  # coupling 0 x 2 -> 2, even path, 7 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_0_2_bd196563 = np.array([(0, 0, 0, 2.0), (0, 0, 2, 1.0), (1, 0, 1, 2.0), (2, 0, 0, 1.0), (2, 0, 2, 2.0), (3, 0, 3, 2.0), (4, 0, 4, 2.0)])  # coupling 2 x 0 -> 2, even path, 7 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_3_3_2_07d44da8 = np.array([(0, 0, 0, 0.2), (0, 0, 2, -0.4), (0, 1, 1, 0.2), (0, 2, 0, -0.4), (0, 2, 2, -0.8), (0, 4, 3, 0.2), (0, 5, 4, -0.8), (1, 0, 1, 0.3333333333333333), (1, 1, 0, 0.4), (1, 1, 2, 0.2), (1, 2, 1, 0.4), (1, 3, 0, -0.13333333333333333), (1, 3, 2, -0.26666666666666666), (1, 4, 4, 0.3333333333333333), (1, 5, 3, 0.4), (1, 6, 4, -0.26666666666666666), (2, 0, 0, -0.26666666666666666), (2, 0, 2, -0.13333333333333333), (2, 1, 1, 0.4), (2, 2, 0, 0.2), (2, 2, 2, 0.4), (2, 3, 1, 0.3333333333333333), (2, 4, 3, -0.26666666666666666), (2, 5, 4, 0.4), (2, 6, 3, 0.3333333333333333), (3, 1, 0, -0.8), (3, 1, 2, -0.4), (3, 2, 1, 0.2), (3, 3, 0, -0.4), (3, 3, 2, 0.2), (3, 5, 3, -0.8), (3, 6, 4, 0.2), (4, 0, 3, -0.06666666666666667), (4, 1, 4, 0.6), (4, 2, 3, -0.4), (4, 3, 4, 0.26666666666666666), (4, 4, 0, 0.06666666666666667), (4, 4, 2, -0.4666666666666667), (4, 5, 1, 0.4), (4, 6, 0, -0.13333333333333333), (4, 6, 2, -0.26666666666666666), (5, 0, 4, -0.3333333333333333), (5, 3, 3, -0.3333333333333333), (5, 4, 1, 0.3333333333333333), (5, 6, 1, 0.3333333333333333), (6, 0, 3, 0.26666666666666666), (6, 1, 4, -0.4), (6, 2, 3, 0.6), (6, 3, 4, -0.06666666666666667), (6, 4, 0, -0.26666666666666666), (6, 4, 2, -0.13333333333333333), (6, 5, 1, 0.4), (6, 6, 0, -0.4666666666666667), (6, 6, 2, 0.06666666666666667)])  # coupling 3 x 3 -> 2, even path, 54 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_3_3_25a6a613 = np.array([(0, 0, 0, 0.2), (0, 0, 2, -0.4), (0, 1, 1, 0.4), (0, 1, 3, -0.13333333333333333), (0, 2, 0, -0.26666666666666666), (0, 2, 2, 0.2), (0, 3, 1, -0.8), (0, 3, 3, -0.4), (0, 4, 4, 0.06666666666666667), (0, 4, 6, -0.13333333333333333), (0, 6, 4, -0.26666666666666666), (0, 6, 6, -0.4666666666666667), (1, 0, 1, 0.2), (1, 1, 0, 0.3333333333333333), (1, 1, 2, 0.4), (1, 2, 1, 0.4), (1, 2, 3, 0.3333333333333333), (1, 3, 2, 0.2), (1, 4, 5, 0.4), (1, 5, 4, 0.3333333333333333), (1, 5, 6, 0.3333333333333333), (1, 6, 5, 0.4), (2, 0, 0, -0.4), (2, 0, 2, -0.8), (2, 1, 1, 0.2), (2, 1, 3, -0.26666666666666666), (2, 2, 0, -0.13333333333333333), (2, 2, 2, 0.4), (2, 3, 1, -0.4), (2, 3, 3, 0.2), (2, 4, 4, -0.4666666666666667), (2, 4, 6, -0.26666666666666666), (2, 6, 4, -0.13333333333333333), (2, 6, 6, 0.06666666666666667), (3, 0, 4, 0.2), (3, 1, 5, 0.4), (3, 2, 4, -0.26666666666666666), (3, 2, 6, 0.3333333333333333), (3, 3, 5, -0.8), (3, 4, 0, -0.06666666666666667), (3, 4, 2, -0.4), (3, 5, 3, -0.3333333333333333), (3, 6, 0, 0.26666666666666666), (3, 6, 2, 0.6), (4, 0, 5, -0.8), (4, 1, 4, 0.3333333333333333), (4, 1, 6, -0.26666666666666666), (4, 2, 5, 0.4), (4, 3, 6, 0.2), (4, 4, 1, 0.6), (4, 4, 3, 0.26666666666666666), (4, 5, 0, -0.3333333333333333), (4, 6, 1, -0.4), (4, 6, 3, -0.06666666666666667)])  # coupling 2 x 3 -> 3, even path, 54 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_2_2_c8b54973 = np.array([(0, 0, 0, 0.3333333333333333), (0, 0, 2, -0.3333333333333333), (0, 1, 1, 0.3333333333333333), (0, 2, 0, -0.3333333333333333), (0, 2, 2, -0.6666666666666666), (0, 3, 3, 0.3333333333333333), (0, 4, 4, -0.6666666666666666), (1, 0, 1, 0.5), (1, 1, 0, 0.5), (1, 1, 2, 0.5), (1, 2, 1, 0.5), (1, 3, 4, 0.5), (1, 4, 3, 0.5), (2, 0, 0, -0.6666666666666666), (2, 0, 2, -0.3333333333333333), (2, 1, 1, 0.3333333333333333), (2, 2, 0, -0.3333333333333333), (2, 2, 2, 0.3333333333333333), (2, 3, 3, -0.6666666666666666), (2, 4, 4, 0.3333333333333333), (3, 1, 4, 0.5), (3, 2, 3, -0.5), (3, 3, 2, -0.5), (3, 4, 1, 0.5), (4, 0, 4, -0.5), (4, 1, 3, 0.5), (4, 3, 1, 0.5), (4, 4, 0, -0.5)])  # coupling 2 x 2 -> 2, even path, 28 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_2_2_0d250528 = np.array([(0, 0, 0, 0.3333333333333333), (0, 0, 2, -0.3333333333333333), (0, 1, 1, 0.5), (0, 2, 0, -0.6666666666666666), (0, 2, 2, -0.3333333333333333), (0, 4, 4, -0.5), (1, 0, 1, 0.3333333333333333), (1, 1, 0, 0.5), (1, 1, 2, 0.5), (1, 2, 1, 0.3333333333333333), (1, 3, 4, 0.5), (1, 4, 3, 0.5), (2, 0, 0, -0.3333333333333333), (2, 0, 2, -0.6666666666666666), (2, 1, 1, 0.5), (2, 2, 0, -0.3333333333333333), (2, 2, 2, 0.3333333333333333), (2, 3, 3, -0.5), (3, 0, 3, 0.3333333333333333), (3, 1, 4, 0.5), (3, 2, 3, -0.6666666666666666), (3, 3, 2, -0.5), (3, 4, 1, 0.5), (4, 0, 4, -0.6666666666666666), (4, 1, 3, 0.5), (4, 2, 4, 0.3333333333333333), (4, 3, 1, 0.5), (4, 4, 0, -0.5)])  # coupling 2 x 2 -> 2, even path, 28 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_3_2_1_010a34fb = np.array([(0, 0, 0, 0.6), (0, 1, 1, -0.4), (0, 3, 2, -0.4), (1, 0, 1, 0.3333333333333333), (1, 1, 0, 0.5333333333333333), (1, 2, 1, -0.13333333333333333), (1, 4, 2, -0.13333333333333333), (2, 0, 0, -0.13333333333333333), (2, 1, 1, 0.5333333333333333), (2, 2, 0, 0.3333333333333333), (2, 3, 2, -0.13333333333333333), (3, 1, 0, -0.4), (3, 2, 1, 0.6), (3, 4, 2, -0.4), (4, 0, 2, 0.4666666666666667), (4, 2, 2, 0.13333333333333333), (4, 3, 0, 0.5333333333333333), (4, 4, 1, -0.13333333333333333), (5, 1, 2, 0.3333333333333333), (5, 3, 1, 0.3333333333333333), (5, 4, 0, 0.3333333333333333), (6, 0, 2, 0.13333333333333333), (6, 2, 2, 0.4666666666666667), (6, 3, 0, -0.13333333333333333), (6, 4, 1, 0.5333333333333333)])  # coupling 3 x 2 -> 1, even path, 25 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_1_3_2_121d470a = np.array([(0, 0, 0, 0.6), (0, 1, 1, 0.5333333333333333), (0, 2, 0, -0.13333333333333333), (0, 2, 2, 0.3333333333333333), (0, 3, 1, -0.4), (0, 4, 3, 0.5333333333333333), (0, 5, 4, 0.3333333333333333), (0, 6, 3, -0.13333333333333333), (1, 0, 1, -0.4), (1, 1, 0, 0.3333333333333333), (1, 1, 2, -0.13333333333333333), (1, 2, 1, 0.5333333333333333), (1, 3, 2, 0.6), (1, 4, 4, -0.13333333333333333), (1, 5, 3, 0.3333333333333333), (1, 6, 4, 0.5333333333333333), (2, 0, 3, -0.4), (2, 1, 4, -0.13333333333333333), (2, 2, 3, -0.13333333333333333), (2, 3, 4, -0.4), (2, 4, 0, 0.4666666666666667), (2, 4, 2, 0.13333333333333333), (2, 5, 1, 0.3333333333333333), (2, 6, 0, 0.13333333333333333), (2, 6, 2, 0.4666666666666667)])  # coupling 1 x 3 -> 2, even path, 25 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_1_1_c3015d45 = np.array([(0, 0, 0, 0.6666666666666666), (0, 1, 1, -0.3333333333333333), (0, 2, 2, -0.3333333333333333), (1, 0, 1, 0.5), (1, 1, 0, 0.5), (2, 0, 0, -0.3333333333333333), (2, 1, 1, 0.6666666666666666), (2, 2, 2, -0.3333333333333333), (3, 0, 2, 0.5), (3, 2, 0, 0.5), (4, 1, 2, 0.5), (4, 2, 1, 0.5)])  # coupling 2 x 1 -> 1, even path, 12 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_1_2_1_68cab8a5 = np.array([(0, 0, 0, 0.6666666666666666), (0, 1, 1, 0.5), (0, 2, 0, -0.3333333333333333), (0, 3, 2, 0.5), (1, 0, 1, -0.3333333333333333), (1, 1, 0, 0.5), (1, 2, 1, 0.6666666666666666), (1, 4, 2, 0.5), (2, 0, 2, -0.3333333333333333), (2, 2, 2, -0.3333333333333333), (2, 3, 0, 0.5), (2, 4, 1, 0.5)])  # coupling 1 x 2 -> 1, even path, 12 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_3_3_0_3353fb15 = np.array([(0, 0, 0, 1.0), (1, 1, 0, 1.0), (2, 2, 0, 1.0), (3, 3, 0, 1.0), (4, 4, 0, 1.0), (5, 5, 0, 1.0), (6, 6, 0, 1.0)])  # coupling 3 x 3 -> 0, even path, 7 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_2_0_638600a3 = np.array([(0, 0, 0, 1.0), (1, 1, 0, 1.0), (2, 2, 0, 1.0), (3, 3, 0, 1.0), (4, 4, 0, 1.0)])  # coupling 2 x 2 -> 0, even path, 5 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_1_0_1_470fbaa1 = np.array([(0, 0, 0, 1.0), (1, 0, 1, 1.0), (2, 0, 2, 1.0)])  # coupling 1 x 0 -> 1, even path, 3 nonzeros: rows (m1, m2, m3, coefficient)
+def couple_1_1_2_688fbe13(a0, a1, a2, b0, b1, b2):
+    """Coupling 1 x 1 -> 2, even path, 12 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.6666666666666666 * a0 * b0 - 0.3333333333333333 * (a1 * b1 + a2 * b2),
+            0.5 * (a0 * b1 + a1 * b0),
+            -0.3333333333333333 * (a0 * b0 + a2 * b2) + 0.6666666666666666 * a1 * b1,
+            0.5 * (a0 * b2 + a2 * b0),
+            0.5 * (a1 * b2 + a2 * b1))
 
 
 
 @numba.njit(cache=True, fastmath=False)
-def _kernel_7820e23368(block, channels, g_mixA0_A_7, g_mixA0_A_8, g_mixA1_A_7, g_mixA2_A_7, g_mixA3_A_4, g_p_B0_0, g_p_t2_0_0, g_p_t6_1_0, mixA0_A, mixA1_A, mixA2_A, mixA3_A, num_nodes, product):
-    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
-    t = np.empty((111, channels), np.float64)  # rows of the values this kernel keeps to itself
-    for n in range(block * 16, min(num_nodes, block * 16 + 16)):
-        _couple(t[0:1], mixA0_A[n].T, mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
-        _couple(t[1:4], mixA0_A[n].T, mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
-        _couple(t[4:9], mixA0_A[n].T, mixA2_A[n].T, TABLE_0_2_2_e48b51bf)  # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
-        _couple(t[9:16], mixA0_A[n].T, mixA3_A[n].T, TABLE_0_3_3_562e87e3)  # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
-        _couple(t[16:21], mixA1_A[n].T, mixA1_A[n].T, TABLE_1_1_2_e4201477)  # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
-        _couple(t[21:28], mixA1_A[n].T, mixA2_A[n].T, TABLE_1_2_3_07710818)  # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
-        _couple(t[28:33], mixA2_A[n].T, mixA2_A[n].T, TABLE_2_2_2_4e85cd44)  # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
-        _couple(t[33:40], mixA2_A[n].T, mixA3_A[n].T, TABLE_2_3_3_6abb6992)  # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
-        _scale(t[40:41], mixA0_A[n].T, product[n, :, 1])  # (0e x 0e)->0e
-        _scale(t[41:42], t[0:1], product[n, :, 5])  # ((0e x 0e)->0e x 0e)->0e
-        _sum(t[0:1], t[40:41], t[41:42])
-        _scale(t[42:47], mixA2_A[n].T, product[n, :, 3])  # (2e x 2e)->0e
-        _scale(t[47:52], t[4:9], product[n, :, 7])  # ((0e x 2e)->2e x 2e)->0e
-        _scale(t[4:9], t[16:21], product[n, :, 9])  # ((1o x 1o)->2e x 2e)->0e
-        _scale(t[16:21], t[28:33], product[n, :, 11])  # ((2e x 2e)->2e x 2e)->0e
-        _sum(t[28:33], t[42:47], t[47:52], t[4:9], t[16:21])
-        _scale(t[52:59], mixA3_A[n].T, product[n, :, 4])  # (3o x 3o)->0e
-        _scale(t[59:66], t[9:16], product[n, :, 8])  # ((0e x 3o)->3o x 3o)->0e
-        _scale(t[9:16], t[21:28], product[n, :, 10])  # ((1o x 2e)->3o x 3o)->0e
-        _scale(t[21:28], t[33:40], product[n, :, 12])  # ((2e x 3o)->3o x 3o)->0e
-        _sum(t[33:40], t[52:59], t[59:66], t[9:16], t[21:28])
-        _couple(t[21:28], g_p_B0_0[n].T, mixA3_A[n].T, TABLE_0_3_3_43fd0183)  # adjoint (left) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-left of 3x3->0, ranks 0, 3 -> 3, 13 nonzeros
-        _couple(t[9:16], t[33:40], g_p_B0_0[n].T, TABLE_3_0_3_e4111719)  # adjoint (right) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-right of 3x3->0, ranks 3, 0 -> 3, 13 nonzeros
-        _scale(t[33:40], t[21:28], product[n, :, 12])  # adjoint of p_B0_f3_3_A3_3
-        _scale(t[59:66], t[21:28], product[n, :, 10])  # adjoint of p_B0_f3_3_A3_2
-        _scale(t[52:59], t[21:28], product[n, :, 8])  # adjoint of p_B0_f3_3_A3_1
-        _scale(t[66:73], t[21:28], product[n, :, 4])  # adjoint of p_B0_f3_3_A3_0
-        _couple(t[16:21], g_p_B0_0[n].T, mixA2_A[n].T, TABLE_0_2_2_b6ffe7ef)  # adjoint (left) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-left of 2x2->0, ranks 0, 2 -> 2, 7 nonzeros
-        _couple(t[4:9], t[28:33], g_p_B0_0[n].T, TABLE_2_0_2_bd196563)  # adjoint (right) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-right of 2x2->0, ranks 2, 0 -> 2, 7 nonzeros
-        _scale(t[28:33], t[16:21], product[n, :, 11])  # adjoint of p_B0_f2_2_A2_3
-        _scale(t[47:52], t[16:21], product[n, :, 9])  # adjoint of p_B0_f2_2_A2_2
-        _scale(t[42:47], t[16:21], product[n, :, 7])  # adjoint of p_B0_f2_2_A2_1
-        _scale(t[73:78], t[16:21], product[n, :, 3])  # adjoint of p_B0_f2_2_A2_0
-        _couple(t[41:42], g_p_B0_0[n].T, mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # adjoint (left) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-        _couple(t[40:41], t[0:1], g_p_B0_0[n].T, TABLE_0_0_0_8b90d7c6)  # adjoint (right) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-        _scale(t[0:1], t[41:42], product[n, :, 5])  # adjoint of p_B0_f0_0_A0_1
-        _scale(t[78:79], t[41:42], product[n, :, 1])  # adjoint of p_B0_f0_0_A0_0
-        _couple(t[16:21], t[33:40], mixA3_A[n].T, TABLE_3_3_2_07d44da8)  # adjoint (left) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-left of 2x3->3, ranks 3, 3 -> 2, 54 nonzeros
-        _couple(t[21:28], mixA2_A[n].T, t[33:40], TABLE_2_3_3_25a6a613)  # adjoint (right) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-right of 2x3->3, ranks 2, 3 -> 3, 54 nonzeros
-        _couple(t[79:84], t[28:33], mixA2_A[n].T, TABLE_2_2_2_c8b54973)  # adjoint (left) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-left of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
-        _couple(t[84:89], mixA2_A[n].T, t[28:33], TABLE_2_2_2_0d250528)  # adjoint (right) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-right of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
-        _couple(t[89:92], t[59:66], mixA2_A[n].T, TABLE_3_2_1_010a34fb)  # adjoint (left) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-left of 1x2->3, ranks 3, 2 -> 1, 25 nonzeros
-        _couple(t[28:33], mixA1_A[n].T, t[59:66], TABLE_1_3_2_121d470a)  # adjoint (right) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-right of 1x2->3, ranks 1, 3 -> 2, 25 nonzeros
-        _couple(t[92:95], t[47:52], mixA1_A[n].T, TABLE_2_1_1_c3015d45)  # adjoint (left) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
-        _couple(t[95:98], mixA1_A[n].T, t[47:52], TABLE_1_2_1_68cab8a5)  # adjoint (right) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-right of 1x1->2, ranks 1, 2 -> 1, 12 nonzeros
-        _couple(t[41:42], t[52:59], mixA3_A[n].T, TABLE_3_3_0_3353fb15)  # adjoint (left) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
-        _couple(t[59:66], mixA0_A[n].T, t[52:59], TABLE_0_3_3_562e87e3)  # adjoint (right) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
-        _couple(t[98:99], t[42:47], mixA2_A[n].T, TABLE_2_2_0_638600a3)  # adjoint (left) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
-        _couple(t[47:52], mixA0_A[n].T, t[42:47], TABLE_0_2_2_e48b51bf)  # adjoint (right) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
-        _couple(t[99:102], g_p_t6_1_0[n].T, mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # adjoint (left) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
-        _couple(t[102:105], t[1:4], g_p_t6_1_0[n].T, TABLE_1_0_1_470fbaa1)  # adjoint (right) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
-        _couple(t[105:106], t[99:102], mixA1_A[n].T, TABLE_1_1_0_85459927)  # adjoint (left) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
-        _couple(t[1:4], mixA0_A[n].T, t[99:102], TABLE_0_1_1_ee2e90d0)  # adjoint (right) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
-        _couple(t[99:102], g_p_t2_0_0[n].T, mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # adjoint (left) of p_t2_0: (1o x 1o)->0e step 1: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
-        _couple(t[106:109], mixA1_A[n].T, g_p_t2_0_0[n].T, TABLE_1_0_1_470fbaa1)  # adjoint (right) of p_t2_0: (1o x 1o)->0e step 1: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
-        _couple(t[109:110], t[0:1], mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # adjoint (left) of p_t1_0: (0e x 0e)->0e step 1: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-        _couple(t[110:111], mixA0_A[n].T, t[0:1], TABLE_0_0_0_8b90d7c6)  # adjoint (right) of p_t1_0: (0e x 0e)->0e step 1: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-        _sum(g_mixA3_A_4[n].T, t[9:16], t[66:73], t[21:28], t[59:66])
-        _sum(g_mixA2_A_7[n].T, t[4:9], t[73:78], t[16:21], t[79:84])
-        _sum(g_mixA2_A_7[n].T, g_mixA2_A_7[n].T, t[84:89], t[28:33], t[47:52])
-        _sum(g_mixA1_A_7[n].T, t[89:92], t[92:95], t[95:98], t[102:105])
-        _sum(g_mixA1_A_7[n].T, g_mixA1_A_7[n].T, t[1:4], t[99:102], t[106:109])
-        _sum(g_mixA0_A_8[n].T, t[40:41], t[78:79], t[41:42], t[98:99])
-        _sum(g_mixA0_A_8[n].T, g_mixA0_A_8[n].T, t[105:106], t[109:110], t[110:111])
-        _sum(g_mixA0_A_8[n].T, g_mixA0_A_8[n].T, g_mixA0_A_7[n].T)
+def couple_1_2_3_221fec78(a0, a1, a2, b0, b1, b2, b3, b4):
+    """Coupling 1 x 2 -> 3, even path, 25 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.6 * a0 * b0 - 0.4 * (a1 * b1 + a2 * b3),
+            0.5333333333333333 * a0 * b1 + 0.3333333333333333 * a1 * b0 - 0.13333333333333333 * (a1 * b2 + a2 * b4),
+            -0.13333333333333333 * (a0 * b0 + a2 * b3) + 0.3333333333333333 * a0 * b2 + 0.5333333333333333 * a1 * b1,
+            -0.4 * (a0 * b1 + a2 * b4) + 0.6 * a1 * b2,
+            0.5333333333333333 * a0 * b3 - 0.13333333333333333 * (a1 * b4 - a2 * b2) + 0.4666666666666667 * a2 * b0,
+            0.3333333333333333 * (a0 * b4 + a1 * b3 + a2 * b1),
+            -0.13333333333333333 * (a0 * b3 - a2 * b0) + 0.5333333333333333 * a1 * b4 + 0.4666666666666667 * a2 * b2)
 
 
 
 @numba.njit(cache=True, fastmath=False)
-def _kernel_5b27d5ea9b(block, Y1, Y2, Y3, channels, d_Y0, d_Y1, d_Y2, d_Y3, d_radial, g_i_A0_0, g_i_A1_0, g_i_A2_0, g_i_A3_0, i_c_0_0_0, i_hj_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, num_edges, radial, receivers):
-    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_edges."""
-    t = np.empty((21, channels), np.float64)  # rows of the values this kernel keeps to itself
-    for e in range(block * 16, min(num_edges, block * 16 + 16)):
-        i = receivers[e]
-        _couple_right_free(t[0:1], g_i_A3_0[i].T, Y3[e], TABLE_3_3_0_3353fb15)  # adjoint (left) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
-        _couple(t[1:8], i_s_0_3_3_in[e].T, g_i_A3_0[i].T, TABLE_0_3_3_562e87e3)  # adjoint (right) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
-        _channel_sum(d_Y3[e], t[1:8])  # sum over channels
-        _couple(t[8:9], t[0:1], i_hj_0_0_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[3] from i_s_0_3_3_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-        _couple_right_free(t[0:1], g_i_A2_0[i].T, Y2[e], TABLE_2_2_0_638600a3)  # adjoint (left) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
-        _couple(t[9:14], i_s_0_2_2_in[e].T, g_i_A2_0[i].T, TABLE_0_2_2_e48b51bf)  # adjoint (right) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
-        _channel_sum(d_Y2[e], t[9:14])  # sum over channels
-        _couple(t[14:15], t[0:1], i_hj_0_0_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[2] from i_s_0_2_2_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-        _couple_right_free(t[0:1], g_i_A1_0[i].T, Y1[e], TABLE_1_1_0_85459927)  # adjoint (left) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
-        _couple(t[15:18], i_s_0_1_1_in[e].T, g_i_A1_0[i].T, TABLE_0_1_1_ee2e90d0)  # adjoint (right) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
-        _channel_sum(d_Y1[e], t[15:18])  # sum over channels
-        _couple(t[18:19], t[0:1], i_hj_0_0_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[1] from i_s_0_1_1_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-        _scale(t[0:1], g_i_A0_0[i].T, radial[e, :, 0])  # adjoint of i_s_0_0_0
-        _couple(t[19:20], g_i_A0_0[i].T, i_c_0_0_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[0] from i_s_0_0_0: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-        _couple(t[20:21], i_hj_0_0_0[e].T, t[0:1], TABLE_0_0_0_8b90d7c6)  # adjoint (right) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-        _channel_sum(d_Y0[e], t[20:21])  # sum over channels
-        # d_radial: weight-shaped adjoint of radial
-        d_radial[e, :, 0] = t[19:20][0]
-        d_radial[e, :, 1] = t[18:19][0]
-        d_radial[e, :, 2] = t[14:15][0]
-        d_radial[e, :, 3] = t[8:9][0]
-
-TABLE_1_2_1_3fc415f1 = np.array([(0, 0, 0, 1.0), (0, 1, 1, 1.0), (0, 3, 2, 1.0), (1, 1, 0, 1.0), (1, 2, 1, 1.0), (1, 4, 2, 1.0), (2, 0, 2, -1.0), (2, 2, 2, -1.0), (2, 3, 0, 1.0), (2, 4, 1, 1.0)])  # coupling 1 x 2 -> 1, even path, 10 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_1_2_2_4013a379 = np.array([(0, 0, 4, 0.5), (0, 1, 3, 0.5), (0, 2, 4, 1.0), (0, 3, 1, -0.5), (0, 4, 2, -1.0), (1, 0, 3, -1.0), (1, 1, 4, -0.5), (1, 2, 3, -0.5), (1, 3, 0, 1.0), (1, 4, 1, 0.5), (2, 0, 1, 0.5), (2, 1, 0, -1.0), (2, 1, 2, 1.0), (2, 2, 1, -0.5), (2, 3, 4, 0.5), (2, 4, 3, -0.5)])  # coupling 1 x 2 -> 2, odd (Levi-Civita) path, 16 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_2_1_30830571 = np.array([(0, 1, 2, 1.0), (0, 3, 1, -2.0), (0, 4, 0, 1.0), (1, 0, 2, -1.0), (1, 2, 2, 1.0), (1, 3, 0, 1.0), (1, 4, 1, -1.0), (2, 1, 2, -1.0), (2, 3, 1, -1.0), (2, 4, 0, 2.0), (3, 0, 1, 2.0), (3, 1, 0, -1.0), (3, 2, 1, 1.0), (3, 4, 2, 1.0), (4, 0, 0, -1.0), (4, 1, 1, 1.0), (4, 2, 0, -2.0), (4, 3, 2, -1.0)])  # coupling 2 x 2 -> 1, odd (Levi-Civita) path, 18 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_1_3_2_1ba37bc7 = np.array([(0, 0, 0, 1.0), (0, 1, 1, 1.0), (0, 2, 2, 1.0), (0, 4, 3, 1.0), (0, 5, 4, 1.0), (1, 1, 0, 1.0), (1, 2, 1, 1.0), (1, 3, 2, 1.0), (1, 5, 3, 1.0), (1, 6, 4, 1.0), (2, 0, 3, -1.0), (2, 1, 4, -1.0), (2, 2, 3, -1.0), (2, 3, 4, -1.0), (2, 4, 0, 1.0), (2, 5, 1, 1.0), (2, 6, 2, 1.0)])  # coupling 1 x 3 -> 2, even path, 17 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_1_3_3_c6a4e8cb = np.array([(0, 0, 5, 0.3333333333333333), (0, 1, 4, 0.3333333333333333), (0, 1, 6, 0.6666666666666666), (0, 2, 5, 0.6666666666666666), (0, 3, 6, 1.0), (0, 4, 1, -0.3333333333333333), (0, 5, 2, -0.6666666666666666), (0, 6, 3, -1.0), (1, 0, 4, -1.0), (1, 1, 5, -0.6666666666666666), (1, 2, 4, -0.6666666666666666), (1, 2, 6, -0.3333333333333333), (1, 3, 5, -0.3333333333333333), (1, 4, 0, 1.0), (1, 5, 1, 0.6666666666666666), (1, 6, 2, 0.3333333333333333), (2, 0, 1, 0.3333333333333333), (2, 1, 0, -1.0), (2, 1, 2, 0.6666666666666666), (2, 2, 1, -0.6666666666666666), (2, 2, 3, 1.0), (2, 3, 2, -0.3333333333333333), (2, 4, 5, 0.3333333333333333), (2, 5, 4, -0.6666666666666666), (2, 5, 6, 0.6666666666666666), (2, 6, 5, -0.3333333333333333)])  # coupling 1 x 3 -> 3, odd (Levi-Civita) path, 26 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_3_3_1_f9bfb43c = np.array([(0, 1, 2, 2.0), (0, 3, 2, 1.0), (0, 4, 1, -4.0), (0, 5, 0, 2.0), (0, 6, 1, -1.0), (1, 0, 2, -2.0), (1, 2, 2, 1.0), (1, 4, 0, 2.0), (1, 5, 1, -4.0), (1, 6, 0, 3.0), (2, 1, 2, -1.0), (2, 3, 2, 2.0), (2, 4, 1, -3.0), (2, 5, 0, 4.0), (2, 6, 1, -2.0), (3, 0, 2, -1.0), (3, 2, 2, -2.0), (3, 4, 0, 1.0), (3, 5, 1, -2.0), (3, 6, 0, 4.0), (4, 0, 1, 4.0), (4, 1, 0, -2.0), (4, 2, 1, 3.0), (4, 3, 0, -1.0), (4, 5, 2, 2.0), (5, 0, 0, -2.0), (5, 1, 1, 4.0), (5, 2, 0, -4.0), (5, 3, 1, 2.0), (5, 4, 2, -2.0), (5, 6, 2, 2.0), (6, 0, 1, 1.0), (6, 1, 0, -3.0), (6, 2, 1, 2.0), (6, 3, 0, -4.0), (6, 5, 2, -2.0)])  # coupling 3 x 3 -> 1, odd (Levi-Civita) path, 36 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_2_4_07efd734 = np.array([(0, 0, 0, 0.5428571428571428), (0, 0, 2, -0.05714285714285714), (0, 0, 4, 0.11428571428571428), (0, 1, 1, 0.35714285714285715), (0, 1, 3, -0.14285714285714285), (0, 2, 0, 0.05714285714285714), (0, 2, 2, 0.18571428571428572), (0, 2, 4, 0.05714285714285714), (0, 3, 5, 0.5), (0, 4, 6, 0.21428571428571427), (0, 4, 8, 0.14285714285714285), (1, 0, 1, 0.35714285714285715), (1, 0, 3, -0.14285714285714285), (1, 1, 0, -0.45714285714285713), (1, 1, 2, 0.5142857142857142), (1, 1, 4, -0.45714285714285713), (1, 2, 1, -0.14285714285714285), (1, 2, 3, 0.35714285714285715), (1, 3, 6, 0.2857142857142857), (1, 3, 8, -0.14285714285714285), (1, 4, 5, -0.14285714285714285), (1, 4, 7, 0.2857142857142857), (2, 0, 0, 0.05714285714285714), (2, 0, 2, 0.18571428571428572), (2, 0, 4, 0.05714285714285714), (2, 1, 1, -0.14285714285714285), (2, 1, 3, 0.35714285714285715), (2, 2, 0, 0.11428571428571428), (2, 2, 2, -0.05714285714285714), (2, 2, 4, 0.5428571428571428), (2, 3, 5, 0.14285714285714285), (2, 3, 7, 0.21428571428571427), (2, 4, 8, 0.5), (3, 0, 5, 0.5), (3, 1, 6, 0.2857142857142857), (3, 1, 8, -0.14285714285714285), (3, 2, 5, 0.14285714285714285), (3, 2, 7, 0.21428571428571427), (3, 3, 0, -0.45714285714285713), (3, 3, 2, -0.05714285714285714), (3, 3, 4, 0.11428571428571428), (3, 4, 1, -0.14285714285714285), (3, 4, 3, -0.14285714285714285), (4, 0, 6, 0.21428571428571427), (4, 0, 8, 0.14285714285714285), (4, 1, 5, -0.14285714285714285), (4, 1, 7, 0.2857142857142857), (4, 2, 8, 0.5), (4, 3, 1, -0.14285714285714285), (4, 3, 3, -0.14285714285714285), (4, 4, 0, 0.11428571428571428), (4, 4, 2, -0.05714285714285714), (4, 4, 4, -0.45714285714285713)])  # coupling 2 x 2 -> 4, even path, 53 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_4_3_1_86cd676e = np.array([(0, 0, 0, 4.0), (0, 2, 0, 3.0), (0, 4, 2, -4.0), (0, 6, 2, -1.0), (1, 0, 1, 4.0), (1, 1, 0, 6.0), (1, 2, 1, 3.0), (1, 3, 0, 3.0), (1, 5, 2, -6.0), (2, 0, 0, 3.0), (2, 1, 1, 6.0), (2, 2, 0, 6.0), (2, 3, 1, 3.0), (2, 4, 2, -5.0), (2, 6, 2, -5.0), (3, 0, 1, 3.0), (3, 1, 0, 3.0), (3, 2, 1, 6.0), (3, 3, 0, 4.0), (3, 5, 2, -6.0), (4, 1, 1, 3.0), (4, 3, 1, 4.0), (4, 4, 2, -1.0), (4, 6, 2, -4.0), (5, 0, 2, 4.0), (5, 2, 2, 3.0), (5, 4, 0, 4.0), (5, 6, 0, 1.0), (6, 1, 2, 6.0), (6, 3, 2, 3.0), (6, 4, 1, 4.0), (6, 5, 0, 6.0), (6, 6, 1, 1.0), (7, 0, 2, 3.0), (7, 2, 2, 6.0), (7, 4, 0, 1.0), (7, 5, 1, 6.0), (7, 6, 0, 4.0), (8, 1, 2, 3.0), (8, 3, 2, 4.0), (8, 4, 1, 1.0), (8, 6, 1, 4.0)])  # coupling 4 x 3 -> 1, even path, 42 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_3_3_2_56743844 = np.array([(0, 0, 0, 0.6666666666666666), (0, 0, 2, -1.3333333333333333), (0, 1, 1, 1.0), (0, 2, 2, -1.0), (0, 3, 1, 0.5), (0, 5, 4, -1.0), (0, 6, 3, 0.5), (1, 0, 1, 1.0), (1, 2, 1, 1.5), (1, 3, 0, -1.0), (1, 4, 4, 1.0), (1, 6, 4, -0.5), (2, 0, 2, -1.0), (2, 1, 1, 1.5), (2, 3, 1, 1.0), (2, 4, 3, -0.5), (2, 6, 3, 1.0), (3, 0, 1, 0.5), (3, 1, 0, -1.0), (3, 2, 1, 1.0), (3, 3, 0, -1.3333333333333333), (3, 3, 2, 0.6666666666666666), (3, 4, 4, 0.5), (3, 5, 3, -1.0), (4, 1, 4, 1.0), (4, 2, 3, -0.5), (4, 3, 4, 0.5), (4, 4, 0, 0.6666666666666666), (4, 4, 2, -1.3333333333333333), (4, 5, 1, 1.0), (4, 6, 0, -0.3333333333333333), (4, 6, 2, -0.3333333333333333), (5, 0, 4, -1.0), (5, 3, 3, -1.0), (5, 4, 1, 1.0), (5, 6, 1, 1.0), (6, 0, 3, 0.5), (6, 1, 4, -0.5), (6, 2, 3, 1.0), (6, 4, 0, -0.3333333333333333), (6, 4, 2, -0.3333333333333333), (6, 5, 1, 1.0), (6, 6, 0, -1.3333333333333333), (6, 6, 2, 0.6666666666666666)])  # coupling 3 x 3 -> 2, even path, 44 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_3_1_5025bbf0 = np.array([(0, 0, 0, 2.0), (0, 1, 1, 2.0), (0, 2, 0, 1.0), (0, 3, 1, 1.0), (0, 4, 2, 2.0), (0, 6, 2, 1.0), (1, 1, 0, 2.0), (1, 2, 1, 2.0), (1, 5, 2, 2.0), (2, 0, 0, 1.0), (2, 1, 1, 1.0), (2, 2, 0, 2.0), (2, 3, 1, 2.0), (2, 4, 2, 1.0), (2, 6, 2, 2.0), (3, 0, 2, -2.0), (3, 2, 2, -2.0), (3, 4, 0, 2.0), (3, 5, 1, 2.0), (4, 1, 2, -2.0), (4, 3, 2, -2.0), (4, 5, 0, 2.0), (4, 6, 1, 2.0)])  # coupling 2 x 3 -> 1, even path, 23 nonzeros: rows (m1, m2, m3, coefficient)
+def couple_2_2_2_6ae42fa1(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4):
+    """Coupling 2 x 2 -> 2, even path, 28 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.3333333333333333 * (a0 * b0 - a0 * b2 + a1 * b1 - a2 * b0 + a3 * b3) - 0.6666666666666666 * (a2 * b2 + a4 * b4),
+            0.5 * (a0 * b1 + a1 * b0 + a1 * b2 + a2 * b1 + a3 * b4 + a4 * b3),
+            -0.6666666666666666 * (a0 * b0 + a3 * b3) - 0.3333333333333333 * (a0 * b2 - a1 * b1 + a2 * b0 - a2 * b2 - a4 * b4),
+            0.5 * (a1 * b4 - a2 * b3 - a3 * b2 + a4 * b1),
+            -0.5 * (a0 * b4 - a1 * b3 - a3 * b1 + a4 * b0))
 
 
 
 @numba.njit(cache=True, fastmath=False)
-def _kernel_39268ed02e(block, channels, mixA0_A, mixA1_A, mixA2_A, mixA3_A, num_nodes, p_B0, p_B1, product):
-    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
-    t = np.empty((129, channels), np.float64)  # rows of the values this kernel keeps to itself
-    for n in range(block * 16, min(num_nodes, block * 16 + 16)):
-        _scale(t[0:1], mixA0_A[n].T, product[n, :, 0])  # 0e
-        _couple(t[1:2], mixA0_A[n].T, mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
-        _couple(t[2:3], mixA1_A[n].T, mixA1_A[n].T, TABLE_1_1_0_85459927)  # (1o x 1o)->0e step 1: 1 x 1 -> 0, even path, 3 nonzeros
-        _scale(t[3:4], t[2:3], product[n, :, 2])  # (1o x 1o)->0e
-        _couple(t[4:7], mixA0_A[n].T, mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
-        _couple(t[7:8], t[4:7], mixA1_A[n].T, TABLE_1_1_0_85459927)  # ((0e x 1o)->1o x 1o)->0e step 2: 1 x 1 -> 0, even path, 3 nonzeros
-        _scale(t[8:9], t[7:8], product[n, :, 6])  # ((0e x 1o)->1o x 1o)->0e
-        _couple(t[9:14], mixA0_A[n].T, mixA2_A[n].T, TABLE_0_2_2_e48b51bf)  # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
-        _couple(t[14:21], mixA0_A[n].T, mixA3_A[n].T, TABLE_0_3_3_562e87e3)  # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
-        _couple(t[21:26], mixA1_A[n].T, mixA1_A[n].T, TABLE_1_1_2_e4201477)  # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
-        _couple(t[26:33], mixA1_A[n].T, mixA2_A[n].T, TABLE_1_2_3_07710818)  # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
-        _couple(t[33:38], mixA2_A[n].T, mixA2_A[n].T, TABLE_2_2_2_4e85cd44)  # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
-        _couple(t[38:45], mixA2_A[n].T, mixA3_A[n].T, TABLE_2_3_3_6abb6992)  # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
-        _scale(t[45:48], mixA1_A[n].T, product[n, :, 13])  # 1o
-        _couple(t[48:51], mixA1_A[n].T, mixA2_A[n].T, TABLE_1_2_1_3fc415f1)  # (1o x 2e)->1o step 1: 1 x 2 -> 1, even path, 10 nonzeros
-        _couple(t[51:56], mixA1_A[n].T, mixA2_A[n].T, TABLE_1_2_2_4013a379)  # ((1o x 2e)->2o x 2e)->1o step 1: 1 x 2 -> 2, odd (Levi-Civita) path, 16 nonzeros
-        _couple(t[56:59], t[51:56], mixA2_A[n].T, TABLE_2_2_1_30830571)  # ((1o x 2e)->2o x 2e)->1o step 2: 2 x 2 -> 1, odd (Levi-Civita) path, 18 nonzeros
-        _scale(t[59:62], t[56:59], product[n, :, 23])  # ((1o x 2e)->2o x 2e)->1o
-        _couple(t[51:56], mixA1_A[n].T, mixA3_A[n].T, TABLE_1_3_2_1ba37bc7)  # ((1o x 3o)->2e x 3o)->1o step 1: 1 x 3 -> 2, even path, 17 nonzeros
-        _couple(t[62:69], mixA1_A[n].T, mixA3_A[n].T, TABLE_1_3_3_c6a4e8cb)  # ((1o x 3o)->3e x 3o)->1o step 1: 1 x 3 -> 3, odd (Levi-Civita) path, 26 nonzeros
-        _couple(t[56:59], t[62:69], mixA3_A[n].T, TABLE_3_3_1_f9bfb43c)  # ((1o x 3o)->3e x 3o)->1o step 2: 3 x 3 -> 1, odd (Levi-Civita) path, 36 nonzeros
-        _scale(t[69:72], t[56:59], product[n, :, 25])  # ((1o x 3o)->3e x 3o)->1o
-        _couple(t[72:81], mixA2_A[n].T, mixA2_A[n].T, TABLE_2_2_4_07efd734)  # ((2e x 2e)->4e x 3o)->1o step 1: 2 x 2 -> 4, even path, 53 nonzeros
-        _couple(t[56:59], t[72:81], mixA3_A[n].T, TABLE_4_3_1_86cd676e)  # ((2e x 2e)->4e x 3o)->1o step 2: 4 x 3 -> 1, even path, 42 nonzeros
-        _scale(t[81:84], t[56:59], product[n, :, 27])  # ((2e x 2e)->4e x 3o)->1o
-        _couple(t[84:89], mixA3_A[n].T, mixA3_A[n].T, TABLE_3_3_2_56743844)  # ((3o x 3o)->2e x 3o)->1o step 1: 3 x 3 -> 2, even path, 44 nonzeros
-        _scale(t[7:8], mixA0_A[n].T, product[n, :, 1])  # (0e x 0e)->0e
-        _scale(t[89:90], t[1:2], product[n, :, 5])  # ((0e x 0e)->0e x 0e)->0e
-        _sum(t[90:91], t[7:8], t[89:90])
-        _couple(t[89:90], t[90:91], mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # factored: 2 weighted 0x0->0 couplings as one: 0 x 0 -> 0, even path, 1 nonzeros
-        _scale(t[91:96], mixA2_A[n].T, product[n, :, 3])  # (2e x 2e)->0e
-        _scale(t[96:101], t[9:14], product[n, :, 7])  # ((0e x 2e)->2e x 2e)->0e
-        _scale(t[101:106], t[21:26], product[n, :, 9])  # ((1o x 1o)->2e x 2e)->0e
-        _scale(t[106:111], t[33:38], product[n, :, 11])  # ((2e x 2e)->2e x 2e)->0e
-        _sum(t[111:116], t[91:96], t[96:101], t[101:106], t[106:111])
-        _couple(t[90:91], t[111:116], mixA2_A[n].T, TABLE_2_2_0_41e96d63)  # factored: 4 weighted 2x2->0 couplings as one: 2 x 2 -> 0, even path, 7 nonzeros
-        _scale(t[62:69], mixA3_A[n].T, product[n, :, 4])  # (3o x 3o)->0e
-        _scale(t[116:123], t[14:21], product[n, :, 8])  # ((0e x 3o)->3o x 3o)->0e
-        _scale(t[14:21], t[26:33], product[n, :, 10])  # ((1o x 2e)->3o x 3o)->0e
-        _scale(t[26:33], t[38:45], product[n, :, 12])  # ((2e x 3o)->3o x 3o)->0e
-        _sum(t[38:45], t[62:69], t[116:123], t[14:21], t[26:33])
-        _couple(t[7:8], t[38:45], mixA3_A[n].T, TABLE_3_3_0_697708af)  # factored: 4 weighted 3x3->0 couplings as one: 3 x 3 -> 0, even path, 13 nonzeros
-        _sum(p_B0[n].T, t[0:1], t[89:90], t[3:4], t[8:9])
-        _sum(p_B0[n].T, p_B0[n].T, t[90:91], t[7:8])
-        _scale(t[7:8], mixA0_A[n].T, product[n, :, 14])  # (0e x 1o)->1o
-        _scale(t[90:91], t[1:2], product[n, :, 17])  # ((0e x 0e)->0e x 1o)->1o
-        _scale(t[1:2], t[2:3], product[n, :, 20])  # ((1o x 1o)->0e x 1o)->1o
-        _sum(t[2:3], t[7:8], t[90:91], t[1:2])
-        _couple(t[56:59], t[2:3], mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # factored: 3 weighted 0x1->1 couplings as one: 0 x 1 -> 1, even path, 3 nonzeros
-        _scale(t[123:126], mixA1_A[n].T, product[n, :, 15])  # (1o x 2e)->1o
-        _scale(t[126:129], t[4:7], product[n, :, 18])  # ((0e x 1o)->1o x 2e)->1o
-        _scale(t[4:7], t[48:51], product[n, :, 22])  # ((1o x 2e)->1o x 2e)->1o
-        _sum(t[48:51], t[123:126], t[126:129], t[4:7])
-        _couple(t[4:7], t[48:51], mixA2_A[n].T, TABLE_1_2_1_3fc415f1)  # factored: 3 weighted 1x2->1 couplings as one: 1 x 2 -> 1, even path, 10 nonzeros
-        _scale(t[111:116], mixA2_A[n].T, product[n, :, 16])  # (2e x 3o)->1o
-        _scale(t[106:111], t[9:14], product[n, :, 19])  # ((0e x 2e)->2e x 3o)->1o
-        _scale(t[9:14], t[21:26], product[n, :, 21])  # ((1o x 1o)->2e x 3o)->1o
-        _scale(t[21:26], t[51:56], product[n, :, 24])  # ((1o x 3o)->2e x 3o)->1o
-        _scale(t[51:56], t[33:38], product[n, :, 26])  # ((2e x 2e)->2e x 3o)->1o
-        _scale(t[33:38], t[84:89], product[n, :, 28])  # ((3o x 3o)->2e x 3o)->1o
-        _sum(t[84:89], t[111:116], t[106:111], t[9:14], t[21:26])
-        _sum(t[84:89], t[84:89], t[51:56], t[33:38])
-        _couple(t[48:51], t[84:89], mixA3_A[n].T, TABLE_2_3_1_5025bbf0)  # factored: 6 weighted 2x3->1 couplings as one: 2 x 3 -> 1, even path, 23 nonzeros
-        _sum(p_B1[n].T, t[45:48], t[56:59], t[4:7], t[48:51])
-        _sum(p_B1[n].T, p_B1[n].T, t[59:62], t[69:72], t[81:84])
+def couple_2_3_3_ebfb3ca8(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 2 x 3 -> 3, even path, 54 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.2 * (a0 * b0 + a1 * b1 + a3 * b4) - 0.4 * (a0 * b2 + a2 * b0) - 0.8 * (a2 * b2 + a4 * b5),
+            0.4 * (a0 * b1 + a1 * b2 + a3 * b5) - 0.13333333333333333 * a0 * b3 + 0.3333333333333333 * (a1 * b0 + a4 * b4) + 0.2 * a2 * b1 - 0.26666666666666666 * (a2 * b3 + a4 * b6),
+            -0.26666666666666666 * (a0 * b0 + a3 * b4) + 0.2 * a0 * b2 + 0.4 * (a1 * b1 + a2 * b2 + a4 * b5) + 0.3333333333333333 * (a1 * b3 + a3 * b6) - 0.13333333333333333 * a2 * b0,
+            -0.8 * (a0 * b1 + a3 * b5) - 0.4 * (a0 * b3 + a2 * b1) + 0.2 * (a1 * b2 + a2 * b3 + a4 * b6),
+            0.06666666666666667 * (a0 * b4 - a3 * b0) - 0.13333333333333333 * a0 * b6 + 0.4 * (a1 * b5 - a3 * b2) - 0.4666666666666667 * a2 * b4 - 0.26666666666666666 * (a2 * b6 - a4 * b3) + 0.6 * a4 * b1,
+            0.3333333333333333 * (a1 * b4 + a1 * b6 - a3 * b3 - a4 * b0),
+            -0.26666666666666666 * (a0 * b4 - a3 * b0) - 0.4666666666666667 * a0 * b6 + 0.4 * (a1 * b5 - a4 * b1) - 0.13333333333333333 * a2 * b4 + 0.06666666666666667 * (a2 * b6 - a4 * b3) + 0.6 * a3 * b2)
 
 
 
 @numba.njit(cache=True, fastmath=False)
-def _kernel_d6889dd7e0(block, Y0, Y1, Y2, Y3, channels, g_mixA0_A_8, g_mixA1_A_6, g_p_B0_0, g_p_B1_0, g_p_t23_1_0, g_p_t25_1_0, g_p_t27_1_0, g_p_t2_0_1, g_p_t6_1_0, i_A0, i_A1, i_A2, i_A3, i_c_0_0_0, i_hj_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, num_nodes, product, radial, receiver_offsets, senders, up0_h):
-    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
-    t = np.empty((32, channels), np.float64)  # rows of the values this kernel keeps to itself
-    for n in range(block * 16, min(num_nodes, block * 16 + 16)):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
-        t[0:1] = 0.0
-        t[1:4] = 0.0
-        t[4:9] = 0.0
-        t[9:16] = 0.0
-        for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
-            j = senders[e]
-            i_hj_0_0_0[e] = up0_h[j]  # store
-            _couple_right_free(i_c_0_0_0[e].T, up0_h[j].T, Y0[e], TABLE_0_0_0_8b90d7c6)  # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
-            _scale(t[16:17], i_c_0_0_0[e].T, radial[e, :, 0])  # R[h0 x Y0 -> A0]
-            _add(t[0:1], t[16:17])
-            _scale(i_s_0_1_1_in[e].T, up0_h[j].T, radial[e, :, 1])  # R[h0 x Y1 -> A1]
-            _couple_right_free(t[17:20], i_s_0_1_1_in[e].T, Y1[e], TABLE_0_1_1_ee2e90d0)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
-            _add(t[1:4], t[17:20])
-            _scale(i_s_0_2_2_in[e].T, up0_h[j].T, radial[e, :, 2])  # R[h0 x Y2 -> A2]
-            _couple_right_free(t[20:25], i_s_0_2_2_in[e].T, Y2[e], TABLE_0_2_2_e48b51bf)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
-            _add(t[4:9], t[20:25])
-            _scale(i_s_0_3_3_in[e].T, up0_h[j].T, radial[e, :, 3])  # R[h0 x Y3 -> A3]
-            _couple_right_free(t[25:32], i_s_0_3_3_in[e].T, Y3[e], TABLE_0_3_3_562e87e3)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
-            _add(t[9:16], t[25:32])
-        i_A0[n] = t[0:1].T  # store
-        i_A1[n] = t[1:4].T  # store
-        i_A2[n] = t[4:9].T  # store
-        i_A3[n] = t[9:16].T  # store
-        _scale(g_p_t27_1_0[n].T, g_p_B1_0[n].T, product[n, :, 27])  # adjoint of p_w27
-        _scale(g_p_t25_1_0[n].T, g_p_B1_0[n].T, product[n, :, 25])  # adjoint of p_w25
-        _scale(g_p_t23_1_0[n].T, g_p_B1_0[n].T, product[n, :, 23])  # adjoint of p_w23
-        _scale(g_mixA1_A_6[n].T, g_p_B1_0[n].T, product[n, :, 13])  # adjoint of p_w13
-        _scale(g_p_t6_1_0[n].T, g_p_B0_0[n].T, product[n, :, 6])  # adjoint of p_w6
-        _scale(g_p_t2_0_1[n].T, g_p_B0_0[n].T, product[n, :, 2])  # adjoint of p_w2
-        _scale(g_mixA0_A_8[n].T, g_p_B0_0[n].T, product[n, :, 0])  # adjoint of p_w0
-
-TABLE_1_3_2_d9927512 = np.array([(0, 0, 0, 2.0), (0, 0, 2, 1.0), (0, 1, 1, 2.0), (0, 2, 0, 1.0), (0, 2, 2, 2.0), (0, 4, 3, 2.0), (0, 5, 4, 2.0), (1, 1, 0, 2.0), (1, 1, 2, 1.0), (1, 2, 1, 2.0), (1, 3, 0, 1.0), (1, 3, 2, 2.0), (1, 5, 3, 2.0), (1, 6, 4, 2.0), (2, 0, 3, -2.0), (2, 1, 4, -2.0), (2, 2, 3, -2.0), (2, 3, 4, -2.0), (2, 4, 0, 2.0), (2, 4, 2, 1.0), (2, 5, 1, 2.0), (2, 6, 0, 1.0), (2, 6, 2, 2.0)])  # coupling 1 x 3 -> 2, even path, 23 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_1_3_9378325a = np.array([(0, 0, 0, 2.0), (0, 0, 2, 1.0), (0, 1, 1, 2.0), (0, 1, 3, 1.0), (0, 2, 4, 2.0), (0, 2, 6, 1.0), (1, 0, 1, 2.0), (1, 1, 2, 2.0), (1, 2, 5, 2.0), (2, 0, 0, 1.0), (2, 0, 2, 2.0), (2, 1, 1, 1.0), (2, 1, 3, 2.0), (2, 2, 4, 1.0), (2, 2, 6, 2.0), (3, 0, 4, 2.0), (3, 1, 5, 2.0), (3, 2, 0, -2.0), (3, 2, 2, -2.0), (4, 0, 5, 2.0), (4, 1, 6, 2.0), (4, 2, 1, -2.0), (4, 2, 3, -2.0)])  # coupling 2 x 1 -> 3, even path, 23 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_1_1_2_ff7370b0 = np.array([(0, 0, 0, 1.0), (0, 1, 1, 1.0), (0, 2, 3, 1.0), (1, 0, 1, 1.0), (1, 1, 2, 1.0), (1, 2, 4, 1.0), (2, 0, 3, 1.0), (2, 1, 4, 1.0), (2, 2, 0, -1.0), (2, 2, 2, -1.0)])  # coupling 1 x 1 -> 2, even path, 10 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_3_3_20ed3b2f = np.array([(0, 0, 0, 0.6666666666666666), (0, 1, 3, -1.0), (0, 3, 1, -1.0), (0, 3, 3, -1.3333333333333333), (0, 4, 4, 0.6666666666666666), (0, 4, 6, -0.3333333333333333), (0, 6, 4, -0.3333333333333333), (0, 6, 6, -1.3333333333333333), (1, 0, 1, 1.0), (1, 0, 3, 0.5), (1, 1, 0, 1.0), (1, 1, 2, 1.5), (1, 2, 1, 1.5), (1, 2, 3, 1.0), (1, 3, 0, 0.5), (1, 3, 2, 1.0), (1, 4, 5, 1.0), (1, 5, 4, 1.0), (1, 5, 6, 1.0), (1, 6, 5, 1.0), (2, 0, 0, -1.3333333333333333), (2, 0, 2, -1.0), (2, 2, 0, -1.0), (2, 3, 3, 0.6666666666666666), (2, 4, 4, -1.3333333333333333), (2, 4, 6, -0.3333333333333333), (2, 6, 4, -0.3333333333333333), (2, 6, 6, 0.6666666666666666), (3, 0, 6, 0.5), (3, 2, 4, -0.5), (3, 2, 6, 1.0), (3, 3, 5, -1.0), (3, 4, 2, -0.5), (3, 5, 3, -1.0), (3, 6, 0, 0.5), (3, 6, 2, 1.0), (4, 0, 5, -1.0), (4, 1, 4, 1.0), (4, 1, 6, -0.5), (4, 3, 4, 0.5), (4, 4, 1, 1.0), (4, 4, 3, 0.5), (4, 5, 0, -1.0), (4, 6, 1, -0.5)])  # coupling 2 x 3 -> 3, even path, 44 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_3_2_3_5d3cf119 = np.array([(0, 0, 0, 0.6666666666666666), (0, 1, 1, 1.0), (0, 1, 3, 0.5), (0, 2, 0, -1.3333333333333333), (0, 2, 2, -1.0), (0, 3, 6, 0.5), (0, 4, 5, -1.0), (1, 0, 3, -1.0), (1, 1, 0, 1.0), (1, 1, 2, 1.5), (1, 4, 4, 1.0), (1, 4, 6, -0.5), (2, 1, 1, 1.5), (2, 1, 3, 1.0), (2, 2, 0, -1.0), (2, 3, 4, -0.5), (2, 3, 6, 1.0), (3, 0, 1, -1.0), (3, 0, 3, -1.3333333333333333), (3, 1, 0, 0.5), (3, 1, 2, 1.0), (3, 2, 3, 0.6666666666666666), (3, 3, 5, -1.0), (3, 4, 4, 0.5), (4, 0, 4, 0.6666666666666666), (4, 0, 6, -0.3333333333333333), (4, 1, 5, 1.0), (4, 2, 4, -1.3333333333333333), (4, 2, 6, -0.3333333333333333), (4, 3, 2, -0.5), (4, 4, 1, 1.0), (4, 4, 3, 0.5), (5, 1, 4, 1.0), (5, 1, 6, 1.0), (5, 3, 3, -1.0), (5, 4, 0, -1.0), (6, 0, 4, -0.3333333333333333), (6, 0, 6, -1.3333333333333333), (6, 1, 5, 1.0), (6, 2, 4, -0.3333333333333333), (6, 2, 6, 0.6666666666666666), (6, 3, 0, 0.5), (6, 3, 2, 1.0), (6, 4, 1, -0.5)])  # coupling 3 x 2 -> 3, even path, 44 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_1_3_4_e0e0bf33 = np.array([(0, 0, 0, 4.0), (0, 0, 2, 3.0), (0, 1, 1, 6.0), (0, 1, 3, 3.0), (0, 2, 0, 3.0), (0, 2, 2, 6.0), (0, 3, 1, 3.0), (0, 3, 3, 4.0), (0, 4, 5, 4.0), (0, 4, 7, 1.0), (0, 5, 6, 6.0), (0, 6, 5, 1.0), (0, 6, 7, 4.0), (1, 0, 1, 4.0), (1, 0, 3, 3.0), (1, 1, 2, 6.0), (1, 1, 4, 3.0), (1, 2, 1, 3.0), (1, 2, 3, 6.0), (1, 3, 2, 3.0), (1, 3, 4, 4.0), (1, 4, 6, 4.0), (1, 4, 8, 1.0), (1, 5, 7, 6.0), (1, 6, 6, 1.0), (1, 6, 8, 4.0), (2, 0, 5, 4.0), (2, 0, 7, 3.0), (2, 1, 6, 6.0), (2, 1, 8, 3.0), (2, 2, 5, 3.0), (2, 2, 7, 6.0), (2, 3, 6, 3.0), (2, 3, 8, 4.0), (2, 4, 0, -4.0), (2, 4, 2, -5.0), (2, 4, 4, -1.0), (2, 5, 1, -6.0), (2, 5, 3, -6.0), (2, 6, 0, -1.0), (2, 6, 2, -5.0), (2, 6, 4, -4.0)])  # coupling 1 x 3 -> 4, even path, 42 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_4_1_3_204e5f3f = np.array([(0, 0, 0, 4.0), (0, 0, 2, 3.0), (0, 2, 4, -4.0), (0, 2, 6, -1.0), (1, 0, 1, 6.0), (1, 0, 3, 3.0), (1, 1, 0, 4.0), (1, 1, 2, 3.0), (1, 2, 5, -6.0), (2, 0, 0, 3.0), (2, 0, 2, 6.0), (2, 1, 1, 6.0), (2, 1, 3, 3.0), (2, 2, 4, -5.0), (2, 2, 6, -5.0), (3, 0, 1, 3.0), (3, 0, 3, 4.0), (3, 1, 0, 3.0), (3, 1, 2, 6.0), (3, 2, 5, -6.0), (4, 1, 1, 3.0), (4, 1, 3, 4.0), (4, 2, 4, -1.0), (4, 2, 6, -4.0), (5, 0, 4, 4.0), (5, 0, 6, 1.0), (5, 2, 0, 4.0), (5, 2, 2, 3.0), (6, 0, 5, 6.0), (6, 1, 4, 4.0), (6, 1, 6, 1.0), (6, 2, 1, 6.0), (6, 2, 3, 3.0), (7, 0, 4, 1.0), (7, 0, 6, 4.0), (7, 1, 5, 6.0), (7, 2, 0, 3.0), (7, 2, 2, 6.0), (8, 1, 4, 1.0), (8, 1, 6, 4.0), (8, 2, 1, 3.0), (8, 2, 3, 4.0)])  # coupling 4 x 1 -> 3, even path, 42 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_4_2_2_35ab74fd = np.array([(0, 0, 0, 0.5428571428571428), (0, 0, 2, 0.05714285714285714), (0, 1, 1, -0.45714285714285713), (0, 2, 0, 0.05714285714285714), (0, 2, 2, 0.11428571428571428), (0, 3, 3, -0.45714285714285713), (0, 4, 4, 0.11428571428571428), (1, 0, 1, 0.35714285714285715), (1, 1, 0, 0.35714285714285715), (1, 1, 2, -0.14285714285714285), (1, 2, 1, -0.14285714285714285), (1, 3, 4, -0.14285714285714285), (1, 4, 3, -0.14285714285714285), (2, 0, 0, -0.05714285714285714), (2, 0, 2, 0.18571428571428572), (2, 1, 1, 0.5142857142857142), (2, 2, 0, 0.18571428571428572), (2, 2, 2, -0.05714285714285714), (2, 3, 3, -0.05714285714285714), (2, 4, 4, -0.05714285714285714), (3, 0, 1, -0.14285714285714285), (3, 1, 0, -0.14285714285714285), (3, 1, 2, 0.35714285714285715), (3, 2, 1, 0.35714285714285715), (3, 3, 4, -0.14285714285714285), (3, 4, 3, -0.14285714285714285), (4, 0, 0, 0.11428571428571428), (4, 0, 2, 0.05714285714285714), (4, 1, 1, -0.45714285714285713), (4, 2, 0, 0.05714285714285714), (4, 2, 2, 0.5428571428571428), (4, 3, 3, 0.11428571428571428), (4, 4, 4, -0.45714285714285713), (5, 0, 3, 0.5), (5, 1, 4, -0.14285714285714285), (5, 2, 3, 0.14285714285714285), (5, 3, 0, 0.5), (5, 3, 2, 0.14285714285714285), (5, 4, 1, -0.14285714285714285), (6, 0, 4, 0.21428571428571427), (6, 1, 3, 0.2857142857142857), (6, 3, 1, 0.2857142857142857), (6, 4, 0, 0.21428571428571427), (7, 1, 4, 0.2857142857142857), (7, 2, 3, 0.21428571428571427), (7, 3, 2, 0.21428571428571427), (7, 4, 1, 0.2857142857142857), (8, 0, 4, 0.14285714285714285), (8, 1, 3, -0.14285714285714285), (8, 2, 4, 0.5), (8, 3, 1, -0.14285714285714285), (8, 4, 0, 0.14285714285714285), (8, 4, 2, 0.5)])  # coupling 4 x 2 -> 2, even path, 53 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_4_2_51882603 = np.array([(0, 0, 0, 0.5428571428571428), (0, 0, 2, 0.05714285714285714), (0, 1, 1, 0.35714285714285715), (0, 2, 0, -0.05714285714285714), (0, 2, 2, 0.18571428571428572), (0, 3, 1, -0.14285714285714285), (0, 4, 0, 0.11428571428571428), (0, 4, 2, 0.05714285714285714), (0, 5, 3, 0.5), (0, 6, 4, 0.21428571428571427), (0, 8, 4, 0.14285714285714285), (1, 0, 1, -0.45714285714285713), (1, 1, 0, 0.35714285714285715), (1, 1, 2, -0.14285714285714285), (1, 2, 1, 0.5142857142857142), (1, 3, 0, -0.14285714285714285), (1, 3, 2, 0.35714285714285715), (1, 4, 1, -0.45714285714285713), (1, 5, 4, -0.14285714285714285), (1, 6, 3, 0.2857142857142857), (1, 7, 4, 0.2857142857142857), (1, 8, 3, -0.14285714285714285), (2, 0, 0, 0.05714285714285714), (2, 0, 2, 0.11428571428571428), (2, 1, 1, -0.14285714285714285), (2, 2, 0, 0.18571428571428572), (2, 2, 2, -0.05714285714285714), (2, 3, 1, 0.35714285714285715), (2, 4, 0, 0.05714285714285714), (2, 4, 2, 0.5428571428571428), (2, 5, 3, 0.14285714285714285), (2, 7, 3, 0.21428571428571427), (2, 8, 4, 0.5), (3, 0, 3, -0.45714285714285713), (3, 1, 4, -0.14285714285714285), (3, 2, 3, -0.05714285714285714), (3, 3, 4, -0.14285714285714285), (3, 4, 3, 0.11428571428571428), (3, 5, 0, 0.5), (3, 5, 2, 0.14285714285714285), (3, 6, 1, 0.2857142857142857), (3, 7, 2, 0.21428571428571427), (3, 8, 1, -0.14285714285714285), (4, 0, 4, 0.11428571428571428), (4, 1, 3, -0.14285714285714285), (4, 2, 4, -0.05714285714285714), (4, 3, 3, -0.14285714285714285), (4, 4, 4, -0.45714285714285713), (4, 5, 1, -0.14285714285714285), (4, 6, 0, 0.21428571428571427), (4, 7, 1, 0.2857142857142857), (4, 8, 0, 0.14285714285714285), (4, 8, 2, 0.5)])  # coupling 2 x 4 -> 2, even path, 53 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_1_3_3_c5f0a2ce = np.array([(0, 0, 5, -2.0), (0, 1, 4, -2.0), (0, 1, 6, -3.0), (0, 2, 5, -4.0), (0, 3, 4, -1.0), (0, 3, 6, -4.0), (0, 4, 1, 2.0), (0, 4, 3, 1.0), (0, 5, 0, 2.0), (0, 5, 2, 4.0), (0, 6, 1, 3.0), (0, 6, 3, 4.0), (1, 0, 4, 4.0), (1, 0, 6, 1.0), (1, 1, 5, 4.0), (1, 2, 4, 3.0), (1, 2, 6, 2.0), (1, 3, 5, 2.0), (1, 4, 0, -4.0), (1, 4, 2, -3.0), (1, 5, 1, -4.0), (1, 5, 3, -2.0), (1, 6, 0, -1.0), (1, 6, 2, -2.0), (2, 0, 1, -2.0), (2, 0, 3, -1.0), (2, 1, 0, 2.0), (2, 1, 2, -1.0), (2, 2, 1, 1.0), (2, 2, 3, -2.0), (2, 3, 0, 1.0), (2, 3, 2, 2.0), (2, 4, 5, -2.0), (2, 5, 4, 2.0), (2, 5, 6, -2.0), (2, 6, 5, 2.0)])  # coupling 1 x 3 -> 3, odd (Levi-Civita) path, 36 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_3_1_3_11ba7e7d = np.array([(0, 0, 5, 2.0), (0, 1, 4, -4.0), (0, 1, 6, -1.0), (0, 2, 1, 2.0), (0, 2, 3, 1.0), (1, 0, 4, 2.0), (1, 0, 6, 3.0), (1, 1, 5, -4.0), (1, 2, 0, -2.0), (1, 2, 2, 1.0), (2, 0, 5, 4.0), (2, 1, 4, -3.0), (2, 1, 6, -2.0), (2, 2, 1, -1.0), (2, 2, 3, 2.0), (3, 0, 4, 1.0), (3, 0, 6, 4.0), (3, 1, 5, -2.0), (3, 2, 0, -1.0), (3, 2, 2, -2.0), (4, 0, 1, -2.0), (4, 0, 3, -1.0), (4, 1, 0, 4.0), (4, 1, 2, 3.0), (4, 2, 5, 2.0), (5, 0, 0, -2.0), (5, 0, 2, -4.0), (5, 1, 1, 4.0), (5, 1, 3, 2.0), (5, 2, 4, -2.0), (5, 2, 6, 2.0), (6, 0, 1, -3.0), (6, 0, 3, -4.0), (6, 1, 0, 1.0), (6, 1, 2, 2.0), (6, 2, 5, -2.0)])  # coupling 3 x 1 -> 3, odd (Levi-Civita) path, 36 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_3_3_1_0c5798ed = np.array([(0, 1, 2, -1.0), (0, 4, 1, 1.0), (1, 0, 2, 0.3333333333333333), (1, 2, 2, -0.6666666666666666), (1, 4, 0, -0.3333333333333333), (1, 5, 1, 0.6666666666666666), (2, 1, 2, 0.6666666666666666), (2, 3, 2, -0.3333333333333333), (2, 5, 0, -0.6666666666666666), (2, 6, 1, 0.3333333333333333), (3, 2, 2, 1.0), (3, 6, 0, -1.0), (4, 0, 1, -1.0), (4, 1, 0, 0.3333333333333333), (4, 2, 1, -0.6666666666666666), (4, 5, 2, -0.6666666666666666), (5, 0, 0, 0.3333333333333333), (5, 1, 1, -0.6666666666666666), (5, 2, 0, 0.6666666666666666), (5, 3, 1, -0.3333333333333333), (5, 4, 2, 0.3333333333333333), (5, 6, 2, -0.3333333333333333), (6, 1, 0, 0.6666666666666666), (6, 2, 1, -0.3333333333333333), (6, 3, 0, 1.0), (6, 5, 2, 0.6666666666666666)])  # coupling 3 x 3 -> 1, odd (Levi-Civita) path, 26 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_1_3_3_642b3a17 = np.array([(0, 1, 4, -0.3333333333333333), (0, 2, 5, -0.6666666666666666), (0, 3, 6, -1.0), (0, 4, 1, 0.3333333333333333), (0, 5, 0, 0.3333333333333333), (0, 5, 2, 0.6666666666666666), (0, 6, 1, 0.6666666666666666), (0, 6, 3, 1.0), (1, 0, 4, 1.0), (1, 1, 5, 0.6666666666666666), (1, 2, 6, 0.3333333333333333), (1, 4, 0, -1.0), (1, 4, 2, -0.6666666666666666), (1, 5, 1, -0.6666666666666666), (1, 5, 3, -0.3333333333333333), (1, 6, 2, -0.3333333333333333), (2, 0, 1, -1.0), (2, 1, 0, 0.3333333333333333), (2, 1, 2, -0.6666666666666666), (2, 2, 1, 0.6666666666666666), (2, 2, 3, -0.3333333333333333), (2, 3, 2, 1.0), (2, 4, 5, -0.6666666666666666), (2, 5, 4, 0.3333333333333333), (2, 5, 6, -0.3333333333333333), (2, 6, 5, 0.6666666666666666)])  # coupling 1 x 3 -> 3, odd (Levi-Civita) path, 26 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_3_1_d3f497d6 = np.array([(0, 0, 0, 1.0), (0, 1, 1, 1.0), (0, 4, 2, 1.0), (1, 1, 0, 1.0), (1, 2, 1, 1.0), (1, 5, 2, 1.0), (2, 2, 0, 1.0), (2, 3, 1, 1.0), (2, 6, 2, 1.0), (3, 0, 2, -1.0), (3, 2, 2, -1.0), (3, 4, 0, 1.0), (3, 5, 1, 1.0), (4, 1, 2, -1.0), (4, 3, 2, -1.0), (4, 5, 0, 1.0), (4, 6, 1, 1.0)])  # coupling 2 x 3 -> 1, even path, 17 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_1_2_3_a081ad34 = np.array([(0, 0, 0, 1.0), (0, 1, 1, 1.0), (0, 2, 2, 1.0), (0, 3, 4, 1.0), (0, 4, 5, 1.0), (1, 0, 1, 1.0), (1, 1, 2, 1.0), (1, 2, 3, 1.0), (1, 3, 5, 1.0), (1, 4, 6, 1.0), (2, 0, 4, 1.0), (2, 1, 5, 1.0), (2, 2, 6, 1.0), (2, 3, 0, -1.0), (2, 3, 2, -1.0), (2, 4, 1, -1.0), (2, 4, 3, -1.0)])  # coupling 1 x 2 -> 3, even path, 17 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_1_2_2_c937f1b2 = np.array([(0, 0, 4, -1.0), (0, 1, 3, -1.0), (0, 2, 4, -2.0), (0, 3, 1, 1.0), (0, 4, 0, 1.0), (0, 4, 2, 2.0), (1, 0, 3, 2.0), (1, 1, 4, 1.0), (1, 2, 3, 1.0), (1, 3, 0, -2.0), (1, 3, 2, -1.0), (1, 4, 1, -1.0), (2, 0, 1, -1.0), (2, 1, 0, 1.0), (2, 1, 2, -1.0), (2, 2, 1, 1.0), (2, 3, 4, -1.0), (2, 4, 3, 1.0)])  # coupling 1 x 2 -> 2, odd (Levi-Civita) path, 18 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_1_2_9adb3845 = np.array([(0, 0, 4, 1.0), (0, 1, 3, -2.0), (0, 2, 1, 1.0), (1, 0, 3, 1.0), (1, 1, 4, -1.0), (1, 2, 0, -1.0), (1, 2, 2, 1.0), (2, 0, 4, 2.0), (2, 1, 3, -1.0), (2, 2, 1, -1.0), (3, 0, 1, -1.0), (3, 1, 0, 2.0), (3, 1, 2, 1.0), (3, 2, 4, 1.0), (4, 0, 0, -1.0), (4, 0, 2, -2.0), (4, 1, 1, 1.0), (4, 2, 3, -1.0)])  # coupling 2 x 1 -> 2, odd (Levi-Civita) path, 18 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_2_2_1_e5960ef7 = np.array([(0, 1, 2, -1.0), (0, 3, 1, 1.0), (1, 0, 2, 0.5), (1, 2, 2, -0.5), (1, 3, 0, -0.5), (1, 4, 1, 0.5), (2, 1, 2, 1.0), (2, 4, 0, -1.0), (3, 0, 1, -1.0), (3, 1, 0, 0.5), (3, 2, 1, -0.5), (3, 4, 2, -0.5), (4, 0, 0, 0.5), (4, 1, 1, -0.5), (4, 2, 0, 1.0), (4, 3, 2, 0.5)])  # coupling 2 x 2 -> 1, odd (Levi-Civita) path, 16 nonzeros: rows (m1, m2, m3, coefficient)
-
-TABLE_1_2_2_831904d8 = np.array([(0, 1, 3, -0.5), (0, 2, 4, -1.0), (0, 3, 1, 0.5), (0, 4, 0, 0.5), (0, 4, 2, 1.0), (1, 0, 3, 1.0), (1, 1, 4, 0.5), (1, 3, 0, -1.0), (1, 3, 2, -0.5), (1, 4, 1, -0.5), (2, 0, 1, -1.0), (2, 1, 0, 0.5), (2, 1, 2, -0.5), (2, 2, 1, 1.0), (2, 3, 4, -0.5), (2, 4, 3, 0.5)])  # coupling 1 x 2 -> 2, odd (Levi-Civita) path, 16 nonzeros: rows (m1, m2, m3, coefficient)
+def couple_2_2_0_a59ab82f(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4):
+    """Coupling 2 x 2 -> 0, even path, 7 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return 2.0 * (a0 * b0 + a1 * b1 + a2 * b2 + a3 * b3 + a4 * b4) + a0 * b2 + a2 * b0
 
 
 
 @numba.njit(cache=True, fastmath=False)
-def _kernel_2ae74df0d4(block, channels, g_mixA0_A_8, g_mixA0_A_9, g_mixA1_A_14, g_mixA1_A_6, g_mixA2_A_14, g_mixA3_A_11, g_p_B0_0, g_p_B1_0, g_p_t23_1_0, g_p_t25_1_0, g_p_t27_1_0, g_p_t2_0_1, g_p_t6_1_0, mixA0_A, mixA1_A, mixA2_A, mixA3_A, num_nodes, product):
-    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
-    t = np.empty((248, channels), np.float64)  # rows of the values this kernel keeps to itself
-    for n in range(block * 16, min(num_nodes, block * 16 + 16)):
-        _couple(t[0:1], mixA0_A[n].T, mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
-        _couple(t[1:2], mixA1_A[n].T, mixA1_A[n].T, TABLE_1_1_0_85459927)  # (1o x 1o)->0e step 1: 1 x 1 -> 0, even path, 3 nonzeros
-        _couple(t[2:5], mixA0_A[n].T, mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
-        _couple(t[5:10], mixA0_A[n].T, mixA2_A[n].T, TABLE_0_2_2_e48b51bf)  # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
-        _couple(t[10:17], mixA0_A[n].T, mixA3_A[n].T, TABLE_0_3_3_562e87e3)  # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
-        _couple(t[17:22], mixA1_A[n].T, mixA1_A[n].T, TABLE_1_1_2_e4201477)  # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
-        _couple(t[22:29], mixA1_A[n].T, mixA2_A[n].T, TABLE_1_2_3_07710818)  # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
-        _couple(t[29:34], mixA2_A[n].T, mixA2_A[n].T, TABLE_2_2_2_4e85cd44)  # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
-        _couple(t[34:41], mixA2_A[n].T, mixA3_A[n].T, TABLE_2_3_3_6abb6992)  # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
-        _couple(t[41:44], mixA1_A[n].T, mixA2_A[n].T, TABLE_1_2_1_3fc415f1)  # (1o x 2e)->1o step 1: 1 x 2 -> 1, even path, 10 nonzeros
-        _couple(t[44:49], mixA1_A[n].T, mixA2_A[n].T, TABLE_1_2_2_4013a379)  # ((1o x 2e)->2o x 2e)->1o step 1: 1 x 2 -> 2, odd (Levi-Civita) path, 16 nonzeros
-        _couple(t[49:54], mixA1_A[n].T, mixA3_A[n].T, TABLE_1_3_2_1ba37bc7)  # ((1o x 3o)->2e x 3o)->1o step 1: 1 x 3 -> 2, even path, 17 nonzeros
-        _couple(t[54:61], mixA1_A[n].T, mixA3_A[n].T, TABLE_1_3_3_c6a4e8cb)  # ((1o x 3o)->3e x 3o)->1o step 1: 1 x 3 -> 3, odd (Levi-Civita) path, 26 nonzeros
-        _couple(t[61:70], mixA2_A[n].T, mixA2_A[n].T, TABLE_2_2_4_07efd734)  # ((2e x 2e)->4e x 3o)->1o step 1: 2 x 2 -> 4, even path, 53 nonzeros
-        _couple(t[70:75], mixA3_A[n].T, mixA3_A[n].T, TABLE_3_3_2_56743844)  # ((3o x 3o)->2e x 3o)->1o step 1: 3 x 3 -> 2, even path, 44 nonzeros
-        _scale(t[75:76], mixA0_A[n].T, product[n, :, 1])  # (0e x 0e)->0e
-        _scale(t[76:77], t[0:1], product[n, :, 5])  # ((0e x 0e)->0e x 0e)->0e
-        _sum(t[77:78], t[75:76], t[76:77])
-        _scale(t[78:83], mixA2_A[n].T, product[n, :, 3])  # (2e x 2e)->0e
-        _scale(t[83:88], t[5:10], product[n, :, 7])  # ((0e x 2e)->2e x 2e)->0e
-        _scale(t[88:93], t[17:22], product[n, :, 9])  # ((1o x 1o)->2e x 2e)->0e
-        _scale(t[93:98], t[29:34], product[n, :, 11])  # ((2e x 2e)->2e x 2e)->0e
-        _sum(t[98:103], t[78:83], t[83:88], t[88:93], t[93:98])
-        _scale(t[103:110], mixA3_A[n].T, product[n, :, 4])  # (3o x 3o)->0e
-        _scale(t[110:117], t[10:17], product[n, :, 8])  # ((0e x 3o)->3o x 3o)->0e
-        _scale(t[10:17], t[22:29], product[n, :, 10])  # ((1o x 2e)->3o x 3o)->0e
-        _scale(t[22:29], t[34:41], product[n, :, 12])  # ((2e x 3o)->3o x 3o)->0e
-        _sum(t[34:41], t[103:110], t[110:117], t[10:17], t[22:29])
-        _scale(t[76:77], mixA0_A[n].T, product[n, :, 14])  # (0e x 1o)->1o
-        _scale(t[75:76], t[0:1], product[n, :, 17])  # ((0e x 0e)->0e x 1o)->1o
-        _scale(t[0:1], t[1:2], product[n, :, 20])  # ((1o x 1o)->0e x 1o)->1o
-        _sum(t[1:2], t[76:77], t[75:76], t[0:1])
-        _scale(t[117:120], mixA1_A[n].T, product[n, :, 15])  # (1o x 2e)->1o
-        _scale(t[120:123], t[2:5], product[n, :, 18])  # ((0e x 1o)->1o x 2e)->1o
-        _scale(t[123:126], t[41:44], product[n, :, 22])  # ((1o x 2e)->1o x 2e)->1o
-        _sum(t[41:44], t[117:120], t[120:123], t[123:126])
-        _scale(t[93:98], mixA2_A[n].T, product[n, :, 16])  # (2e x 3o)->1o
-        _scale(t[88:93], t[5:10], product[n, :, 19])  # ((0e x 2e)->2e x 3o)->1o
-        _scale(t[5:10], t[17:22], product[n, :, 21])  # ((1o x 1o)->2e x 3o)->1o
-        _scale(t[17:22], t[49:54], product[n, :, 24])  # ((1o x 3o)->2e x 3o)->1o
-        _scale(t[49:54], t[29:34], product[n, :, 26])  # ((2e x 2e)->2e x 3o)->1o
-        _scale(t[29:34], t[70:75], product[n, :, 28])  # ((3o x 3o)->2e x 3o)->1o
-        _sum(t[70:75], t[93:98], t[88:93], t[5:10], t[17:22])
-        _sum(t[70:75], t[70:75], t[49:54], t[29:34])
-        _couple(t[29:34], g_p_B1_0[n].T, mixA3_A[n].T, TABLE_1_3_2_d9927512)  # adjoint (left) of p_B1_f2_3_A3_out: factored: 6 weighted 2x3->1 couplings as one: table transpose-left of 2x3->1, ranks 1, 3 -> 2, 23 nonzeros
-        _couple(t[22:29], t[70:75], g_p_B1_0[n].T, TABLE_2_1_3_9378325a)  # adjoint (right) of p_B1_f2_3_A3_out: factored: 6 weighted 2x3->1 couplings as one: table transpose-right of 2x3->1, ranks 2, 1 -> 3, 23 nonzeros
-        _scale(t[70:75], t[29:34], product[n, :, 28])  # adjoint of p_B1_f2_3_A3_5
-        _scale(t[49:54], t[29:34], product[n, :, 26])  # adjoint of p_B1_f2_3_A3_4
-        _scale(t[17:22], t[29:34], product[n, :, 24])  # adjoint of p_B1_f2_3_A3_3
-        _scale(t[5:10], t[29:34], product[n, :, 21])  # adjoint of p_B1_f2_3_A3_2
-        _scale(t[88:93], t[29:34], product[n, :, 19])  # adjoint of p_B1_f2_3_A3_1
-        _scale(t[93:98], t[29:34], product[n, :, 16])  # adjoint of p_B1_f2_3_A3_0
-        _couple(t[123:126], g_p_B1_0[n].T, mixA2_A[n].T, TABLE_1_2_1_3fc415f1)  # adjoint (left) of p_B1_f1_2_A2_out: factored: 3 weighted 1x2->1 couplings as one: table transpose-left of 1x2->1, ranks 1, 2 -> 1, 10 nonzeros
-        _couple(t[29:34], t[41:44], g_p_B1_0[n].T, TABLE_1_1_2_ff7370b0)  # adjoint (right) of p_B1_f1_2_A2_out: factored: 3 weighted 1x2->1 couplings as one: table transpose-right of 1x2->1, ranks 1, 1 -> 2, 10 nonzeros
-        _scale(t[41:44], t[123:126], product[n, :, 22])  # adjoint of p_B1_f1_2_A2_2
-        _scale(t[120:123], t[123:126], product[n, :, 18])  # adjoint of p_B1_f1_2_A2_1
-        _scale(t[117:120], t[123:126], product[n, :, 15])  # adjoint of p_B1_f1_2_A2_0
-        _couple(t[0:1], g_p_B1_0[n].T, mixA1_A[n].T, TABLE_1_1_0_85459927)  # adjoint (left) of p_B1_f0_1_A1_out: factored: 3 weighted 0x1->1 couplings as one: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
-        _couple(t[123:126], t[1:2], g_p_B1_0[n].T, TABLE_0_1_1_ee2e90d0)  # adjoint (right) of p_B1_f0_1_A1_out: factored: 3 weighted 0x1->1 couplings as one: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
-        _scale(t[1:2], t[0:1], product[n, :, 20])  # adjoint of p_B1_f0_1_A1_2
-        _scale(t[75:76], t[0:1], product[n, :, 17])  # adjoint of p_B1_f0_1_A1_1
-        _scale(t[76:77], t[0:1], product[n, :, 14])  # adjoint of p_B1_f0_1_A1_0
-        _couple(t[10:17], g_p_B0_0[n].T, mixA3_A[n].T, TABLE_0_3_3_43fd0183)  # adjoint (left) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-left of 3x3->0, ranks 0, 3 -> 3, 13 nonzeros
-        _couple(t[110:117], t[34:41], g_p_B0_0[n].T, TABLE_3_0_3_e4111719)  # adjoint (right) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-right of 3x3->0, ranks 3, 0 -> 3, 13 nonzeros
-        _scale(t[34:41], t[10:17], product[n, :, 12])  # adjoint of p_B0_f3_3_A3_3
-        _scale(t[103:110], t[10:17], product[n, :, 10])  # adjoint of p_B0_f3_3_A3_2
-        _scale(t[126:133], t[10:17], product[n, :, 8])  # adjoint of p_B0_f3_3_A3_1
-        _scale(t[133:140], t[10:17], product[n, :, 4])  # adjoint of p_B0_f3_3_A3_0
-        _couple(t[83:88], g_p_B0_0[n].T, mixA2_A[n].T, TABLE_0_2_2_b6ffe7ef)  # adjoint (left) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-left of 2x2->0, ranks 0, 2 -> 2, 7 nonzeros
-        _couple(t[78:83], t[98:103], g_p_B0_0[n].T, TABLE_2_0_2_bd196563)  # adjoint (right) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-right of 2x2->0, ranks 2, 0 -> 2, 7 nonzeros
-        _scale(t[98:103], t[83:88], product[n, :, 11])  # adjoint of p_B0_f2_2_A2_3
-        _scale(t[140:145], t[83:88], product[n, :, 9])  # adjoint of p_B0_f2_2_A2_2
-        _scale(t[145:150], t[83:88], product[n, :, 7])  # adjoint of p_B0_f2_2_A2_1
-        _scale(t[150:155], t[83:88], product[n, :, 3])  # adjoint of p_B0_f2_2_A2_0
-        _couple(t[0:1], g_p_B0_0[n].T, mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # adjoint (left) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-        _couple(t[155:156], t[77:78], g_p_B0_0[n].T, TABLE_0_0_0_8b90d7c6)  # adjoint (right) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-        _scale(t[77:78], t[0:1], product[n, :, 5])  # adjoint of p_B0_f0_0_A0_1
-        _scale(t[156:157], t[0:1], product[n, :, 1])  # adjoint of p_B0_f0_0_A0_0
-        _couple(t[10:17], t[70:75], mixA3_A[n].T, TABLE_2_3_3_20ed3b2f)  # adjoint (left) of p_t28_0: ((3o x 3o)->2e x 3o)->1o step 1: table transpose-left of 3x3->2, ranks 2, 3 -> 3, 44 nonzeros
-        _couple(t[157:164], mixA3_A[n].T, t[70:75], TABLE_3_2_3_5d3cf119)  # adjoint (right) of p_t28_0: ((3o x 3o)->2e x 3o)->1o step 1: table transpose-right of 3x3->2, ranks 3, 2 -> 3, 44 nonzeros
-        _couple(t[164:173], g_p_t27_1_0[n].T, mixA3_A[n].T, TABLE_1_3_4_e0e0bf33)  # adjoint (left) of p_t27_1: ((2e x 2e)->4e x 3o)->1o step 2: table transpose-left of 4x3->1, ranks 1, 3 -> 4, 42 nonzeros
-        _couple(t[173:180], t[61:70], g_p_t27_1_0[n].T, TABLE_4_1_3_204e5f3f)  # adjoint (right) of p_t27_1: ((2e x 2e)->4e x 3o)->1o step 2: table transpose-right of 4x3->1, ranks 4, 1 -> 3, 42 nonzeros
-        _couple(t[70:75], t[164:173], mixA2_A[n].T, TABLE_4_2_2_35ab74fd)  # adjoint (left) of p_t27_0: ((2e x 2e)->4e x 3o)->1o step 1: table transpose-left of 2x2->4, ranks 4, 2 -> 2, 53 nonzeros
-        _couple(t[83:88], mixA2_A[n].T, t[164:173], TABLE_2_4_2_51882603)  # adjoint (right) of p_t27_0: ((2e x 2e)->4e x 3o)->1o step 1: table transpose-right of 2x2->4, ranks 2, 4 -> 2, 53 nonzeros
-        _couple(t[180:187], g_p_t25_1_0[n].T, mixA3_A[n].T, TABLE_1_3_3_c5f0a2ce)  # adjoint (left) of p_t25_1: ((1o x 3o)->3e x 3o)->1o step 2: table transpose-left of 3x3->1, ranks 1, 3 -> 3, 36 nonzeros
-        _couple(t[187:194], t[54:61], g_p_t25_1_0[n].T, TABLE_3_1_3_11ba7e7d)  # adjoint (right) of p_t25_1: ((1o x 3o)->3e x 3o)->1o step 2: table transpose-right of 3x3->1, ranks 3, 1 -> 3, 36 nonzeros
-        _couple(t[194:197], t[180:187], mixA3_A[n].T, TABLE_3_3_1_0c5798ed)  # adjoint (left) of p_t25_0: ((1o x 3o)->3e x 3o)->1o step 1: table transpose-left of 1x3->3, ranks 3, 3 -> 1, 26 nonzeros
-        _couple(t[54:61], mixA1_A[n].T, t[180:187], TABLE_1_3_3_642b3a17)  # adjoint (right) of p_t25_0: ((1o x 3o)->3e x 3o)->1o step 1: table transpose-right of 1x3->3, ranks 1, 3 -> 3, 26 nonzeros
-        _couple(t[197:200], t[17:22], mixA3_A[n].T, TABLE_2_3_1_d3f497d6)  # adjoint (left) of p_t24_0: ((1o x 3o)->2e x 3o)->1o step 1: table transpose-left of 1x3->2, ranks 2, 3 -> 1, 17 nonzeros
-        _couple(t[180:187], mixA1_A[n].T, t[17:22], TABLE_1_2_3_a081ad34)  # adjoint (right) of p_t24_0: ((1o x 3o)->2e x 3o)->1o step 1: table transpose-right of 1x3->2, ranks 1, 2 -> 3, 17 nonzeros
-        _couple(t[17:22], g_p_t23_1_0[n].T, mixA2_A[n].T, TABLE_1_2_2_c937f1b2)  # adjoint (left) of p_t23_1: ((1o x 2e)->2o x 2e)->1o step 2: table transpose-left of 2x2->1, ranks 1, 2 -> 2, 18 nonzeros
-        _couple(t[200:205], t[44:49], g_p_t23_1_0[n].T, TABLE_2_1_2_9adb3845)  # adjoint (right) of p_t23_1: ((1o x 2e)->2o x 2e)->1o step 2: table transpose-right of 2x2->1, ranks 2, 1 -> 2, 18 nonzeros
-        _couple(t[205:208], t[17:22], mixA2_A[n].T, TABLE_2_2_1_e5960ef7)  # adjoint (left) of p_t23_0: ((1o x 2e)->2o x 2e)->1o step 1: table transpose-left of 1x2->2, ranks 2, 2 -> 1, 16 nonzeros
-        _couple(t[44:49], mixA1_A[n].T, t[17:22], TABLE_1_2_2_831904d8)  # adjoint (right) of p_t23_0: ((1o x 2e)->2o x 2e)->1o step 1: table transpose-right of 1x2->2, ranks 1, 2 -> 2, 16 nonzeros
-        _couple(t[208:211], t[41:44], mixA2_A[n].T, TABLE_1_2_1_3fc415f1)  # adjoint (left) of p_t15_0: (1o x 2e)->1o step 1: table transpose-left of 1x2->1, ranks 1, 2 -> 1, 10 nonzeros
-        _couple(t[17:22], mixA1_A[n].T, t[41:44], TABLE_1_1_2_ff7370b0)  # adjoint (right) of p_t15_0: (1o x 2e)->1o step 1: table transpose-right of 1x2->1, ranks 1, 1 -> 2, 10 nonzeros
-        _couple(t[211:216], t[34:41], mixA3_A[n].T, TABLE_3_3_2_07d44da8)  # adjoint (left) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-left of 2x3->3, ranks 3, 3 -> 2, 54 nonzeros
-        _couple(t[216:223], mixA2_A[n].T, t[34:41], TABLE_2_3_3_25a6a613)  # adjoint (right) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-right of 2x3->3, ranks 2, 3 -> 3, 54 nonzeros
-        _sum(t[223:228], t[49:54], t[98:103])
-        _couple(t[98:103], t[223:228], mixA2_A[n].T, TABLE_2_2_2_c8b54973)  # adjoint (left) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-left of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
-        _couple(t[49:54], mixA2_A[n].T, t[223:228], TABLE_2_2_2_0d250528)  # adjoint (right) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-right of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
-        _couple(t[41:44], t[103:110], mixA2_A[n].T, TABLE_3_2_1_010a34fb)  # adjoint (left) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-left of 1x2->3, ranks 3, 2 -> 1, 25 nonzeros
-        _couple(t[223:228], mixA1_A[n].T, t[103:110], TABLE_1_3_2_121d470a)  # adjoint (right) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-right of 1x2->3, ranks 1, 3 -> 2, 25 nonzeros
-        _sum(t[228:233], t[5:10], t[140:145])
-        _couple(t[233:236], t[228:233], mixA1_A[n].T, TABLE_2_1_1_c3015d45)  # adjoint (left) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
-        _couple(t[236:239], mixA1_A[n].T, t[228:233], TABLE_1_2_1_68cab8a5)  # adjoint (right) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-right of 1x1->2, ranks 1, 2 -> 1, 12 nonzeros
-        _couple(t[0:1], t[126:133], mixA3_A[n].T, TABLE_3_3_0_3353fb15)  # adjoint (left) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
-        _couple(t[103:110], mixA0_A[n].T, t[126:133], TABLE_0_3_3_562e87e3)  # adjoint (right) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
-        _sum(t[228:233], t[88:93], t[145:150])
-        _couple(t[239:240], t[228:233], mixA2_A[n].T, TABLE_2_2_0_638600a3)  # adjoint (left) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
-        _couple(t[145:150], mixA0_A[n].T, t[228:233], TABLE_0_2_2_e48b51bf)  # adjoint (right) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
-        _couple(t[240:243], g_p_t6_1_0[n].T, mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # adjoint (left) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
-        _couple(t[243:246], t[2:5], g_p_t6_1_0[n].T, TABLE_1_0_1_470fbaa1)  # adjoint (right) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
-        _sum(t[2:5], t[120:123], t[240:243])
-        _couple(t[246:247], t[2:5], mixA1_A[n].T, TABLE_1_1_0_85459927)  # adjoint (left) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
-        _couple(t[240:243], mixA0_A[n].T, t[2:5], TABLE_0_1_1_ee2e90d0)  # adjoint (right) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
-        _sum(t[247:248], t[1:2], g_p_t2_0_1[n].T)
-        _couple(t[2:5], t[247:248], mixA1_A[n].T, TABLE_0_1_1_ee2e90d0)  # adjoint (left) of p_t2_0: (1o x 1o)->0e step 1: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
-        _couple(t[120:123], mixA1_A[n].T, t[247:248], TABLE_1_0_1_470fbaa1)  # adjoint (right) of p_t2_0: (1o x 1o)->0e step 1: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
-        _sum(t[247:248], t[75:76], t[77:78])
-        _couple(t[77:78], t[247:248], mixA0_A[n].T, TABLE_0_0_0_8b90d7c6)  # adjoint (left) of p_t1_0: (0e x 0e)->0e step 1: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-        _couple(t[75:76], mixA0_A[n].T, t[247:248], TABLE_0_0_0_8b90d7c6)  # adjoint (right) of p_t1_0: (0e x 0e)->0e step 1: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-        _sum(g_mixA3_A_11[n].T, t[22:29], t[110:117], t[133:140], t[10:17])
-        _sum(g_mixA3_A_11[n].T, g_mixA3_A_11[n].T, t[157:164], t[173:180], t[187:194])
-        _sum(g_mixA3_A_11[n].T, g_mixA3_A_11[n].T, t[54:61], t[180:187], t[216:223])
-        _sum(g_mixA3_A_11[n].T, g_mixA3_A_11[n].T, t[103:110])
-        _sum(g_mixA2_A_14[n].T, t[93:98], t[29:34], t[78:83], t[150:155])
-        _sum(g_mixA2_A_14[n].T, g_mixA2_A_14[n].T, t[70:75], t[83:88], t[200:205])
-        _sum(g_mixA2_A_14[n].T, g_mixA2_A_14[n].T, t[44:49], t[17:22], t[211:216])
-        _sum(g_mixA2_A_14[n].T, g_mixA2_A_14[n].T, t[98:103], t[49:54], t[223:228])
-        _sum(g_mixA2_A_14[n].T, g_mixA2_A_14[n].T, t[145:150])
-        _sum(g_mixA1_A_14[n].T, t[117:120], t[123:126], t[194:197], t[197:200])
-        _sum(g_mixA1_A_14[n].T, g_mixA1_A_14[n].T, t[205:208], t[208:211], g_mixA1_A_6[n].T)
-        _sum(g_mixA1_A_14[n].T, g_mixA1_A_14[n].T, t[41:44], t[233:236], t[236:239])
-        _sum(g_mixA1_A_14[n].T, g_mixA1_A_14[n].T, t[243:246], t[240:243], t[2:5])
-        _sum(g_mixA1_A_14[n].T, g_mixA1_A_14[n].T, t[120:123])
-        _sum(g_mixA0_A_9[n].T, t[76:77], t[155:156], t[156:157], t[0:1])
-        _sum(g_mixA0_A_9[n].T, g_mixA0_A_9[n].T, t[239:240], t[246:247], t[77:78])
-        _sum(g_mixA0_A_9[n].T, g_mixA0_A_9[n].T, t[75:76], g_mixA0_A_8[n].T)
+def couple_3_3_0_d8c7f81f(a0, a1, a2, a3, a4, a5, a6, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 3 x 3 -> 0, even path, 13 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return 4.0 * (a0 * b0 + a3 * b3 + a4 * b4 + a6 * b6) + 3.0 * (a0 * b2 + a1 * b3 + a2 * b0 + a3 * b1) + 6.0 * (a1 * b1 + a2 * b2 + a5 * b5) + a4 * b6 + a6 * b4
 
 
 
 @numba.njit(cache=True, fastmath=False)
-def _kernel_40602f8aec(block, Y0, Y1, Y2, Y3, channels, i_A0, i_A1, i_A2, i_A3, num_nodes, radial, receiver_offsets, senders, up0_h, up1_h):
-    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
-    t = np.empty((72, channels), np.float64)  # rows of the values this kernel keeps to itself
-    for n in range(block * 16, min(num_nodes, block * 16 + 16)):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
-        t[0:1] = 0.0
-        t[1:4] = 0.0
-        t[4:9] = 0.0
-        t[9:16] = 0.0
-        for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
-            j = senders[e]
-            _couple_right_free(t[16:17], up0_h[j].T, Y0[e], TABLE_0_0_0_8b90d7c6)  # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
-            _scale(t[17:18], t[16:17], radial[e, :, 0])  # R[h0 x Y0 -> A0]
-            _scale(t[16:17], up0_h[j].T, radial[e, :, 1])  # R[h0 x Y1 -> A1]
-            _couple_right_free(t[18:21], t[16:17], Y1[e], TABLE_0_1_1_ee2e90d0)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
-            _scale(t[16:17], up0_h[j].T, radial[e, :, 2])  # R[h0 x Y2 -> A2]
-            _couple_right_free(t[21:26], t[16:17], Y2[e], TABLE_0_2_2_e48b51bf)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
-            _scale(t[16:17], up0_h[j].T, radial[e, :, 3])  # R[h0 x Y3 -> A3]
-            _couple_right_free(t[26:33], t[16:17], Y3[e], TABLE_0_3_3_562e87e3)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
-            _couple_right_free(t[33:36], up1_h[j].T, Y0[e], TABLE_1_0_1_470fbaa1)  # h1 x Y0 -> A1: 1 x 0 -> 1, even path, 3 nonzeros
-            _scale(t[36:39], t[33:36], radial[e, :, 4])  # R[h1 x Y0 -> A1]
-            _couple_right_free(t[16:17], up1_h[j].T, Y1[e], TABLE_1_1_0_85459927)  # h1 x Y1 -> A0: 1 x 1 -> 0, even path, 3 nonzeros
-            _scale(t[39:40], t[16:17], radial[e, :, 5])  # R[h1 x Y1 -> A0]
-            _scale(t[33:36], up1_h[j].T, radial[e, :, 6])  # R[h1 x Y1 -> A2]
-            _couple_right_free(t[40:45], t[33:36], Y1[e], TABLE_1_1_2_e4201477)  # h1 x Y1 -> A2: 1 x 1 -> 2, even path, 12 nonzeros
-            _couple_right_free(t[33:36], up1_h[j].T, Y2[e], TABLE_1_2_1_3fc415f1)  # h1 x Y2 -> A1: 1 x 2 -> 1, even path, 10 nonzeros
-            _scale(t[45:48], t[33:36], radial[e, :, 7])  # R[h1 x Y2 -> A1]
-            _scale(t[33:36], up1_h[j].T, radial[e, :, 8])  # R[h1 x Y2 -> A3]
-            _couple_right_free(t[48:55], t[33:36], Y2[e], TABLE_1_2_3_07710818)  # h1 x Y2 -> A3: 1 x 2 -> 3, even path, 25 nonzeros
-            _scale(t[33:36], up1_h[j].T, radial[e, :, 9])  # R[h1 x Y3 -> A2]
-            _couple_right_free(t[55:60], t[33:36], Y3[e], TABLE_1_3_2_1ba37bc7)  # h1 x Y3 -> A2: 1 x 3 -> 2, even path, 17 nonzeros
-            _sum(t[16:17], t[17:18], t[39:40])
-            _add(t[0:1], t[16:17])
-            _sum(t[33:36], t[18:21], t[36:39], t[45:48])
-            _add(t[1:4], t[33:36])
-            _sum(t[60:65], t[21:26], t[40:45], t[55:60])
-            _add(t[4:9], t[60:65])
-            _sum(t[65:72], t[26:33], t[48:55])
-            _add(t[9:16], t[65:72])
-        i_A0[n] = t[0:1].T  # store
-        i_A1[n] = t[1:4].T  # store
-        i_A2[n] = t[4:9].T  # store
-        i_A3[n] = t[9:16].T  # store
+def couple_0_3_3_7566e1db(a0, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 0 x 3 -> 3, even path, 13 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (4.0 * a0 * b0 + 3.0 * a0 * b2,
+            6.0 * a0 * b1 + 3.0 * a0 * b3,
+            3.0 * a0 * b0 + 6.0 * a0 * b2,
+            3.0 * a0 * b1 + 4.0 * a0 * b3,
+            4.0 * a0 * b4 + a0 * b6,
+            6.0 * a0 * b5,
+            a0 * b4 + 4.0 * a0 * b6)
 
 
 
 @numba.njit(cache=True, fastmath=False)
-def _kernel_9163b156c2(block, Y0, Y1, Y2, Y3, channels, g_mixA0_A_7, g_p_B0_0, g_p_t2_0_0, g_p_t6_1_0, i_A0, i_A1, i_A2, i_A3, i_c_0_0_0, i_c_1_0_1, i_c_1_1_0, i_c_1_2_1, i_hj_0_0_0, i_hj_1_0_1, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_s_1_1_2_in, i_s_1_2_3_in, i_s_1_3_2_in, num_nodes, product, radial, receiver_offsets, senders, up0_h, up1_h):
-    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
-    t = np.empty((72, channels), np.float64)  # rows of the values this kernel keeps to itself
-    for n in range(block * 16, min(num_nodes, block * 16 + 16)):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
-        t[0:1] = 0.0
-        t[1:4] = 0.0
-        t[4:9] = 0.0
-        t[9:16] = 0.0
-        for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
-            j = senders[e]
-            i_hj_0_0_0[e] = up0_h[j]  # store
-            _couple_right_free(i_c_0_0_0[e].T, up0_h[j].T, Y0[e], TABLE_0_0_0_8b90d7c6)  # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
-            _scale(t[16:17], i_c_0_0_0[e].T, radial[e, :, 0])  # R[h0 x Y0 -> A0]
-            _scale(i_s_0_1_1_in[e].T, up0_h[j].T, radial[e, :, 1])  # R[h0 x Y1 -> A1]
-            _couple_right_free(t[17:20], i_s_0_1_1_in[e].T, Y1[e], TABLE_0_1_1_ee2e90d0)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
-            _scale(i_s_0_2_2_in[e].T, up0_h[j].T, radial[e, :, 2])  # R[h0 x Y2 -> A2]
-            _couple_right_free(t[20:25], i_s_0_2_2_in[e].T, Y2[e], TABLE_0_2_2_e48b51bf)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
-            _scale(i_s_0_3_3_in[e].T, up0_h[j].T, radial[e, :, 3])  # R[h0 x Y3 -> A3]
-            _couple_right_free(t[25:32], i_s_0_3_3_in[e].T, Y3[e], TABLE_0_3_3_562e87e3)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
-            i_hj_1_0_1[e] = up1_h[j]  # store
-            _couple_right_free(i_c_1_0_1[e].T, up1_h[j].T, Y0[e], TABLE_1_0_1_470fbaa1)  # h1 x Y0 -> A1: 1 x 0 -> 1, even path, 3 nonzeros
-            _scale(t[32:35], i_c_1_0_1[e].T, radial[e, :, 4])  # R[h1 x Y0 -> A1]
-            _couple_right_free(i_c_1_1_0[e].T, up1_h[j].T, Y1[e], TABLE_1_1_0_85459927)  # h1 x Y1 -> A0: 1 x 1 -> 0, even path, 3 nonzeros
-            _scale(t[35:36], i_c_1_1_0[e].T, radial[e, :, 5])  # R[h1 x Y1 -> A0]
-            _scale(i_s_1_1_2_in[e].T, up1_h[j].T, radial[e, :, 6])  # R[h1 x Y1 -> A2]
-            _couple_right_free(t[36:41], i_s_1_1_2_in[e].T, Y1[e], TABLE_1_1_2_e4201477)  # h1 x Y1 -> A2: 1 x 1 -> 2, even path, 12 nonzeros
-            _couple_right_free(i_c_1_2_1[e].T, up1_h[j].T, Y2[e], TABLE_1_2_1_3fc415f1)  # h1 x Y2 -> A1: 1 x 2 -> 1, even path, 10 nonzeros
-            _scale(t[41:44], i_c_1_2_1[e].T, radial[e, :, 7])  # R[h1 x Y2 -> A1]
-            _scale(i_s_1_2_3_in[e].T, up1_h[j].T, radial[e, :, 8])  # R[h1 x Y2 -> A3]
-            _couple_right_free(t[44:51], i_s_1_2_3_in[e].T, Y2[e], TABLE_1_2_3_07710818)  # h1 x Y2 -> A3: 1 x 2 -> 3, even path, 25 nonzeros
-            _scale(i_s_1_3_2_in[e].T, up1_h[j].T, radial[e, :, 9])  # R[h1 x Y3 -> A2]
-            _couple_right_free(t[51:56], i_s_1_3_2_in[e].T, Y3[e], TABLE_1_3_2_1ba37bc7)  # h1 x Y3 -> A2: 1 x 3 -> 2, even path, 17 nonzeros
-            _sum(t[56:57], t[16:17], t[35:36])
-            _add(t[0:1], t[56:57])
-            _sum(t[57:60], t[17:20], t[32:35], t[41:44])
-            _add(t[1:4], t[57:60])
-            _sum(t[60:65], t[20:25], t[36:41], t[51:56])
-            _add(t[4:9], t[60:65])
-            _sum(t[65:72], t[25:32], t[44:51])
-            _add(t[9:16], t[65:72])
-        i_A0[n] = t[0:1].T  # store
-        i_A1[n] = t[1:4].T  # store
-        i_A2[n] = t[4:9].T  # store
-        i_A3[n] = t[9:16].T  # store
-        _scale(g_p_t6_1_0[n].T, g_p_B0_0[n].T, product[n, :, 6])  # adjoint of p_w6
-        _scale(g_p_t2_0_0[n].T, g_p_B0_0[n].T, product[n, :, 2])  # adjoint of p_w2
-        _scale(g_mixA0_A_7[n].T, g_p_B0_0[n].T, product[n, :, 0])  # adjoint of p_w0
+def couple_3_0_3_a7a51470(a0, a1, a2, a3, a4, a5, a6, b0):
+    """Coupling 3 x 0 -> 3, even path, 13 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (4.0 * a0 * b0 + 3.0 * a2 * b0,
+            6.0 * a1 * b0 + 3.0 * a3 * b0,
+            3.0 * a0 * b0 + 6.0 * a2 * b0,
+            3.0 * a1 * b0 + 4.0 * a3 * b0,
+            4.0 * a4 * b0 + a6 * b0,
+            6.0 * a5 * b0,
+            a4 * b0 + 4.0 * a6 * b0)
 
 
 
 @numba.njit(cache=True, fastmath=False)
-def _kernel_5da0ce1a09(block, Y0, Y1, Y2, Y3, channels, d_radial, g_Y0_1, g_Y0_3, g_Y1_1, g_Y1_3, g_Y1_5, g_Y2_1, g_Y2_3, g_Y2_5, g_Y3_1, g_Y3_3, g_i_A0_0, g_i_A1_0, g_i_A2_0, g_i_A3_0, g_i_hj_0_0_0_4, g_i_hj_1_0_1_6, i_c_0_0_0, i_c_1_0_1, i_c_1_1_0, i_c_1_2_1, i_hj_0_0_0, i_hj_1_0_1, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_s_1_1_2_in, i_s_1_2_3_in, i_s_1_3_2_in, num_edges, radial, receivers):
-    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_edges."""
-    t = np.empty((49, channels), np.float64)  # rows of the values this kernel keeps to itself
-    for e in range(block * 16, min(num_edges, block * 16 + 16)):
-        i = receivers[e]
-        _couple_right_free(t[0:3], g_i_A2_0[i].T, Y3[e], TABLE_2_3_1_d3f497d6)  # adjoint (left) of i_s_1_3_2: h1 x Y3 -> A2: table transpose-left of 1x3->2, ranks 2, 3 -> 1, 17 nonzeros
-        _couple(t[3:10], i_s_1_3_2_in[e].T, g_i_A2_0[i].T, TABLE_1_2_3_a081ad34)  # adjoint (right) of i_s_1_3_2: h1 x Y3 -> A2: table transpose-right of 1x3->2, ranks 1, 2 -> 3, 17 nonzeros
-        _channel_sum(g_Y3_1[e], t[3:10])  # sum over channels
-        _scale(t[10:13], t[0:3], radial[e, :, 9])  # adjoint of i_s_1_3_2_in
-        _couple(t[13:14], t[0:3], i_hj_1_0_1[e].T, TABLE_1_1_0_85459927)  # d radial[9] from i_s_1_3_2_in: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
-        _couple_right_free(t[0:3], g_i_A3_0[i].T, Y2[e], TABLE_3_2_1_010a34fb)  # adjoint (left) of i_s_1_2_3: h1 x Y2 -> A3: table transpose-left of 1x2->3, ranks 3, 2 -> 1, 25 nonzeros
-        _couple(t[14:19], i_s_1_2_3_in[e].T, g_i_A3_0[i].T, TABLE_1_3_2_121d470a)  # adjoint (right) of i_s_1_2_3: h1 x Y2 -> A3: table transpose-right of 1x2->3, ranks 1, 3 -> 2, 25 nonzeros
-        _channel_sum(g_Y2_1[e], t[14:19])  # sum over channels
-        _scale(t[19:22], t[0:3], radial[e, :, 8])  # adjoint of i_s_1_2_3_in
-        _couple(t[22:23], t[0:3], i_hj_1_0_1[e].T, TABLE_1_1_0_85459927)  # d radial[8] from i_s_1_2_3_in: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
-        _scale(t[0:3], g_i_A1_0[i].T, radial[e, :, 7])  # adjoint of i_s_1_2_1
-        _couple(t[23:24], g_i_A1_0[i].T, i_c_1_2_1[e].T, TABLE_1_1_0_85459927)  # d radial[7] from i_s_1_2_1: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
-        _couple_right_free(t[24:27], t[0:3], Y2[e], TABLE_1_2_1_3fc415f1)  # adjoint (left) of i_c_1_2_1: h1 x Y2 -> A1: table transpose-left of 1x2->1, ranks 1, 2 -> 1, 10 nonzeros
-        _couple(t[14:19], i_hj_1_0_1[e].T, t[0:3], TABLE_1_1_2_ff7370b0)  # adjoint (right) of i_c_1_2_1: h1 x Y2 -> A1: table transpose-right of 1x2->1, ranks 1, 1 -> 2, 10 nonzeros
-        _channel_sum(g_Y2_3[e], t[14:19])  # sum over channels
-        _couple_right_free(t[0:3], g_i_A2_0[i].T, Y1[e], TABLE_2_1_1_c3015d45)  # adjoint (left) of i_s_1_1_2: h1 x Y1 -> A2: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
-        _couple(t[27:30], i_s_1_1_2_in[e].T, g_i_A2_0[i].T, TABLE_1_2_1_68cab8a5)  # adjoint (right) of i_s_1_1_2: h1 x Y1 -> A2: table transpose-right of 1x1->2, ranks 1, 2 -> 1, 12 nonzeros
-        _channel_sum(g_Y1_1[e], t[27:30])  # sum over channels
-        _scale(t[27:30], t[0:3], radial[e, :, 6])  # adjoint of i_s_1_1_2_in
-        _couple(t[30:31], t[0:3], i_hj_1_0_1[e].T, TABLE_1_1_0_85459927)  # d radial[6] from i_s_1_1_2_in: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
-        _scale(t[31:32], g_i_A0_0[i].T, radial[e, :, 5])  # adjoint of i_s_1_1_0
-        _couple(t[32:33], g_i_A0_0[i].T, i_c_1_1_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[5] from i_s_1_1_0: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-        _couple_right_free(t[0:3], t[31:32], Y1[e], TABLE_0_1_1_ee2e90d0)  # adjoint (left) of i_c_1_1_0: h1 x Y1 -> A0: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
-        _couple(t[33:36], i_hj_1_0_1[e].T, t[31:32], TABLE_1_0_1_470fbaa1)  # adjoint (right) of i_c_1_1_0: h1 x Y1 -> A0: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
-        _channel_sum(g_Y1_3[e], t[33:36])  # sum over channels
-        _scale(t[33:36], g_i_A1_0[i].T, radial[e, :, 4])  # adjoint of i_s_1_0_1
-        _couple(t[31:32], g_i_A1_0[i].T, i_c_1_0_1[e].T, TABLE_1_1_0_85459927)  # d radial[4] from i_s_1_0_1: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
-        _couple_right_free(t[36:39], t[33:36], Y0[e], TABLE_1_0_1_470fbaa1)  # adjoint (left) of i_c_1_0_1: h1 x Y0 -> A1: table transpose-left of 1x0->1, ranks 1, 0 -> 1, 3 nonzeros
-        _couple(t[39:40], i_hj_1_0_1[e].T, t[33:36], TABLE_1_1_0_85459927)  # adjoint (right) of i_c_1_0_1: h1 x Y0 -> A1: table transpose-right of 1x0->1, ranks 1, 1 -> 0, 3 nonzeros
-        _channel_sum(g_Y0_1[e], t[39:40])  # sum over channels
-        _sum(g_i_hj_1_0_1_6[e].T, t[10:13], t[19:22], t[24:27], t[27:30])
-        _sum(g_i_hj_1_0_1_6[e].T, g_i_hj_1_0_1_6[e].T, t[0:3], t[36:39])
-        _couple_right_free(t[39:40], g_i_A3_0[i].T, Y3[e], TABLE_3_3_0_3353fb15)  # adjoint (left) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
-        _couple(t[3:10], i_s_0_3_3_in[e].T, g_i_A3_0[i].T, TABLE_0_3_3_562e87e3)  # adjoint (right) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
-        _channel_sum(g_Y3_3[e], t[3:10])  # sum over channels
-        _scale(t[40:41], t[39:40], radial[e, :, 3])  # adjoint of i_s_0_3_3_in
-        _couple(t[41:42], t[39:40], i_hj_0_0_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[3] from i_s_0_3_3_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-        _couple_right_free(t[39:40], g_i_A2_0[i].T, Y2[e], TABLE_2_2_0_638600a3)  # adjoint (left) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
-        _couple(t[14:19], i_s_0_2_2_in[e].T, g_i_A2_0[i].T, TABLE_0_2_2_e48b51bf)  # adjoint (right) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
-        _channel_sum(g_Y2_5[e], t[14:19])  # sum over channels
-        _scale(t[42:43], t[39:40], radial[e, :, 2])  # adjoint of i_s_0_2_2_in
-        _couple(t[43:44], t[39:40], i_hj_0_0_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[2] from i_s_0_2_2_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-        _couple_right_free(t[39:40], g_i_A1_0[i].T, Y1[e], TABLE_1_1_0_85459927)  # adjoint (left) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
-        _couple(t[36:39], i_s_0_1_1_in[e].T, g_i_A1_0[i].T, TABLE_0_1_1_ee2e90d0)  # adjoint (right) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
-        _channel_sum(g_Y1_5[e], t[36:39])  # sum over channels
-        _scale(t[44:45], t[39:40], radial[e, :, 1])  # adjoint of i_s_0_1_1_in
-        _couple(t[45:46], t[39:40], i_hj_0_0_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[1] from i_s_0_1_1_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-        _scale(t[39:40], g_i_A0_0[i].T, radial[e, :, 0])  # adjoint of i_s_0_0_0
-        _couple(t[46:47], g_i_A0_0[i].T, i_c_0_0_0[e].T, TABLE_0_0_0_8b90d7c6)  # d radial[0] from i_s_0_0_0: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
-        _couple_right_free(t[47:48], t[39:40], Y0[e], TABLE_0_0_0_8b90d7c6)  # adjoint (left) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-        _couple(t[48:49], i_hj_0_0_0[e].T, t[39:40], TABLE_0_0_0_8b90d7c6)  # adjoint (right) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
-        _channel_sum(g_Y0_3[e], t[48:49])  # sum over channels
-        _sum(g_i_hj_0_0_0_4[e].T, t[40:41], t[42:43], t[44:45], t[47:48])
-        # d_radial: weight-shaped adjoint of radial
-        d_radial[e, :, 0] = t[46:47][0]
-        d_radial[e, :, 1] = t[45:46][0]
-        d_radial[e, :, 2] = t[43:44][0]
-        d_radial[e, :, 3] = t[41:42][0]
-        d_radial[e, :, 4] = t[31:32][0]
-        d_radial[e, :, 5] = t[32:33][0]
-        d_radial[e, :, 6] = t[30:31][0]
-        d_radial[e, :, 7] = t[23:24][0]
-        d_radial[e, :, 8] = t[22:23][0]
-        d_radial[e, :, 9] = t[13:14][0]
+def couple_0_2_2_3bb2f716(a0, b0, b1, b2, b3, b4):
+    """Coupling 0 x 2 -> 2, even path, 7 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (2.0 * a0 * b0 + a0 * b2,
+            2.0 * a0 * b1,
+            a0 * b0 + 2.0 * a0 * b2,
+            2.0 * a0 * b3,
+            2.0 * a0 * b4)
 
 
 
 @numba.njit(cache=True, fastmath=False)
-def _kernel_64b475a4a4(block, g_i_hj_0_0_0_4, g_i_hj_1_0_1_6, g_up0_h_0, g_up1_h_0, num_nodes, sender_offsets, sender_order):
-    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
-    for n in range(block * 16, min(num_nodes, block * 16 + 16)):
-        g_up1_h_0[n] = 0.0
-        for k in range(sender_offsets[n], sender_offsets[n + 1]):  # edges sent by n
-            _add(g_up1_h_0[n].T, g_i_hj_1_0_1_6[sender_order[k]].T)
-        g_up0_h_0[n] = 0.0
-        for k in range(sender_offsets[n], sender_offsets[n + 1]):  # edges sent by n
-            _add(g_up0_h_0[n].T, g_i_hj_0_0_0_4[sender_order[k]].T)
+def couple_2_0_2_c7482575(a0, a1, a2, a3, a4, b0):
+    """Coupling 2 x 0 -> 2, even path, 7 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (2.0 * a0 * b0 + a2 * b0,
+            2.0 * a1 * b0,
+            a0 * b0 + 2.0 * a2 * b0,
+            2.0 * a3 * b0,
+            2.0 * a4 * b0)
 
 
 
 @numba.njit(cache=True, fastmath=False)
-def _kernel_8e97ce2650(block, Y0, Y1, Y2, Y3, channels, g_mixA0_A_8, g_mixA1_A_6, g_p_B0_0, g_p_B1_0, g_p_t23_1_0, g_p_t25_1_0, g_p_t27_1_0, g_p_t2_0_1, g_p_t6_1_0, i_A0, i_A1, i_A2, i_A3, i_c_0_0_0, i_c_1_0_1, i_c_1_1_0, i_c_1_2_1, i_hj_0_0_0, i_hj_1_0_1, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_s_1_1_2_in, i_s_1_2_3_in, i_s_1_3_2_in, num_nodes, product, radial, receiver_offsets, senders, up0_h, up1_h):
-    """Items block * 16 .. block * 16 + 16 - 1 of a per-channel kernel over num_nodes."""
-    t = np.empty((72, channels), np.float64)  # rows of the values this kernel keeps to itself
-    for n in range(block * 16, min(num_nodes, block * 16 + 16)):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
-        t[0:1] = 0.0
-        t[1:4] = 0.0
-        t[4:9] = 0.0
-        t[9:16] = 0.0
-        for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
-            j = senders[e]
-            i_hj_0_0_0[e] = up0_h[j]  # store
-            _couple_right_free(i_c_0_0_0[e].T, up0_h[j].T, Y0[e], TABLE_0_0_0_8b90d7c6)  # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
-            _scale(t[16:17], i_c_0_0_0[e].T, radial[e, :, 0])  # R[h0 x Y0 -> A0]
-            _scale(i_s_0_1_1_in[e].T, up0_h[j].T, radial[e, :, 1])  # R[h0 x Y1 -> A1]
-            _couple_right_free(t[17:20], i_s_0_1_1_in[e].T, Y1[e], TABLE_0_1_1_ee2e90d0)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
-            _scale(i_s_0_2_2_in[e].T, up0_h[j].T, radial[e, :, 2])  # R[h0 x Y2 -> A2]
-            _couple_right_free(t[20:25], i_s_0_2_2_in[e].T, Y2[e], TABLE_0_2_2_e48b51bf)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
-            _scale(i_s_0_3_3_in[e].T, up0_h[j].T, radial[e, :, 3])  # R[h0 x Y3 -> A3]
-            _couple_right_free(t[25:32], i_s_0_3_3_in[e].T, Y3[e], TABLE_0_3_3_562e87e3)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
-            i_hj_1_0_1[e] = up1_h[j]  # store
-            _couple_right_free(i_c_1_0_1[e].T, up1_h[j].T, Y0[e], TABLE_1_0_1_470fbaa1)  # h1 x Y0 -> A1: 1 x 0 -> 1, even path, 3 nonzeros
-            _scale(t[32:35], i_c_1_0_1[e].T, radial[e, :, 4])  # R[h1 x Y0 -> A1]
-            _couple_right_free(i_c_1_1_0[e].T, up1_h[j].T, Y1[e], TABLE_1_1_0_85459927)  # h1 x Y1 -> A0: 1 x 1 -> 0, even path, 3 nonzeros
-            _scale(t[35:36], i_c_1_1_0[e].T, radial[e, :, 5])  # R[h1 x Y1 -> A0]
-            _scale(i_s_1_1_2_in[e].T, up1_h[j].T, radial[e, :, 6])  # R[h1 x Y1 -> A2]
-            _couple_right_free(t[36:41], i_s_1_1_2_in[e].T, Y1[e], TABLE_1_1_2_e4201477)  # h1 x Y1 -> A2: 1 x 1 -> 2, even path, 12 nonzeros
-            _couple_right_free(i_c_1_2_1[e].T, up1_h[j].T, Y2[e], TABLE_1_2_1_3fc415f1)  # h1 x Y2 -> A1: 1 x 2 -> 1, even path, 10 nonzeros
-            _scale(t[41:44], i_c_1_2_1[e].T, radial[e, :, 7])  # R[h1 x Y2 -> A1]
-            _scale(i_s_1_2_3_in[e].T, up1_h[j].T, radial[e, :, 8])  # R[h1 x Y2 -> A3]
-            _couple_right_free(t[44:51], i_s_1_2_3_in[e].T, Y2[e], TABLE_1_2_3_07710818)  # h1 x Y2 -> A3: 1 x 2 -> 3, even path, 25 nonzeros
-            _scale(i_s_1_3_2_in[e].T, up1_h[j].T, radial[e, :, 9])  # R[h1 x Y3 -> A2]
-            _couple_right_free(t[51:56], i_s_1_3_2_in[e].T, Y3[e], TABLE_1_3_2_1ba37bc7)  # h1 x Y3 -> A2: 1 x 3 -> 2, even path, 17 nonzeros
-            _sum(t[56:57], t[16:17], t[35:36])
-            _add(t[0:1], t[56:57])
-            _sum(t[57:60], t[17:20], t[32:35], t[41:44])
-            _add(t[1:4], t[57:60])
-            _sum(t[60:65], t[20:25], t[36:41], t[51:56])
-            _add(t[4:9], t[60:65])
-            _sum(t[65:72], t[25:32], t[44:51])
-            _add(t[9:16], t[65:72])
-        i_A0[n] = t[0:1].T  # store
-        i_A1[n] = t[1:4].T  # store
-        i_A2[n] = t[4:9].T  # store
-        i_A3[n] = t[9:16].T  # store
-        _scale(g_p_t27_1_0[n].T, g_p_B1_0[n].T, product[n, :, 27])  # adjoint of p_w27
-        _scale(g_p_t25_1_0[n].T, g_p_B1_0[n].T, product[n, :, 25])  # adjoint of p_w25
-        _scale(g_p_t23_1_0[n].T, g_p_B1_0[n].T, product[n, :, 23])  # adjoint of p_w23
-        _scale(g_mixA1_A_6[n].T, g_p_B1_0[n].T, product[n, :, 13])  # adjoint of p_w13
-        _scale(g_p_t6_1_0[n].T, g_p_B0_0[n].T, product[n, :, 6])  # adjoint of p_w6
-        _scale(g_p_t2_0_1[n].T, g_p_B0_0[n].T, product[n, :, 2])  # adjoint of p_w2
-        _scale(g_mixA0_A_8[n].T, g_p_B0_0[n].T, product[n, :, 0])  # adjoint of p_w0
+def couple_3_3_2_1b3a6154(a0, a1, a2, a3, a4, a5, a6, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 3 x 3 -> 2, even path, 54 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.2 * (a0 * b0 + a2 * b2) - 0.4 * (a0 * b2 - a1 * b1 + a3 * b3) - 0.13333333333333333 * (a1 * b3 + a4 * b6) - 0.26666666666666666 * (a2 * b0 + a6 * b4) - 0.8 * a3 * b1 + 0.06666666666666667 * a4 * b4 - 0.4666666666666667 * a6 * b6,
+            0.2 * (a0 * b1 + a3 * b2) + 0.3333333333333333 * (a1 * b0 + a2 * b3 + a5 * b4 + a5 * b6) + 0.4 * (a1 * b2 + a2 * b1 + a4 * b5 + a6 * b5),
+            -0.4 * (a0 * b0 - a2 * b2 + a3 * b1) - 0.8 * a0 * b2 + 0.2 * (a1 * b1 + a3 * b3) - 0.26666666666666666 * (a1 * b3 + a4 * b6) - 0.13333333333333333 * (a2 * b0 + a6 * b4) - 0.4666666666666667 * a4 * b4 + 0.06666666666666667 * a6 * b6,
+            0.2 * a0 * b4 + 0.4 * (a1 * b5 - a4 * b2) - 0.26666666666666666 * (a2 * b4 - a6 * b0) + 0.3333333333333333 * (a2 * b6 - a5 * b3) - 0.8 * a3 * b5 - 0.06666666666666667 * a4 * b0 + 0.6 * a6 * b2,
+            -0.8 * a0 * b5 + 0.3333333333333333 * (a1 * b4 - a5 * b0) - 0.26666666666666666 * (a1 * b6 - a4 * b3) + 0.4 * (a2 * b5 - a6 * b1) + 0.2 * a3 * b6 + 0.6 * a4 * b1 - 0.06666666666666667 * a6 * b3)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_2_3_3_efefb917(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 2 x 3 -> 3, even path, 54 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.2 * a0 * b0 - 0.26666666666666666 * (a0 * b2 - a3 * b6) + 0.3333333333333333 * (a1 * b1 - a4 * b5) - 0.4 * a2 * b0 - 0.13333333333333333 * a2 * b2 - 0.06666666666666667 * a3 * b4,
+            0.4 * (a0 * b1 + a1 * b2 - a2 * b3 - a4 * b6) - 0.8 * a0 * b3 + 0.2 * (a1 * b0 + a2 * b1) + 0.6 * a4 * b4,
+            -0.4 * (a0 * b0 - a1 * b1 - a2 * b2 + a3 * b4) + 0.2 * (a0 * b2 + a1 * b3) - 0.8 * a2 * b0 + 0.6 * a3 * b6,
+            -0.13333333333333333 * a0 * b1 - 0.4 * a0 * b3 + 0.3333333333333333 * (a1 * b2 - a3 * b5) - 0.26666666666666666 * (a2 * b1 - a4 * b4) + 0.2 * a2 * b3 - 0.06666666666666667 * a4 * b6,
+            0.06666666666666667 * a0 * b4 - 0.26666666666666666 * (a0 * b6 + a3 * b2) + 0.3333333333333333 * (a1 * b5 + a4 * b1) - 0.4666666666666667 * a2 * b4 - 0.13333333333333333 * a2 * b6 + 0.2 * a3 * b0,
+            0.4 * (a1 * b4 + a1 * b6 + a3 * b1 + a4 * b2) - 0.8 * (a3 * b3 + a4 * b0),
+            -0.13333333333333333 * a0 * b4 - 0.4666666666666667 * a0 * b6 + 0.3333333333333333 * (a1 * b5 + a3 * b2) - 0.26666666666666666 * (a2 * b4 + a4 * b1) + 0.06666666666666667 * a2 * b6 + 0.2 * a4 * b3)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_2_2_2_b23665c2(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4):
+    """Coupling 2 x 2 -> 2, even path, 28 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.3333333333333333 * (a0 * b0 - a0 * b2 - a2 * b2) + 0.5 * (a1 * b1 - a4 * b4) - 0.6666666666666666 * a2 * b0,
+            0.3333333333333333 * (a0 * b1 + a2 * b1) + 0.5 * (a1 * b0 + a1 * b2 + a3 * b4 + a4 * b3),
+            -0.3333333333333333 * (a0 * b0 + a2 * b0 - a2 * b2) - 0.6666666666666666 * a0 * b2 + 0.5 * (a1 * b1 - a3 * b3),
+            0.3333333333333333 * a0 * b3 + 0.5 * (a1 * b4 - a3 * b2 + a4 * b1) - 0.6666666666666666 * a2 * b3,
+            -0.6666666666666666 * a0 * b4 + 0.5 * (a1 * b3 + a3 * b1 - a4 * b0) + 0.3333333333333333 * a2 * b4)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_2_2_2_f6b4ecea(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4):
+    """Coupling 2 x 2 -> 2, even path, 28 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.3333333333333333 * (a0 * b0 - a2 * b0 - a2 * b2) - 0.6666666666666666 * a0 * b2 + 0.5 * (a1 * b1 - a4 * b4),
+            0.5 * (a0 * b1 + a2 * b1 + a3 * b4 + a4 * b3) + 0.3333333333333333 * (a1 * b0 + a1 * b2),
+            -0.3333333333333333 * (a0 * b0 + a0 * b2 - a2 * b2) + 0.5 * (a1 * b1 - a3 * b3) - 0.6666666666666666 * a2 * b0,
+            0.5 * (a1 * b4 - a2 * b3 + a4 * b1) + 0.3333333333333333 * a3 * b0 - 0.6666666666666666 * a3 * b2,
+            -0.5 * (a0 * b4 - a1 * b3 - a3 * b1) - 0.6666666666666666 * a4 * b0 + 0.3333333333333333 * a4 * b2)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_3_2_1_0c63d5ab(a0, a1, a2, a3, a4, a5, a6, b0, b1, b2, b3, b4):
+    """Coupling 3 x 2 -> 1, even path, 25 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.6 * a0 * b0 + 0.5333333333333333 * (a1 * b1 + a4 * b3) - 0.13333333333333333 * (a2 * b0 + a6 * b3) + 0.3333333333333333 * (a2 * b2 + a5 * b4) - 0.4 * a3 * b1,
+            -0.4 * a0 * b1 + 0.3333333333333333 * (a1 * b0 + a5 * b3) - 0.13333333333333333 * (a1 * b2 + a4 * b4) + 0.5333333333333333 * (a2 * b1 + a6 * b4) + 0.6 * a3 * b2,
+            -0.4 * (a0 * b3 + a3 * b4) - 0.13333333333333333 * (a1 * b4 + a2 * b3 - a4 * b2 - a6 * b0) + 0.4666666666666667 * (a4 * b0 + a6 * b2) + 0.3333333333333333 * a5 * b1)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_1_3_2_c1277798(a0, a1, a2, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 1 x 3 -> 2, even path, 25 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.6 * a0 * b0 - 0.13333333333333333 * (a0 * b2 - a2 * b6) + 0.3333333333333333 * a1 * b1 + 0.4666666666666667 * a2 * b4,
+            0.5333333333333333 * (a0 * b1 + a1 * b2) - 0.4 * (a0 * b3 + a1 * b0) + 0.3333333333333333 * a2 * b5,
+            0.3333333333333333 * a0 * b2 - 0.13333333333333333 * (a1 * b1 - a2 * b4) + 0.6 * a1 * b3 + 0.4666666666666667 * a2 * b6,
+            0.5333333333333333 * a0 * b4 - 0.13333333333333333 * (a0 * b6 + a2 * b2) + 0.3333333333333333 * a1 * b5 - 0.4 * a2 * b0,
+            0.3333333333333333 * a0 * b5 - 0.13333333333333333 * (a1 * b4 + a2 * b1) + 0.5333333333333333 * a1 * b6 - 0.4 * a2 * b3)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_2_1_1_d0e6e803(a0, a1, a2, a3, a4, b0, b1, b2):
+    """Coupling 2 x 1 -> 1, even path, 12 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.6666666666666666 * a0 * b0 + 0.5 * (a1 * b1 + a3 * b2) - 0.3333333333333333 * a2 * b0,
+            -0.3333333333333333 * a0 * b1 + 0.5 * (a1 * b0 + a4 * b2) + 0.6666666666666666 * a2 * b1,
+            -0.3333333333333333 * (a0 * b2 + a2 * b2) + 0.5 * (a3 * b0 + a4 * b1))
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_1_2_1_a97b32d1(a0, a1, a2, b0, b1, b2, b3, b4):
+    """Coupling 1 x 2 -> 1, even path, 12 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.6666666666666666 * a0 * b0 - 0.3333333333333333 * a0 * b2 + 0.5 * (a1 * b1 + a2 * b3),
+            0.5 * (a0 * b1 + a2 * b4) - 0.3333333333333333 * a1 * b0 + 0.6666666666666666 * a1 * b2,
+            0.5 * (a0 * b3 + a1 * b4) - 0.3333333333333333 * (a2 * b0 + a2 * b2))
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_3_3_0_8403a3e4(a0, a1, a2, a3, a4, a5, a6, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 3 x 3 -> 0, even path, 7 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return a0 * b0 + a1 * b1 + a2 * b2 + a3 * b3 + a4 * b4 + a5 * b5 + a6 * b6
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_2_2_0_c69581e7(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4):
+    """Coupling 2 x 2 -> 0, even path, 5 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return a0 * b0 + a1 * b1 + a2 * b2 + a3 * b3 + a4 * b4
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_1_0_1_6fa4cb35(a0, a1, a2, b0):
+    """Coupling 1 x 0 -> 1, even path, 3 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (a0 * b0,
+            a1 * b0,
+            a2 * b0)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_1_2_1_fdd41e7b(a0, a1, a2, b0, b1, b2, b3, b4):
+    """Coupling 1 x 2 -> 1, even path, 10 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (a0 * b0 + a1 * b1 + a2 * b3,
+            a0 * b1 + a1 * b2 + a2 * b4,
+            a0 * b3 + a1 * b4 - a2 * b0 - a2 * b2)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_1_2_2_2fe89286(a0, a1, a2, b0, b1, b2, b3, b4):
+    """Coupling 1 x 2 -> 2, odd (Levi-Civita) path, 16 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (a1 * b3 - a2 * b1,
+            -0.5 * (a0 * b3 - a1 * b4 - a2 * b0 + a2 * b2),
+            -a0 * b4 + a2 * b1,
+            0.5 * (a0 * b1 - a1 * b2 - a2 * b4) - a1 * b0,
+            0.5 * (a0 * b0 - a1 * b1 + a2 * b3) + a0 * b2)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_2_2_1_9f2bd718(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4):
+    """Coupling 2 x 2 -> 1, odd (Levi-Civita) path, 18 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (a0 * b4 + a1 * b3 - a3 * b1 - a4 * b0 + 2.0 * (a2 * b4 - a4 * b2),
+            -2.0 * (a0 * b3 - a3 * b0) - a1 * b4 - a2 * b3 + a3 * b2 + a4 * b1,
+            a0 * b1 - a1 * b0 + a1 * b2 - a2 * b1 + a3 * b4 - a4 * b3)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_1_3_2_a58bb49f(a0, a1, a2, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 1 x 3 -> 2, even path, 17 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (a0 * b0 + a1 * b1 + a2 * b4,
+            a0 * b1 + a1 * b2 + a2 * b5,
+            a0 * b2 + a1 * b3 + a2 * b6,
+            a0 * b4 + a1 * b5 - a2 * b0 - a2 * b2,
+            a0 * b5 + a1 * b6 - a2 * b1 - a2 * b3)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_1_3_3_4cbf172a(a0, a1, a2, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 1 x 3 -> 3, odd (Levi-Civita) path, 26 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (a1 * b4 - a2 * b1,
+            -0.3333333333333333 * (a0 * b4 - a2 * b0) + 0.6666666666666666 * (a1 * b5 - a2 * b2),
+            -0.6666666666666666 * (a0 * b5 - a2 * b1) + 0.3333333333333333 * (a1 * b6 - a2 * b3),
+            -a0 * b6 + a2 * b2,
+            0.3333333333333333 * a0 * b1 - a1 * b0 - 0.6666666666666666 * (a1 * b2 + a2 * b5),
+            0.3333333333333333 * (a0 * b0 - a1 * b3 + a2 * b4 - a2 * b6) + 0.6666666666666666 * (a0 * b2 - a1 * b1),
+            0.6666666666666666 * (a0 * b1 + a2 * b5) + a0 * b3 - 0.3333333333333333 * a1 * b2)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_3_3_1_43ddbd0d(a0, a1, a2, a3, a4, a5, a6, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 3 x 3 -> 1, odd (Levi-Civita) path, 36 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (2.0 * (a0 * b5 + a1 * b4 - a4 * b1 - a5 * b0) + 3.0 * (a1 * b6 - a6 * b1) + 4.0 * (a2 * b5 + a3 * b6 - a5 * b2 - a6 * b3) + a3 * b4 - a4 * b3,
+            -4.0 * (a0 * b4 + a1 * b5 - a4 * b0 - a5 * b1) - a0 * b6 + a6 * b0 - 3.0 * (a2 * b4 - a4 * b2) - 2.0 * (a2 * b6 + a3 * b5 - a5 * b3 - a6 * b2),
+            2.0 * (a0 * b1 - a1 * b0 + a2 * b3 - a3 * b2 + a4 * b5 - a5 * b4 + a5 * b6 - a6 * b5) + a0 * b3 + a1 * b2 - a2 * b1 - a3 * b0)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_2_2_4_55babdc7(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4):
+    """Coupling 2 x 2 -> 4, even path, 53 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.5428571428571428 * a0 * b0 + 0.05714285714285714 * (a0 * b2 + a2 * b0) - 0.45714285714285713 * (a1 * b1 + a3 * b3) + 0.11428571428571428 * (a2 * b2 + a4 * b4),
+            0.35714285714285715 * (a0 * b1 + a1 * b0) - 0.14285714285714285 * (a1 * b2 + a2 * b1 + a3 * b4 + a4 * b3),
+            -0.05714285714285714 * (a0 * b0 + a2 * b2 + a3 * b3 + a4 * b4) + 0.18571428571428572 * (a0 * b2 + a2 * b0) + 0.5142857142857142 * a1 * b1,
+            -0.14285714285714285 * (a0 * b1 + a1 * b0 + a3 * b4 + a4 * b3) + 0.35714285714285715 * (a1 * b2 + a2 * b1),
+            0.11428571428571428 * (a0 * b0 + a3 * b3) + 0.05714285714285714 * (a0 * b2 + a2 * b0) - 0.45714285714285713 * (a1 * b1 + a4 * b4) + 0.5428571428571428 * a2 * b2,
+            0.5 * (a0 * b3 + a3 * b0) - 0.14285714285714285 * (a1 * b4 - a2 * b3 - a3 * b2 + a4 * b1),
+            0.21428571428571427 * (a0 * b4 + a4 * b0) + 0.2857142857142857 * (a1 * b3 + a3 * b1),
+            0.2857142857142857 * (a1 * b4 + a4 * b1) + 0.21428571428571427 * (a2 * b3 + a3 * b2),
+            0.14285714285714285 * (a0 * b4 - a1 * b3 - a3 * b1 + a4 * b0) + 0.5 * (a2 * b4 + a4 * b2))
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_4_3_1_fe19eb91(a0, a1, a2, a3, a4, a5, a6, a7, a8, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 4 x 3 -> 1, even path, 42 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (4.0 * (a0 * b0 + a3 * b3 + a5 * b4 + a7 * b6) + 3.0 * (a0 * b2 + a1 * b3 + a2 * b0 + a3 * b1) + 6.0 * (a1 * b1 + a2 * b2 + a6 * b5) + a5 * b6 + a7 * b4,
+            4.0 * (a1 * b0 + a4 * b3 + a6 * b4 + a8 * b6) + 3.0 * (a1 * b2 + a2 * b3 + a3 * b0 + a4 * b1) + 6.0 * (a2 * b1 + a3 * b2 + a7 * b5) + a6 * b6 + a8 * b4,
+            -4.0 * (a0 * b4 + a4 * b6 - a5 * b0 - a8 * b3) - a0 * b6 - a4 * b4 - 6.0 * (a1 * b5 + a3 * b5 - a6 * b1 - a7 * b2) - 5.0 * (a2 * b4 + a2 * b6) + 3.0 * (a5 * b2 + a6 * b3 + a7 * b0 + a8 * b1))
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_3_3_2_e4b02681(a0, a1, a2, a3, a4, a5, a6, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 3 x 3 -> 2, even path, 44 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.6666666666666666 * (a0 * b0 + a4 * b4) - a1 * b3 - a3 * b1 - 1.3333333333333333 * (a3 * b3 + a6 * b6) - 0.3333333333333333 * (a4 * b6 + a6 * b4),
+            a0 * b1 + a1 * b0 + a2 * b3 + a3 * b2 + a4 * b5 + a5 * b4 + a5 * b6 + a6 * b5 + 0.5 * (a0 * b3 + a3 * b0) + 1.5 * (a1 * b2 + a2 * b1),
+            -1.3333333333333333 * (a0 * b0 + a4 * b4) - a0 * b2 - a2 * b0 + 0.6666666666666666 * (a3 * b3 + a6 * b6) - 0.3333333333333333 * (a4 * b6 + a6 * b4),
+            0.5 * (a0 * b6 - a2 * b4 - a4 * b2 + a6 * b0) + a2 * b6 - a3 * b5 - a5 * b3 + a6 * b2,
+            -a0 * b5 + a1 * b4 + a4 * b1 - a5 * b0 - 0.5 * (a1 * b6 - a3 * b4 - a4 * b3 + a6 * b1))
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_2_3_1_e699e5f3(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 2 x 3 -> 1, even path, 23 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (2.0 * (a0 * b0 + a1 * b1 + a2 * b2 + a3 * b4 + a4 * b5) + a0 * b2 + a2 * b0,
+            2.0 * (a0 * b1 + a1 * b2 + a2 * b3 + a3 * b5 + a4 * b6) + a0 * b3 + a2 * b1,
+            2.0 * (a0 * b4 + a1 * b5 + a2 * b6 - a3 * b0 - a3 * b2 - a4 * b1 - a4 * b3) + a0 * b6 + a2 * b4)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_1_3_2_5630f7bc(a0, a1, a2, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 1 x 3 -> 2, even path, 23 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (2.0 * (a0 * b0 + a1 * b1 + a2 * b4) + a0 * b2 + a1 * b3 + a2 * b6,
+            2.0 * (a0 * b1 + a1 * b2 + a2 * b5),
+            a0 * b0 + a1 * b1 + a2 * b4 + 2.0 * (a0 * b2 + a1 * b3 + a2 * b6),
+            2.0 * (a0 * b4 + a1 * b5 - a2 * b0 - a2 * b2),
+            2.0 * (a0 * b5 + a1 * b6 - a2 * b1 - a2 * b3))
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_2_1_3_0d4ea48f(a0, a1, a2, a3, a4, b0, b1, b2):
+    """Coupling 2 x 1 -> 3, even path, 23 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (2.0 * (a0 * b0 - a3 * b2) + a2 * b0,
+            2.0 * (a0 * b1 + a1 * b0 - a4 * b2) + a2 * b1,
+            a0 * b0 + 2.0 * (a1 * b1 + a2 * b0 - a3 * b2),
+            a0 * b1 + 2.0 * (a2 * b1 - a4 * b2),
+            2.0 * (a0 * b2 + a3 * b0) + a2 * b2,
+            2.0 * (a1 * b2 + a3 * b1 + a4 * b0),
+            a0 * b2 + 2.0 * (a2 * b2 + a4 * b1))
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_1_1_2_69ca0997(a0, a1, a2, b0, b1, b2):
+    """Coupling 1 x 1 -> 2, even path, 10 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (a0 * b0 - a2 * b2,
+            a0 * b1 + a1 * b0,
+            a1 * b1 - a2 * b2,
+            a0 * b2 + a2 * b0,
+            a1 * b2 + a2 * b1)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_2_3_3_6138cab2(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 2 x 3 -> 3, even path, 44 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.6666666666666666 * a0 * b0 + a1 * b1 - a2 * b2 - a4 * b5 + 0.5 * (a1 * b3 + a3 * b6) - 1.3333333333333333 * a2 * b0,
+            -a0 * b3 + a1 * b0 + a4 * b4 + 1.5 * a1 * b2 - 0.5 * a4 * b6,
+            1.5 * a1 * b1 + a1 * b3 - a2 * b0 + a3 * b6 - 0.5 * a3 * b4,
+            -a0 * b1 + a1 * b2 - a3 * b5 - 1.3333333333333333 * a0 * b3 + 0.5 * (a1 * b0 + a4 * b4) + 0.6666666666666666 * a2 * b3,
+            0.6666666666666666 * a0 * b4 - 0.3333333333333333 * (a0 * b6 + a2 * b6) + a1 * b5 + a4 * b1 - 1.3333333333333333 * a2 * b4 - 0.5 * (a3 * b2 - a4 * b3),
+            a1 * b4 + a1 * b6 - a3 * b3 - a4 * b0,
+            -0.3333333333333333 * (a0 * b4 + a2 * b4) - 1.3333333333333333 * a0 * b6 + a1 * b5 + a3 * b2 + 0.6666666666666666 * a2 * b6 + 0.5 * (a3 * b0 - a4 * b1))
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_3_2_3_76d24964(a0, a1, a2, a3, a4, a5, a6, b0, b1, b2, b3, b4):
+    """Coupling 3 x 2 -> 3, even path, 44 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.6666666666666666 * a0 * b0 - 1.3333333333333333 * a0 * b2 + a1 * b1 - a2 * b2 - a5 * b4 + 0.5 * (a3 * b1 + a6 * b3),
+            a0 * b1 - a3 * b0 + a4 * b4 + 1.5 * a2 * b1 - 0.5 * a6 * b4,
+            -a0 * b2 + a3 * b1 + a6 * b3 + 1.5 * a1 * b1 - 0.5 * a4 * b3,
+            0.5 * (a0 * b1 + a4 * b4) - a1 * b0 + a2 * b1 - a5 * b3 - 1.3333333333333333 * a3 * b0 + 0.6666666666666666 * a3 * b2,
+            a1 * b4 + a5 * b1 - 0.5 * (a2 * b3 - a3 * b4) + 0.6666666666666666 * a4 * b0 - 1.3333333333333333 * a4 * b2 - 0.3333333333333333 * (a6 * b0 + a6 * b2),
+            -a0 * b4 - a3 * b3 + a4 * b1 + a6 * b1,
+            0.5 * (a0 * b3 - a1 * b4) + a2 * b3 + a5 * b1 - 0.3333333333333333 * (a4 * b0 + a4 * b2) - 1.3333333333333333 * a6 * b0 + 0.6666666666666666 * a6 * b2)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_1_3_4_ab548de9(a0, a1, a2, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 1 x 3 -> 4, even path, 42 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (4.0 * (a0 * b0 - a2 * b4) + 3.0 * a0 * b2 - a2 * b6,
+            6.0 * (a0 * b1 - a2 * b5) + 3.0 * (a0 * b3 + a1 * b2) + 4.0 * a1 * b0,
+            3.0 * (a0 * b0 + a1 * b3) + 6.0 * (a0 * b2 + a1 * b1) - 5.0 * (a2 * b4 + a2 * b6),
+            3.0 * (a0 * b1 + a1 * b0) + 4.0 * a0 * b3 + 6.0 * (a1 * b2 - a2 * b5),
+            3.0 * a1 * b1 + 4.0 * (a1 * b3 - a2 * b6) - a2 * b4,
+            4.0 * (a0 * b4 + a2 * b0) + a0 * b6 + 3.0 * a2 * b2,
+            6.0 * (a0 * b5 + a2 * b1) + 4.0 * a1 * b4 + a1 * b6 + 3.0 * a2 * b3,
+            a0 * b4 + 4.0 * a0 * b6 + 6.0 * (a1 * b5 + a2 * b2) + 3.0 * a2 * b0,
+            a1 * b4 + 4.0 * (a1 * b6 + a2 * b3) + 3.0 * a2 * b1)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_4_1_3_e496a737(a0, a1, a2, a3, a4, a5, a6, a7, a8, b0, b1, b2):
+    """Coupling 4 x 1 -> 3, even path, 42 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (4.0 * (a0 * b0 + a1 * b1 + a5 * b2) + 3.0 * (a2 * b0 + a3 * b1 + a7 * b2),
+            6.0 * (a1 * b0 + a2 * b1 + a6 * b2) + 3.0 * (a3 * b0 + a4 * b1 + a8 * b2),
+            3.0 * (a0 * b0 + a1 * b1 + a5 * b2) + 6.0 * (a2 * b0 + a3 * b1 + a7 * b2),
+            3.0 * (a1 * b0 + a2 * b1 + a6 * b2) + 4.0 * (a3 * b0 + a4 * b1 + a8 * b2),
+            -4.0 * (a0 * b2 - a5 * b0 - a6 * b1) - 5.0 * a2 * b2 - a4 * b2 + a7 * b0 + a8 * b1,
+            -6.0 * (a1 * b2 + a3 * b2 - a6 * b0 - a7 * b1),
+            -a0 * b2 + a5 * b0 + a6 * b1 - 5.0 * a2 * b2 - 4.0 * (a4 * b2 - a7 * b0 - a8 * b1))
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_4_2_2_358280db(a0, a1, a2, a3, a4, a5, a6, a7, a8, b0, b1, b2, b3, b4):
+    """Coupling 4 x 2 -> 2, even path, 53 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.5428571428571428 * a0 * b0 + 0.05714285714285714 * (a0 * b2 - a2 * b0 + a4 * b2) + 0.35714285714285715 * a1 * b1 + 0.18571428571428572 * a2 * b2 - 0.14285714285714285 * (a3 * b1 - a8 * b4) + 0.11428571428571428 * a4 * b0 + 0.5 * a5 * b3 + 0.21428571428571427 * a6 * b4,
+            -0.45714285714285713 * (a0 * b1 + a4 * b1) + 0.35714285714285715 * (a1 * b0 + a3 * b2) - 0.14285714285714285 * (a1 * b2 + a3 * b0 + a5 * b4 + a8 * b3) + 0.5142857142857142 * a2 * b1 + 0.2857142857142857 * (a6 * b3 + a7 * b4),
+            0.05714285714285714 * (a0 * b0 - a2 * b2 + a4 * b0) + 0.11428571428571428 * a0 * b2 - 0.14285714285714285 * (a1 * b1 - a5 * b3) + 0.18571428571428572 * a2 * b0 + 0.35714285714285715 * a3 * b1 + 0.5428571428571428 * a4 * b2 + 0.21428571428571427 * a7 * b3 + 0.5 * a8 * b4,
+            -0.45714285714285713 * a0 * b3 - 0.14285714285714285 * (a1 * b4 + a3 * b4 - a5 * b2 + a8 * b1) - 0.05714285714285714 * a2 * b3 + 0.11428571428571428 * a4 * b3 + 0.5 * a5 * b0 + 0.2857142857142857 * a6 * b1 + 0.21428571428571427 * a7 * b2,
+            0.11428571428571428 * a0 * b4 - 0.14285714285714285 * (a1 * b3 + a3 * b3 + a5 * b1 - a8 * b0) - 0.05714285714285714 * a2 * b4 - 0.45714285714285713 * a4 * b4 + 0.21428571428571427 * a6 * b0 + 0.2857142857142857 * a7 * b1 + 0.5 * a8 * b2)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_2_4_2_4411cc05(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, b5, b6, b7, b8):
+    """Coupling 2 x 4 -> 2, even path, 53 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.5428571428571428 * a0 * b0 - 0.05714285714285714 * (a0 * b2 - a2 * b0 - a2 * b4) + 0.11428571428571428 * a0 * b4 + 0.35714285714285715 * a1 * b1 - 0.14285714285714285 * (a1 * b3 - a4 * b8) + 0.18571428571428572 * a2 * b2 + 0.5 * a3 * b5 + 0.21428571428571427 * a4 * b6,
+            0.35714285714285715 * (a0 * b1 + a2 * b3) - 0.14285714285714285 * (a0 * b3 + a2 * b1 + a3 * b8 + a4 * b5) - 0.45714285714285713 * (a1 * b0 + a1 * b4) + 0.5142857142857142 * a1 * b2 + 0.2857142857142857 * (a3 * b6 + a4 * b7),
+            0.05714285714285714 * (a0 * b0 + a0 * b4 - a2 * b2) + 0.18571428571428572 * a0 * b2 - 0.14285714285714285 * (a1 * b1 - a3 * b5) + 0.35714285714285715 * a1 * b3 + 0.11428571428571428 * a2 * b0 + 0.5428571428571428 * a2 * b4 + 0.21428571428571427 * a3 * b7 + 0.5 * a4 * b8,
+            0.5 * a0 * b5 + 0.2857142857142857 * a1 * b6 - 0.14285714285714285 * (a1 * b8 - a2 * b5 + a4 * b1 + a4 * b3) + 0.21428571428571427 * a2 * b7 - 0.45714285714285713 * a3 * b0 - 0.05714285714285714 * a3 * b2 + 0.11428571428571428 * a3 * b4,
+            0.21428571428571427 * a0 * b6 + 0.14285714285714285 * (a0 * b8 - a1 * b5 - a3 * b1 - a3 * b3) + 0.2857142857142857 * a1 * b7 + 0.5 * a2 * b8 + 0.11428571428571428 * a4 * b0 - 0.05714285714285714 * a4 * b2 - 0.45714285714285713 * a4 * b4)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_1_3_3_56aee7ad(a0, a1, a2, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 1 x 3 -> 3, odd (Levi-Civita) path, 36 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (2.0 * (a0 * b5 + a2 * b1) - 4.0 * a1 * b4 - a1 * b6 + a2 * b3,
+            2.0 * (a0 * b4 - a2 * b0) + 3.0 * a0 * b6 - 4.0 * a1 * b5 + a2 * b2,
+            4.0 * a0 * b5 - 3.0 * a1 * b4 - 2.0 * (a1 * b6 - a2 * b3) - a2 * b1,
+            a0 * b4 - a2 * b0 + 4.0 * a0 * b6 - 2.0 * (a1 * b5 + a2 * b2),
+            -2.0 * (a0 * b1 - a2 * b5) - a0 * b3 + 4.0 * a1 * b0 + 3.0 * a1 * b2,
+            -2.0 * (a0 * b0 - a1 * b3 + a2 * b4 - a2 * b6) - 4.0 * (a0 * b2 - a1 * b1),
+            -3.0 * a0 * b1 - 4.0 * a0 * b3 + a1 * b0 + 2.0 * (a1 * b2 - a2 * b5))
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_3_1_3_2f73383c(a0, a1, a2, a3, a4, a5, a6, b0, b1, b2):
+    """Coupling 3 x 1 -> 3, odd (Levi-Civita) path, 36 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (-2.0 * (a1 * b2 + a5 * b0) - a3 * b2 + a6 * b1 + 4.0 * a4 * b1,
+            2.0 * (a0 * b2 - a4 * b0) - a2 * b2 + 4.0 * a5 * b1 - 3.0 * a6 * b0,
+            a1 * b2 - 2.0 * (a3 * b2 - a6 * b1) + 3.0 * a4 * b1 - 4.0 * a5 * b0,
+            a0 * b2 - a4 * b0 + 2.0 * (a2 * b2 + a5 * b1) - 4.0 * a6 * b0,
+            -4.0 * a0 * b1 + 2.0 * (a1 * b0 - a5 * b2) - 3.0 * a2 * b1 + a3 * b0,
+            2.0 * (a0 * b0 - a3 * b1 + a4 * b2 - a6 * b2) - 4.0 * (a1 * b1 - a2 * b0),
+            -a0 * b1 + 3.0 * a1 * b0 - 2.0 * (a2 * b1 - a5 * b2) + 4.0 * a3 * b0)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_3_3_1_57566b25(a0, a1, a2, a3, a4, a5, a6, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 3 x 3 -> 1, odd (Levi-Civita) path, 26 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (-0.3333333333333333 * (a1 * b4 - a4 * b1 - a5 * b0) - 0.6666666666666666 * (a2 * b5 - a5 * b2 - a6 * b1) - a3 * b6 + a6 * b3,
+            a0 * b4 - a4 * b0 + 0.6666666666666666 * (a1 * b5 - a4 * b2 - a5 * b1) + 0.3333333333333333 * (a2 * b6 - a5 * b3 - a6 * b2),
+            -a0 * b1 + a3 * b2 + 0.3333333333333333 * (a1 * b0 - a2 * b3 + a5 * b4 - a5 * b6) - 0.6666666666666666 * (a1 * b2 - a2 * b1 + a4 * b5 - a6 * b5))
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_1_3_3_a56b23f7(a0, a1, a2, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 1 x 3 -> 3, odd (Levi-Civita) path, 26 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.3333333333333333 * (a0 * b5 + a2 * b1) - a1 * b4,
+            0.3333333333333333 * a0 * b4 + 0.6666666666666666 * (a0 * b6 - a1 * b5 + a2 * b2) - a2 * b0,
+            0.6666666666666666 * (a0 * b5 - a1 * b4 - a2 * b1) - 0.3333333333333333 * a1 * b6 + a2 * b3,
+            a0 * b6 - 0.3333333333333333 * (a1 * b5 + a2 * b2),
+            -0.3333333333333333 * (a0 * b1 - a2 * b5) + a1 * b0,
+            -0.6666666666666666 * (a0 * b2 - a1 * b1 + a2 * b4 - a2 * b6),
+            -a0 * b3 + 0.3333333333333333 * (a1 * b2 - a2 * b5))
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_2_3_1_8295debc(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4, b5, b6):
+    """Coupling 2 x 3 -> 1, even path, 17 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (a0 * b0 + a1 * b1 + a2 * b2 + a3 * b4 + a4 * b5,
+            a0 * b1 + a1 * b2 + a2 * b3 + a3 * b5 + a4 * b6,
+            a0 * b4 + a1 * b5 + a2 * b6 - a3 * b0 - a3 * b2 - a4 * b1 - a4 * b3)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_1_2_3_df34963a(a0, a1, a2, b0, b1, b2, b3, b4):
+    """Coupling 1 x 2 -> 3, even path, 17 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (a0 * b0 - a2 * b3,
+            a0 * b1 + a1 * b0 - a2 * b4,
+            a0 * b2 + a1 * b1 - a2 * b3,
+            a1 * b2 - a2 * b4,
+            a0 * b3 + a2 * b0,
+            a0 * b4 + a1 * b3 + a2 * b1,
+            a1 * b4 + a2 * b2)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_1_2_2_966ae556(a0, a1, a2, b0, b1, b2, b3, b4):
+    """Coupling 1 x 2 -> 2, odd (Levi-Civita) path, 18 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (a0 * b4 + a2 * b1 - 2.0 * a1 * b3,
+            a0 * b3 - a1 * b4 - a2 * b0 + a2 * b2,
+            2.0 * a0 * b4 - a1 * b3 - a2 * b1,
+            -a0 * b1 + a1 * b2 + a2 * b4 + 2.0 * a1 * b0,
+            -a0 * b0 + a1 * b1 - a2 * b3 - 2.0 * a0 * b2)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_2_1_2_675a444b(a0, a1, a2, a3, a4, b0, b1, b2):
+    """Coupling 2 x 1 -> 2, odd (Levi-Civita) path, 18 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (-a1 * b2 - a4 * b0 + 2.0 * a3 * b1,
+            a0 * b2 - a2 * b2 - a3 * b0 + a4 * b1,
+            a1 * b2 + a3 * b1 - 2.0 * a4 * b0,
+            -2.0 * a0 * b1 + a1 * b0 - a2 * b1 - a4 * b2,
+            a0 * b0 - a1 * b1 + a3 * b2 + 2.0 * a2 * b0)
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_2_2_1_1cd410f3(a0, a1, a2, a3, a4, b0, b1, b2, b3, b4):
+    """Coupling 2 x 2 -> 1, odd (Levi-Civita) path, 16 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (-0.5 * (a1 * b3 - a3 * b1 - a4 * b0) - a2 * b4 + a4 * b2,
+            a0 * b3 - a3 * b0 + 0.5 * (a1 * b4 - a3 * b2 - a4 * b1),
+            -a0 * b1 + a2 * b1 + 0.5 * (a1 * b0 - a1 * b2 - a3 * b4 + a4 * b3))
+
+
+
+@numba.njit(cache=True, fastmath=False)
+def couple_1_2_2_64978ce4(a0, a1, a2, b0, b1, b2, b3, b4):
+    """Coupling 1 x 2 -> 2, odd (Levi-Civita) path, 16 nonzeros: out[m3] = sum of c * a[m1] * b[m2] over the table's entries."""
+    return (0.5 * (a0 * b4 + a2 * b1) - a1 * b3,
+            0.5 * (a0 * b3 - a1 * b4) - a2 * b0 + a2 * b2,
+            a0 * b4 - 0.5 * (a1 * b3 + a2 * b1),
+            -0.5 * (a0 * b1 - a2 * b4) + a1 * b0,
+            -a0 * b2 + 0.5 * (a1 * b1 - a2 * b3))
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
@@ -1392,8 +1159,44 @@ def layer_0_0_k2(up0_h, Y0, Y1, Y2, Y3, radial, senders, receivers, receiver_off
     i_A1 = np.empty((num_nodes, channels, 3), dtype)
     i_A2 = np.empty((num_nodes, channels, 5), dtype)
     i_A3 = np.empty((num_nodes, channels, 7), dtype)
-    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 17 ops; stores i_A0, i_A1, i_A2, i_A3
-        _kernel_ee1d2430a2(np.int64(block), Y0, Y1, Y2, Y3, channels, i_A0, i_A1, i_A2, i_A3, num_nodes, radial, receiver_offsets, senders, up0_h)
+    # kernel 1 (per channel, phase 0): 17 ops; stores i_A0, i_A1, i_A2, i_A3
+    for n in prange(num_nodes):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
+        for c in range(channels):
+            i_a_0_0_0_0 = 0.0
+            i_a_0_1_1_0 = i_a_0_1_1_1 = i_a_0_1_1_2 = 0.0
+            i_a_0_2_2_0 = i_a_0_2_2_1 = i_a_0_2_2_2 = i_a_0_2_2_3 = i_a_0_2_2_4 = 0.0
+            i_a_0_3_3_0 = i_a_0_3_3_1 = i_a_0_3_3_2 = i_a_0_3_3_3 = i_a_0_3_3_4 = i_a_0_3_3_5 = i_a_0_3_3_6 = 0.0
+            for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
+                j_1 = senders[e]
+                Y0_0 = Y0[e, 0]
+                radial_0, radial_1 = radial[e, c, 0], radial[e, c, 1]
+                Y1_0, Y1_1, Y1_2 = Y1[e, 0], Y1[e, 1], Y1[e, 2]
+                radial_2 = radial[e, c, 2]
+                Y2_0, Y2_1, Y2_2, Y2_3, Y2_4 = Y2[e, 0], Y2[e, 1], Y2[e, 2], Y2[e, 3], Y2[e, 4]
+                radial_3 = radial[e, c, 3]
+                Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6 = Y3[e, 0], Y3[e, 1], Y3[e, 2], Y3[e, 3], Y3[e, 4], Y3[e, 5], Y3[e, 6]
+                i_hj_0_0_0_0 = up0_h[j_1, c, 0]
+                # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
+                i_c_0_0_0_0 = i_hj_0_0_0_0 * Y0_0
+                i_s_0_0_0_0 = i_c_0_0_0_0 * radial_0  # R[h0 x Y0 -> A0]
+                i_a_0_0_0_0 = i_a_0_0_0_0 + i_s_0_0_0_0
+                i_s_0_1_1_in_0 = i_hj_0_0_0_0 * radial_1  # R[h0 x Y1 -> A1]
+                i_s_0_1_1_0, i_s_0_1_1_1, i_s_0_1_1_2 = couple_0_1_1_868d3aee(i_s_0_1_1_in_0, Y1_0, Y1_1, Y1_2)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
+                i_a_0_1_1_0, i_a_0_1_1_1, i_a_0_1_1_2 = i_a_0_1_1_0 + i_s_0_1_1_0, i_a_0_1_1_1 + i_s_0_1_1_1, i_a_0_1_1_2 + i_s_0_1_1_2
+                i_s_0_2_2_in_0 = i_hj_0_0_0_0 * radial_2  # R[h0 x Y2 -> A2]
+                i_s_0_2_2_0, i_s_0_2_2_1, i_s_0_2_2_2, i_s_0_2_2_3, i_s_0_2_2_4 = couple_0_2_2_9fb7e40b(i_s_0_2_2_in_0, Y2_0, Y2_1, Y2_2, Y2_3, Y2_4)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
+                i_a_0_2_2_0, i_a_0_2_2_1, i_a_0_2_2_2, i_a_0_2_2_3, i_a_0_2_2_4 = i_a_0_2_2_0 + i_s_0_2_2_0, i_a_0_2_2_1 + i_s_0_2_2_1, i_a_0_2_2_2 + i_s_0_2_2_2, i_a_0_2_2_3 + i_s_0_2_2_3, i_a_0_2_2_4 + i_s_0_2_2_4
+                i_s_0_3_3_in_0 = i_hj_0_0_0_0 * radial_3  # R[h0 x Y3 -> A3]
+                i_s_0_3_3_0, i_s_0_3_3_1, i_s_0_3_3_2, i_s_0_3_3_3, i_s_0_3_3_4, i_s_0_3_3_5, i_s_0_3_3_6 = couple_0_3_3_97648347(i_s_0_3_3_in_0, Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
+                i_a_0_3_3_0, i_a_0_3_3_1, i_a_0_3_3_2, i_a_0_3_3_3, i_a_0_3_3_4, i_a_0_3_3_5, i_a_0_3_3_6 = i_a_0_3_3_0 + i_s_0_3_3_0, i_a_0_3_3_1 + i_s_0_3_3_1, i_a_0_3_3_2 + i_s_0_3_3_2, i_a_0_3_3_3 + i_s_0_3_3_3, i_a_0_3_3_4 + i_s_0_3_3_4, i_a_0_3_3_5 + i_s_0_3_3_5, i_a_0_3_3_6 + i_s_0_3_3_6
+            i_A0_0 = i_a_0_0_0_0
+            i_A1_0, i_A1_1, i_A1_2 = i_a_0_1_1_0, i_a_0_1_1_1, i_a_0_1_1_2
+            i_A2_0, i_A2_1, i_A2_2, i_A2_3, i_A2_4 = i_a_0_2_2_0, i_a_0_2_2_1, i_a_0_2_2_2, i_a_0_2_2_3, i_a_0_2_2_4
+            i_A3_0, i_A3_1, i_A3_2, i_A3_3, i_A3_4, i_A3_5, i_A3_6 = i_a_0_3_3_0, i_a_0_3_3_1, i_a_0_3_3_2, i_a_0_3_3_3, i_a_0_3_3_4, i_a_0_3_3_5, i_a_0_3_3_6
+            i_A0[n, c, 0] = i_A0_0
+            i_A1[n, c, 0], i_A1[n, c, 1], i_A1[n, c, 2] = i_A1_0, i_A1_1, i_A1_2
+            i_A2[n, c, 0], i_A2[n, c, 1], i_A2[n, c, 2], i_A2[n, c, 3], i_A2[n, c, 4] = i_A2_0, i_A2_1, i_A2_2, i_A2_3, i_A2_4
+            i_A3[n, c, 0], i_A3[n, c, 1], i_A3[n, c, 2], i_A3[n, c, 3], i_A3[n, c, 4], i_A3[n, c, 5], i_A3[n, c, 6] = i_A3_0, i_A3_1, i_A3_2, i_A3_3, i_A3_4, i_A3_5, i_A3_6
     return (i_A0, i_A1, i_A2, i_A3)
 
 
@@ -1421,8 +1224,51 @@ def layer_0_0_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, product):
     channels = mixA0_A.shape[1]
     _check_shape(product, (num_nodes, channels, 13), "product must have shape (nodes, channels, 13)")
     p_B0 = np.empty((num_nodes, channels, 1), dtype)
-    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 30 ops; stores p_B0
-        _kernel_0b310dd0b9(np.int64(block), channels, mixA0_A, mixA1_A, mixA2_A, mixA3_A, num_nodes, p_B0, product)
+    # kernel 1 (per channel, phase 0): 30 ops; stores p_B0
+    for n in prange(num_nodes):
+        for c in range(channels):
+            product_0 = product[n, c, 0]
+            mixA0_A_0 = mixA0_A[n, c, 0]
+            mixA1_A_0, mixA1_A_1, mixA1_A_2 = mixA1_A[n, c, 0], mixA1_A[n, c, 1], mixA1_A[n, c, 2]
+            product_2, product_6 = product[n, c, 2], product[n, c, 6]
+            mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4 = mixA2_A[n, c, 0], mixA2_A[n, c, 1], mixA2_A[n, c, 2], mixA2_A[n, c, 3], mixA2_A[n, c, 4]
+            mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6 = mixA3_A[n, c, 0], mixA3_A[n, c, 1], mixA3_A[n, c, 2], mixA3_A[n, c, 3], mixA3_A[n, c, 4], mixA3_A[n, c, 5], mixA3_A[n, c, 6]
+            product_1, product_5, product_3, product_7, product_9, product_11, product_4, product_8, product_10, product_12 = product[n, c, 1], product[n, c, 5], product[n, c, 3], product[n, c, 7], product[n, c, 9], product[n, c, 11], product[n, c, 4], product[n, c, 8], product[n, c, 10], product[n, c, 12]
+            p_w0_0 = mixA0_A_0 * product_0  # 0e
+            # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
+            p_t1_0_0 = mixA0_A_0 * mixA0_A_0
+            # (1o x 1o)->0e step 1: 1 x 1 -> 0, even path, 3 nonzeros
+            p_t2_0_0 = mixA1_A_0 * mixA1_A_0 + mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2
+            p_w2_0 = p_t2_0_0 * product_2  # (1o x 1o)->0e
+            p_t6_0_0, p_t6_0_1, p_t6_0_2 = couple_0_1_1_868d3aee(mixA0_A_0, mixA1_A_0, mixA1_A_1, mixA1_A_2)  # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
+            # ((0e x 1o)->1o x 1o)->0e step 2: 1 x 1 -> 0, even path, 3 nonzeros
+            p_t6_1_0 = p_t6_0_0 * mixA1_A_0 + p_t6_0_1 * mixA1_A_1 + p_t6_0_2 * mixA1_A_2
+            p_w6_0 = p_t6_1_0 * product_6  # ((0e x 1o)->1o x 1o)->0e
+            p_t7_0_0, p_t7_0_1, p_t7_0_2, p_t7_0_3, p_t7_0_4 = couple_0_2_2_9fb7e40b(mixA0_A_0, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
+            p_t8_0_0, p_t8_0_1, p_t8_0_2, p_t8_0_3, p_t8_0_4, p_t8_0_5, p_t8_0_6 = couple_0_3_3_97648347(mixA0_A_0, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
+            p_t9_0_0, p_t9_0_1, p_t9_0_2, p_t9_0_3, p_t9_0_4 = couple_1_1_2_688fbe13(mixA1_A_0, mixA1_A_1, mixA1_A_2, mixA1_A_0, mixA1_A_1, mixA1_A_2)  # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
+            p_t10_0_0, p_t10_0_1, p_t10_0_2, p_t10_0_3, p_t10_0_4, p_t10_0_5, p_t10_0_6 = couple_1_2_3_221fec78(mixA1_A_0, mixA1_A_1, mixA1_A_2, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
+            p_t11_0_0, p_t11_0_1, p_t11_0_2, p_t11_0_3, p_t11_0_4 = couple_2_2_2_6ae42fa1(mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
+            p_t12_0_0, p_t12_0_1, p_t12_0_2, p_t12_0_3, p_t12_0_4, p_t12_0_5, p_t12_0_6 = couple_2_3_3_ebfb3ca8(mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
+            p_B0_f0_0_A0_0_0 = mixA0_A_0 * product_1  # (0e x 0e)->0e
+            p_B0_f0_0_A0_1_0 = p_t1_0_0 * product_5  # ((0e x 0e)->0e x 0e)->0e
+            p_B0_f0_0_A0_sum_0 = p_B0_f0_0_A0_0_0 + p_B0_f0_0_A0_1_0
+            # factored: 2 weighted 0x0->0 couplings as one: 0 x 0 -> 0, even path, 1 nonzeros
+            p_B0_f0_0_A0_out_0 = p_B0_f0_0_A0_sum_0 * mixA0_A_0
+            p_B0_f2_2_A2_0_0, p_B0_f2_2_A2_0_1, p_B0_f2_2_A2_0_2, p_B0_f2_2_A2_0_3, p_B0_f2_2_A2_0_4 = mixA2_A_0 * product_3, mixA2_A_1 * product_3, mixA2_A_2 * product_3, mixA2_A_3 * product_3, mixA2_A_4 * product_3  # (2e x 2e)->0e
+            p_B0_f2_2_A2_1_0, p_B0_f2_2_A2_1_1, p_B0_f2_2_A2_1_2, p_B0_f2_2_A2_1_3, p_B0_f2_2_A2_1_4 = p_t7_0_0 * product_7, p_t7_0_1 * product_7, p_t7_0_2 * product_7, p_t7_0_3 * product_7, p_t7_0_4 * product_7  # ((0e x 2e)->2e x 2e)->0e
+            p_B0_f2_2_A2_2_0, p_B0_f2_2_A2_2_1, p_B0_f2_2_A2_2_2, p_B0_f2_2_A2_2_3, p_B0_f2_2_A2_2_4 = p_t9_0_0 * product_9, p_t9_0_1 * product_9, p_t9_0_2 * product_9, p_t9_0_3 * product_9, p_t9_0_4 * product_9  # ((1o x 1o)->2e x 2e)->0e
+            p_B0_f2_2_A2_3_0, p_B0_f2_2_A2_3_1, p_B0_f2_2_A2_3_2, p_B0_f2_2_A2_3_3, p_B0_f2_2_A2_3_4 = p_t11_0_0 * product_11, p_t11_0_1 * product_11, p_t11_0_2 * product_11, p_t11_0_3 * product_11, p_t11_0_4 * product_11  # ((2e x 2e)->2e x 2e)->0e
+            p_B0_f2_2_A2_sum_0, p_B0_f2_2_A2_sum_1, p_B0_f2_2_A2_sum_2, p_B0_f2_2_A2_sum_3, p_B0_f2_2_A2_sum_4 = p_B0_f2_2_A2_0_0 + p_B0_f2_2_A2_1_0 + p_B0_f2_2_A2_2_0 + p_B0_f2_2_A2_3_0, p_B0_f2_2_A2_0_1 + p_B0_f2_2_A2_1_1 + p_B0_f2_2_A2_2_1 + p_B0_f2_2_A2_3_1, p_B0_f2_2_A2_0_2 + p_B0_f2_2_A2_1_2 + p_B0_f2_2_A2_2_2 + p_B0_f2_2_A2_3_2, p_B0_f2_2_A2_0_3 + p_B0_f2_2_A2_1_3 + p_B0_f2_2_A2_2_3 + p_B0_f2_2_A2_3_3, p_B0_f2_2_A2_0_4 + p_B0_f2_2_A2_1_4 + p_B0_f2_2_A2_2_4 + p_B0_f2_2_A2_3_4
+            p_B0_f2_2_A2_out_0 = couple_2_2_0_a59ab82f(p_B0_f2_2_A2_sum_0, p_B0_f2_2_A2_sum_1, p_B0_f2_2_A2_sum_2, p_B0_f2_2_A2_sum_3, p_B0_f2_2_A2_sum_4, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # factored: 4 weighted 2x2->0 couplings as one: 2 x 2 -> 0, even path, 7 nonzeros
+            p_B0_f3_3_A3_0_0, p_B0_f3_3_A3_0_1, p_B0_f3_3_A3_0_2, p_B0_f3_3_A3_0_3, p_B0_f3_3_A3_0_4, p_B0_f3_3_A3_0_5, p_B0_f3_3_A3_0_6 = mixA3_A_0 * product_4, mixA3_A_1 * product_4, mixA3_A_2 * product_4, mixA3_A_3 * product_4, mixA3_A_4 * product_4, mixA3_A_5 * product_4, mixA3_A_6 * product_4  # (3o x 3o)->0e
+            p_B0_f3_3_A3_1_0, p_B0_f3_3_A3_1_1, p_B0_f3_3_A3_1_2, p_B0_f3_3_A3_1_3, p_B0_f3_3_A3_1_4, p_B0_f3_3_A3_1_5, p_B0_f3_3_A3_1_6 = p_t8_0_0 * product_8, p_t8_0_1 * product_8, p_t8_0_2 * product_8, p_t8_0_3 * product_8, p_t8_0_4 * product_8, p_t8_0_5 * product_8, p_t8_0_6 * product_8  # ((0e x 3o)->3o x 3o)->0e
+            p_B0_f3_3_A3_2_0, p_B0_f3_3_A3_2_1, p_B0_f3_3_A3_2_2, p_B0_f3_3_A3_2_3, p_B0_f3_3_A3_2_4, p_B0_f3_3_A3_2_5, p_B0_f3_3_A3_2_6 = p_t10_0_0 * product_10, p_t10_0_1 * product_10, p_t10_0_2 * product_10, p_t10_0_3 * product_10, p_t10_0_4 * product_10, p_t10_0_5 * product_10, p_t10_0_6 * product_10  # ((1o x 2e)->3o x 3o)->0e
+            p_B0_f3_3_A3_3_0, p_B0_f3_3_A3_3_1, p_B0_f3_3_A3_3_2, p_B0_f3_3_A3_3_3, p_B0_f3_3_A3_3_4, p_B0_f3_3_A3_3_5, p_B0_f3_3_A3_3_6 = p_t12_0_0 * product_12, p_t12_0_1 * product_12, p_t12_0_2 * product_12, p_t12_0_3 * product_12, p_t12_0_4 * product_12, p_t12_0_5 * product_12, p_t12_0_6 * product_12  # ((2e x 3o)->3o x 3o)->0e
+            p_B0_f3_3_A3_sum_0, p_B0_f3_3_A3_sum_1, p_B0_f3_3_A3_sum_2, p_B0_f3_3_A3_sum_3, p_B0_f3_3_A3_sum_4, p_B0_f3_3_A3_sum_5, p_B0_f3_3_A3_sum_6 = p_B0_f3_3_A3_0_0 + p_B0_f3_3_A3_1_0 + p_B0_f3_3_A3_2_0 + p_B0_f3_3_A3_3_0, p_B0_f3_3_A3_0_1 + p_B0_f3_3_A3_1_1 + p_B0_f3_3_A3_2_1 + p_B0_f3_3_A3_3_1, p_B0_f3_3_A3_0_2 + p_B0_f3_3_A3_1_2 + p_B0_f3_3_A3_2_2 + p_B0_f3_3_A3_3_2, p_B0_f3_3_A3_0_3 + p_B0_f3_3_A3_1_3 + p_B0_f3_3_A3_2_3 + p_B0_f3_3_A3_3_3, p_B0_f3_3_A3_0_4 + p_B0_f3_3_A3_1_4 + p_B0_f3_3_A3_2_4 + p_B0_f3_3_A3_3_4, p_B0_f3_3_A3_0_5 + p_B0_f3_3_A3_1_5 + p_B0_f3_3_A3_2_5 + p_B0_f3_3_A3_3_5, p_B0_f3_3_A3_0_6 + p_B0_f3_3_A3_1_6 + p_B0_f3_3_A3_2_6 + p_B0_f3_3_A3_3_6
+            p_B0_f3_3_A3_out_0 = couple_3_3_0_d8c7f81f(p_B0_f3_3_A3_sum_0, p_B0_f3_3_A3_sum_1, p_B0_f3_3_A3_sum_2, p_B0_f3_3_A3_sum_3, p_B0_f3_3_A3_sum_4, p_B0_f3_3_A3_sum_5, p_B0_f3_3_A3_sum_6, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # factored: 4 weighted 3x3->0 couplings as one: 3 x 3 -> 0, even path, 13 nonzeros
+            p_B0_0 = p_w0_0 + p_B0_f0_0_A0_out_0 + p_w2_0 + p_w6_0 + p_B0_f2_2_A2_out_0 + p_B0_f3_3_A3_out_0
+            p_B0[n, c, 0] = p_B0_0
     return (p_B0,)
 
 
@@ -1473,8 +1319,54 @@ def layer_0_0_reverse_k2(up0_h, Y0, Y1, Y2, Y3, g_p_B0_0, radial, product, sende
     g_p_t6_1_0 = np.empty((num_nodes, channels, 1), dtype)
     g_p_t2_0_0 = np.empty((num_nodes, channels, 1), dtype)
     g_mixA0_A_7 = np.empty((num_nodes, channels, 1), dtype)
-    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 16 ops; stores i_hj_0_0_0, i_c_0_0_0, i_A0, i_s_0_1_1_in, i_A1, i_s_0_2_2_in, i_A2, i_s_0_3_3_in, i_A3, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7
-        _kernel_aacb72a7ba(np.int64(block), Y0, Y1, Y2, Y3, channels, g_mixA0_A_7, g_p_B0_0, g_p_t2_0_0, g_p_t6_1_0, i_A0, i_A1, i_A2, i_A3, i_c_0_0_0, i_hj_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, num_nodes, product, radial, receiver_offsets, senders, up0_h)
+    # kernel 1 (per channel, phase 0): 16 ops; stores i_hj_0_0_0, i_c_0_0_0, i_A0, i_s_0_1_1_in, i_A1, i_s_0_2_2_in, i_A2, i_s_0_3_3_in, i_A3, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7
+    for n in prange(num_nodes):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
+        for c in range(channels):
+            i_A0_0 = 0.0
+            i_A1_0 = i_A1_1 = i_A1_2 = 0.0
+            i_A2_0 = i_A2_1 = i_A2_2 = i_A2_3 = i_A2_4 = 0.0
+            i_A3_0 = i_A3_1 = i_A3_2 = i_A3_3 = i_A3_4 = i_A3_5 = i_A3_6 = 0.0
+            for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
+                j_1 = senders[e]
+                Y0_0 = Y0[e, 0]
+                radial_0, radial_1 = radial[e, c, 0], radial[e, c, 1]
+                Y1_0, Y1_1, Y1_2 = Y1[e, 0], Y1[e, 1], Y1[e, 2]
+                radial_2 = radial[e, c, 2]
+                Y2_0, Y2_1, Y2_2, Y2_3, Y2_4 = Y2[e, 0], Y2[e, 1], Y2[e, 2], Y2[e, 3], Y2[e, 4]
+                radial_3 = radial[e, c, 3]
+                Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6 = Y3[e, 0], Y3[e, 1], Y3[e, 2], Y3[e, 3], Y3[e, 4], Y3[e, 5], Y3[e, 6]
+                i_hj_0_0_0_0 = up0_h[j_1, c, 0]
+                # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
+                i_c_0_0_0_0 = i_hj_0_0_0_0 * Y0_0
+                i_s_0_0_0_0 = i_c_0_0_0_0 * radial_0  # R[h0 x Y0 -> A0]
+                i_A0_0 = i_A0_0 + i_s_0_0_0_0
+                i_s_0_1_1_in_0 = i_hj_0_0_0_0 * radial_1  # R[h0 x Y1 -> A1]
+                i_s_0_1_1_0, i_s_0_1_1_1, i_s_0_1_1_2 = couple_0_1_1_868d3aee(i_s_0_1_1_in_0, Y1_0, Y1_1, Y1_2)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
+                i_A1_0, i_A1_1, i_A1_2 = i_A1_0 + i_s_0_1_1_0, i_A1_1 + i_s_0_1_1_1, i_A1_2 + i_s_0_1_1_2
+                i_s_0_2_2_in_0 = i_hj_0_0_0_0 * radial_2  # R[h0 x Y2 -> A2]
+                i_s_0_2_2_0, i_s_0_2_2_1, i_s_0_2_2_2, i_s_0_2_2_3, i_s_0_2_2_4 = couple_0_2_2_9fb7e40b(i_s_0_2_2_in_0, Y2_0, Y2_1, Y2_2, Y2_3, Y2_4)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
+                i_A2_0, i_A2_1, i_A2_2, i_A2_3, i_A2_4 = i_A2_0 + i_s_0_2_2_0, i_A2_1 + i_s_0_2_2_1, i_A2_2 + i_s_0_2_2_2, i_A2_3 + i_s_0_2_2_3, i_A2_4 + i_s_0_2_2_4
+                i_s_0_3_3_in_0 = i_hj_0_0_0_0 * radial_3  # R[h0 x Y3 -> A3]
+                i_s_0_3_3_0, i_s_0_3_3_1, i_s_0_3_3_2, i_s_0_3_3_3, i_s_0_3_3_4, i_s_0_3_3_5, i_s_0_3_3_6 = couple_0_3_3_97648347(i_s_0_3_3_in_0, Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
+                i_A3_0, i_A3_1, i_A3_2, i_A3_3, i_A3_4, i_A3_5, i_A3_6 = i_A3_0 + i_s_0_3_3_0, i_A3_1 + i_s_0_3_3_1, i_A3_2 + i_s_0_3_3_2, i_A3_3 + i_s_0_3_3_3, i_A3_4 + i_s_0_3_3_4, i_A3_5 + i_s_0_3_3_5, i_A3_6 + i_s_0_3_3_6
+                i_hj_0_0_0[e, c, 0] = i_hj_0_0_0_0
+                i_c_0_0_0[e, c, 0] = i_c_0_0_0_0
+                i_s_0_1_1_in[e, c, 0] = i_s_0_1_1_in_0
+                i_s_0_2_2_in[e, c, 0] = i_s_0_2_2_in_0
+                i_s_0_3_3_in[e, c, 0] = i_s_0_3_3_in_0
+            product_6 = product[n, c, 6]
+            g_p_B0_0_0 = g_p_B0_0[n, c, 0]
+            product_2, product_0 = product[n, c, 2], product[n, c, 0]
+            g_p_t6_1_0_0 = g_p_B0_0_0 * product_6  # adjoint of p_w6
+            g_p_t2_0_0_0 = g_p_B0_0_0 * product_2  # adjoint of p_w2
+            g_mixA0_A_7_0 = g_p_B0_0_0 * product_0  # adjoint of p_w0
+            i_A0[n, c, 0] = i_A0_0
+            i_A1[n, c, 0], i_A1[n, c, 1], i_A1[n, c, 2] = i_A1_0, i_A1_1, i_A1_2
+            i_A2[n, c, 0], i_A2[n, c, 1], i_A2[n, c, 2], i_A2[n, c, 3], i_A2[n, c, 4] = i_A2_0, i_A2_1, i_A2_2, i_A2_3, i_A2_4
+            i_A3[n, c, 0], i_A3[n, c, 1], i_A3[n, c, 2], i_A3[n, c, 3], i_A3[n, c, 4], i_A3[n, c, 5], i_A3[n, c, 6] = i_A3_0, i_A3_1, i_A3_2, i_A3_3, i_A3_4, i_A3_5, i_A3_6
+            g_p_t6_1_0[n, c, 0] = g_p_t6_1_0_0
+            g_p_t2_0_0[n, c, 0] = g_p_t2_0_0_0
+            g_mixA0_A_7[n, c, 0] = g_mixA0_A_7_0
     return (i_hj_0_0_0, i_c_0_0_0, i_A0, i_s_0_1_1_in, i_A1, i_s_0_2_2_in, i_A2, i_s_0_3_3_in, i_A3, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7)
 
 
@@ -1489,8 +1381,89 @@ def layer_0_0_reverse_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, g_p_B0_0, g_p_t6_1_
     g_mixA2_A_7 = np.empty((num_nodes, channels, 5), dtype)
     g_mixA1_A_7 = np.empty((num_nodes, channels, 3), dtype)
     g_mixA0_A_8 = np.empty((num_nodes, channels, 1), dtype)
-    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 61 ops; stores g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8
-        _kernel_7820e23368(np.int64(block), channels, g_mixA0_A_7, g_mixA0_A_8, g_mixA1_A_7, g_mixA2_A_7, g_mixA3_A_4, g_p_B0_0, g_p_t2_0_0, g_p_t6_1_0, mixA0_A, mixA1_A, mixA2_A, mixA3_A, num_nodes, product)
+    # kernel 1 (per channel, phase 0): 61 ops; stores g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8
+    for n in prange(num_nodes):
+        for c in range(channels):
+            mixA0_A_0 = mixA0_A[n, c, 0]
+            mixA1_A_0, mixA1_A_1, mixA1_A_2 = mixA1_A[n, c, 0], mixA1_A[n, c, 1], mixA1_A[n, c, 2]
+            mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4 = mixA2_A[n, c, 0], mixA2_A[n, c, 1], mixA2_A[n, c, 2], mixA2_A[n, c, 3], mixA2_A[n, c, 4]
+            mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6 = mixA3_A[n, c, 0], mixA3_A[n, c, 1], mixA3_A[n, c, 2], mixA3_A[n, c, 3], mixA3_A[n, c, 4], mixA3_A[n, c, 5], mixA3_A[n, c, 6]
+            product_1, product_5, product_3, product_7, product_9, product_11, product_4, product_8, product_10, product_12 = product[n, c, 1], product[n, c, 5], product[n, c, 3], product[n, c, 7], product[n, c, 9], product[n, c, 11], product[n, c, 4], product[n, c, 8], product[n, c, 10], product[n, c, 12]
+            g_p_B0_0_0 = g_p_B0_0[n, c, 0]
+            g_p_t6_1_0_0 = g_p_t6_1_0[n, c, 0]
+            g_p_t2_0_0_0 = g_p_t2_0_0[n, c, 0]
+            g_mixA0_A_7_0 = g_mixA0_A_7[n, c, 0]
+            # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
+            p_t1_0_0 = mixA0_A_0 * mixA0_A_0
+            p_t6_0_0, p_t6_0_1, p_t6_0_2 = couple_0_1_1_868d3aee(mixA0_A_0, mixA1_A_0, mixA1_A_1, mixA1_A_2)  # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
+            p_t7_0_0, p_t7_0_1, p_t7_0_2, p_t7_0_3, p_t7_0_4 = couple_0_2_2_9fb7e40b(mixA0_A_0, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
+            p_t8_0_0, p_t8_0_1, p_t8_0_2, p_t8_0_3, p_t8_0_4, p_t8_0_5, p_t8_0_6 = couple_0_3_3_97648347(mixA0_A_0, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
+            p_t9_0_0, p_t9_0_1, p_t9_0_2, p_t9_0_3, p_t9_0_4 = couple_1_1_2_688fbe13(mixA1_A_0, mixA1_A_1, mixA1_A_2, mixA1_A_0, mixA1_A_1, mixA1_A_2)  # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
+            p_t10_0_0, p_t10_0_1, p_t10_0_2, p_t10_0_3, p_t10_0_4, p_t10_0_5, p_t10_0_6 = couple_1_2_3_221fec78(mixA1_A_0, mixA1_A_1, mixA1_A_2, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
+            p_t11_0_0, p_t11_0_1, p_t11_0_2, p_t11_0_3, p_t11_0_4 = couple_2_2_2_6ae42fa1(mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
+            p_t12_0_0, p_t12_0_1, p_t12_0_2, p_t12_0_3, p_t12_0_4, p_t12_0_5, p_t12_0_6 = couple_2_3_3_ebfb3ca8(mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
+            p_B0_f0_0_A0_0_0 = mixA0_A_0 * product_1  # (0e x 0e)->0e
+            p_B0_f0_0_A0_1_0 = p_t1_0_0 * product_5  # ((0e x 0e)->0e x 0e)->0e
+            p_B0_f0_0_A0_sum_0 = p_B0_f0_0_A0_0_0 + p_B0_f0_0_A0_1_0
+            p_B0_f2_2_A2_0_0, p_B0_f2_2_A2_0_1, p_B0_f2_2_A2_0_2, p_B0_f2_2_A2_0_3, p_B0_f2_2_A2_0_4 = mixA2_A_0 * product_3, mixA2_A_1 * product_3, mixA2_A_2 * product_3, mixA2_A_3 * product_3, mixA2_A_4 * product_3  # (2e x 2e)->0e
+            p_B0_f2_2_A2_1_0, p_B0_f2_2_A2_1_1, p_B0_f2_2_A2_1_2, p_B0_f2_2_A2_1_3, p_B0_f2_2_A2_1_4 = p_t7_0_0 * product_7, p_t7_0_1 * product_7, p_t7_0_2 * product_7, p_t7_0_3 * product_7, p_t7_0_4 * product_7  # ((0e x 2e)->2e x 2e)->0e
+            p_B0_f2_2_A2_2_0, p_B0_f2_2_A2_2_1, p_B0_f2_2_A2_2_2, p_B0_f2_2_A2_2_3, p_B0_f2_2_A2_2_4 = p_t9_0_0 * product_9, p_t9_0_1 * product_9, p_t9_0_2 * product_9, p_t9_0_3 * product_9, p_t9_0_4 * product_9  # ((1o x 1o)->2e x 2e)->0e
+            p_B0_f2_2_A2_3_0, p_B0_f2_2_A2_3_1, p_B0_f2_2_A2_3_2, p_B0_f2_2_A2_3_3, p_B0_f2_2_A2_3_4 = p_t11_0_0 * product_11, p_t11_0_1 * product_11, p_t11_0_2 * product_11, p_t11_0_3 * product_11, p_t11_0_4 * product_11  # ((2e x 2e)->2e x 2e)->0e
+            p_B0_f2_2_A2_sum_0, p_B0_f2_2_A2_sum_1, p_B0_f2_2_A2_sum_2, p_B0_f2_2_A2_sum_3, p_B0_f2_2_A2_sum_4 = p_B0_f2_2_A2_0_0 + p_B0_f2_2_A2_1_0 + p_B0_f2_2_A2_2_0 + p_B0_f2_2_A2_3_0, p_B0_f2_2_A2_0_1 + p_B0_f2_2_A2_1_1 + p_B0_f2_2_A2_2_1 + p_B0_f2_2_A2_3_1, p_B0_f2_2_A2_0_2 + p_B0_f2_2_A2_1_2 + p_B0_f2_2_A2_2_2 + p_B0_f2_2_A2_3_2, p_B0_f2_2_A2_0_3 + p_B0_f2_2_A2_1_3 + p_B0_f2_2_A2_2_3 + p_B0_f2_2_A2_3_3, p_B0_f2_2_A2_0_4 + p_B0_f2_2_A2_1_4 + p_B0_f2_2_A2_2_4 + p_B0_f2_2_A2_3_4
+            p_B0_f3_3_A3_0_0, p_B0_f3_3_A3_0_1, p_B0_f3_3_A3_0_2, p_B0_f3_3_A3_0_3, p_B0_f3_3_A3_0_4, p_B0_f3_3_A3_0_5, p_B0_f3_3_A3_0_6 = mixA3_A_0 * product_4, mixA3_A_1 * product_4, mixA3_A_2 * product_4, mixA3_A_3 * product_4, mixA3_A_4 * product_4, mixA3_A_5 * product_4, mixA3_A_6 * product_4  # (3o x 3o)->0e
+            p_B0_f3_3_A3_1_0, p_B0_f3_3_A3_1_1, p_B0_f3_3_A3_1_2, p_B0_f3_3_A3_1_3, p_B0_f3_3_A3_1_4, p_B0_f3_3_A3_1_5, p_B0_f3_3_A3_1_6 = p_t8_0_0 * product_8, p_t8_0_1 * product_8, p_t8_0_2 * product_8, p_t8_0_3 * product_8, p_t8_0_4 * product_8, p_t8_0_5 * product_8, p_t8_0_6 * product_8  # ((0e x 3o)->3o x 3o)->0e
+            p_B0_f3_3_A3_2_0, p_B0_f3_3_A3_2_1, p_B0_f3_3_A3_2_2, p_B0_f3_3_A3_2_3, p_B0_f3_3_A3_2_4, p_B0_f3_3_A3_2_5, p_B0_f3_3_A3_2_6 = p_t10_0_0 * product_10, p_t10_0_1 * product_10, p_t10_0_2 * product_10, p_t10_0_3 * product_10, p_t10_0_4 * product_10, p_t10_0_5 * product_10, p_t10_0_6 * product_10  # ((1o x 2e)->3o x 3o)->0e
+            p_B0_f3_3_A3_3_0, p_B0_f3_3_A3_3_1, p_B0_f3_3_A3_3_2, p_B0_f3_3_A3_3_3, p_B0_f3_3_A3_3_4, p_B0_f3_3_A3_3_5, p_B0_f3_3_A3_3_6 = p_t12_0_0 * product_12, p_t12_0_1 * product_12, p_t12_0_2 * product_12, p_t12_0_3 * product_12, p_t12_0_4 * product_12, p_t12_0_5 * product_12, p_t12_0_6 * product_12  # ((2e x 3o)->3o x 3o)->0e
+            p_B0_f3_3_A3_sum_0, p_B0_f3_3_A3_sum_1, p_B0_f3_3_A3_sum_2, p_B0_f3_3_A3_sum_3, p_B0_f3_3_A3_sum_4, p_B0_f3_3_A3_sum_5, p_B0_f3_3_A3_sum_6 = p_B0_f3_3_A3_0_0 + p_B0_f3_3_A3_1_0 + p_B0_f3_3_A3_2_0 + p_B0_f3_3_A3_3_0, p_B0_f3_3_A3_0_1 + p_B0_f3_3_A3_1_1 + p_B0_f3_3_A3_2_1 + p_B0_f3_3_A3_3_1, p_B0_f3_3_A3_0_2 + p_B0_f3_3_A3_1_2 + p_B0_f3_3_A3_2_2 + p_B0_f3_3_A3_3_2, p_B0_f3_3_A3_0_3 + p_B0_f3_3_A3_1_3 + p_B0_f3_3_A3_2_3 + p_B0_f3_3_A3_3_3, p_B0_f3_3_A3_0_4 + p_B0_f3_3_A3_1_4 + p_B0_f3_3_A3_2_4 + p_B0_f3_3_A3_3_4, p_B0_f3_3_A3_0_5 + p_B0_f3_3_A3_1_5 + p_B0_f3_3_A3_2_5 + p_B0_f3_3_A3_3_5, p_B0_f3_3_A3_0_6 + p_B0_f3_3_A3_1_6 + p_B0_f3_3_A3_2_6 + p_B0_f3_3_A3_3_6
+            g_p_B0_f3_3_A3_sum_0_0, g_p_B0_f3_3_A3_sum_0_1, g_p_B0_f3_3_A3_sum_0_2, g_p_B0_f3_3_A3_sum_0_3, g_p_B0_f3_3_A3_sum_0_4, g_p_B0_f3_3_A3_sum_0_5, g_p_B0_f3_3_A3_sum_0_6 = couple_0_3_3_7566e1db(g_p_B0_0_0, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # adjoint (left) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-left of 3x3->0, ranks 0, 3 -> 3, 13 nonzeros
+            g_mixA3_A_0_0, g_mixA3_A_0_1, g_mixA3_A_0_2, g_mixA3_A_0_3, g_mixA3_A_0_4, g_mixA3_A_0_5, g_mixA3_A_0_6 = couple_3_0_3_a7a51470(p_B0_f3_3_A3_sum_0, p_B0_f3_3_A3_sum_1, p_B0_f3_3_A3_sum_2, p_B0_f3_3_A3_sum_3, p_B0_f3_3_A3_sum_4, p_B0_f3_3_A3_sum_5, p_B0_f3_3_A3_sum_6, g_p_B0_0_0)  # adjoint (right) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-right of 3x3->0, ranks 3, 0 -> 3, 13 nonzeros
+            g_p_t12_0_0_0, g_p_t12_0_0_1, g_p_t12_0_0_2, g_p_t12_0_0_3, g_p_t12_0_0_4, g_p_t12_0_0_5, g_p_t12_0_0_6 = g_p_B0_f3_3_A3_sum_0_0 * product_12, g_p_B0_f3_3_A3_sum_0_1 * product_12, g_p_B0_f3_3_A3_sum_0_2 * product_12, g_p_B0_f3_3_A3_sum_0_3 * product_12, g_p_B0_f3_3_A3_sum_0_4 * product_12, g_p_B0_f3_3_A3_sum_0_5 * product_12, g_p_B0_f3_3_A3_sum_0_6 * product_12  # adjoint of p_B0_f3_3_A3_3
+            g_p_t10_0_0_0, g_p_t10_0_0_1, g_p_t10_0_0_2, g_p_t10_0_0_3, g_p_t10_0_0_4, g_p_t10_0_0_5, g_p_t10_0_0_6 = g_p_B0_f3_3_A3_sum_0_0 * product_10, g_p_B0_f3_3_A3_sum_0_1 * product_10, g_p_B0_f3_3_A3_sum_0_2 * product_10, g_p_B0_f3_3_A3_sum_0_3 * product_10, g_p_B0_f3_3_A3_sum_0_4 * product_10, g_p_B0_f3_3_A3_sum_0_5 * product_10, g_p_B0_f3_3_A3_sum_0_6 * product_10  # adjoint of p_B0_f3_3_A3_2
+            g_p_t8_0_0_0, g_p_t8_0_0_1, g_p_t8_0_0_2, g_p_t8_0_0_3, g_p_t8_0_0_4, g_p_t8_0_0_5, g_p_t8_0_0_6 = g_p_B0_f3_3_A3_sum_0_0 * product_8, g_p_B0_f3_3_A3_sum_0_1 * product_8, g_p_B0_f3_3_A3_sum_0_2 * product_8, g_p_B0_f3_3_A3_sum_0_3 * product_8, g_p_B0_f3_3_A3_sum_0_4 * product_8, g_p_B0_f3_3_A3_sum_0_5 * product_8, g_p_B0_f3_3_A3_sum_0_6 * product_8  # adjoint of p_B0_f3_3_A3_1
+            g_mixA3_A_1_0, g_mixA3_A_1_1, g_mixA3_A_1_2, g_mixA3_A_1_3, g_mixA3_A_1_4, g_mixA3_A_1_5, g_mixA3_A_1_6 = g_p_B0_f3_3_A3_sum_0_0 * product_4, g_p_B0_f3_3_A3_sum_0_1 * product_4, g_p_B0_f3_3_A3_sum_0_2 * product_4, g_p_B0_f3_3_A3_sum_0_3 * product_4, g_p_B0_f3_3_A3_sum_0_4 * product_4, g_p_B0_f3_3_A3_sum_0_5 * product_4, g_p_B0_f3_3_A3_sum_0_6 * product_4  # adjoint of p_B0_f3_3_A3_0
+            g_p_B0_f2_2_A2_sum_0_0, g_p_B0_f2_2_A2_sum_0_1, g_p_B0_f2_2_A2_sum_0_2, g_p_B0_f2_2_A2_sum_0_3, g_p_B0_f2_2_A2_sum_0_4 = couple_0_2_2_3bb2f716(g_p_B0_0_0, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # adjoint (left) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-left of 2x2->0, ranks 0, 2 -> 2, 7 nonzeros
+            g_mixA2_A_0_0, g_mixA2_A_0_1, g_mixA2_A_0_2, g_mixA2_A_0_3, g_mixA2_A_0_4 = couple_2_0_2_c7482575(p_B0_f2_2_A2_sum_0, p_B0_f2_2_A2_sum_1, p_B0_f2_2_A2_sum_2, p_B0_f2_2_A2_sum_3, p_B0_f2_2_A2_sum_4, g_p_B0_0_0)  # adjoint (right) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-right of 2x2->0, ranks 2, 0 -> 2, 7 nonzeros
+            g_p_t11_0_0_0, g_p_t11_0_0_1, g_p_t11_0_0_2, g_p_t11_0_0_3, g_p_t11_0_0_4 = g_p_B0_f2_2_A2_sum_0_0 * product_11, g_p_B0_f2_2_A2_sum_0_1 * product_11, g_p_B0_f2_2_A2_sum_0_2 * product_11, g_p_B0_f2_2_A2_sum_0_3 * product_11, g_p_B0_f2_2_A2_sum_0_4 * product_11  # adjoint of p_B0_f2_2_A2_3
+            g_p_t9_0_0_0, g_p_t9_0_0_1, g_p_t9_0_0_2, g_p_t9_0_0_3, g_p_t9_0_0_4 = g_p_B0_f2_2_A2_sum_0_0 * product_9, g_p_B0_f2_2_A2_sum_0_1 * product_9, g_p_B0_f2_2_A2_sum_0_2 * product_9, g_p_B0_f2_2_A2_sum_0_3 * product_9, g_p_B0_f2_2_A2_sum_0_4 * product_9  # adjoint of p_B0_f2_2_A2_2
+            g_p_t7_0_0_0, g_p_t7_0_0_1, g_p_t7_0_0_2, g_p_t7_0_0_3, g_p_t7_0_0_4 = g_p_B0_f2_2_A2_sum_0_0 * product_7, g_p_B0_f2_2_A2_sum_0_1 * product_7, g_p_B0_f2_2_A2_sum_0_2 * product_7, g_p_B0_f2_2_A2_sum_0_3 * product_7, g_p_B0_f2_2_A2_sum_0_4 * product_7  # adjoint of p_B0_f2_2_A2_1
+            g_mixA2_A_1_0, g_mixA2_A_1_1, g_mixA2_A_1_2, g_mixA2_A_1_3, g_mixA2_A_1_4 = g_p_B0_f2_2_A2_sum_0_0 * product_3, g_p_B0_f2_2_A2_sum_0_1 * product_3, g_p_B0_f2_2_A2_sum_0_2 * product_3, g_p_B0_f2_2_A2_sum_0_3 * product_3, g_p_B0_f2_2_A2_sum_0_4 * product_3  # adjoint of p_B0_f2_2_A2_0
+            # adjoint (left) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+            g_p_B0_f0_0_A0_sum_0_0 = g_p_B0_0_0 * mixA0_A_0
+            # adjoint (right) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+            g_mixA0_A_0_0 = p_B0_f0_0_A0_sum_0 * g_p_B0_0_0
+            g_p_t1_0_0_0 = g_p_B0_f0_0_A0_sum_0_0 * product_5  # adjoint of p_B0_f0_0_A0_1
+            g_mixA0_A_1_0 = g_p_B0_f0_0_A0_sum_0_0 * product_1  # adjoint of p_B0_f0_0_A0_0
+            g_mixA2_A_2_0, g_mixA2_A_2_1, g_mixA2_A_2_2, g_mixA2_A_2_3, g_mixA2_A_2_4 = couple_3_3_2_1b3a6154(g_p_t12_0_0_0, g_p_t12_0_0_1, g_p_t12_0_0_2, g_p_t12_0_0_3, g_p_t12_0_0_4, g_p_t12_0_0_5, g_p_t12_0_0_6, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # adjoint (left) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-left of 2x3->3, ranks 3, 3 -> 2, 54 nonzeros
+            g_mixA3_A_2_0, g_mixA3_A_2_1, g_mixA3_A_2_2, g_mixA3_A_2_3, g_mixA3_A_2_4, g_mixA3_A_2_5, g_mixA3_A_2_6 = couple_2_3_3_efefb917(mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4, g_p_t12_0_0_0, g_p_t12_0_0_1, g_p_t12_0_0_2, g_p_t12_0_0_3, g_p_t12_0_0_4, g_p_t12_0_0_5, g_p_t12_0_0_6)  # adjoint (right) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-right of 2x3->3, ranks 2, 3 -> 3, 54 nonzeros
+            g_mixA2_A_3_0, g_mixA2_A_3_1, g_mixA2_A_3_2, g_mixA2_A_3_3, g_mixA2_A_3_4 = couple_2_2_2_b23665c2(g_p_t11_0_0_0, g_p_t11_0_0_1, g_p_t11_0_0_2, g_p_t11_0_0_3, g_p_t11_0_0_4, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # adjoint (left) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-left of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
+            g_mixA2_A_4_0, g_mixA2_A_4_1, g_mixA2_A_4_2, g_mixA2_A_4_3, g_mixA2_A_4_4 = couple_2_2_2_f6b4ecea(mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4, g_p_t11_0_0_0, g_p_t11_0_0_1, g_p_t11_0_0_2, g_p_t11_0_0_3, g_p_t11_0_0_4)  # adjoint (right) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-right of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
+            g_mixA1_A_0_0, g_mixA1_A_0_1, g_mixA1_A_0_2 = couple_3_2_1_0c63d5ab(g_p_t10_0_0_0, g_p_t10_0_0_1, g_p_t10_0_0_2, g_p_t10_0_0_3, g_p_t10_0_0_4, g_p_t10_0_0_5, g_p_t10_0_0_6, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # adjoint (left) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-left of 1x2->3, ranks 3, 2 -> 1, 25 nonzeros
+            g_mixA2_A_5_0, g_mixA2_A_5_1, g_mixA2_A_5_2, g_mixA2_A_5_3, g_mixA2_A_5_4 = couple_1_3_2_c1277798(mixA1_A_0, mixA1_A_1, mixA1_A_2, g_p_t10_0_0_0, g_p_t10_0_0_1, g_p_t10_0_0_2, g_p_t10_0_0_3, g_p_t10_0_0_4, g_p_t10_0_0_5, g_p_t10_0_0_6)  # adjoint (right) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-right of 1x2->3, ranks 1, 3 -> 2, 25 nonzeros
+            g_mixA1_A_1_0, g_mixA1_A_1_1, g_mixA1_A_1_2 = couple_2_1_1_d0e6e803(g_p_t9_0_0_0, g_p_t9_0_0_1, g_p_t9_0_0_2, g_p_t9_0_0_3, g_p_t9_0_0_4, mixA1_A_0, mixA1_A_1, mixA1_A_2)  # adjoint (left) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
+            g_mixA1_A_2_0, g_mixA1_A_2_1, g_mixA1_A_2_2 = couple_1_2_1_a97b32d1(mixA1_A_0, mixA1_A_1, mixA1_A_2, g_p_t9_0_0_0, g_p_t9_0_0_1, g_p_t9_0_0_2, g_p_t9_0_0_3, g_p_t9_0_0_4)  # adjoint (right) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-right of 1x1->2, ranks 1, 2 -> 1, 12 nonzeros
+            g_mixA0_A_2_0 = couple_3_3_0_8403a3e4(g_p_t8_0_0_0, g_p_t8_0_0_1, g_p_t8_0_0_2, g_p_t8_0_0_3, g_p_t8_0_0_4, g_p_t8_0_0_5, g_p_t8_0_0_6, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # adjoint (left) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
+            g_mixA3_A_3_0, g_mixA3_A_3_1, g_mixA3_A_3_2, g_mixA3_A_3_3, g_mixA3_A_3_4, g_mixA3_A_3_5, g_mixA3_A_3_6 = couple_0_3_3_97648347(mixA0_A_0, g_p_t8_0_0_0, g_p_t8_0_0_1, g_p_t8_0_0_2, g_p_t8_0_0_3, g_p_t8_0_0_4, g_p_t8_0_0_5, g_p_t8_0_0_6)  # adjoint (right) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
+            g_mixA0_A_3_0 = couple_2_2_0_c69581e7(g_p_t7_0_0_0, g_p_t7_0_0_1, g_p_t7_0_0_2, g_p_t7_0_0_3, g_p_t7_0_0_4, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # adjoint (left) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
+            g_mixA2_A_6_0, g_mixA2_A_6_1, g_mixA2_A_6_2, g_mixA2_A_6_3, g_mixA2_A_6_4 = couple_0_2_2_9fb7e40b(mixA0_A_0, g_p_t7_0_0_0, g_p_t7_0_0_1, g_p_t7_0_0_2, g_p_t7_0_0_3, g_p_t7_0_0_4)  # adjoint (right) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
+            g_p_t6_0_0_0, g_p_t6_0_0_1, g_p_t6_0_0_2 = couple_0_1_1_868d3aee(g_p_t6_1_0_0, mixA1_A_0, mixA1_A_1, mixA1_A_2)  # adjoint (left) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
+            g_mixA1_A_3_0, g_mixA1_A_3_1, g_mixA1_A_3_2 = couple_1_0_1_6fa4cb35(p_t6_0_0, p_t6_0_1, p_t6_0_2, g_p_t6_1_0_0)  # adjoint (right) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
+            # adjoint (left) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
+            g_mixA0_A_4_0 = g_p_t6_0_0_0 * mixA1_A_0 + g_p_t6_0_0_1 * mixA1_A_1 + g_p_t6_0_0_2 * mixA1_A_2
+            g_mixA1_A_4_0, g_mixA1_A_4_1, g_mixA1_A_4_2 = couple_0_1_1_868d3aee(mixA0_A_0, g_p_t6_0_0_0, g_p_t6_0_0_1, g_p_t6_0_0_2)  # adjoint (right) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
+            g_mixA1_A_5_0, g_mixA1_A_5_1, g_mixA1_A_5_2 = couple_0_1_1_868d3aee(g_p_t2_0_0_0, mixA1_A_0, mixA1_A_1, mixA1_A_2)  # adjoint (left) of p_t2_0: (1o x 1o)->0e step 1: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
+            g_mixA1_A_6_0, g_mixA1_A_6_1, g_mixA1_A_6_2 = couple_1_0_1_6fa4cb35(mixA1_A_0, mixA1_A_1, mixA1_A_2, g_p_t2_0_0_0)  # adjoint (right) of p_t2_0: (1o x 1o)->0e step 1: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
+            # adjoint (left) of p_t1_0: (0e x 0e)->0e step 1: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+            g_mixA0_A_5_0 = g_p_t1_0_0_0 * mixA0_A_0
+            # adjoint (right) of p_t1_0: (0e x 0e)->0e step 1: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+            g_mixA0_A_6_0 = mixA0_A_0 * g_p_t1_0_0_0
+            g_mixA3_A_4_0, g_mixA3_A_4_1, g_mixA3_A_4_2, g_mixA3_A_4_3, g_mixA3_A_4_4, g_mixA3_A_4_5, g_mixA3_A_4_6 = g_mixA3_A_0_0 + g_mixA3_A_1_0 + g_mixA3_A_2_0 + g_mixA3_A_3_0, g_mixA3_A_0_1 + g_mixA3_A_1_1 + g_mixA3_A_2_1 + g_mixA3_A_3_1, g_mixA3_A_0_2 + g_mixA3_A_1_2 + g_mixA3_A_2_2 + g_mixA3_A_3_2, g_mixA3_A_0_3 + g_mixA3_A_1_3 + g_mixA3_A_2_3 + g_mixA3_A_3_3, g_mixA3_A_0_4 + g_mixA3_A_1_4 + g_mixA3_A_2_4 + g_mixA3_A_3_4, g_mixA3_A_0_5 + g_mixA3_A_1_5 + g_mixA3_A_2_5 + g_mixA3_A_3_5, g_mixA3_A_0_6 + g_mixA3_A_1_6 + g_mixA3_A_2_6 + g_mixA3_A_3_6
+            g_mixA2_A_7_0, g_mixA2_A_7_1, g_mixA2_A_7_2, g_mixA2_A_7_3, g_mixA2_A_7_4 = g_mixA2_A_0_0 + g_mixA2_A_1_0 + g_mixA2_A_2_0 + g_mixA2_A_3_0 + g_mixA2_A_4_0 + g_mixA2_A_5_0 + g_mixA2_A_6_0, g_mixA2_A_0_1 + g_mixA2_A_1_1 + g_mixA2_A_2_1 + g_mixA2_A_3_1 + g_mixA2_A_4_1 + g_mixA2_A_5_1 + g_mixA2_A_6_1, g_mixA2_A_0_2 + g_mixA2_A_1_2 + g_mixA2_A_2_2 + g_mixA2_A_3_2 + g_mixA2_A_4_2 + g_mixA2_A_5_2 + g_mixA2_A_6_2, g_mixA2_A_0_3 + g_mixA2_A_1_3 + g_mixA2_A_2_3 + g_mixA2_A_3_3 + g_mixA2_A_4_3 + g_mixA2_A_5_3 + g_mixA2_A_6_3, g_mixA2_A_0_4 + g_mixA2_A_1_4 + g_mixA2_A_2_4 + g_mixA2_A_3_4 + g_mixA2_A_4_4 + g_mixA2_A_5_4 + g_mixA2_A_6_4
+            g_mixA1_A_7_0, g_mixA1_A_7_1, g_mixA1_A_7_2 = g_mixA1_A_0_0 + g_mixA1_A_1_0 + g_mixA1_A_2_0 + g_mixA1_A_3_0 + g_mixA1_A_4_0 + g_mixA1_A_5_0 + g_mixA1_A_6_0, g_mixA1_A_0_1 + g_mixA1_A_1_1 + g_mixA1_A_2_1 + g_mixA1_A_3_1 + g_mixA1_A_4_1 + g_mixA1_A_5_1 + g_mixA1_A_6_1, g_mixA1_A_0_2 + g_mixA1_A_1_2 + g_mixA1_A_2_2 + g_mixA1_A_3_2 + g_mixA1_A_4_2 + g_mixA1_A_5_2 + g_mixA1_A_6_2
+            g_mixA0_A_8_0 = g_mixA0_A_0_0 + g_mixA0_A_1_0 + g_mixA0_A_2_0 + g_mixA0_A_3_0 + g_mixA0_A_4_0 + g_mixA0_A_5_0 + g_mixA0_A_6_0 + g_mixA0_A_7_0
+            g_mixA3_A_4[n, c, 0], g_mixA3_A_4[n, c, 1], g_mixA3_A_4[n, c, 2], g_mixA3_A_4[n, c, 3], g_mixA3_A_4[n, c, 4], g_mixA3_A_4[n, c, 5], g_mixA3_A_4[n, c, 6] = g_mixA3_A_4_0, g_mixA3_A_4_1, g_mixA3_A_4_2, g_mixA3_A_4_3, g_mixA3_A_4_4, g_mixA3_A_4_5, g_mixA3_A_4_6
+            g_mixA2_A_7[n, c, 0], g_mixA2_A_7[n, c, 1], g_mixA2_A_7[n, c, 2], g_mixA2_A_7[n, c, 3], g_mixA2_A_7[n, c, 4] = g_mixA2_A_7_0, g_mixA2_A_7_1, g_mixA2_A_7_2, g_mixA2_A_7_3, g_mixA2_A_7_4
+            g_mixA1_A_7[n, c, 0], g_mixA1_A_7[n, c, 1], g_mixA1_A_7[n, c, 2] = g_mixA1_A_7_0, g_mixA1_A_7_1, g_mixA1_A_7_2
+            g_mixA0_A_8[n, c, 0] = g_mixA0_A_8_0
     return (g_mixA3_A_4, g_mixA2_A_7, g_mixA1_A_7, g_mixA0_A_8)
 
 
@@ -1526,8 +1499,63 @@ def layer_0_0_reverse_k6(g_i_A3_0, Y3, i_s_0_3_3_in, i_hj_0_0_0, g_i_A2_0, Y2, i
     d_Y1 = np.zeros((num_edges, 3), dtype)
     d_Y0 = np.zeros((num_edges, 1), dtype)
     d_radial = np.empty((num_edges, channels, 4), dtype)
-    for block in prange((num_edges + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 21 ops; stores d_Y3, d_Y2, d_Y1, d_Y0, d_radial
-        _kernel_5b27d5ea9b(np.int64(block), Y1, Y2, Y3, channels, d_Y0, d_Y1, d_Y2, d_Y3, d_radial, g_i_A0_0, g_i_A1_0, g_i_A2_0, g_i_A3_0, i_c_0_0_0, i_hj_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, num_edges, radial, receivers)
+    # kernel 1 (per channel, phase 0): 21 ops; stores d_Y3, d_Y2, d_Y1, d_Y0, d_radial
+    for e in prange(num_edges):
+        for c in range(channels):
+            i_1 = receivers[e]
+            Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6 = Y3[e, 0], Y3[e, 1], Y3[e, 2], Y3[e, 3], Y3[e, 4], Y3[e, 5], Y3[e, 6]
+            i_s_0_3_3_in_0 = i_s_0_3_3_in[e, c, 0]
+            i_hj_0_0_0_0 = i_hj_0_0_0[e, c, 0]
+            Y2_0, Y2_1, Y2_2, Y2_3, Y2_4 = Y2[e, 0], Y2[e, 1], Y2[e, 2], Y2[e, 3], Y2[e, 4]
+            i_s_0_2_2_in_0 = i_s_0_2_2_in[e, c, 0]
+            Y1_0, Y1_1, Y1_2 = Y1[e, 0], Y1[e, 1], Y1[e, 2]
+            i_s_0_1_1_in_0 = i_s_0_1_1_in[e, c, 0]
+            radial_0 = radial[e, c, 0]
+            i_c_0_0_0_0 = i_c_0_0_0[e, c, 0]
+            g_i_s_0_3_3_0_0, g_i_s_0_3_3_0_1, g_i_s_0_3_3_0_2, g_i_s_0_3_3_0_3, g_i_s_0_3_3_0_4, g_i_s_0_3_3_0_5, g_i_s_0_3_3_0_6 = g_i_A3_0[i_1, c, 0], g_i_A3_0[i_1, c, 1], g_i_A3_0[i_1, c, 2], g_i_A3_0[i_1, c, 3], g_i_A3_0[i_1, c, 4], g_i_A3_0[i_1, c, 5], g_i_A3_0[i_1, c, 6]
+            g_i_s_0_3_3_in_0_0 = couple_3_3_0_8403a3e4(g_i_s_0_3_3_0_0, g_i_s_0_3_3_0_1, g_i_s_0_3_3_0_2, g_i_s_0_3_3_0_3, g_i_s_0_3_3_0_4, g_i_s_0_3_3_0_5, g_i_s_0_3_3_0_6, Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6)  # adjoint (left) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
+            g_Y3_0_0, g_Y3_0_1, g_Y3_0_2, g_Y3_0_3, g_Y3_0_4, g_Y3_0_5, g_Y3_0_6 = couple_0_3_3_97648347(i_s_0_3_3_in_0, g_i_s_0_3_3_0_0, g_i_s_0_3_3_0_1, g_i_s_0_3_3_0_2, g_i_s_0_3_3_0_3, g_i_s_0_3_3_0_4, g_i_s_0_3_3_0_5, g_i_s_0_3_3_0_6)  # adjoint (right) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
+            d_Y3[e, 0] += g_Y3_0_0  # sum over channels
+            d_Y3[e, 1] += g_Y3_0_1
+            d_Y3[e, 2] += g_Y3_0_2
+            d_Y3[e, 3] += g_Y3_0_3
+            d_Y3[e, 4] += g_Y3_0_4
+            d_Y3[e, 5] += g_Y3_0_5
+            d_Y3[e, 6] += g_Y3_0_6
+            # d radial[3] from i_s_0_3_3_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+            g_radial3_0_0 = g_i_s_0_3_3_in_0_0 * i_hj_0_0_0_0
+            g_i_s_0_2_2_0_0, g_i_s_0_2_2_0_1, g_i_s_0_2_2_0_2, g_i_s_0_2_2_0_3, g_i_s_0_2_2_0_4 = g_i_A2_0[i_1, c, 0], g_i_A2_0[i_1, c, 1], g_i_A2_0[i_1, c, 2], g_i_A2_0[i_1, c, 3], g_i_A2_0[i_1, c, 4]
+            g_i_s_0_2_2_in_0_0 = couple_2_2_0_c69581e7(g_i_s_0_2_2_0_0, g_i_s_0_2_2_0_1, g_i_s_0_2_2_0_2, g_i_s_0_2_2_0_3, g_i_s_0_2_2_0_4, Y2_0, Y2_1, Y2_2, Y2_3, Y2_4)  # adjoint (left) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
+            g_Y2_0_0, g_Y2_0_1, g_Y2_0_2, g_Y2_0_3, g_Y2_0_4 = couple_0_2_2_9fb7e40b(i_s_0_2_2_in_0, g_i_s_0_2_2_0_0, g_i_s_0_2_2_0_1, g_i_s_0_2_2_0_2, g_i_s_0_2_2_0_3, g_i_s_0_2_2_0_4)  # adjoint (right) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
+            d_Y2[e, 0] += g_Y2_0_0  # sum over channels
+            d_Y2[e, 1] += g_Y2_0_1
+            d_Y2[e, 2] += g_Y2_0_2
+            d_Y2[e, 3] += g_Y2_0_3
+            d_Y2[e, 4] += g_Y2_0_4
+            # d radial[2] from i_s_0_2_2_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+            g_radial2_0_0 = g_i_s_0_2_2_in_0_0 * i_hj_0_0_0_0
+            g_i_s_0_1_1_0_0, g_i_s_0_1_1_0_1, g_i_s_0_1_1_0_2 = g_i_A1_0[i_1, c, 0], g_i_A1_0[i_1, c, 1], g_i_A1_0[i_1, c, 2]
+            # adjoint (left) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
+            g_i_s_0_1_1_in_0_0 = g_i_s_0_1_1_0_0 * Y1_0 + g_i_s_0_1_1_0_1 * Y1_1 + g_i_s_0_1_1_0_2 * Y1_2
+            g_Y1_0_0, g_Y1_0_1, g_Y1_0_2 = couple_0_1_1_868d3aee(i_s_0_1_1_in_0, g_i_s_0_1_1_0_0, g_i_s_0_1_1_0_1, g_i_s_0_1_1_0_2)  # adjoint (right) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
+            d_Y1[e, 0] += g_Y1_0_0  # sum over channels
+            d_Y1[e, 1] += g_Y1_0_1
+            d_Y1[e, 2] += g_Y1_0_2
+            # d radial[1] from i_s_0_1_1_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+            g_radial1_0_0 = g_i_s_0_1_1_in_0_0 * i_hj_0_0_0_0
+            g_i_s_0_0_0_0_0 = g_i_A0_0[i_1, c, 0]
+            g_i_c_0_0_0_0_0 = g_i_s_0_0_0_0_0 * radial_0  # adjoint of i_s_0_0_0
+            # d radial[0] from i_s_0_0_0: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+            g_radial0_0_0 = g_i_s_0_0_0_0_0 * i_c_0_0_0_0
+            # adjoint (right) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+            g_Y0_0_0 = i_hj_0_0_0_0 * g_i_c_0_0_0_0_0
+            d_Y0[e, 0] += g_Y0_0_0  # sum over channels
+            # d_radial: weight-shaped adjoint of radial
+            d_radial_0 = g_radial0_0_0
+            d_radial_1 = g_radial1_0_0
+            d_radial_2 = g_radial2_0_0
+            d_radial_3 = g_radial3_0_0
+            d_radial[e, c, 0], d_radial[e, c, 1], d_radial[e, c, 2], d_radial[e, c, 3] = d_radial_0, d_radial_1, d_radial_2, d_radial_3
     return (d_Y3, d_Y2, d_Y1, d_Y0, d_radial)
 
 
@@ -1540,8 +1568,84 @@ def layer_0_01_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, product):
     _check_shape(product, (num_nodes, channels, 29), "product must have shape (nodes, channels, 29)")
     p_B0 = np.empty((num_nodes, channels, 1), dtype)
     p_B1 = np.empty((num_nodes, channels, 3), dtype)
-    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 62 ops; stores p_B0, p_B1
-        _kernel_39268ed02e(np.int64(block), channels, mixA0_A, mixA1_A, mixA2_A, mixA3_A, num_nodes, p_B0, p_B1, product)
+    # kernel 1 (per channel, phase 0): 62 ops; stores p_B0, p_B1
+    for n in prange(num_nodes):
+        for c in range(channels):
+            product_0 = product[n, c, 0]
+            mixA0_A_0 = mixA0_A[n, c, 0]
+            mixA1_A_0, mixA1_A_1, mixA1_A_2 = mixA1_A[n, c, 0], mixA1_A[n, c, 1], mixA1_A[n, c, 2]
+            product_2, product_6 = product[n, c, 2], product[n, c, 6]
+            mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4 = mixA2_A[n, c, 0], mixA2_A[n, c, 1], mixA2_A[n, c, 2], mixA2_A[n, c, 3], mixA2_A[n, c, 4]
+            mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6 = mixA3_A[n, c, 0], mixA3_A[n, c, 1], mixA3_A[n, c, 2], mixA3_A[n, c, 3], mixA3_A[n, c, 4], mixA3_A[n, c, 5], mixA3_A[n, c, 6]
+            product_13, product_23, product_25, product_27, product_1, product_5, product_3, product_7, product_9, product_11, product_4, product_8, product_10, product_12, product_14, product_17, product_20, product_15, product_18, product_22, product_16, product_19, product_21, product_24, product_26, product_28 = product[n, c, 13], product[n, c, 23], product[n, c, 25], product[n, c, 27], product[n, c, 1], product[n, c, 5], product[n, c, 3], product[n, c, 7], product[n, c, 9], product[n, c, 11], product[n, c, 4], product[n, c, 8], product[n, c, 10], product[n, c, 12], product[n, c, 14], product[n, c, 17], product[n, c, 20], product[n, c, 15], product[n, c, 18], product[n, c, 22], product[n, c, 16], product[n, c, 19], product[n, c, 21], product[n, c, 24], product[n, c, 26], product[n, c, 28]
+            p_w0_0 = mixA0_A_0 * product_0  # 0e
+            # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
+            p_t1_0_0 = mixA0_A_0 * mixA0_A_0
+            # (1o x 1o)->0e step 1: 1 x 1 -> 0, even path, 3 nonzeros
+            p_t2_0_0 = mixA1_A_0 * mixA1_A_0 + mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2
+            p_w2_0 = p_t2_0_0 * product_2  # (1o x 1o)->0e
+            p_t6_0_0, p_t6_0_1, p_t6_0_2 = couple_0_1_1_868d3aee(mixA0_A_0, mixA1_A_0, mixA1_A_1, mixA1_A_2)  # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
+            # ((0e x 1o)->1o x 1o)->0e step 2: 1 x 1 -> 0, even path, 3 nonzeros
+            p_t6_1_0 = p_t6_0_0 * mixA1_A_0 + p_t6_0_1 * mixA1_A_1 + p_t6_0_2 * mixA1_A_2
+            p_w6_0 = p_t6_1_0 * product_6  # ((0e x 1o)->1o x 1o)->0e
+            p_t7_0_0, p_t7_0_1, p_t7_0_2, p_t7_0_3, p_t7_0_4 = couple_0_2_2_9fb7e40b(mixA0_A_0, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
+            p_t8_0_0, p_t8_0_1, p_t8_0_2, p_t8_0_3, p_t8_0_4, p_t8_0_5, p_t8_0_6 = couple_0_3_3_97648347(mixA0_A_0, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
+            p_t9_0_0, p_t9_0_1, p_t9_0_2, p_t9_0_3, p_t9_0_4 = couple_1_1_2_688fbe13(mixA1_A_0, mixA1_A_1, mixA1_A_2, mixA1_A_0, mixA1_A_1, mixA1_A_2)  # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
+            p_t10_0_0, p_t10_0_1, p_t10_0_2, p_t10_0_3, p_t10_0_4, p_t10_0_5, p_t10_0_6 = couple_1_2_3_221fec78(mixA1_A_0, mixA1_A_1, mixA1_A_2, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
+            p_t11_0_0, p_t11_0_1, p_t11_0_2, p_t11_0_3, p_t11_0_4 = couple_2_2_2_6ae42fa1(mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
+            p_t12_0_0, p_t12_0_1, p_t12_0_2, p_t12_0_3, p_t12_0_4, p_t12_0_5, p_t12_0_6 = couple_2_3_3_ebfb3ca8(mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
+            p_w13_0, p_w13_1, p_w13_2 = mixA1_A_0 * product_13, mixA1_A_1 * product_13, mixA1_A_2 * product_13  # 1o
+            p_t15_0_0, p_t15_0_1, p_t15_0_2 = couple_1_2_1_fdd41e7b(mixA1_A_0, mixA1_A_1, mixA1_A_2, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # (1o x 2e)->1o step 1: 1 x 2 -> 1, even path, 10 nonzeros
+            p_t23_0_0, p_t23_0_1, p_t23_0_2, p_t23_0_3, p_t23_0_4 = couple_1_2_2_2fe89286(mixA1_A_0, mixA1_A_1, mixA1_A_2, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((1o x 2e)->2o x 2e)->1o step 1: 1 x 2 -> 2, odd (Levi-Civita) path, 16 nonzeros
+            p_t23_1_0, p_t23_1_1, p_t23_1_2 = couple_2_2_1_9f2bd718(p_t23_0_0, p_t23_0_1, p_t23_0_2, p_t23_0_3, p_t23_0_4, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((1o x 2e)->2o x 2e)->1o step 2: 2 x 2 -> 1, odd (Levi-Civita) path, 18 nonzeros
+            p_w23_0, p_w23_1, p_w23_2 = p_t23_1_0 * product_23, p_t23_1_1 * product_23, p_t23_1_2 * product_23  # ((1o x 2e)->2o x 2e)->1o
+            p_t24_0_0, p_t24_0_1, p_t24_0_2, p_t24_0_3, p_t24_0_4 = couple_1_3_2_a58bb49f(mixA1_A_0, mixA1_A_1, mixA1_A_2, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # ((1o x 3o)->2e x 3o)->1o step 1: 1 x 3 -> 2, even path, 17 nonzeros
+            p_t25_0_0, p_t25_0_1, p_t25_0_2, p_t25_0_3, p_t25_0_4, p_t25_0_5, p_t25_0_6 = couple_1_3_3_4cbf172a(mixA1_A_0, mixA1_A_1, mixA1_A_2, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # ((1o x 3o)->3e x 3o)->1o step 1: 1 x 3 -> 3, odd (Levi-Civita) path, 26 nonzeros
+            p_t25_1_0, p_t25_1_1, p_t25_1_2 = couple_3_3_1_43ddbd0d(p_t25_0_0, p_t25_0_1, p_t25_0_2, p_t25_0_3, p_t25_0_4, p_t25_0_5, p_t25_0_6, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # ((1o x 3o)->3e x 3o)->1o step 2: 3 x 3 -> 1, odd (Levi-Civita) path, 36 nonzeros
+            p_w25_0, p_w25_1, p_w25_2 = p_t25_1_0 * product_25, p_t25_1_1 * product_25, p_t25_1_2 * product_25  # ((1o x 3o)->3e x 3o)->1o
+            p_t27_0_0, p_t27_0_1, p_t27_0_2, p_t27_0_3, p_t27_0_4, p_t27_0_5, p_t27_0_6, p_t27_0_7, p_t27_0_8 = couple_2_2_4_55babdc7(mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((2e x 2e)->4e x 3o)->1o step 1: 2 x 2 -> 4, even path, 53 nonzeros
+            p_t27_1_0, p_t27_1_1, p_t27_1_2 = couple_4_3_1_fe19eb91(p_t27_0_0, p_t27_0_1, p_t27_0_2, p_t27_0_3, p_t27_0_4, p_t27_0_5, p_t27_0_6, p_t27_0_7, p_t27_0_8, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # ((2e x 2e)->4e x 3o)->1o step 2: 4 x 3 -> 1, even path, 42 nonzeros
+            p_w27_0, p_w27_1, p_w27_2 = p_t27_1_0 * product_27, p_t27_1_1 * product_27, p_t27_1_2 * product_27  # ((2e x 2e)->4e x 3o)->1o
+            p_t28_0_0, p_t28_0_1, p_t28_0_2, p_t28_0_3, p_t28_0_4 = couple_3_3_2_e4b02681(mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # ((3o x 3o)->2e x 3o)->1o step 1: 3 x 3 -> 2, even path, 44 nonzeros
+            p_B0_f0_0_A0_0_0 = mixA0_A_0 * product_1  # (0e x 0e)->0e
+            p_B0_f0_0_A0_1_0 = p_t1_0_0 * product_5  # ((0e x 0e)->0e x 0e)->0e
+            p_B0_f0_0_A0_sum_0 = p_B0_f0_0_A0_0_0 + p_B0_f0_0_A0_1_0
+            # factored: 2 weighted 0x0->0 couplings as one: 0 x 0 -> 0, even path, 1 nonzeros
+            p_B0_f0_0_A0_out_0 = p_B0_f0_0_A0_sum_0 * mixA0_A_0
+            p_B0_f2_2_A2_0_0, p_B0_f2_2_A2_0_1, p_B0_f2_2_A2_0_2, p_B0_f2_2_A2_0_3, p_B0_f2_2_A2_0_4 = mixA2_A_0 * product_3, mixA2_A_1 * product_3, mixA2_A_2 * product_3, mixA2_A_3 * product_3, mixA2_A_4 * product_3  # (2e x 2e)->0e
+            p_B0_f2_2_A2_1_0, p_B0_f2_2_A2_1_1, p_B0_f2_2_A2_1_2, p_B0_f2_2_A2_1_3, p_B0_f2_2_A2_1_4 = p_t7_0_0 * product_7, p_t7_0_1 * product_7, p_t7_0_2 * product_7, p_t7_0_3 * product_7, p_t7_0_4 * product_7  # ((0e x 2e)->2e x 2e)->0e
+            p_B0_f2_2_A2_2_0, p_B0_f2_2_A2_2_1, p_B0_f2_2_A2_2_2, p_B0_f2_2_A2_2_3, p_B0_f2_2_A2_2_4 = p_t9_0_0 * product_9, p_t9_0_1 * product_9, p_t9_0_2 * product_9, p_t9_0_3 * product_9, p_t9_0_4 * product_9  # ((1o x 1o)->2e x 2e)->0e
+            p_B0_f2_2_A2_3_0, p_B0_f2_2_A2_3_1, p_B0_f2_2_A2_3_2, p_B0_f2_2_A2_3_3, p_B0_f2_2_A2_3_4 = p_t11_0_0 * product_11, p_t11_0_1 * product_11, p_t11_0_2 * product_11, p_t11_0_3 * product_11, p_t11_0_4 * product_11  # ((2e x 2e)->2e x 2e)->0e
+            p_B0_f2_2_A2_sum_0, p_B0_f2_2_A2_sum_1, p_B0_f2_2_A2_sum_2, p_B0_f2_2_A2_sum_3, p_B0_f2_2_A2_sum_4 = p_B0_f2_2_A2_0_0 + p_B0_f2_2_A2_1_0 + p_B0_f2_2_A2_2_0 + p_B0_f2_2_A2_3_0, p_B0_f2_2_A2_0_1 + p_B0_f2_2_A2_1_1 + p_B0_f2_2_A2_2_1 + p_B0_f2_2_A2_3_1, p_B0_f2_2_A2_0_2 + p_B0_f2_2_A2_1_2 + p_B0_f2_2_A2_2_2 + p_B0_f2_2_A2_3_2, p_B0_f2_2_A2_0_3 + p_B0_f2_2_A2_1_3 + p_B0_f2_2_A2_2_3 + p_B0_f2_2_A2_3_3, p_B0_f2_2_A2_0_4 + p_B0_f2_2_A2_1_4 + p_B0_f2_2_A2_2_4 + p_B0_f2_2_A2_3_4
+            p_B0_f2_2_A2_out_0 = couple_2_2_0_a59ab82f(p_B0_f2_2_A2_sum_0, p_B0_f2_2_A2_sum_1, p_B0_f2_2_A2_sum_2, p_B0_f2_2_A2_sum_3, p_B0_f2_2_A2_sum_4, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # factored: 4 weighted 2x2->0 couplings as one: 2 x 2 -> 0, even path, 7 nonzeros
+            p_B0_f3_3_A3_0_0, p_B0_f3_3_A3_0_1, p_B0_f3_3_A3_0_2, p_B0_f3_3_A3_0_3, p_B0_f3_3_A3_0_4, p_B0_f3_3_A3_0_5, p_B0_f3_3_A3_0_6 = mixA3_A_0 * product_4, mixA3_A_1 * product_4, mixA3_A_2 * product_4, mixA3_A_3 * product_4, mixA3_A_4 * product_4, mixA3_A_5 * product_4, mixA3_A_6 * product_4  # (3o x 3o)->0e
+            p_B0_f3_3_A3_1_0, p_B0_f3_3_A3_1_1, p_B0_f3_3_A3_1_2, p_B0_f3_3_A3_1_3, p_B0_f3_3_A3_1_4, p_B0_f3_3_A3_1_5, p_B0_f3_3_A3_1_6 = p_t8_0_0 * product_8, p_t8_0_1 * product_8, p_t8_0_2 * product_8, p_t8_0_3 * product_8, p_t8_0_4 * product_8, p_t8_0_5 * product_8, p_t8_0_6 * product_8  # ((0e x 3o)->3o x 3o)->0e
+            p_B0_f3_3_A3_2_0, p_B0_f3_3_A3_2_1, p_B0_f3_3_A3_2_2, p_B0_f3_3_A3_2_3, p_B0_f3_3_A3_2_4, p_B0_f3_3_A3_2_5, p_B0_f3_3_A3_2_6 = p_t10_0_0 * product_10, p_t10_0_1 * product_10, p_t10_0_2 * product_10, p_t10_0_3 * product_10, p_t10_0_4 * product_10, p_t10_0_5 * product_10, p_t10_0_6 * product_10  # ((1o x 2e)->3o x 3o)->0e
+            p_B0_f3_3_A3_3_0, p_B0_f3_3_A3_3_1, p_B0_f3_3_A3_3_2, p_B0_f3_3_A3_3_3, p_B0_f3_3_A3_3_4, p_B0_f3_3_A3_3_5, p_B0_f3_3_A3_3_6 = p_t12_0_0 * product_12, p_t12_0_1 * product_12, p_t12_0_2 * product_12, p_t12_0_3 * product_12, p_t12_0_4 * product_12, p_t12_0_5 * product_12, p_t12_0_6 * product_12  # ((2e x 3o)->3o x 3o)->0e
+            p_B0_f3_3_A3_sum_0, p_B0_f3_3_A3_sum_1, p_B0_f3_3_A3_sum_2, p_B0_f3_3_A3_sum_3, p_B0_f3_3_A3_sum_4, p_B0_f3_3_A3_sum_5, p_B0_f3_3_A3_sum_6 = p_B0_f3_3_A3_0_0 + p_B0_f3_3_A3_1_0 + p_B0_f3_3_A3_2_0 + p_B0_f3_3_A3_3_0, p_B0_f3_3_A3_0_1 + p_B0_f3_3_A3_1_1 + p_B0_f3_3_A3_2_1 + p_B0_f3_3_A3_3_1, p_B0_f3_3_A3_0_2 + p_B0_f3_3_A3_1_2 + p_B0_f3_3_A3_2_2 + p_B0_f3_3_A3_3_2, p_B0_f3_3_A3_0_3 + p_B0_f3_3_A3_1_3 + p_B0_f3_3_A3_2_3 + p_B0_f3_3_A3_3_3, p_B0_f3_3_A3_0_4 + p_B0_f3_3_A3_1_4 + p_B0_f3_3_A3_2_4 + p_B0_f3_3_A3_3_4, p_B0_f3_3_A3_0_5 + p_B0_f3_3_A3_1_5 + p_B0_f3_3_A3_2_5 + p_B0_f3_3_A3_3_5, p_B0_f3_3_A3_0_6 + p_B0_f3_3_A3_1_6 + p_B0_f3_3_A3_2_6 + p_B0_f3_3_A3_3_6
+            p_B0_f3_3_A3_out_0 = couple_3_3_0_d8c7f81f(p_B0_f3_3_A3_sum_0, p_B0_f3_3_A3_sum_1, p_B0_f3_3_A3_sum_2, p_B0_f3_3_A3_sum_3, p_B0_f3_3_A3_sum_4, p_B0_f3_3_A3_sum_5, p_B0_f3_3_A3_sum_6, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # factored: 4 weighted 3x3->0 couplings as one: 3 x 3 -> 0, even path, 13 nonzeros
+            p_B0_0 = p_w0_0 + p_B0_f0_0_A0_out_0 + p_w2_0 + p_w6_0 + p_B0_f2_2_A2_out_0 + p_B0_f3_3_A3_out_0
+            p_B1_f0_1_A1_0_0 = mixA0_A_0 * product_14  # (0e x 1o)->1o
+            p_B1_f0_1_A1_1_0 = p_t1_0_0 * product_17  # ((0e x 0e)->0e x 1o)->1o
+            p_B1_f0_1_A1_2_0 = p_t2_0_0 * product_20  # ((1o x 1o)->0e x 1o)->1o
+            p_B1_f0_1_A1_sum_0 = p_B1_f0_1_A1_0_0 + p_B1_f0_1_A1_1_0 + p_B1_f0_1_A1_2_0
+            p_B1_f0_1_A1_out_0, p_B1_f0_1_A1_out_1, p_B1_f0_1_A1_out_2 = couple_0_1_1_868d3aee(p_B1_f0_1_A1_sum_0, mixA1_A_0, mixA1_A_1, mixA1_A_2)  # factored: 3 weighted 0x1->1 couplings as one: 0 x 1 -> 1, even path, 3 nonzeros
+            p_B1_f1_2_A2_0_0, p_B1_f1_2_A2_0_1, p_B1_f1_2_A2_0_2 = mixA1_A_0 * product_15, mixA1_A_1 * product_15, mixA1_A_2 * product_15  # (1o x 2e)->1o
+            p_B1_f1_2_A2_1_0, p_B1_f1_2_A2_1_1, p_B1_f1_2_A2_1_2 = p_t6_0_0 * product_18, p_t6_0_1 * product_18, p_t6_0_2 * product_18  # ((0e x 1o)->1o x 2e)->1o
+            p_B1_f1_2_A2_2_0, p_B1_f1_2_A2_2_1, p_B1_f1_2_A2_2_2 = p_t15_0_0 * product_22, p_t15_0_1 * product_22, p_t15_0_2 * product_22  # ((1o x 2e)->1o x 2e)->1o
+            p_B1_f1_2_A2_sum_0, p_B1_f1_2_A2_sum_1, p_B1_f1_2_A2_sum_2 = p_B1_f1_2_A2_0_0 + p_B1_f1_2_A2_1_0 + p_B1_f1_2_A2_2_0, p_B1_f1_2_A2_0_1 + p_B1_f1_2_A2_1_1 + p_B1_f1_2_A2_2_1, p_B1_f1_2_A2_0_2 + p_B1_f1_2_A2_1_2 + p_B1_f1_2_A2_2_2
+            p_B1_f1_2_A2_out_0, p_B1_f1_2_A2_out_1, p_B1_f1_2_A2_out_2 = couple_1_2_1_fdd41e7b(p_B1_f1_2_A2_sum_0, p_B1_f1_2_A2_sum_1, p_B1_f1_2_A2_sum_2, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # factored: 3 weighted 1x2->1 couplings as one: 1 x 2 -> 1, even path, 10 nonzeros
+            p_B1_f2_3_A3_0_0, p_B1_f2_3_A3_0_1, p_B1_f2_3_A3_0_2, p_B1_f2_3_A3_0_3, p_B1_f2_3_A3_0_4 = mixA2_A_0 * product_16, mixA2_A_1 * product_16, mixA2_A_2 * product_16, mixA2_A_3 * product_16, mixA2_A_4 * product_16  # (2e x 3o)->1o
+            p_B1_f2_3_A3_1_0, p_B1_f2_3_A3_1_1, p_B1_f2_3_A3_1_2, p_B1_f2_3_A3_1_3, p_B1_f2_3_A3_1_4 = p_t7_0_0 * product_19, p_t7_0_1 * product_19, p_t7_0_2 * product_19, p_t7_0_3 * product_19, p_t7_0_4 * product_19  # ((0e x 2e)->2e x 3o)->1o
+            p_B1_f2_3_A3_2_0, p_B1_f2_3_A3_2_1, p_B1_f2_3_A3_2_2, p_B1_f2_3_A3_2_3, p_B1_f2_3_A3_2_4 = p_t9_0_0 * product_21, p_t9_0_1 * product_21, p_t9_0_2 * product_21, p_t9_0_3 * product_21, p_t9_0_4 * product_21  # ((1o x 1o)->2e x 3o)->1o
+            p_B1_f2_3_A3_3_0, p_B1_f2_3_A3_3_1, p_B1_f2_3_A3_3_2, p_B1_f2_3_A3_3_3, p_B1_f2_3_A3_3_4 = p_t24_0_0 * product_24, p_t24_0_1 * product_24, p_t24_0_2 * product_24, p_t24_0_3 * product_24, p_t24_0_4 * product_24  # ((1o x 3o)->2e x 3o)->1o
+            p_B1_f2_3_A3_4_0, p_B1_f2_3_A3_4_1, p_B1_f2_3_A3_4_2, p_B1_f2_3_A3_4_3, p_B1_f2_3_A3_4_4 = p_t11_0_0 * product_26, p_t11_0_1 * product_26, p_t11_0_2 * product_26, p_t11_0_3 * product_26, p_t11_0_4 * product_26  # ((2e x 2e)->2e x 3o)->1o
+            p_B1_f2_3_A3_5_0, p_B1_f2_3_A3_5_1, p_B1_f2_3_A3_5_2, p_B1_f2_3_A3_5_3, p_B1_f2_3_A3_5_4 = p_t28_0_0 * product_28, p_t28_0_1 * product_28, p_t28_0_2 * product_28, p_t28_0_3 * product_28, p_t28_0_4 * product_28  # ((3o x 3o)->2e x 3o)->1o
+            p_B1_f2_3_A3_sum_0, p_B1_f2_3_A3_sum_1, p_B1_f2_3_A3_sum_2, p_B1_f2_3_A3_sum_3, p_B1_f2_3_A3_sum_4 = p_B1_f2_3_A3_0_0 + p_B1_f2_3_A3_1_0 + p_B1_f2_3_A3_2_0 + p_B1_f2_3_A3_3_0 + p_B1_f2_3_A3_4_0 + p_B1_f2_3_A3_5_0, p_B1_f2_3_A3_0_1 + p_B1_f2_3_A3_1_1 + p_B1_f2_3_A3_2_1 + p_B1_f2_3_A3_3_1 + p_B1_f2_3_A3_4_1 + p_B1_f2_3_A3_5_1, p_B1_f2_3_A3_0_2 + p_B1_f2_3_A3_1_2 + p_B1_f2_3_A3_2_2 + p_B1_f2_3_A3_3_2 + p_B1_f2_3_A3_4_2 + p_B1_f2_3_A3_5_2, p_B1_f2_3_A3_0_3 + p_B1_f2_3_A3_1_3 + p_B1_f2_3_A3_2_3 + p_B1_f2_3_A3_3_3 + p_B1_f2_3_A3_4_3 + p_B1_f2_3_A3_5_3, p_B1_f2_3_A3_0_4 + p_B1_f2_3_A3_1_4 + p_B1_f2_3_A3_2_4 + p_B1_f2_3_A3_3_4 + p_B1_f2_3_A3_4_4 + p_B1_f2_3_A3_5_4
+            p_B1_f2_3_A3_out_0, p_B1_f2_3_A3_out_1, p_B1_f2_3_A3_out_2 = couple_2_3_1_e699e5f3(p_B1_f2_3_A3_sum_0, p_B1_f2_3_A3_sum_1, p_B1_f2_3_A3_sum_2, p_B1_f2_3_A3_sum_3, p_B1_f2_3_A3_sum_4, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # factored: 6 weighted 2x3->1 couplings as one: 2 x 3 -> 1, even path, 23 nonzeros
+            p_B1_0, p_B1_1, p_B1_2 = p_w13_0 + p_B1_f0_1_A1_out_0 + p_B1_f1_2_A2_out_0 + p_B1_f2_3_A3_out_0 + p_w23_0 + p_w25_0 + p_w27_0, p_w13_1 + p_B1_f0_1_A1_out_1 + p_B1_f1_2_A2_out_1 + p_B1_f2_3_A3_out_1 + p_w23_1 + p_w25_1 + p_w27_1, p_w13_2 + p_B1_f0_1_A1_out_2 + p_B1_f1_2_A2_out_2 + p_B1_f2_3_A3_out_2 + p_w23_2 + p_w25_2 + p_w27_2
+            p_B0[n, c, 0] = p_B0_0
+            p_B1[n, c, 0], p_B1[n, c, 1], p_B1[n, c, 2] = p_B1_0, p_B1_1, p_B1_2
     return (p_B0, p_B1)
 
 
@@ -1600,8 +1704,64 @@ def layer_0_01_reverse_k2(up0_h, Y0, Y1, Y2, Y3, g_p_B1_0, g_p_B0_0, radial, pro
     g_p_t6_1_0 = np.empty((num_nodes, channels, 1), dtype)
     g_p_t2_0_1 = np.empty((num_nodes, channels, 1), dtype)
     g_mixA0_A_8 = np.empty((num_nodes, channels, 1), dtype)
-    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 20 ops; stores i_hj_0_0_0, i_c_0_0_0, i_A0, i_s_0_1_1_in, i_A1, i_s_0_2_2_in, i_A2, i_s_0_3_3_in, i_A3, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_mixA1_A_6, g_p_t6_1_0, g_p_t2_0_1, g_mixA0_A_8
-        _kernel_d6889dd7e0(np.int64(block), Y0, Y1, Y2, Y3, channels, g_mixA0_A_8, g_mixA1_A_6, g_p_B0_0, g_p_B1_0, g_p_t23_1_0, g_p_t25_1_0, g_p_t27_1_0, g_p_t2_0_1, g_p_t6_1_0, i_A0, i_A1, i_A2, i_A3, i_c_0_0_0, i_hj_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, num_nodes, product, radial, receiver_offsets, senders, up0_h)
+    # kernel 1 (per channel, phase 0): 20 ops; stores i_hj_0_0_0, i_c_0_0_0, i_A0, i_s_0_1_1_in, i_A1, i_s_0_2_2_in, i_A2, i_s_0_3_3_in, i_A3, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_mixA1_A_6, g_p_t6_1_0, g_p_t2_0_1, g_mixA0_A_8
+    for n in prange(num_nodes):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
+        for c in range(channels):
+            i_A0_0 = 0.0
+            i_A1_0 = i_A1_1 = i_A1_2 = 0.0
+            i_A2_0 = i_A2_1 = i_A2_2 = i_A2_3 = i_A2_4 = 0.0
+            i_A3_0 = i_A3_1 = i_A3_2 = i_A3_3 = i_A3_4 = i_A3_5 = i_A3_6 = 0.0
+            for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
+                j_1 = senders[e]
+                Y0_0 = Y0[e, 0]
+                radial_0, radial_1 = radial[e, c, 0], radial[e, c, 1]
+                Y1_0, Y1_1, Y1_2 = Y1[e, 0], Y1[e, 1], Y1[e, 2]
+                radial_2 = radial[e, c, 2]
+                Y2_0, Y2_1, Y2_2, Y2_3, Y2_4 = Y2[e, 0], Y2[e, 1], Y2[e, 2], Y2[e, 3], Y2[e, 4]
+                radial_3 = radial[e, c, 3]
+                Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6 = Y3[e, 0], Y3[e, 1], Y3[e, 2], Y3[e, 3], Y3[e, 4], Y3[e, 5], Y3[e, 6]
+                i_hj_0_0_0_0 = up0_h[j_1, c, 0]
+                # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
+                i_c_0_0_0_0 = i_hj_0_0_0_0 * Y0_0
+                i_s_0_0_0_0 = i_c_0_0_0_0 * radial_0  # R[h0 x Y0 -> A0]
+                i_A0_0 = i_A0_0 + i_s_0_0_0_0
+                i_s_0_1_1_in_0 = i_hj_0_0_0_0 * radial_1  # R[h0 x Y1 -> A1]
+                i_s_0_1_1_0, i_s_0_1_1_1, i_s_0_1_1_2 = couple_0_1_1_868d3aee(i_s_0_1_1_in_0, Y1_0, Y1_1, Y1_2)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
+                i_A1_0, i_A1_1, i_A1_2 = i_A1_0 + i_s_0_1_1_0, i_A1_1 + i_s_0_1_1_1, i_A1_2 + i_s_0_1_1_2
+                i_s_0_2_2_in_0 = i_hj_0_0_0_0 * radial_2  # R[h0 x Y2 -> A2]
+                i_s_0_2_2_0, i_s_0_2_2_1, i_s_0_2_2_2, i_s_0_2_2_3, i_s_0_2_2_4 = couple_0_2_2_9fb7e40b(i_s_0_2_2_in_0, Y2_0, Y2_1, Y2_2, Y2_3, Y2_4)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
+                i_A2_0, i_A2_1, i_A2_2, i_A2_3, i_A2_4 = i_A2_0 + i_s_0_2_2_0, i_A2_1 + i_s_0_2_2_1, i_A2_2 + i_s_0_2_2_2, i_A2_3 + i_s_0_2_2_3, i_A2_4 + i_s_0_2_2_4
+                i_s_0_3_3_in_0 = i_hj_0_0_0_0 * radial_3  # R[h0 x Y3 -> A3]
+                i_s_0_3_3_0, i_s_0_3_3_1, i_s_0_3_3_2, i_s_0_3_3_3, i_s_0_3_3_4, i_s_0_3_3_5, i_s_0_3_3_6 = couple_0_3_3_97648347(i_s_0_3_3_in_0, Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
+                i_A3_0, i_A3_1, i_A3_2, i_A3_3, i_A3_4, i_A3_5, i_A3_6 = i_A3_0 + i_s_0_3_3_0, i_A3_1 + i_s_0_3_3_1, i_A3_2 + i_s_0_3_3_2, i_A3_3 + i_s_0_3_3_3, i_A3_4 + i_s_0_3_3_4, i_A3_5 + i_s_0_3_3_5, i_A3_6 + i_s_0_3_3_6
+                i_hj_0_0_0[e, c, 0] = i_hj_0_0_0_0
+                i_c_0_0_0[e, c, 0] = i_c_0_0_0_0
+                i_s_0_1_1_in[e, c, 0] = i_s_0_1_1_in_0
+                i_s_0_2_2_in[e, c, 0] = i_s_0_2_2_in_0
+                i_s_0_3_3_in[e, c, 0] = i_s_0_3_3_in_0
+            product_27 = product[n, c, 27]
+            g_p_B1_0_0, g_p_B1_0_1, g_p_B1_0_2 = g_p_B1_0[n, c, 0], g_p_B1_0[n, c, 1], g_p_B1_0[n, c, 2]
+            product_25, product_23, product_13, product_6 = product[n, c, 25], product[n, c, 23], product[n, c, 13], product[n, c, 6]
+            g_p_B0_0_0 = g_p_B0_0[n, c, 0]
+            product_2, product_0 = product[n, c, 2], product[n, c, 0]
+            g_p_t27_1_0_0, g_p_t27_1_0_1, g_p_t27_1_0_2 = g_p_B1_0_0 * product_27, g_p_B1_0_1 * product_27, g_p_B1_0_2 * product_27  # adjoint of p_w27
+            g_p_t25_1_0_0, g_p_t25_1_0_1, g_p_t25_1_0_2 = g_p_B1_0_0 * product_25, g_p_B1_0_1 * product_25, g_p_B1_0_2 * product_25  # adjoint of p_w25
+            g_p_t23_1_0_0, g_p_t23_1_0_1, g_p_t23_1_0_2 = g_p_B1_0_0 * product_23, g_p_B1_0_1 * product_23, g_p_B1_0_2 * product_23  # adjoint of p_w23
+            g_mixA1_A_6_0, g_mixA1_A_6_1, g_mixA1_A_6_2 = g_p_B1_0_0 * product_13, g_p_B1_0_1 * product_13, g_p_B1_0_2 * product_13  # adjoint of p_w13
+            g_p_t6_1_0_0 = g_p_B0_0_0 * product_6  # adjoint of p_w6
+            g_p_t2_0_1_0 = g_p_B0_0_0 * product_2  # adjoint of p_w2
+            g_mixA0_A_8_0 = g_p_B0_0_0 * product_0  # adjoint of p_w0
+            i_A0[n, c, 0] = i_A0_0
+            i_A1[n, c, 0], i_A1[n, c, 1], i_A1[n, c, 2] = i_A1_0, i_A1_1, i_A1_2
+            i_A2[n, c, 0], i_A2[n, c, 1], i_A2[n, c, 2], i_A2[n, c, 3], i_A2[n, c, 4] = i_A2_0, i_A2_1, i_A2_2, i_A2_3, i_A2_4
+            i_A3[n, c, 0], i_A3[n, c, 1], i_A3[n, c, 2], i_A3[n, c, 3], i_A3[n, c, 4], i_A3[n, c, 5], i_A3[n, c, 6] = i_A3_0, i_A3_1, i_A3_2, i_A3_3, i_A3_4, i_A3_5, i_A3_6
+            g_p_t27_1_0[n, c, 0], g_p_t27_1_0[n, c, 1], g_p_t27_1_0[n, c, 2] = g_p_t27_1_0_0, g_p_t27_1_0_1, g_p_t27_1_0_2
+            g_p_t25_1_0[n, c, 0], g_p_t25_1_0[n, c, 1], g_p_t25_1_0[n, c, 2] = g_p_t25_1_0_0, g_p_t25_1_0_1, g_p_t25_1_0_2
+            g_p_t23_1_0[n, c, 0], g_p_t23_1_0[n, c, 1], g_p_t23_1_0[n, c, 2] = g_p_t23_1_0_0, g_p_t23_1_0_1, g_p_t23_1_0_2
+            g_mixA1_A_6[n, c, 0], g_mixA1_A_6[n, c, 1], g_mixA1_A_6[n, c, 2] = g_mixA1_A_6_0, g_mixA1_A_6_1, g_mixA1_A_6_2
+            g_p_t6_1_0[n, c, 0] = g_p_t6_1_0_0
+            g_p_t2_0_1[n, c, 0] = g_p_t2_0_1_0
+            g_mixA0_A_8[n, c, 0] = g_mixA0_A_8_0
     return (i_hj_0_0_0, i_c_0_0_0, i_A0, i_s_0_1_1_in, i_A1, i_s_0_2_2_in, i_A2, i_s_0_3_3_in, i_A3, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_mixA1_A_6, g_p_t6_1_0, g_p_t2_0_1, g_mixA0_A_8)
 
 
@@ -1616,8 +1776,160 @@ def layer_0_01_reverse_k4(mixA0_A, mixA1_A, mixA2_A, mixA3_A, g_p_B1_0, g_p_B0_0
     g_mixA2_A_14 = np.empty((num_nodes, channels, 5), dtype)
     g_mixA1_A_14 = np.empty((num_nodes, channels, 3), dtype)
     g_mixA0_A_9 = np.empty((num_nodes, channels, 1), dtype)
-    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 125 ops; stores g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9
-        _kernel_2ae74df0d4(np.int64(block), channels, g_mixA0_A_8, g_mixA0_A_9, g_mixA1_A_14, g_mixA1_A_6, g_mixA2_A_14, g_mixA3_A_11, g_p_B0_0, g_p_B1_0, g_p_t23_1_0, g_p_t25_1_0, g_p_t27_1_0, g_p_t2_0_1, g_p_t6_1_0, mixA0_A, mixA1_A, mixA2_A, mixA3_A, num_nodes, product)
+    # kernel 1 (per channel, phase 0): 125 ops; stores g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9
+    for n in prange(num_nodes):
+        for c in range(channels):
+            mixA0_A_0 = mixA0_A[n, c, 0]
+            mixA1_A_0, mixA1_A_1, mixA1_A_2 = mixA1_A[n, c, 0], mixA1_A[n, c, 1], mixA1_A[n, c, 2]
+            mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4 = mixA2_A[n, c, 0], mixA2_A[n, c, 1], mixA2_A[n, c, 2], mixA2_A[n, c, 3], mixA2_A[n, c, 4]
+            mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6 = mixA3_A[n, c, 0], mixA3_A[n, c, 1], mixA3_A[n, c, 2], mixA3_A[n, c, 3], mixA3_A[n, c, 4], mixA3_A[n, c, 5], mixA3_A[n, c, 6]
+            product_1, product_5, product_3, product_7, product_9, product_11, product_4, product_8, product_10, product_12, product_14, product_17, product_20, product_15, product_18, product_22, product_16, product_19, product_21, product_24, product_26, product_28 = product[n, c, 1], product[n, c, 5], product[n, c, 3], product[n, c, 7], product[n, c, 9], product[n, c, 11], product[n, c, 4], product[n, c, 8], product[n, c, 10], product[n, c, 12], product[n, c, 14], product[n, c, 17], product[n, c, 20], product[n, c, 15], product[n, c, 18], product[n, c, 22], product[n, c, 16], product[n, c, 19], product[n, c, 21], product[n, c, 24], product[n, c, 26], product[n, c, 28]
+            g_p_B1_0_0, g_p_B1_0_1, g_p_B1_0_2 = g_p_B1_0[n, c, 0], g_p_B1_0[n, c, 1], g_p_B1_0[n, c, 2]
+            g_p_B0_0_0 = g_p_B0_0[n, c, 0]
+            g_p_t27_1_0_0, g_p_t27_1_0_1, g_p_t27_1_0_2 = g_p_t27_1_0[n, c, 0], g_p_t27_1_0[n, c, 1], g_p_t27_1_0[n, c, 2]
+            g_p_t25_1_0_0, g_p_t25_1_0_1, g_p_t25_1_0_2 = g_p_t25_1_0[n, c, 0], g_p_t25_1_0[n, c, 1], g_p_t25_1_0[n, c, 2]
+            g_p_t23_1_0_0, g_p_t23_1_0_1, g_p_t23_1_0_2 = g_p_t23_1_0[n, c, 0], g_p_t23_1_0[n, c, 1], g_p_t23_1_0[n, c, 2]
+            g_p_t6_1_0_0 = g_p_t6_1_0[n, c, 0]
+            g_p_t2_0_1_0 = g_p_t2_0_1[n, c, 0]
+            g_mixA1_A_6_0, g_mixA1_A_6_1, g_mixA1_A_6_2 = g_mixA1_A_6[n, c, 0], g_mixA1_A_6[n, c, 1], g_mixA1_A_6[n, c, 2]
+            g_mixA0_A_8_0 = g_mixA0_A_8[n, c, 0]
+            # (0e x 0e)->0e step 1: 0 x 0 -> 0, even path, 1 nonzeros
+            p_t1_0_0 = mixA0_A_0 * mixA0_A_0
+            # (1o x 1o)->0e step 1: 1 x 1 -> 0, even path, 3 nonzeros
+            p_t2_0_0 = mixA1_A_0 * mixA1_A_0 + mixA1_A_1 * mixA1_A_1 + mixA1_A_2 * mixA1_A_2
+            p_t6_0_0, p_t6_0_1, p_t6_0_2 = couple_0_1_1_868d3aee(mixA0_A_0, mixA1_A_0, mixA1_A_1, mixA1_A_2)  # ((0e x 1o)->1o x 1o)->0e step 1: 0 x 1 -> 1, even path, 3 nonzeros
+            p_t7_0_0, p_t7_0_1, p_t7_0_2, p_t7_0_3, p_t7_0_4 = couple_0_2_2_9fb7e40b(mixA0_A_0, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((0e x 2e)->2e x 2e)->0e step 1: 0 x 2 -> 2, even path, 5 nonzeros
+            p_t8_0_0, p_t8_0_1, p_t8_0_2, p_t8_0_3, p_t8_0_4, p_t8_0_5, p_t8_0_6 = couple_0_3_3_97648347(mixA0_A_0, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # ((0e x 3o)->3o x 3o)->0e step 1: 0 x 3 -> 3, even path, 7 nonzeros
+            p_t9_0_0, p_t9_0_1, p_t9_0_2, p_t9_0_3, p_t9_0_4 = couple_1_1_2_688fbe13(mixA1_A_0, mixA1_A_1, mixA1_A_2, mixA1_A_0, mixA1_A_1, mixA1_A_2)  # ((1o x 1o)->2e x 2e)->0e step 1: 1 x 1 -> 2, even path, 12 nonzeros
+            p_t10_0_0, p_t10_0_1, p_t10_0_2, p_t10_0_3, p_t10_0_4, p_t10_0_5, p_t10_0_6 = couple_1_2_3_221fec78(mixA1_A_0, mixA1_A_1, mixA1_A_2, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((1o x 2e)->3o x 3o)->0e step 1: 1 x 2 -> 3, even path, 25 nonzeros
+            p_t11_0_0, p_t11_0_1, p_t11_0_2, p_t11_0_3, p_t11_0_4 = couple_2_2_2_6ae42fa1(mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((2e x 2e)->2e x 2e)->0e step 1: 2 x 2 -> 2, even path, 28 nonzeros
+            p_t12_0_0, p_t12_0_1, p_t12_0_2, p_t12_0_3, p_t12_0_4, p_t12_0_5, p_t12_0_6 = couple_2_3_3_ebfb3ca8(mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # ((2e x 3o)->3o x 3o)->0e step 1: 2 x 3 -> 3, even path, 54 nonzeros
+            p_t15_0_0, p_t15_0_1, p_t15_0_2 = couple_1_2_1_fdd41e7b(mixA1_A_0, mixA1_A_1, mixA1_A_2, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # (1o x 2e)->1o step 1: 1 x 2 -> 1, even path, 10 nonzeros
+            p_t23_0_0, p_t23_0_1, p_t23_0_2, p_t23_0_3, p_t23_0_4 = couple_1_2_2_2fe89286(mixA1_A_0, mixA1_A_1, mixA1_A_2, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((1o x 2e)->2o x 2e)->1o step 1: 1 x 2 -> 2, odd (Levi-Civita) path, 16 nonzeros
+            p_t24_0_0, p_t24_0_1, p_t24_0_2, p_t24_0_3, p_t24_0_4 = couple_1_3_2_a58bb49f(mixA1_A_0, mixA1_A_1, mixA1_A_2, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # ((1o x 3o)->2e x 3o)->1o step 1: 1 x 3 -> 2, even path, 17 nonzeros
+            p_t25_0_0, p_t25_0_1, p_t25_0_2, p_t25_0_3, p_t25_0_4, p_t25_0_5, p_t25_0_6 = couple_1_3_3_4cbf172a(mixA1_A_0, mixA1_A_1, mixA1_A_2, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # ((1o x 3o)->3e x 3o)->1o step 1: 1 x 3 -> 3, odd (Levi-Civita) path, 26 nonzeros
+            p_t27_0_0, p_t27_0_1, p_t27_0_2, p_t27_0_3, p_t27_0_4, p_t27_0_5, p_t27_0_6, p_t27_0_7, p_t27_0_8 = couple_2_2_4_55babdc7(mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # ((2e x 2e)->4e x 3o)->1o step 1: 2 x 2 -> 4, even path, 53 nonzeros
+            p_t28_0_0, p_t28_0_1, p_t28_0_2, p_t28_0_3, p_t28_0_4 = couple_3_3_2_e4b02681(mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # ((3o x 3o)->2e x 3o)->1o step 1: 3 x 3 -> 2, even path, 44 nonzeros
+            p_B0_f0_0_A0_0_0 = mixA0_A_0 * product_1  # (0e x 0e)->0e
+            p_B0_f0_0_A0_1_0 = p_t1_0_0 * product_5  # ((0e x 0e)->0e x 0e)->0e
+            p_B0_f0_0_A0_sum_0 = p_B0_f0_0_A0_0_0 + p_B0_f0_0_A0_1_0
+            p_B0_f2_2_A2_0_0, p_B0_f2_2_A2_0_1, p_B0_f2_2_A2_0_2, p_B0_f2_2_A2_0_3, p_B0_f2_2_A2_0_4 = mixA2_A_0 * product_3, mixA2_A_1 * product_3, mixA2_A_2 * product_3, mixA2_A_3 * product_3, mixA2_A_4 * product_3  # (2e x 2e)->0e
+            p_B0_f2_2_A2_1_0, p_B0_f2_2_A2_1_1, p_B0_f2_2_A2_1_2, p_B0_f2_2_A2_1_3, p_B0_f2_2_A2_1_4 = p_t7_0_0 * product_7, p_t7_0_1 * product_7, p_t7_0_2 * product_7, p_t7_0_3 * product_7, p_t7_0_4 * product_7  # ((0e x 2e)->2e x 2e)->0e
+            p_B0_f2_2_A2_2_0, p_B0_f2_2_A2_2_1, p_B0_f2_2_A2_2_2, p_B0_f2_2_A2_2_3, p_B0_f2_2_A2_2_4 = p_t9_0_0 * product_9, p_t9_0_1 * product_9, p_t9_0_2 * product_9, p_t9_0_3 * product_9, p_t9_0_4 * product_9  # ((1o x 1o)->2e x 2e)->0e
+            p_B0_f2_2_A2_3_0, p_B0_f2_2_A2_3_1, p_B0_f2_2_A2_3_2, p_B0_f2_2_A2_3_3, p_B0_f2_2_A2_3_4 = p_t11_0_0 * product_11, p_t11_0_1 * product_11, p_t11_0_2 * product_11, p_t11_0_3 * product_11, p_t11_0_4 * product_11  # ((2e x 2e)->2e x 2e)->0e
+            p_B0_f2_2_A2_sum_0, p_B0_f2_2_A2_sum_1, p_B0_f2_2_A2_sum_2, p_B0_f2_2_A2_sum_3, p_B0_f2_2_A2_sum_4 = p_B0_f2_2_A2_0_0 + p_B0_f2_2_A2_1_0 + p_B0_f2_2_A2_2_0 + p_B0_f2_2_A2_3_0, p_B0_f2_2_A2_0_1 + p_B0_f2_2_A2_1_1 + p_B0_f2_2_A2_2_1 + p_B0_f2_2_A2_3_1, p_B0_f2_2_A2_0_2 + p_B0_f2_2_A2_1_2 + p_B0_f2_2_A2_2_2 + p_B0_f2_2_A2_3_2, p_B0_f2_2_A2_0_3 + p_B0_f2_2_A2_1_3 + p_B0_f2_2_A2_2_3 + p_B0_f2_2_A2_3_3, p_B0_f2_2_A2_0_4 + p_B0_f2_2_A2_1_4 + p_B0_f2_2_A2_2_4 + p_B0_f2_2_A2_3_4
+            p_B0_f3_3_A3_0_0, p_B0_f3_3_A3_0_1, p_B0_f3_3_A3_0_2, p_B0_f3_3_A3_0_3, p_B0_f3_3_A3_0_4, p_B0_f3_3_A3_0_5, p_B0_f3_3_A3_0_6 = mixA3_A_0 * product_4, mixA3_A_1 * product_4, mixA3_A_2 * product_4, mixA3_A_3 * product_4, mixA3_A_4 * product_4, mixA3_A_5 * product_4, mixA3_A_6 * product_4  # (3o x 3o)->0e
+            p_B0_f3_3_A3_1_0, p_B0_f3_3_A3_1_1, p_B0_f3_3_A3_1_2, p_B0_f3_3_A3_1_3, p_B0_f3_3_A3_1_4, p_B0_f3_3_A3_1_5, p_B0_f3_3_A3_1_6 = p_t8_0_0 * product_8, p_t8_0_1 * product_8, p_t8_0_2 * product_8, p_t8_0_3 * product_8, p_t8_0_4 * product_8, p_t8_0_5 * product_8, p_t8_0_6 * product_8  # ((0e x 3o)->3o x 3o)->0e
+            p_B0_f3_3_A3_2_0, p_B0_f3_3_A3_2_1, p_B0_f3_3_A3_2_2, p_B0_f3_3_A3_2_3, p_B0_f3_3_A3_2_4, p_B0_f3_3_A3_2_5, p_B0_f3_3_A3_2_6 = p_t10_0_0 * product_10, p_t10_0_1 * product_10, p_t10_0_2 * product_10, p_t10_0_3 * product_10, p_t10_0_4 * product_10, p_t10_0_5 * product_10, p_t10_0_6 * product_10  # ((1o x 2e)->3o x 3o)->0e
+            p_B0_f3_3_A3_3_0, p_B0_f3_3_A3_3_1, p_B0_f3_3_A3_3_2, p_B0_f3_3_A3_3_3, p_B0_f3_3_A3_3_4, p_B0_f3_3_A3_3_5, p_B0_f3_3_A3_3_6 = p_t12_0_0 * product_12, p_t12_0_1 * product_12, p_t12_0_2 * product_12, p_t12_0_3 * product_12, p_t12_0_4 * product_12, p_t12_0_5 * product_12, p_t12_0_6 * product_12  # ((2e x 3o)->3o x 3o)->0e
+            p_B0_f3_3_A3_sum_0, p_B0_f3_3_A3_sum_1, p_B0_f3_3_A3_sum_2, p_B0_f3_3_A3_sum_3, p_B0_f3_3_A3_sum_4, p_B0_f3_3_A3_sum_5, p_B0_f3_3_A3_sum_6 = p_B0_f3_3_A3_0_0 + p_B0_f3_3_A3_1_0 + p_B0_f3_3_A3_2_0 + p_B0_f3_3_A3_3_0, p_B0_f3_3_A3_0_1 + p_B0_f3_3_A3_1_1 + p_B0_f3_3_A3_2_1 + p_B0_f3_3_A3_3_1, p_B0_f3_3_A3_0_2 + p_B0_f3_3_A3_1_2 + p_B0_f3_3_A3_2_2 + p_B0_f3_3_A3_3_2, p_B0_f3_3_A3_0_3 + p_B0_f3_3_A3_1_3 + p_B0_f3_3_A3_2_3 + p_B0_f3_3_A3_3_3, p_B0_f3_3_A3_0_4 + p_B0_f3_3_A3_1_4 + p_B0_f3_3_A3_2_4 + p_B0_f3_3_A3_3_4, p_B0_f3_3_A3_0_5 + p_B0_f3_3_A3_1_5 + p_B0_f3_3_A3_2_5 + p_B0_f3_3_A3_3_5, p_B0_f3_3_A3_0_6 + p_B0_f3_3_A3_1_6 + p_B0_f3_3_A3_2_6 + p_B0_f3_3_A3_3_6
+            p_B1_f0_1_A1_0_0 = mixA0_A_0 * product_14  # (0e x 1o)->1o
+            p_B1_f0_1_A1_1_0 = p_t1_0_0 * product_17  # ((0e x 0e)->0e x 1o)->1o
+            p_B1_f0_1_A1_2_0 = p_t2_0_0 * product_20  # ((1o x 1o)->0e x 1o)->1o
+            p_B1_f0_1_A1_sum_0 = p_B1_f0_1_A1_0_0 + p_B1_f0_1_A1_1_0 + p_B1_f0_1_A1_2_0
+            p_B1_f1_2_A2_0_0, p_B1_f1_2_A2_0_1, p_B1_f1_2_A2_0_2 = mixA1_A_0 * product_15, mixA1_A_1 * product_15, mixA1_A_2 * product_15  # (1o x 2e)->1o
+            p_B1_f1_2_A2_1_0, p_B1_f1_2_A2_1_1, p_B1_f1_2_A2_1_2 = p_t6_0_0 * product_18, p_t6_0_1 * product_18, p_t6_0_2 * product_18  # ((0e x 1o)->1o x 2e)->1o
+            p_B1_f1_2_A2_2_0, p_B1_f1_2_A2_2_1, p_B1_f1_2_A2_2_2 = p_t15_0_0 * product_22, p_t15_0_1 * product_22, p_t15_0_2 * product_22  # ((1o x 2e)->1o x 2e)->1o
+            p_B1_f1_2_A2_sum_0, p_B1_f1_2_A2_sum_1, p_B1_f1_2_A2_sum_2 = p_B1_f1_2_A2_0_0 + p_B1_f1_2_A2_1_0 + p_B1_f1_2_A2_2_0, p_B1_f1_2_A2_0_1 + p_B1_f1_2_A2_1_1 + p_B1_f1_2_A2_2_1, p_B1_f1_2_A2_0_2 + p_B1_f1_2_A2_1_2 + p_B1_f1_2_A2_2_2
+            p_B1_f2_3_A3_0_0, p_B1_f2_3_A3_0_1, p_B1_f2_3_A3_0_2, p_B1_f2_3_A3_0_3, p_B1_f2_3_A3_0_4 = mixA2_A_0 * product_16, mixA2_A_1 * product_16, mixA2_A_2 * product_16, mixA2_A_3 * product_16, mixA2_A_4 * product_16  # (2e x 3o)->1o
+            p_B1_f2_3_A3_1_0, p_B1_f2_3_A3_1_1, p_B1_f2_3_A3_1_2, p_B1_f2_3_A3_1_3, p_B1_f2_3_A3_1_4 = p_t7_0_0 * product_19, p_t7_0_1 * product_19, p_t7_0_2 * product_19, p_t7_0_3 * product_19, p_t7_0_4 * product_19  # ((0e x 2e)->2e x 3o)->1o
+            p_B1_f2_3_A3_2_0, p_B1_f2_3_A3_2_1, p_B1_f2_3_A3_2_2, p_B1_f2_3_A3_2_3, p_B1_f2_3_A3_2_4 = p_t9_0_0 * product_21, p_t9_0_1 * product_21, p_t9_0_2 * product_21, p_t9_0_3 * product_21, p_t9_0_4 * product_21  # ((1o x 1o)->2e x 3o)->1o
+            p_B1_f2_3_A3_3_0, p_B1_f2_3_A3_3_1, p_B1_f2_3_A3_3_2, p_B1_f2_3_A3_3_3, p_B1_f2_3_A3_3_4 = p_t24_0_0 * product_24, p_t24_0_1 * product_24, p_t24_0_2 * product_24, p_t24_0_3 * product_24, p_t24_0_4 * product_24  # ((1o x 3o)->2e x 3o)->1o
+            p_B1_f2_3_A3_4_0, p_B1_f2_3_A3_4_1, p_B1_f2_3_A3_4_2, p_B1_f2_3_A3_4_3, p_B1_f2_3_A3_4_4 = p_t11_0_0 * product_26, p_t11_0_1 * product_26, p_t11_0_2 * product_26, p_t11_0_3 * product_26, p_t11_0_4 * product_26  # ((2e x 2e)->2e x 3o)->1o
+            p_B1_f2_3_A3_5_0, p_B1_f2_3_A3_5_1, p_B1_f2_3_A3_5_2, p_B1_f2_3_A3_5_3, p_B1_f2_3_A3_5_4 = p_t28_0_0 * product_28, p_t28_0_1 * product_28, p_t28_0_2 * product_28, p_t28_0_3 * product_28, p_t28_0_4 * product_28  # ((3o x 3o)->2e x 3o)->1o
+            p_B1_f2_3_A3_sum_0, p_B1_f2_3_A3_sum_1, p_B1_f2_3_A3_sum_2, p_B1_f2_3_A3_sum_3, p_B1_f2_3_A3_sum_4 = p_B1_f2_3_A3_0_0 + p_B1_f2_3_A3_1_0 + p_B1_f2_3_A3_2_0 + p_B1_f2_3_A3_3_0 + p_B1_f2_3_A3_4_0 + p_B1_f2_3_A3_5_0, p_B1_f2_3_A3_0_1 + p_B1_f2_3_A3_1_1 + p_B1_f2_3_A3_2_1 + p_B1_f2_3_A3_3_1 + p_B1_f2_3_A3_4_1 + p_B1_f2_3_A3_5_1, p_B1_f2_3_A3_0_2 + p_B1_f2_3_A3_1_2 + p_B1_f2_3_A3_2_2 + p_B1_f2_3_A3_3_2 + p_B1_f2_3_A3_4_2 + p_B1_f2_3_A3_5_2, p_B1_f2_3_A3_0_3 + p_B1_f2_3_A3_1_3 + p_B1_f2_3_A3_2_3 + p_B1_f2_3_A3_3_3 + p_B1_f2_3_A3_4_3 + p_B1_f2_3_A3_5_3, p_B1_f2_3_A3_0_4 + p_B1_f2_3_A3_1_4 + p_B1_f2_3_A3_2_4 + p_B1_f2_3_A3_3_4 + p_B1_f2_3_A3_4_4 + p_B1_f2_3_A3_5_4
+            g_p_B1_f2_3_A3_sum_0_0, g_p_B1_f2_3_A3_sum_0_1, g_p_B1_f2_3_A3_sum_0_2, g_p_B1_f2_3_A3_sum_0_3, g_p_B1_f2_3_A3_sum_0_4 = couple_1_3_2_5630f7bc(g_p_B1_0_0, g_p_B1_0_1, g_p_B1_0_2, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # adjoint (left) of p_B1_f2_3_A3_out: factored: 6 weighted 2x3->1 couplings as one: table transpose-left of 2x3->1, ranks 1, 3 -> 2, 23 nonzeros
+            g_mixA3_A_0_0, g_mixA3_A_0_1, g_mixA3_A_0_2, g_mixA3_A_0_3, g_mixA3_A_0_4, g_mixA3_A_0_5, g_mixA3_A_0_6 = couple_2_1_3_0d4ea48f(p_B1_f2_3_A3_sum_0, p_B1_f2_3_A3_sum_1, p_B1_f2_3_A3_sum_2, p_B1_f2_3_A3_sum_3, p_B1_f2_3_A3_sum_4, g_p_B1_0_0, g_p_B1_0_1, g_p_B1_0_2)  # adjoint (right) of p_B1_f2_3_A3_out: factored: 6 weighted 2x3->1 couplings as one: table transpose-right of 2x3->1, ranks 2, 1 -> 3, 23 nonzeros
+            g_p_t28_0_0_0, g_p_t28_0_0_1, g_p_t28_0_0_2, g_p_t28_0_0_3, g_p_t28_0_0_4 = g_p_B1_f2_3_A3_sum_0_0 * product_28, g_p_B1_f2_3_A3_sum_0_1 * product_28, g_p_B1_f2_3_A3_sum_0_2 * product_28, g_p_B1_f2_3_A3_sum_0_3 * product_28, g_p_B1_f2_3_A3_sum_0_4 * product_28  # adjoint of p_B1_f2_3_A3_5
+            g_p_t11_0_0_0, g_p_t11_0_0_1, g_p_t11_0_0_2, g_p_t11_0_0_3, g_p_t11_0_0_4 = g_p_B1_f2_3_A3_sum_0_0 * product_26, g_p_B1_f2_3_A3_sum_0_1 * product_26, g_p_B1_f2_3_A3_sum_0_2 * product_26, g_p_B1_f2_3_A3_sum_0_3 * product_26, g_p_B1_f2_3_A3_sum_0_4 * product_26  # adjoint of p_B1_f2_3_A3_4
+            g_p_t24_0_0_0, g_p_t24_0_0_1, g_p_t24_0_0_2, g_p_t24_0_0_3, g_p_t24_0_0_4 = g_p_B1_f2_3_A3_sum_0_0 * product_24, g_p_B1_f2_3_A3_sum_0_1 * product_24, g_p_B1_f2_3_A3_sum_0_2 * product_24, g_p_B1_f2_3_A3_sum_0_3 * product_24, g_p_B1_f2_3_A3_sum_0_4 * product_24  # adjoint of p_B1_f2_3_A3_3
+            g_p_t9_0_0_0, g_p_t9_0_0_1, g_p_t9_0_0_2, g_p_t9_0_0_3, g_p_t9_0_0_4 = g_p_B1_f2_3_A3_sum_0_0 * product_21, g_p_B1_f2_3_A3_sum_0_1 * product_21, g_p_B1_f2_3_A3_sum_0_2 * product_21, g_p_B1_f2_3_A3_sum_0_3 * product_21, g_p_B1_f2_3_A3_sum_0_4 * product_21  # adjoint of p_B1_f2_3_A3_2
+            g_p_t7_0_0_0, g_p_t7_0_0_1, g_p_t7_0_0_2, g_p_t7_0_0_3, g_p_t7_0_0_4 = g_p_B1_f2_3_A3_sum_0_0 * product_19, g_p_B1_f2_3_A3_sum_0_1 * product_19, g_p_B1_f2_3_A3_sum_0_2 * product_19, g_p_B1_f2_3_A3_sum_0_3 * product_19, g_p_B1_f2_3_A3_sum_0_4 * product_19  # adjoint of p_B1_f2_3_A3_1
+            g_mixA2_A_0_0, g_mixA2_A_0_1, g_mixA2_A_0_2, g_mixA2_A_0_3, g_mixA2_A_0_4 = g_p_B1_f2_3_A3_sum_0_0 * product_16, g_p_B1_f2_3_A3_sum_0_1 * product_16, g_p_B1_f2_3_A3_sum_0_2 * product_16, g_p_B1_f2_3_A3_sum_0_3 * product_16, g_p_B1_f2_3_A3_sum_0_4 * product_16  # adjoint of p_B1_f2_3_A3_0
+            g_p_B1_f1_2_A2_sum_0_0, g_p_B1_f1_2_A2_sum_0_1, g_p_B1_f1_2_A2_sum_0_2 = couple_1_2_1_fdd41e7b(g_p_B1_0_0, g_p_B1_0_1, g_p_B1_0_2, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # adjoint (left) of p_B1_f1_2_A2_out: factored: 3 weighted 1x2->1 couplings as one: table transpose-left of 1x2->1, ranks 1, 2 -> 1, 10 nonzeros
+            g_mixA2_A_1_0, g_mixA2_A_1_1, g_mixA2_A_1_2, g_mixA2_A_1_3, g_mixA2_A_1_4 = couple_1_1_2_69ca0997(p_B1_f1_2_A2_sum_0, p_B1_f1_2_A2_sum_1, p_B1_f1_2_A2_sum_2, g_p_B1_0_0, g_p_B1_0_1, g_p_B1_0_2)  # adjoint (right) of p_B1_f1_2_A2_out: factored: 3 weighted 1x2->1 couplings as one: table transpose-right of 1x2->1, ranks 1, 1 -> 2, 10 nonzeros
+            g_p_t15_0_0_0, g_p_t15_0_0_1, g_p_t15_0_0_2 = g_p_B1_f1_2_A2_sum_0_0 * product_22, g_p_B1_f1_2_A2_sum_0_1 * product_22, g_p_B1_f1_2_A2_sum_0_2 * product_22  # adjoint of p_B1_f1_2_A2_2
+            g_p_t6_0_0_0, g_p_t6_0_0_1, g_p_t6_0_0_2 = g_p_B1_f1_2_A2_sum_0_0 * product_18, g_p_B1_f1_2_A2_sum_0_1 * product_18, g_p_B1_f1_2_A2_sum_0_2 * product_18  # adjoint of p_B1_f1_2_A2_1
+            g_mixA1_A_0_0, g_mixA1_A_0_1, g_mixA1_A_0_2 = g_p_B1_f1_2_A2_sum_0_0 * product_15, g_p_B1_f1_2_A2_sum_0_1 * product_15, g_p_B1_f1_2_A2_sum_0_2 * product_15  # adjoint of p_B1_f1_2_A2_0
+            # adjoint (left) of p_B1_f0_1_A1_out: factored: 3 weighted 0x1->1 couplings as one: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
+            g_p_B1_f0_1_A1_sum_0_0 = g_p_B1_0_0 * mixA1_A_0 + g_p_B1_0_1 * mixA1_A_1 + g_p_B1_0_2 * mixA1_A_2
+            g_mixA1_A_1_0, g_mixA1_A_1_1, g_mixA1_A_1_2 = couple_0_1_1_868d3aee(p_B1_f0_1_A1_sum_0, g_p_B1_0_0, g_p_B1_0_1, g_p_B1_0_2)  # adjoint (right) of p_B1_f0_1_A1_out: factored: 3 weighted 0x1->1 couplings as one: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
+            g_p_t2_0_0_0 = g_p_B1_f0_1_A1_sum_0_0 * product_20  # adjoint of p_B1_f0_1_A1_2
+            g_p_t1_0_0_0 = g_p_B1_f0_1_A1_sum_0_0 * product_17  # adjoint of p_B1_f0_1_A1_1
+            g_mixA0_A_0_0 = g_p_B1_f0_1_A1_sum_0_0 * product_14  # adjoint of p_B1_f0_1_A1_0
+            g_p_B0_f3_3_A3_sum_0_0, g_p_B0_f3_3_A3_sum_0_1, g_p_B0_f3_3_A3_sum_0_2, g_p_B0_f3_3_A3_sum_0_3, g_p_B0_f3_3_A3_sum_0_4, g_p_B0_f3_3_A3_sum_0_5, g_p_B0_f3_3_A3_sum_0_6 = couple_0_3_3_7566e1db(g_p_B0_0_0, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # adjoint (left) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-left of 3x3->0, ranks 0, 3 -> 3, 13 nonzeros
+            g_mixA3_A_1_0, g_mixA3_A_1_1, g_mixA3_A_1_2, g_mixA3_A_1_3, g_mixA3_A_1_4, g_mixA3_A_1_5, g_mixA3_A_1_6 = couple_3_0_3_a7a51470(p_B0_f3_3_A3_sum_0, p_B0_f3_3_A3_sum_1, p_B0_f3_3_A3_sum_2, p_B0_f3_3_A3_sum_3, p_B0_f3_3_A3_sum_4, p_B0_f3_3_A3_sum_5, p_B0_f3_3_A3_sum_6, g_p_B0_0_0)  # adjoint (right) of p_B0_f3_3_A3_out: factored: 4 weighted 3x3->0 couplings as one: table transpose-right of 3x3->0, ranks 3, 0 -> 3, 13 nonzeros
+            g_p_t12_0_0_0, g_p_t12_0_0_1, g_p_t12_0_0_2, g_p_t12_0_0_3, g_p_t12_0_0_4, g_p_t12_0_0_5, g_p_t12_0_0_6 = g_p_B0_f3_3_A3_sum_0_0 * product_12, g_p_B0_f3_3_A3_sum_0_1 * product_12, g_p_B0_f3_3_A3_sum_0_2 * product_12, g_p_B0_f3_3_A3_sum_0_3 * product_12, g_p_B0_f3_3_A3_sum_0_4 * product_12, g_p_B0_f3_3_A3_sum_0_5 * product_12, g_p_B0_f3_3_A3_sum_0_6 * product_12  # adjoint of p_B0_f3_3_A3_3
+            g_p_t10_0_0_0, g_p_t10_0_0_1, g_p_t10_0_0_2, g_p_t10_0_0_3, g_p_t10_0_0_4, g_p_t10_0_0_5, g_p_t10_0_0_6 = g_p_B0_f3_3_A3_sum_0_0 * product_10, g_p_B0_f3_3_A3_sum_0_1 * product_10, g_p_B0_f3_3_A3_sum_0_2 * product_10, g_p_B0_f3_3_A3_sum_0_3 * product_10, g_p_B0_f3_3_A3_sum_0_4 * product_10, g_p_B0_f3_3_A3_sum_0_5 * product_10, g_p_B0_f3_3_A3_sum_0_6 * product_10  # adjoint of p_B0_f3_3_A3_2
+            g_p_t8_0_0_0, g_p_t8_0_0_1, g_p_t8_0_0_2, g_p_t8_0_0_3, g_p_t8_0_0_4, g_p_t8_0_0_5, g_p_t8_0_0_6 = g_p_B0_f3_3_A3_sum_0_0 * product_8, g_p_B0_f3_3_A3_sum_0_1 * product_8, g_p_B0_f3_3_A3_sum_0_2 * product_8, g_p_B0_f3_3_A3_sum_0_3 * product_8, g_p_B0_f3_3_A3_sum_0_4 * product_8, g_p_B0_f3_3_A3_sum_0_5 * product_8, g_p_B0_f3_3_A3_sum_0_6 * product_8  # adjoint of p_B0_f3_3_A3_1
+            g_mixA3_A_2_0, g_mixA3_A_2_1, g_mixA3_A_2_2, g_mixA3_A_2_3, g_mixA3_A_2_4, g_mixA3_A_2_5, g_mixA3_A_2_6 = g_p_B0_f3_3_A3_sum_0_0 * product_4, g_p_B0_f3_3_A3_sum_0_1 * product_4, g_p_B0_f3_3_A3_sum_0_2 * product_4, g_p_B0_f3_3_A3_sum_0_3 * product_4, g_p_B0_f3_3_A3_sum_0_4 * product_4, g_p_B0_f3_3_A3_sum_0_5 * product_4, g_p_B0_f3_3_A3_sum_0_6 * product_4  # adjoint of p_B0_f3_3_A3_0
+            g_p_B0_f2_2_A2_sum_0_0, g_p_B0_f2_2_A2_sum_0_1, g_p_B0_f2_2_A2_sum_0_2, g_p_B0_f2_2_A2_sum_0_3, g_p_B0_f2_2_A2_sum_0_4 = couple_0_2_2_3bb2f716(g_p_B0_0_0, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # adjoint (left) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-left of 2x2->0, ranks 0, 2 -> 2, 7 nonzeros
+            g_mixA2_A_2_0, g_mixA2_A_2_1, g_mixA2_A_2_2, g_mixA2_A_2_3, g_mixA2_A_2_4 = couple_2_0_2_c7482575(p_B0_f2_2_A2_sum_0, p_B0_f2_2_A2_sum_1, p_B0_f2_2_A2_sum_2, p_B0_f2_2_A2_sum_3, p_B0_f2_2_A2_sum_4, g_p_B0_0_0)  # adjoint (right) of p_B0_f2_2_A2_out: factored: 4 weighted 2x2->0 couplings as one: table transpose-right of 2x2->0, ranks 2, 0 -> 2, 7 nonzeros
+            g_p_t11_0_1_0, g_p_t11_0_1_1, g_p_t11_0_1_2, g_p_t11_0_1_3, g_p_t11_0_1_4 = g_p_B0_f2_2_A2_sum_0_0 * product_11, g_p_B0_f2_2_A2_sum_0_1 * product_11, g_p_B0_f2_2_A2_sum_0_2 * product_11, g_p_B0_f2_2_A2_sum_0_3 * product_11, g_p_B0_f2_2_A2_sum_0_4 * product_11  # adjoint of p_B0_f2_2_A2_3
+            g_p_t9_0_1_0, g_p_t9_0_1_1, g_p_t9_0_1_2, g_p_t9_0_1_3, g_p_t9_0_1_4 = g_p_B0_f2_2_A2_sum_0_0 * product_9, g_p_B0_f2_2_A2_sum_0_1 * product_9, g_p_B0_f2_2_A2_sum_0_2 * product_9, g_p_B0_f2_2_A2_sum_0_3 * product_9, g_p_B0_f2_2_A2_sum_0_4 * product_9  # adjoint of p_B0_f2_2_A2_2
+            g_p_t7_0_1_0, g_p_t7_0_1_1, g_p_t7_0_1_2, g_p_t7_0_1_3, g_p_t7_0_1_4 = g_p_B0_f2_2_A2_sum_0_0 * product_7, g_p_B0_f2_2_A2_sum_0_1 * product_7, g_p_B0_f2_2_A2_sum_0_2 * product_7, g_p_B0_f2_2_A2_sum_0_3 * product_7, g_p_B0_f2_2_A2_sum_0_4 * product_7  # adjoint of p_B0_f2_2_A2_1
+            g_mixA2_A_3_0, g_mixA2_A_3_1, g_mixA2_A_3_2, g_mixA2_A_3_3, g_mixA2_A_3_4 = g_p_B0_f2_2_A2_sum_0_0 * product_3, g_p_B0_f2_2_A2_sum_0_1 * product_3, g_p_B0_f2_2_A2_sum_0_2 * product_3, g_p_B0_f2_2_A2_sum_0_3 * product_3, g_p_B0_f2_2_A2_sum_0_4 * product_3  # adjoint of p_B0_f2_2_A2_0
+            # adjoint (left) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+            g_p_B0_f0_0_A0_sum_0_0 = g_p_B0_0_0 * mixA0_A_0
+            # adjoint (right) of p_B0_f0_0_A0_out: factored: 2 weighted 0x0->0 couplings as one: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+            g_mixA0_A_1_0 = p_B0_f0_0_A0_sum_0 * g_p_B0_0_0
+            g_p_t1_0_1_0 = g_p_B0_f0_0_A0_sum_0_0 * product_5  # adjoint of p_B0_f0_0_A0_1
+            g_mixA0_A_2_0 = g_p_B0_f0_0_A0_sum_0_0 * product_1  # adjoint of p_B0_f0_0_A0_0
+            g_mixA3_A_3_0, g_mixA3_A_3_1, g_mixA3_A_3_2, g_mixA3_A_3_3, g_mixA3_A_3_4, g_mixA3_A_3_5, g_mixA3_A_3_6 = couple_2_3_3_6138cab2(g_p_t28_0_0_0, g_p_t28_0_0_1, g_p_t28_0_0_2, g_p_t28_0_0_3, g_p_t28_0_0_4, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # adjoint (left) of p_t28_0: ((3o x 3o)->2e x 3o)->1o step 1: table transpose-left of 3x3->2, ranks 2, 3 -> 3, 44 nonzeros
+            g_mixA3_A_4_0, g_mixA3_A_4_1, g_mixA3_A_4_2, g_mixA3_A_4_3, g_mixA3_A_4_4, g_mixA3_A_4_5, g_mixA3_A_4_6 = couple_3_2_3_76d24964(mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6, g_p_t28_0_0_0, g_p_t28_0_0_1, g_p_t28_0_0_2, g_p_t28_0_0_3, g_p_t28_0_0_4)  # adjoint (right) of p_t28_0: ((3o x 3o)->2e x 3o)->1o step 1: table transpose-right of 3x3->2, ranks 3, 2 -> 3, 44 nonzeros
+            g_p_t27_0_0_0, g_p_t27_0_0_1, g_p_t27_0_0_2, g_p_t27_0_0_3, g_p_t27_0_0_4, g_p_t27_0_0_5, g_p_t27_0_0_6, g_p_t27_0_0_7, g_p_t27_0_0_8 = couple_1_3_4_ab548de9(g_p_t27_1_0_0, g_p_t27_1_0_1, g_p_t27_1_0_2, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # adjoint (left) of p_t27_1: ((2e x 2e)->4e x 3o)->1o step 2: table transpose-left of 4x3->1, ranks 1, 3 -> 4, 42 nonzeros
+            g_mixA3_A_5_0, g_mixA3_A_5_1, g_mixA3_A_5_2, g_mixA3_A_5_3, g_mixA3_A_5_4, g_mixA3_A_5_5, g_mixA3_A_5_6 = couple_4_1_3_e496a737(p_t27_0_0, p_t27_0_1, p_t27_0_2, p_t27_0_3, p_t27_0_4, p_t27_0_5, p_t27_0_6, p_t27_0_7, p_t27_0_8, g_p_t27_1_0_0, g_p_t27_1_0_1, g_p_t27_1_0_2)  # adjoint (right) of p_t27_1: ((2e x 2e)->4e x 3o)->1o step 2: table transpose-right of 4x3->1, ranks 4, 1 -> 3, 42 nonzeros
+            g_mixA2_A_4_0, g_mixA2_A_4_1, g_mixA2_A_4_2, g_mixA2_A_4_3, g_mixA2_A_4_4 = couple_4_2_2_358280db(g_p_t27_0_0_0, g_p_t27_0_0_1, g_p_t27_0_0_2, g_p_t27_0_0_3, g_p_t27_0_0_4, g_p_t27_0_0_5, g_p_t27_0_0_6, g_p_t27_0_0_7, g_p_t27_0_0_8, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # adjoint (left) of p_t27_0: ((2e x 2e)->4e x 3o)->1o step 1: table transpose-left of 2x2->4, ranks 4, 2 -> 2, 53 nonzeros
+            g_mixA2_A_5_0, g_mixA2_A_5_1, g_mixA2_A_5_2, g_mixA2_A_5_3, g_mixA2_A_5_4 = couple_2_4_2_4411cc05(mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4, g_p_t27_0_0_0, g_p_t27_0_0_1, g_p_t27_0_0_2, g_p_t27_0_0_3, g_p_t27_0_0_4, g_p_t27_0_0_5, g_p_t27_0_0_6, g_p_t27_0_0_7, g_p_t27_0_0_8)  # adjoint (right) of p_t27_0: ((2e x 2e)->4e x 3o)->1o step 1: table transpose-right of 2x2->4, ranks 2, 4 -> 2, 53 nonzeros
+            g_p_t25_0_0_0, g_p_t25_0_0_1, g_p_t25_0_0_2, g_p_t25_0_0_3, g_p_t25_0_0_4, g_p_t25_0_0_5, g_p_t25_0_0_6 = couple_1_3_3_56aee7ad(g_p_t25_1_0_0, g_p_t25_1_0_1, g_p_t25_1_0_2, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # adjoint (left) of p_t25_1: ((1o x 3o)->3e x 3o)->1o step 2: table transpose-left of 3x3->1, ranks 1, 3 -> 3, 36 nonzeros
+            g_mixA3_A_6_0, g_mixA3_A_6_1, g_mixA3_A_6_2, g_mixA3_A_6_3, g_mixA3_A_6_4, g_mixA3_A_6_5, g_mixA3_A_6_6 = couple_3_1_3_2f73383c(p_t25_0_0, p_t25_0_1, p_t25_0_2, p_t25_0_3, p_t25_0_4, p_t25_0_5, p_t25_0_6, g_p_t25_1_0_0, g_p_t25_1_0_1, g_p_t25_1_0_2)  # adjoint (right) of p_t25_1: ((1o x 3o)->3e x 3o)->1o step 2: table transpose-right of 3x3->1, ranks 3, 1 -> 3, 36 nonzeros
+            g_mixA1_A_2_0, g_mixA1_A_2_1, g_mixA1_A_2_2 = couple_3_3_1_57566b25(g_p_t25_0_0_0, g_p_t25_0_0_1, g_p_t25_0_0_2, g_p_t25_0_0_3, g_p_t25_0_0_4, g_p_t25_0_0_5, g_p_t25_0_0_6, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # adjoint (left) of p_t25_0: ((1o x 3o)->3e x 3o)->1o step 1: table transpose-left of 1x3->3, ranks 3, 3 -> 1, 26 nonzeros
+            g_mixA3_A_7_0, g_mixA3_A_7_1, g_mixA3_A_7_2, g_mixA3_A_7_3, g_mixA3_A_7_4, g_mixA3_A_7_5, g_mixA3_A_7_6 = couple_1_3_3_a56b23f7(mixA1_A_0, mixA1_A_1, mixA1_A_2, g_p_t25_0_0_0, g_p_t25_0_0_1, g_p_t25_0_0_2, g_p_t25_0_0_3, g_p_t25_0_0_4, g_p_t25_0_0_5, g_p_t25_0_0_6)  # adjoint (right) of p_t25_0: ((1o x 3o)->3e x 3o)->1o step 1: table transpose-right of 1x3->3, ranks 1, 3 -> 3, 26 nonzeros
+            g_mixA1_A_3_0, g_mixA1_A_3_1, g_mixA1_A_3_2 = couple_2_3_1_8295debc(g_p_t24_0_0_0, g_p_t24_0_0_1, g_p_t24_0_0_2, g_p_t24_0_0_3, g_p_t24_0_0_4, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # adjoint (left) of p_t24_0: ((1o x 3o)->2e x 3o)->1o step 1: table transpose-left of 1x3->2, ranks 2, 3 -> 1, 17 nonzeros
+            g_mixA3_A_8_0, g_mixA3_A_8_1, g_mixA3_A_8_2, g_mixA3_A_8_3, g_mixA3_A_8_4, g_mixA3_A_8_5, g_mixA3_A_8_6 = couple_1_2_3_df34963a(mixA1_A_0, mixA1_A_1, mixA1_A_2, g_p_t24_0_0_0, g_p_t24_0_0_1, g_p_t24_0_0_2, g_p_t24_0_0_3, g_p_t24_0_0_4)  # adjoint (right) of p_t24_0: ((1o x 3o)->2e x 3o)->1o step 1: table transpose-right of 1x3->2, ranks 1, 2 -> 3, 17 nonzeros
+            g_p_t23_0_0_0, g_p_t23_0_0_1, g_p_t23_0_0_2, g_p_t23_0_0_3, g_p_t23_0_0_4 = couple_1_2_2_966ae556(g_p_t23_1_0_0, g_p_t23_1_0_1, g_p_t23_1_0_2, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # adjoint (left) of p_t23_1: ((1o x 2e)->2o x 2e)->1o step 2: table transpose-left of 2x2->1, ranks 1, 2 -> 2, 18 nonzeros
+            g_mixA2_A_6_0, g_mixA2_A_6_1, g_mixA2_A_6_2, g_mixA2_A_6_3, g_mixA2_A_6_4 = couple_2_1_2_675a444b(p_t23_0_0, p_t23_0_1, p_t23_0_2, p_t23_0_3, p_t23_0_4, g_p_t23_1_0_0, g_p_t23_1_0_1, g_p_t23_1_0_2)  # adjoint (right) of p_t23_1: ((1o x 2e)->2o x 2e)->1o step 2: table transpose-right of 2x2->1, ranks 2, 1 -> 2, 18 nonzeros
+            g_mixA1_A_4_0, g_mixA1_A_4_1, g_mixA1_A_4_2 = couple_2_2_1_1cd410f3(g_p_t23_0_0_0, g_p_t23_0_0_1, g_p_t23_0_0_2, g_p_t23_0_0_3, g_p_t23_0_0_4, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # adjoint (left) of p_t23_0: ((1o x 2e)->2o x 2e)->1o step 1: table transpose-left of 1x2->2, ranks 2, 2 -> 1, 16 nonzeros
+            g_mixA2_A_7_0, g_mixA2_A_7_1, g_mixA2_A_7_2, g_mixA2_A_7_3, g_mixA2_A_7_4 = couple_1_2_2_64978ce4(mixA1_A_0, mixA1_A_1, mixA1_A_2, g_p_t23_0_0_0, g_p_t23_0_0_1, g_p_t23_0_0_2, g_p_t23_0_0_3, g_p_t23_0_0_4)  # adjoint (right) of p_t23_0: ((1o x 2e)->2o x 2e)->1o step 1: table transpose-right of 1x2->2, ranks 1, 2 -> 2, 16 nonzeros
+            g_mixA1_A_5_0, g_mixA1_A_5_1, g_mixA1_A_5_2 = couple_1_2_1_fdd41e7b(g_p_t15_0_0_0, g_p_t15_0_0_1, g_p_t15_0_0_2, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # adjoint (left) of p_t15_0: (1o x 2e)->1o step 1: table transpose-left of 1x2->1, ranks 1, 2 -> 1, 10 nonzeros
+            g_mixA2_A_8_0, g_mixA2_A_8_1, g_mixA2_A_8_2, g_mixA2_A_8_3, g_mixA2_A_8_4 = couple_1_1_2_69ca0997(mixA1_A_0, mixA1_A_1, mixA1_A_2, g_p_t15_0_0_0, g_p_t15_0_0_1, g_p_t15_0_0_2)  # adjoint (right) of p_t15_0: (1o x 2e)->1o step 1: table transpose-right of 1x2->1, ranks 1, 1 -> 2, 10 nonzeros
+            g_mixA2_A_9_0, g_mixA2_A_9_1, g_mixA2_A_9_2, g_mixA2_A_9_3, g_mixA2_A_9_4 = couple_3_3_2_1b3a6154(g_p_t12_0_0_0, g_p_t12_0_0_1, g_p_t12_0_0_2, g_p_t12_0_0_3, g_p_t12_0_0_4, g_p_t12_0_0_5, g_p_t12_0_0_6, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # adjoint (left) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-left of 2x3->3, ranks 3, 3 -> 2, 54 nonzeros
+            g_mixA3_A_9_0, g_mixA3_A_9_1, g_mixA3_A_9_2, g_mixA3_A_9_3, g_mixA3_A_9_4, g_mixA3_A_9_5, g_mixA3_A_9_6 = couple_2_3_3_efefb917(mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4, g_p_t12_0_0_0, g_p_t12_0_0_1, g_p_t12_0_0_2, g_p_t12_0_0_3, g_p_t12_0_0_4, g_p_t12_0_0_5, g_p_t12_0_0_6)  # adjoint (right) of p_t12_0: ((2e x 3o)->3o x 3o)->0e step 1: table transpose-right of 2x3->3, ranks 2, 3 -> 3, 54 nonzeros
+            g_p_t11_0_2_0, g_p_t11_0_2_1, g_p_t11_0_2_2, g_p_t11_0_2_3, g_p_t11_0_2_4 = g_p_t11_0_0_0 + g_p_t11_0_1_0, g_p_t11_0_0_1 + g_p_t11_0_1_1, g_p_t11_0_0_2 + g_p_t11_0_1_2, g_p_t11_0_0_3 + g_p_t11_0_1_3, g_p_t11_0_0_4 + g_p_t11_0_1_4
+            g_mixA2_A_10_0, g_mixA2_A_10_1, g_mixA2_A_10_2, g_mixA2_A_10_3, g_mixA2_A_10_4 = couple_2_2_2_b23665c2(g_p_t11_0_2_0, g_p_t11_0_2_1, g_p_t11_0_2_2, g_p_t11_0_2_3, g_p_t11_0_2_4, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # adjoint (left) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-left of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
+            g_mixA2_A_11_0, g_mixA2_A_11_1, g_mixA2_A_11_2, g_mixA2_A_11_3, g_mixA2_A_11_4 = couple_2_2_2_f6b4ecea(mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4, g_p_t11_0_2_0, g_p_t11_0_2_1, g_p_t11_0_2_2, g_p_t11_0_2_3, g_p_t11_0_2_4)  # adjoint (right) of p_t11_0: ((2e x 2e)->2e x 2e)->0e step 1: table transpose-right of 2x2->2, ranks 2, 2 -> 2, 28 nonzeros
+            g_mixA1_A_7_0, g_mixA1_A_7_1, g_mixA1_A_7_2 = couple_3_2_1_0c63d5ab(g_p_t10_0_0_0, g_p_t10_0_0_1, g_p_t10_0_0_2, g_p_t10_0_0_3, g_p_t10_0_0_4, g_p_t10_0_0_5, g_p_t10_0_0_6, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # adjoint (left) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-left of 1x2->3, ranks 3, 2 -> 1, 25 nonzeros
+            g_mixA2_A_12_0, g_mixA2_A_12_1, g_mixA2_A_12_2, g_mixA2_A_12_3, g_mixA2_A_12_4 = couple_1_3_2_c1277798(mixA1_A_0, mixA1_A_1, mixA1_A_2, g_p_t10_0_0_0, g_p_t10_0_0_1, g_p_t10_0_0_2, g_p_t10_0_0_3, g_p_t10_0_0_4, g_p_t10_0_0_5, g_p_t10_0_0_6)  # adjoint (right) of p_t10_0: ((1o x 2e)->3o x 3o)->0e step 1: table transpose-right of 1x2->3, ranks 1, 3 -> 2, 25 nonzeros
+            g_p_t9_0_2_0, g_p_t9_0_2_1, g_p_t9_0_2_2, g_p_t9_0_2_3, g_p_t9_0_2_4 = g_p_t9_0_0_0 + g_p_t9_0_1_0, g_p_t9_0_0_1 + g_p_t9_0_1_1, g_p_t9_0_0_2 + g_p_t9_0_1_2, g_p_t9_0_0_3 + g_p_t9_0_1_3, g_p_t9_0_0_4 + g_p_t9_0_1_4
+            g_mixA1_A_8_0, g_mixA1_A_8_1, g_mixA1_A_8_2 = couple_2_1_1_d0e6e803(g_p_t9_0_2_0, g_p_t9_0_2_1, g_p_t9_0_2_2, g_p_t9_0_2_3, g_p_t9_0_2_4, mixA1_A_0, mixA1_A_1, mixA1_A_2)  # adjoint (left) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
+            g_mixA1_A_9_0, g_mixA1_A_9_1, g_mixA1_A_9_2 = couple_1_2_1_a97b32d1(mixA1_A_0, mixA1_A_1, mixA1_A_2, g_p_t9_0_2_0, g_p_t9_0_2_1, g_p_t9_0_2_2, g_p_t9_0_2_3, g_p_t9_0_2_4)  # adjoint (right) of p_t9_0: ((1o x 1o)->2e x 2e)->0e step 1: table transpose-right of 1x1->2, ranks 1, 2 -> 1, 12 nonzeros
+            g_mixA0_A_3_0 = couple_3_3_0_8403a3e4(g_p_t8_0_0_0, g_p_t8_0_0_1, g_p_t8_0_0_2, g_p_t8_0_0_3, g_p_t8_0_0_4, g_p_t8_0_0_5, g_p_t8_0_0_6, mixA3_A_0, mixA3_A_1, mixA3_A_2, mixA3_A_3, mixA3_A_4, mixA3_A_5, mixA3_A_6)  # adjoint (left) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
+            g_mixA3_A_10_0, g_mixA3_A_10_1, g_mixA3_A_10_2, g_mixA3_A_10_3, g_mixA3_A_10_4, g_mixA3_A_10_5, g_mixA3_A_10_6 = couple_0_3_3_97648347(mixA0_A_0, g_p_t8_0_0_0, g_p_t8_0_0_1, g_p_t8_0_0_2, g_p_t8_0_0_3, g_p_t8_0_0_4, g_p_t8_0_0_5, g_p_t8_0_0_6)  # adjoint (right) of p_t8_0: ((0e x 3o)->3o x 3o)->0e step 1: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
+            g_p_t7_0_2_0, g_p_t7_0_2_1, g_p_t7_0_2_2, g_p_t7_0_2_3, g_p_t7_0_2_4 = g_p_t7_0_0_0 + g_p_t7_0_1_0, g_p_t7_0_0_1 + g_p_t7_0_1_1, g_p_t7_0_0_2 + g_p_t7_0_1_2, g_p_t7_0_0_3 + g_p_t7_0_1_3, g_p_t7_0_0_4 + g_p_t7_0_1_4
+            g_mixA0_A_4_0 = couple_2_2_0_c69581e7(g_p_t7_0_2_0, g_p_t7_0_2_1, g_p_t7_0_2_2, g_p_t7_0_2_3, g_p_t7_0_2_4, mixA2_A_0, mixA2_A_1, mixA2_A_2, mixA2_A_3, mixA2_A_4)  # adjoint (left) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
+            g_mixA2_A_13_0, g_mixA2_A_13_1, g_mixA2_A_13_2, g_mixA2_A_13_3, g_mixA2_A_13_4 = couple_0_2_2_9fb7e40b(mixA0_A_0, g_p_t7_0_2_0, g_p_t7_0_2_1, g_p_t7_0_2_2, g_p_t7_0_2_3, g_p_t7_0_2_4)  # adjoint (right) of p_t7_0: ((0e x 2e)->2e x 2e)->0e step 1: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
+            g_p_t6_0_1_0, g_p_t6_0_1_1, g_p_t6_0_1_2 = couple_0_1_1_868d3aee(g_p_t6_1_0_0, mixA1_A_0, mixA1_A_1, mixA1_A_2)  # adjoint (left) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
+            g_mixA1_A_10_0, g_mixA1_A_10_1, g_mixA1_A_10_2 = couple_1_0_1_6fa4cb35(p_t6_0_0, p_t6_0_1, p_t6_0_2, g_p_t6_1_0_0)  # adjoint (right) of p_t6_1: ((0e x 1o)->1o x 1o)->0e step 2: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
+            g_p_t6_0_2_0, g_p_t6_0_2_1, g_p_t6_0_2_2 = g_p_t6_0_0_0 + g_p_t6_0_1_0, g_p_t6_0_0_1 + g_p_t6_0_1_1, g_p_t6_0_0_2 + g_p_t6_0_1_2
+            # adjoint (left) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
+            g_mixA0_A_5_0 = g_p_t6_0_2_0 * mixA1_A_0 + g_p_t6_0_2_1 * mixA1_A_1 + g_p_t6_0_2_2 * mixA1_A_2
+            g_mixA1_A_11_0, g_mixA1_A_11_1, g_mixA1_A_11_2 = couple_0_1_1_868d3aee(mixA0_A_0, g_p_t6_0_2_0, g_p_t6_0_2_1, g_p_t6_0_2_2)  # adjoint (right) of p_t6_0: ((0e x 1o)->1o x 1o)->0e step 1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
+            g_p_t2_0_2_0 = g_p_t2_0_0_0 + g_p_t2_0_1_0
+            g_mixA1_A_12_0, g_mixA1_A_12_1, g_mixA1_A_12_2 = couple_0_1_1_868d3aee(g_p_t2_0_2_0, mixA1_A_0, mixA1_A_1, mixA1_A_2)  # adjoint (left) of p_t2_0: (1o x 1o)->0e step 1: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
+            g_mixA1_A_13_0, g_mixA1_A_13_1, g_mixA1_A_13_2 = couple_1_0_1_6fa4cb35(mixA1_A_0, mixA1_A_1, mixA1_A_2, g_p_t2_0_2_0)  # adjoint (right) of p_t2_0: (1o x 1o)->0e step 1: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
+            g_p_t1_0_2_0 = g_p_t1_0_0_0 + g_p_t1_0_1_0
+            # adjoint (left) of p_t1_0: (0e x 0e)->0e step 1: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+            g_mixA0_A_6_0 = g_p_t1_0_2_0 * mixA0_A_0
+            # adjoint (right) of p_t1_0: (0e x 0e)->0e step 1: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+            g_mixA0_A_7_0 = mixA0_A_0 * g_p_t1_0_2_0
+            g_mixA3_A_11_0, g_mixA3_A_11_1, g_mixA3_A_11_2, g_mixA3_A_11_3, g_mixA3_A_11_4, g_mixA3_A_11_5, g_mixA3_A_11_6 = g_mixA3_A_0_0 + g_mixA3_A_1_0 + g_mixA3_A_2_0 + g_mixA3_A_3_0 + g_mixA3_A_4_0 + g_mixA3_A_5_0 + g_mixA3_A_6_0 + g_mixA3_A_7_0 + g_mixA3_A_8_0 + g_mixA3_A_9_0 + g_mixA3_A_10_0, g_mixA3_A_0_1 + g_mixA3_A_1_1 + g_mixA3_A_2_1 + g_mixA3_A_3_1 + g_mixA3_A_4_1 + g_mixA3_A_5_1 + g_mixA3_A_6_1 + g_mixA3_A_7_1 + g_mixA3_A_8_1 + g_mixA3_A_9_1 + g_mixA3_A_10_1, g_mixA3_A_0_2 + g_mixA3_A_1_2 + g_mixA3_A_2_2 + g_mixA3_A_3_2 + g_mixA3_A_4_2 + g_mixA3_A_5_2 + g_mixA3_A_6_2 + g_mixA3_A_7_2 + g_mixA3_A_8_2 + g_mixA3_A_9_2 + g_mixA3_A_10_2, g_mixA3_A_0_3 + g_mixA3_A_1_3 + g_mixA3_A_2_3 + g_mixA3_A_3_3 + g_mixA3_A_4_3 + g_mixA3_A_5_3 + g_mixA3_A_6_3 + g_mixA3_A_7_3 + g_mixA3_A_8_3 + g_mixA3_A_9_3 + g_mixA3_A_10_3, g_mixA3_A_0_4 + g_mixA3_A_1_4 + g_mixA3_A_2_4 + g_mixA3_A_3_4 + g_mixA3_A_4_4 + g_mixA3_A_5_4 + g_mixA3_A_6_4 + g_mixA3_A_7_4 + g_mixA3_A_8_4 + g_mixA3_A_9_4 + g_mixA3_A_10_4, g_mixA3_A_0_5 + g_mixA3_A_1_5 + g_mixA3_A_2_5 + g_mixA3_A_3_5 + g_mixA3_A_4_5 + g_mixA3_A_5_5 + g_mixA3_A_6_5 + g_mixA3_A_7_5 + g_mixA3_A_8_5 + g_mixA3_A_9_5 + g_mixA3_A_10_5, g_mixA3_A_0_6 + g_mixA3_A_1_6 + g_mixA3_A_2_6 + g_mixA3_A_3_6 + g_mixA3_A_4_6 + g_mixA3_A_5_6 + g_mixA3_A_6_6 + g_mixA3_A_7_6 + g_mixA3_A_8_6 + g_mixA3_A_9_6 + g_mixA3_A_10_6
+            g_mixA2_A_14_0, g_mixA2_A_14_1, g_mixA2_A_14_2, g_mixA2_A_14_3, g_mixA2_A_14_4 = g_mixA2_A_0_0 + g_mixA2_A_1_0 + g_mixA2_A_2_0 + g_mixA2_A_3_0 + g_mixA2_A_4_0 + g_mixA2_A_5_0 + g_mixA2_A_6_0 + g_mixA2_A_7_0 + g_mixA2_A_8_0 + g_mixA2_A_9_0 + g_mixA2_A_10_0 + g_mixA2_A_11_0 + g_mixA2_A_12_0 + g_mixA2_A_13_0, g_mixA2_A_0_1 + g_mixA2_A_1_1 + g_mixA2_A_2_1 + g_mixA2_A_3_1 + g_mixA2_A_4_1 + g_mixA2_A_5_1 + g_mixA2_A_6_1 + g_mixA2_A_7_1 + g_mixA2_A_8_1 + g_mixA2_A_9_1 + g_mixA2_A_10_1 + g_mixA2_A_11_1 + g_mixA2_A_12_1 + g_mixA2_A_13_1, g_mixA2_A_0_2 + g_mixA2_A_1_2 + g_mixA2_A_2_2 + g_mixA2_A_3_2 + g_mixA2_A_4_2 + g_mixA2_A_5_2 + g_mixA2_A_6_2 + g_mixA2_A_7_2 + g_mixA2_A_8_2 + g_mixA2_A_9_2 + g_mixA2_A_10_2 + g_mixA2_A_11_2 + g_mixA2_A_12_2 + g_mixA2_A_13_2, g_mixA2_A_0_3 + g_mixA2_A_1_3 + g_mixA2_A_2_3 + g_mixA2_A_3_3 + g_mixA2_A_4_3 + g_mixA2_A_5_3 + g_mixA2_A_6_3 + g_mixA2_A_7_3 + g_mixA2_A_8_3 + g_mixA2_A_9_3 + g_mixA2_A_10_3 + g_mixA2_A_11_3 + g_mixA2_A_12_3 + g_mixA2_A_13_3, g_mixA2_A_0_4 + g_mixA2_A_1_4 + g_mixA2_A_2_4 + g_mixA2_A_3_4 + g_mixA2_A_4_4 + g_mixA2_A_5_4 + g_mixA2_A_6_4 + g_mixA2_A_7_4 + g_mixA2_A_8_4 + g_mixA2_A_9_4 + g_mixA2_A_10_4 + g_mixA2_A_11_4 + g_mixA2_A_12_4 + g_mixA2_A_13_4
+            g_mixA1_A_14_0, g_mixA1_A_14_1, g_mixA1_A_14_2 = g_mixA1_A_0_0 + g_mixA1_A_1_0 + g_mixA1_A_2_0 + g_mixA1_A_3_0 + g_mixA1_A_4_0 + g_mixA1_A_5_0 + g_mixA1_A_6_0 + g_mixA1_A_7_0 + g_mixA1_A_8_0 + g_mixA1_A_9_0 + g_mixA1_A_10_0 + g_mixA1_A_11_0 + g_mixA1_A_12_0 + g_mixA1_A_13_0, g_mixA1_A_0_1 + g_mixA1_A_1_1 + g_mixA1_A_2_1 + g_mixA1_A_3_1 + g_mixA1_A_4_1 + g_mixA1_A_5_1 + g_mixA1_A_6_1 + g_mixA1_A_7_1 + g_mixA1_A_8_1 + g_mixA1_A_9_1 + g_mixA1_A_10_1 + g_mixA1_A_11_1 + g_mixA1_A_12_1 + g_mixA1_A_13_1, g_mixA1_A_0_2 + g_mixA1_A_1_2 + g_mixA1_A_2_2 + g_mixA1_A_3_2 + g_mixA1_A_4_2 + g_mixA1_A_5_2 + g_mixA1_A_6_2 + g_mixA1_A_7_2 + g_mixA1_A_8_2 + g_mixA1_A_9_2 + g_mixA1_A_10_2 + g_mixA1_A_11_2 + g_mixA1_A_12_2 + g_mixA1_A_13_2
+            g_mixA0_A_9_0 = g_mixA0_A_0_0 + g_mixA0_A_1_0 + g_mixA0_A_2_0 + g_mixA0_A_3_0 + g_mixA0_A_4_0 + g_mixA0_A_5_0 + g_mixA0_A_6_0 + g_mixA0_A_7_0 + g_mixA0_A_8_0
+            g_mixA3_A_11[n, c, 0], g_mixA3_A_11[n, c, 1], g_mixA3_A_11[n, c, 2], g_mixA3_A_11[n, c, 3], g_mixA3_A_11[n, c, 4], g_mixA3_A_11[n, c, 5], g_mixA3_A_11[n, c, 6] = g_mixA3_A_11_0, g_mixA3_A_11_1, g_mixA3_A_11_2, g_mixA3_A_11_3, g_mixA3_A_11_4, g_mixA3_A_11_5, g_mixA3_A_11_6
+            g_mixA2_A_14[n, c, 0], g_mixA2_A_14[n, c, 1], g_mixA2_A_14[n, c, 2], g_mixA2_A_14[n, c, 3], g_mixA2_A_14[n, c, 4] = g_mixA2_A_14_0, g_mixA2_A_14_1, g_mixA2_A_14_2, g_mixA2_A_14_3, g_mixA2_A_14_4
+            g_mixA1_A_14[n, c, 0], g_mixA1_A_14[n, c, 1], g_mixA1_A_14[n, c, 2] = g_mixA1_A_14_0, g_mixA1_A_14_1, g_mixA1_A_14_2
+            g_mixA0_A_9[n, c, 0] = g_mixA0_A_9_0
     return (g_mixA3_A_11, g_mixA2_A_14, g_mixA1_A_14, g_mixA0_A_9)
 
 
@@ -1666,8 +1978,59 @@ def layer_01_0_k2(up0_h, Y0, Y1, Y2, Y3, up1_h, radial, senders, receivers, rece
     i_A1 = np.empty((num_nodes, channels, 3), dtype)
     i_A2 = np.empty((num_nodes, channels, 5), dtype)
     i_A3 = np.empty((num_nodes, channels, 7), dtype)
-    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 30 ops; stores i_A0, i_A1, i_A2, i_A3
-        _kernel_40602f8aec(np.int64(block), Y0, Y1, Y2, Y3, channels, i_A0, i_A1, i_A2, i_A3, num_nodes, radial, receiver_offsets, senders, up0_h, up1_h)
+    # kernel 1 (per channel, phase 0): 30 ops; stores i_A0, i_A1, i_A2, i_A3
+    for n in prange(num_nodes):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
+        for c in range(channels):
+            i_A0_0 = 0.0
+            i_A1_0 = i_A1_1 = i_A1_2 = 0.0
+            i_A2_0 = i_A2_1 = i_A2_2 = i_A2_3 = i_A2_4 = 0.0
+            i_A3_0 = i_A3_1 = i_A3_2 = i_A3_3 = i_A3_4 = i_A3_5 = i_A3_6 = 0.0
+            for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
+                j_1 = senders[e]
+                Y0_0 = Y0[e, 0]
+                radial_0, radial_1 = radial[e, c, 0], radial[e, c, 1]
+                Y1_0, Y1_1, Y1_2 = Y1[e, 0], Y1[e, 1], Y1[e, 2]
+                radial_2 = radial[e, c, 2]
+                Y2_0, Y2_1, Y2_2, Y2_3, Y2_4 = Y2[e, 0], Y2[e, 1], Y2[e, 2], Y2[e, 3], Y2[e, 4]
+                radial_3 = radial[e, c, 3]
+                Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6 = Y3[e, 0], Y3[e, 1], Y3[e, 2], Y3[e, 3], Y3[e, 4], Y3[e, 5], Y3[e, 6]
+                radial_4, radial_5, radial_6, radial_7, radial_8, radial_9 = radial[e, c, 4], radial[e, c, 5], radial[e, c, 6], radial[e, c, 7], radial[e, c, 8], radial[e, c, 9]
+                i_hj_0_0_0_0 = up0_h[j_1, c, 0]
+                # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
+                i_c_0_0_0_0 = i_hj_0_0_0_0 * Y0_0
+                i_s_0_0_0_0 = i_c_0_0_0_0 * radial_0  # R[h0 x Y0 -> A0]
+                i_s_0_1_1_in_0 = i_hj_0_0_0_0 * radial_1  # R[h0 x Y1 -> A1]
+                i_s_0_1_1_0, i_s_0_1_1_1, i_s_0_1_1_2 = couple_0_1_1_868d3aee(i_s_0_1_1_in_0, Y1_0, Y1_1, Y1_2)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
+                i_s_0_2_2_in_0 = i_hj_0_0_0_0 * radial_2  # R[h0 x Y2 -> A2]
+                i_s_0_2_2_0, i_s_0_2_2_1, i_s_0_2_2_2, i_s_0_2_2_3, i_s_0_2_2_4 = couple_0_2_2_9fb7e40b(i_s_0_2_2_in_0, Y2_0, Y2_1, Y2_2, Y2_3, Y2_4)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
+                i_s_0_3_3_in_0 = i_hj_0_0_0_0 * radial_3  # R[h0 x Y3 -> A3]
+                i_s_0_3_3_0, i_s_0_3_3_1, i_s_0_3_3_2, i_s_0_3_3_3, i_s_0_3_3_4, i_s_0_3_3_5, i_s_0_3_3_6 = couple_0_3_3_97648347(i_s_0_3_3_in_0, Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
+                i_hj_1_0_1_0, i_hj_1_0_1_1, i_hj_1_0_1_2 = up1_h[j_1, c, 0], up1_h[j_1, c, 1], up1_h[j_1, c, 2]
+                i_c_1_0_1_0, i_c_1_0_1_1, i_c_1_0_1_2 = couple_1_0_1_6fa4cb35(i_hj_1_0_1_0, i_hj_1_0_1_1, i_hj_1_0_1_2, Y0_0)  # h1 x Y0 -> A1: 1 x 0 -> 1, even path, 3 nonzeros
+                i_s_1_0_1_0, i_s_1_0_1_1, i_s_1_0_1_2 = i_c_1_0_1_0 * radial_4, i_c_1_0_1_1 * radial_4, i_c_1_0_1_2 * radial_4  # R[h1 x Y0 -> A1]
+                # h1 x Y1 -> A0: 1 x 1 -> 0, even path, 3 nonzeros
+                i_c_1_1_0_0 = i_hj_1_0_1_0 * Y1_0 + i_hj_1_0_1_1 * Y1_1 + i_hj_1_0_1_2 * Y1_2
+                i_s_1_1_0_0 = i_c_1_1_0_0 * radial_5  # R[h1 x Y1 -> A0]
+                i_s_1_1_2_in_0, i_s_1_1_2_in_1, i_s_1_1_2_in_2 = i_hj_1_0_1_0 * radial_6, i_hj_1_0_1_1 * radial_6, i_hj_1_0_1_2 * radial_6  # R[h1 x Y1 -> A2]
+                i_s_1_1_2_0, i_s_1_1_2_1, i_s_1_1_2_2, i_s_1_1_2_3, i_s_1_1_2_4 = couple_1_1_2_688fbe13(i_s_1_1_2_in_0, i_s_1_1_2_in_1, i_s_1_1_2_in_2, Y1_0, Y1_1, Y1_2)  # h1 x Y1 -> A2: 1 x 1 -> 2, even path, 12 nonzeros
+                i_c_1_2_1_0, i_c_1_2_1_1, i_c_1_2_1_2 = couple_1_2_1_fdd41e7b(i_hj_1_0_1_0, i_hj_1_0_1_1, i_hj_1_0_1_2, Y2_0, Y2_1, Y2_2, Y2_3, Y2_4)  # h1 x Y2 -> A1: 1 x 2 -> 1, even path, 10 nonzeros
+                i_s_1_2_1_0, i_s_1_2_1_1, i_s_1_2_1_2 = i_c_1_2_1_0 * radial_7, i_c_1_2_1_1 * radial_7, i_c_1_2_1_2 * radial_7  # R[h1 x Y2 -> A1]
+                i_s_1_2_3_in_0, i_s_1_2_3_in_1, i_s_1_2_3_in_2 = i_hj_1_0_1_0 * radial_8, i_hj_1_0_1_1 * radial_8, i_hj_1_0_1_2 * radial_8  # R[h1 x Y2 -> A3]
+                i_s_1_2_3_0, i_s_1_2_3_1, i_s_1_2_3_2, i_s_1_2_3_3, i_s_1_2_3_4, i_s_1_2_3_5, i_s_1_2_3_6 = couple_1_2_3_221fec78(i_s_1_2_3_in_0, i_s_1_2_3_in_1, i_s_1_2_3_in_2, Y2_0, Y2_1, Y2_2, Y2_3, Y2_4)  # h1 x Y2 -> A3: 1 x 2 -> 3, even path, 25 nonzeros
+                i_s_1_3_2_in_0, i_s_1_3_2_in_1, i_s_1_3_2_in_2 = i_hj_1_0_1_0 * radial_9, i_hj_1_0_1_1 * radial_9, i_hj_1_0_1_2 * radial_9  # R[h1 x Y3 -> A2]
+                i_s_1_3_2_0, i_s_1_3_2_1, i_s_1_3_2_2, i_s_1_3_2_3, i_s_1_3_2_4 = couple_1_3_2_a58bb49f(i_s_1_3_2_in_0, i_s_1_3_2_in_1, i_s_1_3_2_in_2, Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6)  # h1 x Y3 -> A2: 1 x 3 -> 2, even path, 17 nonzeros
+                i_A0_edges_0 = i_s_0_0_0_0 + i_s_1_1_0_0
+                i_A0_0 = i_A0_0 + i_A0_edges_0
+                i_A1_edges_0, i_A1_edges_1, i_A1_edges_2 = i_s_0_1_1_0 + i_s_1_0_1_0 + i_s_1_2_1_0, i_s_0_1_1_1 + i_s_1_0_1_1 + i_s_1_2_1_1, i_s_0_1_1_2 + i_s_1_0_1_2 + i_s_1_2_1_2
+                i_A1_0, i_A1_1, i_A1_2 = i_A1_0 + i_A1_edges_0, i_A1_1 + i_A1_edges_1, i_A1_2 + i_A1_edges_2
+                i_A2_edges_0, i_A2_edges_1, i_A2_edges_2, i_A2_edges_3, i_A2_edges_4 = i_s_0_2_2_0 + i_s_1_1_2_0 + i_s_1_3_2_0, i_s_0_2_2_1 + i_s_1_1_2_1 + i_s_1_3_2_1, i_s_0_2_2_2 + i_s_1_1_2_2 + i_s_1_3_2_2, i_s_0_2_2_3 + i_s_1_1_2_3 + i_s_1_3_2_3, i_s_0_2_2_4 + i_s_1_1_2_4 + i_s_1_3_2_4
+                i_A2_0, i_A2_1, i_A2_2, i_A2_3, i_A2_4 = i_A2_0 + i_A2_edges_0, i_A2_1 + i_A2_edges_1, i_A2_2 + i_A2_edges_2, i_A2_3 + i_A2_edges_3, i_A2_4 + i_A2_edges_4
+                i_A3_edges_0, i_A3_edges_1, i_A3_edges_2, i_A3_edges_3, i_A3_edges_4, i_A3_edges_5, i_A3_edges_6 = i_s_0_3_3_0 + i_s_1_2_3_0, i_s_0_3_3_1 + i_s_1_2_3_1, i_s_0_3_3_2 + i_s_1_2_3_2, i_s_0_3_3_3 + i_s_1_2_3_3, i_s_0_3_3_4 + i_s_1_2_3_4, i_s_0_3_3_5 + i_s_1_2_3_5, i_s_0_3_3_6 + i_s_1_2_3_6
+                i_A3_0, i_A3_1, i_A3_2, i_A3_3, i_A3_4, i_A3_5, i_A3_6 = i_A3_0 + i_A3_edges_0, i_A3_1 + i_A3_edges_1, i_A3_2 + i_A3_edges_2, i_A3_3 + i_A3_edges_3, i_A3_4 + i_A3_edges_4, i_A3_5 + i_A3_edges_5, i_A3_6 + i_A3_edges_6
+            i_A0[n, c, 0] = i_A0_0
+            i_A1[n, c, 0], i_A1[n, c, 1], i_A1[n, c, 2] = i_A1_0, i_A1_1, i_A1_2
+            i_A2[n, c, 0], i_A2[n, c, 1], i_A2[n, c, 2], i_A2[n, c, 3], i_A2[n, c, 4] = i_A2_0, i_A2_1, i_A2_2, i_A2_3, i_A2_4
+            i_A3[n, c, 0], i_A3[n, c, 1], i_A3[n, c, 2], i_A3[n, c, 3], i_A3[n, c, 4], i_A3[n, c, 5], i_A3[n, c, 6] = i_A3_0, i_A3_1, i_A3_2, i_A3_3, i_A3_4, i_A3_5, i_A3_6
     return (i_A0, i_A1, i_A2, i_A3)
 
 
@@ -1737,8 +2100,80 @@ def layer_01_0_reverse_k2(up0_h, Y0, Y1, Y2, Y3, up1_h, g_p_B0_0, radial, produc
     g_p_t6_1_0 = np.empty((num_nodes, channels, 1), dtype)
     g_p_t2_0_0 = np.empty((num_nodes, channels, 1), dtype)
     g_mixA0_A_7 = np.empty((num_nodes, channels, 1), dtype)
-    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 33 ops; stores i_hj_0_0_0, i_c_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_hj_1_0_1, i_c_1_0_1, i_c_1_1_0, i_s_1_1_2_in, i_c_1_2_1, i_s_1_2_3_in, i_s_1_3_2_in, i_A0, i_A1, i_A2, i_A3, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7
-        _kernel_9163b156c2(np.int64(block), Y0, Y1, Y2, Y3, channels, g_mixA0_A_7, g_p_B0_0, g_p_t2_0_0, g_p_t6_1_0, i_A0, i_A1, i_A2, i_A3, i_c_0_0_0, i_c_1_0_1, i_c_1_1_0, i_c_1_2_1, i_hj_0_0_0, i_hj_1_0_1, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_s_1_1_2_in, i_s_1_2_3_in, i_s_1_3_2_in, num_nodes, product, radial, receiver_offsets, senders, up0_h, up1_h)
+    # kernel 1 (per channel, phase 0): 33 ops; stores i_hj_0_0_0, i_c_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_hj_1_0_1, i_c_1_0_1, i_c_1_1_0, i_s_1_1_2_in, i_c_1_2_1, i_s_1_2_3_in, i_s_1_3_2_in, i_A0, i_A1, i_A2, i_A3, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7
+    for n in prange(num_nodes):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
+        for c in range(channels):
+            i_A0_0 = 0.0
+            i_A1_0 = i_A1_1 = i_A1_2 = 0.0
+            i_A2_0 = i_A2_1 = i_A2_2 = i_A2_3 = i_A2_4 = 0.0
+            i_A3_0 = i_A3_1 = i_A3_2 = i_A3_3 = i_A3_4 = i_A3_5 = i_A3_6 = 0.0
+            for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
+                j_1 = senders[e]
+                Y0_0 = Y0[e, 0]
+                radial_0, radial_1 = radial[e, c, 0], radial[e, c, 1]
+                Y1_0, Y1_1, Y1_2 = Y1[e, 0], Y1[e, 1], Y1[e, 2]
+                radial_2 = radial[e, c, 2]
+                Y2_0, Y2_1, Y2_2, Y2_3, Y2_4 = Y2[e, 0], Y2[e, 1], Y2[e, 2], Y2[e, 3], Y2[e, 4]
+                radial_3 = radial[e, c, 3]
+                Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6 = Y3[e, 0], Y3[e, 1], Y3[e, 2], Y3[e, 3], Y3[e, 4], Y3[e, 5], Y3[e, 6]
+                radial_4, radial_5, radial_6, radial_7, radial_8, radial_9 = radial[e, c, 4], radial[e, c, 5], radial[e, c, 6], radial[e, c, 7], radial[e, c, 8], radial[e, c, 9]
+                i_hj_0_0_0_0 = up0_h[j_1, c, 0]
+                # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
+                i_c_0_0_0_0 = i_hj_0_0_0_0 * Y0_0
+                i_s_0_0_0_0 = i_c_0_0_0_0 * radial_0  # R[h0 x Y0 -> A0]
+                i_s_0_1_1_in_0 = i_hj_0_0_0_0 * radial_1  # R[h0 x Y1 -> A1]
+                i_s_0_1_1_0, i_s_0_1_1_1, i_s_0_1_1_2 = couple_0_1_1_868d3aee(i_s_0_1_1_in_0, Y1_0, Y1_1, Y1_2)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
+                i_s_0_2_2_in_0 = i_hj_0_0_0_0 * radial_2  # R[h0 x Y2 -> A2]
+                i_s_0_2_2_0, i_s_0_2_2_1, i_s_0_2_2_2, i_s_0_2_2_3, i_s_0_2_2_4 = couple_0_2_2_9fb7e40b(i_s_0_2_2_in_0, Y2_0, Y2_1, Y2_2, Y2_3, Y2_4)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
+                i_s_0_3_3_in_0 = i_hj_0_0_0_0 * radial_3  # R[h0 x Y3 -> A3]
+                i_s_0_3_3_0, i_s_0_3_3_1, i_s_0_3_3_2, i_s_0_3_3_3, i_s_0_3_3_4, i_s_0_3_3_5, i_s_0_3_3_6 = couple_0_3_3_97648347(i_s_0_3_3_in_0, Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
+                i_hj_1_0_1_0, i_hj_1_0_1_1, i_hj_1_0_1_2 = up1_h[j_1, c, 0], up1_h[j_1, c, 1], up1_h[j_1, c, 2]
+                i_c_1_0_1_0, i_c_1_0_1_1, i_c_1_0_1_2 = couple_1_0_1_6fa4cb35(i_hj_1_0_1_0, i_hj_1_0_1_1, i_hj_1_0_1_2, Y0_0)  # h1 x Y0 -> A1: 1 x 0 -> 1, even path, 3 nonzeros
+                i_s_1_0_1_0, i_s_1_0_1_1, i_s_1_0_1_2 = i_c_1_0_1_0 * radial_4, i_c_1_0_1_1 * radial_4, i_c_1_0_1_2 * radial_4  # R[h1 x Y0 -> A1]
+                # h1 x Y1 -> A0: 1 x 1 -> 0, even path, 3 nonzeros
+                i_c_1_1_0_0 = i_hj_1_0_1_0 * Y1_0 + i_hj_1_0_1_1 * Y1_1 + i_hj_1_0_1_2 * Y1_2
+                i_s_1_1_0_0 = i_c_1_1_0_0 * radial_5  # R[h1 x Y1 -> A0]
+                i_s_1_1_2_in_0, i_s_1_1_2_in_1, i_s_1_1_2_in_2 = i_hj_1_0_1_0 * radial_6, i_hj_1_0_1_1 * radial_6, i_hj_1_0_1_2 * radial_6  # R[h1 x Y1 -> A2]
+                i_s_1_1_2_0, i_s_1_1_2_1, i_s_1_1_2_2, i_s_1_1_2_3, i_s_1_1_2_4 = couple_1_1_2_688fbe13(i_s_1_1_2_in_0, i_s_1_1_2_in_1, i_s_1_1_2_in_2, Y1_0, Y1_1, Y1_2)  # h1 x Y1 -> A2: 1 x 1 -> 2, even path, 12 nonzeros
+                i_c_1_2_1_0, i_c_1_2_1_1, i_c_1_2_1_2 = couple_1_2_1_fdd41e7b(i_hj_1_0_1_0, i_hj_1_0_1_1, i_hj_1_0_1_2, Y2_0, Y2_1, Y2_2, Y2_3, Y2_4)  # h1 x Y2 -> A1: 1 x 2 -> 1, even path, 10 nonzeros
+                i_s_1_2_1_0, i_s_1_2_1_1, i_s_1_2_1_2 = i_c_1_2_1_0 * radial_7, i_c_1_2_1_1 * radial_7, i_c_1_2_1_2 * radial_7  # R[h1 x Y2 -> A1]
+                i_s_1_2_3_in_0, i_s_1_2_3_in_1, i_s_1_2_3_in_2 = i_hj_1_0_1_0 * radial_8, i_hj_1_0_1_1 * radial_8, i_hj_1_0_1_2 * radial_8  # R[h1 x Y2 -> A3]
+                i_s_1_2_3_0, i_s_1_2_3_1, i_s_1_2_3_2, i_s_1_2_3_3, i_s_1_2_3_4, i_s_1_2_3_5, i_s_1_2_3_6 = couple_1_2_3_221fec78(i_s_1_2_3_in_0, i_s_1_2_3_in_1, i_s_1_2_3_in_2, Y2_0, Y2_1, Y2_2, Y2_3, Y2_4)  # h1 x Y2 -> A3: 1 x 2 -> 3, even path, 25 nonzeros
+                i_s_1_3_2_in_0, i_s_1_3_2_in_1, i_s_1_3_2_in_2 = i_hj_1_0_1_0 * radial_9, i_hj_1_0_1_1 * radial_9, i_hj_1_0_1_2 * radial_9  # R[h1 x Y3 -> A2]
+                i_s_1_3_2_0, i_s_1_3_2_1, i_s_1_3_2_2, i_s_1_3_2_3, i_s_1_3_2_4 = couple_1_3_2_a58bb49f(i_s_1_3_2_in_0, i_s_1_3_2_in_1, i_s_1_3_2_in_2, Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6)  # h1 x Y3 -> A2: 1 x 3 -> 2, even path, 17 nonzeros
+                i_A0_edges_0 = i_s_0_0_0_0 + i_s_1_1_0_0
+                i_A0_0 = i_A0_0 + i_A0_edges_0
+                i_A1_edges_0, i_A1_edges_1, i_A1_edges_2 = i_s_0_1_1_0 + i_s_1_0_1_0 + i_s_1_2_1_0, i_s_0_1_1_1 + i_s_1_0_1_1 + i_s_1_2_1_1, i_s_0_1_1_2 + i_s_1_0_1_2 + i_s_1_2_1_2
+                i_A1_0, i_A1_1, i_A1_2 = i_A1_0 + i_A1_edges_0, i_A1_1 + i_A1_edges_1, i_A1_2 + i_A1_edges_2
+                i_A2_edges_0, i_A2_edges_1, i_A2_edges_2, i_A2_edges_3, i_A2_edges_4 = i_s_0_2_2_0 + i_s_1_1_2_0 + i_s_1_3_2_0, i_s_0_2_2_1 + i_s_1_1_2_1 + i_s_1_3_2_1, i_s_0_2_2_2 + i_s_1_1_2_2 + i_s_1_3_2_2, i_s_0_2_2_3 + i_s_1_1_2_3 + i_s_1_3_2_3, i_s_0_2_2_4 + i_s_1_1_2_4 + i_s_1_3_2_4
+                i_A2_0, i_A2_1, i_A2_2, i_A2_3, i_A2_4 = i_A2_0 + i_A2_edges_0, i_A2_1 + i_A2_edges_1, i_A2_2 + i_A2_edges_2, i_A2_3 + i_A2_edges_3, i_A2_4 + i_A2_edges_4
+                i_A3_edges_0, i_A3_edges_1, i_A3_edges_2, i_A3_edges_3, i_A3_edges_4, i_A3_edges_5, i_A3_edges_6 = i_s_0_3_3_0 + i_s_1_2_3_0, i_s_0_3_3_1 + i_s_1_2_3_1, i_s_0_3_3_2 + i_s_1_2_3_2, i_s_0_3_3_3 + i_s_1_2_3_3, i_s_0_3_3_4 + i_s_1_2_3_4, i_s_0_3_3_5 + i_s_1_2_3_5, i_s_0_3_3_6 + i_s_1_2_3_6
+                i_A3_0, i_A3_1, i_A3_2, i_A3_3, i_A3_4, i_A3_5, i_A3_6 = i_A3_0 + i_A3_edges_0, i_A3_1 + i_A3_edges_1, i_A3_2 + i_A3_edges_2, i_A3_3 + i_A3_edges_3, i_A3_4 + i_A3_edges_4, i_A3_5 + i_A3_edges_5, i_A3_6 + i_A3_edges_6
+                i_hj_0_0_0[e, c, 0] = i_hj_0_0_0_0
+                i_c_0_0_0[e, c, 0] = i_c_0_0_0_0
+                i_s_0_1_1_in[e, c, 0] = i_s_0_1_1_in_0
+                i_s_0_2_2_in[e, c, 0] = i_s_0_2_2_in_0
+                i_s_0_3_3_in[e, c, 0] = i_s_0_3_3_in_0
+                i_hj_1_0_1[e, c, 0], i_hj_1_0_1[e, c, 1], i_hj_1_0_1[e, c, 2] = i_hj_1_0_1_0, i_hj_1_0_1_1, i_hj_1_0_1_2
+                i_c_1_0_1[e, c, 0], i_c_1_0_1[e, c, 1], i_c_1_0_1[e, c, 2] = i_c_1_0_1_0, i_c_1_0_1_1, i_c_1_0_1_2
+                i_c_1_1_0[e, c, 0] = i_c_1_1_0_0
+                i_s_1_1_2_in[e, c, 0], i_s_1_1_2_in[e, c, 1], i_s_1_1_2_in[e, c, 2] = i_s_1_1_2_in_0, i_s_1_1_2_in_1, i_s_1_1_2_in_2
+                i_c_1_2_1[e, c, 0], i_c_1_2_1[e, c, 1], i_c_1_2_1[e, c, 2] = i_c_1_2_1_0, i_c_1_2_1_1, i_c_1_2_1_2
+                i_s_1_2_3_in[e, c, 0], i_s_1_2_3_in[e, c, 1], i_s_1_2_3_in[e, c, 2] = i_s_1_2_3_in_0, i_s_1_2_3_in_1, i_s_1_2_3_in_2
+                i_s_1_3_2_in[e, c, 0], i_s_1_3_2_in[e, c, 1], i_s_1_3_2_in[e, c, 2] = i_s_1_3_2_in_0, i_s_1_3_2_in_1, i_s_1_3_2_in_2
+            product_6 = product[n, c, 6]
+            g_p_B0_0_0 = g_p_B0_0[n, c, 0]
+            product_2, product_0 = product[n, c, 2], product[n, c, 0]
+            g_p_t6_1_0_0 = g_p_B0_0_0 * product_6  # adjoint of p_w6
+            g_p_t2_0_0_0 = g_p_B0_0_0 * product_2  # adjoint of p_w2
+            g_mixA0_A_7_0 = g_p_B0_0_0 * product_0  # adjoint of p_w0
+            i_A0[n, c, 0] = i_A0_0
+            i_A1[n, c, 0], i_A1[n, c, 1], i_A1[n, c, 2] = i_A1_0, i_A1_1, i_A1_2
+            i_A2[n, c, 0], i_A2[n, c, 1], i_A2[n, c, 2], i_A2[n, c, 3], i_A2[n, c, 4] = i_A2_0, i_A2_1, i_A2_2, i_A2_3, i_A2_4
+            i_A3[n, c, 0], i_A3[n, c, 1], i_A3[n, c, 2], i_A3[n, c, 3], i_A3[n, c, 4], i_A3[n, c, 5], i_A3[n, c, 6] = i_A3_0, i_A3_1, i_A3_2, i_A3_3, i_A3_4, i_A3_5, i_A3_6
+            g_p_t6_1_0[n, c, 0] = g_p_t6_1_0_0
+            g_p_t2_0_0[n, c, 0] = g_p_t2_0_0_0
+            g_mixA0_A_7[n, c, 0] = g_mixA0_A_7_0
     return (i_hj_0_0_0, i_c_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_hj_1_0_1, i_c_1_0_1, i_c_1_1_0, i_s_1_1_2_in, i_c_1_2_1, i_s_1_2_3_in, i_s_1_3_2_in, i_A0, i_A1, i_A2, i_A3, g_p_t6_1_0, g_p_t2_0_0, g_mixA0_A_7)
 
 
@@ -1768,8 +2203,147 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
     g_Y0_3 = np.zeros((num_edges, 1), dtype)
     g_i_hj_0_0_0_4 = np.empty((num_edges, channels, 1), dtype)
     d_radial = np.empty((num_edges, channels, 10), dtype)
-    for block in prange((num_edges + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 57 ops; stores g_Y3_1, g_Y2_1, g_Y2_3, g_Y1_1, g_Y1_3, g_Y0_1, g_i_hj_1_0_1_6, g_Y3_3, g_Y2_5, g_Y1_5, g_Y0_3, g_i_hj_0_0_0_4, d_radial
-        _kernel_5da0ce1a09(np.int64(block), Y0, Y1, Y2, Y3, channels, d_radial, g_Y0_1, g_Y0_3, g_Y1_1, g_Y1_3, g_Y1_5, g_Y2_1, g_Y2_3, g_Y2_5, g_Y3_1, g_Y3_3, g_i_A0_0, g_i_A1_0, g_i_A2_0, g_i_A3_0, g_i_hj_0_0_0_4, g_i_hj_1_0_1_6, i_c_0_0_0, i_c_1_0_1, i_c_1_1_0, i_c_1_2_1, i_hj_0_0_0, i_hj_1_0_1, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_s_1_1_2_in, i_s_1_2_3_in, i_s_1_3_2_in, num_edges, radial, receivers)
+    # kernel 1 (per channel, phase 0): 57 ops; stores g_Y3_1, g_Y2_1, g_Y2_3, g_Y1_1, g_Y1_3, g_Y0_1, g_i_hj_1_0_1_6, g_Y3_3, g_Y2_5, g_Y1_5, g_Y0_3, g_i_hj_0_0_0_4, d_radial
+    for e in prange(num_edges):
+        for c in range(channels):
+            i_1 = receivers[e]
+            Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6 = Y3[e, 0], Y3[e, 1], Y3[e, 2], Y3[e, 3], Y3[e, 4], Y3[e, 5], Y3[e, 6]
+            i_s_1_3_2_in_0, i_s_1_3_2_in_1, i_s_1_3_2_in_2 = i_s_1_3_2_in[e, c, 0], i_s_1_3_2_in[e, c, 1], i_s_1_3_2_in[e, c, 2]
+            radial_9 = radial[e, c, 9]
+            i_hj_1_0_1_0, i_hj_1_0_1_1, i_hj_1_0_1_2 = i_hj_1_0_1[e, c, 0], i_hj_1_0_1[e, c, 1], i_hj_1_0_1[e, c, 2]
+            Y2_0, Y2_1, Y2_2, Y2_3, Y2_4 = Y2[e, 0], Y2[e, 1], Y2[e, 2], Y2[e, 3], Y2[e, 4]
+            i_s_1_2_3_in_0, i_s_1_2_3_in_1, i_s_1_2_3_in_2 = i_s_1_2_3_in[e, c, 0], i_s_1_2_3_in[e, c, 1], i_s_1_2_3_in[e, c, 2]
+            radial_8, radial_7 = radial[e, c, 8], radial[e, c, 7]
+            i_c_1_2_1_0, i_c_1_2_1_1, i_c_1_2_1_2 = i_c_1_2_1[e, c, 0], i_c_1_2_1[e, c, 1], i_c_1_2_1[e, c, 2]
+            Y1_0, Y1_1, Y1_2 = Y1[e, 0], Y1[e, 1], Y1[e, 2]
+            i_s_1_1_2_in_0, i_s_1_1_2_in_1, i_s_1_1_2_in_2 = i_s_1_1_2_in[e, c, 0], i_s_1_1_2_in[e, c, 1], i_s_1_1_2_in[e, c, 2]
+            radial_6, radial_5 = radial[e, c, 6], radial[e, c, 5]
+            i_c_1_1_0_0 = i_c_1_1_0[e, c, 0]
+            radial_4 = radial[e, c, 4]
+            i_c_1_0_1_0, i_c_1_0_1_1, i_c_1_0_1_2 = i_c_1_0_1[e, c, 0], i_c_1_0_1[e, c, 1], i_c_1_0_1[e, c, 2]
+            Y0_0 = Y0[e, 0]
+            i_s_0_3_3_in_0 = i_s_0_3_3_in[e, c, 0]
+            radial_3 = radial[e, c, 3]
+            i_hj_0_0_0_0 = i_hj_0_0_0[e, c, 0]
+            i_s_0_2_2_in_0 = i_s_0_2_2_in[e, c, 0]
+            radial_2 = radial[e, c, 2]
+            i_s_0_1_1_in_0 = i_s_0_1_1_in[e, c, 0]
+            radial_1, radial_0 = radial[e, c, 1], radial[e, c, 0]
+            i_c_0_0_0_0 = i_c_0_0_0[e, c, 0]
+            g_i_A3_edges_0_0, g_i_A3_edges_0_1, g_i_A3_edges_0_2, g_i_A3_edges_0_3, g_i_A3_edges_0_4, g_i_A3_edges_0_5, g_i_A3_edges_0_6 = g_i_A3_0[i_1, c, 0], g_i_A3_0[i_1, c, 1], g_i_A3_0[i_1, c, 2], g_i_A3_0[i_1, c, 3], g_i_A3_0[i_1, c, 4], g_i_A3_0[i_1, c, 5], g_i_A3_0[i_1, c, 6]
+            g_i_A2_edges_0_0, g_i_A2_edges_0_1, g_i_A2_edges_0_2, g_i_A2_edges_0_3, g_i_A2_edges_0_4 = g_i_A2_0[i_1, c, 0], g_i_A2_0[i_1, c, 1], g_i_A2_0[i_1, c, 2], g_i_A2_0[i_1, c, 3], g_i_A2_0[i_1, c, 4]
+            g_i_A1_edges_0_0, g_i_A1_edges_0_1, g_i_A1_edges_0_2 = g_i_A1_0[i_1, c, 0], g_i_A1_0[i_1, c, 1], g_i_A1_0[i_1, c, 2]
+            g_i_A0_edges_0_0 = g_i_A0_0[i_1, c, 0]
+            g_i_s_1_3_2_in_0_0, g_i_s_1_3_2_in_0_1, g_i_s_1_3_2_in_0_2 = couple_2_3_1_8295debc(g_i_A2_edges_0_0, g_i_A2_edges_0_1, g_i_A2_edges_0_2, g_i_A2_edges_0_3, g_i_A2_edges_0_4, Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6)  # adjoint (left) of i_s_1_3_2: h1 x Y3 -> A2: table transpose-left of 1x3->2, ranks 2, 3 -> 1, 17 nonzeros
+            g_Y3_0_0, g_Y3_0_1, g_Y3_0_2, g_Y3_0_3, g_Y3_0_4, g_Y3_0_5, g_Y3_0_6 = couple_1_2_3_df34963a(i_s_1_3_2_in_0, i_s_1_3_2_in_1, i_s_1_3_2_in_2, g_i_A2_edges_0_0, g_i_A2_edges_0_1, g_i_A2_edges_0_2, g_i_A2_edges_0_3, g_i_A2_edges_0_4)  # adjoint (right) of i_s_1_3_2: h1 x Y3 -> A2: table transpose-right of 1x3->2, ranks 1, 2 -> 3, 17 nonzeros
+            g_Y3_1[e, 0] += g_Y3_0_0  # sum over channels
+            g_Y3_1[e, 1] += g_Y3_0_1
+            g_Y3_1[e, 2] += g_Y3_0_2
+            g_Y3_1[e, 3] += g_Y3_0_3
+            g_Y3_1[e, 4] += g_Y3_0_4
+            g_Y3_1[e, 5] += g_Y3_0_5
+            g_Y3_1[e, 6] += g_Y3_0_6
+            g_i_hj_1_0_1_0_0, g_i_hj_1_0_1_0_1, g_i_hj_1_0_1_0_2 = g_i_s_1_3_2_in_0_0 * radial_9, g_i_s_1_3_2_in_0_1 * radial_9, g_i_s_1_3_2_in_0_2 * radial_9  # adjoint of i_s_1_3_2_in
+            # d radial[9] from i_s_1_3_2_in: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
+            g_radial9_0_0 = g_i_s_1_3_2_in_0_0 * i_hj_1_0_1_0 + g_i_s_1_3_2_in_0_1 * i_hj_1_0_1_1 + g_i_s_1_3_2_in_0_2 * i_hj_1_0_1_2
+            g_i_s_1_2_3_in_0_0, g_i_s_1_2_3_in_0_1, g_i_s_1_2_3_in_0_2 = couple_3_2_1_0c63d5ab(g_i_A3_edges_0_0, g_i_A3_edges_0_1, g_i_A3_edges_0_2, g_i_A3_edges_0_3, g_i_A3_edges_0_4, g_i_A3_edges_0_5, g_i_A3_edges_0_6, Y2_0, Y2_1, Y2_2, Y2_3, Y2_4)  # adjoint (left) of i_s_1_2_3: h1 x Y2 -> A3: table transpose-left of 1x2->3, ranks 3, 2 -> 1, 25 nonzeros
+            g_Y2_0_0, g_Y2_0_1, g_Y2_0_2, g_Y2_0_3, g_Y2_0_4 = couple_1_3_2_c1277798(i_s_1_2_3_in_0, i_s_1_2_3_in_1, i_s_1_2_3_in_2, g_i_A3_edges_0_0, g_i_A3_edges_0_1, g_i_A3_edges_0_2, g_i_A3_edges_0_3, g_i_A3_edges_0_4, g_i_A3_edges_0_5, g_i_A3_edges_0_6)  # adjoint (right) of i_s_1_2_3: h1 x Y2 -> A3: table transpose-right of 1x2->3, ranks 1, 3 -> 2, 25 nonzeros
+            g_Y2_1[e, 0] += g_Y2_0_0  # sum over channels
+            g_Y2_1[e, 1] += g_Y2_0_1
+            g_Y2_1[e, 2] += g_Y2_0_2
+            g_Y2_1[e, 3] += g_Y2_0_3
+            g_Y2_1[e, 4] += g_Y2_0_4
+            g_i_hj_1_0_1_1_0, g_i_hj_1_0_1_1_1, g_i_hj_1_0_1_1_2 = g_i_s_1_2_3_in_0_0 * radial_8, g_i_s_1_2_3_in_0_1 * radial_8, g_i_s_1_2_3_in_0_2 * radial_8  # adjoint of i_s_1_2_3_in
+            # d radial[8] from i_s_1_2_3_in: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
+            g_radial8_0_0 = g_i_s_1_2_3_in_0_0 * i_hj_1_0_1_0 + g_i_s_1_2_3_in_0_1 * i_hj_1_0_1_1 + g_i_s_1_2_3_in_0_2 * i_hj_1_0_1_2
+            g_i_c_1_2_1_0_0, g_i_c_1_2_1_0_1, g_i_c_1_2_1_0_2 = g_i_A1_edges_0_0 * radial_7, g_i_A1_edges_0_1 * radial_7, g_i_A1_edges_0_2 * radial_7  # adjoint of i_s_1_2_1
+            # d radial[7] from i_s_1_2_1: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
+            g_radial7_0_0 = g_i_A1_edges_0_0 * i_c_1_2_1_0 + g_i_A1_edges_0_1 * i_c_1_2_1_1 + g_i_A1_edges_0_2 * i_c_1_2_1_2
+            g_i_hj_1_0_1_2_0, g_i_hj_1_0_1_2_1, g_i_hj_1_0_1_2_2 = couple_1_2_1_fdd41e7b(g_i_c_1_2_1_0_0, g_i_c_1_2_1_0_1, g_i_c_1_2_1_0_2, Y2_0, Y2_1, Y2_2, Y2_3, Y2_4)  # adjoint (left) of i_c_1_2_1: h1 x Y2 -> A1: table transpose-left of 1x2->1, ranks 1, 2 -> 1, 10 nonzeros
+            g_Y2_2_0, g_Y2_2_1, g_Y2_2_2, g_Y2_2_3, g_Y2_2_4 = couple_1_1_2_69ca0997(i_hj_1_0_1_0, i_hj_1_0_1_1, i_hj_1_0_1_2, g_i_c_1_2_1_0_0, g_i_c_1_2_1_0_1, g_i_c_1_2_1_0_2)  # adjoint (right) of i_c_1_2_1: h1 x Y2 -> A1: table transpose-right of 1x2->1, ranks 1, 1 -> 2, 10 nonzeros
+            g_Y2_3[e, 0] += g_Y2_2_0  # sum over channels
+            g_Y2_3[e, 1] += g_Y2_2_1
+            g_Y2_3[e, 2] += g_Y2_2_2
+            g_Y2_3[e, 3] += g_Y2_2_3
+            g_Y2_3[e, 4] += g_Y2_2_4
+            g_i_s_1_1_2_in_0_0, g_i_s_1_1_2_in_0_1, g_i_s_1_1_2_in_0_2 = couple_2_1_1_d0e6e803(g_i_A2_edges_0_0, g_i_A2_edges_0_1, g_i_A2_edges_0_2, g_i_A2_edges_0_3, g_i_A2_edges_0_4, Y1_0, Y1_1, Y1_2)  # adjoint (left) of i_s_1_1_2: h1 x Y1 -> A2: table transpose-left of 1x1->2, ranks 2, 1 -> 1, 12 nonzeros
+            g_Y1_0_0, g_Y1_0_1, g_Y1_0_2 = couple_1_2_1_a97b32d1(i_s_1_1_2_in_0, i_s_1_1_2_in_1, i_s_1_1_2_in_2, g_i_A2_edges_0_0, g_i_A2_edges_0_1, g_i_A2_edges_0_2, g_i_A2_edges_0_3, g_i_A2_edges_0_4)  # adjoint (right) of i_s_1_1_2: h1 x Y1 -> A2: table transpose-right of 1x1->2, ranks 1, 2 -> 1, 12 nonzeros
+            g_Y1_1[e, 0] += g_Y1_0_0  # sum over channels
+            g_Y1_1[e, 1] += g_Y1_0_1
+            g_Y1_1[e, 2] += g_Y1_0_2
+            g_i_hj_1_0_1_3_0, g_i_hj_1_0_1_3_1, g_i_hj_1_0_1_3_2 = g_i_s_1_1_2_in_0_0 * radial_6, g_i_s_1_1_2_in_0_1 * radial_6, g_i_s_1_1_2_in_0_2 * radial_6  # adjoint of i_s_1_1_2_in
+            # d radial[6] from i_s_1_1_2_in: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
+            g_radial6_0_0 = g_i_s_1_1_2_in_0_0 * i_hj_1_0_1_0 + g_i_s_1_1_2_in_0_1 * i_hj_1_0_1_1 + g_i_s_1_1_2_in_0_2 * i_hj_1_0_1_2
+            g_i_c_1_1_0_0_0 = g_i_A0_edges_0_0 * radial_5  # adjoint of i_s_1_1_0
+            # d radial[5] from i_s_1_1_0: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+            g_radial5_0_0 = g_i_A0_edges_0_0 * i_c_1_1_0_0
+            g_i_hj_1_0_1_4_0, g_i_hj_1_0_1_4_1, g_i_hj_1_0_1_4_2 = couple_0_1_1_868d3aee(g_i_c_1_1_0_0_0, Y1_0, Y1_1, Y1_2)  # adjoint (left) of i_c_1_1_0: h1 x Y1 -> A0: table transpose-left of 1x1->0, ranks 0, 1 -> 1, 3 nonzeros
+            g_Y1_2_0, g_Y1_2_1, g_Y1_2_2 = couple_1_0_1_6fa4cb35(i_hj_1_0_1_0, i_hj_1_0_1_1, i_hj_1_0_1_2, g_i_c_1_1_0_0_0)  # adjoint (right) of i_c_1_1_0: h1 x Y1 -> A0: table transpose-right of 1x1->0, ranks 1, 0 -> 1, 3 nonzeros
+            g_Y1_3[e, 0] += g_Y1_2_0  # sum over channels
+            g_Y1_3[e, 1] += g_Y1_2_1
+            g_Y1_3[e, 2] += g_Y1_2_2
+            g_i_c_1_0_1_0_0, g_i_c_1_0_1_0_1, g_i_c_1_0_1_0_2 = g_i_A1_edges_0_0 * radial_4, g_i_A1_edges_0_1 * radial_4, g_i_A1_edges_0_2 * radial_4  # adjoint of i_s_1_0_1
+            # d radial[4] from i_s_1_0_1: table pairing 1, ranks 1, 1 -> 0, 3 nonzeros
+            g_radial4_0_0 = g_i_A1_edges_0_0 * i_c_1_0_1_0 + g_i_A1_edges_0_1 * i_c_1_0_1_1 + g_i_A1_edges_0_2 * i_c_1_0_1_2
+            g_i_hj_1_0_1_5_0, g_i_hj_1_0_1_5_1, g_i_hj_1_0_1_5_2 = couple_1_0_1_6fa4cb35(g_i_c_1_0_1_0_0, g_i_c_1_0_1_0_1, g_i_c_1_0_1_0_2, Y0_0)  # adjoint (left) of i_c_1_0_1: h1 x Y0 -> A1: table transpose-left of 1x0->1, ranks 1, 0 -> 1, 3 nonzeros
+            # adjoint (right) of i_c_1_0_1: h1 x Y0 -> A1: table transpose-right of 1x0->1, ranks 1, 1 -> 0, 3 nonzeros
+            g_Y0_0_0 = i_hj_1_0_1_0 * g_i_c_1_0_1_0_0 + i_hj_1_0_1_1 * g_i_c_1_0_1_0_1 + i_hj_1_0_1_2 * g_i_c_1_0_1_0_2
+            g_Y0_1[e, 0] += g_Y0_0_0  # sum over channels
+            g_i_hj_1_0_1_6_0, g_i_hj_1_0_1_6_1, g_i_hj_1_0_1_6_2 = g_i_hj_1_0_1_0_0 + g_i_hj_1_0_1_1_0 + g_i_hj_1_0_1_2_0 + g_i_hj_1_0_1_3_0 + g_i_hj_1_0_1_4_0 + g_i_hj_1_0_1_5_0, g_i_hj_1_0_1_0_1 + g_i_hj_1_0_1_1_1 + g_i_hj_1_0_1_2_1 + g_i_hj_1_0_1_3_1 + g_i_hj_1_0_1_4_1 + g_i_hj_1_0_1_5_1, g_i_hj_1_0_1_0_2 + g_i_hj_1_0_1_1_2 + g_i_hj_1_0_1_2_2 + g_i_hj_1_0_1_3_2 + g_i_hj_1_0_1_4_2 + g_i_hj_1_0_1_5_2
+            g_i_s_0_3_3_in_0_0 = couple_3_3_0_8403a3e4(g_i_A3_edges_0_0, g_i_A3_edges_0_1, g_i_A3_edges_0_2, g_i_A3_edges_0_3, g_i_A3_edges_0_4, g_i_A3_edges_0_5, g_i_A3_edges_0_6, Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6)  # adjoint (left) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-left of 0x3->3, ranks 3, 3 -> 0, 7 nonzeros
+            g_Y3_2_0, g_Y3_2_1, g_Y3_2_2, g_Y3_2_3, g_Y3_2_4, g_Y3_2_5, g_Y3_2_6 = couple_0_3_3_97648347(i_s_0_3_3_in_0, g_i_A3_edges_0_0, g_i_A3_edges_0_1, g_i_A3_edges_0_2, g_i_A3_edges_0_3, g_i_A3_edges_0_4, g_i_A3_edges_0_5, g_i_A3_edges_0_6)  # adjoint (right) of i_s_0_3_3: h0 x Y3 -> A3: table transpose-right of 0x3->3, ranks 0, 3 -> 3, 7 nonzeros
+            g_Y3_3[e, 0] += g_Y3_2_0  # sum over channels
+            g_Y3_3[e, 1] += g_Y3_2_1
+            g_Y3_3[e, 2] += g_Y3_2_2
+            g_Y3_3[e, 3] += g_Y3_2_3
+            g_Y3_3[e, 4] += g_Y3_2_4
+            g_Y3_3[e, 5] += g_Y3_2_5
+            g_Y3_3[e, 6] += g_Y3_2_6
+            g_i_hj_0_0_0_0_0 = g_i_s_0_3_3_in_0_0 * radial_3  # adjoint of i_s_0_3_3_in
+            # d radial[3] from i_s_0_3_3_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+            g_radial3_0_0 = g_i_s_0_3_3_in_0_0 * i_hj_0_0_0_0
+            g_i_s_0_2_2_in_0_0 = couple_2_2_0_c69581e7(g_i_A2_edges_0_0, g_i_A2_edges_0_1, g_i_A2_edges_0_2, g_i_A2_edges_0_3, g_i_A2_edges_0_4, Y2_0, Y2_1, Y2_2, Y2_3, Y2_4)  # adjoint (left) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-left of 0x2->2, ranks 2, 2 -> 0, 5 nonzeros
+            g_Y2_4_0, g_Y2_4_1, g_Y2_4_2, g_Y2_4_3, g_Y2_4_4 = couple_0_2_2_9fb7e40b(i_s_0_2_2_in_0, g_i_A2_edges_0_0, g_i_A2_edges_0_1, g_i_A2_edges_0_2, g_i_A2_edges_0_3, g_i_A2_edges_0_4)  # adjoint (right) of i_s_0_2_2: h0 x Y2 -> A2: table transpose-right of 0x2->2, ranks 0, 2 -> 2, 5 nonzeros
+            g_Y2_5[e, 0] += g_Y2_4_0  # sum over channels
+            g_Y2_5[e, 1] += g_Y2_4_1
+            g_Y2_5[e, 2] += g_Y2_4_2
+            g_Y2_5[e, 3] += g_Y2_4_3
+            g_Y2_5[e, 4] += g_Y2_4_4
+            g_i_hj_0_0_0_1_0 = g_i_s_0_2_2_in_0_0 * radial_2  # adjoint of i_s_0_2_2_in
+            # d radial[2] from i_s_0_2_2_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+            g_radial2_0_0 = g_i_s_0_2_2_in_0_0 * i_hj_0_0_0_0
+            # adjoint (left) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-left of 0x1->1, ranks 1, 1 -> 0, 3 nonzeros
+            g_i_s_0_1_1_in_0_0 = g_i_A1_edges_0_0 * Y1_0 + g_i_A1_edges_0_1 * Y1_1 + g_i_A1_edges_0_2 * Y1_2
+            g_Y1_4_0, g_Y1_4_1, g_Y1_4_2 = couple_0_1_1_868d3aee(i_s_0_1_1_in_0, g_i_A1_edges_0_0, g_i_A1_edges_0_1, g_i_A1_edges_0_2)  # adjoint (right) of i_s_0_1_1: h0 x Y1 -> A1: table transpose-right of 0x1->1, ranks 0, 1 -> 1, 3 nonzeros
+            g_Y1_5[e, 0] += g_Y1_4_0  # sum over channels
+            g_Y1_5[e, 1] += g_Y1_4_1
+            g_Y1_5[e, 2] += g_Y1_4_2
+            g_i_hj_0_0_0_2_0 = g_i_s_0_1_1_in_0_0 * radial_1  # adjoint of i_s_0_1_1_in
+            # d radial[1] from i_s_0_1_1_in: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+            g_radial1_0_0 = g_i_s_0_1_1_in_0_0 * i_hj_0_0_0_0
+            g_i_c_0_0_0_0_0 = g_i_A0_edges_0_0 * radial_0  # adjoint of i_s_0_0_0
+            # d radial[0] from i_s_0_0_0: table pairing 0, ranks 0, 0 -> 0, 1 nonzeros
+            g_radial0_0_0 = g_i_A0_edges_0_0 * i_c_0_0_0_0
+            # adjoint (left) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-left of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+            g_i_hj_0_0_0_3_0 = g_i_c_0_0_0_0_0 * Y0_0
+            # adjoint (right) of i_c_0_0_0: h0 x Y0 -> A0: table transpose-right of 0x0->0, ranks 0, 0 -> 0, 1 nonzeros
+            g_Y0_2_0 = i_hj_0_0_0_0 * g_i_c_0_0_0_0_0
+            g_Y0_3[e, 0] += g_Y0_2_0  # sum over channels
+            g_i_hj_0_0_0_4_0 = g_i_hj_0_0_0_0_0 + g_i_hj_0_0_0_1_0 + g_i_hj_0_0_0_2_0 + g_i_hj_0_0_0_3_0
+            # d_radial: weight-shaped adjoint of radial
+            d_radial_0 = g_radial0_0_0
+            d_radial_1 = g_radial1_0_0
+            d_radial_2 = g_radial2_0_0
+            d_radial_3 = g_radial3_0_0
+            d_radial_4 = g_radial4_0_0
+            d_radial_5 = g_radial5_0_0
+            d_radial_6 = g_radial6_0_0
+            d_radial_7 = g_radial7_0_0
+            d_radial_8 = g_radial8_0_0
+            d_radial_9 = g_radial9_0_0
+            g_i_hj_1_0_1_6[e, c, 0], g_i_hj_1_0_1_6[e, c, 1], g_i_hj_1_0_1_6[e, c, 2] = g_i_hj_1_0_1_6_0, g_i_hj_1_0_1_6_1, g_i_hj_1_0_1_6_2
+            g_i_hj_0_0_0_4[e, c, 0] = g_i_hj_0_0_0_4_0
+            d_radial[e, c, 0], d_radial[e, c, 1], d_radial[e, c, 2], d_radial[e, c, 3], d_radial[e, c, 4], d_radial[e, c, 5], d_radial[e, c, 6], d_radial[e, c, 7], d_radial[e, c, 8], d_radial[e, c, 9] = d_radial_0, d_radial_1, d_radial_2, d_radial_3, d_radial_4, d_radial_5, d_radial_6, d_radial_7, d_radial_8, d_radial_9
     d_Y0 = np.empty((num_edges, 1), dtype)
     d_Y1 = np.empty((num_edges, 3), dtype)
     d_Y2 = np.empty((num_edges, 5), dtype)
@@ -1826,8 +2400,23 @@ def layer_01_0_reverse_k6(g_i_A3_0, g_i_A2_0, g_i_A1_0, g_i_A0_0, Y3, i_s_1_3_2_
         d_Y3[e, 0], d_Y3[e, 1], d_Y3[e, 2], d_Y3[e, 3], d_Y3[e, 4], d_Y3[e, 5], d_Y3[e, 6] = d_Y3_0, d_Y3_1, d_Y3_2, d_Y3_3, d_Y3_4, d_Y3_5, d_Y3_6
     g_up1_h_0 = np.empty((num_nodes, channels, 3), dtype)
     g_up0_h_0 = np.empty((num_nodes, channels, 1), dtype)
-    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 3 (per channel, phase 1): 2 ops; stores g_up1_h_0, g_up0_h_0
-        _kernel_64b475a4a4(np.int64(block), g_i_hj_0_0_0_4, g_i_hj_1_0_1_6, g_up0_h_0, g_up1_h_0, num_nodes, sender_offsets, sender_order)
+    # kernel 3 (per channel, phase 1): 2 ops; stores g_up1_h_0, g_up0_h_0
+    for n in prange(num_nodes):
+        for c in range(channels):
+            g_up1_h_0_0 = 0.0
+            g_up1_h_0_1 = 0.0
+            g_up1_h_0_2 = 0.0
+            for k_1 in range(sender_offsets[n], sender_offsets[n + 1]):  # edges sent by n
+                es = sender_order[k_1]
+                g_up1_h_0_0 += g_i_hj_1_0_1_6[es, c, 0]
+                g_up1_h_0_1 += g_i_hj_1_0_1_6[es, c, 1]
+                g_up1_h_0_2 += g_i_hj_1_0_1_6[es, c, 2]
+            g_up0_h_0_0 = 0.0
+            for k_2 in range(sender_offsets[n], sender_offsets[n + 1]):  # edges sent by n
+                es_1 = sender_order[k_2]
+                g_up0_h_0_0 += g_i_hj_0_0_0_4[es_1, c, 0]
+            g_up1_h_0[n, c, 0], g_up1_h_0[n, c, 1], g_up1_h_0[n, c, 2] = g_up1_h_0_0, g_up1_h_0_1, g_up1_h_0_2
+            g_up0_h_0[n, c, 0] = g_up0_h_0_0
     return (g_up1_h_0, g_up0_h_0, d_Y0, d_Y1, d_Y2, d_Y3, d_radial)
 
 
@@ -1950,8 +2539,90 @@ def layer_01_01_reverse_k2(up0_h, Y0, Y1, Y2, Y3, up1_h, g_p_B1_0, g_p_B0_0, rad
     g_p_t6_1_0 = np.empty((num_nodes, channels, 1), dtype)
     g_p_t2_0_1 = np.empty((num_nodes, channels, 1), dtype)
     g_mixA0_A_8 = np.empty((num_nodes, channels, 1), dtype)
-    for block in prange((num_nodes + 15) // 16):  # 16 items per call; kernel 1 (per channel, phase 0): 37 ops; stores i_hj_0_0_0, i_c_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_hj_1_0_1, i_c_1_0_1, i_c_1_1_0, i_s_1_1_2_in, i_c_1_2_1, i_s_1_2_3_in, i_s_1_3_2_in, i_A0, i_A1, i_A2, i_A3, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_mixA1_A_6, g_p_t6_1_0, g_p_t2_0_1, g_mixA0_A_8
-        _kernel_8e97ce2650(np.int64(block), Y0, Y1, Y2, Y3, channels, g_mixA0_A_8, g_mixA1_A_6, g_p_B0_0, g_p_B1_0, g_p_t23_1_0, g_p_t25_1_0, g_p_t27_1_0, g_p_t2_0_1, g_p_t6_1_0, i_A0, i_A1, i_A2, i_A3, i_c_0_0_0, i_c_1_0_1, i_c_1_1_0, i_c_1_2_1, i_hj_0_0_0, i_hj_1_0_1, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_s_1_1_2_in, i_s_1_2_3_in, i_s_1_3_2_in, num_nodes, product, radial, receiver_offsets, senders, up0_h, up1_h)
+    # kernel 1 (per channel, phase 0): 37 ops; stores i_hj_0_0_0, i_c_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_hj_1_0_1, i_c_1_0_1, i_c_1_1_0, i_s_1_1_2_in, i_c_1_2_1, i_s_1_2_3_in, i_s_1_3_2_in, i_A0, i_A1, i_A2, i_A3, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_mixA1_A_6, g_p_t6_1_0, g_p_t2_0_1, g_mixA0_A_8
+    for n in prange(num_nodes):  # edges of n: receiver_offsets[n]:receiver_offsets[n + 1]
+        for c in range(channels):
+            i_A0_0 = 0.0
+            i_A1_0 = i_A1_1 = i_A1_2 = 0.0
+            i_A2_0 = i_A2_1 = i_A2_2 = i_A2_3 = i_A2_4 = 0.0
+            i_A3_0 = i_A3_1 = i_A3_2 = i_A3_3 = i_A3_4 = i_A3_5 = i_A3_6 = 0.0
+            for e in range(receiver_offsets[n], receiver_offsets[n + 1]):
+                j_1 = senders[e]
+                Y0_0 = Y0[e, 0]
+                radial_0, radial_1 = radial[e, c, 0], radial[e, c, 1]
+                Y1_0, Y1_1, Y1_2 = Y1[e, 0], Y1[e, 1], Y1[e, 2]
+                radial_2 = radial[e, c, 2]
+                Y2_0, Y2_1, Y2_2, Y2_3, Y2_4 = Y2[e, 0], Y2[e, 1], Y2[e, 2], Y2[e, 3], Y2[e, 4]
+                radial_3 = radial[e, c, 3]
+                Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6 = Y3[e, 0], Y3[e, 1], Y3[e, 2], Y3[e, 3], Y3[e, 4], Y3[e, 5], Y3[e, 6]
+                radial_4, radial_5, radial_6, radial_7, radial_8, radial_9 = radial[e, c, 4], radial[e, c, 5], radial[e, c, 6], radial[e, c, 7], radial[e, c, 8], radial[e, c, 9]
+                i_hj_0_0_0_0 = up0_h[j_1, c, 0]
+                # h0 x Y0 -> A0: 0 x 0 -> 0, even path, 1 nonzeros
+                i_c_0_0_0_0 = i_hj_0_0_0_0 * Y0_0
+                i_s_0_0_0_0 = i_c_0_0_0_0 * radial_0  # R[h0 x Y0 -> A0]
+                i_s_0_1_1_in_0 = i_hj_0_0_0_0 * radial_1  # R[h0 x Y1 -> A1]
+                i_s_0_1_1_0, i_s_0_1_1_1, i_s_0_1_1_2 = couple_0_1_1_868d3aee(i_s_0_1_1_in_0, Y1_0, Y1_1, Y1_2)  # h0 x Y1 -> A1: 0 x 1 -> 1, even path, 3 nonzeros
+                i_s_0_2_2_in_0 = i_hj_0_0_0_0 * radial_2  # R[h0 x Y2 -> A2]
+                i_s_0_2_2_0, i_s_0_2_2_1, i_s_0_2_2_2, i_s_0_2_2_3, i_s_0_2_2_4 = couple_0_2_2_9fb7e40b(i_s_0_2_2_in_0, Y2_0, Y2_1, Y2_2, Y2_3, Y2_4)  # h0 x Y2 -> A2: 0 x 2 -> 2, even path, 5 nonzeros
+                i_s_0_3_3_in_0 = i_hj_0_0_0_0 * radial_3  # R[h0 x Y3 -> A3]
+                i_s_0_3_3_0, i_s_0_3_3_1, i_s_0_3_3_2, i_s_0_3_3_3, i_s_0_3_3_4, i_s_0_3_3_5, i_s_0_3_3_6 = couple_0_3_3_97648347(i_s_0_3_3_in_0, Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6)  # h0 x Y3 -> A3: 0 x 3 -> 3, even path, 7 nonzeros
+                i_hj_1_0_1_0, i_hj_1_0_1_1, i_hj_1_0_1_2 = up1_h[j_1, c, 0], up1_h[j_1, c, 1], up1_h[j_1, c, 2]
+                i_c_1_0_1_0, i_c_1_0_1_1, i_c_1_0_1_2 = couple_1_0_1_6fa4cb35(i_hj_1_0_1_0, i_hj_1_0_1_1, i_hj_1_0_1_2, Y0_0)  # h1 x Y0 -> A1: 1 x 0 -> 1, even path, 3 nonzeros
+                i_s_1_0_1_0, i_s_1_0_1_1, i_s_1_0_1_2 = i_c_1_0_1_0 * radial_4, i_c_1_0_1_1 * radial_4, i_c_1_0_1_2 * radial_4  # R[h1 x Y0 -> A1]
+                # h1 x Y1 -> A0: 1 x 1 -> 0, even path, 3 nonzeros
+                i_c_1_1_0_0 = i_hj_1_0_1_0 * Y1_0 + i_hj_1_0_1_1 * Y1_1 + i_hj_1_0_1_2 * Y1_2
+                i_s_1_1_0_0 = i_c_1_1_0_0 * radial_5  # R[h1 x Y1 -> A0]
+                i_s_1_1_2_in_0, i_s_1_1_2_in_1, i_s_1_1_2_in_2 = i_hj_1_0_1_0 * radial_6, i_hj_1_0_1_1 * radial_6, i_hj_1_0_1_2 * radial_6  # R[h1 x Y1 -> A2]
+                i_s_1_1_2_0, i_s_1_1_2_1, i_s_1_1_2_2, i_s_1_1_2_3, i_s_1_1_2_4 = couple_1_1_2_688fbe13(i_s_1_1_2_in_0, i_s_1_1_2_in_1, i_s_1_1_2_in_2, Y1_0, Y1_1, Y1_2)  # h1 x Y1 -> A2: 1 x 1 -> 2, even path, 12 nonzeros
+                i_c_1_2_1_0, i_c_1_2_1_1, i_c_1_2_1_2 = couple_1_2_1_fdd41e7b(i_hj_1_0_1_0, i_hj_1_0_1_1, i_hj_1_0_1_2, Y2_0, Y2_1, Y2_2, Y2_3, Y2_4)  # h1 x Y2 -> A1: 1 x 2 -> 1, even path, 10 nonzeros
+                i_s_1_2_1_0, i_s_1_2_1_1, i_s_1_2_1_2 = i_c_1_2_1_0 * radial_7, i_c_1_2_1_1 * radial_7, i_c_1_2_1_2 * radial_7  # R[h1 x Y2 -> A1]
+                i_s_1_2_3_in_0, i_s_1_2_3_in_1, i_s_1_2_3_in_2 = i_hj_1_0_1_0 * radial_8, i_hj_1_0_1_1 * radial_8, i_hj_1_0_1_2 * radial_8  # R[h1 x Y2 -> A3]
+                i_s_1_2_3_0, i_s_1_2_3_1, i_s_1_2_3_2, i_s_1_2_3_3, i_s_1_2_3_4, i_s_1_2_3_5, i_s_1_2_3_6 = couple_1_2_3_221fec78(i_s_1_2_3_in_0, i_s_1_2_3_in_1, i_s_1_2_3_in_2, Y2_0, Y2_1, Y2_2, Y2_3, Y2_4)  # h1 x Y2 -> A3: 1 x 2 -> 3, even path, 25 nonzeros
+                i_s_1_3_2_in_0, i_s_1_3_2_in_1, i_s_1_3_2_in_2 = i_hj_1_0_1_0 * radial_9, i_hj_1_0_1_1 * radial_9, i_hj_1_0_1_2 * radial_9  # R[h1 x Y3 -> A2]
+                i_s_1_3_2_0, i_s_1_3_2_1, i_s_1_3_2_2, i_s_1_3_2_3, i_s_1_3_2_4 = couple_1_3_2_a58bb49f(i_s_1_3_2_in_0, i_s_1_3_2_in_1, i_s_1_3_2_in_2, Y3_0, Y3_1, Y3_2, Y3_3, Y3_4, Y3_5, Y3_6)  # h1 x Y3 -> A2: 1 x 3 -> 2, even path, 17 nonzeros
+                i_A0_edges_0 = i_s_0_0_0_0 + i_s_1_1_0_0
+                i_A0_0 = i_A0_0 + i_A0_edges_0
+                i_A1_edges_0, i_A1_edges_1, i_A1_edges_2 = i_s_0_1_1_0 + i_s_1_0_1_0 + i_s_1_2_1_0, i_s_0_1_1_1 + i_s_1_0_1_1 + i_s_1_2_1_1, i_s_0_1_1_2 + i_s_1_0_1_2 + i_s_1_2_1_2
+                i_A1_0, i_A1_1, i_A1_2 = i_A1_0 + i_A1_edges_0, i_A1_1 + i_A1_edges_1, i_A1_2 + i_A1_edges_2
+                i_A2_edges_0, i_A2_edges_1, i_A2_edges_2, i_A2_edges_3, i_A2_edges_4 = i_s_0_2_2_0 + i_s_1_1_2_0 + i_s_1_3_2_0, i_s_0_2_2_1 + i_s_1_1_2_1 + i_s_1_3_2_1, i_s_0_2_2_2 + i_s_1_1_2_2 + i_s_1_3_2_2, i_s_0_2_2_3 + i_s_1_1_2_3 + i_s_1_3_2_3, i_s_0_2_2_4 + i_s_1_1_2_4 + i_s_1_3_2_4
+                i_A2_0, i_A2_1, i_A2_2, i_A2_3, i_A2_4 = i_A2_0 + i_A2_edges_0, i_A2_1 + i_A2_edges_1, i_A2_2 + i_A2_edges_2, i_A2_3 + i_A2_edges_3, i_A2_4 + i_A2_edges_4
+                i_A3_edges_0, i_A3_edges_1, i_A3_edges_2, i_A3_edges_3, i_A3_edges_4, i_A3_edges_5, i_A3_edges_6 = i_s_0_3_3_0 + i_s_1_2_3_0, i_s_0_3_3_1 + i_s_1_2_3_1, i_s_0_3_3_2 + i_s_1_2_3_2, i_s_0_3_3_3 + i_s_1_2_3_3, i_s_0_3_3_4 + i_s_1_2_3_4, i_s_0_3_3_5 + i_s_1_2_3_5, i_s_0_3_3_6 + i_s_1_2_3_6
+                i_A3_0, i_A3_1, i_A3_2, i_A3_3, i_A3_4, i_A3_5, i_A3_6 = i_A3_0 + i_A3_edges_0, i_A3_1 + i_A3_edges_1, i_A3_2 + i_A3_edges_2, i_A3_3 + i_A3_edges_3, i_A3_4 + i_A3_edges_4, i_A3_5 + i_A3_edges_5, i_A3_6 + i_A3_edges_6
+                i_hj_0_0_0[e, c, 0] = i_hj_0_0_0_0
+                i_c_0_0_0[e, c, 0] = i_c_0_0_0_0
+                i_s_0_1_1_in[e, c, 0] = i_s_0_1_1_in_0
+                i_s_0_2_2_in[e, c, 0] = i_s_0_2_2_in_0
+                i_s_0_3_3_in[e, c, 0] = i_s_0_3_3_in_0
+                i_hj_1_0_1[e, c, 0], i_hj_1_0_1[e, c, 1], i_hj_1_0_1[e, c, 2] = i_hj_1_0_1_0, i_hj_1_0_1_1, i_hj_1_0_1_2
+                i_c_1_0_1[e, c, 0], i_c_1_0_1[e, c, 1], i_c_1_0_1[e, c, 2] = i_c_1_0_1_0, i_c_1_0_1_1, i_c_1_0_1_2
+                i_c_1_1_0[e, c, 0] = i_c_1_1_0_0
+                i_s_1_1_2_in[e, c, 0], i_s_1_1_2_in[e, c, 1], i_s_1_1_2_in[e, c, 2] = i_s_1_1_2_in_0, i_s_1_1_2_in_1, i_s_1_1_2_in_2
+                i_c_1_2_1[e, c, 0], i_c_1_2_1[e, c, 1], i_c_1_2_1[e, c, 2] = i_c_1_2_1_0, i_c_1_2_1_1, i_c_1_2_1_2
+                i_s_1_2_3_in[e, c, 0], i_s_1_2_3_in[e, c, 1], i_s_1_2_3_in[e, c, 2] = i_s_1_2_3_in_0, i_s_1_2_3_in_1, i_s_1_2_3_in_2
+                i_s_1_3_2_in[e, c, 0], i_s_1_3_2_in[e, c, 1], i_s_1_3_2_in[e, c, 2] = i_s_1_3_2_in_0, i_s_1_3_2_in_1, i_s_1_3_2_in_2
+            product_27 = product[n, c, 27]
+            g_p_B1_0_0, g_p_B1_0_1, g_p_B1_0_2 = g_p_B1_0[n, c, 0], g_p_B1_0[n, c, 1], g_p_B1_0[n, c, 2]
+            product_25, product_23, product_13, product_6 = product[n, c, 25], product[n, c, 23], product[n, c, 13], product[n, c, 6]
+            g_p_B0_0_0 = g_p_B0_0[n, c, 0]
+            product_2, product_0 = product[n, c, 2], product[n, c, 0]
+            g_p_t27_1_0_0, g_p_t27_1_0_1, g_p_t27_1_0_2 = g_p_B1_0_0 * product_27, g_p_B1_0_1 * product_27, g_p_B1_0_2 * product_27  # adjoint of p_w27
+            g_p_t25_1_0_0, g_p_t25_1_0_1, g_p_t25_1_0_2 = g_p_B1_0_0 * product_25, g_p_B1_0_1 * product_25, g_p_B1_0_2 * product_25  # adjoint of p_w25
+            g_p_t23_1_0_0, g_p_t23_1_0_1, g_p_t23_1_0_2 = g_p_B1_0_0 * product_23, g_p_B1_0_1 * product_23, g_p_B1_0_2 * product_23  # adjoint of p_w23
+            g_mixA1_A_6_0, g_mixA1_A_6_1, g_mixA1_A_6_2 = g_p_B1_0_0 * product_13, g_p_B1_0_1 * product_13, g_p_B1_0_2 * product_13  # adjoint of p_w13
+            g_p_t6_1_0_0 = g_p_B0_0_0 * product_6  # adjoint of p_w6
+            g_p_t2_0_1_0 = g_p_B0_0_0 * product_2  # adjoint of p_w2
+            g_mixA0_A_8_0 = g_p_B0_0_0 * product_0  # adjoint of p_w0
+            i_A0[n, c, 0] = i_A0_0
+            i_A1[n, c, 0], i_A1[n, c, 1], i_A1[n, c, 2] = i_A1_0, i_A1_1, i_A1_2
+            i_A2[n, c, 0], i_A2[n, c, 1], i_A2[n, c, 2], i_A2[n, c, 3], i_A2[n, c, 4] = i_A2_0, i_A2_1, i_A2_2, i_A2_3, i_A2_4
+            i_A3[n, c, 0], i_A3[n, c, 1], i_A3[n, c, 2], i_A3[n, c, 3], i_A3[n, c, 4], i_A3[n, c, 5], i_A3[n, c, 6] = i_A3_0, i_A3_1, i_A3_2, i_A3_3, i_A3_4, i_A3_5, i_A3_6
+            g_p_t27_1_0[n, c, 0], g_p_t27_1_0[n, c, 1], g_p_t27_1_0[n, c, 2] = g_p_t27_1_0_0, g_p_t27_1_0_1, g_p_t27_1_0_2
+            g_p_t25_1_0[n, c, 0], g_p_t25_1_0[n, c, 1], g_p_t25_1_0[n, c, 2] = g_p_t25_1_0_0, g_p_t25_1_0_1, g_p_t25_1_0_2
+            g_p_t23_1_0[n, c, 0], g_p_t23_1_0[n, c, 1], g_p_t23_1_0[n, c, 2] = g_p_t23_1_0_0, g_p_t23_1_0_1, g_p_t23_1_0_2
+            g_mixA1_A_6[n, c, 0], g_mixA1_A_6[n, c, 1], g_mixA1_A_6[n, c, 2] = g_mixA1_A_6_0, g_mixA1_A_6_1, g_mixA1_A_6_2
+            g_p_t6_1_0[n, c, 0] = g_p_t6_1_0_0
+            g_p_t2_0_1[n, c, 0] = g_p_t2_0_1_0
+            g_mixA0_A_8[n, c, 0] = g_mixA0_A_8_0
     return (i_hj_0_0_0, i_c_0_0_0, i_s_0_1_1_in, i_s_0_2_2_in, i_s_0_3_3_in, i_hj_1_0_1, i_c_1_0_1, i_c_1_1_0, i_s_1_1_2_in, i_c_1_2_1, i_s_1_2_3_in, i_s_1_3_2_in, i_A0, i_A1, i_A2, i_A3, g_p_t27_1_0, g_p_t25_1_0, g_p_t23_1_0, g_mixA1_A_6, g_p_t6_1_0, g_p_t2_0_1, g_mixA0_A_8)
 
 

@@ -277,6 +277,11 @@ class Kernel:
 class NumbaPrinter(Printer):
     """Prints one numba function (signature and body lines) for a program."""
 
+    # Per-channel kernels as calls of row kernels (numba_channels: 2,473 lines for the default
+    # build) or as scalar code with module-level coupling functions (3,144 lines). Measured
+    # cold compile of the default build, same machine and load: 172 s CPU with row kernels
+    # (LLVM re-optimises every inlined row kernel) against 89 s scalar; so scalar it is.
+    ROW_KERNELS = False
     # how an op reads its inputs; ops not listed are per-item ("local")
     ACCESS = {"Gather": "complete", "Scatter": "reduce", "GatherReceivers": "complete",
               "ScatterSenders": "complete", "ChannelSum": "channels"}
@@ -572,7 +577,7 @@ class NumbaPrinter(Printer):
         what = "per channel" if kernel.channels else "channel-free"
         head = [f"# kernel {k + 1} ({what}, phase {kernel.phase}): {len(kernel.ops)} ops; "
                 f"stores {', '.join(stored) if stored else 'nothing'}"]
-        if kernel.channels:  # loops over channels and coupling tables
+        if kernel.channels and self.ROW_KERNELS:  # loops over channels and coupling tables
             from .numba_channels import kernel_lines
 
             lines, helpers = kernel_lines(self, kernel, head, self._alloc(kernel))
