@@ -1,6 +1,7 @@
 """Every kind of generated PyTorch build under TorchScript and torch.compile.
 
-Build kinds: short range ("none"), LES and classic Ewald long range, each evaluated on a
+Build kinds: short range ("none"), LES and classic Ewald long range (and, at the end of the
+file, builds with inputs and tensor outputs and the moment basis), each evaluated on a
 batch of a molecule (finite) and a random triclinic crystal (periodic), float64. The
 scripted module (and a saved and reloaded copy) and the torch.compile'd module must give
 the eager module's energies, forces, virial and stress to 1e-12 relative.
@@ -23,6 +24,7 @@ import torch
 
 from model_helpers import build_module, make_model, random_crystal, random_molecule
 from tacegen.runtime.data import batch_atoms
+from tacegen.runtime.inputs import input_specs_of
 from tacegen.spec import ModelSpec
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
@@ -102,3 +104,49 @@ def test_torch_compile_equals_eager(modules, kind):
         assert_same(compiled(batch), ref, kind)  # the cached graphs again
     finally:
         torch._dynamo.reset()
+
+
+# Builds with external inputs and tensor outputs, and the moment basis (TMP): the same two
+# checks, with the declared outputs compared too.
+IO_SPECS = {
+    "io": ModelSpec(lmax=2, nu=2, hidden_lmax=2, backends="torch", inputs=("total_charge", "electric_field"),
+                    outputs=("dipole", "polarizability")),
+    "moment": ModelSpec(lmax=2, nu=2, hidden_lmax=1, backends="torch", basis="moment"),
+}
+
+
+@pytest.fixture(scope="module")
+def io_modules(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compile_io_builds")
+    return {kind: build_module(spec, root / kind) for kind, spec in IO_SPECS.items()}
+
+
+def io_model_and_batch(io_modules, kind):
+    elements = ("Cu", "O")
+    model = make_model(io_modules[kind], elements=elements, seed=3)
+    rng = np.random.default_rng(17)
+    structures = [random_molecule(rng, 6, elements), random_crystal(rng, 5, elements)]
+    for k, atoms in enumerate(structures):
+        atoms.info["total_charge"] = float(k) - 0.5
+        atoms.info["electric_field"] = rng.normal(size=3)
+    return model, batch_atoms(structures, model.elements, model.r_cut, inputs=input_specs_of(model))
+
+
+@pytest.mark.parametrize("kind", list(IO_SPECS))
+@pytest.mark.parametrize("how", ["script", "compile"])
+def test_io_and_moment_builds_script_and_compile(io_modules, kind, how):
+    model, batch = io_model_and_batch(io_modules, kind)
+    ref = model(batch)
+    keys = KEYS + tuple(spec.name for spec in IO_SPECS[kind].outputs)
+    if how == "script":
+        candidate = torch.jit.script(model)
+    else:
+        torch._dynamo.reset()
+        candidate = torch.compile(model, backend="eager")
+    try:
+        out = candidate(batch)
+    finally:
+        torch._dynamo.reset()
+    for key in keys:
+        assert float(ref[key].detach().nan_to_num().abs().max()) > 1e-3, key
+        torch.testing.assert_close(out[key].detach(), ref[key].detach(), rtol=1e-12, atol=1e-12, equal_nan=True)
