@@ -56,6 +56,19 @@ def make_model(module, elements=("Cu",), seed: int = 0, dtype=torch.float64, **o
     return model.eval()
 
 
+def numeric_forces(energy, atoms, h: float = 1e-5) -> np.ndarray:
+    """Central finite differences -dE/dr_ik of ``energy(atoms) -> float`` (step ``h`` Å),
+    the independent reference of every force test."""
+    numeric = np.zeros((len(atoms), 3))
+    for i in range(len(atoms)):
+        for k in range(3):
+            plus, minus = atoms.copy(), atoms.copy()
+            plus.positions[i, k] += h
+            minus.positions[i, k] -= h
+            numeric[i, k] = -(energy(plus) - energy(minus)) / (2 * h)
+    return numeric
+
+
 def evaluate(model, structures, dtype=None, r_cut=None):
     """model(batch) for one Atoms or a list, outputs detached to float64 numpy."""
     dtype = dtype or model.dtype

@@ -191,27 +191,11 @@ def test_the_mesh_path_is_exported(exported, tmp_path):
 def test_ipi_runs_an_exported_long_range_model(exported, tmp_path):
     """i-PI (in process, its metatomic PES, no sockets) runs NVE with an LES export of a
     periodic cell; its first energy is ours."""
-    import shutil
-
-    import ase.io
-
     pytest.importorskip("ipi", reason="i-PI is not installed (pip install ipi)")
-    from test_export_metatomic import IPI_INPUT
+    from test_export_metatomic import run_ipi
 
     ckpt, model = exported["les"]
-    atoms = structures()[0]
-    clean = atoms.copy()
-    clean.info, clean.calc = {}, None
-    for key in [k for k in clean.arrays if k not in ("numbers", "positions")]:
-        del clean.arrays[key]
-    ase.io.write(tmp_path / "init.xyz", clean)
-    shutil.copy(model, tmp_path / "model.pt")
-    (tmp_path / "input.xml").write_text(IPI_INPUT)
-    ipi = os.path.join(os.path.dirname(sys.executable), "i-pi")
-    run = subprocess.run([ipi, "input.xml"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    table = np.loadtxt(tmp_path / "sim.out")
+    table, clean = run_ipi(structures()[0], model, tmp_path)
     clean.calc = tacegen.Calculator.from_checkpoint(ckpt)
     assert table.shape == (6, 3)
     assert table[0, 2] == pytest.approx(clean.get_potential_energy(), rel=1e-8, abs=1e-8)  # printed to 9 digits

@@ -130,27 +130,33 @@ IPI_INPUT = """<simulation verbosity='low'>
 """
 
 
-def test_ipi_runs_the_exported_model(exported, tmp_path):
-    """i-PI (in process, its metatomic PES, no sockets) runs NVE with the export; its energies are ours."""
+def run_ipi(atoms, model, folder):
+    """Five NVE steps of ``atoms`` under i-PI (in process, its metatomic PES, no sockets)
+    with the exported ``model`` in ``folder``. Returns i-PI's table (step, conserved and
+    potential energy, eV) and the structure i-PI started from (no labels, no calculator)."""
     import shutil
 
     import ase.io
 
-    pytest.importorskip("ipi", reason="i-PI is not installed (pip install ipi)")
-    ckpt, model = exported
-    atoms = structures()[0][0]
     clean = atoms.copy()
     clean.info, clean.calc = {}, None
     for key in [k for k in clean.arrays if k not in ("numbers", "positions")]:
         del clean.arrays[key]
-    ase.io.write(tmp_path / "init.xyz", clean)
-    shutil.copy(model, tmp_path / "model.pt")
-    (tmp_path / "input.xml").write_text(IPI_INPUT)
+    ase.io.write(folder / "init.xyz", clean)
+    shutil.copy(model, folder / "model.pt")
+    (folder / "input.xml").write_text(IPI_INPUT)
     ipi = os.path.join(os.path.dirname(sys.executable), "i-pi")
-    run = subprocess.run([ipi, "input.xml"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    run = subprocess.run([ipi, "input.xml"], cwd=folder, capture_output=True, text=True, timeout=600,
                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    table = np.loadtxt(tmp_path / "sim.out")
+    return np.loadtxt(folder / "sim.out"), clean
+
+
+def test_ipi_runs_the_exported_model(exported, tmp_path):
+    """i-PI (in process, its metatomic PES, no sockets) runs NVE with the export; its energies are ours."""
+    pytest.importorskip("ipi", reason="i-PI is not installed (pip install ipi)")
+    ckpt, model = exported
+    table, clean = run_ipi(structures()[0][0], model, tmp_path)
     clean.calc = tacegen.Calculator.from_checkpoint(ckpt)
     assert table.shape == (6, 3)
     assert table[0, 2] == pytest.approx(clean.get_potential_energy(), rel=1e-8, abs=1e-8)  # printed to 9 digits

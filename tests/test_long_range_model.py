@@ -23,7 +23,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import SEEDS, haar_orthogonal
-from model_helpers import build_module, make_model, random_cell, random_crystal, random_molecule, rel_err
+from model_helpers import (build_module, make_model, numeric_forces, random_cell, random_crystal, random_molecule,
+                           rel_err)
 from tacegen.build import command_line
 from tacegen.cli import app
 from tacegen.runtime import electrostatics as el
@@ -430,14 +431,7 @@ def _energy(model, atoms) -> float:
 
 
 def _numeric_forces(model, atoms, h=1e-5):
-    numeric = np.zeros((len(atoms), 3))
-    for i in range(len(atoms)):
-        for k in range(3):
-            plus, minus = atoms.copy(), atoms.copy()
-            plus.positions[i, k] += h
-            minus.positions[i, k] -= h
-            numeric[i, k] = -(_energy(model, plus) - _energy(model, minus)) / (2 * h)
-    return numeric
+    return numeric_forces(lambda a: _energy(model, a), atoms, h)
 
 
 def _numeric_stress(model, atoms, h=1e-5):

@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 
 import tacegen
 from conftest import SEEDS, haar_orthogonal
-from model_helpers import (R_CUT, build_module, evaluate, make_model, random_crystal, random_molecule,
-                           rel_err, transformed)
+from model_helpers import (build_module, evaluate, make_model, numeric_forces, R_CUT, random_crystal,
+                           random_molecule, rel_err, transformed)
 from tacegen.runtime.calculator import Calculator, model_dtype
 from tacegen.runtime.data import batch_atoms
 from tacegen.spec import ModelSpec
@@ -159,14 +159,7 @@ def test_forces_match_central_finite_differences(model, periodic):
     rng = np.random.default_rng(11 + periodic)
     atoms = random_crystal(rng, 3) if periodic else random_molecule(rng, 6)
     forces = evaluate(model, atoms)["forces"]
-    h = 1e-5
-    numeric = np.zeros_like(forces)
-    for i in range(len(atoms)):
-        for k in range(3):
-            plus, minus = atoms.copy(), atoms.copy()
-            plus.positions[i, k] += h
-            minus.positions[i, k] -= h
-            numeric[i, k] = -(_energy(model, plus) - _energy(model, minus)) / (2 * h)
+    numeric = numeric_forces(lambda a: _energy(model, a), atoms)
     assert np.abs(forces).max() > 1e-2
     assert rel_err(forces, numeric) < 1e-7
 

@@ -17,7 +17,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import SEEDS, haar_orthogonal
-from model_helpers import build_module, evaluate, make_model, random_crystal, random_molecule, rel_err, transformed
+from model_helpers import (build_module, evaluate, make_model, numeric_forces, random_crystal, random_molecule,
+                           rel_err, transformed)
 from tacegen.build import compile_spec
 from tacegen.ir.cost import program_cost
 from tacegen.ir.nodes import Couple
@@ -126,14 +127,7 @@ def test_forces_match_finite_differences(model, seed):
     atoms = random_crystal(np.random.default_rng(seed), 3, symbols=SYMBOLS)
     forces = evaluate(model, atoms)["forces"]
     assume(np.abs(forces).max() > 1e-2)
-    h = 1e-5
-    numeric = np.zeros_like(forces)
-    for i in range(len(atoms)):
-        for k in range(3):
-            plus, minus = atoms.copy(), atoms.copy()
-            plus.positions[i, k] += h
-            minus.positions[i, k] -= h
-            numeric[i, k] = -(_energy(model, plus) - _energy(model, minus)) / (2 * h)
+    numeric = numeric_forces(lambda a: _energy(model, a), atoms)
     assert rel_err(forces, numeric) < 1e-7
 
 

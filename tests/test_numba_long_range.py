@@ -14,7 +14,7 @@ import torch
 from hypothesis import assume, given, settings
 
 from conftest import SEEDS
-from model_helpers import build_module, make_model, random_crystal, random_molecule, rel_err
+from model_helpers import build_module, make_model, numeric_forces, random_crystal, random_molecule, rel_err
 from tacegen.runtime.data import batch_atoms
 from tacegen.spec import ModelSpec
 from test_numba_model import _energy, numba_eval
@@ -97,14 +97,7 @@ def test_long_range_numba_forces_match_finite_differences(long_range_models):
     atoms = random_crystal(np.random.default_rng(31), 3, symbols=("Cu", "O"))
     assert long_range_share(model, long_range_models["les_short_range_only"], atoms) > 0.1
     out = numba_eval(fast, model, atoms)
-    h = 1e-5
-    numeric = np.zeros_like(out["forces"])
-    for i in range(len(atoms)):
-        for k in range(3):
-            plus, minus = atoms.copy(), atoms.copy()
-            plus.positions[i, k] += h
-            minus.positions[i, k] -= h
-            numeric[i, k] = -(_energy(fast, model, plus) - _energy(fast, model, minus)) / (2 * h)
+    numeric = numeric_forces(lambda a: _energy(fast, model, a), atoms)
     assert rel_err(out["forces"], numeric) < 1e-7
 
 

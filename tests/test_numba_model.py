@@ -22,8 +22,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from conftest import SEEDS, haar_orthogonal
-from model_helpers import (build_module, evaluate, make_model, random_crystal, random_molecule, rel_err,
-                           transformed)
+from model_helpers import (build_module, evaluate, make_model, numeric_forces, random_crystal, random_molecule,
+                           rel_err, transformed)
 from tacegen.backends.numba_model import spec_programs
 from tacegen.backends.numba_segments import CORE, DENSE, split
 from tacegen.build import compile_spec
@@ -166,14 +166,7 @@ def _energy(fast, model, atoms) -> float:
 def test_numba_forces_match_finite_differences(model, fast):
     atoms = random_crystal(np.random.default_rng(12), 3, symbols=("Cu", "O"))
     forces = numba_eval(fast, model, atoms)["forces"]
-    h = 1e-5
-    numeric = np.zeros_like(forces)
-    for i in range(len(atoms)):
-        for k in range(3):
-            plus, minus = atoms.copy(), atoms.copy()
-            plus.positions[i, k] += h
-            minus.positions[i, k] -= h
-            numeric[i, k] = -(_energy(fast, model, plus) - _energy(fast, model, minus)) / (2 * h)
+    numeric = numeric_forces(lambda a: _energy(fast, model, a), atoms)
     assert np.abs(forces).max() > 1e-2
     assert rel_err(forces, numeric) < 1e-7
 
