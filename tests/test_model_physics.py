@@ -220,9 +220,12 @@ def test_batch_equals_one_by_one(model):
     assert np.all(together["forces"][-1] == 0.0)
 
 
-def test_chunked_atomic_basis_equals_unchunked(module, model):
-    """edge_chunk (blocks of receivers under checkpointing) changes memory, not results."""
-    chunked = make_model(module, seed=1, edge_chunk=7)
+@pytest.mark.parametrize("edge_chunk", [10**9, 7], ids=["blocks", "checkpointed-blocks"])
+def test_blocked_atomic_basis_equals_unblocked(module, model, edge_chunk):
+    """edge_block (blocks of receivers) and edge_chunk (checkpointing them) change speed and
+    memory, not results; edges out of receiver order are evaluated unblocked."""
+    assert model.blocks[0].edge_block > 10**3  # the fixture's small systems are one block
+    chunked = make_model(module, seed=1, edge_block=7, edge_chunk=edge_chunk)
     chunked.load_state_dict(model.state_dict())
     rng = np.random.default_rng(8)
     structures = [random_crystal(rng, 4), random_molecule(rng, 7), random_crystal(rng, 2)]
@@ -232,7 +235,28 @@ def test_chunked_atomic_basis_equals_unchunked(module, model):
     for key in ("energy", "node_energy", "forces"):
         assert rel_err(out[key], ref[key]) < 1e-12, key
     np.testing.assert_allclose(out["stress"], ref["stress"], rtol=1e-12, atol=1e-15)
+    receivers = batch["edge_index"][1]
+    assert chunked.blocks[0].use_blocks(receivers)
+    assert not chunked.blocks[0].use_blocks(receivers.flip(0))
 
+
+
+@pytest.mark.parametrize("edge_chunk", [10**9, 7], ids=["blocks", "checkpointed-blocks"])
+def test_blocked_atomic_basis_trains_as_unblocked(module, model, edge_chunk):
+    """The parameter gradient of a force loss (the double backward of training) is the same
+    through blocks, checkpointed or not."""
+    rng = np.random.default_rng(9)
+    batch = batch_atoms([random_crystal(rng, 4), random_molecule(rng, 6)], model.elements, model.r_cut)
+    grads = []
+    for overrides in ({}, dict(edge_block=7, edge_chunk=edge_chunk)):
+        m = make_model(module, seed=1, **overrides)
+        m.load_state_dict(model.state_dict())
+        m.train()
+        out = m(batch, compute_stress=False)
+        loss = (out["forces"] ** 2).sum() + out["energy"].sum()
+        grads.append(torch.autograd.grad(loss, list(m.parameters())))
+    for a, b in zip(*grads):
+        assert rel_err(b.detach().numpy(), a.detach().numpy()) < 1e-11
 
 # ----------------------------------------------------------------------------- smoothness
 

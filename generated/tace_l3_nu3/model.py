@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from tacegen.runtime.autograd import apply_strain, derivatives
+from tacegen.runtime.blocks import edge_block_size
 from tacegen.runtime.data import edge_vectors
 from tacegen.runtime.elements import atomic_energy_list
 from tacegen.runtime.radial import BesselBasis, PolynomialCutoff, RadialMLP
@@ -465,12 +466,14 @@ class LayerBase(torch.nn.Module):
     def __init__(self, interaction: torch.nn.Module, product: torch.nn.Module, num_edge_paths: int,
                  num_trees: int, in_ranks: List[int], out_ranks: List[int], skip_ranks: List[int],
                  num_elements: int, channels: int, num_radial: int, radial_hidden: Sequence[int],
-                 avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, dtype: torch.dtype):
+                 avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, edge_block: int,
+                 dtype: torch.dtype):
         super().__init__()
         self.channels = channels
         self.num_edge_paths = num_edge_paths
         self.inv_avg_num_neighbors = 1.0 / avg_num_neighbors
         self.edge_chunk = edge_chunk
+        self.edge_block = edge_block
         self.skip_ranks = list(skip_ranks)
         self.linear_up = torch.nn.ModuleList([ChannelLinear(channels, channels, dtype) for _ in in_ranks])
         self.radial = RadialMLP(num_radial, list(radial_hidden), num_edge_paths * channels).to(dtype)
@@ -493,27 +496,50 @@ class LayerBase(torch.nn.Module):
         raise NotImplementedError
 
     @torch.jit.unused
-    def atomic_basis_chunked(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
+    def use_blocks(self, receivers: Tensor) -> bool:
+        """Whether ``atomic_basis_blocked`` applies: more edges than one block, outside
+        torch.compile (which fuses the per-edge work itself), edges sorted by receiver."""
+        if receivers.shape[0] <= self.edge_block or torch.compiler.is_compiling():
+            return False
+        return bool((receivers[1:] >= receivers[:-1]).all())
+
+    @torch.jit.unused
+    def atomic_basis_blocked(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
                              receivers: Tensor, num_nodes: int) -> List[Tensor]:
-        """``atomic_basis`` over blocks of receiving atoms (edges are sorted by receiver), each
-        block under activation checkpointing: the per-edge intermediates of one block at a
-        time are kept, so memory grows with atoms x channels, not edges x channels x paths."""
+        """``atomic_basis`` over blocks of receiving atoms (edges sorted by receiver) of about
+        ``edge_block`` edges each.
+
+        Only one block's per-edge intermediates (edges x channels x (2l+1)) are alive at a
+        time: they stay in cache and the allocator reuses their memory, where whole-system
+        intermediates are mapped and zeroed afresh by the kernel at every op (the cost that
+        made time per atom grow with the system). Above ``edge_chunk`` edges each block is
+        also under activation checkpointing: the backward pass recomputes the block instead
+        of keeping its intermediates, so memory grows with atoms x channels, not with
+        edges x channels x paths. The inputs are split (not sliced), so their gradients are
+        concatenated once rather than accumulated into zero-filled full-size buffers.
+        """
         from torch.utils.checkpoint import checkpoint
 
         num_edges = senders.shape[0]
-        atoms_per_block = max(1, num_nodes * self.edge_chunk // num_edges)
+        atoms_per_block = max(1, num_nodes * self.edge_block // num_edges)
         starts = torch.arange(0, num_nodes + atoms_per_block, atoms_per_block, device=receivers.device)
-        edge_bounds = torch.searchsorted(receivers, starts.clamp(max=num_nodes)).tolist()
+        bounds = torch.searchsorted(receivers, starts.clamp(max=num_nodes)).tolist()
+        sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+        Y_blocks = [y.split(sizes) for y in Y]
+        radial_blocks = radial_features.split(sizes)
+        sender_blocks, receiver_blocks = senders.split(sizes), receivers.split(sizes)
+        checkpointed = num_edges > self.edge_chunk
         blocks: List[List[Tensor]] = []
-        for k in range(len(edge_bounds) - 1):
+        for k in range(len(sizes)):
             a0 = k * atoms_per_block
             a1 = min(num_nodes, a0 + atoms_per_block)
             if a0 >= a1:
                 break
-            e0, e1 = edge_bounds[k], edge_bounds[k + 1]
-            blocks.append(checkpoint(
-                self.atomic_basis, up, [y[e0:e1] for y in Y], radial_features[e0:e1], senders[e0:e1],
-                receivers[e0:e1] - a0, a1 - a0, use_reentrant=False))
+            args = (up, [y[k] for y in Y_blocks], radial_blocks[k], sender_blocks[k], receiver_blocks[k] - a0, a1 - a0)
+            if checkpointed:
+                blocks.append(checkpoint(self.atomic_basis, *args, use_reentrant=False))
+            else:
+                blocks.append(self.atomic_basis(*args))
         return [torch.cat([block[l] for block in blocks], dim=0) for l in range(len(blocks[0]))]
 
     def forward(self, h: List[Tensor], Y: List[Tensor], radial_features: Tensor, species: Tensor,
@@ -522,10 +548,10 @@ class LayerBase(torch.nn.Module):
         up: List[Tensor] = []
         for k, linear in enumerate(self.linear_up):
             up.append(linear(h[k]))
-        if torch.jit.is_scripting() or senders.shape[0] <= self.edge_chunk:
+        if torch.jit.is_scripting() or not self.use_blocks(receivers):
             A_raw = self.atomic_basis(up, Y, radial_features, senders, receivers, num_nodes)
         else:
-            A_raw = self.atomic_basis_chunked(up, Y, radial_features, senders, receivers, num_nodes)
+            A_raw = self.atomic_basis_blocked(up, Y, radial_features, senders, receivers, num_nodes)
         A: List[Tensor] = []
         for k, linear in enumerate(self.linear_A):
             A.append(linear(A_raw[k] * self.inv_avg_num_neighbors))
@@ -545,11 +571,12 @@ class Layer_0_0(LayerBase):
     """Layer with node ranks [0] in (4 edge paths) and ranks [0] out (13 trees)."""
 
     def __init__(self, num_elements: int, channels: int, num_radial: int, radial_hidden: Sequence[int],
-                 avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, dtype: torch.dtype):
+                 avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, edge_block: int,
+                 dtype: torch.dtype):
         super().__init__(Interaction0(dtype), Product0(dtype),
                          4, 13, [0], [0], [],
                          num_elements, channels, num_radial, radial_hidden, avg_num_neighbors, readout_hidden,
-                         last, edge_chunk, dtype)
+                         last, edge_chunk, edge_block, dtype)
 
     def atomic_basis(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
                      receivers: Tensor, num_nodes: int) -> List[Tensor]:
@@ -561,11 +588,12 @@ class Layer_0_01(LayerBase):
     """Layer with node ranks [0] in (4 edge paths) and ranks [0, 1] out (29 trees)."""
 
     def __init__(self, num_elements: int, channels: int, num_radial: int, radial_hidden: Sequence[int],
-                 avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, dtype: torch.dtype):
+                 avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, edge_block: int,
+                 dtype: torch.dtype):
         super().__init__(Interaction0(dtype), Product01(dtype),
                          4, 29, [0], [0, 1], [],
                          num_elements, channels, num_radial, radial_hidden, avg_num_neighbors, readout_hidden,
-                         last, edge_chunk, dtype)
+                         last, edge_chunk, edge_block, dtype)
 
     def atomic_basis(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
                      receivers: Tensor, num_nodes: int) -> List[Tensor]:
@@ -577,11 +605,12 @@ class Layer_01_0(LayerBase):
     """Layer with node ranks [0, 1] in (10 edge paths) and ranks [0] out (13 trees)."""
 
     def __init__(self, num_elements: int, channels: int, num_radial: int, radial_hidden: Sequence[int],
-                 avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, dtype: torch.dtype):
+                 avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, edge_block: int,
+                 dtype: torch.dtype):
         super().__init__(Interaction01(dtype), Product0(dtype),
                          10, 13, [0, 1], [0], [0],
                          num_elements, channels, num_radial, radial_hidden, avg_num_neighbors, readout_hidden,
-                         last, edge_chunk, dtype)
+                         last, edge_chunk, edge_block, dtype)
 
     def atomic_basis(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
                      receivers: Tensor, num_nodes: int) -> List[Tensor]:
@@ -593,11 +622,12 @@ class Layer_01_01(LayerBase):
     """Layer with node ranks [0, 1] in (10 edge paths) and ranks [0, 1] out (29 trees)."""
 
     def __init__(self, num_elements: int, channels: int, num_radial: int, radial_hidden: Sequence[int],
-                 avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, dtype: torch.dtype):
+                 avg_num_neighbors: float, readout_hidden: int, last: bool, edge_chunk: int, edge_block: int,
+                 dtype: torch.dtype):
         super().__init__(Interaction01(dtype), Product01(dtype),
                          10, 29, [0, 1], [0, 1], [0, 1],
                          num_elements, channels, num_radial, radial_hidden, avg_num_neighbors, readout_hidden,
-                         last, edge_chunk, dtype)
+                         last, edge_chunk, edge_block, dtype)
 
     def atomic_basis(self, up: List[Tensor], Y: List[Tensor], radial_features: Tensor, senders: Tensor,
                      receivers: Tensor, num_nodes: int) -> List[Tensor]:
@@ -623,9 +653,14 @@ class TACE(torch.nn.Module):
             ``elements``, or a mapping by symbol or atomic number (default zeros).
         scale, shift: node energy = E0[z] + scale * (sum of layer readouts) + shift.
         cutoff_p: order of the smooth polynomial cutoff envelope.
-        edge_chunk: above this many edges the atomic basis is evaluated in blocks of about
-            this many edges under activation checkpointing (bounded memory for large cells;
-            the edge work is recomputed in the backward pass).
+        edge_chunk: above this many edges (default: about 3,000 atoms of a metal at r_cut 5 Å)
+            the blocks of the atomic basis are evaluated under activation checkpointing:
+            memory for large cells grows with atoms x channels instead of edges x channels x
+            paths, at the cost of recomputing each block's edge work in the backward pass
+            (about a quarter more time for E+F).
+        edge_block: edges per block of the atomic basis (None: sized so that a block's
+            widest per-edge intermediate takes about 8 MiB, see
+            :mod:`tacegen.runtime.blocks`); blocks change speed and memory, not results.
         dtype: torch.float64 or torch.float32.
 
     The model is constructed in eval mode (inference); call ``.train()`` before training
@@ -637,12 +672,16 @@ class TACE(torch.nn.Module):
     def __init__(self, elements: Sequence[str], channels: int = 64, r_cut: float = 5.0, layers: int = 2,
                  num_radial: int = 8, radial_hidden: Sequence[int] = (64, 64, 64), readout_hidden: int = 16,
                  avg_num_neighbors: Optional[float] = None, atomic_energies: Optional[Union[Sequence[float], Mapping]] = None,
-                 scale: float = 1.0, shift: float = 0.0, cutoff_p: int = 6, edge_chunk: int = 16384,
-                 dtype: torch.dtype = torch.float64):
+                 scale: float = 1.0, shift: float = 0.0, cutoff_p: int = 6, edge_chunk: int = 131072,
+                 edge_block: Optional[int] = None, dtype: torch.dtype = torch.float64):
         super().__init__()
         _check_arguments(elements, channels, r_cut, layers, num_radial, dtype, atomic_energies)
         if not isinstance(edge_chunk, int) or edge_chunk < 1:
             raise ValueError(f"edge_chunk must be a positive integer, got {edge_chunk!r}")
+        if edge_block is None:
+            edge_block = edge_block_size(channels, 2 * LMAX + 1, dtype)
+        if not isinstance(edge_block, int) or edge_block < 1:
+            raise ValueError(f"edge_block must be a positive integer or None, got {edge_block!r}")
         self.elements: List[str] = list(elements)
         self.channels = int(channels)
         self.r_cut = float(r_cut)
@@ -658,7 +697,7 @@ class TACE(torch.nn.Module):
         for t in range(self.num_layers):
             first, last = t == 0, t == self.num_layers - 1
             args = (len(self.elements), self.channels, num_radial, radial_hidden, float(avg_num_neighbors),
-                    readout_hidden, last, int(edge_chunk), dtype)
+                    readout_hidden, last, int(edge_chunk), int(edge_block), dtype)
             if first == True and last == True:
                 blocks.append(Layer_0_0(*args))
             elif first == True and last == False:
