@@ -13,7 +13,8 @@ polarizability=REF_polarizability``, prints the test errors and the harmonic fre
 and IR intensities of one molecule from the model's Hessian and dipole derivatives.
 (Responses of the energy train the same way: ``--target hessian=KEY``, and for a build with
 an ``electric_field`` input ``--target response:electric_field=KEY`` (-dE/dF) and
-``response2:electric_field=KEY`` (-d2E/dF2); see README "Inputs and tensor outputs".)
+``response2:electric_field=KEY`` (-d2E/dF2), ``born:electric_field=KEY`` (Born charges);
+see README "Inputs and tensor outputs".)
 
     python examples/train_tensor.py [--epochs 40] [--out runs/tensor]
 """

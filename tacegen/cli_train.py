@@ -92,7 +92,7 @@ def _train_options(function):
               help="Tensor target NAME=KEY[:WEIGHT] (repeatable): output NAME of the --model build trained on "
                    "atoms.info[KEY] (per structure) or atoms.arrays[KEY] (per atom), weight 1 by default; or a "
                    "response: hessian (3N x 3N in atoms.info), response:INPUT (-dE/dINPUT), response2:INPUT "
-                   "(-d2E/dINPUT2).")
+                   "(-d2E/dINPUT2), born:INPUT (Born charges, (N, 9) in atoms.arrays).")
 @click.option("--no-data-cache", is_flag=True, default=None,
               help="Do not keep preprocessed neighbour lists in the cache.")
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in --out from its last.pt.")

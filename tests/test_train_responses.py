@@ -28,7 +28,8 @@ from train_helpers import TINY, write
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CHARGES = {"O": -0.8, "H": 0.4}
-TARGETS = ["hessian=REF_hessian", "response:electric_field=REF_dipole", "response2:electric_field=REF_alpha"]
+TARGETS = ["hessian=REF_hessian", "response:electric_field=REF_dipole", "response2:electric_field=REF_alpha",
+           "born:electric_field=REF_born"]
 
 
 def emt_hessian(atoms, h: float = 1e-4) -> np.ndarray:
@@ -70,6 +71,7 @@ def molecules(count: int, seed: int, fidelity: int = 0):
                           REF_alpha=np.diag([1.0, 1.2, 0.8]), electric_field=0.05 * rng.normal(size=3),
                           fidelity=fidelity)
         atoms.arrays["REF_forces"] = forces
+        atoms.arrays["REF_born"] = np.repeat(q, 9).reshape(-1, 9) * np.eye(3).ravel()  # q_i 1 (N, 9)
         out.append(atoms)
     return out
 
@@ -124,8 +126,19 @@ def test_response_targets_equal_the_runtime_responses_and_reach_the_parameters(s
                                    field_response(model, single, "electric_field", order=2)[0], rtol=1e-10,
                                    atol=1e-12)
         assert float(full.abs().max()) > 1e-3
+        born = np.zeros((3, 3, 3))  # Born charges d mu_a / d r_ib by central differences of -dE/dF
+        for i in range(3):
+            for c in range(3):
+                for sign in (1, -1):
+                    moved = atoms.copy()
+                    moved.positions[i, c] += sign * 1e-5
+                    one = batch_atoms(moved, model.elements, model.r_cut, inputs=model.input_specs)
+                    born[i, :, c] += sign * field_response(model, one, "electric_field")[0].numpy() / 2e-5
+        got = out["born:electric_field"][3 * b:3 * b + 3].detach().numpy()
+        np.testing.assert_allclose(got, born, rtol=0, atol=1e-7 * np.abs(born).max())
+        assert np.abs(born).max() > 1e-4
     loss = sum(((out[k] - batch[k]) ** 2).mean() for k in ("hessian", "response:electric_field",
-                                                            "response2:electric_field"))
+                                                            "response2:electric_field", "born:electric_field"))
     loss.backward()
     grads = {name: p.grad for name, p in model.named_parameters()}
     assert grads["embedding"] is not None and float(grads["embedding"].abs().max()) > 0
@@ -187,6 +200,12 @@ def test_bad_response_labels_and_names_are_refused(setup, tmp_path):
         train(config(setup, tmp_path / "run", targets=["response:spin=REF_x"]))
     with pytest.raises(ValueError, match="input 'fidelity' is a category"):
         train(config(setup, tmp_path / "run", targets=["response:fidelity=REF_x"]))
+    structures = molecules(2, 5)
+    structures[0].arrays["REF_born"] = np.zeros((3, 4))
+    bad = write(tmp_path / "born.xyz", structures)
+    with pytest.raises(DataError, match=r"born.xyz: structure 0: label atoms.arrays\['REF_born'\] has shape \(3, 4\); "
+                                        r"target 'born:electric_field' needs \(3, 3, 3\)"):
+        train(config(setup, tmp_path / "run", train=bad, targets=["born:electric_field=REF_born"]))
 
 
 def test_hessian_labels_as_per_atom_row_blocks_are_read_alike(setup, tmp_path):

@@ -8,6 +8,9 @@ Reserved target names (labels and shapes: :mod:`tacegen.train.targets`):
                     electric field, -dE/dm_i for moments)
 ``response2:X``     -d2E/dX2 of a per-structure float input X    (3, 3) for a vector
                     (polarizability for an electric field)
+``born:X``          Z*_i,ab = d(-dE/dX_a)/dr_ib of a per-struc-  (N, 3, 3) per atom
+                    ture vector input X (Born effective charges
+                    for an electric field, e)
 ==================  ==========================================  =====================
 
 :func:`responses` evaluates them for a batch by autograd on the model's ``node_energies``
@@ -27,11 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-PREFIXES = ("response:", "response2:")
+PREFIXES = ("response:", "response2:", "born:")
 
 
 def parse_response(name: str) -> Optional[Tuple[str, Optional[str]]]:
-    """("hessian", None), ("response", X) or ("response2", X) for a response target name, else None."""
+    """("hessian", None), ("response", X), ("response2", X) or ("born", X) for a response target name,
+    else None."""
     if name == "hessian":
         return ("hessian", None)
     for prefix in PREFIXES:
@@ -65,7 +69,7 @@ def responses(model, batch: Dict[str, Tensor], extras, create_graph: bool) -> Di
     """The response targets of ``extras`` for ``batch`` (from :meth:`AtomsDataset.collate`, with the
     Hessian items of :func:`tacegen.train.targets.collate_extras`), by name: ``hessian`` (M, 3) in the
     layout of its label, ``response:X`` in the shape of input X, ``response2:X`` (B, 3, 3) (or (B,) for
-    a scalar X). With ``create_graph`` they keep their graph to the parameters, else they are detached."""
+    a scalar X), ``born:X`` (N, 3, 3). With ``create_graph`` they keep their graph to the parameters, else they are detached."""
     todo = wanted(extras)
     if not todo:
         return {}
@@ -95,6 +99,8 @@ def responses(model, batch: Dict[str, Tensor], extras, create_graph: bool) -> Di
                 out[target] = -by_field[name]
             elif kind == "response2":
                 out[target] = -_second(by_field[name], fields[name], create_graph)
+            elif kind == "born":
+                out[target] = -_second(by_field[name], positions, create_graph)  # (N, 3 field, 3 position)
             else:
                 out[target] = _hessian_items(grads[0], positions, batch, target, create_graph)
     if not create_graph:
@@ -103,7 +109,8 @@ def responses(model, batch: Dict[str, Tensor], extras, create_graph: bool) -> Di
 
 
 def _second(grad: Tensor, field: Tensor, create_graph: bool) -> Tensor:
-    """d grad / d field per structure: (B, 3, 3) for (B, 3) fields, (B,) for scalar ones."""
+    """d grad_a / d field, summed over structures (their derivatives do not mix): (B, 3, 3) for (B, 3)
+    fields, (B,) for scalar ones; with the positions as ``field`` (N, 3 a, 3)."""
     if grad.dim() == 1:
         (row,) = torch.autograd.grad(grad.sum(), field, create_graph=create_graph, retain_graph=True,
                                      allow_unused=True)

@@ -20,6 +20,8 @@ take reserved names instead of an output's:
   -dE/dm_i for ``response:magmom_vector``, as :func:`tacegen.runtime.inputs.field_response`.
 * ``response2:INPUT=KEY``: -d2E/dINPUT2 of a per-structure input, (3, 3) for a vector: the
   polarizability for ``response2:electric_field``.
+* ``born:INPUT=KEY``: d(-dE/dINPUT_a)/dr_ib of a per-structure vector input, per atom (N, 3, 3)
+  (or (N, 9)) in ``atoms.arrays``: the Born effective charges for ``born:electric_field``.
 
 :class:`Extras` is what a data set stores for them (arrays ``input_<name>`` and
 ``target_<name>``), and part of the preprocessing cache key. Each target becomes a loss
@@ -159,9 +161,14 @@ def _response_row(target: TensorTarget, inputs: Dict[str, dict]) -> tuple:
     spec = inputs[name]
     if spec.get("kind", "float") != "float":
         raise ValueError(f"target {target.name!r}: input {name!r} is a category; responses need a float input")
-    if kind == "response2" and spec["per"] != "structure":
+    if kind in ("response2", "born") and spec["per"] != "structure":
         raise ValueError(f"target {target.name!r}: second-order responses are implemented for per-structure "
                          f"inputs; {name!r} is per atom")
+    if kind == "born":
+        if int(spec["rank"]) != 1:
+            raise ValueError(f"target {target.name!r}: Born charges need a vector input; {name!r} has rank "
+                             f"{spec['rank']}")
+        return (target.name, target.key, "atom", 2, target.weight)
     rank = int(spec["rank"]) * (2 if kind == "response2" else 1)
     return (target.name, target.key, spec["per"], rank, target.weight)
 
@@ -184,7 +191,7 @@ def extras_for(spec: Optional[dict], targets: Sequence) -> Extras:
         if target.name not in outputs:
             raise ValueError(f"target {target.name!r} is not an output of the model; its outputs: "
                              f"{sorted(outputs) or 'none (build with --output NAME)'}; response targets: "
-                             f"hessian, response:INPUT, response2:INPUT")
+                             f"hessian, response:INPUT, response2:INPUT, born:INPUT")
         o = outputs[target.name]
         rows.append((target.name, target.key, o["per"], int(o["rank"]), target.weight))
     return Extras(tuple(dict(i) for i in spec.get("inputs", [])), tuple(rows))
