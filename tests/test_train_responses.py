@@ -298,3 +298,15 @@ def test_least_squares_e0s_are_fitted_per_fidelity(setup, tmp_path):
     np.testing.assert_allclose(np.subtract(table[2], table[0]), [0.3, -0.7], atol=1e-10)
     single = compute(data.subset(range(0, 16, 2)), ["H", "O"])  # one fidelity: no offsets
     assert single.category_energies == {}
+
+
+def test_metrics_csv_reports_rank_two_targets_per_irreducible_part(setup, tmp_path):
+    spec = ModelSpec(lmax=2, nu=2, hidden_lmax=2, backends="torch", outputs=("polarizability",))
+    build = write_build(spec, tmp_path / "build")
+    out = train(config(setup, tmp_path / "run", model=str(build), epochs=1, lmax=2, hidden_lmax=2,
+                       targets=["polarizability=REF_alpha"]))
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    parts = [name for name in header if name.startswith("valid_polarizability_")]
+    assert parts == ["valid_polarizability_mae", "valid_polarizability_rmse", "valid_polarizability_0e_mae",
+                     "valid_polarizability_0e_rmse", "valid_polarizability_2e_mae", "valid_polarizability_2e_rmse"]
+    assert all(value > 0 for name in parts for value in column(out, name))

@@ -32,7 +32,7 @@ from tacegen.train import checkpoint, distributed
 from tacegen.train.config import RESUMABLE_CHANGES, TrainConfig
 from tacegen.train.dataset import AtomsDataset, batches, model_inputs, shard, species_map
 from tacegen.train.ema import EMA
-from tacegen.train.evaluate import check_elements, evaluate_files, render_table
+from tacegen.train.evaluate import check_elements, evaluate_files, part_projectors, render_table
 from tacegen.train.labels import DataError, LabelKeys
 from tacegen.train.targets import Extras, extras_for, register_targets
 from tacegen.train.loss import Loss, counts
@@ -291,8 +291,10 @@ class Trainer:
         if not self.ctx.main:
             return
         buffer = io.StringIO()
-        columns = METRIC_COLUMNS[:-1] + tuple(f"valid_{t[0]}_{m}" for t in self.extras.targets
-                                              for m in ("mae", "rmse")) + METRIC_COLUMNS[-1:]
+        parts = part_projectors(self.model)  # rank >= 2 outputs: their errors per irreducible part too
+        names = [q for t in self.extras.targets for q in [t[0]] + [p for p, _ in parts.get(t[0], ())]]
+        columns = METRIC_COLUMNS[:-1] + tuple(f"valid_{q}_{m}" for q in names for m in ("mae", "rmse")) \
+            + METRIC_COLUMNS[-1:]
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
@@ -344,7 +346,7 @@ class Trainer:
         ctx = self.ctx
         size = self.config.valid_batch_size or self.config.batch_size
         lists = batches(range(len(self.valid_set)), self.valid_set.sizes(), size)[ctx.rank::ctx.world]
-        metrics = Metrics(extra={t[0]: t[2] for t in self.extras.targets})
+        metrics = Metrics(extra={t[0]: t[2] for t in self.extras.targets}, parts=part_projectors(self.model))
         weights = {k: w for k, w in self.loss.weights.items() if w > 0}
         names = sorted(weights)
         sums = torch.zeros(2 * len(names), dtype=torch.float64)
