@@ -11,6 +11,10 @@ Then builds a model with outputs ``dipole`` (1o) and ``polarizability`` (0e + 2e
 it on all three targets with ``tacegen train --target dipole=REF_dipole --target
 polarizability=REF_polarizability``, prints the test errors and the harmonic frequencies
 and IR intensities of one molecule from the model's Hessian and dipole derivatives.
+(Responses of the energy train the same way: ``--target hessian=KEY``, and for a build with
+an ``electric_field`` input ``--target response:electric_field=KEY`` (-dE/dF) and
+``response2:electric_field=KEY`` (-d2E/dF2), ``born:electric_field=KEY`` (Born charges);
+see README "Inputs and tensor outputs".)
 
     python examples/train_tensor.py [--epochs 40] [--out runs/tensor]
 """

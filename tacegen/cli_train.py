@@ -42,6 +42,8 @@ _TRAIN_OPTIONS = [
     ("--virials-key", str, "info key of the virials, eV (used where no stress is given). [REF_virials]"),
     ("--weight-key", str, "info key of a per-structure weight. [config_weight]"),
     ("--config-type-key", str, "info key of the config type. [config_type]"),
+    ("--hessian-rows", click.IntRange(1), "With --target hessian=KEY: train on K random rows of each Hessian per "
+                                          "step (drawn from --seed, the epoch and the structure); default all 3N."),
     ("--batch-size", click.IntRange(1), "Structures per (global) batch. [4]"),
     ("--valid-batch-size", click.IntRange(1), "Structures per validation batch (default --batch-size)."),
     ("--max-atoms-per-batch", click.IntRange(1), "Also cap batches by atoms (mixed sizes without OOM)."),
@@ -88,7 +90,9 @@ def _train_options(function):
               help="Test data file (repeatable); evaluated with best.pt at the end into test.json.")
 @click.option("--target", "targets", multiple=True,
               help="Tensor target NAME=KEY[:WEIGHT] (repeatable): output NAME of the --model build trained on "
-                   "atoms.info[KEY] (per structure) or atoms.arrays[KEY] (per atom), weight 1 by default.")
+                   "atoms.info[KEY] (per structure) or atoms.arrays[KEY] (per atom), weight 1 by default; or a "
+                   "response: hessian (3N x 3N in atoms.info), response:INPUT (-dE/dINPUT), response2:INPUT "
+                   "(-d2E/dINPUT2), born:INPUT (Born charges, (N, 9) in atoms.arrays).")
 @click.option("--no-data-cache", is_flag=True, default=None,
               help="Do not keep preprocessed neighbour lists in the cache.")
 @click.option("--resume", is_flag=True, default=None, help="Continue the run in --out from its last.pt.")

@@ -113,15 +113,41 @@ def _dense(entries, shape, dtype) -> Tensor:
 
 class _Renames:
     """A load_state_dict pre-hook reading the parameter and buffer names of the first io release
-    (``params.w_<output>_<part>``, ``node_table<k>``, ...) under their present module paths."""
+    (``params.w_<output>_<part>``, ``node_table<k>``, ...) under their present module paths, and
+    giving a state dict saved before the per-category energy heads (``zeros``: name -> shape;
+    :meth:`InputEmbedding.category_energies`) their zero tables, so such checkpoints load and
+    predict what they predicted."""
 
-    def __init__(self, renames: Dict[str, str]):
+    def __init__(self, renames: Dict[str, str], zeros: Optional[Dict[str, tuple]] = None,
+                 dtype: torch.dtype = torch.float64):
         self.renames = dict(renames)
+        self.zeros, self.dtype = dict(zeros or {}), dtype
 
     def __call__(self, state_dict, prefix, *args) -> None:
         for old, new in self.renames.items():
             if prefix + old in state_dict and prefix + new not in state_dict:
                 state_dict[prefix + new] = state_dict.pop(prefix + old)
+        if self.zeros and any(key.startswith(prefix) for key in state_dict):  # this module's state, saved before
+            for name, shape in self.zeros.items():
+                if prefix + name not in state_dict:
+                    state_dict[prefix + name] = torch.zeros(shape, dtype=self.dtype)
+
+
+def category_head(scalars: List[Tensor], category: Tensor, table: Tensor) -> Tensor:
+    """The per-category energy head of one category input: (N,) with
+
+        head_i = sum_t sum_c  table[k_i, t, c] * scalars[t][i, c]
+
+    ``scalars``: the scalar (l = 0) node features after each layer t, [(N, channels)] * layers;
+    ``category``: (N,) int64, the category k_i of each atom (its structure's); ``table``:
+    (categories, layers, channels), a learned weight vector per category and layer (zero at
+    construction). A pure function of (per-layer scalar features, category), so other back ends
+    can mirror it."""
+    weights = table.index_select(0, category)  # (N, layers, channels)
+    total = torch.zeros(category.shape[0], dtype=table.dtype, device=table.device)
+    for t, h in enumerate(scalars):
+        total = total + (h * weights[:, t]).sum(dim=-1)
+    return total
 
 
 class _NodeTerm(torch.nn.Module):
@@ -167,7 +193,9 @@ class InputEmbedding(torch.nn.Module):
     vector of channels per feature); rank 0 also the element embedding and, per category
     input, a learned embedding of the category, and each category has its own per-element
     reference energies (``energy_tables``, zero at construction; :meth:`energy_offsets`) and
-    scale of the learned energy (``scale_tables``, one at construction; :meth:`energy_scales`).
+    scale of the learned energy (``scale_tables``, one at construction; :meth:`energy_scales`) and
+    energy head on the scalar node features of every layer (``head_tables``, zero at
+    construction; :meth:`category_energies`, :func:`category_head`).
     Edge features s_ij multiply copies of the radial basis (``edge_multiplier`` = 1 + their
     number). The plan is read here, in the constructor (typed lists, exact tables as buffers),
     so the forward methods are TorchScript compatible."""
@@ -184,7 +212,7 @@ class InputEmbedding(torch.nn.Module):
     specs_json: str
 
     def __init__(self, plan: dict, channels: int, dtype: torch.dtype, categories: Optional[dict] = None,
-                 num_elements: int = 1):
+                 num_elements: int = 1, layers: int = 0):
         super().__init__()
         self.specs: List[dict] = [dict(s) for s in plan["inputs"]]
         self.first_ranks = [int(r) for r in plan["first_ranks"]]
@@ -221,6 +249,12 @@ class InputEmbedding(torch.nn.Module):
         # and its own scale of the learned energy (one at construction)
         self.scale_tables = torch.nn.ParameterList(
             [torch.nn.Parameter(torch.ones(table.shape[0], dtype=dtype)) for table in self.category_tables])
+        # and its own energy head on the scalar node features of every layer (zero at construction, so a
+        # fresh model is unchanged; :meth:`category_energies`). ``layers`` = 0 (builds printed before the
+        # head) gives no head tables.
+        self.head_tables = torch.nn.ParameterList(
+            [torch.nn.Parameter(torch.zeros(table.shape[0], int(layers), channels, dtype=dtype))
+             for table in self.category_tables] if layers > 0 else [])
         renames: Dict[str, str] = {}
         node_terms = []
         for k, f in enumerate(self.node_plan):
@@ -238,7 +272,8 @@ class InputEmbedding(torch.nn.Module):
             edge_terms.append(_EdgeTerm(int(f["a"]), int(f["b"]), _dense(f["table"], (2 * r + 1, 2 * r + 1, 1), dtype)))
             renames[f"edge_table{k}"] = f"edge_terms.{k}.table"
         self.edge_terms = torch.nn.ModuleList(edge_terms)
-        self._register_load_state_dict_pre_hook(_Renames(renames))
+        heads = {f"head_tables.{c}": tuple(t.shape) for c, t in enumerate(self.head_tables)}
+        self._register_load_state_dict_pre_hook(_Renames(renames, heads, dtype))
 
     def values(self, batch: Dict[str, Tensor]) -> Dict[int, Tensor]:
         """Float input k -> its values at every atom, (N, 2 rank + 1)."""
@@ -295,6 +330,18 @@ class InputEmbedding(torch.nn.Module):
         total = torch.ones(batch["batch"].shape[0], dtype=batch["positions"].dtype, device=batch["batch"].device)
         for c, table in enumerate(self.scale_tables):
             total = total * table.index_select(0, batch[self.category_keys[c]]).index_select(0, batch["batch"])
+        return total
+
+    def category_energies(self, scalars: List[Tensor], batch: Dict[str, Tensor]) -> Tensor:
+        """(N,) the per-category energy heads: :func:`category_head` of every category input at each
+        atom's category (its structure's), summed over the category inputs. ``scalars``: the scalar
+        (l = 0) node features after each layer, [(N, channels)] * layers. The model adds it to the
+        layer readouts (before its ``scale``); zero at construction, and zero for a model without
+        head tables (``layers`` = 0)."""
+        total = torch.zeros(batch["batch"].shape[0], dtype=batch["positions"].dtype, device=batch["batch"].device)
+        for c, table in enumerate(self.head_tables):
+            category = batch[self.category_keys[c]].index_select(0, batch["batch"])
+            total = total + category_head(scalars, category, table)
         return total
 
     def edge_features(self, radial: Tensor, batch: Dict[str, Tensor], senders: Tensor, receivers: Tensor) -> Tensor:

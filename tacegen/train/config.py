@@ -62,6 +62,7 @@ class TrainConfig:
     weight_key: str = LabelKeys.weight
     config_type_key: str = LabelKeys.config_type
     targets: List[str] = field(default_factory=list)  # NAME=KEY[:WEIGHT] tensor targets (tacegen.train.targets)
+    hessian_rows: Optional[int] = None  # train on K random Hessian rows per structure and epoch (default all)
     batch_size: int = 4
     valid_batch_size: Optional[int] = None
     max_atoms_per_batch: Optional[int] = None
@@ -144,7 +145,7 @@ class TrainConfig:
             positive_int(name)
         positive_int("hidden_lmax", 0)
         positive_int("seed", 0)
-        for name in ("valid_batch_size", "max_atoms_per_batch", "patience"):
+        for name in ("valid_batch_size", "max_atoms_per_batch", "patience", "hessian_rows"):
             if getattr(self, name) is not None:
                 positive_int(name)
         number("r_cut", strict=True)

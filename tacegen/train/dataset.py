@@ -26,7 +26,8 @@ weight          (S,)       per-structure weight
 total_charge    (S,)       atoms.info["charge"], NaN where not given
 input_<name>    (S, ...)   external inputs of a model (per structure, or (N, ...) per
                            atom); target_<name>: labels of a tensor output, NaN where
-                           absent (:mod:`tacegen.train.targets`)
+                           absent (:mod:`tacegen.train.targets`); a Hessian label
+                           is flat, (9 n^2,) per structure
 ==============  =========  ===================================================
 """
 
@@ -48,7 +49,7 @@ from torch import Tensor
 from tacegen.cache import default_directory
 from tacegen.runtime.data import batch_atoms
 from tacegen.train.labels import DataError, LabelKeys, labels_of, read_structures
-from tacegen.train.targets import Extras, collate_extras
+from tacegen.train.targets import Extras, collate_extras, hessian_ptr
 
 FORMAT_VERSION = 1
 _ARRAYS = ("numbers", "positions", "charges", "atom_ptr", "cell", "pbc", "edges", "shifts", "edge_ptr",
@@ -123,6 +124,8 @@ class AtomsDataset:
         ptr = np.asarray(arrays["atom_ptr"])
         self.num_atoms = (ptr[1:] - ptr[:-1]).astype(np.int64)
         self.indices = np.arange(len(self.num_atoms))  # a view's structures in the file
+        if "hessian" in extras.per().values():
+            arrays["hessian_ptr"] = hessian_ptr(arrays)  # where each structure's flat Hessian label starts
 
     # -------------------------------------------------------------- construction
     @classmethod
@@ -188,7 +191,9 @@ class AtomsDataset:
             per = self.extras.per().get(f"target_{label}")
             if per is not None:  # a tensor target: labelled where not NaN
                 values = np.asarray(self.arrays[f"target_{label}"])
-                if per == "atom":
+                if per == "hessian":  # the first entry of each structure's flat Hessian
+                    values = values[np.asarray(self.arrays["hessian_ptr"])[self.indices]]
+                elif per == "atom":
                     values = values[np.asarray(self.arrays["atom_ptr"])[self.indices]]
                 else:
                     values = values[self.indices]
@@ -203,8 +208,9 @@ class AtomsDataset:
 
     # -------------------------------------------------------------- batches
     def collate(self, positions_in_view: Sequence[int], species_of: np.ndarray, dtype: torch.dtype,
-                device: torch.device = torch.device("cpu")) -> Dict[str, Tensor]:
-        """The batch dict of :func:`tacegen.runtime.data.batch_atoms` plus labels.
+                device: torch.device = torch.device("cpu"), hessian_rows=None) -> Dict[str, Tensor]:
+        """The batch dict of :func:`tacegen.runtime.data.batch_atoms` plus labels (``hessian_rows(s, n)``:
+        the Hessian rows of structure s of n atoms to label, default all; :mod:`tacegen.train.targets`).
 
         ``species_of[Z]`` maps an atomic number to the model's element index (-1: not an
         element of the model). Labels: ``energy`` (B,), ``forces`` (N, 3), ``stress``
@@ -261,7 +267,7 @@ class AtomsDataset:
             "weight": f(np.asarray(a["weight"])[sel]),
         }
         if self.extras:
-            batch.update(collate_extras(a, self.extras, files, dtype, device))
+            batch.update(collate_extras(a, self.extras, files, dtype, device, hessian_rows))
         return batch
 
 

@@ -2,7 +2,9 @@
 
 Per file and per config type: energy MAE/RMSE (meV/atom), forces MAE/RMSE (meV/Å, per
 component), stress MAE/RMSE (meV/Å^3, per component), only where labels exist (else
-None / null). :func:`evaluate_files` returns the JSON object ``{"files": {path: {...}}}``;
+None / null); tensor and response targets ``<name>_mae``/``<name>_rmse`` (milli-units of their
+labels, per component; every Hessian row), and for rank >= 2 outputs also per irreducible
+part (``<name>_<part>_mae``, :func:`part_projectors`). :func:`evaluate_files` returns the JSON object ``{"files": {path: {...}}}``;
 :func:`render_table` prints it with rich; :func:`parity_plots` writes PNG parity plots.
 """
 
@@ -17,6 +19,7 @@ import torch
 from tacegen.train.dataset import AtomsDataset, batches, model_inputs, species_map
 from tacegen.train.labels import DataError, LabelKeys
 from tacegen.train.metrics import Metrics
+from tacegen.train.responses import responses
 
 
 
@@ -37,8 +40,10 @@ def check_elements(dataset: AtomsDataset, elements: Sequence[str]) -> None:
 
 def evaluate_dataset(evaluate, dataset: AtomsDataset, elements: Sequence[str], dtype: torch.dtype,
                      batch_size: int = 8, device: torch.device = torch.device("cpu"), keep_values: bool = False,
-                     batch_lists: Optional[List[List[int]]] = None) -> Metrics:
-    """Errors of ``evaluate(batch, compute_forces=..., compute_stress=...)`` on ``dataset``."""
+                     batch_lists: Optional[List[List[int]]] = None, model=None) -> Metrics:
+    """Errors of ``evaluate(batch, compute_forces=..., compute_stress=...)`` on ``dataset``; the
+    response targets (:mod:`tacegen.train.responses`) of the data set's extras by autograd on
+    ``model`` (default: ``evaluate``)."""
     check_elements(dataset, elements)
     table = species_map(elements)
     metrics = Metrics(keep_values=keep_values, extra={t[0]: t[2] for t in dataset.extras.targets},
@@ -51,6 +56,7 @@ def evaluate_dataset(evaluate, dataset: AtomsDataset, elements: Sequence[str], d
         batch = dataset.collate(positions, table, dtype, device)
         inputs = model_inputs(batch)
         out = evaluate(inputs, compute_forces=want_forces, compute_stress=want_stress)
+        out.update(responses(evaluate if model is None else model, batch, dataset.extras, create_graph=False))
         types = [dataset.config_types[int(dataset.indices[p])] for p in positions]
         metrics.add(out, batch, types)
     return metrics
@@ -88,6 +94,11 @@ def evaluate_files(model, files: Sequence[str], keys: LabelKeys = LabelKeys(), b
     spec = {"inputs": input_specs_of(model), "outputs": output_specs_of(model)}
     extras = extras_for(spec, targets)
     if backend == "numba":
+        from tacegen.train.responses import wanted
+
+        if wanted(extras):
+            raise ValueError(f"response targets {sorted(wanted(extras))} are derivatives by autograd: evaluate "
+                             f"them with --backend torch")
         evaluate = model.numba_backend()
     elif backend == "torch":
         evaluate = model

@@ -32,12 +32,13 @@ from tacegen.train import checkpoint, distributed
 from tacegen.train.config import RESUMABLE_CHANGES, TrainConfig
 from tacegen.train.dataset import AtomsDataset, batches, model_inputs, shard, species_map
 from tacegen.train.ema import EMA
-from tacegen.train.evaluate import check_elements, evaluate_files, render_table
+from tacegen.train.evaluate import check_elements, evaluate_files, part_projectors, render_table
 from tacegen.train.labels import DataError, LabelKeys
 from tacegen.train.targets import Extras, extras_for, register_targets
 from tacegen.train.loss import Loss, counts
 from tacegen.train.metrics import Metrics
-from tacegen.train.normalise import compute as compute_normalisation
+from tacegen.train.responses import hessian_rows, responses
+from tacegen.train.normalise import compute as compute_normalisation, set_category_energies
 
 RUN_FILES = ("config.toml", "metrics.csv", "train.log", "last.pt", "best.pt", "test.json")
 METRIC_COLUMNS = ("epoch", "stage", "lr", "train_loss", "valid_loss", "valid_energy_mae", "valid_energy_rmse",
@@ -214,9 +215,14 @@ class Trainer:
                 radial_hidden=list(c.radial_hidden), readout_hidden=c.readout_hidden, cutoff_p=c.cutoff_p,
                 edge_chunk=c.edge_chunk, dtype=c.dtype, **norm.as_dict())
             self.notes.append(f"normalisation: {json.dumps(norm.as_dict())}")
+            if norm.category_energies:
+                self.notes.append(f"per-category E0 offsets (eV): {json.dumps(norm.category_energies)}")
         self.elements = list(self.model_kwargs["elements"])
         self.species = species_map(self.elements)
-        self.model = checkpoint.construct(self.build_dir, self.model_kwargs).to(self.device)
+        self.model = checkpoint.construct(self.build_dir, self.model_kwargs)
+        if payload is None:
+            set_category_energies(self.model, norm.category_energies, c.train)
+        self.model = self.model.to(self.device)
         self.model.train()
         self.source_hash = checkpoint.source_hash(self.build_dir)
 
@@ -285,8 +291,10 @@ class Trainer:
         if not self.ctx.main:
             return
         buffer = io.StringIO()
-        columns = METRIC_COLUMNS[:-1] + tuple(f"valid_{t[0]}_{m}" for t in self.extras.targets
-                                              for m in ("mae", "rmse")) + METRIC_COLUMNS[-1:]
+        parts = part_projectors(self.model)  # rank >= 2 outputs: their errors per irreducible part too
+        names = [q for t in self.extras.targets for q in [t[0]] + [p for p, _ in parts.get(t[0], ())]]
+        columns = METRIC_COLUMNS[:-1] + tuple(f"valid_{q}_{m}" for q in names for m in ("mae", "rmse")) \
+            + METRIC_COLUMNS[-1:]
         writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
@@ -298,7 +306,8 @@ class Trainer:
         ctx = self.ctx
         local = shard(global_batch, ctx.rank, ctx.world)
         self.optimizer.zero_grad(set_to_none=True)
-        batch = self.train_set.collate(local, self.species, self.dtype, self.device) if local else None
+        batch = self.train_set.collate(local, self.species, self.dtype, self.device, self._hessian_rows()) if local \
+            else None
         weights = {k: w for k, w in self.loss.weights.items() if w > 0}
         local_counts = counts(batch, weights) if batch is not None else {k: torch.zeros((), dtype=torch.float64)
                                                                          for k in weights}
@@ -309,6 +318,7 @@ class Trainer:
         if batch is not None:
             inputs = model_inputs(batch)
             out = self.model(inputs, compute_forces=self.loss.needs_forces, compute_stress=self.loss.needs_stress)
+            out.update(responses(self.model, batch, self.extras, create_graph=True))
             loss = self.loss(out, batch, global_counts) * ctx.world
             loss.backward()
             value = float(loss.detach()) / ctx.world
@@ -320,6 +330,15 @@ class Trainer:
             self.ema.update(self.model)
         return value
 
+    def _hessian_rows(self):
+        """``rows(s, n)`` for :meth:`AtomsDataset.collate`: --hessian-rows K rows of structure s drawn
+        from (seed, epoch, s), or None (every row)."""
+        k = self.config.hessian_rows
+        if k is None or "hessian" not in self.extras.per().values():
+            return None
+        seed, epoch = self.config.seed, self.epoch
+        return lambda s, n: hessian_rows(seed, epoch, s, n, k)
+
     def _validate(self):
         """(validation loss, Metrics) with the EMA weights; (None, None) without a validation set."""
         if self.valid_set is None:
@@ -327,7 +346,7 @@ class Trainer:
         ctx = self.ctx
         size = self.config.valid_batch_size or self.config.batch_size
         lists = batches(range(len(self.valid_set)), self.valid_set.sizes(), size)[ctx.rank::ctx.world]
-        metrics = Metrics(extra={t[0]: t[2] for t in self.extras.targets})
+        metrics = Metrics(extra={t[0]: t[2] for t in self.extras.targets}, parts=part_projectors(self.model))
         weights = {k: w for k, w in self.loss.weights.items() if w > 0}
         names = sorted(weights)
         sums = torch.zeros(2 * len(names), dtype=torch.float64)
@@ -340,6 +359,7 @@ class Trainer:
                     inputs = model_inputs(batch)
                     out = self.model(inputs, compute_forces=self.valid_set.has("forces"),
                                      compute_stress=self.valid_set.has("stress"))
+                    out.update(responses(self.model, batch, self.extras, create_graph=False))  # every Hessian row
                     terms = self.loss.terms(out, batch)
                     c = counts(batch, weights)
                     for k, name in enumerate(names):

@@ -82,7 +82,10 @@ class Metrics:
             for name, per in self.extra.items():
                 if name not in out or name not in batch:
                     continue
-                rows = slice(ptr[b], ptr[b + 1]) if per == "atom" else slice(b, b + 1)
+                if per == "hessian":  # items of the chosen Hessian rows, tagged with their structure
+                    rows = torch.nonzero(batch[f"{name}_structure"] == b).flatten()
+                else:
+                    rows = slice(ptr[b], ptr[b + 1]) if per == "atom" else slice(b, b + 1)
                 ref = array(batch[name][rows]).ravel()
                 if ref.size and not np.isnan(ref).any():
                     pred = array(out[name][rows]).ravel()

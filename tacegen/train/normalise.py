@@ -10,13 +10,21 @@
   deviation of the per-atom residual energies; 1 if that is zero.
 
 The model then predicts node energy = E0[z] + scale * (sum of layer readouts) + shift.
+
+Per-fidelity E0s: for a model with category inputs (``--input fidelity``) whose training set
+holds several categories, ``least-squares`` also fits each category's reference energies:
+the residuals E - counts @ E0 are fitted, jointly over the category inputs, by per-category,
+per-element offsets (minimum-norm least squares over the (input, category, element) columns
+that occur), which go into the model's ``inputs.energy_tables`` (:func:`set_category_energies`);
+with one category input that is the least-squares E0s of each category minus the global E0s.
+The shift and scale are then taken from the residuals after these offsets.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Sequence
 
 import numpy as np
@@ -30,6 +38,9 @@ class Normalisation:
     avg_num_neighbors: float
     scale: float
     shift: float
+    #: category input -> {category: per-element offsets (eV) on top of atomic_energies}; not a
+    #: constructor argument (set on the model by :func:`set_category_energies`)
+    category_energies: Dict[str, Dict[int, List[float]]] = field(default_factory=dict)
 
     def as_dict(self) -> Dict[str, object]:
         return {"atomic_energies": list(self.atomic_energies), "avg_num_neighbors": self.avg_num_neighbors,
@@ -92,7 +103,10 @@ def compute(dataset, elements: Sequence[str], e0s: str = "least-squares") -> Nor
         atomic = [float(np.mean(energies[labelled] / sizes[labelled]))] * len(elements)
     else:
         atomic = read_e0s_file(e0s, elements)
-    residual = (energies[labelled] - counts[labelled] @ np.asarray(atomic)) / sizes[labelled]
+    offsets, per_atom = {}, np.zeros(len(energies))
+    if e0s == "least-squares":
+        offsets, per_atom = _category_offsets(dataset, counts, energies, labelled, np.asarray(atomic))
+    residual = (energies[labelled] - counts[labelled] @ np.asarray(atomic) - per_atom[labelled]) / sizes[labelled]
     shift = float(np.mean(residual))
     ptr = a["atom_ptr"]
     force_sq, force_n, edges, atoms = 0.0, 0, 0, 0
@@ -110,4 +124,58 @@ def compute(dataset, elements: Sequence[str], e0s: str = "least-squares") -> Nor
     if not scale > 1e-12:
         scale = 1.0
     return Normalisation(atomic_energies=[float(e) for e in atomic], avg_num_neighbors=max(edges / atoms, 1e-6),
-                         scale=scale, shift=shift)
+                         scale=scale, shift=shift, category_energies=offsets)
+
+
+def _categories(dataset) -> Dict[str, np.ndarray]:
+    """Category input name -> the category of each structure of the view (int64)."""
+    out = {}
+    extras = getattr(dataset, "extras", None)
+    for spec in extras.inputs if extras else ():
+        if spec.get("kind") == "category" and spec.get("per") == "structure":
+            out[spec["name"]] = np.asarray(dataset.arrays[f"input_{spec['name']}"])[dataset.indices].astype(np.int64)
+    return out
+
+
+def _category_offsets(dataset, counts, energies, labelled, atomic):
+    """({input: {category: offsets per element}}, per-structure sum of the offsets) fitted to the
+    residuals of the global E0s (see module doc); empty when no category input has several categories
+    in the labelled structures."""
+    categories = {name: values for name, values in _categories(dataset).items()
+                  if len(np.unique(values[labelled])) > 1}
+    if not categories:
+        return {}, np.zeros(len(energies))
+    columns, keys = [], []
+    for name, values in categories.items():
+        for k in np.unique(values[labelled]):
+            for z in range(counts.shape[1]):
+                column = np.where(values == k, counts[:, z], 0.0)
+                if column[labelled].any():
+                    columns.append(column)
+                    keys.append((name, int(k), z))
+    design = np.stack(columns, axis=1)
+    residual = energies - counts @ atomic
+    solution = np.linalg.lstsq(design[labelled], residual[labelled], rcond=None)[0]
+    out: Dict[str, Dict[int, List[float]]] = {}
+    for (name, k, z), value in zip(keys, solution):
+        out.setdefault(name, {}).setdefault(k, [0.0] * counts.shape[1])[z] = float(value)
+    return out, design @ solution
+
+
+def set_category_energies(model, table: Dict[str, Dict[int, List[float]]], path: str = "the training set") -> None:
+    """Write per-category E0 offsets (:attr:`Normalisation.category_energies`) into the model's
+    ``inputs.energy_tables``; DataError for a category the model has no row for."""
+    if not table:
+        return
+    import torch
+
+    inputs = model.inputs
+    for name, rows in table.items():
+        c = inputs.category_names.index(name)
+        energies = inputs.energy_tables[c]
+        for k, values in rows.items():
+            if k >= energies.shape[0]:
+                raise DataError(f"{path}: input {name!r} takes category {k}, but the model has "
+                                f"{energies.shape[0]} categories (0..{energies.shape[0] - 1})")
+            with torch.no_grad():
+                energies[k] = torch.tensor(values, dtype=energies.dtype, device=energies.device)
