@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tacegen.runtime.inputs import output_specs_of
+from tacegen.runtime.inputs import energies_and_values, output_specs_of
 
 
 def _one_structure(batch: Dict[str, Tensor]) -> None:
@@ -32,10 +32,8 @@ def _one_structure(batch: Dict[str, Tensor]) -> None:
 
 
 def _energy_and_values(model, batch: Dict[str, Tensor], positions: Tensor):
-    if hasattr(model, "node_energies_and_outputs"):
-        values = model.node_energies_and_outputs(positions, batch["cell"], batch)
-        return values["node_energy"].sum(), values
-    return model.node_energies(positions, batch["cell"], batch).sum(), {}
+    energy, values = energies_and_values(model, batch, positions)  # long-range part included
+    return energy.sum(), values
 
 
 def hessian(model, batch: Dict[str, Tensor]) -> Tensor:
@@ -78,6 +76,9 @@ def atomic_virials(model, batch: Dict[str, Tensor]) -> Tensor:
     the atoms' virials sum to the structure's virial ``-dE/d(strain)`` before symmetrisation
     (symmetrise them for a stress). dE/dr_e is read through the lattice shifts:
     dE/dS_e = cell dE/dr_e, which needs an invertible cell (ValueError otherwise)."""
+    if getattr(model, "long_range", "none") != "none":
+        raise ValueError(f"atomic_virials splits a sum of edge terms; this model's energy has a long-range part "
+                         f"({model.long_range}) that is not one")
     if not bool(batch["pbc"].all()):
         raise ValueError("atomic_virials needs fully periodic structures: it reads the edge gradients "
                          "through the lattice shifts (dE/dS = cell dE/dr)")
