@@ -66,7 +66,7 @@ def test_duplicates_are_refused_and_long_range_combines_with_inputs():
     with pytest.raises(SpecError, match="declared twice"):
         ModelSpec(lmax=2, nu=2, inputs=("spin", "spin"))
     for long_range in ("les", "ewald"):
-        spec = ModelSpec(lmax=2, nu=2, inputs=("spin",), outputs=("dipole",), long_range=long_range)
+        spec = ModelSpec(lmax=2, nu=2, inputs=("spin",), outputs=("atomic_dipole",), long_range=long_range)
         assert spec.long_range == long_range and spec.name.startswith(f"tace_l2_nu2_{long_range}_io")
 
 

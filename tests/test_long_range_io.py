@@ -255,3 +255,32 @@ def test_ewald_checks_the_total_charge_input_against_its_charges(ewald):
         run(ewald, atoms)
     with pytest.raises(NotImplementedError, match="long-range block 'ewald'"):
         ewald.numba_backend()
+
+
+def test_time_reversal_and_ir_intensities_from_the_latent_charges(les):
+    """Flipping the time-odd magnetic field leaves everything time-even unchanged; the IR intensities of
+    an LES model come from its own dipole (its latent charges): |d mu / dQ_k|^2 against central
+    differences of the dipole along each normal mode."""
+    from tacegen.runtime.responses import vibrations
+
+    atoms = molecule(9)
+    flipped = atoms.copy()
+    flipped.info["magnetic_field"] = -atoms.info["magnetic_field"]
+    ref, new = run(les, atoms), run(les, flipped)
+    for key in ("energy", "forces", "charges", "polarizability", "mu"):
+        assert rel_err(new[key], ref[key]) < 1e-13, key
+    frequencies, intensities = vibrations(les, atoms)
+    batch = batch_atoms(atoms, les.elements, les.r_cut, inputs=les.input_specs)
+    weighted = hessian(les, batch).numpy() / np.sqrt(np.outer(*(2 * [np.repeat(atoms.get_masses(), 3)])))
+    _, modes = np.linalg.eigh(0.5 * (weighted + weighted.T))
+    h = 1e-4
+    numeric = []
+    for k in range(modes.shape[1]):
+        step = (modes[:, k] / np.sqrt(np.repeat(atoms.get_masses(), 3))).reshape(-1, 3)
+        dipoles = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.positions += sign * h * step
+            dipoles.append(run(les, moved, compute_forces=False, compute_stress=False)["dipole"][0])
+        numeric.append(np.sum(((dipoles[0] - dipoles[1]) / (2 * h)) ** 2))
+    assert np.all(np.isfinite(frequencies)) and rel_err(intensities, numeric) < 1e-6
