@@ -40,6 +40,9 @@ SYMMETRIES = {  # symmetry -> ranks it applies to
     "piezo": (3,),
     "elastic": (4,),
 }
+#: what a long-range model returns besides the energy (its dipole and Born charges come from its
+#: charges): no declared output of a long-range build may take these names
+LONG_RANGE_OUTPUTS = ("dipole", "born_charges")
 INPUT_RANKS = (0, 1)
 OUTPUT_RANKS = (1, 2, 3, 4)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -288,10 +291,23 @@ def check_model_io(inputs, outputs, hidden_lmax: int, long_range: str) -> None:
     rank-j features, so also hidden_lmax >= 1; a pseudo-scalar part (0o, 0e of an odd
     tensor) is not supported. Time-odd outputs need time-odd features, which the model does
     not carry (time-odd inputs enter through their time-even products): refused.
+    ``long_range`` ("none", "les", "ewald") combines with any inputs and outputs (PyTorch
+    back end): a declared ``total_charge`` input (the preset: per structure, 0e even) is the
+    total an LES model's latent charges are constrained to (an Ewald model checks it against
+    its charges), and outputs may not take the names of what the long-range model returns
+    itself (``LONG_RANGE_OUTPUTS``).
     """
-    if (inputs or outputs) and long_range != "none":
-        raise IODescriptorError(f"inputs/outputs together with long_range={long_range!r} are not supported "
-                                "yet; use long_range='none'")
+    if long_range != "none":
+        for item in outputs:
+            if item.name in LONG_RANGE_OUTPUTS:
+                raise IODescriptorError(
+                    f"output {item.name!r}: a long-range model returns its own {item.name!r} (from its charges); "
+                    f"give the declared output another name (custom form {OUTPUT_FORM})")
+        for item in inputs:
+            if item.name == "total_charge" and item != INPUT_PRESETS["total_charge"]:
+                raise IODescriptorError(
+                    f"input 'total_charge' ({item.label}): with long_range={long_range!r} it is the total the "
+                    f"charges follow, so it must be the preset ({INPUT_PRESETS['total_charge'].label})")
     names = {item.name for item in inputs}
     odd_inputs = [i for i in inputs if i.kind == "float" and i.time == "odd"]
     for item in outputs:

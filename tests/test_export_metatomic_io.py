@@ -5,7 +5,8 @@ exported as a metatomic AtomisticModel, saved and reloaded, run through the meta
 calculator: energy, forces, stress and every output (``tacegen::<name>``) equal
 ``tacegen.Calculator`` on the same module to 1e-10 (float64), on a molecule, a periodic
 cell and a batch; ``selected_atoms`` is honoured by the outputs; builds with external
-inputs are refused with a message naming them."""
+inputs are refused with a message naming them and saying which metatomic-ase feature is
+missing (checked against the installed metatomic-ase)."""
 
 from __future__ import annotations
 
@@ -122,8 +123,24 @@ def test_builds_with_inputs_are_refused_clearly(tmp_path):
                      outputs=("dipole",))
     model = make_model(build_module(spec, tmp_path / "build"), elements=ELEMENTS)
     with pytest.raises(NotImplementedError, match=r"external inputs \['electric_field', 'fidelity'\].*does not "
-                                                   r"support"):
+                                                   r"support.*'ase::info::<key>'"):
         atomistic_model(model)
+
+
+def test_the_reason_of_the_refusal_holds_for_the_installed_metatomic_ase():
+    """The refusal above says the metatomic ASE calculator cannot feed ``atoms.info[key]`` /
+    ``atoms.arrays[key]`` to a model (``ase::info::<key>``, ``ase::arrays::<key>``). When a
+    metatomic-ase release can, this fails: then export builds with inputs instead of refusing."""
+    from ase import Atoms
+    from metatomic.torch import ModelOutput
+    from metatomic_ase import _calculator
+
+    atoms = Atoms("H2", positions=[[0.0, 0.0, 0.0], [0.0, 0.0, 0.74]])
+    atoms.info["total_charge"] = 1.0
+    atoms.arrays["magmom"] = np.ones(2)
+    for name, kind in (("ase::info::total_charge", "system"), ("ase::arrays::magmom", "atom")):
+        with pytest.raises(ValueError, match="not available in `ase`"):
+            _calculator._get_ase_input(atoms, name, ModelOutput(sample_kind=kind), torch.float64, torch.device("cpu"))
 
 
 def test_tacegen_export_of_a_trained_checkpoint_with_a_dipole_output(tmp_path):

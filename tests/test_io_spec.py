@@ -62,11 +62,12 @@ def test_bad_outputs_name_the_field_and_the_allowed_values(text, message):
         ModelSpec(lmax=2, nu=2, hidden_lmax=1, outputs=(text,))
 
 
-def test_duplicates_and_long_range_are_refused():
+def test_duplicates_are_refused_and_long_range_combines_with_inputs():
     with pytest.raises(SpecError, match="declared twice"):
         ModelSpec(lmax=2, nu=2, inputs=("spin", "spin"))
-    with pytest.raises(SpecError, match="long_range='les' are not supported"):
-        ModelSpec(lmax=2, nu=2, inputs=("spin",), long_range="les")
+    for long_range in ("les", "ewald"):
+        spec = ModelSpec(lmax=2, nu=2, inputs=("spin",), outputs=("atomic_dipole",), long_range=long_range)
+        assert spec.long_range == long_range and spec.name.startswith(f"tace_l2_nu2_{long_range}_io")
 
 
 def test_every_preset_parses_to_itself():

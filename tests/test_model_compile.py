@@ -1,7 +1,7 @@
 """Every kind of generated PyTorch build under TorchScript and torch.compile.
 
 Build kinds: short range ("none"), LES and classic Ewald long range (and, at the end of the
-file, builds with inputs and tensor outputs and the moment basis), each evaluated on a
+file, builds with inputs and tensor outputs, also with LES, and the moment basis), each evaluated on a
 batch of a molecule (finite) and a random triclinic crystal (periodic), float64. The
 scripted module (and a saved and reloaded copy) and the torch.compile'd module must give
 the eager module's energies, forces, virial and stress to 1e-12 relative.
@@ -112,6 +112,9 @@ IO_SPECS = {
     "io": ModelSpec(lmax=2, nu=2, hidden_lmax=2, backends="torch", inputs=("total_charge", "electric_field"),
                     outputs=("dipole", "polarizability")),
     "moment": ModelSpec(lmax=2, nu=2, hidden_lmax=1, backends="torch", basis="moment"),
+    # long range with inputs and outputs: the declared total charge constrains the latent charges
+    "les_io": ModelSpec(lmax=2, nu=2, hidden_lmax=2, backends="torch", long_range="les",
+                        inputs=("total_charge", "electric_field"), outputs=("atomic_dipole", "polarizability")),
 }
 
 
@@ -138,6 +141,8 @@ def test_io_and_moment_builds_script_and_compile(io_modules, kind, how):
     model, batch = io_model_and_batch(io_modules, kind)
     ref = model(batch)
     keys = KEYS + tuple(spec.name for spec in IO_SPECS[kind].outputs)
+    if IO_SPECS[kind].long_range != "none":
+        keys += ("long_range_energy", "charges")
     if how == "script":
         candidate = torch.jit.script(model)
     else:

@@ -148,6 +148,8 @@ def render_torch(compiled, optimised: bool = True) -> str:
         io=bool(spec.inputs or spec.outputs),
         io_names=", ".join(item.name for item in spec.inputs + spec.outputs),
         io_inputs=spec.inputs,
+        # a declared total_charge input is the total a long-range block's charges follow (io_spec)
+        total_charge_input=any(item.name == "total_charge" for item in spec.inputs),
         io_outputs=spec.outputs,
         io_plan=pprint.pformat(io_plan(spec), width=116, sort_dicts=True) if spec.inputs or spec.outputs else "",
     )

@@ -11,12 +11,22 @@ per-structure outputs summed over them. In ASE: ``MetatomicCalculator(path,
 additional_outputs={"tacegen::dipole": ModelOutput(sample_kind="system")})``, then
 ``calc.additional_outputs["tacegen::dipole"]``.
 
-Builds with external inputs (total charge, fields, fidelity, moments ...) are refused:
-metatomic passes extra inputs to a model through ``requested_inputs()``, but the ASE
-calculator (metatomic-ase 0.1.4) provides only its standard quantities (total "charge",
-"spin_multiplicity", per-atom "charge", initial magnetic moments), not named per-structure
-scalars and vectors, so such an export could not be run against the values the model was
-trained on. Long-range builds with outputs are refused too (not exported yet).
+Builds with external inputs (total charge, fields, fidelity, moments ...) are refused.
+metatomic-torch (0.1.19) does let a model ask for extra inputs (``requested_inputs()``, one
+``ModelOutput`` per name, handed over as ``System.get_data(name)``), but the metatomic ASE
+calculator (metatomic-ase 0.1.4) cannot feed tacegen's: it provides its standard quantities
+(per-system "charge" from ``atoms.info["charge"]`` and "spin_multiplicity"; per-atom
+"charge", "mass", "velocity", "momentum", ``ase::initial_charges``, ``ase::initial_magmoms``,
+``ase::tags``), none of which reads ``atoms.info[name]`` / ``atoms.arrays[name]`` for the
+names tacegen declares (``total_charge``, ``electric_field``, ``magmom`` ...), and the
+generic requests its docstring advertises, ``ase::info::<key>`` and ``ase::arrays::<key>``,
+fail in that version with "The model requested ..., which is not available in `ase`" (its
+``_get_ase_input`` falls through to the standard-quantity check); ``ase::info::`` would
+also take scalars only (``float(atoms.info[key])``), not a field vector. An export could
+therefore not be run against the values the model was trained on; the guard test in
+``tests/test_export_metatomic_io.py`` notices when a metatomic-ase release feeds
+``ase::info::`` / ``ase::arrays::``. Long-range builds with outputs are refused too (not
+exported yet).
 """
 
 # no `from __future__ import annotations`: metatomic and TorchScript read the real annotations
@@ -41,9 +51,12 @@ def check_exportable(model: torch.nn.Module) -> None:
     inputs = [s["name"] for s in getattr(model, "input_specs", None) or []]
     if inputs:
         raise NotImplementedError(
-            f"this TACE reads external inputs {inputs}, which its metatomic export does not support: the "
-            "metatomic ASE calculator provides only standard inputs (total charge, spin multiplicity, per-atom "
-            "charges, initial magnetic moments), not the model's named ones; export a build without --input")
+            f"this TACE reads external inputs {inputs}, which its metatomic export does not support: metatomic's "
+            "ASE calculator (metatomic-ase 0.1.4) feeds requested inputs only for its standard quantities (charge, "
+            "spin_multiplicity, per-atom charges, initial magnetic moments ...), and its generic "
+            "'ase::info::<key>' / 'ase::arrays::<key>' requests fail with 'not available in `ase`' (and take "
+            "scalars only), so atoms.info/atoms.arrays[name] cannot reach the model; export a build without "
+            "--input")
     outputs = [o["name"] for o in declared_outputs(model)]
     if outputs and getattr(model, "long_range", "none") != "none":
         raise NotImplementedError(f"the metatomic export of a long-range TACE with declared outputs {outputs} is "

@@ -160,6 +160,10 @@ def report_lines(spec) -> list[str]:
     for item in spec.inputs:
         lines.append(f"- input `{item.name}`: {item.label}; values from "
                      + (f"`atoms.info[{item.key!r}]`" if item.per == "structure" else f"`atoms.arrays[{item.key!r}]`"))
+    if spec.long_range != "none" and any(item.name == "total_charge" for item in spec.inputs):
+        lines.append("- `total_charge` is also the total the long-range block's charges follow ("
+                     + ("LES: the latent charges are constrained to it)" if spec.long_range == "les"
+                        else "Ewald: checked against the sum of the given charges)"))
     lines.append(f"- first-layer node ranks: {plan['first_ranks']}")
     for f in plan["node_features"]:
         lines.append(f"  - node feature rank {f['rank']}: {f['label']}")

@@ -4,7 +4,8 @@ The compiler prints an *IO plan* (``IO_PLAN`` in ``model.py``): plain data with 
 coefficients as "p/q" strings. This module reads input values from ASE structures into a
 batch, embeds them into the first layer's node features (:class:`InputEmbedding`), reads
 the declared tensor outputs from the node features (:class:`TensorReadout`) and computes
-field responses by autograd (:func:`field_response`).
+field responses by autograd (:func:`field_response`; of the whole energy, long-range part
+included, :func:`energies_and_values`).
 
 Batch keys: ``input_<name>``: per structure (B,) or (B, 3), per atom (N,) or (N, 3), in the
 batch's float dtype; a category input is (B,) int64. Rank-1 values are Cartesian
@@ -527,6 +528,29 @@ class TensorReadout(torch.nn.Module):
         return out
 
 
+def energies_and_values(model, batch: Dict[str, Tensor], positions: Tensor):
+    """(energy (B,), values) at ``positions`` (and ``batch["cell"]``, unstrained), differentiable:
+    the sum of the node energies plus, for a model with a long-range block (``model.long_range``
+    "les" or "ewald"), its long-range energy; ``values`` the per-atom contributions to the
+    declared outputs (:meth:`node_energies_and_outputs` of generated models; {} without outputs)."""
+    cell = batch["cell"]
+    features: Optional[Tensor] = None
+    if hasattr(model, "node_energies_and_outputs"):
+        values = model.node_energies_and_outputs(positions, cell, batch)
+        node_energy = values["node_energy"]
+        features = values.get("@features")
+    elif getattr(model, "long_range", "none") != "none":
+        node_energy, features = model.node_energies_and_features(positions, cell, batch)
+        values = {}
+    else:
+        node_energy, values = model.node_energies(positions, cell, batch), {}
+    energy = torch.zeros(batch["num_atoms"].shape[0], dtype=node_energy.dtype,
+                         device=node_energy.device).index_add(0, batch["batch"], node_energy)
+    if getattr(model, "long_range", "none") != "none":
+        energy = energy + model.long_range_energy(positions, cell, features, batch)[0]
+    return energy, values
+
+
 def field_response(model, batch: Dict[str, Tensor], name: str, order: int = 1) -> Tensor:
     """Response of the energy to an input by autograd: order 1 gives -dE/dF in the shape of the
     input (the dipole (B, 3) for an electric field; per-atom -dE/dm_i (N, 3), the magnetic
@@ -547,9 +571,7 @@ def field_response(model, batch: Dict[str, Tensor], name: str, order: int = 1) -
     field = batch[_key(name)].detach().clone().requires_grad_(True)
     batch[_key(name)] = field
     with torch.enable_grad():
-        node_energy = model.node_energies(batch["positions"], batch["cell"], batch)
-        energy = torch.zeros(batch["num_atoms"].shape[0], dtype=node_energy.dtype,
-                             device=node_energy.device).index_add(0, batch["batch"], node_energy)
+        energy, _ = energies_and_values(model, batch, batch["positions"])  # with a long-range part, if any
         (grad,) = torch.autograd.grad(energy.sum(), field, create_graph=order > 1)
         if order == 1:
             return -grad.detach()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from tacegen.runtime.inputs import output_specs_of
+from tacegen.runtime.inputs import energies_and_values, output_specs_of
 
 
 def _one_structure(batch: Dict[str, Tensor]) -> None:
@@ -32,10 +32,8 @@ def _one_structure(batch: Dict[str, Tensor]) -> None:
 
 
 def _energy_and_values(model, batch: Dict[str, Tensor], positions: Tensor):
-    if hasattr(model, "node_energies_and_outputs"):
-        values = model.node_energies_and_outputs(positions, batch["cell"], batch)
-        return values["node_energy"].sum(), values
-    return model.node_energies(positions, batch["cell"], batch).sum(), {}
+    energy, values = energies_and_values(model, batch, positions)  # long-range part included
+    return energy.sum(), values
 
 
 def hessian(model, batch: Dict[str, Tensor]) -> Tensor:
@@ -78,6 +76,9 @@ def atomic_virials(model, batch: Dict[str, Tensor]) -> Tensor:
     the atoms' virials sum to the structure's virial ``-dE/d(strain)`` before symmetrisation
     (symmetrise them for a stress). dE/dr_e is read through the lattice shifts:
     dE/dS_e = cell dE/dr_e, which needs an invertible cell (ValueError otherwise)."""
+    if getattr(model, "long_range", "none") != "none":
+        raise ValueError(f"atomic_virials splits a sum of edge terms; this model's energy has a long-range part "
+                         f"({model.long_range}) that is not one")
     if not bool(batch["pbc"].all()):
         raise ValueError("atomic_virials needs fully periodic structures: it reads the edge gradients "
                          "through the lattice shifts (dE/dS = cell dE/dr)")
@@ -99,8 +100,11 @@ def atomic_virials(model, batch: Dict[str, Tensor]) -> Tensor:
 
 def vibrations(model, atoms, dipole: str = "dipole") -> Tuple[np.ndarray, np.ndarray]:
     """(frequencies in cm^-1, IR intensities in e^2/amu) of the 3N harmonic modes of ``atoms``,
-    ascending by eigenvalue; imaginary frequencies are returned negative. Intensities are
-    NaN when the model has no ``dipole`` output."""
+    ascending by eigenvalue; imaginary frequencies are returned negative. Intensities come from
+    the derivatives of the declared per-structure output ``dipole``, or, for a model with a
+    long-range block and no such output, of its own dipole sum_i (q_i - mean q) r_i (its
+    ``born_charges``, charges' dependence on the positions included; periodic cells: the
+    phase form, Gamma-point intensities); NaN otherwise."""
     from ase import units
 
     from tacegen.runtime.calculator import model_tensors_dtype_device
@@ -118,9 +122,13 @@ def vibrations(model, atoms, dipole: str = "dipole") -> Tuple[np.ndarray, np.nda
     energies = scale * np.sign(eigenvalues) * np.sqrt(np.abs(eigenvalues))
     frequencies = energies / units.invcm
     outputs = {o["name"] for o in output_specs_of(model)}
-    if dipole not in outputs:
+    if dipole in outputs:
+        z = output_derivatives(model, batch, dipole).double().cpu().numpy()  # (N, 3a, 3b)
+    elif getattr(model, "long_range", "none") != "none":  # periodic cells: the phase-form Born charges
+        out = model(batch, compute_forces=False, compute_stress=False, compute_born_charges=True)
+        z = out["born_charges"].detach().double().cpu().numpy()
+    else:
         return frequencies, np.full(len(frequencies), np.nan)
-    z = output_derivatives(model, batch, dipole).double().cpu().numpy()  # (N, 3a, 3b)
     dmu_dx = z.transpose(1, 0, 2).reshape(3, -1)  # d mu_a / d x_(ib)
     dmu_dq = dmu_dx @ (modes / np.sqrt(masses)[:, None])  # (3, modes)
     return frequencies, (dmu_dq**2).sum(axis=0)
